@@ -1,0 +1,228 @@
+//! History events: the durable record an orchestration is replayed from.
+//!
+//! Names follow the Durable Task protocol (`ExecutionStarted`, `TaskScheduled`, `TaskCompleted`,
+//! …) so that a Durable Task front end can later read the same histories. Scheduling events carry
+//! an `EventId` equal to the step's sequence number; completions point back at it through
+//! `TaskScheduledId` (for timers, `TimerId`).
+
+use crate::{FailureDetails, Payload, RuntimeStatus, Timestamp};
+use serde::{Deserialize, Serialize};
+
+/// One entry of an instance's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HistoryEvent {
+    /// The step's sequence number for scheduling events, `-1` for all others.
+    pub event_id: i64,
+    /// When the event was recorded.
+    pub timestamp: Timestamp,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+impl HistoryEvent {
+    /// An event that is not a scheduling event (`EventId = -1`).
+    pub fn new(timestamp: Timestamp, kind: EventKind) -> HistoryEvent {
+        HistoryEvent { event_id: -1, timestamp, kind }
+    }
+}
+
+/// The parent of a sub-orchestration, recorded in the child's `ExecutionStarted`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ParentInstance {
+    /// The parent's instance id.
+    pub instance_id: String,
+    /// The parent's execution (generation) that created the child.
+    pub execution: u64,
+    /// The parent's sequence number of the `SubOrchestrationInstanceCreated` step.
+    pub task_scheduled_id: u64,
+}
+
+/// What a history event records. Serialized with an `EventType` tag and PascalCase fields.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "EventType", rename_all_fields = "PascalCase")]
+pub enum EventKind {
+    /// A turn began; its timestamp is the orchestration's replay-safe current time.
+    OrchestratorStarted,
+    /// The execution began with this input.
+    ExecutionStarted {
+        /// Orchestration name.
+        name: String,
+        /// Orchestration version the instance runs on.
+        version: String,
+        /// Input payload.
+        input: Payload,
+        /// Set when this is a sub-orchestration.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent: Option<ParentInstance>,
+    },
+    /// The execution ended.
+    ExecutionCompleted {
+        /// `Completed` or `Failed`.
+        orchestration_status: RuntimeStatus,
+        /// The output, when completed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<Payload>,
+        /// Why it failed, when failed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        failure_details: Option<FailureDetails>,
+    },
+    /// A client asked to terminate the instance.
+    ExecutionTerminated {
+        /// The client's reason.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// The orchestration scheduled an activity.
+    TaskScheduled {
+        /// Activity name.
+        name: String,
+        /// Activity input.
+        input: Payload,
+        /// Attempt number under the call's retry policy, from 1.
+        attempt: u32,
+    },
+    /// An activity returned.
+    TaskCompleted {
+        /// The `EventId` of the `TaskScheduled` step.
+        task_scheduled_id: u64,
+        /// The activity's output.
+        result: Payload,
+    },
+    /// An activity failed.
+    TaskFailed {
+        /// The `EventId` of the `TaskScheduled` step.
+        task_scheduled_id: u64,
+        /// Why.
+        failure_details: FailureDetails,
+    },
+    /// The orchestration started a sub-orchestration.
+    SubOrchestrationInstanceCreated {
+        /// The child's orchestration name.
+        name: String,
+        /// The child's version.
+        version: String,
+        /// The child's instance id.
+        instance_id: String,
+        /// The child's input.
+        input: Payload,
+    },
+    /// A sub-orchestration completed.
+    SubOrchestrationInstanceCompleted {
+        /// The `EventId` of the `SubOrchestrationInstanceCreated` step.
+        task_scheduled_id: u64,
+        /// The child's output.
+        result: Payload,
+    },
+    /// A sub-orchestration failed (or was terminated).
+    SubOrchestrationInstanceFailed {
+        /// The `EventId` of the `SubOrchestrationInstanceCreated` step.
+        task_scheduled_id: u64,
+        /// Why.
+        failure_details: FailureDetails,
+    },
+    /// The orchestration created a durable timer.
+    TimerCreated {
+        /// When it fires.
+        fire_at: Timestamp,
+    },
+    /// A durable timer fired.
+    TimerFired {
+        /// The `EventId` of the `TimerCreated` step.
+        timer_id: u64,
+        /// When it was due.
+        fire_at: Timestamp,
+    },
+    /// The orchestration sent an event to another instance.
+    EventSent {
+        /// Target instance.
+        instance_id: String,
+        /// Event name.
+        name: String,
+        /// Event data.
+        input: Payload,
+    },
+    /// An external event arrived.
+    EventRaised {
+        /// Event name.
+        name: String,
+        /// Event data.
+        input: Payload,
+    },
+    /// The execution ended by restarting with a new input and an empty history.
+    ContinueAsNew {
+        /// The input of the next execution.
+        input: Payload,
+    },
+    /// A client suspended the instance.
+    ExecutionSuspended {
+        /// The client's reason.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// A client resumed the instance.
+    ExecutionResumed {
+        /// The client's reason.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// A client rewound a failed instance: its failed steps run again.
+    ExecutionRewound {
+        /// The client's reason.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+}
+
+impl EventKind {
+    /// The Durable Task name of this event type, e.g. `"TaskScheduled"`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::OrchestratorStarted => "OrchestratorStarted",
+            EventKind::ExecutionStarted { .. } => "ExecutionStarted",
+            EventKind::ExecutionCompleted { .. } => "ExecutionCompleted",
+            EventKind::ExecutionTerminated { .. } => "ExecutionTerminated",
+            EventKind::TaskScheduled { .. } => "TaskScheduled",
+            EventKind::TaskCompleted { .. } => "TaskCompleted",
+            EventKind::TaskFailed { .. } => "TaskFailed",
+            EventKind::SubOrchestrationInstanceCreated { .. } => "SubOrchestrationInstanceCreated",
+            EventKind::SubOrchestrationInstanceCompleted { .. } => "SubOrchestrationInstanceCompleted",
+            EventKind::SubOrchestrationInstanceFailed { .. } => "SubOrchestrationInstanceFailed",
+            EventKind::TimerCreated { .. } => "TimerCreated",
+            EventKind::TimerFired { .. } => "TimerFired",
+            EventKind::EventSent { .. } => "EventSent",
+            EventKind::EventRaised { .. } => "EventRaised",
+            EventKind::ContinueAsNew { .. } => "ContinueAsNew",
+            EventKind::ExecutionSuspended { .. } => "ExecutionSuspended",
+            EventKind::ExecutionResumed { .. } => "ExecutionResumed",
+            EventKind::ExecutionRewound { .. } => "ExecutionRewound",
+        }
+    }
+
+    /// True for messages that a suspended instance still processes (resume and terminate).
+    pub fn is_control(&self) -> bool {
+        matches!(self, EventKind::ExecutionResumed { .. } | EventKind::ExecutionTerminated { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serializes_with_durable_task_names() {
+        let event = HistoryEvent {
+            event_id: 3,
+            timestamp: Timestamp(5),
+            kind: EventKind::TaskScheduled { name: "greet".into(), input: Payload::null(), attempt: 1 },
+        };
+        let json = serde_json::to_string(&event).unwrap();
+        assert_eq!(
+            json,
+            r#"{"EventId":3,"Timestamp":5,"EventType":"TaskScheduled","Name":"greet","Input":"null","Attempt":1}"#
+        );
+        assert_eq!(serde_json::from_str::<HistoryEvent>(&json).unwrap(), event);
+    }
+}

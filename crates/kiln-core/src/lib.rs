@@ -1,0 +1,38 @@
+//! The sans-IO core of Kiln.
+//!
+//! Everything here is deterministic data and logic: no clock, no randomness, no I/O, no async
+//! runtime. The runtime (`kiln`) and the stores (`kiln-sqlite`, …) build on these types.
+//!
+//! # Layout
+//! - [`time`]: timestamps and their text forms.
+//! - [`status`]: runtime statuses, named as in Durable Functions.
+//! - [`ids`]: instance id rules.
+//! - [`payload`]: JSON payloads and their size limits.
+//! - [`failure`]: failure details.
+//! - [`history`]: history events (the Durable Task vocabulary).
+//! - [`action`]: what a turn asks the runtime to do.
+//! - [`waiting`]: what an instance waits on.
+//! - [`replay`]: the deterministic replay state machine.
+//! - [`rewind`]: rewriting a failed history so its failed steps run again.
+
+pub mod action;
+pub mod failure;
+pub mod history;
+pub mod ids;
+pub mod payload;
+pub mod replay;
+pub mod rewind;
+pub mod status;
+pub mod time;
+pub mod waiting;
+
+pub use action::{Action, ExecutionOutcome};
+pub use failure::{FailureDetails, error_types};
+pub use history::{EventKind, HistoryEvent, ParentInstance};
+pub use ids::{InvalidInstanceId, MAX_INSTANCE_ID_LEN, validate_instance_id};
+pub use payload::{Payload, PayloadLimits, PayloadTooLarge};
+pub use replay::{Applied, Completion, Outcome, ReplayError, ReplayState, Slot};
+pub use rewind::{RerunActivity, RewindPlan, plan_rewind};
+pub use status::{RuntimeStatus, UnknownStatus};
+pub use time::Timestamp;
+pub use waiting::WaitingOn;

@@ -1,0 +1,134 @@
+//! Payloads: JSON text carried through history, messages and the store without re-encoding.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A JSON document kept as text. Inputs, outputs, event data and custom status travel as
+/// payloads, so the engine never needs to know their types.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Payload(String);
+
+impl Payload {
+    /// The JSON `null`.
+    pub fn null() -> Payload {
+        Payload("null".to_owned())
+    }
+
+    /// Encodes a value as JSON.
+    pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Payload, serde_json::Error> {
+        serde_json::to_string(value).map(Payload)
+    }
+
+    /// Wraps text after checking that it is one JSON value.
+    pub fn from_json(text: impl Into<String>) -> Result<Payload, serde_json::Error> {
+        let text = text.into();
+        serde_json::from_str::<serde::de::IgnoredAny>(&text)?;
+        Ok(Payload(text))
+    }
+
+    /// Wraps text that is already known to be JSON (for example read back from the store).
+    pub fn from_trusted(text: String) -> Payload {
+        Payload(text)
+    }
+
+    /// Decodes the JSON into a typed value.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(&self.0)
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Size of the JSON text in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True for an empty text (never the case for a valid payload).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Unwraps the JSON text.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 120;
+        match self.0.char_indices().nth(SHOWN) {
+            Some((cut, _)) => write!(f, "Payload({}…)", &self.0[..cut]),
+            None => write!(f, "Payload({})", self.0),
+        }
+    }
+}
+
+impl fmt::Display for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Size limits on payloads, enforced at every boundary where a payload enters the engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PayloadLimits {
+    /// Largest input, output or event payload, in bytes (default 1 MiB).
+    pub max_payload_bytes: usize,
+    /// Largest custom status, in bytes (default 16 KiB).
+    pub max_custom_status_bytes: usize,
+}
+
+impl Default for PayloadLimits {
+    fn default() -> Self {
+        PayloadLimits { max_payload_bytes: 1 << 20, max_custom_status_bytes: 16 << 10 }
+    }
+}
+
+/// A payload was larger than its limit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} is {size} bytes, over the limit of {limit} bytes")]
+pub struct PayloadTooLarge {
+    /// What the payload was (e.g. "input", "custom status").
+    pub what: &'static str,
+    /// Its size in bytes.
+    pub size: usize,
+    /// The limit in bytes.
+    pub limit: usize,
+}
+
+impl PayloadLimits {
+    /// Checks an input, output or event payload.
+    pub fn check(&self, what: &'static str, payload: &Payload) -> Result<(), PayloadTooLarge> {
+        check(what, payload, self.max_payload_bytes)
+    }
+
+    /// Checks a custom status.
+    pub fn check_custom_status(&self, payload: &Payload) -> Result<(), PayloadTooLarge> {
+        check("custom status", payload, self.max_custom_status_bytes)
+    }
+}
+
+fn check(what: &'static str, payload: &Payload, limit: usize) -> Result<(), PayloadTooLarge> {
+    if payload.len() > limit { Err(PayloadTooLarge { what, size: payload.len(), limit }) } else { Ok(()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validates_and_limits() {
+        assert!(Payload::from_json("{\"a\":1}").is_ok());
+        assert!(Payload::from_json("{\"a\":").is_err());
+        let limits = PayloadLimits { max_payload_bytes: 4, max_custom_status_bytes: 2 };
+        assert!(limits.check("input", &Payload::null()).is_ok());
+        let err = limits.check_custom_status(&Payload::null()).unwrap_err();
+        assert_eq!(err.to_string(), "custom status is 4 bytes, over the limit of 2 bytes");
+    }
+}

@@ -1,0 +1,452 @@
+//! The deterministic replay state machine.
+//!
+//! A turn feeds history events, in order, into a [`ReplayState`]. The orchestration code (driven by
+//! the runtime, which polls it after every event that may unblock it) asks the state to schedule
+//! steps and to hand over results. While old history is replayed, each scheduling call must match
+//! the recorded scheduling event with the same sequence number, or replay stops with a
+//! [`ReplayError::NonDeterminism`]. Past the end of the old history, scheduling calls become new
+//! [`Action`]s. Every result carries the position of the event that produced it, so combinators
+//! can resolve in history order rather than poll order.
+
+use crate::{Action, EventKind, FailureDetails, HistoryEvent, Payload, Timestamp, WaitingOn};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+/// A place a result lands in: a scheduled step, or a wait for an external event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Slot {
+    /// A scheduled activity, timer or sub-orchestration, by sequence number.
+    Step(u64),
+    /// The n-th `wait_for_event` call of this execution.
+    Event(u64),
+}
+
+/// The result of a step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The step succeeded with this output (`null` for timers).
+    Completed(Payload),
+    /// The step failed.
+    Failed(FailureDetails),
+}
+
+/// A result together with the history position of the event that produced it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// The result.
+    pub outcome: Outcome,
+    /// Position of the producing event in this execution's history, for history-ordered combinators.
+    pub position: u64,
+}
+
+/// What the driver must do after an event was applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// Nothing changed for the code.
+    Nothing,
+    /// The execution started: create the orchestration future with this input, then poll it.
+    Start {
+        /// The execution's input.
+        input: Payload,
+    },
+    /// A result became available: poll the orchestration.
+    Poll,
+    /// The event was a duplicate delivery (e.g. an activity that ran twice) and must not be recorded.
+    Duplicate,
+}
+
+/// Replay could not go on: the code and the history disagree, or the history is inconsistent.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReplayError {
+    /// The code took a different step than the history records.
+    #[error("non-determinism at step {step}: history has {recorded} but the orchestration called {actual}")]
+    NonDeterminism {
+        /// Sequence number of the step.
+        step: u64,
+        /// What history records.
+        recorded: String,
+        /// What the code did.
+        actual: String,
+    },
+    /// The history cannot have been produced by any run of the engine.
+    #[error("corrupted history: {0}")]
+    Corrupted(String),
+}
+
+#[derive(Clone, Debug)]
+enum OpenStep {
+    Activity { name: String, attempt: u32 },
+    Timer { fire_at: Timestamp },
+    SubOrchestration { name: String, instance_id: String },
+}
+
+/// The replay state of one execution.
+#[derive(Debug)]
+pub struct ReplayState {
+    instance_id: String,
+    execution: u64,
+    next_step: u64,
+    next_event_wait: u64,
+    replaying: bool,
+    started: bool,
+    current_time: Timestamp,
+    position: u64,
+    /// Steps the code took during replay that history has not confirmed yet.
+    unconfirmed: BTreeMap<u64, Action>,
+    /// Steps the code took past the end of history: this turn's new actions.
+    new_actions: Vec<Action>,
+    open: BTreeMap<u64, OpenStep>,
+    results: HashMap<Slot, Completion>,
+    event_waiters: HashMap<String, VecDeque<u64>>,
+    buffered_events: HashMap<String, VecDeque<(Payload, u64)>>,
+    custom_status: Option<Payload>,
+    custom_status_changed: bool,
+    continue_as_new: Option<(Payload, bool)>,
+    uuid_counter: u64,
+    code_error: Option<ReplayError>,
+}
+
+impl ReplayState {
+    /// A fresh state for one execution of an instance, positioned before its first event.
+    pub fn new(instance_id: impl Into<String>, execution: u64) -> ReplayState {
+        ReplayState {
+            instance_id: instance_id.into(),
+            execution,
+            next_step: 0,
+            next_event_wait: 0,
+            replaying: false,
+            started: false,
+            current_time: Timestamp(0),
+            position: 0,
+            unconfirmed: BTreeMap::new(),
+            new_actions: Vec::new(),
+            open: BTreeMap::new(),
+            results: HashMap::new(),
+            event_waiters: HashMap::new(),
+            buffered_events: HashMap::new(),
+            custom_status: None,
+            custom_status_changed: false,
+            continue_as_new: None,
+            uuid_counter: 0,
+            code_error: None,
+        }
+    }
+
+    /// Marks the start of old history: scheduling calls must now match recorded events.
+    pub fn begin_replay(&mut self) {
+        self.replaying = true;
+    }
+
+    /// Marks the end of old history. Every step the code took must have been confirmed.
+    pub fn end_replay(&mut self) -> Result<(), ReplayError> {
+        self.replaying = false;
+        if let Some((step, action)) = self.unconfirmed.pop_first() {
+            return Err(ReplayError::NonDeterminism {
+                step,
+                recorded: "no further step".to_owned(),
+                actual: action.describe(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies one history event. `is_new` is false for events replayed from stored history.
+    pub fn apply(&mut self, event: &HistoryEvent, is_new: bool) -> Result<Applied, ReplayError> {
+        if let Some(err) = self.code_error.take() {
+            return Err(err);
+        }
+        self.position += 1;
+        let position = self.position;
+        match &event.kind {
+            EventKind::OrchestratorStarted => {
+                self.current_time = event.timestamp;
+                Ok(Applied::Nothing)
+            }
+            EventKind::ExecutionStarted { input, .. } => {
+                if self.started {
+                    return Err(ReplayError::Corrupted("a second ExecutionStarted in one execution".into()));
+                }
+                self.started = true;
+                if self.current_time == Timestamp(0) {
+                    self.current_time = event.timestamp;
+                }
+                Ok(Applied::Start { input: input.clone() })
+            }
+            EventKind::TaskScheduled { .. }
+            | EventKind::TimerCreated { .. }
+            | EventKind::SubOrchestrationInstanceCreated { .. }
+            | EventKind::EventSent { .. } => {
+                if is_new {
+                    return Err(ReplayError::Corrupted(format!("{} arrived as a message", event.kind.name())));
+                }
+                self.confirm(event)
+            }
+            EventKind::TaskCompleted { task_scheduled_id, result }
+            | EventKind::SubOrchestrationInstanceCompleted { task_scheduled_id, result } => {
+                self.resolve(*task_scheduled_id, Outcome::Completed(result.clone()), position, is_new, event)
+            }
+            EventKind::TaskFailed { task_scheduled_id, failure_details }
+            | EventKind::SubOrchestrationInstanceFailed { task_scheduled_id, failure_details } => {
+                self.resolve(*task_scheduled_id, Outcome::Failed(failure_details.clone()), position, is_new, event)
+            }
+            EventKind::TimerFired { timer_id, .. } => {
+                self.resolve(*timer_id, Outcome::Completed(Payload::null()), position, is_new, event)
+            }
+            EventKind::EventRaised { name, input } => {
+                match self.event_waiters.get_mut(name).and_then(VecDeque::pop_front) {
+                    Some(wait) => {
+                        let completion = Completion { outcome: Outcome::Completed(input.clone()), position };
+                        self.results.insert(Slot::Event(wait), completion);
+                        Ok(Applied::Poll)
+                    }
+                    None => {
+                        self.buffered_events.entry(name.clone()).or_default().push_back((input.clone(), position));
+                        Ok(Applied::Nothing)
+                    }
+                }
+            }
+            EventKind::ExecutionSuspended { .. }
+            | EventKind::ExecutionResumed { .. }
+            | EventKind::ExecutionRewound { .. } => Ok(Applied::Nothing),
+            EventKind::ExecutionCompleted { .. } | EventKind::ExecutionTerminated { .. } | EventKind::ContinueAsNew { .. } => {
+                Err(ReplayError::Corrupted(format!("{} in the middle of a running execution", event.kind.name())))
+            }
+        }
+    }
+
+    fn confirm(&mut self, event: &HistoryEvent) -> Result<Applied, ReplayError> {
+        let step = u64::try_from(event.event_id)
+            .map_err(|_| ReplayError::Corrupted(format!("{} without an event id", event.kind.name())))?;
+        let recorded = describe_recorded(&event.kind);
+        let Some(action) = self.unconfirmed.remove(&step) else {
+            return Err(ReplayError::NonDeterminism { step, recorded, actual: "nothing".to_owned() });
+        };
+        if !action.matches(&event.kind) {
+            return Err(ReplayError::NonDeterminism { step, recorded, actual: action.describe() });
+        }
+        self.open_step(&action);
+        Ok(Applied::Nothing)
+    }
+
+    fn resolve(
+        &mut self,
+        step: u64,
+        outcome: Outcome,
+        position: u64,
+        is_new: bool,
+        event: &HistoryEvent,
+    ) -> Result<Applied, ReplayError> {
+        if self.open.remove(&step).is_none() {
+            if is_new {
+                return Ok(Applied::Duplicate);
+            }
+            return Err(ReplayError::Corrupted(format!(
+                "{} for step {step}, which is not an open step",
+                event.kind.name()
+            )));
+        }
+        self.results.insert(Slot::Step(step), Completion { outcome, position });
+        Ok(Applied::Poll)
+    }
+
+    fn open_step(&mut self, action: &Action) {
+        let open = match action {
+            Action::ScheduleTask { name, attempt, .. } => OpenStep::Activity { name: name.clone(), attempt: *attempt },
+            Action::CreateTimer { fire_at, .. } => OpenStep::Timer { fire_at: *fire_at },
+            Action::CreateSubOrchestration { name, instance_id, .. } => {
+                OpenStep::SubOrchestration { name: name.clone(), instance_id: instance_id.clone() }
+            }
+            Action::SendEvent { .. } => return,
+        };
+        self.open.insert(action.id(), open);
+    }
+
+    fn take_step(&mut self, make: impl FnOnce(u64) -> Action) -> u64 {
+        let step = self.next_step;
+        self.next_step += 1;
+        let action = make(step);
+        if self.replaying {
+            self.unconfirmed.insert(step, action);
+        } else {
+            self.open_step(&action);
+            self.new_actions.push(action);
+        }
+        step
+    }
+
+    /// Schedules an activity; returns its step.
+    pub fn schedule_activity(&mut self, name: &str, input: Payload, attempt: u32) -> u64 {
+        self.take_step(|id| Action::ScheduleTask { id, name: name.to_owned(), input, attempt })
+    }
+
+    /// Creates a durable timer; returns its step.
+    pub fn create_timer(&mut self, fire_at: Timestamp) -> u64 {
+        self.take_step(|id| Action::CreateTimer { id, fire_at })
+    }
+
+    /// Starts a sub-orchestration; returns its step. Without an id the child gets
+    /// `{parent id}:{execution}:{step}`, which is stable across replays.
+    pub fn schedule_sub_orchestration(
+        &mut self,
+        name: &str,
+        version: &str,
+        instance_id: Option<String>,
+        input: Payload,
+    ) -> u64 {
+        let parent = self.instance_id.clone();
+        let execution = self.execution;
+        self.take_step(|id| Action::CreateSubOrchestration {
+            id,
+            name: name.to_owned(),
+            version: version.to_owned(),
+            instance_id: instance_id.unwrap_or_else(|| format!("{parent}:{execution}:{id}")),
+            input,
+        })
+    }
+
+    /// Sends an event to another instance (fire and forget).
+    pub fn send_event(&mut self, instance_id: &str, name: &str, input: Payload) {
+        self.take_step(|id| Action::SendEvent { id, instance_id: instance_id.to_owned(), name: name.to_owned(), input });
+    }
+
+    /// Waits for the next external event with this name. An event that arrived before anyone
+    /// waited is handed over at once, in arrival order.
+    pub fn wait_for_event(&mut self, name: &str) -> Slot {
+        let slot = Slot::Event(self.next_event_wait);
+        self.next_event_wait += 1;
+        match self.buffered_events.get_mut(name).and_then(VecDeque::pop_front) {
+            Some((input, position)) => {
+                self.results.insert(slot, Completion { outcome: Outcome::Completed(input), position });
+            }
+            None => self.event_waiters.entry(name.to_owned()).or_default().push_back(self.next_event_wait - 1),
+        }
+        slot
+    }
+
+    /// Takes the result of a slot, if it has one.
+    pub fn take(&mut self, slot: Slot) -> Option<Completion> {
+        self.results.remove(&slot)
+    }
+
+    /// The history position of a slot's result, if it has one (without taking it).
+    pub fn position_of(&self, slot: Slot) -> Option<u64> {
+        self.results.get(&slot).map(|c| c.position)
+    }
+
+    /// Records a custom status; it is saved with the turn.
+    pub fn set_custom_status(&mut self, status: Payload) {
+        self.custom_status = Some(status);
+        self.custom_status_changed = true;
+    }
+
+    /// The custom status, if it changed during this turn (resets the flag).
+    pub fn take_changed_custom_status(&mut self) -> Option<Payload> {
+        if std::mem::take(&mut self.custom_status_changed) { self.custom_status.clone() } else { None }
+    }
+
+    /// Asks to end this execution and start a new one with `input`.
+    pub fn request_continue_as_new(&mut self, input: Payload, preserve_unprocessed_events: bool) {
+        self.continue_as_new = Some((input, preserve_unprocessed_events));
+    }
+
+    /// The continue-as-new request, if the code made one.
+    pub fn continue_as_new_request(&self) -> Option<&(Payload, bool)> {
+        self.continue_as_new.as_ref()
+    }
+
+    /// Records an error found while the code was running (e.g. an invalid step).
+    pub fn record_code_error(&mut self, err: ReplayError) {
+        self.code_error.get_or_insert(err);
+    }
+
+    /// An error found while the code was running, if any.
+    pub fn take_code_error(&mut self) -> Option<ReplayError> {
+        self.code_error.take()
+    }
+
+    /// The replay-safe current time: the timestamp of the turn being replayed.
+    pub fn current_time(&self) -> Timestamp {
+        self.current_time
+    }
+
+    /// True while old history is being replayed.
+    pub fn is_replaying(&self) -> bool {
+        self.replaying
+    }
+
+    /// The instance id.
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// The execution (generation) number.
+    pub fn execution(&self) -> u64 {
+        self.execution
+    }
+
+    /// A deterministic seed for the next replay-safe UUID: the same on every replay.
+    pub fn next_uuid_seed(&mut self) -> String {
+        self.uuid_counter += 1;
+        format!("{}_{}_{}_{}", self.instance_id, self.execution, self.current_time.millis(), self.uuid_counter)
+    }
+
+    /// Takes this turn's new actions, in the order the code took them.
+    pub fn take_new_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.new_actions)
+    }
+
+    /// What the execution waits for: open steps, then event waits.
+    pub fn waiting_on(&self) -> Vec<WaitingOn> {
+        let mut waiting: Vec<WaitingOn> = self
+            .open
+            .iter()
+            .map(|(id, step)| match step {
+                OpenStep::Activity { name, attempt } => {
+                    WaitingOn::Activity { name: name.clone(), attempt: *attempt, task_id: *id }
+                }
+                OpenStep::Timer { fire_at } => WaitingOn::Timer { fire_at: *fire_at, timer_id: *id },
+                OpenStep::SubOrchestration { name, instance_id } => {
+                    WaitingOn::SubOrchestration { name: name.clone(), instance_id: instance_id.clone() }
+                }
+            })
+            .collect();
+        let mut events: Vec<&String> =
+            self.event_waiters.iter().filter(|(_, w)| !w.is_empty()).map(|(name, _)| name).collect();
+        events.sort();
+        waiting.extend(events.into_iter().map(|name| WaitingOn::Event { name: name.clone() }));
+        waiting
+    }
+
+    /// Instance ids of sub-orchestrations that have not finished (for cascading terminate).
+    pub fn open_sub_orchestrations(&self) -> Vec<String> {
+        self.open
+            .values()
+            .filter_map(|s| match s {
+                OpenStep::SubOrchestration { instance_id, .. } => Some(instance_id.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// External events that arrived and were not consumed, in arrival order.
+    pub fn unconsumed_events(&self) -> Vec<(String, Payload)> {
+        let mut events: Vec<(u64, String, Payload)> = self
+            .buffered_events
+            .iter()
+            .flat_map(|(name, queue)| queue.iter().map(|(p, pos)| (*pos, name.clone(), p.clone())))
+            .collect();
+        events.sort_by_key(|(pos, _, _)| *pos);
+        events.into_iter().map(|(_, name, payload)| (name, payload)).collect()
+    }
+}
+
+fn describe_recorded(kind: &EventKind) -> String {
+    match kind {
+        EventKind::TaskScheduled { name, .. } => format!("TaskScheduled('{name}')"),
+        EventKind::SubOrchestrationInstanceCreated { name, .. } => format!("SubOrchestrationInstanceCreated('{name}')"),
+        EventKind::EventSent { name, .. } => format!("EventSent('{name}')"),
+        other => other.name().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

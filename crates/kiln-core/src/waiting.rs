@@ -1,0 +1,38 @@
+//! "Waiting on": what an instance is blocked on, so a user can see why it is not moving.
+
+use crate::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// One thing a running instance waits for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum WaitingOn {
+    /// An activity that has not finished.
+    Activity {
+        /// Activity name.
+        name: String,
+        /// Attempt number under its retry policy.
+        attempt: u32,
+        /// Step sequence number.
+        task_id: u64,
+    },
+    /// A durable timer.
+    Timer {
+        /// When it fires.
+        fire_at: Timestamp,
+        /// Step sequence number.
+        timer_id: u64,
+    },
+    /// A sub-orchestration.
+    SubOrchestration {
+        /// Child orchestration name.
+        name: String,
+        /// Child instance id.
+        instance_id: String,
+    },
+    /// An external event.
+    Event {
+        /// Event name.
+        name: String,
+    },
+}

@@ -1,1 +1,26 @@
-//! placeholder
+//! Kiln's embedded store: SQLite in WAL mode, durable on commit by default.
+//!
+//! One dedicated writer thread owns the write connection and **group-commits**: every change
+//! that queued while the previous commit was being synced goes into the next transaction, so
+//! many turns share one fsync. Readers use their own connections. Because one process owns the
+//! file (a lock file enforces it), dispatch state — which instances have messages, queued
+//! activities, leases and due timers — is kept in memory in front of the tables and rebuilt from
+//! them at start, so workers are woken directly instead of polling the database.
+//!
+//! # Layout
+//! - [`store`]: opening, recovery and the `Store` implementation.
+//! - `writer`: the writer thread and its group commit.
+//! - `queue`: in-memory dispatch state.
+//! - `reads`: reader connections and queries.
+//! - [`schema`]: embedded migrations.
+//! - `codec`: row encoding.
+
+mod codec;
+mod queue;
+mod reads;
+pub mod schema;
+mod shared;
+pub mod store;
+mod writer;
+
+pub use store::{OpenError, SqliteOptions, SqliteStore, Synchronous};

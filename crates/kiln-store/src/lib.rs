@@ -1,1 +1,28 @@
-//! placeholder
+//! The storage boundary of Kiln.
+//!
+//! The runtime persists everything through the [`Store`] trait: instance creation, the atomic
+//! commit of an orchestration turn, leased work items for turns and activities, queries and
+//! purges. Backends (`kiln-sqlite`, later `kiln-postgres`) implement it, and the
+//! [`conformance`] suite (feature `conformance`) holds the tests every backend must pass.
+//!
+//! # Layout
+//! - [`store`]: the trait and its contract.
+//! - [`records`]: the records it reads and writes.
+//! - [`watch`]: per-instance change notifications.
+//! - [`error`]: store errors.
+
+pub mod error;
+pub mod records;
+pub mod store;
+pub mod watch;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use error::StoreError;
+pub use records::{
+    ActivityWorkItem, HistoryUpdate, InboxMessage, InstancePage, InstanceQuery, InstanceRecord, Lease, NewActivity,
+    NewInstance, NewSubOrchestration, OrchestrationWorkItem, OutgoingMessage, PageCursor, PurgeFilter, TurnCommit,
+};
+pub use store::{Store, StoreResult};
+pub use watch::{StatusSubscription, StatusWatchers};

@@ -1,0 +1,397 @@
+//! In-memory dispatch state in front of the tables.
+//!
+//! One process owns the database file, so which instances have work, which activities are
+//! waiting, which leases are held and when timers fire can all live in memory: workers are woken
+//! directly after a commit instead of polling the database. The tables stay the source of truth;
+//! [`Queues`] is rebuilt from them at start and changed only by the writer thread after a commit
+//! is durable (and by claims and releases, which are not persisted).
+
+use kiln_core::{EventKind, Timestamp};
+use kiln_store::{InboxMessage, Lease, NewActivity};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+/// A queued activity.
+#[derive(Clone, Debug)]
+pub struct ActivityEntry {
+    /// Row id.
+    pub id: i64,
+    /// What to run.
+    pub activity: NewActivity,
+    /// Claims so far.
+    pub dequeue_count: u32,
+}
+
+#[derive(Debug, Default)]
+struct InstanceSlot {
+    messages: Vec<InboxMessage>,
+    lease: Option<HeldLease>,
+    in_ready: bool,
+    suspended: bool,
+    retry_at: Option<Timestamp>,
+    dequeue_count: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct HeldLease {
+    lease: Lease,
+    /// A commit under this lease is being written: it must not lapse meanwhile.
+    pinned: bool,
+}
+
+#[derive(Debug)]
+enum Delayed {
+    Message(String, InboxMessage),
+    InstanceRetry(String),
+    Activity(ActivityEntry),
+}
+
+#[derive(Debug)]
+enum LeaseTarget {
+    Instance(String),
+    Activity(i64),
+}
+
+/// What was claimed: an instance with a snapshot of its messages.
+#[derive(Debug)]
+pub struct ClaimedInstance {
+    /// The instance.
+    pub instance_id: String,
+    /// Its visible messages.
+    pub messages: Vec<InboxMessage>,
+    /// The claim.
+    pub lease: Lease,
+    /// Claims without a commit so far, including this one.
+    pub dequeue_count: u32,
+}
+
+/// The in-memory dispatch state.
+#[derive(Debug, Default)]
+pub struct Queues {
+    slots: HashMap<String, InstanceSlot>,
+    ready: VecDeque<String>,
+    delayed: BTreeMap<(Timestamp, u64), Delayed>,
+    leases: BTreeMap<(Timestamp, u64), LeaseTarget>,
+    activities: VecDeque<ActivityEntry>,
+    leased_activities: HashMap<i64, (HeldLease, ActivityEntry)>,
+    next_token: u64,
+}
+
+impl InstanceSlot {
+    fn eligible(&self) -> bool {
+        self.lease.is_none()
+            && self.retry_at.is_none()
+            && !self.messages.is_empty()
+            && (!self.suspended || self.messages.iter().any(|m| m.event.kind.is_control()))
+    }
+}
+
+impl Queues {
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    /// Adds a message for an instance; returns true if an orchestration worker should wake
+    /// (the instance became ready, or a timer is now the earliest deadline).
+    pub fn push_message(&mut self, instance_id: &str, message: InboxMessage, visible_at: Option<Timestamp>, now: Timestamp) -> bool {
+        match visible_at {
+            Some(at) if at > now => {
+                let earliest = self.next_deadline().is_none_or(|next| at < next);
+                let seq = self.token();
+                self.delayed.insert((at, seq), Delayed::Message(instance_id.to_owned(), message));
+                earliest
+            }
+            _ => {
+                self.slots.entry(instance_id.to_owned()).or_default().messages.push(message);
+                self.mark_ready(instance_id)
+            }
+        }
+    }
+
+    /// Queues an activity; returns true (an activity worker should wake).
+    pub fn push_activity(&mut self, entry: ActivityEntry) -> bool {
+        self.activities.push_back(entry);
+        true
+    }
+
+    /// Records whether an instance is suspended (only control messages wake it then).
+    pub fn set_suspended(&mut self, instance_id: &str, suspended: bool) {
+        if suspended {
+            self.slots.entry(instance_id.to_owned()).or_default().suspended = true;
+        } else if let Some(slot) = self.slots.get_mut(instance_id) {
+            slot.suspended = false;
+        }
+    }
+
+    fn mark_ready(&mut self, instance_id: &str) -> bool {
+        match self.slots.get_mut(instance_id) {
+            Some(slot) if slot.eligible() && !slot.in_ready => {
+                slot.in_ready = true;
+                self.ready.push_back(instance_id.to_owned());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Moves due delayed entries into place and takes back lapsed leases. Returns how many
+    /// orchestration and activity items became available.
+    pub fn advance(&mut self, now: Timestamp) -> (usize, usize) {
+        let (mut instances, mut activities) = (0, 0);
+        while let Some(entry) = self.delayed.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            match entry.remove() {
+                Delayed::Message(id, message) => {
+                    self.slots.entry(id.clone()).or_default().messages.push(message);
+                    instances += usize::from(self.mark_ready(&id));
+                }
+                Delayed::InstanceRetry(id) => {
+                    if let Some(slot) = self.slots.get_mut(&id) {
+                        slot.retry_at = None;
+                    }
+                    instances += usize::from(self.mark_ready(&id));
+                }
+                Delayed::Activity(entry) => {
+                    self.activities.push_back(entry);
+                    activities += 1;
+                }
+            }
+        }
+        while let Some(entry) = self.leases.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            match entry.remove() {
+                LeaseTarget::Instance(id) => {
+                    if let Some(slot) = self.slots.get_mut(&id) {
+                        slot.lease = None;
+                    }
+                    instances += usize::from(self.mark_ready(&id));
+                }
+                LeaseTarget::Activity(id) => {
+                    if let Some((_, entry)) = self.leased_activities.remove(&id) {
+                        self.activities.push_back(entry);
+                        activities += 1;
+                    }
+                }
+            }
+        }
+        (instances, activities)
+    }
+
+    /// The next moment something delayed becomes due or a lease lapses.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        let delayed = self.delayed.keys().next().map(|k| k.0);
+        let lease = self.leases.keys().next().map(|k| k.0);
+        match (delayed, lease) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Claims the next ready instance.
+    pub fn claim_instance(&mut self, now: Timestamp, lease_ms: i64) -> Option<ClaimedInstance> {
+        while let Some(id) = self.ready.pop_front() {
+            let token = self.token();
+            let Some(slot) = self.slots.get_mut(&id) else { continue };
+            slot.in_ready = false;
+            if !slot.eligible() {
+                continue;
+            }
+            let lease = Lease { token, expires_at: now.plus_millis(lease_ms) };
+            slot.lease = Some(HeldLease { lease, pinned: false });
+            slot.dequeue_count += 1;
+            let claimed = ClaimedInstance {
+                instance_id: id.clone(),
+                messages: slot.messages.clone(),
+                lease,
+                dequeue_count: slot.dequeue_count,
+            };
+            self.leases.insert((lease.expires_at, token), LeaseTarget::Instance(id));
+            return Some(claimed);
+        }
+        None
+    }
+
+    /// Claims the next activity.
+    pub fn claim_activity(&mut self, now: Timestamp, lease_ms: i64) -> Option<(ActivityEntry, Lease)> {
+        let mut entry = self.activities.pop_front()?;
+        entry.dequeue_count += 1;
+        let lease = Lease { token: self.token(), expires_at: now.plus_millis(lease_ms) };
+        self.leases.insert((lease.expires_at, lease.token), LeaseTarget::Activity(entry.id));
+        self.leased_activities.insert(entry.id, (HeldLease { lease, pinned: false }, entry.clone()));
+        Some((entry, lease))
+    }
+
+    /// Pins an instance lease for a commit; false if it is not held with this token.
+    pub fn pin_instance(&mut self, instance_id: &str, lease: Lease) -> bool {
+        match self.slots.get_mut(instance_id).and_then(|s| s.lease.as_mut()) {
+            Some(held) if held.lease.token == lease.token => {
+                held.pinned = true;
+                self.leases.remove(&(held.lease.expires_at, held.lease.token));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Pins an activity lease for a commit; false if it is not held with this token.
+    pub fn pin_activity(&mut self, id: i64, lease: Lease) -> bool {
+        match self.leased_activities.get_mut(&id) {
+            Some((held, _)) if held.lease.token == lease.token => {
+                held.pinned = true;
+                self.leases.remove(&(held.lease.expires_at, held.lease.token));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Extends a held activity lease.
+    pub fn renew_activity(&mut self, id: i64, lease: Lease, now: Timestamp, lease_ms: i64) -> Option<Lease> {
+        let (held, _) = self.leased_activities.get_mut(&id)?;
+        if held.lease.token != lease.token || held.pinned {
+            return None;
+        }
+        self.leases.remove(&(held.lease.expires_at, held.lease.token));
+        held.lease.expires_at = now.plus_millis(lease_ms);
+        self.leases.insert((held.lease.expires_at, held.lease.token), LeaseTarget::Activity(id));
+        Some(held.lease)
+    }
+
+    /// Releases an instance after a commit (or a failed one): drops consumed messages and, if
+    /// `committed`, resets its failure count. Returns true if it is ready again.
+    pub fn release_instance(&mut self, instance_id: &str, consumed: &[i64], committed: bool) -> bool {
+        let Some(slot) = self.slots.get_mut(instance_id) else { return false };
+        if let Some(held) = slot.lease.take() {
+            self.leases.remove(&(held.lease.expires_at, held.lease.token));
+        }
+        if committed {
+            slot.messages.retain(|m| !consumed.contains(&m.id));
+            slot.dequeue_count = 0;
+        }
+        let ready = self.mark_ready(instance_id);
+        self.drop_if_idle(instance_id);
+        ready
+    }
+
+    /// Releases an instance without a commit; it becomes claimable again at `retry_at`.
+    pub fn abandon_instance(&mut self, instance_id: &str, lease: Lease, retry_at: Timestamp) -> bool {
+        let Some(slot) = self.slots.get_mut(instance_id) else { return false };
+        match slot.lease {
+            Some(held) if held.lease.token == lease.token => {
+                self.leases.remove(&(held.lease.expires_at, held.lease.token));
+                slot.lease = None;
+                slot.retry_at = Some(retry_at);
+                let seq = self.token();
+                self.delayed.insert((retry_at, seq), Delayed::InstanceRetry(instance_id.to_owned()));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Forgets a finished activity's lease (its row is gone).
+    pub fn finish_activity(&mut self, id: i64) {
+        self.leased_activities.remove(&id);
+    }
+
+    /// Unpins an activity lease after a failed commit (it lapses normally from now).
+    pub fn unpin_activity(&mut self, id: i64, now: Timestamp) {
+        if let Some((held, _)) = self.leased_activities.get_mut(&id) {
+            held.pinned = false;
+            held.lease.expires_at = now;
+            self.leases.insert((now, held.lease.token), LeaseTarget::Activity(id));
+        }
+    }
+
+    /// Releases an activity; it becomes claimable again at `retry_at`.
+    pub fn abandon_activity(&mut self, id: i64, lease: Lease, retry_at: Timestamp) -> bool {
+        match self.leased_activities.get(&id) {
+            Some((held, _)) if held.lease.token == lease.token => {
+                let held = held.lease;
+                self.leases.remove(&(held.expires_at, held.token));
+                if let Some((_, entry)) = self.leased_activities.remove(&id) {
+                    let seq = self.token();
+                    self.delayed.insert((retry_at, seq), Delayed::Activity(entry));
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Forgets everything about instances (after a purge or a replacing start).
+    pub fn forget_instances(&mut self, ids: &[String]) {
+        for id in ids {
+            if let Some(slot) = self.slots.remove(id) {
+                if let Some(held) = slot.lease {
+                    self.leases.remove(&(held.lease.expires_at, held.lease.token));
+                }
+            }
+        }
+        self.delayed.retain(|_, d| match d {
+            Delayed::Message(id, _) | Delayed::InstanceRetry(id) => !ids.contains(id),
+            Delayed::Activity(e) => !ids.contains(&e.activity.instance_id),
+        });
+        self.activities.retain(|e| !ids.contains(&e.activity.instance_id));
+    }
+
+    fn drop_if_idle(&mut self, instance_id: &str) {
+        if let Some(slot) = self.slots.get(instance_id) {
+            if slot.messages.is_empty() && slot.lease.is_none() && !slot.in_ready && !slot.suspended {
+                self.slots.remove(instance_id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_core::{HistoryEvent, Payload};
+
+    fn message(id: i64, kind: EventKind) -> InboxMessage {
+        InboxMessage { id, execution: None, event: HistoryEvent::new(Timestamp(0), kind) }
+    }
+
+    fn raised(id: i64) -> InboxMessage {
+        message(id, EventKind::EventRaised { name: "e".into(), input: Payload::null() })
+    }
+
+    #[test]
+    fn one_holder_at_a_time_and_lapsed_leases_return() {
+        let mut q = Queues::default();
+        assert!(q.push_message("a", raised(1), None, Timestamp(0)));
+        let first = q.claim_instance(Timestamp(0), 100).unwrap();
+        q.push_message("a", raised(2), None, Timestamp(0));
+        assert!(q.claim_instance(Timestamp(0), 100).is_none(), "leased instances are not handed out twice");
+        q.advance(Timestamp(100));
+        let second = q.claim_instance(Timestamp(100), 100).unwrap();
+        assert_eq!(second.dequeue_count, 2);
+        assert!(!q.pin_instance("a", first.lease), "the lapsed lease is fenced out");
+        assert!(q.pin_instance("a", second.lease));
+        q.release_instance("a", &[1, 2], true);
+        assert!(q.claim_instance(Timestamp(100), 100).is_none());
+    }
+
+    #[test]
+    fn suspended_instances_wake_only_for_control_messages() {
+        let mut q = Queues::default();
+        q.set_suspended("a", true);
+        assert!(!q.push_message("a", raised(1), None, Timestamp(0)));
+        assert!(q.push_message("a", message(2, EventKind::ExecutionResumed { reason: None }), None, Timestamp(0)));
+    }
+
+    #[test]
+    fn delayed_messages_wait_for_their_time() {
+        let mut q = Queues::default();
+        q.push_message("a", raised(1), Some(Timestamp(50)), Timestamp(0));
+        assert!(q.claim_instance(Timestamp(0), 100).is_none());
+        assert_eq!(q.next_deadline(), Some(Timestamp(50)));
+        assert_eq!(q.advance(Timestamp(50)), (1, 0));
+        assert!(q.claim_instance(Timestamp(50), 100).is_some());
+    }
+}

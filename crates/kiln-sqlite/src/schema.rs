@@ -1,0 +1,88 @@
+//! Embedded, ordered schema migrations, tracked in SQLite's `user_version`.
+
+use rusqlite::Connection;
+
+/// The migrations, in order; migration `i` brings the schema to version `i + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE instances (
+    instance_id        TEXT PRIMARY KEY,
+    name               TEXT NOT NULL,
+    version            TEXT NOT NULL,
+    execution          INTEGER NOT NULL,
+    status             INTEGER NOT NULL,
+    input              TEXT NOT NULL,
+    output             TEXT,
+    failure            TEXT,
+    custom_status      TEXT,
+    created_at         INTEGER NOT NULL,
+    updated_at         INTEGER NOT NULL,
+    waiting_on         TEXT,
+    parent             TEXT,
+    parent_instance_id TEXT,
+    history_len        INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX instances_by_created ON instances (created_at, instance_id);
+CREATE INDEX instances_by_parent ON instances (parent_instance_id) WHERE parent_instance_id IS NOT NULL;
+CREATE TABLE history (
+    instance_id TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    event       TEXT NOT NULL,
+    PRIMARY KEY (instance_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE inbox (
+    id          INTEGER PRIMARY KEY,
+    instance_id TEXT NOT NULL,
+    execution   INTEGER,
+    visible_at  INTEGER,
+    event       TEXT NOT NULL
+);
+CREATE INDEX inbox_by_instance ON inbox (instance_id);
+CREATE TABLE activities (
+    id          INTEGER PRIMARY KEY,
+    instance_id TEXT NOT NULL,
+    execution   INTEGER NOT NULL,
+    step        INTEGER NOT NULL,
+    name        TEXT NOT NULL,
+    input       TEXT NOT NULL,
+    attempt     INTEGER NOT NULL
+);
+CREATE INDEX activities_by_instance ON activities (instance_id);
+CREATE TABLE settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"#];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Why the schema could not be brought up to date.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    /// The file was written by a newer Kiln.
+    #[error("the database schema is version {found}, newer than this Kiln supports ({supported}); upgrade Kiln")]
+    TooNew {
+        /// Version found in the file.
+        found: i64,
+        /// Newest version this build knows.
+        supported: i64,
+    },
+    /// SQLite refused a statement.
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// Applies every migration the database has not seen yet, each in its own transaction.
+pub fn migrate(conn: &mut Connection) -> Result<(), MigrationError> {
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(MigrationError::TooNew { found, supported: SCHEMA_VERSION });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", index as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

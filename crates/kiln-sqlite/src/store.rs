@@ -1,0 +1,431 @@
+//! [`SqliteStore`]: opening the database, recovering in-memory state, and the [`Store`] methods.
+
+use crate::codec::{backend, decode_event};
+use crate::queue::{ActivityEntry, Queues};
+use crate::reads::{self, Readers};
+use crate::schema::{MigrationError, migrate};
+use crate::shared::{Shared, now};
+use crate::writer::{self, PURGE_BATCH, WriteOp, WriteOutcome, WriteRequest};
+use async_trait::async_trait;
+use kiln_core::{HistoryEvent, RuntimeStatus, Timestamp};
+use kiln_store::{
+    ActivityWorkItem, InboxMessage, InstancePage, InstanceQuery, InstanceRecord, Lease, NewActivity, NewInstance,
+    OrchestrationWorkItem, PurgeFilter, StatusWatchers, Store, StoreError, StoreResult, TurnCommit,
+};
+use rusqlite::{Connection, OpenFlags};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tokio::sync::{Notify, oneshot};
+
+/// How hard SQLite syncs on commit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Synchronous {
+    /// fsync on every commit: a commit that returned survives power loss (the default).
+    #[default]
+    Full,
+    /// fsync at checkpoints only: survives a process crash, may lose recent commits on power loss.
+    Normal,
+}
+
+/// Options for [`SqliteStore::open`].
+#[derive(Clone, Debug)]
+pub struct SqliteOptions {
+    /// The database file.
+    pub path: PathBuf,
+    /// Commit durability.
+    pub synchronous: Synchronous,
+    /// Number of reader connections.
+    pub readers: usize,
+}
+
+impl SqliteOptions {
+    /// Defaults for a database file: `synchronous=FULL`, four readers.
+    pub fn new(path: impl Into<PathBuf>) -> SqliteOptions {
+        SqliteOptions { path: path.into(), synchronous: Synchronous::Full, readers: 4 }
+    }
+}
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Another process has the database open.
+    #[error("database {0} is in use by another Kiln process (lock file {0}.lock is held)")]
+    Locked(PathBuf),
+    /// The file exists but is not a SQLite database.
+    #[error("{path} is not a Kiln database: {source}")]
+    NotADatabase {
+        /// The file.
+        path: PathBuf,
+        /// SQLite's complaint.
+        source: rusqlite::Error,
+    },
+    /// The schema could not be brought up to date.
+    #[error("cannot prepare the schema of {path}: {source}")]
+    Migration {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: MigrationError,
+    },
+    /// The file or its lock could not be opened.
+    #[error("cannot open {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Stored data could not be loaded.
+    #[error("cannot load {path}: {source}")]
+    Load {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: StoreError,
+    },
+}
+
+/// The embedded SQLite store. Cheap to share behind an `Arc`.
+pub struct SqliteStore {
+    shared: Arc<Shared>,
+    readers: Readers,
+    sender: Mutex<Option<Sender<WriteRequest>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    _lock: File,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) a database file, migrates it, and recovers pending work.
+    pub fn open(options: SqliteOptions) -> Result<SqliteStore, OpenError> {
+        let path = options.path.clone();
+        let lock = lock_file(&path)?;
+        let mut conn = open_connection(&path, options.synchronous, false)?;
+        migrate(&mut conn).map_err(|source| OpenError::Migration { path: path.clone(), source })?;
+        let readers = (0..options.readers.max(1))
+            .map(|_| open_connection(&path, options.synchronous, true))
+            .collect::<Result<Vec<_>, _>>()?;
+        let queues = recover(&conn).map_err(|source| OpenError::Load { path: path.clone(), source })?;
+        let shared = Arc::new(Shared {
+            queues: Mutex::new(queues),
+            orchestration_ready: Notify::new(),
+            activity_ready: Notify::new(),
+            watchers: StatusWatchers::default(),
+        });
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let writer_shared = Arc::clone(&shared);
+        let writer = std::thread::Builder::new()
+            .name("kiln-sqlite-writer".into())
+            .spawn(move || writer::run(conn, receiver, writer_shared))
+            .map_err(|source| OpenError::Io { path: path.clone(), source })?;
+        Ok(SqliteStore {
+            shared,
+            readers: Readers::new(readers),
+            sender: Mutex::new(Some(sender)),
+            writer: Mutex::new(Some(writer)),
+            _lock: lock,
+        })
+    }
+
+    async fn write(&self, op: WriteOp) -> StoreResult<WriteOutcome> {
+        let sender = self
+            .sender
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| StoreError::Unavailable("the store is shut down".into()))?;
+        let (reply, result) = oneshot::channel();
+        sender
+            .send(WriteRequest { op, reply })
+            .map_err(|_| StoreError::Unavailable("the writer thread has stopped".into()))?;
+        result.await.map_err(|_| StoreError::Unavailable("the writer thread has stopped".into()))?
+    }
+
+    /// Waits for `notify` or until the next deadline in the queues or `deadline`, whichever first.
+    async fn wait_for_work(notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>, next: Option<Timestamp>, deadline: tokio::time::Instant) {
+        let mut until = deadline;
+        if let Some(next) = next {
+            let in_ms = (next.0 - now().0).max(0) as u64;
+            until = until.min(tokio::time::Instant::now() + Duration::from_millis(in_ms));
+        }
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep_until(until) => {}
+        }
+    }
+
+    /// Wakes other workers for items that became available beyond the one just taken.
+    fn wake_others(&self, instances: usize, activities: usize) {
+        for _ in 0..instances {
+            self.shared.orchestration_ready.notify_one();
+        }
+        for _ in 0..activities {
+            self.shared.activity_ready.notify_one();
+        }
+    }
+}
+
+fn lock_file(path: &Path) -> Result<File, OpenError> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(|source| OpenError::Io { path: lock_path.clone(), source })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(OpenError::Locked(path.to_owned())),
+        Err(std::fs::TryLockError::Error(source)) => Err(OpenError::Io { path: lock_path, source }),
+    }
+}
+
+fn open_connection(path: &Path, synchronous: Synchronous, read_only: bool) -> Result<Connection, OpenError> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let not_a_db = |source| OpenError::NotADatabase { path: path.to_owned(), source };
+    let conn = Connection::open_with_flags(path, flags).map_err(not_a_db)?;
+    let sync = match synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    if read_only {
+        conn.execute_batch("PRAGMA busy_timeout = 5000;").map_err(not_a_db)?;
+    } else {
+        conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)).map_err(not_a_db)?;
+        conn.execute_batch(&format!("PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 5000;")).map_err(not_a_db)?;
+    }
+    // Touch the schema so a file that is not a database fails here, with its path.
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)).map_err(not_a_db)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// Rebuilds the in-memory queues from the tables.
+fn recover(conn: &Connection) -> StoreResult<Queues> {
+    let mut queues = Queues::default();
+    let at = now();
+    let mut suspended = conn
+        .prepare("SELECT instance_id FROM instances WHERE status = ?1")
+        .map_err(backend)?;
+    for id in suspended.query_map([RuntimeStatus::Suspended.code()], |r| r.get::<_, String>(0)).map_err(backend)? {
+        queues.set_suspended(&id.map_err(backend)?, true);
+    }
+    let mut inbox = conn
+        .prepare("SELECT id, instance_id, execution, visible_at, event FROM inbox ORDER BY id")
+        .map_err(backend)?;
+    let rows = inbox
+        .query_map([], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<i64>>(2)?, r.get::<_, Option<i64>>(3)?, r.get::<_, String>(4)?))
+        })
+        .map_err(backend)?;
+    for row in rows {
+        let (id, instance_id, execution, visible_at, event) = row.map_err(backend)?;
+        let message = InboxMessage { id, execution: execution.map(|e| e as u64), event: decode_event(&event)? };
+        queues.push_message(&instance_id, message, visible_at.map(Timestamp), at);
+    }
+    let mut activities = conn
+        .prepare("SELECT id, instance_id, execution, step, name, input, attempt FROM activities ORDER BY id")
+        .map_err(backend)?;
+    let rows = activities
+        .query_map([], |r| {
+            Ok(ActivityEntry {
+                id: r.get(0)?,
+                activity: NewActivity {
+                    instance_id: r.get(1)?,
+                    execution: r.get::<_, i64>(2)? as u64,
+                    step: r.get::<_, i64>(3)? as u64,
+                    name: r.get(4)?,
+                    input: kiln_core::Payload::from_trusted(r.get(5)?),
+                    attempt: r.get(6)?,
+                },
+                dequeue_count: 0,
+            })
+        })
+        .map_err(backend)?;
+    for entry in rows {
+        queues.push_activity(entry.map_err(backend)?);
+    }
+    Ok(queues)
+}
+
+fn lease_millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_instance(&self, instance: NewInstance) -> StoreResult<()> {
+        self.write(WriteOp::CreateInstance(instance)).await.map(|_| ())
+    }
+
+    async fn send_message(&self, instance_id: &str, event: HistoryEvent) -> StoreResult<()> {
+        self.write(WriteOp::SendMessage { instance_id: instance_id.to_owned(), event }).await.map(|_| ())
+    }
+
+    async fn fetch_orchestration_work(&self, lease_for: Duration, wait: Duration) -> StoreResult<Option<OrchestrationWorkItem>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.shared.orchestration_ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (claimed, next) = {
+                let mut queues = self.shared.lock_queues();
+                let at = now();
+                let (instances, activities) = queues.advance(at);
+                let claimed = queues.claim_instance(at, lease_millis(lease_for));
+                self.wake_others(instances.saturating_sub(usize::from(claimed.is_some())), activities);
+                (claimed, queues.next_deadline())
+            };
+            if let Some(claimed) = claimed {
+                let record = self.readers.with(|conn| reads::get_instance(conn, &claimed.instance_id));
+                match record {
+                    Ok(Some(instance)) => {
+                        return Ok(Some(OrchestrationWorkItem {
+                            instance,
+                            messages: claimed.messages,
+                            lease: claimed.lease,
+                            dequeue_count: claimed.dequeue_count,
+                        }));
+                    }
+                    Ok(None) => {
+                        self.shared.lock_queues().forget_instances(&[claimed.instance_id]);
+                        continue;
+                    }
+                    Err(err) => {
+                        self.shared.lock_queues().release_instance(&claimed.instance_id, &[], false);
+                        return Err(err);
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            Self::wait_for_work(notified, next, deadline).await;
+        }
+    }
+
+    async fn commit_turn(&self, commit: TurnCommit) -> StoreResult<()> {
+        self.write(WriteOp::CommitTurn(Box::new(commit))).await.map(|_| ())
+    }
+
+    async fn abandon_orchestration_work(&self, instance_id: &str, lease: Lease, retry_after: Duration) -> StoreResult<()> {
+        let released = self.shared.lock_queues().abandon_instance(instance_id, lease, now().plus_millis(lease_millis(retry_after)));
+        self.shared.orchestration_ready.notify_one();
+        if released { Ok(()) } else { Err(StoreError::LeaseLost(instance_id.to_owned())) }
+    }
+
+    async fn fetch_activity_work(&self, lease_for: Duration, wait: Duration) -> StoreResult<Option<ActivityWorkItem>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.shared.activity_ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (claimed, next) = {
+                let mut queues = self.shared.lock_queues();
+                let at = now();
+                let (instances, activities) = queues.advance(at);
+                let claimed = queues.claim_activity(at, lease_millis(lease_for));
+                self.wake_others(instances, activities.saturating_sub(usize::from(claimed.is_some())));
+                (claimed, queues.next_deadline())
+            };
+            if let Some((entry, lease)) = claimed {
+                return Ok(Some(ActivityWorkItem {
+                    id: entry.id,
+                    activity: entry.activity,
+                    lease,
+                    dequeue_count: entry.dequeue_count,
+                }));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            Self::wait_for_work(notified, next, deadline).await;
+        }
+    }
+
+    async fn renew_activity_lease(&self, item: &ActivityWorkItem, lease_for: Duration) -> StoreResult<Lease> {
+        self.shared
+            .lock_queues()
+            .renew_activity(item.id, item.lease, now(), lease_millis(lease_for))
+            .ok_or_else(|| StoreError::LeaseLost(format!("activity '{}' of {}", item.activity.name, item.activity.instance_id)))
+    }
+
+    async fn complete_activity(&self, item: &ActivityWorkItem, result: HistoryEvent) -> StoreResult<()> {
+        self.write(WriteOp::CompleteActivity { id: item.id, lease: item.lease, activity: item.activity.clone(), event: result })
+            .await
+            .map(|_| ())
+    }
+
+    async fn abandon_activity_work(&self, item: &ActivityWorkItem, retry_after: Duration) -> StoreResult<()> {
+        let released =
+            self.shared.lock_queues().abandon_activity(item.id, item.lease, now().plus_millis(lease_millis(retry_after)));
+        self.shared.activity_ready.notify_one();
+        if released { Ok(()) } else { Err(StoreError::LeaseLost(item.activity.instance_id.clone())) }
+    }
+
+    async fn get_instance(&self, instance_id: &str) -> StoreResult<Option<InstanceRecord>> {
+        self.readers.with(|conn| reads::get_instance(conn, instance_id))
+    }
+
+    async fn get_history(&self, instance_id: &str) -> StoreResult<Vec<HistoryEvent>> {
+        self.readers.with(|conn| reads::get_history(conn, instance_id))
+    }
+
+    async fn list_instances(&self, query: &InstanceQuery) -> StoreResult<InstancePage> {
+        self.readers.with(|conn| reads::list_instances(conn, query))
+    }
+
+    async fn purge_instance(&self, instance_id: &str) -> StoreResult<u64> {
+        match self.write(WriteOp::PurgeInstance(instance_id.to_owned())).await? {
+            WriteOutcome::Count(n) => Ok(n),
+            _ => Ok(0),
+        }
+    }
+
+    async fn purge_instances(&self, filter: &PurgeFilter) -> StoreResult<u64> {
+        let mut total = 0;
+        loop {
+            let deleted = match self.write(WriteOp::PurgeBatch(filter.clone())).await? {
+                WriteOutcome::Count(n) => n,
+                _ => 0,
+            };
+            total += deleted;
+            if deleted < PURGE_BATCH as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn get_setting(&self, key: &str) -> StoreResult<Option<String>> {
+        self.readers.with(|conn| reads::get_setting(conn, key))
+    }
+
+    async fn put_setting_if_absent(&self, key: &str, value: &str) -> StoreResult<String> {
+        match self.write(WriteOp::PutSettingIfAbsent { key: key.to_owned(), value: value.to_owned() }).await? {
+            WriteOutcome::Value(v) => Ok(v),
+            _ => Ok(value.to_owned()),
+        }
+    }
+
+    fn watchers(&self) -> &StatusWatchers {
+        &self.shared.watchers
+    }
+
+    async fn shutdown(&self) {
+        self.sender.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}

@@ -1,0 +1,503 @@
+//! The single writer thread and its group commit.
+//!
+//! Every change goes through one thread that owns the write connection. It takes all requests
+//! that queued up while the previous commit was being made durable and writes them in one
+//! transaction (one fsync for many turns), each inside its own savepoint so one failing request
+//! does not undo the others. Only after `COMMIT` returns does it update the in-memory queues,
+//! wake workers and answer the callers: nothing is visible or acknowledged before it is durable.
+
+use crate::codec::{backend, encode_event, to_json, to_json_opt};
+use crate::queue::ActivityEntry;
+use crate::shared::{Shared, now};
+use kiln_core::{EventKind, FailureDetails, HistoryEvent, Payload, RuntimeStatus, Timestamp, error_types};
+use kiln_store::{
+    HistoryUpdate, InboxMessage, Lease, NewActivity, NewInstance, PurgeFilter, StoreError, StoreResult, TurnCommit,
+};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use tokio::sync::oneshot;
+
+/// Most requests written in one transaction.
+const MAX_BATCH: usize = 512;
+/// Most instances one purge request deletes (purges of many instances run in bounded batches).
+pub const PURGE_BATCH: usize = 500;
+
+/// A change to make durable.
+pub enum WriteOp {
+    /// Start (or replace) an instance.
+    CreateInstance(NewInstance),
+    /// Put a message into an existing instance's inbox.
+    SendMessage {
+        /// Target.
+        instance_id: String,
+        /// The event.
+        event: HistoryEvent,
+    },
+    /// Commit an orchestration turn.
+    CommitTurn(Box<TurnCommit>),
+    /// Finish an activity and deliver its result.
+    CompleteActivity {
+        /// Activity row id.
+        id: i64,
+        /// The claim it ran under.
+        lease: Lease,
+        /// What it was.
+        activity: NewActivity,
+        /// `TaskCompleted` or `TaskFailed`.
+        event: HistoryEvent,
+    },
+    /// Purge one finished instance and its finished descendants.
+    PurgeInstance(String),
+    /// Purge up to [`PURGE_BATCH`] finished instances matching a filter.
+    PurgeBatch(PurgeFilter),
+    /// Store a setting unless present.
+    PutSettingIfAbsent {
+        /// Key.
+        key: String,
+        /// Value.
+        value: String,
+    },
+}
+
+/// What a write returns.
+pub enum WriteOutcome {
+    /// Nothing to report.
+    Done,
+    /// A count (purges).
+    Count(u64),
+    /// A value (settings).
+    Value(String),
+}
+
+/// A queued write and where to send its result.
+pub struct WriteRequest {
+    /// The change.
+    pub op: WriteOp,
+    /// The caller waiting for it to be durable.
+    pub reply: oneshot::Sender<StoreResult<WriteOutcome>>,
+}
+
+/// A change to the in-memory state, applied once the transaction is durable.
+enum Effect {
+    Message { instance_id: String, message: InboxMessage, visible_at: Option<Timestamp> },
+    Activity(ActivityEntry),
+    ReleaseInstance { instance_id: String, consumed: Vec<i64>, suspended: bool },
+    FinishActivity(i64),
+    Forget(Vec<String>),
+    Notify(String),
+}
+
+/// Runs the writer loop until every sender is gone.
+pub fn run(mut conn: Connection, requests: Receiver<WriteRequest>, shared: Arc<Shared>) {
+    while let Ok(first) = requests.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match requests.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        write_batch(&mut conn, batch, &shared);
+    }
+}
+
+fn write_batch(conn: &mut Connection, batch: Vec<WriteRequest>, shared: &Shared) {
+    // Leases are checked and pinned before writing, so a lapsing lease cannot be handed to
+    // another worker while its holder's commit is in flight.
+    let mut accepted = Vec::with_capacity(batch.len());
+    for request in batch {
+        match pin_lease(&request.op, shared) {
+            Ok(()) => accepted.push(request),
+            Err(err) => {
+                let _ = request.reply.send(Err(err));
+            }
+        }
+    }
+    if accepted.is_empty() {
+        return;
+    }
+    let mut results: Vec<StoreResult<(WriteOutcome, Vec<Effect>)>> = Vec::with_capacity(accepted.len());
+    let committed = (|| -> rusqlite::Result<()> {
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        for request in &accepted {
+            conn.execute_batch("SAVEPOINT op")?;
+            let mut effects = Vec::new();
+            let result = apply(conn, &request.op, &mut effects);
+            if result.is_ok() {
+                conn.execute_batch("RELEASE op")?;
+            } else {
+                conn.execute_batch("ROLLBACK TO op; RELEASE op")?;
+            }
+            results.push(result.map(|outcome| (outcome, effects)));
+        }
+        conn.execute_batch("COMMIT")
+    })();
+    if let Err(err) = committed {
+        let _ = conn.execute_batch("ROLLBACK");
+        tracing::error!(error = %err, "group commit failed");
+        results = accepted.iter().map(|_| Err(StoreError::Backend(format!("commit failed: {err}")))).collect();
+    }
+
+    let mut wake_instances = 0usize;
+    let mut wake_activities = 0usize;
+    let mut notify = Vec::new();
+    let at = now();
+    {
+        let mut queues = shared.lock_queues();
+        for (request, result) in accepted.iter().zip(results.iter_mut()) {
+            match result {
+                Ok((_, effects)) => {
+                    for effect in effects.drain(..) {
+                        match effect {
+                            Effect::Message { instance_id, message, visible_at } => {
+                                wake_instances += usize::from(queues.push_message(&instance_id, message, visible_at, at));
+                            }
+                            Effect::Activity(entry) => wake_activities += usize::from(queues.push_activity(entry)),
+                            Effect::ReleaseInstance { instance_id, consumed, suspended } => {
+                                queues.set_suspended(&instance_id, suspended);
+                                wake_instances += usize::from(queues.release_instance(&instance_id, &consumed, true));
+                            }
+                            Effect::FinishActivity(id) => queues.finish_activity(id),
+                            Effect::Forget(ids) => queues.forget_instances(&ids),
+                            Effect::Notify(id) => notify.push(id),
+                        }
+                    }
+                }
+                Err(_) => match &request.op {
+                    WriteOp::CommitTurn(turn) => {
+                        wake_instances += usize::from(queues.release_instance(&turn.instance_id, &[], false));
+                    }
+                    WriteOp::CompleteActivity { id, .. } => queues.unpin_activity(*id, at),
+                    _ => {}
+                },
+            }
+        }
+    }
+    for _ in 0..wake_instances {
+        shared.orchestration_ready.notify_one();
+    }
+    for _ in 0..wake_activities {
+        shared.activity_ready.notify_one();
+    }
+    for id in notify {
+        shared.watchers.notify(&id);
+    }
+    for (request, result) in accepted.into_iter().zip(results) {
+        let _ = request.reply.send(result.map(|(outcome, _)| outcome));
+    }
+}
+
+fn pin_lease(op: &WriteOp, shared: &Shared) -> StoreResult<()> {
+    let mut queues = shared.lock_queues();
+    match op {
+        WriteOp::CommitTurn(turn) if !queues.pin_instance(&turn.instance_id, turn.lease) => {
+            Err(StoreError::LeaseLost(turn.instance_id.clone()))
+        }
+        WriteOp::CompleteActivity { id, lease, activity, .. } if !queues.pin_activity(*id, *lease) => {
+            Err(StoreError::LeaseLost(format!("activity '{}' of {}", activity.name, activity.instance_id)))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn apply(conn: &Connection, op: &WriteOp, effects: &mut Vec<Effect>) -> StoreResult<WriteOutcome> {
+    match op {
+        WriteOp::CreateInstance(instance) => {
+            create_instance(conn, instance, effects)?;
+            Ok(WriteOutcome::Done)
+        }
+        WriteOp::SendMessage { instance_id, event } => {
+            if !instance_exists(conn, instance_id)? {
+                return Err(StoreError::NotFound(instance_id.clone()));
+            }
+            insert_message(conn, instance_id, None, event, None, effects)?;
+            Ok(WriteOutcome::Done)
+        }
+        WriteOp::CommitTurn(turn) => {
+            commit_turn(conn, turn, effects)?;
+            Ok(WriteOutcome::Done)
+        }
+        WriteOp::CompleteActivity { id, activity, event, .. } => {
+            conn.prepare_cached("DELETE FROM activities WHERE id = ?1")
+                .and_then(|mut s| s.execute([id]))
+                .map_err(backend)?;
+            effects.push(Effect::FinishActivity(*id));
+            if instance_exists(conn, &activity.instance_id)? {
+                insert_message(conn, &activity.instance_id, Some(activity.execution), event, None, effects)?;
+            }
+            Ok(WriteOutcome::Done)
+        }
+        WriteOp::PurgeInstance(instance_id) => {
+            let status: Option<i64> = conn
+                .prepare_cached("SELECT status FROM instances WHERE instance_id = ?1")
+                .and_then(|mut s| s.query_row([instance_id], |r| r.get(0)).optional())
+                .map_err(backend)?;
+            let status = status.ok_or_else(|| StoreError::NotFound(instance_id.clone()))?;
+            let status = RuntimeStatus::from_code(status).unwrap_or(RuntimeStatus::Running);
+            if !status.is_terminal() {
+                return Err(StoreError::NotTerminal(instance_id.clone(), status));
+            }
+            purge(conn, vec![instance_id.clone()], effects).map(WriteOutcome::Count)
+        }
+        WriteOp::PurgeBatch(filter) => {
+            let ids = select_purgeable(conn, filter)?;
+            purge(conn, ids, effects).map(WriteOutcome::Count)
+        }
+        WriteOp::PutSettingIfAbsent { key, value } => {
+            conn.execute("INSERT OR IGNORE INTO settings (key, value) VALUES (?1, ?2)", [key, value])
+                .map_err(backend)?;
+            let stored: String = conn
+                .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0))
+                .map_err(backend)?;
+            Ok(WriteOutcome::Value(stored))
+        }
+    }
+}
+
+fn instance_exists(conn: &Connection, instance_id: &str) -> StoreResult<bool> {
+    conn.prepare_cached("SELECT 1 FROM instances WHERE instance_id = ?1")
+        .and_then(|mut s| s.exists([instance_id]))
+        .map_err(backend)
+}
+
+fn insert_message(
+    conn: &Connection,
+    instance_id: &str,
+    execution: Option<u64>,
+    event: &HistoryEvent,
+    visible_at: Option<Timestamp>,
+    effects: &mut Vec<Effect>,
+) -> StoreResult<()> {
+    let encoded = encode_event(event)?;
+    conn.prepare_cached("INSERT INTO inbox (instance_id, execution, visible_at, event) VALUES (?1, ?2, ?3, ?4)")
+        .and_then(|mut s| s.execute(params![instance_id, execution.map(|e| e as i64), visible_at.map(|t| t.0), encoded]))
+        .map_err(backend)?;
+    let message = InboxMessage { id: conn.last_insert_rowid(), execution, event: event.clone() };
+    effects.push(Effect::Message { instance_id: instance_id.to_owned(), message, visible_at });
+    Ok(())
+}
+
+/// Creates an instance; returns `AlreadyExists` when its id is held by an unfinished instance.
+fn create_instance(conn: &Connection, instance: &NewInstance, effects: &mut Vec<Effect>) -> StoreResult<()> {
+    let existing: Option<(i64, i64)> = conn
+        .prepare_cached("SELECT status, execution FROM instances WHERE instance_id = ?1")
+        .and_then(|mut s| s.query_row([&instance.instance_id], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+        .map_err(backend)?;
+    let mut execution = 0u64;
+    if let Some((status, previous)) = existing {
+        let status = RuntimeStatus::from_code(status).unwrap_or(RuntimeStatus::Running);
+        if !status.is_terminal() {
+            return Err(StoreError::AlreadyExists(instance.instance_id.clone(), status));
+        }
+        execution = previous as u64 + 1;
+        delete_rows(conn, &instance.instance_id)?;
+        effects.push(Effect::Forget(vec![instance.instance_id.clone()]));
+    }
+    let parent_json = to_json_opt(instance.parent.as_ref())?;
+    conn.prepare_cached(
+        "INSERT INTO instances (instance_id, name, version, execution, status, input, created_at, updated_at, \
+         parent, parent_instance_id, history_len) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, 0)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            instance.instance_id,
+            instance.name,
+            instance.version,
+            execution as i64,
+            RuntimeStatus::Pending.code(),
+            instance.input.as_str(),
+            instance.created_at.0,
+            parent_json,
+            instance.parent.as_ref().map(|p| p.instance_id.as_str()),
+        ])
+    })
+    .map_err(backend)?;
+    let started = HistoryEvent::new(
+        instance.created_at,
+        EventKind::ExecutionStarted {
+            name: instance.name.clone(),
+            version: instance.version.clone(),
+            input: instance.input.clone(),
+            parent: instance.parent.clone(),
+        },
+    );
+    insert_message(conn, &instance.instance_id, Some(execution), &started, None, effects)?;
+    effects.push(Effect::Notify(instance.instance_id.clone()));
+    Ok(())
+}
+
+fn commit_turn(conn: &Connection, turn: &TurnCommit, effects: &mut Vec<Effect>) -> StoreResult<()> {
+    let (events, replace) = match &turn.history {
+        HistoryUpdate::Append(events) => (events, false),
+        HistoryUpdate::Replace(events) => (events, true),
+    };
+    if replace {
+        conn.prepare_cached("DELETE FROM history WHERE instance_id = ?1")
+            .and_then(|mut s| s.execute([&turn.instance_id]))
+            .map_err(backend)?;
+    }
+    let appended = events.len() as i64;
+    let failure = to_json_opt(turn.failure.as_ref())?;
+    let waiting_on = if turn.waiting_on.is_empty() { None } else { Some(to_json(&turn.waiting_on)?) };
+    let new_len: Option<i64> = conn
+        .prepare_cached(
+            "UPDATE instances SET execution = ?2, status = ?3, input = ?4, output = ?5, failure = ?6, \
+             custom_status = ?7, waiting_on = ?8, updated_at = ?9, \
+             history_len = CASE WHEN ?10 THEN ?11 ELSE history_len + ?11 END \
+             WHERE instance_id = ?1 RETURNING history_len",
+        )
+        .and_then(|mut s| {
+            s.query_row(
+                params![
+                    turn.instance_id,
+                    turn.execution as i64,
+                    turn.status.code(),
+                    turn.input.as_str(),
+                    turn.output.as_ref().map(Payload::as_str),
+                    failure,
+                    turn.custom_status.as_ref().map(Payload::as_str),
+                    waiting_on,
+                    turn.now.0,
+                    replace,
+                    appended,
+                ],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+        .map_err(backend)?;
+    let new_len = new_len.ok_or_else(|| StoreError::NotFound(turn.instance_id.clone()))?;
+    {
+        let mut insert = conn
+            .prepare_cached("INSERT INTO history (instance_id, seq, event) VALUES (?1, ?2, ?3)")
+            .map_err(backend)?;
+        for (offset, event) in events.iter().enumerate() {
+            insert
+                .execute(params![turn.instance_id, new_len - appended + offset as i64, encode_event(event)?])
+                .map_err(backend)?;
+        }
+    }
+    {
+        let mut delete = conn.prepare_cached("DELETE FROM inbox WHERE id = ?1").map_err(backend)?;
+        for id in &turn.consumed {
+            delete.execute([id]).map_err(backend)?;
+        }
+    }
+    for activity in &turn.activities {
+        conn.prepare_cached(
+            "INSERT INTO activities (instance_id, execution, step, name, input, attempt) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                activity.instance_id,
+                activity.execution as i64,
+                activity.step as i64,
+                activity.name,
+                activity.input.as_str(),
+                activity.attempt
+            ])
+        })
+        .map_err(backend)?;
+        effects.push(Effect::Activity(ActivityEntry {
+            id: conn.last_insert_rowid(),
+            activity: activity.clone(),
+            dequeue_count: 0,
+        }));
+    }
+    for child in &turn.sub_orchestrations {
+        let mut child_effects = Vec::new();
+        match create_instance(conn, &child.instance, &mut child_effects) {
+            Ok(()) => effects.append(&mut child_effects),
+            Err(StoreError::AlreadyExists(id, status)) => {
+                let Some(parent) = &child.instance.parent else { continue };
+                let failed = HistoryEvent::new(
+                    turn.now,
+                    EventKind::SubOrchestrationInstanceFailed {
+                        task_scheduled_id: parent.task_scheduled_id,
+                        failure_details: FailureDetails::new(
+                            error_types::ALREADY_EXISTS,
+                            format!("an instance with id '{id}' already exists and is {status}"),
+                        ),
+                    },
+                );
+                insert_message(conn, &turn.instance_id, Some(turn.execution), &failed, None, effects)?;
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    for message in &turn.messages {
+        if message.instance_id == turn.instance_id || instance_exists(conn, &message.instance_id)? {
+            insert_message(conn, &message.instance_id, message.execution, &message.event, message.visible_at, effects)?;
+        }
+    }
+    effects.push(Effect::ReleaseInstance {
+        instance_id: turn.instance_id.clone(),
+        consumed: turn.consumed.clone(),
+        suspended: turn.status == RuntimeStatus::Suspended,
+    });
+    effects.push(Effect::Notify(turn.instance_id.clone()));
+    Ok(())
+}
+
+fn delete_rows(conn: &Connection, instance_id: &str) -> StoreResult<()> {
+    for sql in [
+        "DELETE FROM history WHERE instance_id = ?1",
+        "DELETE FROM inbox WHERE instance_id = ?1",
+        "DELETE FROM activities WHERE instance_id = ?1",
+        "DELETE FROM instances WHERE instance_id = ?1",
+    ] {
+        conn.prepare_cached(sql).and_then(|mut s| s.execute([instance_id])).map_err(backend)?;
+    }
+    Ok(())
+}
+
+fn select_purgeable(conn: &Connection, filter: &PurgeFilter) -> StoreResult<Vec<String>> {
+    let statuses: Vec<i64> = if filter.statuses.is_empty() {
+        RuntimeStatus::ALL.iter().filter(|s| s.is_terminal()).map(|s| s.code()).collect()
+    } else {
+        filter.statuses.iter().filter(|s| s.is_terminal()).map(|s| s.code()).collect()
+    };
+    if statuses.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list = statuses.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+    let sql = format!(
+        "SELECT instance_id FROM instances WHERE status IN ({list}) AND created_at >= ?1 AND created_at <= ?2 \
+         AND parent_instance_id IS NULL LIMIT {PURGE_BATCH}"
+    );
+    let from = filter.created_from.map_or(i64::MIN, |t| t.0);
+    let to = filter.created_to.map_or(i64::MAX, |t| t.0);
+    let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+    let ids = stmt.query_map([from, to], |r| r.get(0)).map_err(backend)?;
+    ids.collect::<Result<Vec<String>, _>>().map_err(backend)
+}
+
+/// Deletes instances and, recursively, their finished sub-orchestrations.
+fn purge(conn: &Connection, roots: Vec<String>, effects: &mut Vec<Effect>) -> StoreResult<u64> {
+    let mut pending = roots;
+    let mut deleted = Vec::new();
+    while let Some(id) = pending.pop() {
+        let children: Vec<(String, i64)> = {
+            let mut stmt = conn
+                .prepare_cached("SELECT instance_id, status FROM instances WHERE parent_instance_id = ?1")
+                .map_err(backend)?;
+            let rows = stmt.query_map([&id], |r| Ok((r.get(0)?, r.get(1)?))).map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)?
+        };
+        pending.extend(
+            children
+                .into_iter()
+                .filter(|(_, s)| RuntimeStatus::from_code(*s).is_some_and(RuntimeStatus::is_terminal))
+                .map(|(child, _)| child),
+        );
+        delete_rows(conn, &id)?;
+        deleted.push(id);
+    }
+    let count = deleted.len() as u64;
+    for id in &deleted {
+        effects.push(Effect::Notify(id.clone()));
+    }
+    effects.push(Effect::Forget(deleted));
+    Ok(count)
+}

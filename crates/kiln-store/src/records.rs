@@ -1,0 +1,243 @@
+//! The records a store keeps and hands out: instances, work items, messages and turn commits.
+
+use kiln_core::{FailureDetails, HistoryEvent, ParentInstance, Payload, RuntimeStatus, Timestamp, WaitingOn};
+
+/// A request to create (start) an instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewInstance {
+    /// The instance id (validated by the caller).
+    pub instance_id: String,
+    /// Orchestration name.
+    pub name: String,
+    /// Orchestration version.
+    pub version: String,
+    /// Input payload.
+    pub input: Payload,
+    /// Set for sub-orchestrations.
+    pub parent: Option<ParentInstance>,
+    /// When it was accepted.
+    pub created_at: Timestamp,
+}
+
+/// The stored state of an instance: what status queries show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceRecord {
+    /// The instance id.
+    pub instance_id: String,
+    /// Orchestration name.
+    pub name: String,
+    /// Orchestration version.
+    pub version: String,
+    /// Execution (generation) number; grows with continue-as-new and with restarts of the same id.
+    pub execution: u64,
+    /// Runtime status.
+    pub status: RuntimeStatus,
+    /// Input of the current execution.
+    pub input: Payload,
+    /// Output, when completed; the reason text (as a JSON string) when terminated.
+    pub output: Option<Payload>,
+    /// Why it failed, when failed.
+    pub failure: Option<FailureDetails>,
+    /// The last custom status the orchestration set.
+    pub custom_status: Option<Payload>,
+    /// When the instance was created.
+    pub created_at: Timestamp,
+    /// When its state last changed.
+    pub updated_at: Timestamp,
+    /// What it waits for (empty when terminal or not started).
+    pub waiting_on: Vec<WaitingOn>,
+    /// Set for sub-orchestrations.
+    pub parent: Option<ParentInstance>,
+    /// Number of events in the current execution's history.
+    pub history_len: u64,
+}
+
+/// A message waiting in an instance's inbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboxMessage {
+    /// Store-assigned id, used to mark the message consumed.
+    pub id: i64,
+    /// The execution it is addressed to; `None` for messages to whichever execution is current.
+    pub execution: Option<u64>,
+    /// The event to append to history.
+    pub event: HistoryEvent,
+}
+
+/// A message a turn sends: to itself (timers), to a child, to its parent or to another instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutgoingMessage {
+    /// Target instance; a message to an instance that does not exist is dropped.
+    pub instance_id: String,
+    /// The execution it is addressed to, if it must not reach a later one.
+    pub execution: Option<u64>,
+    /// The event.
+    pub event: HistoryEvent,
+    /// Not delivered before this time (durable timers).
+    pub visible_at: Option<Timestamp>,
+}
+
+/// An exclusive, time-limited claim on a work item. The token fences out a holder whose lease
+/// expired: its commit is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// Fencing token, unique per claim.
+    pub token: u64,
+    /// When the claim lapses unless renewed or released.
+    pub expires_at: Timestamp,
+}
+
+/// An orchestration turn's work: the instance and the messages it should process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrchestrationWorkItem {
+    /// The instance's current state.
+    pub instance: InstanceRecord,
+    /// Visible messages, in arrival order.
+    pub messages: Vec<InboxMessage>,
+    /// The claim on this instance.
+    pub lease: Lease,
+    /// How many times this instance's work has been claimed without a commit, including now.
+    pub dequeue_count: u32,
+}
+
+/// An activity to run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewActivity {
+    /// The orchestration instance that scheduled it.
+    pub instance_id: String,
+    /// That instance's execution.
+    pub execution: u64,
+    /// The `TaskScheduled` step.
+    pub step: u64,
+    /// Activity name.
+    pub name: String,
+    /// Activity input.
+    pub input: Payload,
+    /// Attempt number under the retry policy.
+    pub attempt: u32,
+}
+
+/// A claimed activity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActivityWorkItem {
+    /// Store-assigned id.
+    pub id: i64,
+    /// What to run.
+    pub activity: NewActivity,
+    /// The claim.
+    pub lease: Lease,
+    /// How many times it has been claimed, including now.
+    pub dequeue_count: u32,
+}
+
+/// How a turn changes history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HistoryUpdate {
+    /// Append events to the current execution's history.
+    Append(Vec<HistoryEvent>),
+    /// Replace the whole history (continue-as-new, rewind).
+    Replace(Vec<HistoryEvent>),
+}
+
+/// A sub-orchestration to create as part of a turn.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewSubOrchestration {
+    /// The child. If its id is held by an instance that is not finished, the store instead sends
+    /// the parent a `SubOrchestrationInstanceFailed` with error type `AlreadyExists`.
+    pub instance: NewInstance,
+}
+
+/// Everything one orchestration turn changes, committed atomically.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TurnCommit {
+    /// The instance.
+    pub instance_id: String,
+    /// The lease the turn ran under; the commit fails if it was lost.
+    pub lease: Lease,
+    /// Inbox messages the turn consumed.
+    pub consumed: Vec<i64>,
+    /// History changes.
+    pub history: HistoryUpdate,
+    /// Execution number after the turn.
+    pub execution: u64,
+    /// Input of the execution after the turn.
+    pub input: Payload,
+    /// Status after the turn.
+    pub status: RuntimeStatus,
+    /// Output after the turn.
+    pub output: Option<Payload>,
+    /// Failure after the turn.
+    pub failure: Option<FailureDetails>,
+    /// Custom status after the turn.
+    pub custom_status: Option<Payload>,
+    /// What the instance waits for after the turn.
+    pub waiting_on: Vec<WaitingOn>,
+    /// Activities to dispatch.
+    pub activities: Vec<NewActivity>,
+    /// Messages to deliver (timers, events, parent notifications, cascading terminations).
+    pub messages: Vec<OutgoingMessage>,
+    /// Children to create.
+    pub sub_orchestrations: Vec<NewSubOrchestration>,
+    /// When the turn ran.
+    pub now: Timestamp,
+}
+
+/// Filters and paging for listing instances. Results are ordered by `(created_at, instance_id)`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InstanceQuery {
+    /// Only these statuses (empty = any).
+    pub statuses: Vec<RuntimeStatus>,
+    /// Only this orchestration name.
+    pub name: Option<String>,
+    /// Created at or after.
+    pub created_from: Option<Timestamp>,
+    /// Created at or before.
+    pub created_to: Option<Timestamp>,
+    /// Instance id starts with.
+    pub instance_id_prefix: Option<String>,
+    /// Page size (at least 1).
+    pub page_size: usize,
+    /// Continue after this position (from the previous page).
+    pub after: Option<PageCursor>,
+}
+
+/// A keyset paging position: the last `(created_at, instance_id)` of a page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageCursor {
+    /// Creation time of the last instance returned.
+    pub created_at: Timestamp,
+    /// Id of the last instance returned.
+    pub instance_id: String,
+}
+
+impl PageCursor {
+    /// An opaque text form for continuation tokens.
+    pub fn encode(&self) -> String {
+        format!("{}:{}", self.created_at.millis(), self.instance_id)
+    }
+
+    /// Parses [`PageCursor::encode`]'s output.
+    pub fn decode(token: &str) -> Option<PageCursor> {
+        let (millis, id) = token.split_once(':')?;
+        Some(PageCursor { created_at: Timestamp(millis.parse().ok()?), instance_id: id.to_owned() })
+    }
+}
+
+/// One page of a listing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InstancePage {
+    /// The instances.
+    pub instances: Vec<InstanceRecord>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<PageCursor>,
+}
+
+/// Which finished instances to purge. Only terminal instances are ever purged.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PurgeFilter {
+    /// Created at or after.
+    pub created_from: Option<Timestamp>,
+    /// Created at or before.
+    pub created_to: Option<Timestamp>,
+    /// Only these (terminal) statuses; empty = every terminal status.
+    pub statuses: Vec<RuntimeStatus>,
+}

@@ -1,0 +1,88 @@
+//! The `Store` trait: everything the runtime and clients persist through.
+
+use crate::{
+    ActivityWorkItem, InstancePage, InstanceQuery, InstanceRecord, Lease, NewInstance, OrchestrationWorkItem,
+    PurgeFilter, StatusWatchers, StoreError, TurnCommit,
+};
+use async_trait::async_trait;
+use kiln_core::HistoryEvent;
+use std::time::Duration;
+
+/// Result of a store call.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A durable backend for Kiln.
+///
+/// Contract, shared by every backend and checked by the conformance suite:
+/// - every method that returns `Ok` has made its change durable;
+/// - [`Store::commit_turn`] is atomic and refused (`LeaseLost`) if the lease was lost;
+/// - work is handed out under leases: an instance's messages go to one holder at a time, and a
+///   lapsed lease makes the work available again with a higher `dequeue_count`;
+/// - the `fetch_*` methods wait (up to `wait`) for work instead of making callers poll;
+/// - messages with a `visible_at` in the future are not handed out before then.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates an instance with an `ExecutionStarted` message in its inbox. An id held by an
+    /// unfinished instance gives `AlreadyExists`; a finished one is replaced by a new execution.
+    async fn create_instance(&self, instance: NewInstance) -> StoreResult<()>;
+
+    /// Puts a message (an external event, terminate, suspend, resume, rewind) into an instance's
+    /// inbox. `NotFound` if the instance does not exist.
+    async fn send_message(&self, instance_id: &str, event: HistoryEvent) -> StoreResult<()>;
+
+    /// Claims the next instance with messages to process, waiting up to `wait` for one.
+    async fn fetch_orchestration_work(
+        &self,
+        lease_for: Duration,
+        wait: Duration,
+    ) -> StoreResult<Option<OrchestrationWorkItem>>;
+
+    /// Commits a turn atomically and releases its lease.
+    async fn commit_turn(&self, commit: TurnCommit) -> StoreResult<()>;
+
+    /// Releases a claimed instance without committing; its messages become available again
+    /// after `retry_after`.
+    async fn abandon_orchestration_work(&self, instance_id: &str, lease: Lease, retry_after: Duration)
+    -> StoreResult<()>;
+
+    /// Claims the next activity to run, waiting up to `wait` for one.
+    async fn fetch_activity_work(&self, lease_for: Duration, wait: Duration) -> StoreResult<Option<ActivityWorkItem>>;
+
+    /// Extends an activity's lease; `LeaseLost` if it already lapsed and was handed out again.
+    async fn renew_activity_lease(&self, item: &ActivityWorkItem, lease_for: Duration) -> StoreResult<Lease>;
+
+    /// Removes a finished activity and delivers its `TaskCompleted`/`TaskFailed` to the instance,
+    /// atomically. `LeaseLost` if the lease lapsed (the activity will run again).
+    async fn complete_activity(&self, item: &ActivityWorkItem, result: HistoryEvent) -> StoreResult<()>;
+
+    /// Releases a claimed activity; it becomes available again after `retry_after`.
+    async fn abandon_activity_work(&self, item: &ActivityWorkItem, retry_after: Duration) -> StoreResult<()>;
+
+    /// Reads an instance's state.
+    async fn get_instance(&self, instance_id: &str) -> StoreResult<Option<InstanceRecord>>;
+
+    /// Reads the current execution's history.
+    async fn get_history(&self, instance_id: &str) -> StoreResult<Vec<HistoryEvent>>;
+
+    /// Lists instances with filters and keyset paging.
+    async fn list_instances(&self, query: &InstanceQuery) -> StoreResult<InstancePage>;
+
+    /// Purges one finished instance and, recursively, its sub-orchestrations. Returns how many
+    /// instances were deleted. `NotFound` or `NotTerminal` otherwise.
+    async fn purge_instance(&self, instance_id: &str) -> StoreResult<u64>;
+
+    /// Purges finished instances matching the filter (and their sub-orchestrations).
+    async fn purge_instances(&self, filter: &PurgeFilter) -> StoreResult<u64>;
+
+    /// Reads a named setting (e.g. the token-signing secret).
+    async fn get_setting(&self, key: &str) -> StoreResult<Option<String>>;
+
+    /// Stores a setting unless one exists; returns the value now stored.
+    async fn put_setting_if_absent(&self, key: &str, value: &str) -> StoreResult<String>;
+
+    /// Change notifications for instances, fed by this store's commits.
+    fn watchers(&self) -> &StatusWatchers;
+
+    /// Finishes pending writes and closes the store.
+    async fn shutdown(&self);
+}

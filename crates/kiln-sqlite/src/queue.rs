@@ -6,7 +6,7 @@
 //! [`Queues`] is rebuilt from them at start and changed only by the writer thread after a commit
 //! is durable (and by claims and releases, which are not persisted).
 
-use kiln_core::{EventKind, Timestamp};
+use kiln_core::Timestamp;
 use kiln_store::{InboxMessage, Lease, NewActivity};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -351,7 +351,7 @@ impl Queues {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_core::{HistoryEvent, Payload};
+    use kiln_core::{EventKind, HistoryEvent, Payload};
 
     fn message(id: i64, kind: EventKind) -> InboxMessage {
         InboxMessage { id, execution: None, event: HistoryEvent::new(Timestamp(0), kind) }

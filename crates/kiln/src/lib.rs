@@ -1,1 +1,217 @@
-//! placeholder
+//! Kiln: durable orchestrations in Rust.
+//!
+//! Orchestrations are ordinary `async fn`s that call activities, wait on durable timers and
+//! external events, and start sub-orchestrations. Every step is recorded in a history; after a
+//! crash or restart, the code is replayed against that history and continues where it stopped.
+//!
+//! ```no_run
+//! use kiln::{ActivityContext, Failure, Kiln, OrchestrationContext};
+//!
+//! async fn greet(_ctx: ActivityContext, name: String) -> Result<String, Failure> {
+//!     Ok(format!("Hello, {name}!"))
+//! }
+//!
+//! async fn hello(ctx: OrchestrationContext, name: String) -> Result<String, Failure> {
+//!     ctx.set_custom_status(&serde_json::json!({"stage": "greeting"}));
+//!     ctx.call_activity("greet", &name).await
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let kiln = Kiln::builder()
+//!     .sqlite("kiln.db")
+//!     .orchestration("hello", hello)
+//!     .activity("greet", greet)
+//!     .start()
+//!     .await?;
+//! let client = kiln.client();
+//! let id = client.start("hello", "world").await?;
+//! let done = client.wait_for_completion(&id, std::time::Duration::from_secs(10)).await?;
+//! println!("{:?}", done.output);
+//! kiln.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`context`]: the orchestration context and durable futures; [`combinators`]: history-ordered
+//!   `select`/`join`; [`retry`]: retry policies; [`activity`]: the activity context.
+//! - `executor` (drives one execution through replay), `cache` (live executions between turns),
+//!   `turn` (one turn → one atomic commit), `worker` (dispatch loops).
+//! - [`client`]: the in-process client. [`config`]: runtime configuration.
+
+pub mod activity;
+mod cache;
+pub mod client;
+pub mod combinators;
+pub mod config;
+pub mod context;
+mod executor;
+mod failure;
+mod panic;
+mod registry;
+pub mod retry;
+mod runtime;
+mod turn;
+mod worker;
+
+pub use activity::ActivityContext;
+pub use client::{ClientError, KilnClient, StartOptions};
+pub use combinators::{Either, join_all, join2, select_all, select2};
+pub use config::RuntimeConfig;
+pub use context::{DurableFuture, OrchestrationContext};
+pub use failure::Failure;
+pub use retry::RetryPolicy;
+pub use runtime::MetricsSnapshot;
+
+pub use kiln_core::{
+    EventKind, FailureDetails, HistoryEvent, Payload, PayloadLimits, RuntimeStatus, Timestamp, WaitingOn, error_types,
+};
+pub use kiln_sqlite::{OpenError, SqliteOptions, SqliteStore, Synchronous};
+pub use kiln_store::{InstancePage, InstanceQuery, InstanceRecord, PageCursor, PurgeFilter, Store, StoreError};
+
+use registry::Registry;
+use runtime::Runtime;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Why the runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Neither a store nor a SQLite path was given.
+    #[error("no store configured: call .store(...) or .sqlite(path)")]
+    NoStore,
+    /// The SQLite database could not be opened.
+    #[error(transparent)]
+    Sqlite(#[from] OpenError),
+}
+
+/// Configures and starts a [`Kiln`] runtime.
+#[must_use]
+pub struct KilnBuilder {
+    store: Option<Arc<dyn Store>>,
+    sqlite: Option<SqliteOptions>,
+    registry: Registry,
+    config: RuntimeConfig,
+}
+
+impl KilnBuilder {
+    /// Uses this store.
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Uses the embedded SQLite store at `path` (durable on commit).
+    pub fn sqlite(self, path: impl Into<PathBuf>) -> Self {
+        self.sqlite_options(SqliteOptions::new(path))
+    }
+
+    /// Uses the embedded SQLite store with explicit options.
+    pub fn sqlite_options(mut self, options: SqliteOptions) -> Self {
+        self.sqlite = Some(options);
+        self
+    }
+
+    /// Sets the runtime configuration.
+    pub fn config(mut self, config: RuntimeConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Registers an orchestration under `name` (version "").
+    pub fn orchestration<I, O, F, Fut>(self, name: &str, f: F) -> Self
+    where
+        I: DeserializeOwned + Send + 'static,
+        O: Serialize + 'static,
+        F: Fn(OrchestrationContext, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, Failure>> + Send + 'static,
+    {
+        self.orchestration_version(name, "", f)
+    }
+
+    /// Registers one version of an orchestration. The last version registered for a name is the
+    /// one new instances start on; instances keep the version they started with.
+    pub fn orchestration_version<I, O, F, Fut>(mut self, name: &str, version: &str, f: F) -> Self
+    where
+        I: DeserializeOwned + Send + 'static,
+        O: Serialize + 'static,
+        F: Fn(OrchestrationContext, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, Failure>> + Send + 'static,
+    {
+        self.registry.add_orchestration(name, version, f);
+        self
+    }
+
+    /// Registers an activity.
+    pub fn activity<I, O, F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        I: DeserializeOwned + Send + 'static,
+        O: Serialize + 'static,
+        F: Fn(ActivityContext, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, Failure>> + Send + 'static,
+    {
+        self.registry.add_activity(name, f);
+        self
+    }
+
+    /// Opens the store and starts the workers. Must be called inside a Tokio runtime.
+    pub async fn start(self) -> Result<Kiln, StartError> {
+        let store: Arc<dyn Store> = match (self.store, self.sqlite) {
+            (Some(store), _) => store,
+            (None, Some(options)) => Arc::new(SqliteStore::open(options)?),
+            (None, None) => return Err(StartError::NoStore),
+        };
+        let rt = Arc::new(Runtime::new(store, self.registry, self.config));
+        let (shutdown, signal) = watch::channel(false);
+        let mut workers = Vec::new();
+        for _ in 0..rt.config.orchestration_concurrency.max(1) {
+            workers.push(tokio::spawn(worker::orchestration_worker(Arc::clone(&rt), signal.clone())));
+        }
+        workers.push(tokio::spawn(worker::activity_dispatcher(Arc::clone(&rt), signal)));
+        Ok(Kiln { rt, shutdown, workers: Mutex::new(workers) })
+    }
+}
+
+/// A running Kiln runtime: workers processing orchestrations and activities from a store.
+pub struct Kiln {
+    rt: Arc<Runtime>,
+    shutdown: watch::Sender<bool>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Kiln {
+    /// Starts configuring a runtime.
+    pub fn builder() -> KilnBuilder {
+        KilnBuilder { store: None, sqlite: None, registry: Registry::default(), config: RuntimeConfig::default() }
+    }
+
+    /// A client for this runtime.
+    pub fn client(&self) -> KilnClient {
+        KilnClient::new(Arc::clone(&self.rt))
+    }
+
+    /// The store the runtime uses.
+    pub fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.rt.store)
+    }
+
+    /// Counters of the work done since start.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.rt.metrics.snapshot()
+    }
+
+    /// Stops taking work, lets running activities finish (within the grace period), releases
+    /// the rest, and closes the store after its pending writes.
+    pub async fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+        let workers: Vec<JoinHandle<()>> = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()));
+        for worker in workers {
+            let _ = worker.await;
+        }
+        self.rt.store.shutdown().await;
+    }
+}

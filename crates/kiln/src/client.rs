@@ -1,0 +1,280 @@
+//! [`KilnClient`]: start, query, signal and manage instances in-process. The HTTP layer is a thin
+//! shell around it.
+
+use crate::runtime::{Runtime, wall_clock};
+use kiln_core::{
+    EventKind, HistoryEvent, InvalidInstanceId, Payload, PayloadTooLarge, RuntimeStatus, validate_instance_id,
+};
+use kiln_store::{InstancePage, InstanceQuery, InstanceRecord, NewInstance, PurgeFilter, StoreError};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a client call was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No instance has this id.
+    #[error("instance '{0}' not found")]
+    NotFound(String),
+    /// The id is held by an instance that has not finished.
+    #[error("an instance with id '{id}' already exists and is {status}")]
+    AlreadyExists {
+        /// The id.
+        id: String,
+        /// Its status.
+        status: RuntimeStatus,
+    },
+    /// No orchestration of this name (and version) is registered.
+    #[error("orchestration '{name}'{} is not registered (registered: {})", version.as_deref().map(|v| format!(" version '{v}'")).unwrap_or_default(), registered.join(", "))]
+    UnknownOrchestration {
+        /// The name asked for.
+        name: String,
+        /// The version asked for.
+        version: Option<String>,
+        /// What is registered.
+        registered: Vec<String>,
+    },
+    /// The instance id breaks the id rules.
+    #[error(transparent)]
+    InvalidInstanceId(#[from] InvalidInstanceId),
+    /// A payload could not be encoded as JSON.
+    #[error("{what} is not valid JSON: {message}")]
+    InvalidPayload {
+        /// Which payload.
+        what: &'static str,
+        /// The serde message.
+        message: String,
+    },
+    /// A payload exceeded its limit.
+    #[error(transparent)]
+    PayloadTooLarge(#[from] PayloadTooLarge),
+    /// The instance has finished; the operation no longer applies (HTTP 410).
+    #[error("instance '{id}' is {status}; it can no longer {operation}")]
+    Finished {
+        /// The id.
+        id: String,
+        /// Its terminal status.
+        status: RuntimeStatus,
+        /// What was asked.
+        operation: &'static str,
+    },
+    /// The instance is in a state where the operation does not apply (HTTP 409).
+    #[error("instance '{id}' is {status}; cannot {operation}")]
+    WrongState {
+        /// The id.
+        id: String,
+        /// Its status.
+        status: RuntimeStatus,
+        /// What was asked.
+        operation: &'static str,
+    },
+    /// The wait ended before the instance finished.
+    #[error("instance '{0}' did not finish in time")]
+    Timeout(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for ClientError {
+    fn from(err: StoreError) -> ClientError {
+        match err {
+            StoreError::NotFound(id) => ClientError::NotFound(id),
+            StoreError::AlreadyExists(id, status) => ClientError::AlreadyExists { id, status },
+            StoreError::NotTerminal(id, status) => ClientError::WrongState { id, status, operation: "be purged" },
+            other => ClientError::Store(other),
+        }
+    }
+}
+
+/// Options for starting an instance.
+#[derive(Clone, Debug, Default)]
+pub struct StartOptions {
+    /// A caller-chosen instance id; a random one otherwise.
+    pub instance_id: Option<String>,
+    /// The orchestration version; the default (last registered) otherwise.
+    pub version: Option<String>,
+}
+
+/// Starts, queries and manages instances. Cheap to clone.
+#[derive(Clone)]
+pub struct KilnClient {
+    rt: Arc<Runtime>,
+}
+
+impl KilnClient {
+    pub(crate) fn new(rt: Arc<Runtime>) -> KilnClient {
+        KilnClient { rt }
+    }
+
+    /// Starts an orchestration with a typed input; returns the new instance id.
+    pub async fn start<I: Serialize + ?Sized>(&self, name: &str, input: &I) -> Result<String, ClientError> {
+        let payload = Payload::encode(input)
+            .map_err(|e| ClientError::InvalidPayload { what: "input", message: e.to_string() })?;
+        self.start_with(name, payload, StartOptions::default()).await
+    }
+
+    /// Starts an orchestration with a JSON input and options; returns the instance id.
+    pub async fn start_with(&self, name: &str, input: Payload, options: StartOptions) -> Result<String, ClientError> {
+        let unknown = || ClientError::UnknownOrchestration {
+            name: name.to_owned(),
+            version: options.version.clone(),
+            registered: self.rt.registry.orchestration_names(),
+        };
+        let version = match &options.version {
+            Some(v) if self.rt.registry.has_version(name, v) => v.clone(),
+            Some(_) => return Err(unknown()),
+            None => self.rt.registry.default_version(name).ok_or_else(unknown)?.to_owned(),
+        };
+        self.rt.config.limits.check("input", &input)?;
+        let instance_id = match options.instance_id {
+            Some(id) => {
+                validate_instance_id(&id)?;
+                id
+            }
+            None => uuid::Uuid::new_v4().simple().to_string(),
+        };
+        let instance = NewInstance {
+            instance_id: instance_id.clone(),
+            name: name.to_owned(),
+            version,
+            input,
+            parent: None,
+            created_at: wall_clock(),
+        };
+        self.rt.store.create_instance(instance).await?;
+        Ok(instance_id)
+    }
+
+    /// True if an orchestration of this name is registered.
+    pub fn is_registered(&self, name: &str) -> bool {
+        self.rt.registry.default_version(name).is_some()
+    }
+
+    /// Reads an instance's status; `None` if it does not exist.
+    pub async fn status(&self, instance_id: &str) -> Result<Option<InstanceRecord>, ClientError> {
+        Ok(self.rt.store.get_instance(instance_id).await?)
+    }
+
+    /// Waits until the instance reaches a terminal status (no polling: woken by its commits).
+    pub async fn wait_for_completion(&self, instance_id: &str, timeout: Duration) -> Result<InstanceRecord, ClientError> {
+        self.wait_until(instance_id, timeout, |record| record.status.is_terminal())
+            .await?
+            .ok_or_else(|| ClientError::Timeout(instance_id.to_owned()))
+    }
+
+    /// Waits up to `timeout` until the instance satisfies `done`; returns its last state, or
+    /// `None` if it timed out first. `NotFound` if the instance does not exist.
+    pub async fn wait_until(
+        &self,
+        instance_id: &str,
+        timeout: Duration,
+        mut done: impl FnMut(&InstanceRecord) -> bool,
+    ) -> Result<Option<InstanceRecord>, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut subscription = self.rt.store.watchers().subscribe(instance_id);
+        loop {
+            let record = self.status(instance_id).await?.ok_or_else(|| ClientError::NotFound(instance_id.to_owned()))?;
+            if done(&record) {
+                return Ok(Some(record));
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() || !subscription.changed(left).await {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Raises an external event with typed data.
+    pub async fn raise_event<T: Serialize + ?Sized>(&self, instance_id: &str, name: &str, data: &T) -> Result<(), ClientError> {
+        let payload = Payload::encode(data)
+            .map_err(|e| ClientError::InvalidPayload { what: "event data", message: e.to_string() })?;
+        self.raise_event_payload(instance_id, name, payload).await
+    }
+
+    /// Raises an external event with JSON data. `Finished` if the instance has finished.
+    pub async fn raise_event_payload(&self, instance_id: &str, name: &str, data: Payload) -> Result<(), ClientError> {
+        self.rt.config.limits.check("event data", &data)?;
+        self.require(instance_id, "receive events", |status| !status.is_terminal()).await?;
+        self.send(instance_id, EventKind::EventRaised { name: name.to_owned(), input: data }).await
+    }
+
+    /// Terminates an instance (and its sub-orchestrations). Works on stuck and unregistered ones.
+    pub async fn terminate(&self, instance_id: &str, reason: Option<&str>) -> Result<(), ClientError> {
+        self.require(instance_id, "be terminated", |status| !status.is_terminal()).await?;
+        self.send(instance_id, EventKind::ExecutionTerminated { reason: reason.map(str::to_owned) }).await
+    }
+
+    /// Suspends a running instance.
+    pub async fn suspend(&self, instance_id: &str, reason: Option<&str>) -> Result<(), ClientError> {
+        self.require(instance_id, "be suspended", |status| status != RuntimeStatus::Suspended).await?;
+        self.send(instance_id, EventKind::ExecutionSuspended { reason: reason.map(str::to_owned) }).await
+    }
+
+    /// Resumes a suspended instance.
+    pub async fn resume(&self, instance_id: &str, reason: Option<&str>) -> Result<(), ClientError> {
+        self.require(instance_id, "be resumed", |status| status == RuntimeStatus::Suspended).await?;
+        self.send(instance_id, EventKind::ExecutionResumed { reason: reason.map(str::to_owned) }).await
+    }
+
+    /// Rewinds a failed instance: its failed steps run again.
+    pub async fn rewind(&self, instance_id: &str, reason: Option<&str>) -> Result<(), ClientError> {
+        let record = self.existing(instance_id).await?;
+        match record.status {
+            RuntimeStatus::Failed => {}
+            status if status.is_terminal() => {
+                return Err(ClientError::Finished { id: instance_id.to_owned(), status, operation: "be rewound" });
+            }
+            status => return Err(ClientError::WrongState { id: instance_id.to_owned(), status, operation: "rewind" }),
+        }
+        self.send(instance_id, EventKind::ExecutionRewound { reason: reason.map(str::to_owned) }).await
+    }
+
+    /// Purges a finished instance and its sub-orchestrations; returns how many were deleted.
+    pub async fn purge(&self, instance_id: &str) -> Result<u64, ClientError> {
+        Ok(self.rt.store.purge_instance(instance_id).await?)
+    }
+
+    /// Purges finished instances matching a filter; returns how many were deleted.
+    pub async fn purge_many(&self, filter: &PurgeFilter) -> Result<u64, ClientError> {
+        Ok(self.rt.store.purge_instances(filter).await?)
+    }
+
+    /// Lists instances (keyset paging: pass the previous page's `next` as `after`).
+    pub async fn list(&self, query: &InstanceQuery) -> Result<InstancePage, ClientError> {
+        Ok(self.rt.store.list_instances(query).await?)
+    }
+
+    /// Reads an instance's current history.
+    pub async fn history(&self, instance_id: &str) -> Result<Vec<HistoryEvent>, ClientError> {
+        self.existing(instance_id).await?;
+        Ok(self.rt.store.get_history(instance_id).await?)
+    }
+
+    async fn existing(&self, instance_id: &str) -> Result<InstanceRecord, ClientError> {
+        self.status(instance_id).await?.ok_or_else(|| ClientError::NotFound(instance_id.to_owned()))
+    }
+
+    /// Checks that an operation applies: terminal instances give `Finished`, other mismatches
+    /// `WrongState`.
+    async fn require(
+        &self,
+        instance_id: &str,
+        operation: &'static str,
+        allowed: impl Fn(RuntimeStatus) -> bool,
+    ) -> Result<(), ClientError> {
+        let status = self.existing(instance_id).await?.status;
+        if allowed(status) {
+            Ok(())
+        } else if status.is_terminal() {
+            Err(ClientError::Finished { id: instance_id.to_owned(), status, operation })
+        } else {
+            Err(ClientError::WrongState { id: instance_id.to_owned(), status, operation })
+        }
+    }
+
+    async fn send(&self, instance_id: &str, kind: EventKind) -> Result<(), ClientError> {
+        let event = HistoryEvent::new(wall_clock(), kind);
+        Ok(self.rt.store.send_message(instance_id, event).await?)
+    }
+}

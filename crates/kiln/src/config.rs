@@ -1,0 +1,42 @@
+//! Runtime configuration.
+
+use kiln_core::PayloadLimits;
+use std::time::Duration;
+
+/// How the runtime dispatches and protects work. The defaults suit one node.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Orchestration turns processed at once.
+    pub orchestration_concurrency: usize,
+    /// Activities running at once.
+    pub activity_concurrency: usize,
+    /// How long a claim on a work item lasts before another worker may take it over. Running
+    /// activities renew theirs.
+    pub lease_duration: Duration,
+    /// Live executions kept in memory between turns (0 disables the cache: every turn replays).
+    pub cache_capacity: usize,
+    /// A work item claimed this many times without finishing is given up on (poison).
+    pub max_dequeue_count: u32,
+    /// Payload size limits.
+    pub limits: PayloadLimits,
+    /// How long shutdown waits for running activities before releasing them.
+    pub shutdown_grace: Duration,
+    /// How long an instance whose orchestration version is not registered here waits before it
+    /// is offered again.
+    pub unregistered_retry: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            orchestration_concurrency: 4,
+            activity_concurrency: 256,
+            lease_duration: Duration::from_secs(30),
+            cache_capacity: 10_000,
+            max_dequeue_count: 10,
+            limits: PayloadLimits::default(),
+            shutdown_grace: Duration::from_secs(10),
+            unregistered_retry: Duration::from_secs(5),
+        }
+    }
+}

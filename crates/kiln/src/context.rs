@@ -1,0 +1,311 @@
+//! [`OrchestrationContext`]: what orchestration code uses to take durable steps.
+//!
+//! Every method that takes a step records it in the replay state at the moment it is called, so
+//! the order of calls — not the order of awaits — defines the history. The futures it returns
+//! ([`DurableFuture`]) resolve from results that replay delivers in history order.
+
+use crate::failure::Failure;
+use crate::retry::RetryPolicy;
+use kiln_core::{FailureDetails, Outcome, Payload, PayloadLimits, ReplayState, Slot, Timestamp, error_types};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// Namespace for replay-safe UUIDs (v5), so ids are stable across replays.
+const UUID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6b696c6e_2d6f_7263_6865_737472617465);
+
+pub(crate) struct ContextInner {
+    pub(crate) state: Arc<Mutex<ReplayState>>,
+    pub(crate) limits: PayloadLimits,
+    pub(crate) name: String,
+    /// A failure that ends the execution at the end of the current poll (e.g. an oversized
+    /// custom status).
+    pub(crate) fatal: Mutex<Option<FailureDetails>>,
+}
+
+impl ContextInner {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, ReplayState> {
+        // Replay state changes are single-step and leave it consistent even if user code panicked
+        // while a guard was alive, so recovering a poisoned lock is safe.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn fail(&self, failure: FailureDetails) {
+        self.fatal.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(failure);
+    }
+}
+
+/// The handle an orchestration uses to call activities, wait on timers and events, and more.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct OrchestrationContext {
+    pub(crate) inner: Arc<ContextInner>,
+}
+
+impl OrchestrationContext {
+    pub(crate) fn new(inner: Arc<ContextInner>) -> OrchestrationContext {
+        OrchestrationContext { inner }
+    }
+
+    /// This instance's id.
+    pub fn instance_id(&self) -> String {
+        self.inner.lock().instance_id().to_owned()
+    }
+
+    /// The orchestration's registered name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The replay-safe current time: when the current turn started, the same on every replay.
+    pub fn current_time(&self) -> Timestamp {
+        self.inner.lock().current_time()
+    }
+
+    /// True while the code is being replayed from history (use it to skip logging twice).
+    pub fn is_replaying(&self) -> bool {
+        self.inner.lock().is_replaying()
+    }
+
+    /// A replay-safe UUID: the same value on every replay of this step.
+    pub fn new_uuid(&self) -> String {
+        let seed = self.inner.lock().next_uuid_seed();
+        uuid::Uuid::new_v5(&UUID_NAMESPACE, seed.as_bytes()).to_string()
+    }
+
+    /// Sets the custom status shown by status queries (saved with the turn). A status over the
+    /// size limit fails the orchestration with a clear reason.
+    pub fn set_custom_status<T: Serialize + ?Sized>(&self, status: &T) {
+        match Payload::encode(status) {
+            Ok(payload) => match self.inner.limits.check_custom_status(&payload) {
+                Ok(()) => self.inner.lock().set_custom_status(payload),
+                Err(err) => self.inner.fail(FailureDetails::new(error_types::PAYLOAD_TOO_LARGE, err.to_string())),
+            },
+            Err(err) => self.inner.fail(Failure::serialization("custom status", &err).into_details()),
+        }
+    }
+
+    /// Calls an activity once and waits for its output.
+    pub fn call_activity<I: Serialize + ?Sized, O: DeserializeOwned>(&self, name: &str, input: &I) -> DurableFuture<O> {
+        self.schedule_activity(name, input, 1)
+    }
+
+    /// Calls an activity under a retry policy; waits between attempts are durable timers.
+    pub fn call_activity_with_retry<I: Serialize + ?Sized, O: DeserializeOwned + Send + 'static>(
+        &self,
+        name: &str,
+        input: &I,
+        policy: RetryPolicy,
+    ) -> Pin<Box<dyn Future<Output = Result<O, Failure>> + Send>> {
+        let payload = match self.encode_payload("activity input", input) {
+            Ok(p) => p,
+            Err(failure) => return Box::pin(std::future::ready(Err(failure))),
+        };
+        let ctx = self.clone();
+        let name = name.to_owned();
+        Box::pin(async move {
+            let first_attempt_at = ctx.current_time();
+            let mut attempt = 1;
+            loop {
+                let failure = match ctx.schedule_payload::<O>(&name, payload.clone(), attempt).await {
+                    Ok(output) => return Ok(output),
+                    Err(failure) => failure,
+                };
+                if attempt >= policy.max_attempts {
+                    return Err(failure);
+                }
+                let delay = policy.delay(attempt - 1);
+                let retry_at = ctx.current_time().plus_millis(millis(delay));
+                if let Some(timeout) = policy.total_timeout {
+                    if retry_at > first_attempt_at.plus_millis(millis(timeout)) {
+                        return Err(Failure::typed(
+                            error_types::RETRY_TIMEOUT,
+                            format!("retry timeout elapsed after attempt {attempt}: {failure}"),
+                        ));
+                    }
+                }
+                ctx.create_timer(retry_at).await?;
+                attempt += 1;
+            }
+        })
+    }
+
+    fn schedule_activity<I: Serialize + ?Sized, O: DeserializeOwned>(
+        &self,
+        name: &str,
+        input: &I,
+        attempt: u32,
+    ) -> DurableFuture<O> {
+        match self.encode_payload("activity input", input) {
+            Ok(payload) => self.schedule_payload(name, payload, attempt),
+            Err(failure) => DurableFuture::failed(self, failure),
+        }
+    }
+
+    fn schedule_payload<O: DeserializeOwned>(&self, name: &str, input: Payload, attempt: u32) -> DurableFuture<O> {
+        let step = self.inner.lock().schedule_activity(name, input, attempt);
+        DurableFuture::new(self, Slot::Step(step), format!("activity '{name}'"))
+    }
+
+    /// Starts a sub-orchestration with an id derived from this instance and waits for its output.
+    pub fn call_sub_orchestration<I: Serialize + ?Sized, O: DeserializeOwned>(
+        &self,
+        name: &str,
+        input: &I,
+    ) -> DurableFuture<O> {
+        self.start_sub_orchestration(name, None, input)
+    }
+
+    /// Starts a sub-orchestration with a chosen instance id and waits for its output.
+    pub fn call_sub_orchestration_with_id<I: Serialize + ?Sized, O: DeserializeOwned>(
+        &self,
+        name: &str,
+        instance_id: &str,
+        input: &I,
+    ) -> DurableFuture<O> {
+        self.start_sub_orchestration(name, Some(instance_id.to_owned()), input)
+    }
+
+    fn start_sub_orchestration<I: Serialize + ?Sized, O: DeserializeOwned>(
+        &self,
+        name: &str,
+        instance_id: Option<String>,
+        input: &I,
+    ) -> DurableFuture<O> {
+        if let Some(Err(err)) = instance_id.as_deref().map(kiln_core::validate_instance_id) {
+            return DurableFuture::failed(self, Failure::typed("InvalidInstanceId", err.to_string()));
+        }
+        match self.encode_payload("sub-orchestration input", input) {
+            Ok(payload) => {
+                let step = self.inner.lock().schedule_sub_orchestration(name, "", instance_id, payload);
+                DurableFuture::new(self, Slot::Step(step), format!("sub-orchestration '{name}'"))
+            }
+            Err(failure) => DurableFuture::failed(self, failure),
+        }
+    }
+
+    /// A durable timer that fires at `fire_at`.
+    pub fn create_timer(&self, fire_at: Timestamp) -> DurableFuture<()> {
+        let step = self.inner.lock().create_timer(fire_at);
+        DurableFuture::new(self, Slot::Step(step), "timer".to_owned())
+    }
+
+    /// A durable timer that fires `duration` after the current (replay-safe) time.
+    pub fn sleep(&self, duration: Duration) -> DurableFuture<()> {
+        self.create_timer(self.current_time().plus_millis(millis(duration)))
+    }
+
+    /// Waits for the next external event with this name. Events raised before anyone waits are
+    /// kept and handed over in arrival order.
+    pub fn wait_for_event<T: DeserializeOwned>(&self, name: &str) -> DurableFuture<T> {
+        let slot = self.inner.lock().wait_for_event(name);
+        DurableFuture::new(self, slot, format!("event '{name}'"))
+    }
+
+    /// Sends an event to another instance (fire and forget).
+    pub fn send_event<T: Serialize + ?Sized>(&self, instance_id: &str, name: &str, data: &T) {
+        match self.encode_payload("event data", data) {
+            Ok(payload) => self.inner.lock().send_event(instance_id, name, payload),
+            Err(failure) => self.inner.fail(failure.into_details()),
+        }
+    }
+
+    /// Ends this execution and starts a new one with `input` and an empty history. Await it as
+    /// the orchestration's last step: it never resolves. External events nobody consumed are
+    /// dropped unless [`OrchestrationContext::continue_as_new_preserving_events`] is used.
+    pub fn continue_as_new<I: Serialize + ?Sized, T>(&self, input: &I) -> impl Future<Output = T> + Send + use<I, T> {
+        self.request_continue_as_new(input, false)
+    }
+
+    /// Like [`OrchestrationContext::continue_as_new`], carrying unconsumed events over.
+    pub fn continue_as_new_preserving_events<I: Serialize + ?Sized, T>(
+        &self,
+        input: &I,
+    ) -> impl Future<Output = T> + Send + use<I, T> {
+        self.request_continue_as_new(input, true)
+    }
+
+    fn request_continue_as_new<I: Serialize + ?Sized, T>(&self, input: &I, preserve: bool) -> impl Future<Output = T> + Send + use<I, T> {
+        match self.encode_payload("continue-as-new input", input) {
+            Ok(payload) => self.inner.lock().request_continue_as_new(payload, preserve),
+            Err(failure) => self.inner.fail(failure.into_details()),
+        }
+        std::future::pending()
+    }
+
+    fn encode_payload<T: Serialize + ?Sized>(&self, what: &'static str, value: &T) -> Result<Payload, Failure> {
+        let payload = Payload::encode(value).map_err(|e| Failure::serialization(what, &e))?;
+        self.inner
+            .limits
+            .check(what, &payload)
+            .map_err(|e| Failure::typed(error_types::PAYLOAD_TOO_LARGE, e.to_string()))?;
+        Ok(payload)
+    }
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The result of one durable step. Resolves when replay delivers the step's result; its
+/// [`DurableFuture::completed_at`] position lets combinators resolve in history order.
+pub struct DurableFuture<T> {
+    inner: Arc<ContextInner>,
+    slot: Option<Slot>,
+    immediate: Option<Failure>,
+    what: String,
+    _output: PhantomData<fn() -> T>,
+}
+
+impl<T> DurableFuture<T> {
+    fn new(ctx: &OrchestrationContext, slot: Slot, what: String) -> DurableFuture<T> {
+        DurableFuture { inner: Arc::clone(&ctx.inner), slot: Some(slot), immediate: None, what, _output: PhantomData }
+    }
+
+    fn failed(ctx: &OrchestrationContext, failure: Failure) -> DurableFuture<T> {
+        DurableFuture {
+            inner: Arc::clone(&ctx.inner),
+            slot: None,
+            immediate: Some(failure),
+            what: String::new(),
+            _output: PhantomData,
+        }
+    }
+
+    /// The history position of this step's result, once it has one (0 for a step that failed
+    /// before it was scheduled).
+    pub fn completed_at(&self) -> Option<u64> {
+        match self.slot {
+            Some(slot) => self.inner.lock().position_of(slot),
+            None => self.immediate.as_ref().map(|_| 0),
+        }
+    }
+}
+
+impl<T: DeserializeOwned> Future for DurableFuture<T> {
+    type Output = Result<T, Failure>;
+
+    fn poll(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(failure) = self.immediate.take() {
+            return Poll::Ready(Err(failure));
+        }
+        let Some(slot) = self.slot else {
+            return Poll::Pending;
+        };
+        let Some(completion) = self.inner.lock().take(slot) else {
+            return Poll::Pending;
+        };
+        self.slot = None;
+        Poll::Ready(match completion.outcome {
+            Outcome::Completed(payload) => {
+                payload.decode().map_err(|e| Failure::serialization(&format!("output of {}", self.what), &e))
+            }
+            Outcome::Failed(details) => Err(Failure::from(details)),
+        })
+    }
+}

@@ -1,0 +1,98 @@
+//! The registry of orchestrations and activities, by name (and, for orchestrations, version).
+//! Typed user functions are wrapped into type-erased ones that speak [`Payload`]s.
+
+use crate::activity::ActivityContext;
+use crate::context::OrchestrationContext;
+use crate::failure::Failure;
+use kiln_core::{FailureDetails, Payload};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// A running orchestration, type-erased.
+pub(crate) type OrchestrationFuture = Pin<Box<dyn Future<Output = Result<Payload, FailureDetails>> + Send>>;
+/// An orchestration function, type-erased.
+pub(crate) type OrchestrationFn = Arc<dyn Fn(OrchestrationContext, Payload) -> OrchestrationFuture + Send + Sync>;
+/// A running activity, type-erased.
+pub(crate) type ActivityFuture = Pin<Box<dyn Future<Output = Result<Payload, FailureDetails>> + Send>>;
+/// An activity function, type-erased.
+pub(crate) type ActivityFn = Arc<dyn Fn(ActivityContext, Payload) -> ActivityFuture + Send + Sync>;
+
+/// Registered functions. Orchestrations may have several versions; the last one registered is
+/// the default for new instances.
+#[derive(Default, Clone)]
+pub(crate) struct Registry {
+    orchestrations: HashMap<String, Vec<(String, OrchestrationFn)>>,
+    activities: HashMap<String, ActivityFn>,
+}
+
+impl Registry {
+    pub(crate) fn add_orchestration<I, O, F, Fut>(&mut self, name: &str, version: &str, f: F)
+    where
+        I: DeserializeOwned + Send + 'static,
+        O: Serialize + 'static,
+        F: Fn(OrchestrationContext, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, Failure>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        let erased: OrchestrationFn = Arc::new(move |ctx, input: Payload| {
+            let f = Arc::clone(&f);
+            Box::pin(async move {
+                let input: I = input.decode().map_err(|e| Failure::serialization("orchestration input", &e).into_details())?;
+                let output = f(ctx, input).await.map_err(Failure::into_details)?;
+                Payload::encode(&output).map_err(|e| Failure::serialization("orchestration output", &e).into_details())
+            })
+        });
+        let versions = self.orchestrations.entry(name.to_owned()).or_default();
+        versions.retain(|(v, _)| v != version);
+        versions.push((version.to_owned(), erased));
+    }
+
+    pub(crate) fn add_activity<I, O, F, Fut>(&mut self, name: &str, f: F)
+    where
+        I: DeserializeOwned + Send + 'static,
+        O: Serialize + 'static,
+        F: Fn(ActivityContext, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, Failure>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        let erased: ActivityFn = Arc::new(move |ctx, input: Payload| {
+            let f = Arc::clone(&f);
+            Box::pin(async move {
+                let input: I = input.decode().map_err(|e| Failure::serialization("activity input", &e).into_details())?;
+                let output = f(ctx, input).await.map_err(Failure::into_details)?;
+                Payload::encode(&output).map_err(|e| Failure::serialization("activity output", &e).into_details())
+            })
+        });
+        self.activities.insert(name.to_owned(), erased);
+    }
+
+    /// The orchestration registered under `name` and `version`.
+    pub(crate) fn orchestration(&self, name: &str, version: &str) -> Option<OrchestrationFn> {
+        self.orchestrations.get(name)?.iter().find(|(v, _)| v == version).map(|(_, f)| Arc::clone(f))
+    }
+
+    /// The version new instances of `name` start on (the last registered), if registered.
+    pub(crate) fn default_version(&self, name: &str) -> Option<&str> {
+        self.orchestrations.get(name)?.last().map(|(v, _)| v.as_str())
+    }
+
+    /// True if this version of `name` is registered.
+    pub(crate) fn has_version(&self, name: &str, version: &str) -> bool {
+        self.orchestration(name, version).is_some()
+    }
+
+    pub(crate) fn activity(&self, name: &str) -> Option<ActivityFn> {
+        self.activities.get(name).cloned()
+    }
+
+    /// Names of the registered orchestrations, sorted.
+    pub(crate) fn orchestration_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.orchestrations.keys().cloned().collect();
+        names.sort();
+        names
+    }
+}

@@ -1,0 +1,508 @@
+//! One orchestration turn: from a claimed work item to one atomic [`TurnCommit`].
+//!
+//! The turn sorts the inbox (messages of earlier executions are dropped, messages held back
+//! while suspended stay), handles terminate and rewind, gets a live execution (from the cache,
+//! or by replaying stored history), applies the new events, and turns the resulting actions and
+//! outcome into history, outgoing work and the new instance state.
+
+use crate::executor::Execution;
+use crate::runtime::{Runtime, wall_clock};
+use kiln_core::{
+    Action, EventKind, ExecutionOutcome, FailureDetails, HistoryEvent, ParentInstance, Payload, ReplayError,
+    RuntimeStatus, Timestamp, error_types, plan_rewind,
+};
+use kiln_store::{
+    HistoryUpdate, InboxMessage, InstanceRecord, NewActivity, NewInstance, NewSubOrchestration, OrchestrationWorkItem,
+    OutgoingMessage, StoreError, TurnCommit,
+};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// What to do with a claimed work item.
+enum TurnPlan {
+    /// Commit this; cache the execution afterwards if there is one.
+    Commit(Box<TurnCommit>, Option<Execution>),
+    /// Release the work for later (e.g. its orchestration version is not registered here).
+    Abandon(Duration),
+}
+
+/// How an execution ended.
+enum ExecutionEnd {
+    Completed(Payload),
+    Failed(FailureDetails),
+    Terminated(Option<String>),
+}
+
+/// Processes a work item and commits (or abandons) it.
+pub(crate) async fn run_turn(rt: &Runtime, item: OrchestrationWorkItem) {
+    let instance_id = item.instance.instance_id.clone();
+    let lease = item.lease;
+    let plan = match plan_turn(rt, &item).await {
+        Ok(plan) => plan,
+        Err(err) => {
+            tracing::warn!(instance_id, error = %err, "turn could not be prepared; retrying later");
+            TurnPlan::Abandon(Duration::from_secs(1))
+        }
+    };
+    match plan {
+        TurnPlan::Commit(commit, execution) => match rt.store.commit_turn(*commit).await {
+            Ok(()) => {
+                rt.metrics.turns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Some(execution) = execution {
+                    rt.cache.put(instance_id, execution);
+                }
+            }
+            Err(StoreError::LeaseLost(_)) => {
+                tracing::warn!(instance_id, "lease lost before commit; another worker redoes the turn");
+            }
+            Err(err) => {
+                tracing::warn!(instance_id, error = %err, "turn commit failed; retrying later");
+                let _ = rt.store.abandon_orchestration_work(&instance_id, lease, Duration::from_secs(1)).await;
+            }
+        },
+        TurnPlan::Abandon(retry_after) => {
+            let _ = rt.store.abandon_orchestration_work(&instance_id, lease, retry_after).await;
+        }
+    }
+}
+
+async fn plan_turn(rt: &Runtime, item: &OrchestrationWorkItem) -> Result<TurnPlan, StoreError> {
+    let now = wall_clock();
+    let instance = &item.instance;
+    let mut commit = unchanged_commit(item, now);
+    // Messages addressed to an earlier execution (late activity results, old timers) are dropped.
+    let (current, stale): (Vec<&InboxMessage>, Vec<&InboxMessage>) =
+        item.messages.iter().partition(|m| m.execution.is_none_or(|e| e == instance.execution));
+    commit.consumed.extend(stale.iter().map(|m| m.id));
+
+    if item.dequeue_count > rt.config.max_dequeue_count {
+        commit.consumed.extend(current.iter().map(|m| m.id));
+        let failure = FailureDetails::new(
+            error_types::POISON,
+            format!("the instance's work was claimed {} times without completing; giving up", item.dequeue_count - 1),
+        );
+        finish(&mut commit, instance, None, vec![turn_started(now)], ExecutionEnd::Failed(failure));
+        return Ok(TurnPlan::Commit(Box::new(commit), None));
+    }
+
+    if instance.status.is_terminal() {
+        let rewind = current.iter().find(|m| matches!(m.event.kind, EventKind::ExecutionRewound { .. }));
+        if let (Some(message), RuntimeStatus::Failed) = (rewind, instance.status) {
+            return rewind_turn(rt, instance, commit, message).await;
+        }
+        // A finished instance ignores whatever still arrives for it.
+        commit.consumed.extend(current.iter().map(|m| m.id));
+        return Ok(TurnPlan::Commit(Box::new(commit), None));
+    }
+
+    if let Some(message) = current.iter().find(|m| matches!(m.event.kind, EventKind::ExecutionTerminated { .. })) {
+        commit.consumed.extend(current.iter().map(|m| m.id));
+        terminate(rt, instance, &mut commit, &message.event).await?;
+        return Ok(TurnPlan::Commit(Box::new(commit), None));
+    }
+
+    // While suspended, only suspend/resume are processed; other messages wait in the inbox.
+    let mut suspended = instance.status == RuntimeStatus::Suspended;
+    let mut events = Vec::new();
+    for message in current {
+        match message.event.kind {
+            EventKind::ExecutionSuspended { .. } => suspended = true,
+            EventKind::ExecutionResumed { .. } => suspended = false,
+            _ if suspended => continue,
+            _ => {}
+        }
+        commit.consumed.push(message.id);
+        events.push(message.event.clone());
+    }
+
+    let Some(orchestration) = rt.registry.orchestration(&instance.name, &instance.version) else {
+        tracing::warn!(
+            instance_id = instance.instance_id,
+            name = instance.name,
+            version = instance.version,
+            "orchestration version is not registered on this worker; the instance stays pending"
+        );
+        return Ok(TurnPlan::Abandon(rt.config.unregistered_retry));
+    };
+    let mut execution = match rt.cache.take(&instance.instance_id) {
+        Some(cached) if cached.execution == instance.execution && cached.history_len == instance.history_len => cached,
+        _ => {
+            let mut execution =
+                Execution::new(&instance.instance_id, &instance.name, instance.execution, orchestration, rt.config.limits);
+            if instance.history_len > 0 {
+                let history = rt.store.get_history(&instance.instance_id).await?;
+                rt.metrics.replays.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Err(err) = execution.replay(&history) {
+                    execution.fail(replay_failure(&err));
+                }
+            }
+            execution
+        }
+    };
+    apply_events(rt, instance, &mut commit, &mut execution, None, events, suspended);
+    Ok(finished_plan(commit, execution))
+}
+
+/// Keeps the execution for the cache unless the turn ended it.
+fn finished_plan(commit: TurnCommit, execution: Execution) -> TurnPlan {
+    let ended = commit.status.is_terminal() || commit.status == RuntimeStatus::ContinuedAsNew;
+    TurnPlan::Commit(Box::new(commit), if ended { None } else { Some(execution) })
+}
+
+/// A commit that changes nothing yet: the starting point every turn edits.
+fn unchanged_commit(item: &OrchestrationWorkItem, now: Timestamp) -> TurnCommit {
+    let instance = &item.instance;
+    TurnCommit {
+        instance_id: instance.instance_id.clone(),
+        lease: item.lease,
+        consumed: Vec::new(),
+        history: HistoryUpdate::Append(Vec::new()),
+        execution: instance.execution,
+        input: instance.input.clone(),
+        status: instance.status,
+        output: instance.output.clone(),
+        failure: instance.failure.clone(),
+        custom_status: instance.custom_status.clone(),
+        waiting_on: instance.waiting_on.clone(),
+        activities: Vec::new(),
+        messages: Vec::new(),
+        sub_orchestrations: Vec::new(),
+        now,
+    }
+}
+
+fn turn_started(now: Timestamp) -> HistoryEvent {
+    HistoryEvent::new(now, EventKind::OrchestratorStarted)
+}
+
+fn replay_failure(err: &ReplayError) -> FailureDetails {
+    let error_type = match err {
+        ReplayError::NonDeterminism { .. } => error_types::NON_DETERMINISM,
+        ReplayError::Corrupted(_) => error_types::CORRUPTED_HISTORY,
+    };
+    FailureDetails::new(error_type, err.to_string())
+}
+
+/// Terminates an instance and cascades to its unfinished sub-orchestrations.
+async fn terminate(
+    rt: &Runtime,
+    instance: &InstanceRecord,
+    commit: &mut TurnCommit,
+    event: &HistoryEvent,
+) -> Result<(), StoreError> {
+    let children = match rt.cache.take(&instance.instance_id) {
+        Some(execution) if execution.execution == instance.execution => execution.state().open_sub_orchestrations(),
+        _ => open_children(&rt.store.get_history(&instance.instance_id).await?),
+    };
+    for child in children {
+        commit.messages.push(OutgoingMessage {
+            instance_id: child,
+            execution: None,
+            event: HistoryEvent::new(commit.now, EventKind::ExecutionTerminated { reason: Some("parent terminated".into()) }),
+            visible_at: None,
+        });
+    }
+    let reason = match &event.kind {
+        EventKind::ExecutionTerminated { reason } => reason.clone(),
+        _ => None,
+    };
+    finish(commit, instance, None, vec![turn_started(commit.now), event.clone()], ExecutionEnd::Terminated(reason));
+    Ok(())
+}
+
+/// Sub-orchestrations started in a history that have not reported back.
+fn open_children(history: &[HistoryEvent]) -> Vec<String> {
+    let mut open = BTreeMap::new();
+    for event in history {
+        match &event.kind {
+            EventKind::SubOrchestrationInstanceCreated { instance_id, .. } => {
+                open.insert(event.event_id, instance_id.clone());
+            }
+            EventKind::SubOrchestrationInstanceCompleted { task_scheduled_id, .. }
+            | EventKind::SubOrchestrationInstanceFailed { task_scheduled_id, .. } => {
+                open.remove(&(*task_scheduled_id as i64));
+            }
+            _ => {}
+        }
+    }
+    open.into_values().collect()
+}
+
+/// Rewinds a failed instance: its failed steps run again and it is running once more.
+async fn rewind_turn(
+    rt: &Runtime,
+    instance: &InstanceRecord,
+    mut commit: TurnCommit,
+    message: &InboxMessage,
+) -> Result<TurnPlan, StoreError> {
+    let Some(orchestration) = rt.registry.orchestration(&instance.name, &instance.version) else {
+        return Ok(TurnPlan::Abandon(rt.config.unregistered_retry));
+    };
+    let reason = match &message.event.kind {
+        EventKind::ExecutionRewound { reason } => reason.clone(),
+        _ => None,
+    };
+    let history = rt.store.get_history(&instance.instance_id).await?;
+    let plan = plan_rewind(&history, commit.now, reason);
+    commit.consumed.push(message.id);
+    commit.output = None;
+    commit.failure = None;
+    for rerun in &plan.rerun_activities {
+        commit.activities.push(NewActivity {
+            instance_id: instance.instance_id.clone(),
+            execution: instance.execution,
+            step: rerun.step,
+            name: rerun.name.clone(),
+            input: rerun.input.clone(),
+            attempt: rerun.attempt,
+        });
+    }
+    for child in &plan.rewind_children {
+        commit.messages.push(OutgoingMessage {
+            instance_id: child.clone(),
+            execution: None,
+            event: HistoryEvent::new(commit.now, EventKind::ExecutionRewound { reason: Some("parent rewound".into()) }),
+            visible_at: None,
+        });
+    }
+    let mut execution =
+        Execution::new(&instance.instance_id, &instance.name, instance.execution, orchestration, rt.config.limits);
+    if let Err(err) = execution.replay(&plan.history) {
+        execution.fail(replay_failure(&err));
+    }
+    apply_events(rt, instance, &mut commit, &mut execution, Some(plan.history), Vec::new(), false);
+    Ok(finished_plan(commit, execution))
+}
+
+/// Applies a turn's new events to the execution and records the result in the commit.
+/// `base` replaces the stored history (rewind) instead of appending to it.
+fn apply_events(
+    rt: &Runtime,
+    instance: &InstanceRecord,
+    commit: &mut TurnCommit,
+    execution: &mut Execution,
+    base: Option<Vec<HistoryEvent>>,
+    events: Vec<HistoryEvent>,
+    suspended: bool,
+) {
+    let now = commit.now;
+    let mut appended = Vec::with_capacity(events.len() + 2);
+    for event in std::iter::once(turn_started(now)).chain(events) {
+        match execution.apply_new(&event) {
+            Ok(true) => appended.push(event),
+            Ok(false) => {}
+            Err(err) => {
+                execution.fail(replay_failure(&err));
+                break;
+            }
+        }
+    }
+    if appended.is_empty() {
+        appended.push(turn_started(now));
+    }
+    let actions = execution.state().take_new_actions();
+    appended.extend(actions.iter().map(|a| a.to_event(now)));
+    if let Some(custom_status) = execution.state().take_changed_custom_status() {
+        commit.custom_status = Some(custom_status);
+    }
+    match execution.outcome().cloned() {
+        None => {
+            carry_out(rt, instance, commit, actions, true);
+            commit.status = if suspended { RuntimeStatus::Suspended } else { RuntimeStatus::Running };
+            commit.waiting_on = execution.state().waiting_on();
+            execution.history_len =
+                base.as_ref().map_or(instance.history_len, |b| b.len() as u64) + appended.len() as u64;
+            commit.history = match base {
+                Some(mut base) => {
+                    base.append(&mut appended);
+                    HistoryUpdate::Replace(base)
+                }
+                None => HistoryUpdate::Append(appended),
+            };
+        }
+        Some(ExecutionOutcome::Completed(output)) => {
+            carry_out(rt, instance, commit, actions, false);
+            let end = match rt.config.limits.check("orchestration output", &output) {
+                Ok(()) => ExecutionEnd::Completed(output),
+                Err(err) => ExecutionEnd::Failed(FailureDetails::new(error_types::PAYLOAD_TOO_LARGE, err.to_string())),
+            };
+            finish(commit, instance, base, appended, end);
+        }
+        Some(ExecutionOutcome::Failed(failure)) => {
+            carry_out(rt, instance, commit, actions, false);
+            finish(commit, instance, base, appended, ExecutionEnd::Failed(failure));
+        }
+        Some(ExecutionOutcome::ContinuedAsNew { input, preserve_unprocessed_events }) => {
+            carry_out(rt, instance, commit, actions, false);
+            let next = instance.execution + 1;
+            commit.history = HistoryUpdate::Replace(Vec::new());
+            commit.execution = next;
+            commit.input = input.clone();
+            commit.status = RuntimeStatus::ContinuedAsNew;
+            commit.output = None;
+            commit.failure = None;
+            commit.waiting_on = Vec::new();
+            let restart = EventKind::ExecutionStarted {
+                name: instance.name.clone(),
+                version: instance.version.clone(),
+                input,
+                parent: instance.parent.clone(),
+            };
+            commit.messages.push(to_self(instance, Some(next), HistoryEvent::new(now, restart), None));
+            if preserve_unprocessed_events {
+                for (name, input) in execution.state().unconsumed_events() {
+                    let raised = HistoryEvent::new(now, EventKind::EventRaised { name, input });
+                    commit.messages.push(to_self(instance, None, raised, None));
+                }
+            }
+        }
+    }
+}
+
+fn to_self(
+    instance: &InstanceRecord,
+    execution: Option<u64>,
+    event: HistoryEvent,
+    visible_at: Option<Timestamp>,
+) -> OutgoingMessage {
+    OutgoingMessage { instance_id: instance.instance_id.clone(), execution, event, visible_at }
+}
+
+/// Turns actions into outgoing work. When the execution ended (`running` is false), only the
+/// events it sent are delivered; activities, timers and children it no longer awaits are not.
+fn carry_out(rt: &Runtime, instance: &InstanceRecord, commit: &mut TurnCommit, actions: Vec<Action>, running: bool) {
+    let execution = commit.execution;
+    for action in actions {
+        match action {
+            Action::SendEvent { instance_id, name, input, .. } => commit.messages.push(OutgoingMessage {
+                instance_id,
+                execution: None,
+                event: HistoryEvent::new(commit.now, EventKind::EventRaised { name, input }),
+                visible_at: None,
+            }),
+            _ if !running => {}
+            Action::ScheduleTask { id, name, input, attempt } => commit.activities.push(NewActivity {
+                instance_id: instance.instance_id.clone(),
+                execution,
+                step: id,
+                name,
+                input,
+                attempt,
+            }),
+            Action::CreateTimer { id, fire_at } => {
+                let fired = HistoryEvent::new(fire_at, EventKind::TimerFired { timer_id: id, fire_at });
+                commit.messages.push(to_self(instance, Some(execution), fired, Some(fire_at)));
+            }
+            Action::CreateSubOrchestration { id, name, version, instance_id, input } => {
+                let version = if version.is_empty() { rt.registry.default_version(&name).map(str::to_owned) } else { Some(version) };
+                match version.filter(|v| rt.registry.has_version(&name, v)) {
+                    Some(version) => commit.sub_orchestrations.push(NewSubOrchestration {
+                        instance: NewInstance {
+                            instance_id,
+                            name,
+                            version,
+                            input,
+                            parent: Some(ParentInstance {
+                                instance_id: instance.instance_id.clone(),
+                                execution,
+                                task_scheduled_id: id,
+                            }),
+                            created_at: commit.now,
+                        },
+                    }),
+                    None => {
+                        let failed = EventKind::SubOrchestrationInstanceFailed {
+                            task_scheduled_id: id,
+                            failure_details: FailureDetails::new(
+                                error_types::NOT_REGISTERED,
+                                format!("orchestration '{name}' is not registered"),
+                            ),
+                        };
+                        commit.messages.push(to_self(instance, Some(execution), HistoryEvent::new(commit.now, failed), None));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Ends the execution: final history events, status, output, and the parent's notification.
+fn finish(
+    commit: &mut TurnCommit,
+    instance: &InstanceRecord,
+    base: Option<Vec<HistoryEvent>>,
+    mut appended: Vec<HistoryEvent>,
+    end: ExecutionEnd,
+) {
+    let now = commit.now;
+    commit.waiting_on = Vec::new();
+    let parent_event = match end {
+        ExecutionEnd::Completed(output) => {
+            appended.push(HistoryEvent::new(
+                now,
+                EventKind::ExecutionCompleted {
+                    orchestration_status: RuntimeStatus::Completed,
+                    result: Some(output.clone()),
+                    failure_details: None,
+                },
+            ));
+            commit.status = RuntimeStatus::Completed;
+            commit.output = Some(output.clone());
+            commit.failure = None;
+            instance.parent.as_ref().map(|p| EventKind::SubOrchestrationInstanceCompleted {
+                task_scheduled_id: p.task_scheduled_id,
+                result: output,
+            })
+        }
+        ExecutionEnd::Failed(failure) => {
+            appended.push(HistoryEvent::new(
+                now,
+                EventKind::ExecutionCompleted {
+                    orchestration_status: RuntimeStatus::Failed,
+                    result: None,
+                    failure_details: Some(failure.clone()),
+                },
+            ));
+            commit.status = RuntimeStatus::Failed;
+            commit.output = None;
+            commit.failure = Some(failure.clone());
+            instance.parent.as_ref().map(|p| EventKind::SubOrchestrationInstanceFailed {
+                task_scheduled_id: p.task_scheduled_id,
+                failure_details: failure,
+            })
+        }
+        ExecutionEnd::Terminated(reason) => {
+            commit.status = RuntimeStatus::Terminated;
+            commit.output = Some(reason.as_deref().map_or_else(Payload::null, encode_text));
+            commit.failure = None;
+            instance.parent.as_ref().map(|p| EventKind::SubOrchestrationInstanceFailed {
+                task_scheduled_id: p.task_scheduled_id,
+                failure_details: FailureDetails::new(
+                    error_types::TERMINATED,
+                    format!("sub-orchestration was terminated: {}", reason.as_deref().unwrap_or("no reason given")),
+                ),
+            })
+        }
+    };
+    if let (Some(parent), Some(event)) = (&instance.parent, parent_event) {
+        commit.messages.push(OutgoingMessage {
+            instance_id: parent.instance_id.clone(),
+            execution: Some(parent.execution),
+            event: HistoryEvent::new(now, event),
+            visible_at: None,
+        });
+    }
+    commit.history = match base {
+        Some(mut base) => {
+            base.append(&mut appended);
+            HistoryUpdate::Replace(base)
+        }
+        None => HistoryUpdate::Append(appended),
+    };
+}
+
+/// A text as a JSON string payload.
+fn encode_text(text: &str) -> Payload {
+    // Encoding a &str as JSON cannot fail.
+    Payload::encode(text).unwrap_or_else(|_| Payload::null())
+}

@@ -1,0 +1,152 @@
+//! The dispatch loops: orchestration workers that run turns, and the activity dispatcher that
+//! runs activities under a concurrency limit, renews their leases and reports their results.
+//! Both wait on the store for work (no fixed-interval polling) and stop on the shutdown signal.
+
+use crate::activity::ActivityContext;
+use crate::panic::CatchPanic;
+use crate::runtime::Runtime;
+use crate::turn::run_turn;
+use kiln_core::{EventKind, FailureDetails, HistoryEvent, Payload, error_types};
+use kiln_store::{ActivityWorkItem, StoreError};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+/// Longest a fetch waits before the loop checks again (bounds how late a new lease expiry is seen).
+const FETCH_WAIT: Duration = Duration::from_secs(1);
+/// Pause after a store error before trying again.
+const ERROR_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Runs orchestration turns until shutdown.
+pub(crate) async fn orchestration_worker(rt: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) {
+    while !*shutdown.borrow() {
+        let fetched = tokio::select! {
+            fetched = rt.store.fetch_orchestration_work(rt.config.lease_duration, FETCH_WAIT) => fetched,
+            _ = shutdown.changed() => break,
+        };
+        match fetched {
+            Ok(Some(item)) => run_turn(&rt, item).await,
+            Ok(None) => {}
+            Err(err) => {
+                tracing::warn!(error = %err, "fetching orchestration work failed");
+                tokio::time::sleep(ERROR_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Claims and runs activities until shutdown, then lets running ones finish within the grace
+/// period and releases the rest.
+pub(crate) async fn activity_dispatcher(rt: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) {
+    let permits = Arc::new(Semaphore::new(rt.config.activity_concurrency.max(1)));
+    let running: Arc<Mutex<HashMap<i64, ActivityWorkItem>>> = Arc::default();
+    let mut tasks = JoinSet::new();
+    while !*shutdown.borrow() {
+        let permit = tokio::select! {
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            _ = shutdown.changed() => break,
+        };
+        let fetched = tokio::select! {
+            fetched = rt.store.fetch_activity_work(rt.config.lease_duration, FETCH_WAIT) => fetched,
+            _ = shutdown.changed() => break,
+        };
+        while tasks.try_join_next().is_some() {}
+        match fetched {
+            Ok(Some(item)) => {
+                lock(&running).insert(item.id, item.clone());
+                let rt = Arc::clone(&rt);
+                let running = Arc::clone(&running);
+                tasks.spawn(async move {
+                    let id = item.id;
+                    run_activity(&rt, item).await;
+                    lock(&running).remove(&id);
+                    drop(permit);
+                });
+            }
+            Ok(None) => {}
+            Err(err) => {
+                tracing::warn!(error = %err, "fetching activity work failed");
+                tokio::time::sleep(ERROR_BACKOFF).await;
+            }
+        }
+    }
+    let drained = tokio::time::timeout(rt.config.shutdown_grace, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tasks.abort_all();
+        let unfinished: Vec<ActivityWorkItem> = lock(&running).drain().map(|(_, item)| item).collect();
+        for item in unfinished {
+            let _ = rt.store.abandon_activity_work(&item, Duration::ZERO).await;
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The map is only inserted into and removed from; a panic cannot leave it half-changed.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs one activity, renewing its lease meanwhile, and reports the result.
+async fn run_activity(rt: &Runtime, mut item: ActivityWorkItem) {
+    let activity = &item.activity;
+    let started = Instant::now();
+    let outcome = if item.dequeue_count > rt.config.max_dequeue_count {
+        Err(FailureDetails::new(
+            error_types::POISON,
+            format!("activity '{}' was claimed {} times without completing; giving up", activity.name, item.dequeue_count - 1),
+        ))
+    } else if let Some(function) = rt.registry.activity(&activity.name) {
+        let ctx = ActivityContext {
+            instance_id: activity.instance_id.clone(),
+            execution: activity.execution,
+            task_id: activity.step,
+            name: activity.name.clone(),
+            attempt: activity.attempt,
+            delivery: item.dequeue_count,
+        };
+        let run = CatchPanic::new(function(ctx, activity.input.clone()));
+        let renew_every = rt.config.lease_duration / 3;
+        tokio::pin!(run);
+        loop {
+            tokio::select! {
+                result = &mut run => break result.and_then(|r| r),
+                _ = tokio::time::sleep(renew_every) => {
+                    match rt.store.renew_activity_lease(&item, rt.config.lease_duration).await {
+                        Ok(lease) => item.lease = lease,
+                        Err(err) => tracing::warn!(instance_id = item.activity.instance_id, error = %err, "activity lease renewal failed"),
+                    }
+                }
+            }
+        }
+    } else {
+        Err(FailureDetails::new(
+            error_types::NOT_REGISTERED,
+            format!("activity '{}' is not registered on this worker", activity.name),
+        ))
+    };
+    let outcome = outcome.and_then(|output: Payload| match rt.config.limits.check("activity output", &output) {
+        Ok(()) => Ok(output),
+        Err(err) => Err(FailureDetails::new(error_types::PAYLOAD_TOO_LARGE, err.to_string())),
+    });
+    rt.metrics.activities.fetch_add(1, Ordering::Relaxed);
+    rt.metrics.activity_millis.fetch_add(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let step = item.activity.step;
+    let kind = match outcome {
+        Ok(result) => EventKind::TaskCompleted { task_scheduled_id: step, result },
+        Err(failure_details) => EventKind::TaskFailed { task_scheduled_id: step, failure_details },
+    };
+    let event = HistoryEvent::new(crate::runtime::wall_clock(), kind);
+    match rt.store.complete_activity(&item, event).await {
+        Ok(()) => {}
+        Err(StoreError::LeaseLost(what)) => tracing::warn!(what, "activity finished after its lease lapsed; it runs again"),
+        Err(err) => {
+            tracing::warn!(instance_id = item.activity.instance_id, error = %err, "reporting an activity result failed");
+            let _ = rt.store.abandon_activity_work(&item, Duration::from_secs(1)).await;
+        }
+    }
+}

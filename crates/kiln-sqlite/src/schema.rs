@@ -30,7 +30,7 @@ CREATE TABLE history (
     PRIMARY KEY (instance_id, seq)
 ) WITHOUT ROWID;
 CREATE TABLE inbox (
-    id          INTEGER PRIMARY KEY,
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
     instance_id TEXT NOT NULL,
     execution   INTEGER,
     visible_at  INTEGER,
@@ -38,7 +38,7 @@ CREATE TABLE inbox (
 );
 CREATE INDEX inbox_by_instance ON inbox (instance_id);
 CREATE TABLE activities (
-    id          INTEGER PRIMARY KEY,
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
     instance_id TEXT NOT NULL,
     execution   INTEGER NOT NULL,
     step        INTEGER NOT NULL,

@@ -43,6 +43,7 @@ macro_rules! conformance_tests {
             watchers_wake_on_commit,
             settings_keep_the_first_value,
             abandoned_work_comes_back,
+            message_to_self_in_a_consuming_commit_is_delivered,
         );
     };
     (@each $factory:expr; $($name:ident),* $(,)?) => {
@@ -360,4 +361,17 @@ pub async fn abandoned_work_comes_back(store: &dyn Store) {
     store.abandon_activity_work(&activity, Duration::ZERO).await.unwrap();
     let again = store.fetch_activity_work(LEASE, WAIT).await.unwrap().unwrap();
     assert_eq!((again.id, again.dequeue_count), (activity.id, 2));
+}
+
+/// A turn that consumes the newest message and sends itself one in the same commit (as
+/// continue-as-new does) must get that message: message ids are never reused.
+pub async fn message_to_self_in_a_consuming_commit_is_delivered(store: &dyn Store) {
+    store.create_instance(new_instance("a", now())).await.unwrap();
+    let item = fetch(store).await;
+    let mut commit = running_commit(&item);
+    commit.messages.push(OutgoingMessage { instance_id: "a".into(), execution: None, event: raised("again"), visible_at: None });
+    store.commit_turn(commit).await.unwrap();
+    let next = fetch(store).await;
+    assert!(matches!(&next.messages[0].event.kind, EventKind::EventRaised { name, .. } if name == "again"));
+    assert!(next.messages[0].id > item.messages[0].id);
 }

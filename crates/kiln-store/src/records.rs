@@ -55,7 +55,7 @@ pub struct InstanceRecord {
 /// A message waiting in an instance's inbox.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InboxMessage {
-    /// Store-assigned id, used to mark the message consumed.
+    /// Store-assigned id, used to mark the message consumed; never reused.
     pub id: i64,
     /// The execution it is addressed to; `None` for messages to whichever execution is current.
     pub execution: Option<u64>,

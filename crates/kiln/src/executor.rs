@@ -121,3 +121,7 @@ impl Execution {
         self.outcome = Some(ExecutionOutcome::Failed(failure));
     }
 }
+
+#[cfg(test)]
+#[path = "executor_tests.rs"]
+mod tests;

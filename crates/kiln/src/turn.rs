@@ -45,21 +45,28 @@ pub(crate) async fn run_turn(rt: &Runtime, item: OrchestrationWorkItem) {
         }
     };
     match plan {
-        TurnPlan::Commit(commit, execution) => match rt.store.commit_turn(*commit).await {
-            Ok(()) => {
-                rt.metrics.turns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if let Some(execution) = execution {
-                    rt.cache.put(instance_id, execution);
+        TurnPlan::Commit(commit, execution) => {
+            // Cached before the commit: the instance may be claimed again the moment the commit
+            // lands. The entry carries the post-commit history length, so it is only ever used
+            // if the commit did land.
+            if let Some(execution) = execution {
+                rt.cache.put(instance_id.clone(), execution);
+            }
+            match rt.store.commit_turn(*commit).await {
+                Ok(()) => {
+                    rt.metrics.turns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(err) => {
+                    rt.cache.take(&instance_id);
+                    if matches!(err, StoreError::LeaseLost(_)) {
+                        tracing::warn!(instance_id, "lease lost before commit; another worker redoes the turn");
+                    } else {
+                        tracing::warn!(instance_id, error = %err, "turn commit failed; retrying later");
+                        let _ = rt.store.abandon_orchestration_work(&instance_id, lease, Duration::from_secs(1)).await;
+                    }
                 }
             }
-            Err(StoreError::LeaseLost(_)) => {
-                tracing::warn!(instance_id, "lease lost before commit; another worker redoes the turn");
-            }
-            Err(err) => {
-                tracing::warn!(instance_id, error = %err, "turn commit failed; retrying later");
-                let _ = rt.store.abandon_orchestration_work(&instance_id, lease, Duration::from_secs(1)).await;
-            }
-        },
+        }
         TurnPlan::Abandon(retry_after) => {
             let _ = rt.store.abandon_orchestration_work(&instance_id, lease, retry_after).await;
         }

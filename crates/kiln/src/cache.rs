@@ -56,10 +56,4 @@ impl ExecutionCache {
             order.retain(|(tick, id)| entries.get(id).is_some_and(|(t, _)| t == tick));
         }
     }
-
-    /// Number of cached executions.
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.lock().entries.len()
-    }
 }

@@ -43,7 +43,10 @@ impl RuntimeStatus {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            RuntimeStatus::Completed | RuntimeStatus::Failed | RuntimeStatus::Canceled | RuntimeStatus::Terminated
+            RuntimeStatus::Completed
+                | RuntimeStatus::Failed
+                | RuntimeStatus::Canceled
+                | RuntimeStatus::Terminated
         )
     }
 
@@ -89,7 +92,9 @@ impl fmt::Display for RuntimeStatus {
 
 /// The text was not the name of a runtime status.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown runtime status '{0}' (expected one of Running, Completed, ContinuedAsNew, Failed, Canceled, Terminated, Pending, Suspended)")]
+#[error(
+    "unknown runtime status '{0}' (expected one of Running, Completed, ContinuedAsNew, Failed, Canceled, Terminated, Pending, Suspended)"
+)]
 pub struct UnknownStatus(pub String);
 
 impl FromStr for RuntimeStatus {
@@ -112,7 +117,10 @@ mod tests {
     fn codes_and_names_round_trip() {
         for status in RuntimeStatus::ALL {
             assert_eq!(RuntimeStatus::from_code(status.code()), Some(status));
-            assert_eq!(status.as_str().to_lowercase().parse::<RuntimeStatus>().ok(), Some(status));
+            assert_eq!(
+                status.as_str().to_lowercase().parse::<RuntimeStatus>().ok(),
+                Some(status)
+            );
         }
         assert!("Sleeping".parse::<RuntimeStatus>().is_err());
     }

@@ -22,7 +22,10 @@ struct CacheInner {
 
 impl ExecutionCache {
     pub(crate) fn new(capacity: usize) -> ExecutionCache {
-        ExecutionCache { capacity, inner: Mutex::new(CacheInner::default()) }
+        ExecutionCache {
+            capacity,
+            inner: Mutex::new(CacheInner::default()),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
@@ -46,7 +49,9 @@ impl ExecutionCache {
         inner.order.push_back((tick, instance_id.clone()));
         inner.entries.insert(instance_id, (tick, execution));
         while inner.entries.len() > self.capacity {
-            let Some((tick, id)) = inner.order.pop_front() else { break };
+            let Some((tick, id)) = inner.order.pop_front() else {
+                break;
+            };
             if inner.entries.get(&id).is_some_and(|(t, _)| *t == tick) {
                 inner.entries.remove(&id);
             }

@@ -73,7 +73,9 @@ impl<T: DeserializeOwned> Future for SelectAll<T> {
             .min()
             .map(|(_, i)| i);
         match winner {
-            Some(i) => Pin::new(&mut self.futures[i]).poll(cx).map(|result| (i, result)),
+            Some(i) => Pin::new(&mut self.futures[i])
+                .poll(cx)
+                .map(|result| (i, result)),
             None => Poll::Pending,
         }
     }
@@ -82,7 +84,10 @@ impl<T: DeserializeOwned> Future for SelectAll<T> {
 /// Waits for all futures; outputs come back in the order the futures were given.
 pub fn join_all<F: Future + Unpin>(futures: Vec<F>) -> JoinAll<F> {
     let outputs = futures.iter().map(|_| None).collect();
-    JoinAll { futures: futures.into_iter().map(Some).collect(), outputs }
+    JoinAll {
+        futures: futures.into_iter().map(Some).collect(),
+        outputs,
+    }
 }
 
 /// Future returned by [`join_all`].
@@ -100,11 +105,11 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         for (slot, output) in this.futures.iter_mut().zip(this.outputs.iter_mut()) {
-            if let Some(future) = slot {
-                if let Poll::Ready(value) = Pin::new(future).poll(cx) {
-                    *output = Some(value);
-                    *slot = None;
-                }
+            if let Some(future) = slot
+                && let Poll::Ready(value) = Pin::new(future).poll(cx)
+            {
+                *output = Some(value);
+                *slot = None;
             }
         }
         if this.futures.iter().all(Option::is_none) {
@@ -121,15 +126,15 @@ pub async fn join2<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
     let mut b = std::pin::pin!(b);
     let (mut out_a, mut out_b) = (None, None);
     std::future::poll_fn(|cx| {
-        if out_a.is_none() {
-            if let Poll::Ready(v) = a.as_mut().poll(cx) {
-                out_a = Some(v);
-            }
+        if out_a.is_none()
+            && let Poll::Ready(v) = a.as_mut().poll(cx)
+        {
+            out_a = Some(v);
         }
-        if out_b.is_none() {
-            if let Poll::Ready(v) = b.as_mut().poll(cx) {
-                out_b = Some(v);
-            }
+        if out_b.is_none()
+            && let Poll::Ready(v) = b.as_mut().poll(cx)
+        {
+            out_b = Some(v);
         }
         match (out_a.take(), out_b.take()) {
             (Some(x), Some(y)) => Poll::Ready((x, y)),

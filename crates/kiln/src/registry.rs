@@ -13,11 +13,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 /// A running orchestration, type-erased.
-pub(crate) type OrchestrationFuture = Pin<Box<dyn Future<Output = Result<Payload, FailureDetails>> + Send>>;
+pub(crate) type OrchestrationFuture =
+    Pin<Box<dyn Future<Output = Result<Payload, FailureDetails>> + Send>>;
 /// An orchestration function, type-erased.
-pub(crate) type OrchestrationFn = Arc<dyn Fn(OrchestrationContext, Payload) -> OrchestrationFuture + Send + Sync>;
+pub(crate) type OrchestrationFn =
+    Arc<dyn Fn(OrchestrationContext, Payload) -> OrchestrationFuture + Send + Sync>;
 /// A running activity, type-erased.
-pub(crate) type ActivityFuture = Pin<Box<dyn Future<Output = Result<Payload, FailureDetails>> + Send>>;
+pub(crate) type ActivityFuture =
+    Pin<Box<dyn Future<Output = Result<Payload, FailureDetails>> + Send>>;
 /// An activity function, type-erased.
 pub(crate) type ActivityFn = Arc<dyn Fn(ActivityContext, Payload) -> ActivityFuture + Send + Sync>;
 
@@ -41,9 +44,12 @@ impl Registry {
         let erased: OrchestrationFn = Arc::new(move |ctx, input: Payload| {
             let f = Arc::clone(&f);
             Box::pin(async move {
-                let input: I = input.decode().map_err(|e| Failure::serialization("orchestration input", &e).into_details())?;
+                let input: I = input.decode().map_err(|e| {
+                    Failure::serialization("orchestration input", &e).into_details()
+                })?;
                 let output = f(ctx, input).await.map_err(Failure::into_details)?;
-                Payload::encode(&output).map_err(|e| Failure::serialization("orchestration output", &e).into_details())
+                Payload::encode(&output)
+                    .map_err(|e| Failure::serialization("orchestration output", &e).into_details())
             })
         });
         let versions = self.orchestrations.entry(name.to_owned()).or_default();
@@ -62,9 +68,12 @@ impl Registry {
         let erased: ActivityFn = Arc::new(move |ctx, input: Payload| {
             let f = Arc::clone(&f);
             Box::pin(async move {
-                let input: I = input.decode().map_err(|e| Failure::serialization("activity input", &e).into_details())?;
+                let input: I = input
+                    .decode()
+                    .map_err(|e| Failure::serialization("activity input", &e).into_details())?;
                 let output = f(ctx, input).await.map_err(Failure::into_details)?;
-                Payload::encode(&output).map_err(|e| Failure::serialization("activity output", &e).into_details())
+                Payload::encode(&output)
+                    .map_err(|e| Failure::serialization("activity output", &e).into_details())
             })
         });
         self.activities.insert(name.to_owned(), erased);
@@ -72,12 +81,19 @@ impl Registry {
 
     /// The orchestration registered under `name` and `version`.
     pub(crate) fn orchestration(&self, name: &str, version: &str) -> Option<OrchestrationFn> {
-        self.orchestrations.get(name)?.iter().find(|(v, _)| v == version).map(|(_, f)| Arc::clone(f))
+        self.orchestrations
+            .get(name)?
+            .iter()
+            .find(|(v, _)| v == version)
+            .map(|(_, f)| Arc::clone(f))
     }
 
     /// The version new instances of `name` start on (the last registered), if registered.
     pub(crate) fn default_version(&self, name: &str) -> Option<&str> {
-        self.orchestrations.get(name)?.last().map(|(v, _)| v.as_str())
+        self.orchestrations
+            .get(name)?
+            .last()
+            .map(|(v, _)| v.as_str())
     }
 
     /// True if this version of `name` is registered.

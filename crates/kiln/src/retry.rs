@@ -54,10 +54,17 @@ impl RetryPolicy {
 
     /// The wait before retry `n` (0 = the wait after the first attempt failed).
     pub fn delay(&self, n: u32) -> Duration {
-        let factor = self.backoff_coefficient.max(0.0).powi(i32::try_from(n).unwrap_or(i32::MAX));
+        let factor = self
+            .backoff_coefficient
+            .max(0.0)
+            .powi(i32::try_from(n).unwrap_or(i32::MAX));
         let millis = self.first_interval.as_millis() as f64 * factor;
         let capped = millis.min(self.max_interval.as_millis() as f64);
-        Duration::from_millis(if capped.is_finite() { capped as u64 } else { u64::MAX })
+        Duration::from_millis(if capped.is_finite() {
+            capped as u64
+        } else {
+            u64::MAX
+        })
     }
 }
 

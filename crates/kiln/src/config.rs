@@ -6,7 +6,8 @@ use std::time::Duration;
 /// How the runtime dispatches and protects work. The defaults suit one node.
 #[derive(Clone, Debug)]
 pub struct RuntimeConfig {
-    /// Orchestration turns processed at once.
+    /// Orchestration turns processed at once. Turns mostly wait for their group commit, so many
+    /// cheap workers let one commit carry many turns.
     pub orchestration_concurrency: usize,
     /// Activities running at once.
     pub activity_concurrency: usize,
@@ -29,7 +30,7 @@ pub struct RuntimeConfig {
 impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
-            orchestration_concurrency: 4,
+            orchestration_concurrency: 64,
             activity_concurrency: 256,
             lease_duration: Duration::from_secs(30),
             cache_capacity: 10_000,

@@ -160,32 +160,66 @@ impl SqliteStore {
             .map_err(|_| StoreError::Unavailable("the writer thread has stopped".into()))?
     }
 
-    /// Waits for `notify` or until the next deadline in the queues or `deadline`, whichever first.
-    async fn wait_for_work(
-        notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
-        next: Option<Timestamp>,
-        deadline: tokio::time::Instant,
-    ) {
-        let mut until = deadline;
-        if let Some(next) = next {
-            let in_ms = (next.0 - now().0).max(0) as u64;
-            until = until.min(tokio::time::Instant::now() + Duration::from_millis(in_ms));
-        }
-        tokio::select! {
-            _ = notified => {}
-            _ = tokio::time::sleep_until(until) => {}
+    /// Claims the next item of one kind, waiting up to `wait` for one: woken by commits that
+    /// make work available, and by its own timer for the next due message or lapsing lease.
+    async fn claim_next<T>(
+        &self,
+        kind: WorkKind,
+        wait: Duration,
+        mut claim: impl FnMut(&mut Queues, Timestamp) -> Option<T>,
+    ) -> Option<T> {
+        let notify = match kind {
+            WorkKind::Orchestration => &self.shared.orchestration_ready,
+            WorkKind::Activity => &self.shared.activity_ready,
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (claimed, next) = {
+                let mut queues = self.shared.lock_queues();
+                let at = now();
+                let (mut instances, mut activities) = queues.advance(at);
+                let claimed = claim(&mut queues, at);
+                let taken = usize::from(claimed.is_some());
+                match kind {
+                    WorkKind::Orchestration => instances = instances.saturating_sub(taken),
+                    WorkKind::Activity => activities = activities.saturating_sub(taken),
+                }
+                // Wake other workers for what became available beyond the item taken here.
+                for _ in 0..instances {
+                    self.shared.orchestration_ready.notify_one();
+                }
+                for _ in 0..activities {
+                    self.shared.activity_ready.notify_one();
+                }
+                (claimed, queues.next_deadline())
+            };
+            if claimed.is_some() {
+                return claimed;
+            }
+            let mut until = deadline;
+            if until <= tokio::time::Instant::now() {
+                return None;
+            }
+            if let Some(next) = next {
+                let in_ms = (next.0 - now().0).max(0) as u64;
+                until = until.min(tokio::time::Instant::now() + Duration::from_millis(in_ms));
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
         }
     }
+}
 
-    /// Wakes other workers for items that became available beyond the one just taken.
-    fn wake_others(&self, instances: usize, activities: usize) {
-        for _ in 0..instances {
-            self.shared.orchestration_ready.notify_one();
-        }
-        for _ in 0..activities {
-            self.shared.activity_ready.notify_one();
-        }
-    }
+/// The two kinds of work a store hands out.
+#[derive(Clone, Copy)]
+enum WorkKind {
+    Orchestration,
+    Activity,
 }
 
 fn lock_file(path: &Path) -> Result<File, OpenError> {
@@ -340,55 +374,36 @@ impl Store for SqliteStore {
         lease_for: Duration,
         wait: Duration,
     ) -> StoreResult<Option<OrchestrationWorkItem>> {
-        let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let notified = self.shared.orchestration_ready.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let (claimed, next) = {
-                let mut queues = self.shared.lock_queues();
-                let at = now();
-                let (instances, activities) = queues.advance(at);
-                let claimed = queues.claim_instance(at, lease_millis(lease_for));
-                self.wake_others(
-                    instances.saturating_sub(usize::from(claimed.is_some())),
-                    activities,
-                );
-                (claimed, queues.next_deadline())
+            let claim =
+                |queues: &mut Queues, at| queues.claim_instance(at, lease_millis(lease_for));
+            let Some(claimed) = self.claim_next(WorkKind::Orchestration, wait, claim).await else {
+                return Ok(None);
             };
-            if let Some(claimed) = claimed {
-                let record = self
-                    .readers
-                    .with(|conn| reads::get_instance(conn, &claimed.instance_id));
-                match record {
-                    Ok(Some(instance)) => {
-                        return Ok(Some(OrchestrationWorkItem {
-                            instance,
-                            messages: claimed.messages,
-                            lease: claimed.lease,
-                            dequeue_count: claimed.dequeue_count,
-                        }));
-                    }
-                    Ok(None) => {
-                        self.shared
-                            .lock_queues()
-                            .forget_instances(&[claimed.instance_id]);
-                        continue;
-                    }
-                    Err(err) => {
-                        self.shared.lock_queues().release_instance(
-                            &claimed.instance_id,
-                            &[],
-                            false,
-                        );
-                        return Err(err);
-                    }
+            match self
+                .readers
+                .with(|conn| reads::get_instance(conn, &claimed.instance_id))
+            {
+                Ok(Some(instance)) => {
+                    return Ok(Some(OrchestrationWorkItem {
+                        instance,
+                        messages: claimed.messages,
+                        lease: claimed.lease,
+                        dequeue_count: claimed.dequeue_count,
+                    }));
+                }
+                // Purged meanwhile: forget its messages and look again.
+                Ok(None) => self
+                    .shared
+                    .lock_queues()
+                    .forget_instances(&[claimed.instance_id]),
+                Err(err) => {
+                    self.shared
+                        .lock_queues()
+                        .release_instance(&claimed.instance_id, &[], false);
+                    return Err(err);
                 }
             }
-            if tokio::time::Instant::now() >= deadline {
-                return Ok(None);
-            }
-            Self::wait_for_work(notified, next, deadline).await;
         }
     }
 
@@ -422,35 +437,14 @@ impl Store for SqliteStore {
         lease_for: Duration,
         wait: Duration,
     ) -> StoreResult<Option<ActivityWorkItem>> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let notified = self.shared.activity_ready.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let (claimed, next) = {
-                let mut queues = self.shared.lock_queues();
-                let at = now();
-                let (instances, activities) = queues.advance(at);
-                let claimed = queues.claim_activity(at, lease_millis(lease_for));
-                self.wake_others(
-                    instances,
-                    activities.saturating_sub(usize::from(claimed.is_some())),
-                );
-                (claimed, queues.next_deadline())
-            };
-            if let Some((entry, lease)) = claimed {
-                return Ok(Some(ActivityWorkItem {
-                    id: entry.id,
-                    activity: entry.activity,
-                    lease,
-                    dequeue_count: entry.dequeue_count,
-                }));
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Ok(None);
-            }
-            Self::wait_for_work(notified, next, deadline).await;
-        }
+        let claim = |queues: &mut Queues, at| queues.claim_activity(at, lease_millis(lease_for));
+        let claimed = self.claim_next(WorkKind::Activity, wait, claim).await;
+        Ok(claimed.map(|(entry, lease)| ActivityWorkItem {
+            id: entry.id,
+            activity: entry.activity,
+            lease,
+            dequeue_count: entry.dequeue_count,
+        }))
     }
 
     async fn renew_activity_lease(

@@ -101,6 +101,18 @@ fn running_commit(item: &OrchestrationWorkItem) -> TurnCommit {
     }
 }
 
+/// Activity `work` of instance `a` at `step`.
+fn activity(step: u64) -> NewActivity {
+    NewActivity {
+        instance_id: "a".into(),
+        execution: 0,
+        step,
+        name: "work".into(),
+        input: Payload::null(),
+        attempt: 1,
+    }
+}
+
 fn completed(mut commit: TurnCommit) -> TurnCommit {
     commit.status = RuntimeStatus::Completed;
     commit.output = Some(Payload::from_json("42").unwrap());
@@ -200,14 +212,7 @@ pub async fn turn_commit_is_atomic(store: &dyn Store) {
     let item = fetch(store).await;
     let mut commit = running_commit(&item);
     commit.custom_status = Some(Payload::from_json(r#"{"stage":"one"}"#).unwrap());
-    commit.activities.push(NewActivity {
-        instance_id: "a".into(),
-        execution: 0,
-        step: 0,
-        name: "work".into(),
-        input: Payload::null(),
-        attempt: 1,
-    });
+    commit.activities.push(activity(0));
     store.commit_turn(commit).await.unwrap();
     let record = store.get_instance("a").await.unwrap().unwrap();
     assert_eq!(record.status, RuntimeStatus::Running);
@@ -256,14 +261,7 @@ pub async fn activity_result_reaches_its_instance(store: &dyn Store) {
         .unwrap();
     let item = fetch(store).await;
     let mut commit = running_commit(&item);
-    commit.activities.push(NewActivity {
-        instance_id: "a".into(),
-        execution: 0,
-        step: 3,
-        name: "work".into(),
-        input: Payload::null(),
-        attempt: 1,
-    });
+    commit.activities.push(activity(3));
     store.commit_turn(commit).await.unwrap();
     let activity = store
         .fetch_activity_work(LEASE, WAIT)
@@ -583,14 +581,7 @@ pub async fn abandoned_work_comes_back(store: &dyn Store) {
     let again = fetch(store).await;
     assert_eq!(again.messages.len(), 1);
     let mut commit = running_commit(&again);
-    commit.activities.push(NewActivity {
-        instance_id: "a".into(),
-        execution: 0,
-        step: 0,
-        name: "work".into(),
-        input: Payload::null(),
-        attempt: 1,
-    });
+    commit.activities.push(activity(0));
     store.commit_turn(commit).await.unwrap();
     let activity = store
         .fetch_activity_work(LEASE, WAIT)

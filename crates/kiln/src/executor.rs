@@ -7,7 +7,7 @@
 
 use crate::context::{ContextInner, OrchestrationContext};
 use crate::panic::poll_catching;
-use crate::registry::{OrchestrationFn, OrchestrationFuture};
+use crate::registry::{ErasedFuture, OrchestrationFn};
 use kiln_core::{
     Applied, ExecutionOutcome, FailureDetails, HistoryEvent, PayloadLimits, ReplayError,
     ReplayState,
@@ -19,7 +19,7 @@ use std::task::{Context, Poll, Waker};
 pub(crate) struct Execution {
     inner: Arc<ContextInner>,
     orchestration: OrchestrationFn,
-    future: Option<OrchestrationFuture>,
+    future: Option<ErasedFuture>,
     outcome: Option<ExecutionOutcome>,
     /// Execution (generation) number this future belongs to.
     pub(crate) execution: u64,

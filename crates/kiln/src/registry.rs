@@ -12,17 +12,15 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-/// A running orchestration, type-erased.
-pub(crate) type OrchestrationFuture =
+/// A running orchestration or activity, type-erased to payloads.
+pub(crate) type ErasedFuture =
     Pin<Box<dyn Future<Output = Result<Payload, FailureDetails>> + Send>>;
+/// A user function taking context `C`, type-erased to payloads.
+pub(crate) type ErasedFn<C> = Arc<dyn Fn(C, Payload) -> ErasedFuture + Send + Sync>;
 /// An orchestration function, type-erased.
-pub(crate) type OrchestrationFn =
-    Arc<dyn Fn(OrchestrationContext, Payload) -> OrchestrationFuture + Send + Sync>;
-/// A running activity, type-erased.
-pub(crate) type ActivityFuture =
-    Pin<Box<dyn Future<Output = Result<Payload, FailureDetails>> + Send>>;
+pub(crate) type OrchestrationFn = ErasedFn<OrchestrationContext>;
 /// An activity function, type-erased.
-pub(crate) type ActivityFn = Arc<dyn Fn(ActivityContext, Payload) -> ActivityFuture + Send + Sync>;
+pub(crate) type ActivityFn = ErasedFn<ActivityContext>;
 
 /// Registered functions. Orchestrations may have several versions; the last one registered is
 /// the default for new instances.
@@ -30,6 +28,29 @@ pub(crate) type ActivityFn = Arc<dyn Fn(ActivityContext, Payload) -> ActivityFut
 pub(crate) struct Registry {
     orchestrations: HashMap<String, Vec<(String, OrchestrationFn)>>,
     activities: HashMap<String, ActivityFn>,
+}
+
+/// Wraps a typed user function into one that decodes its input and encodes its output.
+fn erase<C, I, O, F, Fut>(f: F, input_what: &'static str, output_what: &'static str) -> ErasedFn<C>
+where
+    C: Send + 'static,
+    I: DeserializeOwned + Send + 'static,
+    O: Serialize + 'static,
+    F: Fn(C, I) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<O, Failure>> + Send + 'static,
+{
+    let f = Arc::new(f);
+    Arc::new(move |ctx, input: Payload| {
+        let f = Arc::clone(&f);
+        Box::pin(async move {
+            let input: I = input
+                .decode()
+                .map_err(|e| Failure::serialization(input_what, &e).into_details())?;
+            let output = f(ctx, input).await.map_err(Failure::into_details)?;
+            Payload::encode(&output)
+                .map_err(|e| Failure::serialization(output_what, &e).into_details())
+        })
+    })
 }
 
 impl Registry {
@@ -40,18 +61,7 @@ impl Registry {
         F: Fn(OrchestrationContext, I) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<O, Failure>> + Send + 'static,
     {
-        let f = Arc::new(f);
-        let erased: OrchestrationFn = Arc::new(move |ctx, input: Payload| {
-            let f = Arc::clone(&f);
-            Box::pin(async move {
-                let input: I = input.decode().map_err(|e| {
-                    Failure::serialization("orchestration input", &e).into_details()
-                })?;
-                let output = f(ctx, input).await.map_err(Failure::into_details)?;
-                Payload::encode(&output)
-                    .map_err(|e| Failure::serialization("orchestration output", &e).into_details())
-            })
-        });
+        let erased: OrchestrationFn = erase(f, "orchestration input", "orchestration output");
         let versions = self.orchestrations.entry(name.to_owned()).or_default();
         versions.retain(|(v, _)| v != version);
         versions.push((version.to_owned(), erased));
@@ -64,19 +74,10 @@ impl Registry {
         F: Fn(ActivityContext, I) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<O, Failure>> + Send + 'static,
     {
-        let f = Arc::new(f);
-        let erased: ActivityFn = Arc::new(move |ctx, input: Payload| {
-            let f = Arc::clone(&f);
-            Box::pin(async move {
-                let input: I = input
-                    .decode()
-                    .map_err(|e| Failure::serialization("activity input", &e).into_details())?;
-                let output = f(ctx, input).await.map_err(Failure::into_details)?;
-                Payload::encode(&output)
-                    .map_err(|e| Failure::serialization("activity output", &e).into_details())
-            })
-        });
-        self.activities.insert(name.to_owned(), erased);
+        self.activities.insert(
+            name.to_owned(),
+            erase(f, "activity input", "activity output"),
+        );
     }
 
     /// The orchestration registered under `name` and `version`.

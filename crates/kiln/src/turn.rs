@@ -592,66 +592,60 @@ fn finish(
 ) {
     let now = commit.now;
     commit.waiting_on = Vec::new();
-    let parent_event = match end {
-        ExecutionEnd::Completed(output) => {
-            appended.push(HistoryEvent::new(
-                now,
-                EventKind::ExecutionCompleted {
-                    orchestration_status: RuntimeStatus::Completed,
-                    result: Some(output.clone()),
-                    failure_details: None,
-                },
-            ));
-            commit.status = RuntimeStatus::Completed;
-            commit.output = Some(output.clone());
-            commit.failure = None;
-            instance
-                .parent
-                .as_ref()
-                .map(|p| EventKind::SubOrchestrationInstanceCompleted {
-                    task_scheduled_id: p.task_scheduled_id,
+    let parent = instance.parent.as_ref().map(|p| p.task_scheduled_id);
+    let (status, output, failure, parent_event) = match end {
+        ExecutionEnd::Completed(output) => (
+            RuntimeStatus::Completed,
+            Some(output.clone()),
+            None,
+            parent.map(
+                |task_scheduled_id| EventKind::SubOrchestrationInstanceCompleted {
+                    task_scheduled_id,
                     result: output,
-                })
-        }
-        ExecutionEnd::Failed(failure) => {
-            appended.push(HistoryEvent::new(
-                now,
-                EventKind::ExecutionCompleted {
-                    orchestration_status: RuntimeStatus::Failed,
-                    result: None,
-                    failure_details: Some(failure.clone()),
                 },
-            ));
-            commit.status = RuntimeStatus::Failed;
-            commit.output = None;
-            commit.failure = Some(failure.clone());
-            instance
-                .parent
-                .as_ref()
-                .map(|p| EventKind::SubOrchestrationInstanceFailed {
-                    task_scheduled_id: p.task_scheduled_id,
+            ),
+        ),
+        ExecutionEnd::Failed(failure) => (
+            RuntimeStatus::Failed,
+            None,
+            Some(failure.clone()),
+            parent.map(
+                |task_scheduled_id| EventKind::SubOrchestrationInstanceFailed {
+                    task_scheduled_id,
                     failure_details: failure,
-                })
-        }
+                },
+            ),
+        ),
         ExecutionEnd::Terminated(reason) => {
-            commit.status = RuntimeStatus::Terminated;
-            commit.output = Some(reason.as_deref().map_or_else(Payload::null, encode_text));
-            commit.failure = None;
-            instance
-                .parent
-                .as_ref()
-                .map(|p| EventKind::SubOrchestrationInstanceFailed {
-                    task_scheduled_id: p.task_scheduled_id,
-                    failure_details: FailureDetails::new(
-                        error_types::TERMINATED,
-                        format!(
-                            "sub-orchestration was terminated: {}",
-                            reason.as_deref().unwrap_or("no reason given")
-                        ),
-                    ),
-                })
+            let failure = FailureDetails::new(
+                error_types::TERMINATED,
+                format!(
+                    "sub-orchestration was terminated: {}",
+                    reason.as_deref().unwrap_or("no reason given")
+                ),
+            );
+            let output = reason.as_deref().map_or_else(Payload::null, encode_text);
+            let event = parent.map(
+                |task_scheduled_id| EventKind::SubOrchestrationInstanceFailed {
+                    task_scheduled_id,
+                    failure_details: failure,
+                },
+            );
+            (RuntimeStatus::Terminated, Some(output), None, event)
         }
     };
+    // A termination is recorded by its ExecutionTerminated event; other ends by ExecutionCompleted.
+    if status != RuntimeStatus::Terminated {
+        let completed = EventKind::ExecutionCompleted {
+            orchestration_status: status,
+            result: output.clone(),
+            failure_details: failure.clone(),
+        };
+        appended.push(HistoryEvent::new(now, completed));
+    }
+    commit.status = status;
+    commit.output = output;
+    commit.failure = failure;
     if let (Some(parent), Some(event)) = (&instance.parent, parent_event) {
         commit.messages.push(OutgoingMessage {
             instance_id: parent.instance_id.clone(),

@@ -19,6 +19,9 @@ pub struct ActivityEntry {
     pub activity: NewActivity,
     /// Claims so far.
     pub dequeue_count: u32,
+    /// Loaded at start: it may have been running when the process died, so its next claim must
+    /// be recorded durably before it runs.
+    pub recovered: bool,
 }
 
 #[derive(Debug, Default)]
@@ -29,6 +32,7 @@ struct InstanceSlot {
     suspended: bool,
     retry_at: Option<Timestamp>,
     dequeue_count: u32,
+    recovered: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -62,6 +66,8 @@ pub struct ClaimedInstance {
     pub lease: Lease,
     /// Claims without a commit so far, including this one.
     pub dequeue_count: u32,
+    /// The claim must be recorded durably before the turn runs (see [`ActivityEntry::recovered`]).
+    pub recovered: bool,
 }
 
 /// The in-memory dispatch state.
@@ -123,6 +129,14 @@ impl Queues {
     pub fn push_activity(&mut self, entry: ActivityEntry) -> bool {
         self.activities.push_back(entry);
         true
+    }
+
+    /// Restores an instance's claim count after a restart; its next claim is marked durably.
+    pub fn restore_claims(&mut self, instance_id: &str, dequeue_count: u32) {
+        if let Some(slot) = self.slots.get_mut(instance_id) {
+            slot.dequeue_count = dequeue_count;
+            slot.recovered = true;
+        }
     }
 
     /// Records whether an instance is suspended (only control messages wake it then).
@@ -234,6 +248,7 @@ impl Queues {
                 messages: slot.messages.clone(),
                 lease,
                 dequeue_count: slot.dequeue_count,
+                recovered: std::mem::take(&mut slot.recovered),
             };
             self.leases
                 .insert((lease.expires_at, token), LeaseTarget::Instance(id));
@@ -265,7 +280,10 @@ impl Queues {
                     lease,
                     pinned: false,
                 },
-                entry.clone(),
+                ActivityEntry {
+                    recovered: false,
+                    ..entry.clone()
+                },
             ),
         );
         Some((entry, lease))
@@ -341,6 +359,7 @@ impl Queues {
         if committed {
             slot.messages.retain(|m| !consumed.contains(&m.id));
             slot.dequeue_count = 0;
+            slot.recovered = false;
         }
         let ready = self.mark_ready(instance_id);
         self.drop_if_idle(instance_id);

@@ -19,7 +19,9 @@ CREATE TABLE instances (
     waiting_on         TEXT,
     parent             TEXT,
     parent_instance_id TEXT,
-    history_len        INTEGER NOT NULL DEFAULT 0
+    history_len        INTEGER NOT NULL DEFAULT 0,
+    -- claims since the last commit that survived a restart (poison detection across crashes)
+    dequeue_count      INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX instances_by_created ON instances (created_at, instance_id);
 CREATE INDEX instances_by_parent ON instances (parent_instance_id) WHERE parent_instance_id IS NOT NULL;
@@ -44,7 +46,9 @@ CREATE TABLE activities (
     step        INTEGER NOT NULL,
     name        TEXT NOT NULL,
     input       TEXT NOT NULL,
-    attempt     INTEGER NOT NULL
+    attempt     INTEGER NOT NULL,
+    -- claims that survived a restart (poison detection across crashes)
+    dequeue_count INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX activities_by_instance ON activities (instance_id);
 CREATE TABLE settings (

@@ -5,7 +5,7 @@ use crate::queue::{ActivityEntry, Queues};
 use crate::reads::{self, Readers};
 use crate::schema::{MigrationError, migrate};
 use crate::shared::{Shared, now};
-use crate::writer::{self, PURGE_BATCH, WriteOp, WriteOutcome, WriteRequest};
+use crate::writer::{self, ClaimTarget, PURGE_BATCH, WriteOp, WriteOutcome, WriteRequest};
 use async_trait::async_trait;
 use kiln_core::{HistoryEvent, RuntimeStatus, Timestamp};
 use kiln_store::{
@@ -100,7 +100,8 @@ pub struct SqliteStore {
     readers: Readers,
     sender: Mutex<Option<Sender<WriteRequest>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
-    _lock: File,
+    /// Held until shutdown: keeps other processes off the file.
+    lock: Mutex<Option<File>>,
 }
 
 impl SqliteStore {
@@ -140,7 +141,7 @@ impl SqliteStore {
             readers: Readers::new(readers),
             sender: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(writer)),
-            _lock: lock,
+            lock: Mutex::new(Some(lock)),
         })
     }
 
@@ -323,8 +324,25 @@ fn recover(conn: &Connection) -> StoreResult<Queues> {
         };
         queues.push_message(&instance_id, message, visible_at.map(Timestamp), at);
     }
+    let mut claimed = conn
+        .prepare("SELECT instance_id, dequeue_count FROM instances WHERE dequeue_count > 0 OR status IN (?1, ?2, ?3)")
+        .map_err(backend)?;
+    let unfinished = [
+        RuntimeStatus::Pending.code(),
+        RuntimeStatus::Running.code(),
+        RuntimeStatus::ContinuedAsNew.code(),
+    ];
+    let rows = claimed
+        .query_map(unfinished, |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?))
+        })
+        .map_err(backend)?;
+    for row in rows {
+        let (instance_id, count) = row.map_err(backend)?;
+        queues.restore_claims(&instance_id, count);
+    }
     let mut activities = conn
-        .prepare("SELECT id, instance_id, execution, step, name, input, attempt FROM activities ORDER BY id")
+        .prepare("SELECT id, instance_id, execution, step, name, input, attempt, dequeue_count FROM activities ORDER BY id")
         .map_err(backend)?;
     let rows = activities
         .query_map([], |r| {
@@ -338,7 +356,8 @@ fn recover(conn: &Connection) -> StoreResult<Queues> {
                     input: kiln_core::Payload::from_trusted(r.get(5)?),
                     attempt: r.get(6)?,
                 },
-                dequeue_count: 0,
+                dequeue_count: r.get(7)?,
+                recovered: true,
             })
         })
         .map_err(backend)?;
@@ -380,6 +399,15 @@ impl Store for SqliteStore {
             let Some(claimed) = self.claim_next(WorkKind::Orchestration, wait, claim).await else {
                 return Ok(None);
             };
+            if claimed.recovered {
+                let mark = WriteOp::MarkClaimed(ClaimTarget::Instance(claimed.instance_id.clone()));
+                if let Err(err) = self.write(mark).await {
+                    self.shared
+                        .lock_queues()
+                        .release_instance(&claimed.instance_id, &[], false);
+                    return Err(err);
+                }
+            }
             match self
                 .readers
                 .with(|conn| reads::get_instance(conn, &claimed.instance_id))
@@ -438,13 +466,27 @@ impl Store for SqliteStore {
         wait: Duration,
     ) -> StoreResult<Option<ActivityWorkItem>> {
         let claim = |queues: &mut Queues, at| queues.claim_activity(at, lease_millis(lease_for));
-        let claimed = self.claim_next(WorkKind::Activity, wait, claim).await;
-        Ok(claimed.map(|(entry, lease)| ActivityWorkItem {
+        let Some((entry, lease)) = self.claim_next(WorkKind::Activity, wait, claim).await else {
+            return Ok(None);
+        };
+        let item = ActivityWorkItem {
             id: entry.id,
             activity: entry.activity,
             lease,
             dequeue_count: entry.dequeue_count,
-        }))
+        };
+        if entry.recovered {
+            if let Err(err) = self
+                .write(WriteOp::MarkClaimed(ClaimTarget::Activity(item.id)))
+                .await
+            {
+                self.shared
+                    .lock_queues()
+                    .abandon_activity(item.id, lease, now());
+                return Err(err);
+            }
+        }
+        Ok(Some(item))
     }
 
     async fn renew_activity_lease(
@@ -561,5 +603,7 @@ impl Store for SqliteStore {
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
+        // Every write is done: another process (or a new store in this one) may open the file.
+        self.lock.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 }

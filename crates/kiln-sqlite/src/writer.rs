@@ -54,6 +54,8 @@ pub enum WriteOp {
     PurgeInstance(String),
     /// Purge up to [`PURGE_BATCH`] finished instances matching a filter.
     PurgeBatch(PurgeFilter),
+    /// Count a claim of recovered work durably (poison detection across crashes).
+    MarkClaimed(ClaimTarget),
     /// Store a setting unless present.
     PutSettingIfAbsent {
         /// Key.
@@ -61,6 +63,14 @@ pub enum WriteOp {
         /// Value.
         value: String,
     },
+}
+
+/// Which work item a claim mark is for.
+pub enum ClaimTarget {
+    /// An instance's pending messages.
+    Instance(String),
+    /// An activity row.
+    Activity(i64),
 }
 
 /// What a write returns.
@@ -297,6 +307,18 @@ fn apply(conn: &Connection, op: &WriteOp, effects: &mut Vec<Effect>) -> StoreRes
             let ids = select_purgeable(conn, filter)?;
             purge(conn, ids, effects).map(WriteOutcome::Count)
         }
+        WriteOp::MarkClaimed(target) => {
+            let updated = match target {
+                ClaimTarget::Instance(id) => conn
+                    .prepare_cached("UPDATE instances SET dequeue_count = dequeue_count + 1 WHERE instance_id = ?1")
+                    .and_then(|mut s| s.execute([id])),
+                ClaimTarget::Activity(id) => conn
+                    .prepare_cached("UPDATE activities SET dequeue_count = dequeue_count + 1 WHERE id = ?1")
+                    .and_then(|mut s| s.execute([id])),
+            };
+            updated.map_err(backend)?;
+            Ok(WriteOutcome::Done)
+        }
         WriteOp::PutSettingIfAbsent { key, value } => {
             conn.execute(
                 "INSERT OR IGNORE INTO settings (key, value) VALUES (?1, ?2)",
@@ -439,7 +461,7 @@ fn commit_turn(conn: &Connection, turn: &TurnCommit, effects: &mut Vec<Effect>) 
     let new_len: Option<i64> = conn
         .prepare_cached(
             "UPDATE instances SET execution = ?2, status = ?3, input = ?4, output = ?5, failure = ?6, \
-             custom_status = ?7, waiting_on = ?8, updated_at = ?9, \
+             custom_status = ?7, waiting_on = ?8, updated_at = ?9, dequeue_count = 0, \
              history_len = CASE WHEN ?10 THEN ?11 ELSE history_len + ?11 END \
              WHERE instance_id = ?1 RETURNING history_len",
         )
@@ -505,6 +527,7 @@ fn commit_turn(conn: &Connection, turn: &TurnCommit, effects: &mut Vec<Effect>) 
             id: conn.last_insert_rowid(),
             activity: activity.clone(),
             dequeue_count: 0,
+            recovered: false,
         }));
     }
     for child in &turn.sub_orchestrations {

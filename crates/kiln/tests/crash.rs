@@ -66,6 +66,21 @@ async fn crash_approval(ctx: OrchestrationContext, _: u32) -> Result<String, Fai
     }
 }
 
+async fn abort_process(_: ActivityContext, _: ()) -> Result<(), Failure> {
+    std::process::abort()
+}
+
+/// Survives its activity only if the runtime gives up on it as poison.
+async fn poison_flow(ctx: OrchestrationContext, _: ()) -> Result<String, Failure> {
+    match ctx.call_activity::<_, ()>("abort_process", &()).await {
+        Ok(()) => Ok("ran".to_owned()),
+        Err(failure) => Ok(format!("{}: {}", failure.error_type(), failure.message())),
+    }
+}
+
+/// Claims after which the poison test's child gives up on a work item.
+const POISON_AFTER: u32 = 3;
+
 fn expected_output(i: u32) -> serde_json::Value {
     if i.is_multiple_of(10) {
         serde_json::json!("timeout")
@@ -91,6 +106,7 @@ fn crash_child() {
     rt.block_on(async move {
         let config = RuntimeConfig {
             lease_duration: Duration::from_secs(5),
+            max_dequeue_count: POISON_AFTER,
             ..RuntimeConfig::default()
         };
         let kiln = Kiln::builder()
@@ -100,6 +116,8 @@ fn crash_child() {
             .orchestration("crash_approval", crash_approval)
             .activity("step", step)
             .activity("slow_step", slow_step)
+            .orchestration("poison_flow", poison_flow)
+            .activity("abort_process", abort_process)
             .start()
             .await
             .unwrap();
@@ -122,6 +140,22 @@ fn crash_child() {
                     .unwrap();
                 println!("STARTED {i}");
             }
+        }
+        if mode == "poison" {
+            let options = kiln::StartOptions {
+                instance_id: Some("poison".into()),
+                ..Default::default()
+            };
+            let _ = client
+                .start_with("poison_flow", kiln::Payload::null(), options)
+                .await;
+            let done = client
+                .wait_for_completion("poison", Duration::from_secs(30))
+                .await
+                .unwrap();
+            println!("DONE {}", done.output.unwrap());
+            kiln.shutdown().await;
+            return;
         }
         if mode == "finish" {
             let unfinished = vec![
@@ -316,5 +350,40 @@ fn every_acknowledged_instance_completes_once_across_kill_9() {
         "crash test: {checked} acknowledged instances, {completions} completions, {} activity runs, {} ran more than once (at-least-once)",
         runs.len(),
         runs.len() - unique.len()
+    );
+}
+
+#[test]
+fn an_activity_that_kills_its_process_is_failed_as_poison() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("kiln.db");
+    let log = dir.path().join("activities.log");
+    let mut crashes = 0;
+    let output = loop {
+        let mut round = spawn(&db, &log, "poison");
+        let status = round.child.wait().unwrap();
+        let lines: Vec<String> = round.lines.try_iter().collect();
+        if let Some(done) = lines
+            .iter()
+            .find_map(|l| l.split_once("DONE ").map(|(_, out)| out.to_owned()))
+        {
+            break done;
+        }
+        assert!(
+            !status.success(),
+            "the child either aborts or finishes: {lines:?}"
+        );
+        crashes += 1;
+        assert!(
+            crashes <= POISON_AFTER + 2,
+            "still crashing after {crashes} restarts"
+        );
+    };
+    assert!(
+        output.starts_with("\"PoisonMessage: activity 'abort_process' was claimed"),
+        "{output}"
+    );
+    eprintln!(
+        "poison test: the process crashed {crashes} times before the activity was failed as poison"
     );
 }

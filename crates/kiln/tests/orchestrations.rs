@@ -629,3 +629,60 @@ async fn wait_for_completion_times_out_without_polling() {
     assert!(matches!(result, Err(ClientError::Timeout(_))));
     t.stop().await;
 }
+
+static SHUTDOWN_RUNS: AtomicU32 = AtomicU32::new(0);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_running_activities_within_the_grace_period_and_releases_the_rest() {
+    async fn sleeps(_: ActivityContext, millis: u64) -> Result<u64, Failure> {
+        SHUTDOWN_RUNS.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(millis)).await;
+        Ok(millis)
+    }
+    async fn calls_sleeps(ctx: OrchestrationContext, millis: u64) -> Result<u64, Failure> {
+        ctx.call_activity("sleeps", &millis).await
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kiln.db");
+    let start = || async {
+        let config = kiln::RuntimeConfig {
+            shutdown_grace: Duration::from_millis(600),
+            ..Default::default()
+        };
+        let builder = Kiln::builder().config(config).sqlite(&path);
+        builder
+            .orchestration("calls_sleeps", calls_sleeps)
+            .activity("sleeps", sleeps)
+            .start()
+            .await
+            .unwrap()
+    };
+    let kiln = start().await;
+    let client = kiln.client();
+    let short = client.start("calls_sleeps", &200u64).await.unwrap();
+    let long = client.start("calls_sleeps", &1_500u64).await.unwrap();
+    for id in [&short, &long] {
+        client
+            .wait_until(id, DEADLINE, |r| !r.waiting_on.is_empty())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    while SHUTDOWN_RUNS.load(Ordering::SeqCst) < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    kiln.shutdown().await;
+
+    let kiln = start().await;
+    let client = kiln.client();
+    let short_done = client.wait_for_completion(&short, DEADLINE).await.unwrap();
+    assert_eq!(output(&short_done), json!(200));
+    let long_done = client.wait_for_completion(&long, DEADLINE).await.unwrap();
+    assert_eq!(output(&long_done), json!(1_500));
+    assert_eq!(
+        SHUTDOWN_RUNS.load(Ordering::SeqCst),
+        3,
+        "only the released activity ran again"
+    );
+    kiln.shutdown().await;
+}

@@ -475,16 +475,15 @@ impl Store for SqliteStore {
             lease,
             dequeue_count: entry.dequeue_count,
         };
-        if entry.recovered {
-            if let Err(err) = self
+        if entry.recovered
+            && let Err(err) = self
                 .write(WriteOp::MarkClaimed(ClaimTarget::Activity(item.id)))
                 .await
-            {
-                self.shared
-                    .lock_queues()
-                    .abandon_activity(item.id, lease, now());
-                return Err(err);
-            }
+        {
+            self.shared
+                .lock_queues()
+                .abandon_activity(item.id, lease, now());
+            return Err(err);
         }
         Ok(Some(item))
     }

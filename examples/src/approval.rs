@@ -39,32 +39,19 @@ pub struct ApprovalOutcome {
 }
 
 /// The orchestration.
-pub async fn approval(
-    ctx: OrchestrationContext,
-    request: ApprovalRequest,
-) -> Result<ApprovalOutcome, Failure> {
+pub async fn approval(ctx: OrchestrationContext, request: ApprovalRequest) -> Result<ApprovalOutcome, Failure> {
     ctx.set_custom_status(&json!({"stage": "awaiting approval", "subject": request.subject}));
     let decision = ctx.wait_for_event::<ApprovalDecision>(EVENT);
     let timeout = ctx.sleep(Duration::from_secs(request.timeout_seconds));
     Ok(match select2(decision, timeout).await {
         Either::Left(decision) => {
             let decision = decision?;
-            let outcome = if decision.approved {
-                "approved"
-            } else {
-                "rejected"
-            };
-            ApprovalOutcome {
-                outcome: outcome.to_owned(),
-                by: Some(decision.by),
-            }
+            let outcome = if decision.approved { "approved" } else { "rejected" };
+            ApprovalOutcome { outcome: outcome.to_owned(), by: Some(decision.by) }
         }
         Either::Right(timer) => {
             timer?;
-            ApprovalOutcome {
-                outcome: "timed_out".to_owned(),
-                by: None,
-            }
+            ApprovalOutcome { outcome: "timed_out".to_owned(), by: None }
         }
     })
 }

@@ -40,53 +40,29 @@ const BLOCKED_WORDS: &[&str] = &["spam", "crypto giveaway"];
 const STAGES: u32 = 4;
 
 /// The orchestration: one activity per stage, custom status before each.
-pub async fn process_submission(
-    ctx: OrchestrationContext,
-    submission: Submission,
-) -> Result<Decision, Failure> {
-    let stage = |name: &str, progress: u32| {
-        ctx.set_custom_status(&json!({"stage": name, "progress": progress, "of": STAGES}))
-    };
+pub async fn process_submission(ctx: OrchestrationContext, submission: Submission) -> Result<Decision, Failure> {
+    let stage =
+        |name: &str, progress: u32| ctx.set_custom_status(&json!({"stage": name, "progress": progress, "of": STAGES}));
     stage("validation", 1);
-    ctx.call_activity::<_, ()>("validate_submission", &submission)
-        .await?;
+    ctx.call_activity::<_, ()>("validate_submission", &submission).await?;
     stage("screening", 2);
     let clean: bool = ctx.call_activity("screen_content", &submission).await?;
     stage("review", 3);
-    let score: u32 = if clean {
-        ctx.call_activity("review", &submission).await?
-    } else {
-        0
-    };
+    let score: u32 = if clean { ctx.call_activity("review", &submission).await? } else { 0 };
     let (decision, reason) = match (clean, score) {
-        (false, _) => (
-            "rejected",
-            "the abstract did not pass content screening".to_owned(),
-        ),
+        (false, _) => ("rejected", "the abstract did not pass content screening".to_owned()),
         (true, s) if s >= 5 => ("accepted", format!("review score {s} of 10")),
         (true, s) => ("rejected", format!("review score {s} of 10 is below 5")),
     };
     stage("notification", 4);
-    let notification: String = ctx
-        .call_activity(
-            "notify_speaker",
-            &json!({"email": submission.email, "decision": decision}),
-        )
-        .await?;
+    let notification: String =
+        ctx.call_activity("notify_speaker", &json!({"email": submission.email, "decision": decision})).await?;
     ctx.set_custom_status(&json!({"stage": "done", "progress": STAGES, "of": STAGES}));
-    Ok(Decision {
-        decision: decision.to_owned(),
-        score,
-        reason,
-        notification,
-    })
+    Ok(Decision { decision: decision.to_owned(), score, reason, notification })
 }
 
 /// Rejects incomplete submissions.
-pub async fn validate_submission(
-    _ctx: ActivityContext,
-    submission: Submission,
-) -> Result<(), Failure> {
+pub async fn validate_submission(_ctx: ActivityContext, submission: Submission) -> Result<(), Failure> {
     let missing: Vec<&str> = [
         ("speaker", &submission.speaker),
         ("email", &submission.email),
@@ -98,25 +74,16 @@ pub async fn validate_submission(
     .map(|(field, _)| field)
     .collect();
     if !missing.is_empty() {
-        return Err(Failure::typed(
-            "ValidationFailed",
-            format!("missing fields: {}", missing.join(", ")),
-        ));
+        return Err(Failure::typed("ValidationFailed", format!("missing fields: {}", missing.join(", "))));
     }
     if !submission.email.contains('@') {
-        return Err(Failure::typed(
-            "ValidationFailed",
-            "email is not an address",
-        ));
+        return Err(Failure::typed("ValidationFailed", "email is not an address"));
     }
     Ok(())
 }
 
 /// True if the submission contains no blocked words.
-pub async fn screen_content(
-    _ctx: ActivityContext,
-    submission: Submission,
-) -> Result<bool, Failure> {
+pub async fn screen_content(_ctx: ActivityContext, submission: Submission) -> Result<bool, Failure> {
     let text = format!("{} {}", submission.title, submission.abstract_text).to_lowercase();
     Ok(!BLOCKED_WORDS.iter().any(|word| text.contains(word)))
 }
@@ -128,10 +95,7 @@ pub async fn review(_ctx: ActivityContext, submission: Submission) -> Result<u32
 }
 
 /// "Sends" the answer and returns the message.
-pub async fn notify_speaker(
-    _ctx: ActivityContext,
-    answer: serde_json::Value,
-) -> Result<String, Failure> {
+pub async fn notify_speaker(_ctx: ActivityContext, answer: serde_json::Value) -> Result<String, Failure> {
     let email = answer["email"].as_str().unwrap_or("unknown");
     let decision = answer["decision"].as_str().unwrap_or("unknown");
     Ok(format!("sent '{decision}' to {email}"))

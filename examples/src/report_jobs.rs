@@ -32,35 +32,21 @@ pub struct Report {
 }
 
 /// The orchestration: `{"status":"completed","instanceId","result":{customerId, operation}}`.
-pub async fn report_job(
-    ctx: OrchestrationContext,
-    request: ReportRequest,
-) -> Result<Value, Failure> {
+pub async fn report_job(ctx: OrchestrationContext, request: ReportRequest) -> Result<Value, Failure> {
     let report: Report = ctx.call_activity("generate_report", &request).await?;
     Ok(json!({"status": "completed", "instanceId": ctx.instance_id(), "result": report}))
 }
 
 /// Generates the report (sleeps `delay_seconds`).
-pub async fn generate_report(
-    _ctx: ActivityContext,
-    request: ReportRequest,
-) -> Result<Report, Failure> {
+pub async fn generate_report(_ctx: ActivityContext, request: ReportRequest) -> Result<Report, Failure> {
     if request.delay_seconds > MAX_DELAY_SECONDS {
-        return Err(Failure::typed(
-            "ValidationFailed",
-            format!("delay_seconds must be 0–{MAX_DELAY_SECONDS}"),
-        ));
+        return Err(Failure::typed("ValidationFailed", format!("delay_seconds must be 0–{MAX_DELAY_SECONDS}")));
     }
     tokio::time::sleep(Duration::from_secs(request.delay_seconds)).await;
-    Ok(Report {
-        customer_id: request.customer_id,
-        operation: request.operation,
-    })
+    Ok(Report { customer_id: request.customer_id, operation: request.operation })
 }
 
 /// Registers the orchestration and its activity.
 pub fn register(builder: KilnBuilder) -> KilnBuilder {
-    builder
-        .orchestration(ORCHESTRATION, report_job)
-        .activity("generate_report", generate_report)
+    builder.orchestration(ORCHESTRATION, report_job).activity("generate_report", generate_report)
 }

@@ -12,22 +12,13 @@ const DEADLINE: Duration = Duration::from_secs(20);
 
 async fn start() -> (Kiln, KilnClient, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let kiln = kiln_samples::register_all(Kiln::builder())
-        .sqlite(dir.path().join("kiln.db"))
-        .start()
-        .await
-        .unwrap();
+    let kiln = kiln_samples::register_all(Kiln::builder()).sqlite(dir.path().join("kiln.db")).start().await.unwrap();
     let client = kiln.client();
     (kiln, client, dir)
 }
 
 fn output(record: &kiln::InstanceRecord) -> Value {
-    assert_eq!(
-        record.status,
-        RuntimeStatus::Completed,
-        "{:?}",
-        record.failure
-    );
+    assert_eq!(record.status, RuntimeStatus::Completed, "{:?}", record.failure);
     serde_json::from_str(record.output.as_ref().unwrap().as_str()).unwrap()
 }
 
@@ -44,10 +35,7 @@ fn submission(abstract_text: &str) -> Submission {
 async fn call_for_speakers_shows_every_stage_and_decides() {
     let (kiln, client, _dir) = start().await;
     let long = "word ".repeat(40);
-    let id = client
-        .start(call_for_speakers::ORCHESTRATION, &submission(&long))
-        .await
-        .unwrap();
+    let id = client.start(call_for_speakers::ORCHESTRATION, &submission(&long)).await.unwrap();
     let mut stages = Vec::new();
     let done = client
         .wait_until(&id, DEADLINE, |record| {
@@ -64,19 +52,10 @@ async fn call_for_speakers_shows_every_stage_and_decides() {
         .unwrap();
     let decision = output(&done);
     assert_eq!(decision["decision"], "accepted");
-    assert_eq!(
-        decision["notification"],
-        "sent 'accepted' to ada@example.com"
-    );
-    assert_eq!(
-        stages.last().unwrap(),
-        &json!({"stage": "done", "progress": 4, "of": 4})
-    );
+    assert_eq!(decision["notification"], "sent 'accepted' to ada@example.com");
+    assert_eq!(stages.last().unwrap(), &json!({"stage": "done", "progress": 4, "of": 4}));
     for stage in &stages {
-        assert_eq!(
-            stage["of"], 4,
-            "every stage says how many there are: {stage}"
-        );
+        assert_eq!(stage["of"], 4, "every stage says how many there are: {stage}");
     }
     let history = client.history(&id).await.unwrap();
     let activities: Vec<String> = history
@@ -86,44 +65,21 @@ async fn call_for_speakers_shows_every_stage_and_decides() {
             _ => None,
         })
         .collect();
-    assert_eq!(
-        activities,
-        [
-            "validate_submission",
-            "screen_content",
-            "review",
-            "notify_speaker"
-        ]
-    );
+    assert_eq!(activities, ["validate_submission", "screen_content", "review", "notify_speaker"]);
     kiln.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn call_for_speakers_rejects_and_fails_clearly() {
     let (kiln, client, _dir) = start().await;
-    let spam = client
-        .start(
-            call_for_speakers::ORCHESTRATION,
-            &submission("buy spam now"),
-        )
-        .await
-        .unwrap();
+    let spam = client.start(call_for_speakers::ORCHESTRATION, &submission("buy spam now")).await.unwrap();
     let decision = output(&client.wait_for_completion(&spam, DEADLINE).await.unwrap());
     assert_eq!(decision["decision"], "rejected");
-    assert_eq!(
-        decision["reason"],
-        "the abstract did not pass content screening"
-    );
+    assert_eq!(decision["reason"], "the abstract did not pass content screening");
     let mut incomplete = submission("text");
     incomplete.email = String::new();
-    let invalid = client
-        .start(call_for_speakers::ORCHESTRATION, &incomplete)
-        .await
-        .unwrap();
-    let failed = client
-        .wait_for_completion(&invalid, DEADLINE)
-        .await
-        .unwrap();
+    let invalid = client.start(call_for_speakers::ORCHESTRATION, &incomplete).await.unwrap();
+    let failed = client.wait_for_completion(&invalid, DEADLINE).await.unwrap();
     assert_eq!(failed.status, RuntimeStatus::Failed);
     let failure = failed.failure.unwrap();
     assert_eq!(
@@ -136,23 +92,10 @@ async fn call_for_speakers_rejects_and_fails_clearly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn report_job_returns_the_report() {
     let (kiln, client, _dir) = start().await;
-    let request = ReportRequest {
-        customer_id: "c-1".into(),
-        operation: "monthly".into(),
-        delay_seconds: 1,
-    };
-    let id = client
-        .start(report_jobs::ORCHESTRATION, &request)
-        .await
-        .unwrap();
-    let waiting = client
-        .wait_until(&id, DEADLINE, |r| !r.waiting_on.is_empty())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        matches!(&waiting.waiting_on[0], kiln::WaitingOn::Activity { name, .. } if name == "generate_report")
-    );
+    let request = ReportRequest { customer_id: "c-1".into(), operation: "monthly".into(), delay_seconds: 1 };
+    let id = client.start(report_jobs::ORCHESTRATION, &request).await.unwrap();
+    let waiting = client.wait_until(&id, DEADLINE, |r| !r.waiting_on.is_empty()).await.unwrap().unwrap();
+    assert!(matches!(&waiting.waiting_on[0], kiln::WaitingOn::Activity { name, .. } if name == "generate_report"));
     let done = client.wait_for_completion(&id, DEADLINE).await.unwrap();
     assert_eq!(
         output(&done),
@@ -165,64 +108,27 @@ async fn report_job_returns_the_report() {
 async fn approval_takes_the_event_or_times_out() {
     let (kiln, client, _dir) = start().await;
     let approved = client
-        .start(
-            approval::ORCHESTRATION,
-            &ApprovalRequest {
-                subject: "laptop".into(),
-                timeout_seconds: 60,
-            },
-        )
+        .start(approval::ORCHESTRATION, &ApprovalRequest { subject: "laptop".into(), timeout_seconds: 60 })
         .await
         .unwrap();
     let timed_out = client
-        .start(
-            approval::ORCHESTRATION,
-            &ApprovalRequest {
-                subject: "yacht".into(),
-                timeout_seconds: 1,
-            },
-        )
+        .start(approval::ORCHESTRATION, &ApprovalRequest { subject: "yacht".into(), timeout_seconds: 1 })
         .await
         .unwrap();
     client
-        .raise_event(
-            &approved,
-            approval::EVENT,
-            &ApprovalDecision {
-                approved: true,
-                by: "grace".into(),
-            },
-        )
+        .raise_event(&approved, approval::EVENT, &ApprovalDecision { approved: true, by: "grace".into() })
         .await
         .unwrap();
     assert_eq!(
-        output(
-            &client
-                .wait_for_completion(&approved, DEADLINE)
-                .await
-                .unwrap()
-        ),
+        output(&client.wait_for_completion(&approved, DEADLINE).await.unwrap()),
         json!({"outcome": "approved", "by": "grace"})
     );
     assert_eq!(
-        output(
-            &client
-                .wait_for_completion(&timed_out, DEADLINE)
-                .await
-                .unwrap()
-        ),
+        output(&client.wait_for_completion(&timed_out, DEADLINE).await.unwrap()),
         json!({"outcome": "timed_out", "by": null})
     );
-    let late = client
-        .raise_event(
-            &timed_out,
-            approval::EVENT,
-            &ApprovalDecision {
-                approved: true,
-                by: "late".into(),
-            },
-        )
-        .await;
+    let late =
+        client.raise_event(&timed_out, approval::EVENT, &ApprovalDecision { approved: true, by: "late".into() }).await;
     assert!(matches!(late, Err(ClientError::Finished { .. })));
     kiln.shutdown().await;
 }
@@ -232,25 +138,13 @@ fn sample_programs_run() {
     let dir = tempfile::tempdir().unwrap();
     for (program, expected) in [
         (env!("CARGO_BIN_EXE_report_jobs"), "Completed: {"),
-        (
-            env!("CARGO_BIN_EXE_call_for_speakers"),
-            "\"decision\":\"accepted\"",
-        ),
+        (env!("CARGO_BIN_EXE_call_for_speakers"), "\"decision\":\"accepted\""),
         (env!("CARGO_BIN_EXE_approval"), "\"outcome\":\"timed_out\""),
     ] {
-        let db = dir
-            .path()
-            .join(format!("{}.db", program.rsplit('/').next().unwrap()));
-        let out = std::process::Command::new(program)
-            .arg(&db)
-            .output()
-            .unwrap();
+        let db = dir.path().join(format!("{}.db", program.rsplit('/').next().unwrap()));
+        let out = std::process::Command::new(program).arg(&db).output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{program} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{program} failed: {}", String::from_utf8_lossy(&out.stderr));
         assert!(stdout.contains(expected), "{program} printed: {stdout}");
     }
 }

@@ -75,74 +75,28 @@ impl Action {
     /// The history event that records this action.
     pub fn to_event(&self, timestamp: Timestamp) -> HistoryEvent {
         let kind = match self.clone() {
-            Action::ScheduleTask {
-                name,
-                input,
-                attempt,
-                ..
-            } => EventKind::TaskScheduled {
-                name,
-                input,
-                attempt,
-            },
+            Action::ScheduleTask { name, input, attempt, .. } => EventKind::TaskScheduled { name, input, attempt },
             Action::CreateTimer { fire_at, .. } => EventKind::TimerCreated { fire_at },
-            Action::CreateSubOrchestration {
-                name,
-                version,
-                instance_id,
-                input,
-                ..
-            } => EventKind::SubOrchestrationInstanceCreated {
-                name,
-                version,
-                instance_id,
-                input,
-            },
-            Action::SendEvent {
-                instance_id,
-                name,
-                input,
-                ..
-            } => EventKind::EventSent {
-                instance_id,
-                name,
-                input,
-            },
+            Action::CreateSubOrchestration { name, version, instance_id, input, .. } => {
+                EventKind::SubOrchestrationInstanceCreated { name, version, instance_id, input }
+            }
+            Action::SendEvent { instance_id, name, input, .. } => EventKind::EventSent { instance_id, name, input },
         };
-        HistoryEvent {
-            event_id: self.id() as i64,
-            timestamp,
-            kind,
-        }
+        HistoryEvent { event_id: self.id() as i64, timestamp, kind }
     }
 
     /// True when the recorded scheduling event is the one this action would write.
     pub fn matches(&self, recorded: &EventKind) -> bool {
         match (self, recorded) {
-            (Action::ScheduleTask { name, .. }, EventKind::TaskScheduled { name: n, .. }) => {
-                name == n
-            }
+            (Action::ScheduleTask { name, .. }, EventKind::TaskScheduled { name: n, .. }) => name == n,
             (Action::CreateTimer { .. }, EventKind::TimerCreated { .. }) => true,
             (
-                Action::CreateSubOrchestration {
-                    name, instance_id, ..
-                },
-                EventKind::SubOrchestrationInstanceCreated {
-                    name: n,
-                    instance_id: i,
-                    ..
-                },
+                Action::CreateSubOrchestration { name, instance_id, .. },
+                EventKind::SubOrchestrationInstanceCreated { name: n, instance_id: i, .. },
             ) => name == n && instance_id == i,
-            (
-                Action::SendEvent {
-                    name, instance_id, ..
-                },
-                EventKind::EventSent {
-                    name: n,
-                    instance_id: i,
-                    ..
-                },
-            ) => name == n && instance_id == i,
+            (Action::SendEvent { name, instance_id, .. }, EventKind::EventSent { name: n, instance_id: i, .. }) => {
+                name == n && instance_id == i
+            }
             _ => false,
         }
     }

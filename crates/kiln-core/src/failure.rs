@@ -19,11 +19,7 @@ pub struct FailureDetails {
 impl FailureDetails {
     /// A failure with a type and message and no details.
     pub fn new(error_type: impl Into<String>, message: impl Into<String>) -> FailureDetails {
-        FailureDetails {
-            error_type: error_type.into(),
-            error_message: message.into(),
-            details: None,
-        }
+        FailureDetails { error_type: error_type.into(), error_message: message.into(), details: None }
     }
 }
 

@@ -24,11 +24,7 @@ pub struct HistoryEvent {
 impl HistoryEvent {
     /// An event that is not a scheduling event (`EventId = -1`).
     pub fn new(timestamp: Timestamp, kind: EventKind) -> HistoryEvent {
-        HistoryEvent {
-            event_id: -1,
-            timestamp,
-            kind,
-        }
+        HistoryEvent { event_id: -1, timestamp, kind }
     }
 }
 
@@ -192,9 +188,7 @@ impl EventKind {
             EventKind::TaskCompleted { .. } => "TaskCompleted",
             EventKind::TaskFailed { .. } => "TaskFailed",
             EventKind::SubOrchestrationInstanceCreated { .. } => "SubOrchestrationInstanceCreated",
-            EventKind::SubOrchestrationInstanceCompleted { .. } => {
-                "SubOrchestrationInstanceCompleted"
-            }
+            EventKind::SubOrchestrationInstanceCompleted { .. } => "SubOrchestrationInstanceCompleted",
             EventKind::SubOrchestrationInstanceFailed { .. } => "SubOrchestrationInstanceFailed",
             EventKind::TimerCreated { .. } => "TimerCreated",
             EventKind::TimerFired { .. } => "TimerFired",
@@ -209,10 +203,7 @@ impl EventKind {
 
     /// True for messages that a suspended instance still processes (resume and terminate).
     pub fn is_control(&self) -> bool {
-        matches!(
-            self,
-            EventKind::ExecutionResumed { .. } | EventKind::ExecutionTerminated { .. }
-        )
+        matches!(self, EventKind::ExecutionResumed { .. } | EventKind::ExecutionTerminated { .. })
     }
 }
 
@@ -225,11 +216,7 @@ mod tests {
         let event = HistoryEvent {
             event_id: 3,
             timestamp: Timestamp(5),
-            kind: EventKind::TaskScheduled {
-                name: "greet".into(),
-                input: Payload::null(),
-                attempt: 1,
-            },
+            kind: EventKind::TaskScheduled { name: "greet".into(), input: Payload::null(), attempt: 1 },
         };
         let json = serde_json::to_string(&event).unwrap();
         assert_eq!(

@@ -32,10 +32,7 @@ pub fn validate_instance_id(id: &str) -> Result<(), InvalidInstanceId> {
     if id.starts_with('@') {
         return Err(InvalidInstanceId::LeadingAt);
     }
-    if let Some(c) = id
-        .chars()
-        .find(|c| matches!(c, '/' | '\\' | '#' | '?') || c.is_control())
-    {
+    if let Some(c) = id.chars().find(|c| matches!(c, '/' | '\\' | '#' | '?') || c.is_control()) {
         return Err(InvalidInstanceId::ForbiddenCharacter(c));
     }
     Ok(())
@@ -49,17 +46,8 @@ mod tests {
     fn accepts_ordinary_ids_and_refuses_bad_ones() {
         assert!(validate_instance_id("order-42").is_ok());
         assert_eq!(validate_instance_id(""), Err(InvalidInstanceId::Empty));
-        assert_eq!(
-            validate_instance_id("@x"),
-            Err(InvalidInstanceId::LeadingAt)
-        );
-        assert_eq!(
-            validate_instance_id("a/b"),
-            Err(InvalidInstanceId::ForbiddenCharacter('/'))
-        );
-        assert_eq!(
-            validate_instance_id(&"x".repeat(257)),
-            Err(InvalidInstanceId::TooLong(257))
-        );
+        assert_eq!(validate_instance_id("@x"), Err(InvalidInstanceId::LeadingAt));
+        assert_eq!(validate_instance_id("a/b"), Err(InvalidInstanceId::ForbiddenCharacter('/')));
+        assert_eq!(validate_instance_id(&"x".repeat(257)), Err(InvalidInstanceId::TooLong(257)));
     }
 }

@@ -86,10 +86,7 @@ pub struct PayloadLimits {
 
 impl Default for PayloadLimits {
     fn default() -> Self {
-        PayloadLimits {
-            max_payload_bytes: 1 << 20,
-            max_custom_status_bytes: 16 << 10,
-        }
+        PayloadLimits { max_payload_bytes: 1 << 20, max_custom_status_bytes: 16 << 10 }
     }
 }
 
@@ -118,15 +115,7 @@ impl PayloadLimits {
 }
 
 fn check(what: &'static str, payload: &Payload, limit: usize) -> Result<(), PayloadTooLarge> {
-    if payload.len() > limit {
-        Err(PayloadTooLarge {
-            what,
-            size: payload.len(),
-            limit,
-        })
-    } else {
-        Ok(())
-    }
+    if payload.len() > limit { Err(PayloadTooLarge { what, size: payload.len(), limit }) } else { Ok(()) }
 }
 
 #[cfg(test)]
@@ -137,15 +126,9 @@ mod tests {
     fn validates_and_limits() {
         assert!(Payload::from_json("{\"a\":1}").is_ok());
         assert!(Payload::from_json("{\"a\":").is_err());
-        let limits = PayloadLimits {
-            max_payload_bytes: 4,
-            max_custom_status_bytes: 2,
-        };
+        let limits = PayloadLimits { max_payload_bytes: 4, max_custom_status_bytes: 2 };
         assert!(limits.check("input", &Payload::null()).is_ok());
         let err = limits.check_custom_status(&Payload::null()).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "custom status is 4 bytes, over the limit of 2 bytes"
-        );
+        assert_eq!(err.to_string(), "custom status is 4 bytes, over the limit of 2 bytes");
     }
 }

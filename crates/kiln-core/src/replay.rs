@@ -58,9 +58,7 @@ pub enum Applied {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ReplayError {
     /// The code took a different step than the history records.
-    #[error(
-        "non-determinism at step {step}: history has {recorded} but the orchestration called {actual}"
-    )]
+    #[error("non-determinism at step {step}: history has {recorded} but the orchestration called {actual}")]
     NonDeterminism {
         /// Sequence number of the step.
         step: u64,
@@ -165,84 +163,43 @@ impl ReplayState {
             }
             EventKind::ExecutionStarted { input, .. } => {
                 if self.started {
-                    return Err(ReplayError::Corrupted(
-                        "a second ExecutionStarted in one execution".into(),
-                    ));
+                    return Err(ReplayError::Corrupted("a second ExecutionStarted in one execution".into()));
                 }
                 self.started = true;
                 if self.current_time == Timestamp(0) {
                     self.current_time = event.timestamp;
                 }
-                Ok(Applied::Start {
-                    input: input.clone(),
-                })
+                Ok(Applied::Start { input: input.clone() })
             }
             EventKind::TaskScheduled { .. }
             | EventKind::TimerCreated { .. }
             | EventKind::SubOrchestrationInstanceCreated { .. }
             | EventKind::EventSent { .. } => {
                 if is_new {
-                    return Err(ReplayError::Corrupted(format!(
-                        "{} arrived as a message",
-                        event.kind.name()
-                    )));
+                    return Err(ReplayError::Corrupted(format!("{} arrived as a message", event.kind.name())));
                 }
                 self.confirm(event)
             }
-            EventKind::TaskCompleted {
-                task_scheduled_id,
-                result,
+            EventKind::TaskCompleted { task_scheduled_id, result }
+            | EventKind::SubOrchestrationInstanceCompleted { task_scheduled_id, result } => {
+                self.resolve(*task_scheduled_id, Outcome::Completed(result.clone()), position, is_new, event)
             }
-            | EventKind::SubOrchestrationInstanceCompleted {
-                task_scheduled_id,
-                result,
-            } => self.resolve(
-                *task_scheduled_id,
-                Outcome::Completed(result.clone()),
-                position,
-                is_new,
-                event,
-            ),
-            EventKind::TaskFailed {
-                task_scheduled_id,
-                failure_details,
+            EventKind::TaskFailed { task_scheduled_id, failure_details }
+            | EventKind::SubOrchestrationInstanceFailed { task_scheduled_id, failure_details } => {
+                self.resolve(*task_scheduled_id, Outcome::Failed(failure_details.clone()), position, is_new, event)
             }
-            | EventKind::SubOrchestrationInstanceFailed {
-                task_scheduled_id,
-                failure_details,
-            } => self.resolve(
-                *task_scheduled_id,
-                Outcome::Failed(failure_details.clone()),
-                position,
-                is_new,
-                event,
-            ),
-            EventKind::TimerFired { timer_id, .. } => self.resolve(
-                *timer_id,
-                Outcome::Completed(Payload::null()),
-                position,
-                is_new,
-                event,
-            ),
+            EventKind::TimerFired { timer_id, .. } => {
+                self.resolve(*timer_id, Outcome::Completed(Payload::null()), position, is_new, event)
+            }
             EventKind::EventRaised { name, input } => {
-                match self
-                    .event_waiters
-                    .get_mut(name)
-                    .and_then(VecDeque::pop_front)
-                {
+                match self.event_waiters.get_mut(name).and_then(VecDeque::pop_front) {
                     Some(wait) => {
-                        let completion = Completion {
-                            outcome: Outcome::Completed(input.clone()),
-                            position,
-                        };
+                        let completion = Completion { outcome: Outcome::Completed(input.clone()), position };
                         self.results.insert(Slot::Event(wait), completion);
                         Ok(Applied::Poll)
                     }
                     None => {
-                        self.buffered_events
-                            .entry(name.clone())
-                            .or_default()
-                            .push_back((input.clone(), position));
+                        self.buffered_events.entry(name.clone()).or_default().push_back((input.clone(), position));
                         Ok(Applied::Nothing)
                     }
                 }
@@ -252,31 +209,21 @@ impl ReplayState {
             | EventKind::ExecutionRewound { .. } => Ok(Applied::Nothing),
             EventKind::ExecutionCompleted { .. }
             | EventKind::ExecutionTerminated { .. }
-            | EventKind::ContinueAsNew { .. } => Err(ReplayError::Corrupted(format!(
-                "{} in the middle of a running execution",
-                event.kind.name()
-            ))),
+            | EventKind::ContinueAsNew { .. } => {
+                Err(ReplayError::Corrupted(format!("{} in the middle of a running execution", event.kind.name())))
+            }
         }
     }
 
     fn confirm(&mut self, event: &HistoryEvent) -> Result<Applied, ReplayError> {
-        let step = u64::try_from(event.event_id).map_err(|_| {
-            ReplayError::Corrupted(format!("{} without an event id", event.kind.name()))
-        })?;
+        let step = u64::try_from(event.event_id)
+            .map_err(|_| ReplayError::Corrupted(format!("{} without an event id", event.kind.name())))?;
         let recorded = describe_recorded(&event.kind);
         let Some(action) = self.unconfirmed.remove(&step) else {
-            return Err(ReplayError::NonDeterminism {
-                step,
-                recorded,
-                actual: "nothing".to_owned(),
-            });
+            return Err(ReplayError::NonDeterminism { step, recorded, actual: "nothing".to_owned() });
         };
         if !action.matches(&event.kind) {
-            return Err(ReplayError::NonDeterminism {
-                step,
-                recorded,
-                actual: action.describe(),
-            });
+            return Err(ReplayError::NonDeterminism { step, recorded, actual: action.describe() });
         }
         self.open_step(&action);
         Ok(Applied::Nothing)
@@ -299,24 +246,17 @@ impl ReplayState {
                 event.kind.name()
             )));
         }
-        self.results
-            .insert(Slot::Step(step), Completion { outcome, position });
+        self.results.insert(Slot::Step(step), Completion { outcome, position });
         Ok(Applied::Poll)
     }
 
     fn open_step(&mut self, action: &Action) {
         let open = match action {
-            Action::ScheduleTask { name, attempt, .. } => OpenStep::Activity {
-                name: name.clone(),
-                attempt: *attempt,
-            },
+            Action::ScheduleTask { name, attempt, .. } => OpenStep::Activity { name: name.clone(), attempt: *attempt },
             Action::CreateTimer { fire_at, .. } => OpenStep::Timer { fire_at: *fire_at },
-            Action::CreateSubOrchestration {
-                name, instance_id, ..
-            } => OpenStep::SubOrchestration {
-                name: name.clone(),
-                instance_id: instance_id.clone(),
-            },
+            Action::CreateSubOrchestration { name, instance_id, .. } => {
+                OpenStep::SubOrchestration { name: name.clone(), instance_id: instance_id.clone() }
+            }
             Action::SendEvent { .. } => return,
         };
         self.open.insert(action.id(), open);
@@ -337,12 +277,7 @@ impl ReplayState {
 
     /// Schedules an activity; returns its step.
     pub fn schedule_activity(&mut self, name: &str, input: Payload, attempt: u32) -> u64 {
-        self.take_step(|id| Action::ScheduleTask {
-            id,
-            name: name.to_owned(),
-            input,
-            attempt,
-        })
+        self.take_step(|id| Action::ScheduleTask { id, name: name.to_owned(), input, attempt })
     }
 
     /// Creates a durable timer; returns its step.
@@ -385,25 +320,11 @@ impl ReplayState {
     pub fn wait_for_event(&mut self, name: &str) -> Slot {
         let slot = Slot::Event(self.next_event_wait);
         self.next_event_wait += 1;
-        match self
-            .buffered_events
-            .get_mut(name)
-            .and_then(VecDeque::pop_front)
-        {
+        match self.buffered_events.get_mut(name).and_then(VecDeque::pop_front) {
             Some((input, position)) => {
-                self.results.insert(
-                    slot,
-                    Completion {
-                        outcome: Outcome::Completed(input),
-                        position,
-                    },
-                );
+                self.results.insert(slot, Completion { outcome: Outcome::Completed(input), position });
             }
-            None => self
-                .event_waiters
-                .entry(name.to_owned())
-                .or_default()
-                .push_back(self.next_event_wait - 1),
+            None => self.event_waiters.entry(name.to_owned()).or_default().push_back(self.next_event_wait - 1),
         }
         slot
     }
@@ -426,11 +347,7 @@ impl ReplayState {
 
     /// The custom status, if it changed during this turn (resets the flag).
     pub fn take_changed_custom_status(&mut self) -> Option<Payload> {
-        if std::mem::take(&mut self.custom_status_changed) {
-            self.custom_status.clone()
-        } else {
-            None
-        }
+        if std::mem::take(&mut self.custom_status_changed) { self.custom_status.clone() } else { None }
     }
 
     /// Asks to end this execution and start a new one with `input`.
@@ -476,13 +393,7 @@ impl ReplayState {
     /// A deterministic seed for the next replay-safe UUID: the same on every replay.
     pub fn next_uuid_seed(&mut self) -> String {
         self.uuid_counter += 1;
-        format!(
-            "{}_{}_{}_{}",
-            self.instance_id,
-            self.execution,
-            self.current_time.millis(),
-            self.uuid_counter
-        )
+        format!("{}_{}_{}_{}", self.instance_id, self.execution, self.current_time.millis(), self.uuid_counter)
     }
 
     /// Takes this turn's new actions, in the order the code took them.
@@ -496,33 +407,19 @@ impl ReplayState {
             .open
             .iter()
             .map(|(id, step)| match step {
-                OpenStep::Activity { name, attempt } => WaitingOn::Activity {
-                    name: name.clone(),
-                    attempt: *attempt,
-                    task_id: *id,
-                },
-                OpenStep::Timer { fire_at } => WaitingOn::Timer {
-                    fire_at: *fire_at,
-                    timer_id: *id,
-                },
-                OpenStep::SubOrchestration { name, instance_id } => WaitingOn::SubOrchestration {
-                    name: name.clone(),
-                    instance_id: instance_id.clone(),
-                },
+                OpenStep::Activity { name, attempt } => {
+                    WaitingOn::Activity { name: name.clone(), attempt: *attempt, task_id: *id }
+                }
+                OpenStep::Timer { fire_at } => WaitingOn::Timer { fire_at: *fire_at, timer_id: *id },
+                OpenStep::SubOrchestration { name, instance_id } => {
+                    WaitingOn::SubOrchestration { name: name.clone(), instance_id: instance_id.clone() }
+                }
             })
             .collect();
-        let mut events: Vec<&String> = self
-            .event_waiters
-            .iter()
-            .filter(|(_, w)| !w.is_empty())
-            .map(|(name, _)| name)
-            .collect();
+        let mut events: Vec<&String> =
+            self.event_waiters.iter().filter(|(_, w)| !w.is_empty()).map(|(name, _)| name).collect();
         events.sort();
-        waiting.extend(
-            events
-                .into_iter()
-                .map(|name| WaitingOn::Event { name: name.clone() }),
-        );
+        waiting.extend(events.into_iter().map(|name| WaitingOn::Event { name: name.clone() }));
         waiting
     }
 
@@ -545,10 +442,7 @@ impl ReplayState {
             .flat_map(|(name, queue)| queue.iter().map(|(p, pos)| (*pos, name.clone(), p.clone())))
             .collect();
         events.sort_by_key(|(pos, _, _)| *pos);
-        events
-            .into_iter()
-            .map(|(_, name, payload)| (name, payload))
-            .collect()
+        events.into_iter().map(|(_, name, payload)| (name, payload)).collect()
     }
 }
 

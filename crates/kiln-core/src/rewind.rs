@@ -36,10 +36,8 @@ pub struct RewindPlan {
 pub fn plan_rewind(history: &[HistoryEvent], now: Timestamp, reason: Option<String>) -> RewindPlan {
     let mut scheduled: HashMap<u64, &EventKind> = HashMap::new();
     for event in history {
-        if let (
-            Ok(step),
-            EventKind::TaskScheduled { .. } | EventKind::SubOrchestrationInstanceCreated { .. },
-        ) = (u64::try_from(event.event_id), &event.kind)
+        if let (Ok(step), EventKind::TaskScheduled { .. } | EventKind::SubOrchestrationInstanceCreated { .. }) =
+            (u64::try_from(event.event_id), &event.kind)
         {
             scheduled.insert(step, &event.kind);
         }
@@ -53,22 +51,12 @@ pub fn plan_rewind(history: &[HistoryEvent], now: Timestamp, reason: Option<Stri
         })
         .collect();
 
-    let mut plan = RewindPlan {
-        history: Vec::new(),
-        rerun_activities: Vec::new(),
-        rewind_children: Vec::new(),
-    };
+    let mut plan = RewindPlan { history: Vec::new(), rerun_activities: Vec::new(), rewind_children: Vec::new() };
     for event in history {
         match &event.kind {
             EventKind::ExecutionCompleted { .. } => continue,
-            EventKind::TaskFailed {
-                task_scheduled_id, ..
-            } => {
-                if let Some(EventKind::TaskScheduled {
-                    name,
-                    input,
-                    attempt,
-                }) = scheduled.get(task_scheduled_id)
+            EventKind::TaskFailed { task_scheduled_id, .. } => {
+                if let Some(EventKind::TaskScheduled { name, input, attempt }) = scheduled.get(task_scheduled_id)
                     && !attempts.contains(&(name.as_str(), attempt + 1))
                 {
                     plan.rerun_activities.push(RerunActivity {
@@ -80,9 +68,7 @@ pub fn plan_rewind(history: &[HistoryEvent], now: Timestamp, reason: Option<Stri
                     continue;
                 }
             }
-            EventKind::SubOrchestrationInstanceFailed {
-                task_scheduled_id, ..
-            } => {
+            EventKind::SubOrchestrationInstanceFailed { task_scheduled_id, .. } => {
                 if let Some(EventKind::SubOrchestrationInstanceCreated { instance_id, .. }) =
                     scheduled.get(task_scheduled_id)
                 {
@@ -94,10 +80,7 @@ pub fn plan_rewind(history: &[HistoryEvent], now: Timestamp, reason: Option<Stri
         }
         plan.history.push(event.clone());
     }
-    plan.history.push(HistoryEvent::new(
-        now,
-        EventKind::ExecutionRewound { reason },
-    ));
+    plan.history.push(HistoryEvent::new(now, EventKind::ExecutionRewound { reason }));
     plan
 }
 
@@ -107,26 +90,15 @@ mod tests {
     use crate::{FailureDetails, RuntimeStatus};
 
     fn ev(id: i64, kind: EventKind) -> HistoryEvent {
-        HistoryEvent {
-            event_id: id,
-            timestamp: Timestamp(1),
-            kind,
-        }
+        HistoryEvent { event_id: id, timestamp: Timestamp(1), kind }
     }
 
     fn scheduled(name: &str, attempt: u32) -> EventKind {
-        EventKind::TaskScheduled {
-            name: name.into(),
-            input: Payload::null(),
-            attempt,
-        }
+        EventKind::TaskScheduled { name: name.into(), input: Payload::null(), attempt }
     }
 
     fn failed(step: u64) -> EventKind {
-        EventKind::TaskFailed {
-            task_scheduled_id: step,
-            failure_details: FailureDetails::new("E", "boom"),
-        }
+        EventKind::TaskFailed { task_scheduled_id: step, failure_details: FailureDetails::new("E", "boom") }
     }
 
     #[test]
@@ -135,19 +107,8 @@ mod tests {
             ev(-1, EventKind::OrchestratorStarted),
             ev(0, scheduled("flaky", 1)),
             ev(-1, failed(0)),
-            ev(
-                1,
-                EventKind::TimerCreated {
-                    fire_at: Timestamp(5),
-                },
-            ),
-            ev(
-                -1,
-                EventKind::TimerFired {
-                    timer_id: 1,
-                    fire_at: Timestamp(5),
-                },
-            ),
+            ev(1, EventKind::TimerCreated { fire_at: Timestamp(5) }),
+            ev(-1, EventKind::TimerFired { timer_id: 1, fire_at: Timestamp(5) }),
             ev(2, scheduled("flaky", 2)),
             ev(-1, failed(2)),
             ev(
@@ -163,13 +124,7 @@ mod tests {
         assert_eq!(plan.rerun_activities.len(), 1);
         assert_eq!(plan.rerun_activities[0].step, 2);
         assert_eq!(plan.history.len(), 7);
-        assert!(
-            plan.history.contains(&history[2]),
-            "the retried failure stays"
-        );
-        assert!(matches!(
-            plan.history.last().map(|e| &e.kind),
-            Some(EventKind::ExecutionRewound { .. })
-        ));
+        assert!(plan.history.contains(&history[2]), "the retried failure stays");
+        assert!(matches!(plan.history.last().map(|e| &e.kind), Some(EventKind::ExecutionRewound { .. })));
     }
 }

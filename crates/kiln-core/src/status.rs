@@ -43,10 +43,7 @@ impl RuntimeStatus {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            RuntimeStatus::Completed
-                | RuntimeStatus::Failed
-                | RuntimeStatus::Canceled
-                | RuntimeStatus::Terminated
+            RuntimeStatus::Completed | RuntimeStatus::Failed | RuntimeStatus::Canceled | RuntimeStatus::Terminated
         )
     }
 
@@ -117,10 +114,7 @@ mod tests {
     fn codes_and_names_round_trip() {
         for status in RuntimeStatus::ALL {
             assert_eq!(RuntimeStatus::from_code(status.code()), Some(status));
-            assert_eq!(
-                status.as_str().to_lowercase().parse::<RuntimeStatus>().ok(),
-                Some(status)
-            );
+            assert_eq!(status.as_str().to_lowercase().parse::<RuntimeStatus>().ok(), Some(status));
         }
         assert!("Sleeping".parse::<RuntimeStatus>().is_err());
     }

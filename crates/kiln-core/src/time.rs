@@ -8,9 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// A point in time: whole milliseconds since 1970-01-01T00:00:00Z.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Timestamp(pub i64);
 
@@ -41,11 +39,7 @@ impl Timestamp {
         let days = self.0.div_euclid(86_400_000);
         let ms_of_day = self.0.rem_euclid(86_400_000);
         let (y, m, d) = civil_from_days(days);
-        (
-            format!("{y:04}-{m:02}-{d:02}"),
-            ms_of_day / 1000,
-            ms_of_day % 1000,
-        )
+        (format!("{y:04}-{m:02}-{d:02}"), ms_of_day / 1000, ms_of_day % 1000)
     }
 
     /// Parses an ISO-8601 / RFC 3339 date-time leniently: `2026-11-22`, `2026-11-22T17:05:49Z`,
@@ -89,9 +83,7 @@ impl Timestamp {
             ms_of_day = ((h * 60 + mi) * 60 + s) * 1000 + frac_ms;
         }
         let days = days_from_civil(y, m, d);
-        Some(Timestamp(
-            days * 86_400_000 + ms_of_day - offset_minutes * 60_000,
-        ))
+        Some(Timestamp(days * 86_400_000 + ms_of_day - offset_minutes * 60_000))
     }
 }
 
@@ -102,12 +94,7 @@ impl fmt::Display for Timestamp {
 }
 
 fn hms(secs_of_day: i64) -> String {
-    format!(
-        "{:02}:{:02}:{:02}",
-        secs_of_day / 3600,
-        secs_of_day / 60 % 60,
-        secs_of_day % 60
-    )
+    format!("{:02}:{:02}:{:02}", secs_of_day / 3600, secs_of_day / 60 % 60, secs_of_day % 60)
 }
 
 /// Splits `17:05:49.5+02:00` into the clock part and the zone offset in minutes.
@@ -152,15 +139,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let mp = (5 * doy + 2) / 153;
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (
-        if m <= 2 {
-            yoe + era * 400 + 1
-        } else {
-            yoe + era * 400
-        },
-        m,
-        d,
-    )
+    (if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, m, d)
 }
 
 #[cfg(test)]
@@ -171,10 +150,7 @@ mod tests {
     #[test]
     fn formats_known_instants() {
         assert_eq!(Timestamp(0).to_rfc3339(), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            Timestamp(1_519_795_129_000).to_rfc3339_seconds(),
-            "2018-02-28T05:18:49Z"
-        );
+        assert_eq!(Timestamp(1_519_795_129_000).to_rfc3339_seconds(), "2018-02-28T05:18:49Z");
     }
 
     #[test]

@@ -5,11 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// One thing a running instance waits for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(
-    tag = "kind",
-    rename_all = "camelCase",
-    rename_all_fields = "camelCase"
-)]
+#[serde(tag = "kind", rename_all = "camelCase", rename_all_fields = "camelCase")]
 pub enum WaitingOn {
     /// An activity that has not finished.
     Activity {

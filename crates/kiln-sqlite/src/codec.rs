@@ -1,8 +1,6 @@
 //! Encoding of records to and from SQLite columns.
 
-use kiln_core::{
-    FailureDetails, HistoryEvent, ParentInstance, Payload, RuntimeStatus, Timestamp, WaitingOn,
-};
+use kiln_core::{FailureDetails, HistoryEvent, ParentInstance, Payload, RuntimeStatus, Timestamp, WaitingOn};
 use kiln_store::{InstanceRecord, StoreError};
 use rusqlite::Row;
 use serde::Serialize;
@@ -13,14 +11,12 @@ pub const INSTANCE_COLUMNS: &str = "instance_id, name, version, execution, statu
 
 /// Encodes a value as JSON text for a column.
 pub fn to_json<T: Serialize>(value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value)
-        .map_err(|e| StoreError::Corrupt(format!("cannot encode record: {e}")))
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(format!("cannot encode record: {e}")))
 }
 
 /// Decodes JSON text from a column.
 pub fn from_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, StoreError> {
-    serde_json::from_str(text)
-        .map_err(|e| StoreError::Corrupt(format!("cannot decode {what}: {e}")))
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("cannot decode {what}: {e}")))
 }
 
 /// Encodes an optional value; `None` stays SQL NULL.
@@ -40,8 +36,7 @@ pub fn decode_event(text: &str) -> Result<HistoryEvent, StoreError> {
 
 /// Reads an instance row selected with [`INSTANCE_COLUMNS`].
 pub fn instance_from_row(row: &Row<'_>) -> Result<InstanceRecord, StoreError> {
-    let get_err =
-        |e: rusqlite::Error| StoreError::Corrupt(format!("cannot read instance row: {e}"));
+    let get_err = |e: rusqlite::Error| StoreError::Corrupt(format!("cannot read instance row: {e}"));
     let status_code: i64 = row.get(4).map_err(get_err)?;
     let status = RuntimeStatus::from_code(status_code)
         .ok_or_else(|| StoreError::Corrupt(format!("unknown status code {status_code}")))?;
@@ -55,26 +50,16 @@ pub fn instance_from_row(row: &Row<'_>) -> Result<InstanceRecord, StoreError> {
         execution: row.get::<_, i64>(3).map_err(get_err)? as u64,
         status,
         input: Payload::from_trusted(row.get(5).map_err(get_err)?),
-        output: row
-            .get::<_, Option<String>>(6)
-            .map_err(get_err)?
-            .map(Payload::from_trusted),
-        failure: failure
-            .map(|f| from_json::<FailureDetails>(&f, "failure"))
-            .transpose()?,
-        custom_status: row
-            .get::<_, Option<String>>(8)
-            .map_err(get_err)?
-            .map(Payload::from_trusted),
+        output: row.get::<_, Option<String>>(6).map_err(get_err)?.map(Payload::from_trusted),
+        failure: failure.map(|f| from_json::<FailureDetails>(&f, "failure")).transpose()?,
+        custom_status: row.get::<_, Option<String>>(8).map_err(get_err)?.map(Payload::from_trusted),
         created_at: Timestamp(row.get(9).map_err(get_err)?),
         updated_at: Timestamp(row.get(10).map_err(get_err)?),
         waiting_on: match waiting_on {
             Some(w) => from_json::<Vec<WaitingOn>>(&w, "waiting_on")?,
             None => Vec::new(),
         },
-        parent: parent
-            .map(|p| from_json::<ParentInstance>(&p, "parent"))
-            .transpose()?,
+        parent: parent.map(|p| from_json::<ParentInstance>(&p, "parent")).transpose()?,
         history_len: row.get::<_, i64>(13).map_err(get_err)? as u64,
     })
 }

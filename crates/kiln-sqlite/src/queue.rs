@@ -110,16 +110,11 @@ impl Queues {
             Some(at) if at > now => {
                 let earliest = self.next_deadline().is_none_or(|next| at < next);
                 let seq = self.token();
-                self.delayed
-                    .insert((at, seq), Delayed::Message(instance_id.to_owned(), message));
+                self.delayed.insert((at, seq), Delayed::Message(instance_id.to_owned(), message));
                 earliest
             }
             _ => {
-                self.slots
-                    .entry(instance_id.to_owned())
-                    .or_default()
-                    .messages
-                    .push(message);
+                self.slots.entry(instance_id.to_owned()).or_default().messages.push(message);
                 self.mark_ready(instance_id)
             }
         }
@@ -142,10 +137,7 @@ impl Queues {
     /// Records whether an instance is suspended (only control messages wake it then).
     pub fn set_suspended(&mut self, instance_id: &str, suspended: bool) {
         if suspended {
-            self.slots
-                .entry(instance_id.to_owned())
-                .or_default()
-                .suspended = true;
+            self.slots.entry(instance_id.to_owned()).or_default().suspended = true;
         } else if let Some(slot) = self.slots.get_mut(instance_id) {
             slot.suspended = false;
         }
@@ -172,11 +164,7 @@ impl Queues {
             }
             match entry.remove() {
                 Delayed::Message(id, message) => {
-                    self.slots
-                        .entry(id.clone())
-                        .or_default()
-                        .messages
-                        .push(message);
+                    self.slots.entry(id.clone()).or_default().messages.push(message);
                     instances += usize::from(self.mark_ready(&id));
                 }
                 Delayed::InstanceRetry(id) => {
@@ -234,14 +222,8 @@ impl Queues {
             if !slot.eligible() {
                 continue;
             }
-            let lease = Lease {
-                token,
-                expires_at: now.plus_millis(lease_ms),
-            };
-            slot.lease = Some(HeldLease {
-                lease,
-                pinned: false,
-            });
+            let lease = Lease { token, expires_at: now.plus_millis(lease_ms) };
+            slot.lease = Some(HeldLease { lease, pinned: false });
             slot.dequeue_count += 1;
             let claimed = ClaimedInstance {
                 instance_id: id.clone(),
@@ -250,56 +232,31 @@ impl Queues {
                 dequeue_count: slot.dequeue_count,
                 recovered: std::mem::take(&mut slot.recovered),
             };
-            self.leases
-                .insert((lease.expires_at, token), LeaseTarget::Instance(id));
+            self.leases.insert((lease.expires_at, token), LeaseTarget::Instance(id));
             return Some(claimed);
         }
         None
     }
 
     /// Claims the next activity.
-    pub fn claim_activity(
-        &mut self,
-        now: Timestamp,
-        lease_ms: i64,
-    ) -> Option<(ActivityEntry, Lease)> {
+    pub fn claim_activity(&mut self, now: Timestamp, lease_ms: i64) -> Option<(ActivityEntry, Lease)> {
         let mut entry = self.activities.pop_front()?;
         entry.dequeue_count += 1;
-        let lease = Lease {
-            token: self.token(),
-            expires_at: now.plus_millis(lease_ms),
-        };
-        self.leases.insert(
-            (lease.expires_at, lease.token),
-            LeaseTarget::Activity(entry.id),
-        );
+        let lease = Lease { token: self.token(), expires_at: now.plus_millis(lease_ms) };
+        self.leases.insert((lease.expires_at, lease.token), LeaseTarget::Activity(entry.id));
         self.leased_activities.insert(
             entry.id,
-            (
-                HeldLease {
-                    lease,
-                    pinned: false,
-                },
-                ActivityEntry {
-                    recovered: false,
-                    ..entry.clone()
-                },
-            ),
+            (HeldLease { lease, pinned: false }, ActivityEntry { recovered: false, ..entry.clone() }),
         );
         Some((entry, lease))
     }
 
     /// Pins an instance lease for a commit; false if it is not held with this token.
     pub fn pin_instance(&mut self, instance_id: &str, lease: Lease) -> bool {
-        match self
-            .slots
-            .get_mut(instance_id)
-            .and_then(|s| s.lease.as_mut())
-        {
+        match self.slots.get_mut(instance_id).and_then(|s| s.lease.as_mut()) {
             Some(held) if held.lease.token == lease.token => {
                 held.pinned = true;
-                self.leases
-                    .remove(&(held.lease.expires_at, held.lease.token));
+                self.leases.remove(&(held.lease.expires_at, held.lease.token));
                 true
             }
             _ => false,
@@ -311,8 +268,7 @@ impl Queues {
         match self.leased_activities.get_mut(&id) {
             Some((held, _)) if held.lease.token == lease.token => {
                 held.pinned = true;
-                self.leases
-                    .remove(&(held.lease.expires_at, held.lease.token));
+                self.leases.remove(&(held.lease.expires_at, held.lease.token));
                 true
             }
             _ => false,
@@ -320,41 +276,25 @@ impl Queues {
     }
 
     /// Extends a held activity lease.
-    pub fn renew_activity(
-        &mut self,
-        id: i64,
-        lease: Lease,
-        now: Timestamp,
-        lease_ms: i64,
-    ) -> Option<Lease> {
+    pub fn renew_activity(&mut self, id: i64, lease: Lease, now: Timestamp, lease_ms: i64) -> Option<Lease> {
         let (held, _) = self.leased_activities.get_mut(&id)?;
         if held.lease.token != lease.token || held.pinned {
             return None;
         }
-        self.leases
-            .remove(&(held.lease.expires_at, held.lease.token));
+        self.leases.remove(&(held.lease.expires_at, held.lease.token));
         held.lease.expires_at = now.plus_millis(lease_ms);
-        self.leases.insert(
-            (held.lease.expires_at, held.lease.token),
-            LeaseTarget::Activity(id),
-        );
+        self.leases.insert((held.lease.expires_at, held.lease.token), LeaseTarget::Activity(id));
         Some(held.lease)
     }
 
     /// Releases an instance after a commit (or a failed one): drops consumed messages and, if
     /// `committed`, resets its failure count. Returns true if it is ready again.
-    pub fn release_instance(
-        &mut self,
-        instance_id: &str,
-        consumed: &[i64],
-        committed: bool,
-    ) -> bool {
+    pub fn release_instance(&mut self, instance_id: &str, consumed: &[i64], committed: bool) -> bool {
         let Some(slot) = self.slots.get_mut(instance_id) else {
             return false;
         };
         if let Some(held) = slot.lease.take() {
-            self.leases
-                .remove(&(held.lease.expires_at, held.lease.token));
+            self.leases.remove(&(held.lease.expires_at, held.lease.token));
         }
         if committed {
             slot.messages.retain(|m| !consumed.contains(&m.id));
@@ -367,26 +307,17 @@ impl Queues {
     }
 
     /// Releases an instance without a commit; it becomes claimable again at `retry_at`.
-    pub fn abandon_instance(
-        &mut self,
-        instance_id: &str,
-        lease: Lease,
-        retry_at: Timestamp,
-    ) -> bool {
+    pub fn abandon_instance(&mut self, instance_id: &str, lease: Lease, retry_at: Timestamp) -> bool {
         let Some(slot) = self.slots.get_mut(instance_id) else {
             return false;
         };
         match slot.lease {
             Some(held) if held.lease.token == lease.token => {
-                self.leases
-                    .remove(&(held.lease.expires_at, held.lease.token));
+                self.leases.remove(&(held.lease.expires_at, held.lease.token));
                 slot.lease = None;
                 slot.retry_at = Some(retry_at);
                 let seq = self.token();
-                self.delayed.insert(
-                    (retry_at, seq),
-                    Delayed::InstanceRetry(instance_id.to_owned()),
-                );
+                self.delayed.insert((retry_at, seq), Delayed::InstanceRetry(instance_id.to_owned()));
                 true
             }
             _ => false,
@@ -403,8 +334,7 @@ impl Queues {
         if let Some((held, _)) = self.leased_activities.get_mut(&id) {
             held.pinned = false;
             held.lease.expires_at = now;
-            self.leases
-                .insert((now, held.lease.token), LeaseTarget::Activity(id));
+            self.leases.insert((now, held.lease.token), LeaseTarget::Activity(id));
         }
     }
 
@@ -416,8 +346,7 @@ impl Queues {
                 self.leases.remove(&(held.expires_at, held.token));
                 if let Some((_, entry)) = self.leased_activities.remove(&id) {
                     let seq = self.token();
-                    self.delayed
-                        .insert((retry_at, seq), Delayed::Activity(entry));
+                    self.delayed.insert((retry_at, seq), Delayed::Activity(entry));
                 }
                 true
             }
@@ -431,16 +360,14 @@ impl Queues {
             if let Some(slot) = self.slots.remove(id)
                 && let Some(held) = slot.lease
             {
-                self.leases
-                    .remove(&(held.lease.expires_at, held.lease.token));
+                self.leases.remove(&(held.lease.expires_at, held.lease.token));
             }
         }
         self.delayed.retain(|_, d| match d {
             Delayed::Message(id, _) | Delayed::InstanceRetry(id) => !ids.contains(id),
             Delayed::Activity(e) => !ids.contains(&e.activity.instance_id),
         });
-        self.activities
-            .retain(|e| !ids.contains(&e.activity.instance_id));
+        self.activities.retain(|e| !ids.contains(&e.activity.instance_id));
     }
 
     fn drop_if_idle(&mut self, instance_id: &str) {
@@ -461,21 +388,11 @@ mod tests {
     use kiln_core::{EventKind, HistoryEvent, Payload};
 
     fn message(id: i64, kind: EventKind) -> InboxMessage {
-        InboxMessage {
-            id,
-            execution: None,
-            event: HistoryEvent::new(Timestamp(0), kind),
-        }
+        InboxMessage { id, execution: None, event: HistoryEvent::new(Timestamp(0), kind) }
     }
 
     fn raised(id: i64) -> InboxMessage {
-        message(
-            id,
-            EventKind::EventRaised {
-                name: "e".into(),
-                input: Payload::null(),
-            },
-        )
+        message(id, EventKind::EventRaised { name: "e".into(), input: Payload::null() })
     }
 
     #[test]
@@ -484,17 +401,11 @@ mod tests {
         assert!(q.push_message("a", raised(1), None, Timestamp(0)));
         let first = q.claim_instance(Timestamp(0), 100).unwrap();
         q.push_message("a", raised(2), None, Timestamp(0));
-        assert!(
-            q.claim_instance(Timestamp(0), 100).is_none(),
-            "leased instances are not handed out twice"
-        );
+        assert!(q.claim_instance(Timestamp(0), 100).is_none(), "leased instances are not handed out twice");
         q.advance(Timestamp(100));
         let second = q.claim_instance(Timestamp(100), 100).unwrap();
         assert_eq!(second.dequeue_count, 2);
-        assert!(
-            !q.pin_instance("a", first.lease),
-            "the lapsed lease is fenced out"
-        );
+        assert!(!q.pin_instance("a", first.lease), "the lapsed lease is fenced out");
         assert!(q.pin_instance("a", second.lease));
         q.release_instance("a", &[1, 2], true);
         assert!(q.claim_instance(Timestamp(100), 100).is_none());
@@ -505,12 +416,7 @@ mod tests {
         let mut q = Queues::default();
         q.set_suspended("a", true);
         assert!(!q.push_message("a", raised(1), None, Timestamp(0)));
-        assert!(q.push_message(
-            "a",
-            message(2, EventKind::ExecutionResumed { reason: None }),
-            None,
-            Timestamp(0)
-        ));
+        assert!(q.push_message("a", message(2, EventKind::ExecutionResumed { reason: None }), None, Timestamp(0)));
     }
 
     #[test]

@@ -3,9 +3,7 @@
 
 use crate::codec::{INSTANCE_COLUMNS, backend, decode_event, instance_from_row};
 use kiln_core::HistoryEvent;
-use kiln_store::{
-    InstancePage, InstanceQuery, InstanceRecord, PageCursor, StoreError, StoreResult,
-};
+use kiln_store::{InstancePage, InstanceQuery, InstanceRecord, PageCursor, StoreError, StoreResult};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension};
 use std::sync::Mutex;
@@ -20,19 +18,14 @@ pub struct Readers {
 impl Readers {
     /// Wraps opened connections.
     pub fn new(connections: Vec<Connection>) -> Readers {
-        Readers {
-            connections: connections.into_iter().map(Mutex::new).collect(),
-            next: AtomicUsize::new(0),
-        }
+        Readers { connections: connections.into_iter().map(Mutex::new).collect(), next: AtomicUsize::new(0) }
     }
 
     /// Runs `f` on one of the connections.
     pub fn with<T>(&self, f: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len().max(1);
-        let slot = self
-            .connections
-            .get(index)
-            .ok_or_else(|| StoreError::Unavailable("no reader connections".into()))?;
+        let slot =
+            self.connections.get(index).ok_or_else(|| StoreError::Unavailable("no reader connections".into()))?;
         // A panic while holding a reader leaves nothing half-done in the connection.
         let conn = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&conn)
@@ -52,14 +45,10 @@ pub fn get_instance(conn: &Connection, instance_id: &str) -> StoreResult<Option<
 
 /// Reads the current execution's history, in order.
 pub fn get_history(conn: &Connection, instance_id: &str) -> StoreResult<Vec<HistoryEvent>> {
-    let mut stmt = conn
-        .prepare_cached("SELECT event FROM history WHERE instance_id = ?1 ORDER BY seq")
-        .map_err(backend)?;
-    let rows = stmt
-        .query_map([instance_id], |r| r.get::<_, String>(0))
-        .map_err(backend)?;
-    rows.map(|r| r.map_err(backend).and_then(|text| decode_event(&text)))
-        .collect()
+    let mut stmt =
+        conn.prepare_cached("SELECT event FROM history WHERE instance_id = ?1 ORDER BY seq").map_err(backend)?;
+    let rows = stmt.query_map([instance_id], |r| r.get::<_, String>(0)).map_err(backend)?;
+    rows.map(|r| r.map_err(backend).and_then(|text| decode_event(&text))).collect()
 }
 
 /// Reads a setting.
@@ -74,12 +63,7 @@ pub fn list_instances(conn: &Connection, query: &InstanceQuery) -> StoreResult<I
     let mut sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE 1 = 1");
     let mut args: Vec<Value> = Vec::new();
     if !query.statuses.is_empty() {
-        let codes = query
-            .statuses
-            .iter()
-            .map(|s| s.code().to_string())
-            .collect::<Vec<_>>()
-            .join(",");
+        let codes = query.statuses.iter().map(|s| s.code().to_string()).collect::<Vec<_>>().join(",");
         sql.push_str(&format!(" AND status IN ({codes})"));
     }
     if let Some(name) = &query.name {
@@ -96,39 +80,25 @@ pub fn list_instances(conn: &Connection, query: &InstanceQuery) -> StoreResult<I
     }
     if let Some(prefix) = &query.instance_id_prefix {
         args.push(Value::Text(prefix.clone()));
-        sql.push_str(&format!(
-            " AND substr(instance_id, 1, length(?{n})) = ?{n}",
-            n = args.len()
-        ));
+        sql.push_str(&format!(" AND substr(instance_id, 1, length(?{n})) = ?{n}", n = args.len()));
     }
     if let Some(after) = &query.after {
         args.push(Value::Integer(after.created_at.0));
         let t = args.len();
         args.push(Value::Text(after.instance_id.clone()));
-        sql.push_str(&format!(
-            " AND (created_at > ?{t} OR (created_at = ?{t} AND instance_id > ?{}))",
-            args.len()
-        ));
+        sql.push_str(&format!(" AND (created_at > ?{t} OR (created_at = ?{t} AND instance_id > ?{}))", args.len()));
     }
     let page_size = query.page_size.max(1);
-    sql.push_str(&format!(
-        " ORDER BY created_at, instance_id LIMIT {}",
-        page_size + 1
-    ));
+    sql.push_str(&format!(" ORDER BY created_at, instance_id LIMIT {}", page_size + 1));
     let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
-    let mut rows = stmt
-        .query(rusqlite::params_from_iter(args))
-        .map_err(backend)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(args)).map_err(backend)?;
     let mut instances = Vec::new();
     while let Some(row) = rows.next().map_err(backend)? {
         instances.push(instance_from_row(row)?);
     }
     let next = if instances.len() > page_size {
         instances.truncate(page_size);
-        instances.last().map(|last| PageCursor {
-            created_at: last.created_at,
-            instance_id: last.instance_id.clone(),
-        })
+        instances.last().map(|last| PageCursor { created_at: last.created_at, instance_id: last.instance_id.clone() })
     } else {
         None
     };

@@ -64,9 +64,7 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 #[derive(Debug, thiserror::Error)]
 pub enum MigrationError {
     /// The file was written by a newer Kiln.
-    #[error(
-        "the database schema is version {found}, newer than this Kiln supports ({supported}); upgrade Kiln"
-    )]
+    #[error("the database schema is version {found}, newer than this Kiln supports ({supported}); upgrade Kiln")]
     TooNew {
         /// Version found in the file.
         found: i64,
@@ -82,10 +80,7 @@ pub enum MigrationError {
 pub fn migrate(conn: &mut Connection) -> Result<(), MigrationError> {
     let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if found > SCHEMA_VERSION {
-        return Err(MigrationError::TooNew {
-            found,
-            supported: SCHEMA_VERSION,
-        });
+        return Err(MigrationError::TooNew { found, supported: SCHEMA_VERSION });
     }
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         let tx = conn.transaction()?;

@@ -24,16 +24,12 @@ impl Shared {
     /// Locks the queues. The queue operations never leave them half-changed, so a poisoned lock
     /// (a panic elsewhere while holding it) is safe to recover.
     pub fn lock_queues(&self) -> MutexGuard<'_, Queues> {
-        self.queues
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.queues.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 /// The wall clock as a [`Timestamp`].
 pub fn now() -> Timestamp {
-    let millis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     Timestamp(millis)
 }

@@ -9,9 +9,8 @@ use crate::writer::{self, ClaimTarget, PURGE_BATCH, WriteOp, WriteOutcome, Write
 use async_trait::async_trait;
 use kiln_core::{HistoryEvent, RuntimeStatus, Timestamp};
 use kiln_store::{
-    ActivityWorkItem, InboxMessage, InstancePage, InstanceQuery, InstanceRecord, Lease,
-    NewActivity, NewInstance, OrchestrationWorkItem, PurgeFilter, StatusWatchers, Store,
-    StoreError, StoreResult, TurnCommit,
+    ActivityWorkItem, InboxMessage, InstancePage, InstanceQuery, InstanceRecord, Lease, NewActivity, NewInstance,
+    OrchestrationWorkItem, PurgeFilter, StatusWatchers, Store, StoreError, StoreResult, TurnCommit,
 };
 use rusqlite::{Connection, OpenFlags};
 use std::fs::File;
@@ -46,11 +45,7 @@ pub struct SqliteOptions {
 impl SqliteOptions {
     /// Defaults for a database file: `synchronous=FULL`, four readers.
     pub fn new(path: impl Into<PathBuf>) -> SqliteOptions {
-        SqliteOptions {
-            path: path.into(),
-            synchronous: Synchronous::Full,
-            readers: 4,
-        }
+        SqliteOptions { path: path.into(), synchronous: Synchronous::Full, readers: 4 }
     }
 }
 
@@ -110,17 +105,11 @@ impl SqliteStore {
         let path = options.path.clone();
         let lock = lock_file(&path)?;
         let mut conn = open_connection(&path, options.synchronous, false)?;
-        migrate(&mut conn).map_err(|source| OpenError::Migration {
-            path: path.clone(),
-            source,
-        })?;
+        migrate(&mut conn).map_err(|source| OpenError::Migration { path: path.clone(), source })?;
         let readers = (0..options.readers.max(1))
             .map(|_| open_connection(&path, options.synchronous, true))
             .collect::<Result<Vec<_>, _>>()?;
-        let queues = recover(&conn).map_err(|source| OpenError::Load {
-            path: path.clone(),
-            source,
-        })?;
+        let queues = recover(&conn).map_err(|source| OpenError::Load { path: path.clone(), source })?;
         let shared = Arc::new(Shared {
             queues: Mutex::new(queues),
             orchestration_ready: Notify::new(),
@@ -132,10 +121,7 @@ impl SqliteStore {
         let writer = std::thread::Builder::new()
             .name("kiln-sqlite-writer".into())
             .spawn(move || writer::run(conn, receiver, writer_shared))
-            .map_err(|source| OpenError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(|source| OpenError::Io { path: path.clone(), source })?;
         Ok(SqliteStore {
             shared,
             readers: Readers::new(readers),
@@ -156,9 +142,7 @@ impl SqliteStore {
         sender
             .send(WriteRequest { op, reply })
             .map_err(|_| StoreError::Unavailable("the writer thread has stopped".into()))?;
-        result
-            .await
-            .map_err(|_| StoreError::Unavailable("the writer thread has stopped".into()))?
+        result.await.map_err(|_| StoreError::Unavailable("the writer thread has stopped".into()))?
     }
 
     /// Claims the next item of one kind, waiting up to `wait` for one: woken by commits that
@@ -233,57 +217,34 @@ fn lock_file(path: &Path) -> Result<File, OpenError> {
         .create(true)
         .truncate(false)
         .open(&lock_path)
-        .map_err(|source| OpenError::Io {
-            path: lock_path.clone(),
-            source,
-        })?;
+        .map_err(|source| OpenError::Io { path: lock_path.clone(), source })?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(OpenError::Locked(path.to_owned())),
-        Err(std::fs::TryLockError::Error(source)) => Err(OpenError::Io {
-            path: lock_path,
-            source,
-        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(OpenError::Io { path: lock_path, source }),
     }
 }
 
-fn open_connection(
-    path: &Path,
-    synchronous: Synchronous,
-    read_only: bool,
-) -> Result<Connection, OpenError> {
+fn open_connection(path: &Path, synchronous: Synchronous, read_only: bool) -> Result<Connection, OpenError> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
-    let not_a_db = |source| OpenError::NotADatabase {
-        path: path.to_owned(),
-        source,
-    };
+    let not_a_db = |source| OpenError::NotADatabase { path: path.to_owned(), source };
     let conn = Connection::open_with_flags(path, flags).map_err(not_a_db)?;
     let sync = match synchronous {
         Synchronous::Full => "FULL",
         Synchronous::Normal => "NORMAL",
     };
     if read_only {
-        conn.execute_batch("PRAGMA busy_timeout = 5000;")
-            .map_err(not_a_db)?;
+        conn.execute_batch("PRAGMA busy_timeout = 5000;").map_err(not_a_db)?;
     } else {
-        conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
-            .map_err(not_a_db)?;
-        conn.execute_batch(&format!(
-            "PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 5000;"
-        ))
-        .map_err(not_a_db)?;
+        conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)).map_err(not_a_db)?;
+        conn.execute_batch(&format!("PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 5000;")).map_err(not_a_db)?;
     }
     // Touch the schema so a file that is not a database fails here, with its path.
-    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
-        r.get::<_, i64>(0)
-    })
-    .map_err(not_a_db)?;
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)).map_err(not_a_db)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
@@ -292,18 +253,12 @@ fn open_connection(
 fn recover(conn: &Connection) -> StoreResult<Queues> {
     let mut queues = Queues::default();
     let at = now();
-    let mut suspended = conn
-        .prepare("SELECT instance_id FROM instances WHERE status = ?1")
-        .map_err(backend)?;
-    for id in suspended
-        .query_map([RuntimeStatus::Suspended.code()], |r| r.get::<_, String>(0))
-        .map_err(backend)?
-    {
+    let mut suspended = conn.prepare("SELECT instance_id FROM instances WHERE status = ?1").map_err(backend)?;
+    for id in suspended.query_map([RuntimeStatus::Suspended.code()], |r| r.get::<_, String>(0)).map_err(backend)? {
         queues.set_suspended(&id.map_err(backend)?, true);
     }
-    let mut inbox = conn
-        .prepare("SELECT id, instance_id, execution, visible_at, event FROM inbox ORDER BY id")
-        .map_err(backend)?;
+    let mut inbox =
+        conn.prepare("SELECT id, instance_id, execution, visible_at, event FROM inbox ORDER BY id").map_err(backend)?;
     let rows = inbox
         .query_map([], |r| {
             Ok((
@@ -317,32 +272,23 @@ fn recover(conn: &Connection) -> StoreResult<Queues> {
         .map_err(backend)?;
     for row in rows {
         let (id, instance_id, execution, visible_at, event) = row.map_err(backend)?;
-        let message = InboxMessage {
-            id,
-            execution: execution.map(|e| e as u64),
-            event: decode_event(&event)?,
-        };
+        let message = InboxMessage { id, execution: execution.map(|e| e as u64), event: decode_event(&event)? };
         queues.push_message(&instance_id, message, visible_at.map(Timestamp), at);
     }
     let mut claimed = conn
         .prepare("SELECT instance_id, dequeue_count FROM instances WHERE dequeue_count > 0 OR status IN (?1, ?2, ?3)")
         .map_err(backend)?;
-    let unfinished = [
-        RuntimeStatus::Pending.code(),
-        RuntimeStatus::Running.code(),
-        RuntimeStatus::ContinuedAsNew.code(),
-    ];
-    let rows = claimed
-        .query_map(unfinished, |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?))
-        })
-        .map_err(backend)?;
+    let unfinished =
+        [RuntimeStatus::Pending.code(), RuntimeStatus::Running.code(), RuntimeStatus::ContinuedAsNew.code()];
+    let rows = claimed.query_map(unfinished, |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?))).map_err(backend)?;
     for row in rows {
         let (instance_id, count) = row.map_err(backend)?;
         queues.restore_claims(&instance_id, count);
     }
     let mut activities = conn
-        .prepare("SELECT id, instance_id, execution, step, name, input, attempt, dequeue_count FROM activities ORDER BY id")
+        .prepare(
+            "SELECT id, instance_id, execution, step, name, input, attempt, dequeue_count FROM activities ORDER BY id",
+        )
         .map_err(backend)?;
     let rows = activities
         .query_map([], |r| {
@@ -374,18 +320,11 @@ fn lease_millis(duration: Duration) -> i64 {
 #[async_trait]
 impl Store for SqliteStore {
     async fn create_instance(&self, instance: NewInstance) -> StoreResult<()> {
-        self.write(WriteOp::CreateInstance(instance))
-            .await
-            .map(|_| ())
+        self.write(WriteOp::CreateInstance(instance)).await.map(|_| ())
     }
 
     async fn send_message(&self, instance_id: &str, event: HistoryEvent) -> StoreResult<()> {
-        self.write(WriteOp::SendMessage {
-            instance_id: instance_id.to_owned(),
-            event,
-        })
-        .await
-        .map(|_| ())
+        self.write(WriteOp::SendMessage { instance_id: instance_id.to_owned(), event }).await.map(|_| ())
     }
 
     async fn fetch_orchestration_work(
@@ -394,24 +333,18 @@ impl Store for SqliteStore {
         wait: Duration,
     ) -> StoreResult<Option<OrchestrationWorkItem>> {
         loop {
-            let claim =
-                |queues: &mut Queues, at| queues.claim_instance(at, lease_millis(lease_for));
+            let claim = |queues: &mut Queues, at| queues.claim_instance(at, lease_millis(lease_for));
             let Some(claimed) = self.claim_next(WorkKind::Orchestration, wait, claim).await else {
                 return Ok(None);
             };
             if claimed.recovered {
                 let mark = WriteOp::MarkClaimed(ClaimTarget::Instance(claimed.instance_id.clone()));
                 if let Err(err) = self.write(mark).await {
-                    self.shared
-                        .lock_queues()
-                        .release_instance(&claimed.instance_id, &[], false);
+                    self.shared.lock_queues().release_instance(&claimed.instance_id, &[], false);
                     return Err(err);
                 }
             }
-            match self
-                .readers
-                .with(|conn| reads::get_instance(conn, &claimed.instance_id))
-            {
+            match self.readers.with(|conn| reads::get_instance(conn, &claimed.instance_id)) {
                 Ok(Some(instance)) => {
                     return Ok(Some(OrchestrationWorkItem {
                         instance,
@@ -421,14 +354,9 @@ impl Store for SqliteStore {
                     }));
                 }
                 // Purged meanwhile: forget its messages and look again.
-                Ok(None) => self
-                    .shared
-                    .lock_queues()
-                    .forget_instances(&[claimed.instance_id]),
+                Ok(None) => self.shared.lock_queues().forget_instances(&[claimed.instance_id]),
                 Err(err) => {
-                    self.shared
-                        .lock_queues()
-                        .release_instance(&claimed.instance_id, &[], false);
+                    self.shared.lock_queues().release_instance(&claimed.instance_id, &[], false);
                     return Err(err);
                 }
             }
@@ -436,9 +364,7 @@ impl Store for SqliteStore {
     }
 
     async fn commit_turn(&self, commit: TurnCommit) -> StoreResult<()> {
-        self.write(WriteOp::CommitTurn(Box::new(commit)))
-            .await
-            .map(|_| ())
+        self.write(WriteOp::CommitTurn(Box::new(commit))).await.map(|_| ())
     }
 
     async fn abandon_orchestration_work(
@@ -453,62 +379,32 @@ impl Store for SqliteStore {
             now().plus_millis(lease_millis(retry_after)),
         );
         self.shared.orchestration_ready.notify_one();
-        if released {
-            Ok(())
-        } else {
-            Err(StoreError::LeaseLost(instance_id.to_owned()))
-        }
+        if released { Ok(()) } else { Err(StoreError::LeaseLost(instance_id.to_owned())) }
     }
 
-    async fn fetch_activity_work(
-        &self,
-        lease_for: Duration,
-        wait: Duration,
-    ) -> StoreResult<Option<ActivityWorkItem>> {
+    async fn fetch_activity_work(&self, lease_for: Duration, wait: Duration) -> StoreResult<Option<ActivityWorkItem>> {
         let claim = |queues: &mut Queues, at| queues.claim_activity(at, lease_millis(lease_for));
         let Some((entry, lease)) = self.claim_next(WorkKind::Activity, wait, claim).await else {
             return Ok(None);
         };
-        let item = ActivityWorkItem {
-            id: entry.id,
-            activity: entry.activity,
-            lease,
-            dequeue_count: entry.dequeue_count,
-        };
+        let item =
+            ActivityWorkItem { id: entry.id, activity: entry.activity, lease, dequeue_count: entry.dequeue_count };
         if entry.recovered
-            && let Err(err) = self
-                .write(WriteOp::MarkClaimed(ClaimTarget::Activity(item.id)))
-                .await
+            && let Err(err) = self.write(WriteOp::MarkClaimed(ClaimTarget::Activity(item.id))).await
         {
-            self.shared
-                .lock_queues()
-                .abandon_activity(item.id, lease, now());
+            self.shared.lock_queues().abandon_activity(item.id, lease, now());
             return Err(err);
         }
         Ok(Some(item))
     }
 
-    async fn renew_activity_lease(
-        &self,
-        item: &ActivityWorkItem,
-        lease_for: Duration,
-    ) -> StoreResult<Lease> {
-        self.shared
-            .lock_queues()
-            .renew_activity(item.id, item.lease, now(), lease_millis(lease_for))
-            .ok_or_else(|| {
-                StoreError::LeaseLost(format!(
-                    "activity '{}' of {}",
-                    item.activity.name, item.activity.instance_id
-                ))
-            })
+    async fn renew_activity_lease(&self, item: &ActivityWorkItem, lease_for: Duration) -> StoreResult<Lease> {
+        self.shared.lock_queues().renew_activity(item.id, item.lease, now(), lease_millis(lease_for)).ok_or_else(|| {
+            StoreError::LeaseLost(format!("activity '{}' of {}", item.activity.name, item.activity.instance_id))
+        })
     }
 
-    async fn complete_activity(
-        &self,
-        item: &ActivityWorkItem,
-        result: HistoryEvent,
-    ) -> StoreResult<()> {
+    async fn complete_activity(&self, item: &ActivityWorkItem, result: HistoryEvent) -> StoreResult<()> {
         self.write(WriteOp::CompleteActivity {
             id: item.id,
             lease: item.lease,
@@ -519,32 +415,22 @@ impl Store for SqliteStore {
         .map(|_| ())
     }
 
-    async fn abandon_activity_work(
-        &self,
-        item: &ActivityWorkItem,
-        retry_after: Duration,
-    ) -> StoreResult<()> {
+    async fn abandon_activity_work(&self, item: &ActivityWorkItem, retry_after: Duration) -> StoreResult<()> {
         let released = self.shared.lock_queues().abandon_activity(
             item.id,
             item.lease,
             now().plus_millis(lease_millis(retry_after)),
         );
         self.shared.activity_ready.notify_one();
-        if released {
-            Ok(())
-        } else {
-            Err(StoreError::LeaseLost(item.activity.instance_id.clone()))
-        }
+        if released { Ok(()) } else { Err(StoreError::LeaseLost(item.activity.instance_id.clone())) }
     }
 
     async fn get_instance(&self, instance_id: &str) -> StoreResult<Option<InstanceRecord>> {
-        self.readers
-            .with(|conn| reads::get_instance(conn, instance_id))
+        self.readers.with(|conn| reads::get_instance(conn, instance_id))
     }
 
     async fn get_history(&self, instance_id: &str) -> StoreResult<Vec<HistoryEvent>> {
-        self.readers
-            .with(|conn| reads::get_history(conn, instance_id))
+        self.readers.with(|conn| reads::get_history(conn, instance_id))
     }
 
     async fn list_instances(&self, query: &InstanceQuery) -> StoreResult<InstancePage> {
@@ -552,10 +438,7 @@ impl Store for SqliteStore {
     }
 
     async fn purge_instance(&self, instance_id: &str) -> StoreResult<u64> {
-        match self
-            .write(WriteOp::PurgeInstance(instance_id.to_owned()))
-            .await?
-        {
+        match self.write(WriteOp::PurgeInstance(instance_id.to_owned())).await? {
             WriteOutcome::Count(n) => Ok(n),
             _ => Ok(0),
         }
@@ -580,13 +463,7 @@ impl Store for SqliteStore {
     }
 
     async fn put_setting_if_absent(&self, key: &str, value: &str) -> StoreResult<String> {
-        match self
-            .write(WriteOp::PutSettingIfAbsent {
-                key: key.to_owned(),
-                value: value.to_owned(),
-            })
-            .await?
-        {
+        match self.write(WriteOp::PutSettingIfAbsent { key: key.to_owned(), value: value.to_owned() }).await? {
             WriteOutcome::Value(v) => Ok(v),
             _ => Ok(value.to_owned()),
         }

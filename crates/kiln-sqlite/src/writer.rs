@@ -9,12 +9,9 @@
 use crate::codec::{backend, encode_event, to_json, to_json_opt};
 use crate::queue::ActivityEntry;
 use crate::shared::{Shared, now};
-use kiln_core::{
-    EventKind, FailureDetails, HistoryEvent, Payload, RuntimeStatus, Timestamp, error_types,
-};
+use kiln_core::{EventKind, FailureDetails, HistoryEvent, Payload, RuntimeStatus, Timestamp, error_types};
 use kiln_store::{
-    HistoryUpdate, InboxMessage, Lease, NewActivity, NewInstance, PurgeFilter, StoreError,
-    StoreResult, TurnCommit,
+    HistoryUpdate, InboxMessage, Lease, NewActivity, NewInstance, PurgeFilter, StoreError, StoreResult, TurnCommit,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use std::sync::Arc;
@@ -93,17 +90,9 @@ pub struct WriteRequest {
 
 /// A change to the in-memory state, applied once the transaction is durable.
 enum Effect {
-    Message {
-        instance_id: String,
-        message: InboxMessage,
-        visible_at: Option<Timestamp>,
-    },
+    Message { instance_id: String, message: InboxMessage, visible_at: Option<Timestamp> },
     Activity(ActivityEntry),
-    ReleaseInstance {
-        instance_id: String,
-        consumed: Vec<i64>,
-        suspended: bool,
-    },
+    ReleaseInstance { instance_id: String, consumed: Vec<i64>, suspended: bool },
     FinishActivity(i64),
     Forget(Vec<String>),
     Notify(String),
@@ -138,8 +127,7 @@ fn write_batch(conn: &mut Connection, batch: Vec<WriteRequest>, shared: &Shared)
     if accepted.is_empty() {
         return;
     }
-    let mut results: Vec<StoreResult<(WriteOutcome, Vec<Effect>)>> =
-        Vec::with_capacity(accepted.len());
+    let mut results: Vec<StoreResult<(WriteOutcome, Vec<Effect>)>> = Vec::with_capacity(accepted.len());
     let committed = (|| -> rusqlite::Result<()> {
         conn.execute_batch("BEGIN IMMEDIATE")?;
         for request in &accepted {
@@ -158,10 +146,7 @@ fn write_batch(conn: &mut Connection, batch: Vec<WriteRequest>, shared: &Shared)
     if let Err(err) = committed {
         let _ = conn.execute_batch("ROLLBACK");
         tracing::error!(error = %err, "group commit failed");
-        results = accepted
-            .iter()
-            .map(|_| Err(StoreError::Backend(format!("commit failed: {err}"))))
-            .collect();
+        results = accepted.iter().map(|_| Err(StoreError::Backend(format!("commit failed: {err}")))).collect();
     }
 
     let mut wake_instances = 0usize;
@@ -175,32 +160,14 @@ fn write_batch(conn: &mut Connection, batch: Vec<WriteRequest>, shared: &Shared)
                 Ok((_, effects)) => {
                     for effect in effects.drain(..) {
                         match effect {
-                            Effect::Message {
-                                instance_id,
-                                message,
-                                visible_at,
-                            } => {
-                                wake_instances += usize::from(queues.push_message(
-                                    &instance_id,
-                                    message,
-                                    visible_at,
-                                    at,
-                                ));
+                            Effect::Message { instance_id, message, visible_at } => {
+                                wake_instances +=
+                                    usize::from(queues.push_message(&instance_id, message, visible_at, at));
                             }
-                            Effect::Activity(entry) => {
-                                wake_activities += usize::from(queues.push_activity(entry))
-                            }
-                            Effect::ReleaseInstance {
-                                instance_id,
-                                consumed,
-                                suspended,
-                            } => {
+                            Effect::Activity(entry) => wake_activities += usize::from(queues.push_activity(entry)),
+                            Effect::ReleaseInstance { instance_id, consumed, suspended } => {
                                 queues.set_suspended(&instance_id, suspended);
-                                wake_instances += usize::from(queues.release_instance(
-                                    &instance_id,
-                                    &consumed,
-                                    true,
-                                ));
+                                wake_instances += usize::from(queues.release_instance(&instance_id, &consumed, true));
                             }
                             Effect::FinishActivity(id) => queues.finish_activity(id),
                             Effect::Forget(ids) => queues.forget_instances(&ids),
@@ -210,8 +177,7 @@ fn write_batch(conn: &mut Connection, batch: Vec<WriteRequest>, shared: &Shared)
                 }
                 Err(_) => match &request.op {
                     WriteOp::CommitTurn(turn) => {
-                        wake_instances +=
-                            usize::from(queues.release_instance(&turn.instance_id, &[], false));
+                        wake_instances += usize::from(queues.release_instance(&turn.instance_id, &[], false));
                     }
                     WriteOp::CompleteActivity { id, .. } => queues.unpin_activity(*id, at),
                     _ => {}
@@ -239,15 +205,9 @@ fn pin_lease(op: &WriteOp, shared: &Shared) -> StoreResult<()> {
         WriteOp::CommitTurn(turn) if !queues.pin_instance(&turn.instance_id, turn.lease) => {
             Err(StoreError::LeaseLost(turn.instance_id.clone()))
         }
-        WriteOp::CompleteActivity {
-            id,
-            lease,
-            activity,
-            ..
-        } if !queues.pin_activity(*id, *lease) => Err(StoreError::LeaseLost(format!(
-            "activity '{}' of {}",
-            activity.name, activity.instance_id
-        ))),
+        WriteOp::CompleteActivity { id, lease, activity, .. } if !queues.pin_activity(*id, *lease) => {
+            Err(StoreError::LeaseLost(format!("activity '{}' of {}", activity.name, activity.instance_id)))
+        }
         _ => Ok(()),
     }
 }
@@ -269,25 +229,13 @@ fn apply(conn: &Connection, op: &WriteOp, effects: &mut Vec<Effect>) -> StoreRes
             commit_turn(conn, turn, effects)?;
             Ok(WriteOutcome::Done)
         }
-        WriteOp::CompleteActivity {
-            id,
-            activity,
-            event,
-            ..
-        } => {
+        WriteOp::CompleteActivity { id, activity, event, .. } => {
             conn.prepare_cached("DELETE FROM activities WHERE id = ?1")
                 .and_then(|mut s| s.execute([id]))
                 .map_err(backend)?;
             effects.push(Effect::FinishActivity(*id));
             if instance_exists(conn, &activity.instance_id)? {
-                insert_message(
-                    conn,
-                    &activity.instance_id,
-                    Some(activity.execution),
-                    event,
-                    None,
-                    effects,
-                )?;
+                insert_message(conn, &activity.instance_id, Some(activity.execution), event, None, effects)?;
             }
             Ok(WriteOutcome::Done)
         }
@@ -320,16 +268,10 @@ fn apply(conn: &Connection, op: &WriteOp, effects: &mut Vec<Effect>) -> StoreRes
             Ok(WriteOutcome::Done)
         }
         WriteOp::PutSettingIfAbsent { key, value } => {
-            conn.execute(
-                "INSERT OR IGNORE INTO settings (key, value) VALUES (?1, ?2)",
-                [key, value],
-            )
-            .map_err(backend)?;
-            let stored: String = conn
-                .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
-                    r.get(0)
-                })
+            conn.execute("INSERT OR IGNORE INTO settings (key, value) VALUES (?1, ?2)", [key, value])
                 .map_err(backend)?;
+            let stored: String =
+                conn.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0)).map_err(backend)?;
             Ok(WriteOutcome::Value(stored))
         }
     }
@@ -350,52 +292,27 @@ fn insert_message(
     effects: &mut Vec<Effect>,
 ) -> StoreResult<()> {
     let encoded = encode_event(event)?;
-    conn.prepare_cached(
-        "INSERT INTO inbox (instance_id, execution, visible_at, event) VALUES (?1, ?2, ?3, ?4)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            instance_id,
-            execution.map(|e| e as i64),
-            visible_at.map(|t| t.0),
-            encoded
-        ])
-    })
-    .map_err(backend)?;
-    let message = InboxMessage {
-        id: conn.last_insert_rowid(),
-        execution,
-        event: event.clone(),
-    };
-    effects.push(Effect::Message {
-        instance_id: instance_id.to_owned(),
-        message,
-        visible_at,
-    });
+    conn.prepare_cached("INSERT INTO inbox (instance_id, execution, visible_at, event) VALUES (?1, ?2, ?3, ?4)")
+        .and_then(|mut s| {
+            s.execute(params![instance_id, execution.map(|e| e as i64), visible_at.map(|t| t.0), encoded])
+        })
+        .map_err(backend)?;
+    let message = InboxMessage { id: conn.last_insert_rowid(), execution, event: event.clone() };
+    effects.push(Effect::Message { instance_id: instance_id.to_owned(), message, visible_at });
     Ok(())
 }
 
 /// Creates an instance; returns `AlreadyExists` when its id is held by an unfinished instance.
-fn create_instance(
-    conn: &Connection,
-    instance: &NewInstance,
-    effects: &mut Vec<Effect>,
-) -> StoreResult<()> {
+fn create_instance(conn: &Connection, instance: &NewInstance, effects: &mut Vec<Effect>) -> StoreResult<()> {
     let existing: Option<(i64, i64)> = conn
         .prepare_cached("SELECT status, execution FROM instances WHERE instance_id = ?1")
-        .and_then(|mut s| {
-            s.query_row([&instance.instance_id], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()
-        })
+        .and_then(|mut s| s.query_row([&instance.instance_id], |r| Ok((r.get(0)?, r.get(1)?))).optional())
         .map_err(backend)?;
     let mut execution = 0u64;
     if let Some((status, previous)) = existing {
         let status = RuntimeStatus::from_code(status).unwrap_or(RuntimeStatus::Running);
         if !status.is_terminal() {
-            return Err(StoreError::AlreadyExists(
-                instance.instance_id.clone(),
-                status,
-            ));
+            return Err(StoreError::AlreadyExists(instance.instance_id.clone(), status));
         }
         execution = previous as u64 + 1;
         delete_rows(conn, &instance.instance_id)?;
@@ -429,14 +346,7 @@ fn create_instance(
             parent: instance.parent.clone(),
         },
     );
-    insert_message(
-        conn,
-        &instance.instance_id,
-        Some(execution),
-        &started,
-        None,
-        effects,
-    )?;
+    insert_message(conn, &instance.instance_id, Some(execution), &started, None, effects)?;
     effects.push(Effect::Notify(instance.instance_id.clone()));
     Ok(())
 }
@@ -453,11 +363,7 @@ fn commit_turn(conn: &Connection, turn: &TurnCommit, effects: &mut Vec<Effect>) 
     }
     let appended = events.len() as i64;
     let failure = to_json_opt(turn.failure.as_ref())?;
-    let waiting_on = if turn.waiting_on.is_empty() {
-        None
-    } else {
-        Some(to_json(&turn.waiting_on)?)
-    };
+    let waiting_on = if turn.waiting_on.is_empty() { None } else { Some(to_json(&turn.waiting_on)?) };
     let new_len: Option<i64> = conn
         .prepare_cached(
             "UPDATE instances SET execution = ?2, status = ?3, input = ?4, output = ?5, failure = ?6, \
@@ -492,18 +398,12 @@ fn commit_turn(conn: &Connection, turn: &TurnCommit, effects: &mut Vec<Effect>) 
             .map_err(backend)?;
         for (offset, event) in events.iter().enumerate() {
             insert
-                .execute(params![
-                    turn.instance_id,
-                    new_len - appended + offset as i64,
-                    encode_event(event)?
-                ])
+                .execute(params![turn.instance_id, new_len - appended + offset as i64, encode_event(event)?])
                 .map_err(backend)?;
         }
     }
     {
-        let mut delete = conn
-            .prepare_cached("DELETE FROM inbox WHERE id = ?1")
-            .map_err(backend)?;
+        let mut delete = conn.prepare_cached("DELETE FROM inbox WHERE id = ?1").map_err(backend)?;
         for id in &turn.consumed {
             delete.execute([id]).map_err(backend)?;
         }
@@ -548,28 +448,14 @@ fn commit_turn(conn: &Connection, turn: &TurnCommit, effects: &mut Vec<Effect>) 
                         ),
                     },
                 );
-                insert_message(
-                    conn,
-                    &turn.instance_id,
-                    Some(turn.execution),
-                    &failed,
-                    None,
-                    effects,
-                )?;
+                insert_message(conn, &turn.instance_id, Some(turn.execution), &failed, None, effects)?;
             }
             Err(other) => return Err(other),
         }
     }
     for message in &turn.messages {
         if message.instance_id == turn.instance_id || instance_exists(conn, &message.instance_id)? {
-            insert_message(
-                conn,
-                &message.instance_id,
-                message.execution,
-                &message.event,
-                message.visible_at,
-                effects,
-            )?;
+            insert_message(conn, &message.instance_id, message.execution, &message.event, message.visible_at, effects)?;
         }
     }
     effects.push(Effect::ReleaseInstance {
@@ -588,36 +474,21 @@ fn delete_rows(conn: &Connection, instance_id: &str) -> StoreResult<()> {
         "DELETE FROM activities WHERE instance_id = ?1",
         "DELETE FROM instances WHERE instance_id = ?1",
     ] {
-        conn.prepare_cached(sql)
-            .and_then(|mut s| s.execute([instance_id]))
-            .map_err(backend)?;
+        conn.prepare_cached(sql).and_then(|mut s| s.execute([instance_id])).map_err(backend)?;
     }
     Ok(())
 }
 
 fn select_purgeable(conn: &Connection, filter: &PurgeFilter) -> StoreResult<Vec<String>> {
     let statuses: Vec<i64> = if filter.statuses.is_empty() {
-        RuntimeStatus::ALL
-            .iter()
-            .filter(|s| s.is_terminal())
-            .map(|s| s.code())
-            .collect()
+        RuntimeStatus::ALL.iter().filter(|s| s.is_terminal()).map(|s| s.code()).collect()
     } else {
-        filter
-            .statuses
-            .iter()
-            .filter(|s| s.is_terminal())
-            .map(|s| s.code())
-            .collect()
+        filter.statuses.iter().filter(|s| s.is_terminal()).map(|s| s.code()).collect()
     };
     if statuses.is_empty() {
         return Ok(Vec::new());
     }
-    let list = statuses
-        .iter()
-        .map(i64::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
+    let list = statuses.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
     let sql = format!(
         "SELECT instance_id FROM instances WHERE status IN ({list}) AND created_at >= ?1 AND created_at <= ?2 \
          AND parent_instance_id IS NULL LIMIT {PURGE_BATCH}"
@@ -636,21 +507,15 @@ fn purge(conn: &Connection, roots: Vec<String>, effects: &mut Vec<Effect>) -> St
     while let Some(id) = pending.pop() {
         let children: Vec<(String, i64)> = {
             let mut stmt = conn
-                .prepare_cached(
-                    "SELECT instance_id, status FROM instances WHERE parent_instance_id = ?1",
-                )
+                .prepare_cached("SELECT instance_id, status FROM instances WHERE parent_instance_id = ?1")
                 .map_err(backend)?;
-            let rows = stmt
-                .query_map([&id], |r| Ok((r.get(0)?, r.get(1)?)))
-                .map_err(backend)?;
+            let rows = stmt.query_map([&id], |r| Ok((r.get(0)?, r.get(1)?))).map_err(backend)?;
             rows.collect::<Result<_, _>>().map_err(backend)?
         };
         pending.extend(
             children
                 .into_iter()
-                .filter(|(_, s)| {
-                    RuntimeStatus::from_code(*s).is_some_and(RuntimeStatus::is_terminal)
-                })
+                .filter(|(_, s)| RuntimeStatus::from_code(*s).is_some_and(RuntimeStatus::is_terminal))
                 .map(|(child, _)| child),
         );
         delete_rows(conn, &id)?;

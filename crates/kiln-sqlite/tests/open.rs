@@ -14,28 +14,17 @@ fn a_second_process_cannot_open_a_database_in_use() {
     let _first = open(&path).unwrap();
     let err = open(&path).err().expect("second open must fail");
     assert!(matches!(err, OpenError::Locked(_)));
-    assert!(
-        err.to_string()
-            .contains("is in use by another Kiln process"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("is in use by another Kiln process"), "{err}");
 }
 
 #[test]
 fn a_file_that_is_not_a_database_is_named_in_the_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("notes.txt");
-    std::fs::write(
-        &path,
-        "this is not a database, just some text that is long enough to be a header",
-    )
-    .unwrap();
+    std::fs::write(&path, "this is not a database, just some text that is long enough to be a header").unwrap();
     let err = open(&path).err().expect("must fail");
     assert!(matches!(err, OpenError::NotADatabase { .. }), "{err:?}");
-    assert!(
-        err.to_string().contains("notes.txt is not a Kiln database"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("notes.txt is not a Kiln database"), "{err}");
 }
 
 #[test]
@@ -47,19 +36,13 @@ fn a_schema_from_a_newer_kiln_is_refused() {
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
     let err = open(&path).err().expect("must fail");
-    assert!(
-        err.to_string()
-            .contains("schema is version 99, newer than this Kiln supports"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("schema is version 99, newer than this Kiln supports"), "{err}");
 }
 
 #[test]
 fn a_missing_directory_is_reported() {
     let dir = tempfile::tempdir().unwrap();
-    let err = open(&dir.path().join("missing").join("kiln.db"))
-        .err()
-        .expect("must fail");
+    let err = open(&dir.path().join("missing").join("kiln.db")).err().expect("must fail");
     assert!(matches!(err, OpenError::Io { .. }), "{err:?}");
 }
 

@@ -13,12 +13,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use crate::{
-    HistoryUpdate, InstanceQuery, NewActivity, NewInstance, NewSubOrchestration,
-    OrchestrationWorkItem, OutgoingMessage, PurgeFilter, Store, StoreError, TurnCommit,
+    HistoryUpdate, InstanceQuery, NewActivity, NewInstance, NewSubOrchestration, OrchestrationWorkItem,
+    OutgoingMessage, PurgeFilter, Store, StoreError, TurnCommit,
 };
-use kiln_core::{
-    EventKind, FailureDetails, HistoryEvent, ParentInstance, Payload, RuntimeStatus, Timestamp,
-};
+use kiln_core::{EventKind, FailureDetails, HistoryEvent, ParentInstance, Payload, RuntimeStatus, Timestamp};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -61,12 +59,7 @@ macro_rules! conformance_tests {
 }
 
 fn now() -> Timestamp {
-    Timestamp(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64,
-    )
+    Timestamp(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64)
 }
 
 fn new_instance(id: &str, created_at: Timestamp) -> NewInstance {
@@ -103,14 +96,7 @@ fn running_commit(item: &OrchestrationWorkItem) -> TurnCommit {
 
 /// Activity `work` of instance `a` at `step`.
 fn activity(step: u64) -> NewActivity {
-    NewActivity {
-        instance_id: "a".into(),
-        execution: 0,
-        step,
-        name: "work".into(),
-        input: Payload::null(),
-        attempt: 1,
-    }
+    NewActivity { instance_id: "a".into(), execution: 0, step, name: "work".into(), input: Payload::null(), attempt: 1 }
 }
 
 fn completed(mut commit: TurnCommit) -> TurnCommit {
@@ -120,95 +106,53 @@ fn completed(mut commit: TurnCommit) -> TurnCommit {
 }
 
 async fn fetch(store: &dyn Store) -> OrchestrationWorkItem {
-    store
-        .fetch_orchestration_work(LEASE, WAIT)
-        .await
-        .unwrap()
-        .expect("work should be available")
+    store.fetch_orchestration_work(LEASE, WAIT).await.unwrap().expect("work should be available")
+}
+
+async fn start(store: &dyn Store, id: &str) {
+    store.create_instance(new_instance(id, now())).await.unwrap();
+}
+
+async fn assert_no_work(store: &dyn Store, why: &str) {
+    assert!(store.fetch_orchestration_work(LEASE, NO_WAIT).await.unwrap().is_none(), "{why}");
 }
 
 async fn start_and_finish(store: &dyn Store, id: &str, created_at: Timestamp) {
-    store
-        .create_instance(new_instance(id, created_at))
-        .await
-        .unwrap();
+    store.create_instance(new_instance(id, created_at)).await.unwrap();
     let item = fetch(store).await;
-    store
-        .commit_turn(completed(running_commit(&item)))
-        .await
-        .unwrap();
+    store.commit_turn(completed(running_commit(&item))).await.unwrap();
 }
 
 fn raised(name: &str) -> HistoryEvent {
-    HistoryEvent::new(
-        now(),
-        EventKind::EventRaised {
-            name: name.to_owned(),
-            input: Payload::null(),
-        },
-    )
+    HistoryEvent::new(now(), EventKind::EventRaised { name: name.to_owned(), input: Payload::null() })
 }
 
 pub async fn start_is_handed_out_as_execution_started(store: &dyn Store) {
-    store
-        .create_instance(new_instance("a", now()))
-        .await
-        .unwrap();
+    start(store, "a").await;
     let record = store.get_instance("a").await.unwrap().unwrap();
     assert_eq!(record.status, RuntimeStatus::Pending);
     assert_eq!(record.input.as_str(), r#"{"n":1}"#);
     let item = fetch(store).await;
     assert_eq!(item.instance.instance_id, "a");
     assert_eq!(item.messages.len(), 1);
-    assert!(matches!(
-        item.messages[0].event.kind,
-        EventKind::ExecutionStarted { .. }
-    ));
-    assert!(
-        store
-            .fetch_orchestration_work(LEASE, NO_WAIT)
-            .await
-            .unwrap()
-            .is_none(),
-        "one holder at a time"
-    );
+    assert!(matches!(item.messages[0].event.kind, EventKind::ExecutionStarted { .. }));
+    assert_no_work(store, "one holder at a time").await;
 }
 
 pub async fn unfinished_id_is_refused_and_finished_id_is_replaced(store: &dyn Store) {
-    store
-        .create_instance(new_instance("a", now()))
-        .await
-        .unwrap();
-    let err = store
-        .create_instance(new_instance("a", now()))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, StoreError::AlreadyExists(_, RuntimeStatus::Pending)),
-        "{err}"
-    );
+    start(store, "a").await;
+    let err = store.create_instance(new_instance("a", now())).await.unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists(_, RuntimeStatus::Pending)), "{err}");
     let item = fetch(store).await;
-    store
-        .commit_turn(completed(running_commit(&item)))
-        .await
-        .unwrap();
-    store
-        .create_instance(new_instance("a", now()))
-        .await
-        .unwrap();
+    store.commit_turn(completed(running_commit(&item))).await.unwrap();
+    start(store, "a").await;
     let record = store.get_instance("a").await.unwrap().unwrap();
-    assert_eq!(
-        (record.status, record.execution, record.history_len),
-        (RuntimeStatus::Pending, 1, 0)
-    );
+    assert_eq!((record.status, record.execution, record.history_len), (RuntimeStatus::Pending, 1, 0));
     assert!(store.get_history("a").await.unwrap().is_empty());
 }
 
 pub async fn turn_commit_is_atomic(store: &dyn Store) {
-    store
-        .create_instance(new_instance("a", now()))
-        .await
-        .unwrap();
+    start(store, "a").await;
     let item = fetch(store).await;
     let mut commit = running_commit(&item);
     commit.custom_status = Some(Payload::from_json(r#"{"stage":"one"}"#).unwrap());
@@ -219,151 +163,74 @@ pub async fn turn_commit_is_atomic(store: &dyn Store) {
     assert_eq!(record.custom_status.unwrap().as_str(), r#"{"stage":"one"}"#);
     assert_eq!(record.history_len, 1);
     assert_eq!(store.get_history("a").await.unwrap().len(), 1);
-    let activity = store
-        .fetch_activity_work(LEASE, WAIT)
-        .await
-        .unwrap()
-        .expect("activity queued by the commit");
+    let activity = store.fetch_activity_work(LEASE, WAIT).await.unwrap().expect("activity queued by the commit");
     assert_eq!(activity.activity.name, "work");
-    assert!(
-        store
-            .fetch_orchestration_work(LEASE, NO_WAIT)
-            .await
-            .unwrap()
-            .is_none(),
-        "consumed messages are gone"
-    );
+    assert_no_work(store, "consumed messages are gone").await;
 }
 
 pub async fn lapsed_lease_cannot_commit(store: &dyn Store) {
-    store
-        .create_instance(new_instance("a", now()))
-        .await
-        .unwrap();
-    let first = store
-        .fetch_orchestration_work(Duration::from_millis(100), WAIT)
-        .await
-        .unwrap()
-        .unwrap();
+    start(store, "a").await;
+    let first = store.fetch_orchestration_work(Duration::from_millis(100), WAIT).await.unwrap().unwrap();
     let second = fetch(store).await;
     assert_eq!(second.dequeue_count, 2);
-    assert!(matches!(
-        store.commit_turn(running_commit(&first)).await,
-        Err(StoreError::LeaseLost(_))
-    ));
+    assert!(matches!(store.commit_turn(running_commit(&first)).await, Err(StoreError::LeaseLost(_))));
     store.commit_turn(running_commit(&second)).await.unwrap();
 }
 
 pub async fn activity_result_reaches_its_instance(store: &dyn Store) {
-    store
-        .create_instance(new_instance("a", now()))
-        .await
-        .unwrap();
+    start(store, "a").await;
     let item = fetch(store).await;
     let mut commit = running_commit(&item);
     commit.activities.push(activity(3));
     store.commit_turn(commit).await.unwrap();
-    let activity = store
-        .fetch_activity_work(LEASE, WAIT)
-        .await
-        .unwrap()
-        .unwrap();
+    let activity = store.fetch_activity_work(LEASE, WAIT).await.unwrap().unwrap();
     let lease = store.renew_activity_lease(&activity, LEASE).await.unwrap();
     assert_eq!(lease.token, activity.lease.token);
-    let done = HistoryEvent::new(
-        now(),
-        EventKind::TaskCompleted {
-            task_scheduled_id: 3,
-            result: Payload::null(),
-        },
-    );
-    store
-        .complete_activity(&activity, done.clone())
-        .await
-        .unwrap();
+    let done = HistoryEvent::new(now(), EventKind::TaskCompleted { task_scheduled_id: 3, result: Payload::null() });
+    store.complete_activity(&activity, done.clone()).await.unwrap();
     let next = fetch(store).await;
     assert_eq!(next.messages.len(), 1);
     assert_eq!(next.messages[0].event, done);
     assert_eq!(next.messages[0].execution, Some(0));
-    assert!(
-        matches!(
-            store.complete_activity(&activity, done).await,
-            Err(StoreError::LeaseLost(_))
-        ),
-        "completed once"
-    );
+    assert!(matches!(store.complete_activity(&activity, done).await, Err(StoreError::LeaseLost(_))), "completed once");
 }
 
 pub async fn timers_wait_until_due(store: &dyn Store) {
-    store
-        .create_instance(new_instance("a", now()))
-        .await
-        .unwrap();
+    start(store, "a").await;
     let item = fetch(store).await;
     let mut commit = running_commit(&item);
     let fire_at = now().plus_millis(300);
     commit.messages.push(OutgoingMessage {
         instance_id: "a".into(),
         execution: Some(0),
-        event: HistoryEvent::new(
-            fire_at,
-            EventKind::TimerFired {
-                timer_id: 0,
-                fire_at,
-            },
-        ),
+        event: HistoryEvent::new(fire_at, EventKind::TimerFired { timer_id: 0, fire_at }),
         visible_at: Some(fire_at),
     });
     store.commit_turn(commit).await.unwrap();
-    assert!(
-        store
-            .fetch_orchestration_work(LEASE, NO_WAIT)
-            .await
-            .unwrap()
-            .is_none(),
-        "not before it is due"
-    );
+    assert_no_work(store, "not before it is due").await;
     let item = fetch(store).await;
     assert!(now() >= fire_at);
-    assert!(matches!(
-        item.messages[0].event.kind,
-        EventKind::TimerFired { .. }
-    ));
+    assert!(matches!(item.messages[0].event.kind, EventKind::TimerFired { .. }));
 }
 
 pub async fn messages_arriving_during_a_turn_come_next(store: &dyn Store) {
-    store
-        .create_instance(new_instance("a", now()))
-        .await
-        .unwrap();
+    start(store, "a").await;
     let item = fetch(store).await;
     store.send_message("a", raised("late")).await.unwrap();
     store.commit_turn(running_commit(&item)).await.unwrap();
     let next = fetch(store).await;
     assert_eq!(next.messages.len(), 1);
-    assert!(
-        matches!(&next.messages[0].event.kind, EventKind::EventRaised { name, .. } if name == "late")
-    );
+    assert!(matches!(&next.messages[0].event.kind, EventKind::EventRaised { name, .. } if name == "late"));
 }
 
 pub async fn suspended_instance_wakes_only_for_control_messages(store: &dyn Store) {
-    store
-        .create_instance(new_instance("a", now()))
-        .await
-        .unwrap();
+    start(store, "a").await;
     let item = fetch(store).await;
     let mut commit = running_commit(&item);
     commit.status = RuntimeStatus::Suspended;
     store.commit_turn(commit).await.unwrap();
     store.send_message("a", raised("held")).await.unwrap();
-    assert!(
-        store
-            .fetch_orchestration_work(LEASE, NO_WAIT)
-            .await
-            .unwrap()
-            .is_none(),
-        "held while suspended"
-    );
+    assert_no_work(store, "held while suspended").await;
     let resume = HistoryEvent::new(now(), EventKind::ExecutionResumed { reason: None });
     store.send_message("a", resume).await.unwrap();
     let item = fetch(store).await;
@@ -371,10 +238,7 @@ pub async fn suspended_instance_wakes_only_for_control_messages(store: &dyn Stor
 }
 
 pub async fn message_to_unknown_instance_is_not_found(store: &dyn Store) {
-    assert!(matches!(
-        store.send_message("ghost", raised("x")).await,
-        Err(StoreError::NotFound(_))
-    ));
+    assert!(matches!(store.send_message("ghost", raised("x")).await, Err(StoreError::NotFound(_))));
     assert!(store.get_instance("ghost").await.unwrap().is_none());
 }
 
@@ -385,21 +249,11 @@ pub async fn list_filters_and_keyset_pages(store: &dyn Store) {
         if i % 2 == 0 {
             start_and_finish(store, &id, base.plus_millis(i)).await;
         } else {
-            store
-                .create_instance(new_instance(&id, base.plus_millis(i)))
-                .await
-                .unwrap();
+            store.create_instance(new_instance(&id, base.plus_millis(i))).await.unwrap();
         }
     }
-    store
-        .create_instance(new_instance("other", base))
-        .await
-        .unwrap();
-    let mut query = InstanceQuery {
-        instance_id_prefix: Some("job-".into()),
-        page_size: 3,
-        ..Default::default()
-    };
+    store.create_instance(new_instance("other", base)).await.unwrap();
+    let mut query = InstanceQuery { instance_id_prefix: Some("job-".into()), page_size: 3, ..Default::default() };
     let mut seen = Vec::new();
     loop {
         let page = store.list_instances(&query).await.unwrap();
@@ -410,93 +264,45 @@ pub async fn list_filters_and_keyset_pages(store: &dyn Store) {
         }
     }
     assert_eq!(seen, (0..7).map(|i| format!("job-{i}")).collect::<Vec<_>>());
-    let completed = InstanceQuery {
-        statuses: vec![RuntimeStatus::Completed],
-        page_size: 100,
-        ..Default::default()
-    };
-    assert_eq!(
-        store
-            .list_instances(&completed)
-            .await
-            .unwrap()
-            .instances
-            .len(),
-        4
-    );
+    let completed = InstanceQuery { statuses: vec![RuntimeStatus::Completed], page_size: 100, ..Default::default() };
+    assert_eq!(store.list_instances(&completed).await.unwrap().instances.len(), 4);
     let window = InstanceQuery {
         created_from: Some(base.plus_millis(2)),
         created_to: Some(base.plus_millis(3)),
         page_size: 100,
         ..Default::default()
     };
-    assert_eq!(
-        store.list_instances(&window).await.unwrap().instances.len(),
-        2
-    );
+    assert_eq!(store.list_instances(&window).await.unwrap().instances.len(), 2);
 }
 
 pub async fn purge_cascades_and_refuses_unfinished(store: &dyn Store) {
-    store
-        .create_instance(new_instance("parent", now()))
-        .await
-        .unwrap();
+    start(store, "parent").await;
     let item = fetch(store).await;
     let mut commit = running_commit(&item);
     let mut child = new_instance("parent:0:0", now());
-    child.parent = Some(ParentInstance {
-        instance_id: "parent".into(),
-        execution: 0,
-        task_scheduled_id: 0,
-    });
-    commit
-        .sub_orchestrations
-        .push(NewSubOrchestration { instance: child });
+    child.parent = Some(ParentInstance { instance_id: "parent".into(), execution: 0, task_scheduled_id: 0 });
+    commit.sub_orchestrations.push(NewSubOrchestration { instance: child });
     store.commit_turn(commit).await.unwrap();
-    assert!(matches!(
-        store.purge_instance("parent").await,
-        Err(StoreError::NotTerminal(_, _))
-    ));
+    assert!(matches!(store.purge_instance("parent").await, Err(StoreError::NotTerminal(_, _))));
     let child_item = fetch(store).await;
     assert_eq!(child_item.instance.instance_id, "parent:0:0");
-    store
-        .commit_turn(completed(running_commit(&child_item)))
-        .await
-        .unwrap();
-    store
-        .send_message("parent", raised("child done"))
-        .await
-        .unwrap();
+    store.commit_turn(completed(running_commit(&child_item))).await.unwrap();
+    store.send_message("parent", raised("child done")).await.unwrap();
     let parent_item = fetch(store).await;
-    store
-        .commit_turn(completed(running_commit(&parent_item)))
-        .await
-        .unwrap();
+    store.commit_turn(completed(running_commit(&parent_item))).await.unwrap();
     assert_eq!(store.purge_instance("parent").await.unwrap(), 2);
     assert!(store.get_instance("parent:0:0").await.unwrap().is_none());
-    assert!(matches!(
-        store.purge_instance("parent").await,
-        Err(StoreError::NotFound(_))
-    ));
+    assert!(matches!(store.purge_instance("parent").await, Err(StoreError::NotFound(_))));
     start_and_finish(store, "old", Timestamp(1_000)).await;
     start_and_finish(store, "new", now()).await;
-    let filter = PurgeFilter {
-        created_to: Some(Timestamp(2_000)),
-        ..Default::default()
-    };
+    let filter = PurgeFilter { created_to: Some(Timestamp(2_000)), ..Default::default() };
     assert_eq!(store.purge_instances(&filter).await.unwrap(), 1);
     assert!(store.get_instance("new").await.unwrap().is_some());
 }
 
 pub async fn sub_orchestration_with_taken_id_fails_the_parent_step(store: &dyn Store) {
-    store
-        .create_instance(new_instance("taken", now()))
-        .await
-        .unwrap();
-    store
-        .create_instance(new_instance("parent", now()))
-        .await
-        .unwrap();
+    start(store, "taken").await;
+    start(store, "parent").await;
     let mut parent = fetch(store).await;
     if parent.instance.instance_id != "parent" {
         let other = parent;
@@ -505,14 +311,8 @@ pub async fn sub_orchestration_with_taken_id_fails_the_parent_step(store: &dyn S
     }
     let mut commit = running_commit(&parent);
     let mut child = new_instance("taken", now());
-    child.parent = Some(ParentInstance {
-        instance_id: "parent".into(),
-        execution: 0,
-        task_scheduled_id: 4,
-    });
-    commit
-        .sub_orchestrations
-        .push(NewSubOrchestration { instance: child });
+    child.parent = Some(ParentInstance { instance_id: "parent".into(), execution: 0, task_scheduled_id: 4 });
+    commit.sub_orchestrations.push(NewSubOrchestration { instance: child });
     store.commit_turn(commit).await.unwrap();
     let next = fetch(store).await;
     assert_eq!(next.instance.instance_id, "parent");
@@ -528,85 +328,40 @@ pub async fn sub_orchestration_with_taken_id_fails_the_parent_step(store: &dyn S
 }
 
 pub async fn watchers_wake_on_commit(store: &dyn Store) {
-    store
-        .create_instance(new_instance("a", now()))
-        .await
-        .unwrap();
+    start(store, "a").await;
     let mut subscription = store.watchers().subscribe("a");
     let item = fetch(store).await;
-    store
-        .commit_turn(completed(running_commit(&item)))
-        .await
-        .unwrap();
-    assert!(
-        subscription.changed(WAIT).await,
-        "a commit wakes the subscriber"
-    );
+    store.commit_turn(completed(running_commit(&item))).await.unwrap();
+    assert!(subscription.changed(WAIT).await, "a commit wakes the subscriber");
 }
 
 pub async fn settings_keep_the_first_value(store: &dyn Store) {
     assert_eq!(store.get_setting("secret").await.unwrap(), None);
-    assert_eq!(
-        store.put_setting_if_absent("secret", "one").await.unwrap(),
-        "one"
-    );
-    assert_eq!(
-        store.put_setting_if_absent("secret", "two").await.unwrap(),
-        "one"
-    );
-    assert_eq!(
-        store.get_setting("secret").await.unwrap().as_deref(),
-        Some("one")
-    );
+    assert_eq!(store.put_setting_if_absent("secret", "one").await.unwrap(), "one");
+    assert_eq!(store.put_setting_if_absent("secret", "two").await.unwrap(), "one");
+    assert_eq!(store.get_setting("secret").await.unwrap().as_deref(), Some("one"));
 }
 
 pub async fn abandoned_work_comes_back(store: &dyn Store) {
-    store
-        .create_instance(new_instance("a", now()))
-        .await
-        .unwrap();
+    start(store, "a").await;
     let item = fetch(store).await;
-    store
-        .abandon_orchestration_work("a", item.lease, Duration::from_millis(100))
-        .await
-        .unwrap();
-    assert!(
-        store
-            .fetch_orchestration_work(LEASE, NO_WAIT)
-            .await
-            .unwrap()
-            .is_none(),
-        "not before retry_after"
-    );
+    store.abandon_orchestration_work("a", item.lease, Duration::from_millis(100)).await.unwrap();
+    assert_no_work(store, "not before retry_after").await;
     let again = fetch(store).await;
     assert_eq!(again.messages.len(), 1);
     let mut commit = running_commit(&again);
     commit.activities.push(activity(0));
     store.commit_turn(commit).await.unwrap();
-    let activity = store
-        .fetch_activity_work(LEASE, WAIT)
-        .await
-        .unwrap()
-        .unwrap();
-    store
-        .abandon_activity_work(&activity, Duration::ZERO)
-        .await
-        .unwrap();
-    let again = store
-        .fetch_activity_work(LEASE, WAIT)
-        .await
-        .unwrap()
-        .unwrap();
+    let activity = store.fetch_activity_work(LEASE, WAIT).await.unwrap().unwrap();
+    store.abandon_activity_work(&activity, Duration::ZERO).await.unwrap();
+    let again = store.fetch_activity_work(LEASE, WAIT).await.unwrap().unwrap();
     assert_eq!((again.id, again.dequeue_count), (activity.id, 2));
 }
 
 /// A turn that consumes the newest message and sends itself one in the same commit (as
 /// continue-as-new does) must get that message: message ids are never reused.
 pub async fn message_to_self_in_a_consuming_commit_is_delivered(store: &dyn Store) {
-    store
-        .create_instance(new_instance("a", now()))
-        .await
-        .unwrap();
+    start(store, "a").await;
     let item = fetch(store).await;
     let mut commit = running_commit(&item);
     commit.messages.push(OutgoingMessage {
@@ -617,8 +372,6 @@ pub async fn message_to_self_in_a_consuming_commit_is_delivered(store: &dyn Stor
     });
     store.commit_turn(commit).await.unwrap();
     let next = fetch(store).await;
-    assert!(
-        matches!(&next.messages[0].event.kind, EventKind::EventRaised { name, .. } if name == "again")
-    );
+    assert!(matches!(&next.messages[0].event.kind, EventKind::EventRaised { name, .. } if name == "again"));
     assert!(next.messages[0].id > item.messages[0].id);
 }

@@ -1,8 +1,6 @@
 //! The records a store keeps and hands out: instances, work items, messages and turn commits.
 
-use kiln_core::{
-    FailureDetails, HistoryEvent, ParentInstance, Payload, RuntimeStatus, Timestamp, WaitingOn,
-};
+use kiln_core::{FailureDetails, HistoryEvent, ParentInstance, Payload, RuntimeStatus, Timestamp, WaitingOn};
 
 /// A request to create (start) an instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -220,10 +218,7 @@ impl PageCursor {
     /// Parses [`PageCursor::encode`]'s output.
     pub fn decode(token: &str) -> Option<PageCursor> {
         let (millis, id) = token.split_once(':')?;
-        Some(PageCursor {
-            created_at: Timestamp(millis.parse().ok()?),
-            instance_id: id.to_owned(),
-        })
+        Some(PageCursor { created_at: Timestamp(millis.parse().ok()?), instance_id: id.to_owned() })
     }
 }
 

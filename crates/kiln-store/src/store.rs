@@ -1,8 +1,8 @@
 //! The `Store` trait: everything the runtime and clients persist through.
 
 use crate::{
-    ActivityWorkItem, InstancePage, InstanceQuery, InstanceRecord, Lease, NewInstance,
-    OrchestrationWorkItem, PurgeFilter, StatusWatchers, StoreError, TurnCommit,
+    ActivityWorkItem, InstancePage, InstanceQuery, InstanceRecord, Lease, NewInstance, OrchestrationWorkItem,
+    PurgeFilter, StatusWatchers, StoreError, TurnCommit,
 };
 use async_trait::async_trait;
 use kiln_core::HistoryEvent;
@@ -50,33 +50,17 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
 
     /// Claims the next activity to run, waiting up to `wait` for one.
-    async fn fetch_activity_work(
-        &self,
-        lease_for: Duration,
-        wait: Duration,
-    ) -> StoreResult<Option<ActivityWorkItem>>;
+    async fn fetch_activity_work(&self, lease_for: Duration, wait: Duration) -> StoreResult<Option<ActivityWorkItem>>;
 
     /// Extends an activity's lease; `LeaseLost` if it already lapsed and was handed out again.
-    async fn renew_activity_lease(
-        &self,
-        item: &ActivityWorkItem,
-        lease_for: Duration,
-    ) -> StoreResult<Lease>;
+    async fn renew_activity_lease(&self, item: &ActivityWorkItem, lease_for: Duration) -> StoreResult<Lease>;
 
     /// Removes a finished activity and delivers its `TaskCompleted`/`TaskFailed` to the instance,
     /// atomically. `LeaseLost` if the lease lapsed (the activity will run again).
-    async fn complete_activity(
-        &self,
-        item: &ActivityWorkItem,
-        result: HistoryEvent,
-    ) -> StoreResult<()>;
+    async fn complete_activity(&self, item: &ActivityWorkItem, result: HistoryEvent) -> StoreResult<()>;
 
     /// Releases a claimed activity; it becomes available again after `retry_after`.
-    async fn abandon_activity_work(
-        &self,
-        item: &ActivityWorkItem,
-        retry_after: Duration,
-    ) -> StoreResult<()>;
+    async fn abandon_activity_work(&self, item: &ActivityWorkItem, retry_after: Duration) -> StoreResult<()>;
 
     /// Reads an instance's state.
     async fn get_instance(&self, instance_id: &str) -> StoreResult<Option<InstanceRecord>>;

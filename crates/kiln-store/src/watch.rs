@@ -28,12 +28,8 @@ impl StatusWatchers {
         if senders.len() > SWEEP_THRESHOLD {
             senders.retain(|_, s| s.receiver_count() > 0);
         }
-        let sender = senders
-            .entry(instance_id.to_owned())
-            .or_insert_with(|| watch::channel(()).0);
-        StatusSubscription {
-            receiver: sender.subscribe(),
-        }
+        let sender = senders.entry(instance_id.to_owned()).or_insert_with(|| watch::channel(()).0);
+        StatusSubscription { receiver: sender.subscribe() }
     }
 
     /// Wakes every subscriber of `instance_id`.
@@ -50,18 +46,13 @@ impl StatusWatchers {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<()>>> {
         // A panic while holding this lock cannot leave the map inconsistent, so recover from poison.
-        self.senders
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.senders.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 impl StatusSubscription {
     /// Waits for the next change, or returns false after `timeout`.
     pub async fn changed(&mut self, timeout: std::time::Duration) -> bool {
-        matches!(
-            tokio::time::timeout(timeout, self.receiver.changed()).await,
-            Ok(Ok(()))
-        )
+        matches!(tokio::time::timeout(timeout, self.receiver.changed()).await, Ok(Ok(())))
     }
 }

@@ -29,12 +29,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let mut options = SqliteOptions::new(dir.path().join("kiln.db"));
     options.synchronous = synchronous;
-    let kiln = Kiln::builder()
-        .sqlite_options(options)
-        .orchestration("hello", hello)
-        .activity("greet", greet)
-        .start()
-        .await?;
+    let kiln =
+        Kiln::builder().sqlite_options(options).orchestration("hello", hello).activity("greet", greet).start().await?;
     let client = kiln.client();
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -46,9 +42,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             while next.fetch_add(1, Ordering::Relaxed) < count {
                 let t0 = Instant::now();
                 let id = client.start("hello", "kiln").await?;
-                client
-                    .wait_for_completion(&id, Duration::from_secs(60))
-                    .await?;
+                client.wait_for_completion(&id, Duration::from_secs(60)).await?;
                 latencies.push(t0.elapsed());
             }
             Ok::<_, kiln::ClientError>(latencies)

@@ -22,10 +22,7 @@ struct CacheInner {
 
 impl ExecutionCache {
     pub(crate) fn new(capacity: usize) -> ExecutionCache {
-        ExecutionCache {
-            capacity,
-            inner: Mutex::new(CacheInner::default()),
-        }
+        ExecutionCache { capacity, inner: Mutex::new(CacheInner::default()) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {

@@ -3,12 +3,9 @@
 
 use crate::runtime::{Runtime, wall_clock};
 use kiln_core::{
-    EventKind, HistoryEvent, InvalidInstanceId, Payload, PayloadTooLarge, RuntimeStatus,
-    validate_instance_id,
+    EventKind, HistoryEvent, InvalidInstanceId, Payload, PayloadTooLarge, RuntimeStatus, validate_instance_id,
 };
-use kiln_store::{
-    InstancePage, InstanceQuery, InstanceRecord, NewInstance, PurgeFilter, StoreError,
-};
+use kiln_store::{InstancePage, InstanceQuery, InstanceRecord, NewInstance, PurgeFilter, StoreError};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,11 +81,7 @@ impl From<StoreError> for ClientError {
         match err {
             StoreError::NotFound(id) => ClientError::NotFound(id),
             StoreError::AlreadyExists(id, status) => ClientError::AlreadyExists { id, status },
-            StoreError::NotTerminal(id, status) => ClientError::WrongState {
-                id,
-                status,
-                operation: "be purged",
-            },
+            StoreError::NotTerminal(id, status) => ClientError::WrongState { id, status, operation: "be purged" },
             other => ClientError::Store(other),
         }
     }
@@ -115,26 +108,14 @@ impl KilnClient {
     }
 
     /// Starts an orchestration with a typed input; returns the new instance id.
-    pub async fn start<I: Serialize + ?Sized>(
-        &self,
-        name: &str,
-        input: &I,
-    ) -> Result<String, ClientError> {
-        let payload = Payload::encode(input).map_err(|e| ClientError::InvalidPayload {
-            what: "input",
-            message: e.to_string(),
-        })?;
-        self.start_with(name, payload, StartOptions::default())
-            .await
+    pub async fn start<I: Serialize + ?Sized>(&self, name: &str, input: &I) -> Result<String, ClientError> {
+        let payload = Payload::encode(input)
+            .map_err(|e| ClientError::InvalidPayload { what: "input", message: e.to_string() })?;
+        self.start_with(name, payload, StartOptions::default()).await
     }
 
     /// Starts an orchestration with a JSON input and options; returns the instance id.
-    pub async fn start_with(
-        &self,
-        name: &str,
-        input: Payload,
-        options: StartOptions,
-    ) -> Result<String, ClientError> {
+    pub async fn start_with(&self, name: &str, input: Payload, options: StartOptions) -> Result<String, ClientError> {
         let unknown = || ClientError::UnknownOrchestration {
             name: name.to_owned(),
             version: options.version.clone(),
@@ -143,12 +124,7 @@ impl KilnClient {
         let version = match &options.version {
             Some(v) if self.rt.registry.has_version(name, v) => v.clone(),
             Some(_) => return Err(unknown()),
-            None => self
-                .rt
-                .registry
-                .default_version(name)
-                .ok_or_else(unknown)?
-                .to_owned(),
+            None => self.rt.registry.default_version(name).ok_or_else(unknown)?.to_owned(),
         };
         self.rt.config.limits.check("input", &input)?;
         let instance_id = match options.instance_id {
@@ -202,10 +178,8 @@ impl KilnClient {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut subscription = self.rt.store.watchers().subscribe(instance_id);
         loop {
-            let record = self
-                .status(instance_id)
-                .await?
-                .ok_or_else(|| ClientError::NotFound(instance_id.to_owned()))?;
+            let record =
+                self.status(instance_id).await?.ok_or_else(|| ClientError::NotFound(instance_id.to_owned()))?;
             if done(&record) {
                 return Ok(Some(record));
             }
@@ -223,84 +197,34 @@ impl KilnClient {
         name: &str,
         data: &T,
     ) -> Result<(), ClientError> {
-        let payload = Payload::encode(data).map_err(|e| ClientError::InvalidPayload {
-            what: "event data",
-            message: e.to_string(),
-        })?;
+        let payload = Payload::encode(data)
+            .map_err(|e| ClientError::InvalidPayload { what: "event data", message: e.to_string() })?;
         self.raise_event_payload(instance_id, name, payload).await
     }
 
     /// Raises an external event with JSON data. `Finished` if the instance has finished.
-    pub async fn raise_event_payload(
-        &self,
-        instance_id: &str,
-        name: &str,
-        data: Payload,
-    ) -> Result<(), ClientError> {
+    pub async fn raise_event_payload(&self, instance_id: &str, name: &str, data: Payload) -> Result<(), ClientError> {
         self.rt.config.limits.check("event data", &data)?;
-        self.require(instance_id, "receive events", |status| {
-            !status.is_terminal()
-        })
-        .await?;
-        self.send(
-            instance_id,
-            EventKind::EventRaised {
-                name: name.to_owned(),
-                input: data,
-            },
-        )
-        .await
+        self.require(instance_id, "receive events", |status| !status.is_terminal()).await?;
+        self.send(instance_id, EventKind::EventRaised { name: name.to_owned(), input: data }).await
     }
 
     /// Terminates an instance (and its sub-orchestrations). Works on stuck and unregistered ones.
-    pub async fn terminate(
-        &self,
-        instance_id: &str,
-        reason: Option<&str>,
-    ) -> Result<(), ClientError> {
-        self.require(instance_id, "be terminated", |status| !status.is_terminal())
-            .await?;
-        self.send(
-            instance_id,
-            EventKind::ExecutionTerminated {
-                reason: reason.map(str::to_owned),
-            },
-        )
-        .await
+    pub async fn terminate(&self, instance_id: &str, reason: Option<&str>) -> Result<(), ClientError> {
+        self.require(instance_id, "be terminated", |status| !status.is_terminal()).await?;
+        self.send(instance_id, EventKind::ExecutionTerminated { reason: reason.map(str::to_owned) }).await
     }
 
     /// Suspends a running instance.
-    pub async fn suspend(
-        &self,
-        instance_id: &str,
-        reason: Option<&str>,
-    ) -> Result<(), ClientError> {
-        self.require(instance_id, "be suspended", |status| {
-            status != RuntimeStatus::Suspended
-        })
-        .await?;
-        self.send(
-            instance_id,
-            EventKind::ExecutionSuspended {
-                reason: reason.map(str::to_owned),
-            },
-        )
-        .await
+    pub async fn suspend(&self, instance_id: &str, reason: Option<&str>) -> Result<(), ClientError> {
+        self.require(instance_id, "be suspended", |status| status != RuntimeStatus::Suspended).await?;
+        self.send(instance_id, EventKind::ExecutionSuspended { reason: reason.map(str::to_owned) }).await
     }
 
     /// Resumes a suspended instance.
     pub async fn resume(&self, instance_id: &str, reason: Option<&str>) -> Result<(), ClientError> {
-        self.require(instance_id, "be resumed", |status| {
-            status == RuntimeStatus::Suspended
-        })
-        .await?;
-        self.send(
-            instance_id,
-            EventKind::ExecutionResumed {
-                reason: reason.map(str::to_owned),
-            },
-        )
-        .await
+        self.require(instance_id, "be resumed", |status| status == RuntimeStatus::Suspended).await?;
+        self.send(instance_id, EventKind::ExecutionResumed { reason: reason.map(str::to_owned) }).await
     }
 
     /// Rewinds a failed instance: its failed steps run again.
@@ -309,27 +233,13 @@ impl KilnClient {
         match record.status {
             RuntimeStatus::Failed => {}
             status if status.is_terminal() => {
-                return Err(ClientError::Finished {
-                    id: instance_id.to_owned(),
-                    status,
-                    operation: "be rewound",
-                });
+                return Err(ClientError::Finished { id: instance_id.to_owned(), status, operation: "be rewound" });
             }
             status => {
-                return Err(ClientError::WrongState {
-                    id: instance_id.to_owned(),
-                    status,
-                    operation: "rewind",
-                });
+                return Err(ClientError::WrongState { id: instance_id.to_owned(), status, operation: "rewind" });
             }
         }
-        self.send(
-            instance_id,
-            EventKind::ExecutionRewound {
-                reason: reason.map(str::to_owned),
-            },
-        )
-        .await
+        self.send(instance_id, EventKind::ExecutionRewound { reason: reason.map(str::to_owned) }).await
     }
 
     /// Purges a finished instance and its sub-orchestrations; returns how many were deleted.
@@ -354,9 +264,7 @@ impl KilnClient {
     }
 
     async fn existing(&self, instance_id: &str) -> Result<InstanceRecord, ClientError> {
-        self.status(instance_id)
-            .await?
-            .ok_or_else(|| ClientError::NotFound(instance_id.to_owned()))
+        self.status(instance_id).await?.ok_or_else(|| ClientError::NotFound(instance_id.to_owned()))
     }
 
     /// Checks that an operation applies: terminal instances give `Finished`, other mismatches
@@ -371,17 +279,9 @@ impl KilnClient {
         if allowed(status) {
             Ok(())
         } else if status.is_terminal() {
-            Err(ClientError::Finished {
-                id: instance_id.to_owned(),
-                status,
-                operation,
-            })
+            Err(ClientError::Finished { id: instance_id.to_owned(), status, operation })
         } else {
-            Err(ClientError::WrongState {
-                id: instance_id.to_owned(),
-                status,
-                operation,
-            })
+            Err(ClientError::WrongState { id: instance_id.to_owned(), status, operation })
         }
     }
 

@@ -20,10 +20,7 @@ pub enum Either<A, B> {
 
 /// Waits for whichever of two steps finished first in history. The other is dropped (its
 /// result, if it arrives later, is ignored).
-pub fn select2<A: DeserializeOwned, B: DeserializeOwned>(
-    a: DurableFuture<A>,
-    b: DurableFuture<B>,
-) -> Select2<A, B> {
+pub fn select2<A: DeserializeOwned, B: DeserializeOwned>(a: DurableFuture<A>, b: DurableFuture<B>) -> Select2<A, B> {
     Select2 { a, b }
 }
 
@@ -73,9 +70,7 @@ impl<T: DeserializeOwned> Future for SelectAll<T> {
             .min()
             .map(|(_, i)| i);
         match winner {
-            Some(i) => Pin::new(&mut self.futures[i])
-                .poll(cx)
-                .map(|result| (i, result)),
+            Some(i) => Pin::new(&mut self.futures[i]).poll(cx).map(|result| (i, result)),
             None => Poll::Pending,
         }
     }
@@ -84,10 +79,7 @@ impl<T: DeserializeOwned> Future for SelectAll<T> {
 /// Waits for all futures; outputs come back in the order the futures were given.
 pub fn join_all<F: Future + Unpin>(futures: Vec<F>) -> JoinAll<F> {
     let outputs = futures.iter().map(|_| None).collect();
-    JoinAll {
-        futures: futures.into_iter().map(Some).collect(),
-        outputs,
-    }
+    JoinAll { futures: futures.into_iter().map(Some).collect(), outputs }
 }
 
 /// Future returned by [`join_all`].

@@ -6,9 +6,7 @@
 
 use crate::failure::Failure;
 use crate::retry::RetryPolicy;
-use kiln_core::{
-    FailureDetails, Outcome, Payload, PayloadLimits, ReplayState, Slot, Timestamp, error_types,
-};
+use kiln_core::{FailureDetails, Outcome, Payload, PayloadLimits, ReplayState, Slot, Timestamp, error_types};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::future::Future;
@@ -34,16 +32,11 @@ impl ContextInner {
     pub(crate) fn lock(&self) -> MutexGuard<'_, ReplayState> {
         // Replay state changes are single-step and leave it consistent even if user code panicked
         // while a guard was alive, so recovering a poisoned lock is safe.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn fail(&self, failure: FailureDetails) {
-        self.fatal
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_or_insert(failure);
+        self.fatal.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(failure);
     }
 }
 
@@ -91,23 +84,14 @@ impl OrchestrationContext {
         match Payload::encode(status) {
             Ok(payload) => match self.inner.limits.check_custom_status(&payload) {
                 Ok(()) => self.inner.lock().set_custom_status(payload),
-                Err(err) => self.inner.fail(FailureDetails::new(
-                    error_types::PAYLOAD_TOO_LARGE,
-                    err.to_string(),
-                )),
+                Err(err) => self.inner.fail(FailureDetails::new(error_types::PAYLOAD_TOO_LARGE, err.to_string())),
             },
-            Err(err) => self
-                .inner
-                .fail(Failure::serialization("custom status", &err).into_details()),
+            Err(err) => self.inner.fail(Failure::serialization("custom status", &err).into_details()),
         }
     }
 
     /// Calls an activity once and waits for its output.
-    pub fn call_activity<I: Serialize + ?Sized, O: DeserializeOwned>(
-        &self,
-        name: &str,
-        input: &I,
-    ) -> DurableFuture<O> {
+    pub fn call_activity<I: Serialize + ?Sized, O: DeserializeOwned>(&self, name: &str, input: &I) -> DurableFuture<O> {
         self.schedule_activity(name, input, 1)
     }
 
@@ -128,10 +112,7 @@ impl OrchestrationContext {
             let first_attempt_at = ctx.current_time();
             let mut attempt = 1;
             loop {
-                let failure = match ctx
-                    .schedule_payload::<O>(&name, payload.clone(), attempt)
-                    .await
-                {
+                let failure = match ctx.schedule_payload::<O>(&name, payload.clone(), attempt).await {
                     Ok(output) => return Ok(output),
                     Err(failure) => failure,
                 };
@@ -166,12 +147,7 @@ impl OrchestrationContext {
         }
     }
 
-    fn schedule_payload<O: DeserializeOwned>(
-        &self,
-        name: &str,
-        input: Payload,
-        attempt: u32,
-    ) -> DurableFuture<O> {
+    fn schedule_payload<O: DeserializeOwned>(&self, name: &str, input: Payload, attempt: u32) -> DurableFuture<O> {
         let step = self.inner.lock().schedule_activity(name, input, attempt);
         DurableFuture::new(self, Slot::Step(step), format!("activity '{name}'"))
     }
@@ -202,22 +178,12 @@ impl OrchestrationContext {
         input: &I,
     ) -> DurableFuture<O> {
         if let Some(Err(err)) = instance_id.as_deref().map(kiln_core::validate_instance_id) {
-            return DurableFuture::failed(
-                self,
-                Failure::typed("InvalidInstanceId", err.to_string()),
-            );
+            return DurableFuture::failed(self, Failure::typed("InvalidInstanceId", err.to_string()));
         }
         match self.encode_payload("sub-orchestration input", input) {
             Ok(payload) => {
-                let step =
-                    self.inner
-                        .lock()
-                        .schedule_sub_orchestration(name, "", instance_id, payload);
-                DurableFuture::new(
-                    self,
-                    Slot::Step(step),
-                    format!("sub-orchestration '{name}'"),
-                )
+                let step = self.inner.lock().schedule_sub_orchestration(name, "", instance_id, payload);
+                DurableFuture::new(self, Slot::Step(step), format!("sub-orchestration '{name}'"))
             }
             Err(failure) => DurableFuture::failed(self, failure),
         }
@@ -252,10 +218,7 @@ impl OrchestrationContext {
     /// Ends this execution and starts a new one with `input` and an empty history. Await it as
     /// the orchestration's last step: it never resolves. External events nobody consumed are
     /// dropped unless [`OrchestrationContext::continue_as_new_preserving_events`] is used.
-    pub fn continue_as_new<I: Serialize + ?Sized, T>(
-        &self,
-        input: &I,
-    ) -> impl Future<Output = T> + Send + use<I, T> {
+    pub fn continue_as_new<I: Serialize + ?Sized, T>(&self, input: &I) -> impl Future<Output = T> + Send + use<I, T> {
         self.request_continue_as_new(input, false)
     }
 
@@ -279,11 +242,7 @@ impl OrchestrationContext {
         std::future::pending()
     }
 
-    fn encode_payload<T: Serialize + ?Sized>(
-        &self,
-        what: &'static str,
-        value: &T,
-    ) -> Result<Payload, Failure> {
+    fn encode_payload<T: Serialize + ?Sized>(&self, what: &'static str, value: &T) -> Result<Payload, Failure> {
         let payload = Payload::encode(value).map_err(|e| Failure::serialization(what, &e))?;
         self.inner
             .limits
@@ -309,13 +268,7 @@ pub struct DurableFuture<T> {
 
 impl<T> DurableFuture<T> {
     fn new(ctx: &OrchestrationContext, slot: Slot, what: String) -> DurableFuture<T> {
-        DurableFuture {
-            inner: Arc::clone(&ctx.inner),
-            slot: Some(slot),
-            immediate: None,
-            what,
-            _output: PhantomData,
-        }
+        DurableFuture { inner: Arc::clone(&ctx.inner), slot: Some(slot), immediate: None, what, _output: PhantomData }
     }
 
     fn failed(ctx: &OrchestrationContext, failure: Failure) -> DurableFuture<T> {
@@ -353,9 +306,9 @@ impl<T: DeserializeOwned> Future for DurableFuture<T> {
         };
         self.slot = None;
         Poll::Ready(match completion.outcome {
-            Outcome::Completed(payload) => payload
-                .decode()
-                .map_err(|e| Failure::serialization(&format!("output of {}", self.what), &e)),
+            Outcome::Completed(payload) => {
+                payload.decode().map_err(|e| Failure::serialization(&format!("output of {}", self.what), &e))
+            }
             Outcome::Failed(details) => Err(Failure::from(details)),
         })
     }

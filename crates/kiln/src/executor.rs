@@ -8,10 +8,7 @@
 use crate::context::{ContextInner, OrchestrationContext};
 use crate::panic::poll_catching;
 use crate::registry::{ErasedFuture, OrchestrationFn};
-use kiln_core::{
-    Applied, ExecutionOutcome, FailureDetails, HistoryEvent, PayloadLimits, ReplayError,
-    ReplayState,
-};
+use kiln_core::{Applied, ExecutionOutcome, FailureDetails, HistoryEvent, PayloadLimits, ReplayError, ReplayState};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -41,14 +38,7 @@ impl Execution {
             name: name.to_owned(),
             fatal: Mutex::new(None),
         });
-        Execution {
-            inner,
-            orchestration,
-            future: None,
-            outcome: None,
-            execution,
-            history_len: 0,
-        }
+        Execution { inner, orchestration, future: None, outcome: None, execution, history_len: 0 }
     }
 
     /// Replays stored history. No new actions may come out of it.
@@ -97,21 +87,14 @@ impl Execution {
         if let Some(err) = self.inner.lock().take_code_error() {
             return Err(err);
         }
-        let fatal = self
-            .inner
-            .fatal
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let fatal = self.inner.fatal.lock().unwrap_or_else(|p| p.into_inner()).take();
         let continue_as_new = self.inner.lock().continue_as_new_request().cloned();
         self.outcome = match (fatal, polled) {
             (Some(failure), _) | (None, Err(failure)) => Some(ExecutionOutcome::Failed(failure)),
             (None, Ok(_)) if continue_as_new.is_some() => {
-                continue_as_new.map(|(input, preserve_unprocessed_events)| {
-                    ExecutionOutcome::ContinuedAsNew {
-                        input,
-                        preserve_unprocessed_events,
-                    }
+                continue_as_new.map(|(input, preserve_unprocessed_events)| ExecutionOutcome::ContinuedAsNew {
+                    input,
+                    preserve_unprocessed_events,
                 })
             }
             (None, Ok(Poll::Ready(Ok(output)))) => Some(ExecutionOutcome::Completed(output)),

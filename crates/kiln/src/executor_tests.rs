@@ -7,8 +7,7 @@ use crate::context::OrchestrationContext;
 use crate::failure::Failure;
 use crate::registry::Registry;
 use kiln_core::{
-    Action, EventKind, ExecutionOutcome, FailureDetails, HistoryEvent, Payload, PayloadLimits,
-    ReplayError, Timestamp,
+    Action, EventKind, ExecutionOutcome, FailureDetails, HistoryEvent, Payload, PayloadLimits, ReplayError, Timestamp,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -23,21 +22,11 @@ where
 {
     let mut registry = Registry::default();
     registry.add_orchestration("test", "", f);
-    Execution::new(
-        "i",
-        "test",
-        0,
-        registry.orchestration("test", "").unwrap(),
-        PayloadLimits::default(),
-    )
+    Execution::new("i", "test", 0, registry.orchestration("test", "").unwrap(), PayloadLimits::default())
 }
 
 fn ev(id: i64, kind: EventKind) -> HistoryEvent {
-    HistoryEvent {
-        event_id: id,
-        timestamp: Timestamp(1_000),
-        kind,
-    }
+    HistoryEvent { event_id: id, timestamp: Timestamp(1_000), kind }
 }
 
 fn json(text: &str) -> Payload {
@@ -60,24 +49,11 @@ fn started(input: &str) -> Vec<HistoryEvent> {
 }
 
 fn scheduled(step: i64, name: &str) -> HistoryEvent {
-    ev(
-        step,
-        EventKind::TaskScheduled {
-            name: name.into(),
-            input: json("null"),
-            attempt: 1,
-        },
-    )
+    ev(step, EventKind::TaskScheduled { name: name.into(), input: json("null"), attempt: 1 })
 }
 
 fn completed(step: u64, result: &str) -> HistoryEvent {
-    ev(
-        -1,
-        EventKind::TaskCompleted {
-            task_scheduled_id: step,
-            result: json(result),
-        },
-    )
+    ev(-1, EventKind::TaskCompleted { task_scheduled_id: step, result: json(result) })
 }
 
 fn outcome_json(execution: &Execution) -> String {
@@ -111,10 +87,7 @@ fn partial_history_continues_from_where_it_stopped() {
     let mut history = started("null");
     history.extend([scheduled(0, "a"), completed(0, r#""A""#), scheduled(1, "b")]);
     exec.replay(&history).unwrap();
-    assert!(
-        exec.state().take_new_actions().is_empty(),
-        "nothing new while replaying"
-    );
+    assert!(exec.state().take_new_actions().is_empty(), "nothing new while replaying");
     exec.apply_new(&completed(1, r#""B""#)).unwrap();
     assert_eq!(outcome_json(&exec), r#"["A","B"]"#);
 }
@@ -122,20 +95,12 @@ fn partial_history_continues_from_where_it_stopped() {
 #[test]
 fn completions_out_of_order_still_join_in_call_order() {
     async fn both(ctx: OrchestrationContext, _: ()) -> Result<Vec<String>, Failure> {
-        let calls = vec![
-            ctx.call_activity::<_, String>("a", &()),
-            ctx.call_activity::<_, String>("b", &()),
-        ];
+        let calls = vec![ctx.call_activity::<_, String>("a", &()), ctx.call_activity::<_, String>("b", &())];
         join_all(calls).await.into_iter().collect()
     }
     let mut exec = execution(both);
     let mut history = started("null");
-    history.extend([
-        scheduled(0, "a"),
-        scheduled(1, "b"),
-        completed(1, r#""B""#),
-        completed(0, r#""A""#),
-    ]);
+    history.extend([scheduled(0, "a"), scheduled(1, "b"), completed(1, r#""B""#), completed(0, r#""A""#)]);
     exec.replay(&history).unwrap();
     assert_eq!(outcome_json(&exec), r#"["A","B"]"#);
 }
@@ -158,20 +123,10 @@ fn select_follows_history_order_not_poll_order() {
         scheduled(1, "b"),
         completed(1, r#""B""#),
         completed(0, r#""A""#),
-        ev(
-            -1,
-            EventKind::EventRaised {
-                name: "go".into(),
-                input: json("null"),
-            },
-        ),
+        ev(-1, EventKind::EventRaised { name: "go".into(), input: json("null") }),
     ]);
     exec.replay(&history).unwrap();
-    assert_eq!(
-        outcome_json(&exec),
-        r#""right B""#,
-        "b completed first in history"
-    );
+    assert_eq!(outcome_json(&exec), r#""right B""#, "b completed first in history");
 }
 
 #[test]
@@ -188,26 +143,12 @@ fn select_loser_completing_later_is_ignored() {
     let mut history = started("null");
     history.extend([
         scheduled(0, "slow"),
-        ev(
-            1,
-            EventKind::TimerCreated {
-                fire_at: Timestamp(5_000),
-            },
-        ),
-        ev(
-            -1,
-            EventKind::TimerFired {
-                timer_id: 1,
-                fire_at: Timestamp(5_000),
-            },
-        ),
+        ev(1, EventKind::TimerCreated { fire_at: Timestamp(5_000) }),
+        ev(-1, EventKind::TimerFired { timer_id: 1, fire_at: Timestamp(5_000) }),
     ]);
     exec.replay(&history).unwrap();
     assert_eq!(outcome_json(&exec), r#""timed out""#);
-    assert!(
-        !exec.apply_new(&completed(0, r#""late""#)).unwrap(),
-        "a finished execution records nothing more"
-    );
+    assert!(!exec.apply_new(&completed(0, r#""late""#)).unwrap(), "a finished execution records nothing more");
 }
 
 #[test]
@@ -231,10 +172,7 @@ fn corrupted_history_is_reported() {
     let mut exec = execution(two_steps);
     let mut history = started("null");
     history.push(completed(9, "1"));
-    assert!(matches!(
-        exec.replay(&history),
-        Err(ReplayError::Corrupted(_))
-    ));
+    assert!(matches!(exec.replay(&history), Err(ReplayError::Corrupted(_))));
 }
 
 #[test]
@@ -250,10 +188,7 @@ fn continue_as_new_ends_the_execution_with_the_next_input() {
     exec.apply_new(&completed(0, "5")).unwrap();
     assert_eq!(
         exec.outcome(),
-        Some(&ExecutionOutcome::ContinuedAsNew {
-            input: json("5"),
-            preserve_unprocessed_events: false
-        })
+        Some(&ExecutionOutcome::ContinuedAsNew { input: json("5"), preserve_unprocessed_events: false })
     );
 }
 
@@ -261,10 +196,7 @@ fn continue_as_new_ends_the_execution_with_the_next_input() {
 fn sub_orchestration_results_and_failures_replay() {
     async fn parent(ctx: OrchestrationContext, _: ()) -> Result<String, Failure> {
         let ok: String = ctx.call_sub_orchestration("child", &1).await?;
-        let failed = ctx
-            .call_sub_orchestration::<_, String>("child", &2)
-            .await
-            .unwrap_err();
+        let failed = ctx.call_sub_orchestration::<_, String>("child", &2).await.unwrap_err();
         Ok(format!("{ok} / {}", failed.message()))
     }
     let created = |step: i64| {
@@ -282,13 +214,7 @@ fn sub_orchestration_results_and_failures_replay() {
     let mut history = started("null");
     history.extend([
         created(0),
-        ev(
-            -1,
-            EventKind::SubOrchestrationInstanceCompleted {
-                task_scheduled_id: 0,
-                result: json(r#""one""#),
-            },
-        ),
+        ev(-1, EventKind::SubOrchestrationInstanceCompleted { task_scheduled_id: 0, result: json(r#""one""#) }),
         created(1),
         ev(
             -1,

@@ -19,9 +19,7 @@ impl Failure {
 
     /// A failure with an explicit error type (e.g. `"ValidationFailed"`).
     pub fn typed(error_type: impl Into<String>, message: impl Into<String>) -> Failure {
-        Failure {
-            details: FailureDetails::new(error_type, message),
-        }
+        Failure { details: FailureDetails::new(error_type, message) }
     }
 
     /// A failure from any error, keeping its message and its source chain as details.

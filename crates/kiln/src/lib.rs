@@ -63,13 +63,10 @@ pub use retry::RetryPolicy;
 pub use runtime::MetricsSnapshot;
 
 pub use kiln_core::{
-    EventKind, FailureDetails, HistoryEvent, Payload, PayloadLimits, RuntimeStatus, Timestamp,
-    WaitingOn, error_types,
+    EventKind, FailureDetails, HistoryEvent, Payload, PayloadLimits, RuntimeStatus, Timestamp, WaitingOn, error_types,
 };
 pub use kiln_sqlite::{OpenError, SqliteOptions, SqliteStore, Synchronous};
-pub use kiln_store::{
-    InstancePage, InstanceQuery, InstanceRecord, PageCursor, PurgeFilter, Store, StoreError,
-};
+pub use kiln_store::{InstancePage, InstanceQuery, InstanceRecord, PageCursor, PurgeFilter, Store, StoreError};
 
 use registry::Registry;
 use runtime::Runtime;
@@ -172,20 +169,10 @@ impl KilnBuilder {
         let (shutdown, signal) = watch::channel(false);
         let mut workers = Vec::new();
         for _ in 0..rt.config.orchestration_concurrency.max(1) {
-            workers.push(tokio::spawn(worker::orchestration_worker(
-                Arc::clone(&rt),
-                signal.clone(),
-            )));
+            workers.push(tokio::spawn(worker::orchestration_worker(Arc::clone(&rt), signal.clone())));
         }
-        workers.push(tokio::spawn(worker::activity_dispatcher(
-            Arc::clone(&rt),
-            signal,
-        )));
-        Ok(Kiln {
-            rt,
-            shutdown,
-            workers: Mutex::new(workers),
-        })
+        workers.push(tokio::spawn(worker::activity_dispatcher(Arc::clone(&rt), signal)));
+        Ok(Kiln { rt, shutdown, workers: Mutex::new(workers) })
     }
 }
 
@@ -199,12 +186,7 @@ pub struct Kiln {
 impl Kiln {
     /// Starts configuring a runtime.
     pub fn builder() -> KilnBuilder {
-        KilnBuilder {
-            store: None,
-            sqlite: None,
-            registry: Registry::default(),
-            config: RuntimeConfig::default(),
-        }
+        KilnBuilder { store: None, sqlite: None, registry: Registry::default(), config: RuntimeConfig::default() }
     }
 
     /// A client for this runtime.
@@ -226,8 +208,7 @@ impl Kiln {
     /// the rest, and closes the store after its pending writes.
     pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
-        let workers: Vec<JoinHandle<()>> =
-            std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()));
+        let workers: Vec<JoinHandle<()>> = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()));
         for worker in workers {
             let _ = worker.await;
         }

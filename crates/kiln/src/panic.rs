@@ -34,9 +34,7 @@ pub(crate) struct CatchPanic<F> {
 
 impl<F: Future> CatchPanic<F> {
     pub(crate) fn new(inner: F) -> Self {
-        CatchPanic {
-            inner: Box::pin(inner),
-        }
+        CatchPanic { inner: Box::pin(inner) }
     }
 }
 

@@ -13,8 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 /// A running orchestration or activity, type-erased to payloads.
-pub(crate) type ErasedFuture =
-    Pin<Box<dyn Future<Output = Result<Payload, FailureDetails>> + Send>>;
+pub(crate) type ErasedFuture = Pin<Box<dyn Future<Output = Result<Payload, FailureDetails>> + Send>>;
 /// A user function taking context `C`, type-erased to payloads.
 pub(crate) type ErasedFn<C> = Arc<dyn Fn(C, Payload) -> ErasedFuture + Send + Sync>;
 /// An orchestration function, type-erased.
@@ -43,12 +42,9 @@ where
     Arc::new(move |ctx, input: Payload| {
         let f = Arc::clone(&f);
         Box::pin(async move {
-            let input: I = input
-                .decode()
-                .map_err(|e| Failure::serialization(input_what, &e).into_details())?;
+            let input: I = input.decode().map_err(|e| Failure::serialization(input_what, &e).into_details())?;
             let output = f(ctx, input).await.map_err(Failure::into_details)?;
-            Payload::encode(&output)
-                .map_err(|e| Failure::serialization(output_what, &e).into_details())
+            Payload::encode(&output).map_err(|e| Failure::serialization(output_what, &e).into_details())
         })
     })
 }
@@ -74,27 +70,17 @@ impl Registry {
         F: Fn(ActivityContext, I) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<O, Failure>> + Send + 'static,
     {
-        self.activities.insert(
-            name.to_owned(),
-            erase(f, "activity input", "activity output"),
-        );
+        self.activities.insert(name.to_owned(), erase(f, "activity input", "activity output"));
     }
 
     /// The orchestration registered under `name` and `version`.
     pub(crate) fn orchestration(&self, name: &str, version: &str) -> Option<OrchestrationFn> {
-        self.orchestrations
-            .get(name)?
-            .iter()
-            .find(|(v, _)| v == version)
-            .map(|(_, f)| Arc::clone(f))
+        self.orchestrations.get(name)?.iter().find(|(v, _)| v == version).map(|(_, f)| Arc::clone(f))
     }
 
     /// The version new instances of `name` start on (the last registered), if registered.
     pub(crate) fn default_version(&self, name: &str) -> Option<&str> {
-        self.orchestrations
-            .get(name)?
-            .last()
-            .map(|(v, _)| v.as_str())
+        self.orchestrations.get(name)?.last().map(|(v, _)| v.as_str())
     }
 
     /// True if this version of `name` is registered.

@@ -54,17 +54,10 @@ impl RetryPolicy {
 
     /// The wait before retry `n` (0 = the wait after the first attempt failed).
     pub fn delay(&self, n: u32) -> Duration {
-        let factor = self
-            .backoff_coefficient
-            .max(0.0)
-            .powi(i32::try_from(n).unwrap_or(i32::MAX));
+        let factor = self.backoff_coefficient.max(0.0).powi(i32::try_from(n).unwrap_or(i32::MAX));
         let millis = self.first_interval.as_millis() as f64 * factor;
         let capped = millis.min(self.max_interval.as_millis() as f64);
-        Duration::from_millis(if capped.is_finite() {
-            capped as u64
-        } else {
-            u64::MAX
-        })
+        Duration::from_millis(if capped.is_finite() { capped as u64 } else { u64::MAX })
     }
 }
 
@@ -74,9 +67,8 @@ mod tests {
 
     #[test]
     fn delays_grow_and_cap() {
-        let policy = RetryPolicy::new(5, Duration::from_secs(1))
-            .with_backoff(2.0)
-            .with_max_interval(Duration::from_secs(5));
+        let policy =
+            RetryPolicy::new(5, Duration::from_secs(1)).with_backoff(2.0).with_max_interval(Duration::from_secs(5));
         let delays: Vec<u64> = (0..4).map(|n| policy.delay(n).as_secs()).collect();
         assert_eq!(delays, vec![1, 2, 4, 5]);
     }

@@ -56,20 +56,12 @@ impl Metrics {
 impl Runtime {
     pub(crate) fn new(store: Arc<dyn Store>, registry: Registry, config: RuntimeConfig) -> Runtime {
         let cache = ExecutionCache::new(config.cache_capacity);
-        Runtime {
-            store,
-            registry,
-            config,
-            cache,
-            metrics: Metrics::default(),
-        }
+        Runtime { store, registry, config, cache, metrics: Metrics::default() }
     }
 }
 
 /// The wall clock as a [`Timestamp`] (the runtime's only clock; orchestrations see turn stamps).
 pub(crate) fn wall_clock() -> Timestamp {
-    let millis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     Timestamp(millis)
 }

@@ -6,14 +6,15 @@
 //! outcome into history, outgoing work and the new instance state.
 
 use crate::executor::Execution;
+use crate::registry::OrchestrationFn;
 use crate::runtime::{Runtime, wall_clock};
 use kiln_core::{
-    Action, EventKind, ExecutionOutcome, FailureDetails, HistoryEvent, ParentInstance, Payload,
-    ReplayError, RuntimeStatus, Timestamp, error_types, plan_rewind,
+    Action, EventKind, ExecutionOutcome, FailureDetails, HistoryEvent, ParentInstance, Payload, ReplayError,
+    RuntimeStatus, Timestamp, error_types, plan_rewind,
 };
 use kiln_store::{
-    HistoryUpdate, InboxMessage, InstanceRecord, NewActivity, NewInstance, NewSubOrchestration,
-    OrchestrationWorkItem, OutgoingMessage, StoreError, TurnCommit,
+    HistoryUpdate, InboxMessage, InstanceRecord, NewActivity, NewInstance, NewSubOrchestration, OrchestrationWorkItem,
+    OutgoingMessage, StoreError, TurnCommit,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -54,32 +55,21 @@ pub(crate) async fn run_turn(rt: &Runtime, item: OrchestrationWorkItem) {
             }
             match rt.store.commit_turn(*commit).await {
                 Ok(()) => {
-                    rt.metrics
-                        .turns
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    rt.metrics.turns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 Err(err) => {
                     rt.cache.take(&instance_id);
                     if matches!(err, StoreError::LeaseLost(_)) {
-                        tracing::warn!(
-                            instance_id,
-                            "lease lost before commit; another worker redoes the turn"
-                        );
+                        tracing::warn!(instance_id, "lease lost before commit; another worker redoes the turn");
                     } else {
                         tracing::warn!(instance_id, error = %err, "turn commit failed; retrying later");
-                        let _ = rt
-                            .store
-                            .abandon_orchestration_work(&instance_id, lease, Duration::from_secs(1))
-                            .await;
+                        let _ = rt.store.abandon_orchestration_work(&instance_id, lease, Duration::from_secs(1)).await;
                     }
                 }
             }
         }
         TurnPlan::Abandon(retry_after) => {
-            let _ = rt
-                .store
-                .abandon_orchestration_work(&instance_id, lease, retry_after)
-                .await;
+            let _ = rt.store.abandon_orchestration_work(&instance_id, lease, retry_after).await;
         }
     }
 }
@@ -89,35 +79,22 @@ async fn plan_turn(rt: &Runtime, item: &OrchestrationWorkItem) -> Result<TurnPla
     let instance = &item.instance;
     let mut commit = unchanged_commit(item, now);
     // Messages addressed to an earlier execution (late activity results, old timers) are dropped.
-    let (current, stale): (Vec<&InboxMessage>, Vec<&InboxMessage>) = item
-        .messages
-        .iter()
-        .partition(|m| m.execution.is_none_or(|e| e == instance.execution));
+    let (current, stale): (Vec<&InboxMessage>, Vec<&InboxMessage>) =
+        item.messages.iter().partition(|m| m.execution.is_none_or(|e| e == instance.execution));
     commit.consumed.extend(stale.iter().map(|m| m.id));
 
     if item.dequeue_count > rt.config.max_dequeue_count {
         commit.consumed.extend(current.iter().map(|m| m.id));
         let failure = FailureDetails::new(
             error_types::POISON,
-            format!(
-                "the instance's work was claimed {} times without completing; giving up",
-                item.dequeue_count - 1
-            ),
+            format!("the instance's work was claimed {} times without completing; giving up", item.dequeue_count - 1),
         );
-        finish(
-            &mut commit,
-            instance,
-            None,
-            vec![turn_started(now)],
-            ExecutionEnd::Failed(failure),
-        );
+        finish(&mut commit, instance, None, vec![turn_started(now)], ExecutionEnd::Failed(failure));
         return Ok(TurnPlan::Commit(Box::new(commit), None));
     }
 
     if instance.status.is_terminal() {
-        let rewind = current
-            .iter()
-            .find(|m| matches!(m.event.kind, EventKind::ExecutionRewound { .. }));
+        let rewind = current.iter().find(|m| matches!(m.event.kind, EventKind::ExecutionRewound { .. }));
         if let (Some(message), RuntimeStatus::Failed) = (rewind, instance.status) {
             return rewind_turn(rt, instance, commit, message).await;
         }
@@ -126,10 +103,7 @@ async fn plan_turn(rt: &Runtime, item: &OrchestrationWorkItem) -> Result<TurnPla
         return Ok(TurnPlan::Commit(Box::new(commit), None));
     }
 
-    if let Some(message) = current
-        .iter()
-        .find(|m| matches!(m.event.kind, EventKind::ExecutionTerminated { .. }))
-    {
+    if let Some(message) = current.iter().find(|m| matches!(m.event.kind, EventKind::ExecutionTerminated { .. })) {
         commit.consumed.extend(current.iter().map(|m| m.id));
         terminate(rt, instance, &mut commit, &message.event).await?;
         return Ok(TurnPlan::Commit(Box::new(commit), None));
@@ -159,41 +133,18 @@ async fn plan_turn(rt: &Runtime, item: &OrchestrationWorkItem) -> Result<TurnPla
         return Ok(TurnPlan::Abandon(rt.config.unregistered_retry));
     };
     let mut execution = match rt.cache.take(&instance.instance_id) {
-        Some(cached)
-            if cached.execution == instance.execution
-                && cached.history_len == instance.history_len =>
-        {
-            cached
-        }
+        Some(cached) if cached.execution == instance.execution && cached.history_len == instance.history_len => cached,
         _ => {
-            let mut execution = Execution::new(
-                &instance.instance_id,
-                &instance.name,
-                instance.execution,
-                orchestration,
-                rt.config.limits,
-            );
-            if instance.history_len > 0 {
+            if instance.history_len == 0 {
+                replayed(rt, instance, orchestration, &[])
+            } else {
                 let history = rt.store.get_history(&instance.instance_id).await?;
-                rt.metrics
-                    .replays
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if let Err(err) = execution.replay(&history) {
-                    execution.fail(replay_failure(&err));
-                }
+                rt.metrics.replays.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                replayed(rt, instance, orchestration, &history)
             }
-            execution
         }
     };
-    apply_events(
-        rt,
-        instance,
-        &mut commit,
-        &mut execution,
-        None,
-        events,
-        suspended,
-    );
+    apply_events(rt, instance, &mut commit, &mut execution, None, events, suspended);
     Ok(finished_plan(commit, execution))
 }
 
@@ -245,9 +196,7 @@ async fn terminate(
     event: &HistoryEvent,
 ) -> Result<(), StoreError> {
     let children = match rt.cache.take(&instance.instance_id) {
-        Some(execution) if execution.execution == instance.execution => {
-            execution.state().open_sub_orchestrations()
-        }
+        Some(execution) if execution.execution == instance.execution => execution.state().open_sub_orchestrations(),
         _ => open_children(&rt.store.get_history(&instance.instance_id).await?),
     };
     for child in children {
@@ -256,9 +205,7 @@ async fn terminate(
             execution: None,
             event: HistoryEvent::new(
                 commit.now,
-                EventKind::ExecutionTerminated {
-                    reason: Some("parent terminated".into()),
-                },
+                EventKind::ExecutionTerminated { reason: Some("parent terminated".into()) },
             ),
             visible_at: None,
         });
@@ -267,13 +214,7 @@ async fn terminate(
         EventKind::ExecutionTerminated { reason } => reason.clone(),
         _ => None,
     };
-    finish(
-        commit,
-        instance,
-        None,
-        vec![turn_started(commit.now), event.clone()],
-        ExecutionEnd::Terminated(reason),
-    );
+    finish(commit, instance, None, vec![turn_started(commit.now), event.clone()], ExecutionEnd::Terminated(reason));
     Ok(())
 }
 
@@ -285,12 +226,8 @@ fn open_children(history: &[HistoryEvent]) -> Vec<String> {
             EventKind::SubOrchestrationInstanceCreated { instance_id, .. } => {
                 open.insert(event.event_id, instance_id.clone());
             }
-            EventKind::SubOrchestrationInstanceCompleted {
-                task_scheduled_id, ..
-            }
-            | EventKind::SubOrchestrationInstanceFailed {
-                task_scheduled_id, ..
-            } => {
+            EventKind::SubOrchestrationInstanceCompleted { task_scheduled_id, .. }
+            | EventKind::SubOrchestrationInstanceFailed { task_scheduled_id, .. } => {
                 open.remove(&(*task_scheduled_id as i64));
             }
             _ => {}
@@ -332,35 +269,29 @@ async fn rewind_turn(
         commit.messages.push(OutgoingMessage {
             instance_id: child.clone(),
             execution: None,
-            event: HistoryEvent::new(
-                commit.now,
-                EventKind::ExecutionRewound {
-                    reason: Some("parent rewound".into()),
-                },
-            ),
+            event: HistoryEvent::new(commit.now, EventKind::ExecutionRewound { reason: Some("parent rewound".into()) }),
             visible_at: None,
         });
     }
-    let mut execution = Execution::new(
-        &instance.instance_id,
-        &instance.name,
-        instance.execution,
-        orchestration,
-        rt.config.limits,
-    );
-    if let Err(err) = execution.replay(&plan.history) {
+    let mut execution = replayed(rt, instance, orchestration, &plan.history);
+    apply_events(rt, instance, &mut commit, &mut execution, Some(plan.history), Vec::new(), false);
+    Ok(finished_plan(commit, execution))
+}
+
+/// A new execution of the instance with `history` replayed into it. A history the code does not
+/// reproduce leaves the execution failed with the replay error.
+fn replayed(
+    rt: &Runtime,
+    instance: &InstanceRecord,
+    orchestration: OrchestrationFn,
+    history: &[HistoryEvent],
+) -> Execution {
+    let mut execution =
+        Execution::new(&instance.instance_id, &instance.name, instance.execution, orchestration, rt.config.limits);
+    if let Err(err) = execution.replay(history) {
         execution.fail(replay_failure(&err));
     }
-    apply_events(
-        rt,
-        instance,
-        &mut commit,
-        &mut execution,
-        Some(plan.history),
-        Vec::new(),
-        false,
-    );
-    Ok(finished_plan(commit, execution))
+    execution
 }
 
 /// Applies a turn's new events to the execution and records the result in the commit.
@@ -397,16 +328,10 @@ fn apply_events(
     match execution.outcome().cloned() {
         None => {
             carry_out(rt, instance, commit, actions, true);
-            commit.status = if suspended {
-                RuntimeStatus::Suspended
-            } else {
-                RuntimeStatus::Running
-            };
+            commit.status = if suspended { RuntimeStatus::Suspended } else { RuntimeStatus::Running };
             commit.waiting_on = execution.state().waiting_on();
-            execution.history_len = base
-                .as_ref()
-                .map_or(instance.history_len, |b| b.len() as u64)
-                + appended.len() as u64;
+            execution.history_len =
+                base.as_ref().map_or(instance.history_len, |b| b.len() as u64) + appended.len() as u64;
             commit.history = match base {
                 Some(mut base) => {
                     base.append(&mut appended);
@@ -419,27 +344,15 @@ fn apply_events(
             carry_out(rt, instance, commit, actions, false);
             let end = match rt.config.limits.check("orchestration output", &output) {
                 Ok(()) => ExecutionEnd::Completed(output),
-                Err(err) => ExecutionEnd::Failed(FailureDetails::new(
-                    error_types::PAYLOAD_TOO_LARGE,
-                    err.to_string(),
-                )),
+                Err(err) => ExecutionEnd::Failed(FailureDetails::new(error_types::PAYLOAD_TOO_LARGE, err.to_string())),
             };
             finish(commit, instance, base, appended, end);
         }
         Some(ExecutionOutcome::Failed(failure)) => {
             carry_out(rt, instance, commit, actions, false);
-            finish(
-                commit,
-                instance,
-                base,
-                appended,
-                ExecutionEnd::Failed(failure),
-            );
+            finish(commit, instance, base, appended, ExecutionEnd::Failed(failure));
         }
-        Some(ExecutionOutcome::ContinuedAsNew {
-            input,
-            preserve_unprocessed_events,
-        }) => {
+        Some(ExecutionOutcome::ContinuedAsNew { input, preserve_unprocessed_events }) => {
             carry_out(rt, instance, commit, actions, false);
             let next = instance.execution + 1;
             commit.history = HistoryUpdate::Replace(Vec::new());
@@ -455,12 +368,7 @@ fn apply_events(
                 input,
                 parent: instance.parent.clone(),
             };
-            commit.messages.push(to_self(
-                instance,
-                Some(next),
-                HistoryEvent::new(now, restart),
-                None,
-            ));
+            commit.messages.push(to_self(instance, Some(next), HistoryEvent::new(now, restart), None));
             if preserve_unprocessed_events {
                 for (name, input) in execution.state().unconsumed_events() {
                     let raised = HistoryEvent::new(now, EventKind::EventRaised { name, input });
@@ -477,44 +385,23 @@ fn to_self(
     event: HistoryEvent,
     visible_at: Option<Timestamp>,
 ) -> OutgoingMessage {
-    OutgoingMessage {
-        instance_id: instance.instance_id.clone(),
-        execution,
-        event,
-        visible_at,
-    }
+    OutgoingMessage { instance_id: instance.instance_id.clone(), execution, event, visible_at }
 }
 
 /// Turns actions into outgoing work. When the execution ended (`running` is false), only the
 /// events it sent are delivered; activities, timers and children it no longer awaits are not.
-fn carry_out(
-    rt: &Runtime,
-    instance: &InstanceRecord,
-    commit: &mut TurnCommit,
-    actions: Vec<Action>,
-    running: bool,
-) {
+fn carry_out(rt: &Runtime, instance: &InstanceRecord, commit: &mut TurnCommit, actions: Vec<Action>, running: bool) {
     let execution = commit.execution;
     for action in actions {
         match action {
-            Action::SendEvent {
-                instance_id,
-                name,
-                input,
-                ..
-            } => commit.messages.push(OutgoingMessage {
+            Action::SendEvent { instance_id, name, input, .. } => commit.messages.push(OutgoingMessage {
                 instance_id,
                 execution: None,
                 event: HistoryEvent::new(commit.now, EventKind::EventRaised { name, input }),
                 visible_at: None,
             }),
             _ if !running => {}
-            Action::ScheduleTask {
-                id,
-                name,
-                input,
-                attempt,
-            } => commit.activities.push(NewActivity {
+            Action::ScheduleTask { id, name, input, attempt } => commit.activities.push(NewActivity {
                 instance_id: instance.instance_id.clone(),
                 execution,
                 step: id,
@@ -523,24 +410,10 @@ fn carry_out(
                 attempt,
             }),
             Action::CreateTimer { id, fire_at } => {
-                let fired = HistoryEvent::new(
-                    fire_at,
-                    EventKind::TimerFired {
-                        timer_id: id,
-                        fire_at,
-                    },
-                );
-                commit
-                    .messages
-                    .push(to_self(instance, Some(execution), fired, Some(fire_at)));
+                let fired = HistoryEvent::new(fire_at, EventKind::TimerFired { timer_id: id, fire_at });
+                commit.messages.push(to_self(instance, Some(execution), fired, Some(fire_at)));
             }
-            Action::CreateSubOrchestration {
-                id,
-                name,
-                version,
-                instance_id,
-                input,
-            } => {
+            Action::CreateSubOrchestration { id, name, version, instance_id, input } => {
                 let version = if version.is_empty() {
                     rt.registry.default_version(&name).map(str::to_owned)
                 } else {
@@ -598,39 +471,30 @@ fn finish(
             RuntimeStatus::Completed,
             Some(output.clone()),
             None,
-            parent.map(
-                |task_scheduled_id| EventKind::SubOrchestrationInstanceCompleted {
-                    task_scheduled_id,
-                    result: output,
-                },
-            ),
+            parent.map(|task_scheduled_id| EventKind::SubOrchestrationInstanceCompleted {
+                task_scheduled_id,
+                result: output,
+            }),
         ),
         ExecutionEnd::Failed(failure) => (
             RuntimeStatus::Failed,
             None,
             Some(failure.clone()),
-            parent.map(
-                |task_scheduled_id| EventKind::SubOrchestrationInstanceFailed {
-                    task_scheduled_id,
-                    failure_details: failure,
-                },
-            ),
+            parent.map(|task_scheduled_id| EventKind::SubOrchestrationInstanceFailed {
+                task_scheduled_id,
+                failure_details: failure,
+            }),
         ),
         ExecutionEnd::Terminated(reason) => {
             let failure = FailureDetails::new(
                 error_types::TERMINATED,
-                format!(
-                    "sub-orchestration was terminated: {}",
-                    reason.as_deref().unwrap_or("no reason given")
-                ),
+                format!("sub-orchestration was terminated: {}", reason.as_deref().unwrap_or("no reason given")),
             );
             let output = reason.as_deref().map_or_else(Payload::null, encode_text);
-            let event = parent.map(
-                |task_scheduled_id| EventKind::SubOrchestrationInstanceFailed {
-                    task_scheduled_id,
-                    failure_details: failure,
-                },
-            );
+            let event = parent.map(|task_scheduled_id| EventKind::SubOrchestrationInstanceFailed {
+                task_scheduled_id,
+                failure_details: failure,
+            });
             (RuntimeStatus::Terminated, Some(output), None, event)
         }
     };

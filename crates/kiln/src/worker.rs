@@ -76,14 +76,11 @@ pub(crate) async fn activity_dispatcher(rt: Arc<Runtime>, mut shutdown: watch::R
             }
         }
     }
-    let drained = tokio::time::timeout(rt.config.shutdown_grace, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    let drained =
+        tokio::time::timeout(rt.config.shutdown_grace, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tasks.abort_all();
-        let unfinished: Vec<ActivityWorkItem> =
-            lock(&running).drain().map(|(_, item)| item).collect();
+        let unfinished: Vec<ActivityWorkItem> = lock(&running).drain().map(|(_, item)| item).collect();
         for item in unfinished {
             let _ = rt.store.abandon_activity_work(&item, Duration::ZERO).await;
         }
@@ -134,49 +131,29 @@ async fn run_activity(rt: &Runtime, mut item: ActivityWorkItem) {
     } else {
         Err(FailureDetails::new(
             error_types::NOT_REGISTERED,
-            format!(
-                "activity '{}' is not registered on this worker",
-                activity.name
-            ),
+            format!("activity '{}' is not registered on this worker", activity.name),
         ))
     };
-    let outcome = outcome.and_then(|output: Payload| {
-        match rt.config.limits.check("activity output", &output) {
-            Ok(()) => Ok(output),
-            Err(err) => Err(FailureDetails::new(
-                error_types::PAYLOAD_TOO_LARGE,
-                err.to_string(),
-            )),
-        }
+    let outcome = outcome.and_then(|output: Payload| match rt.config.limits.check("activity output", &output) {
+        Ok(()) => Ok(output),
+        Err(err) => Err(FailureDetails::new(error_types::PAYLOAD_TOO_LARGE, err.to_string())),
     });
     rt.metrics.activities.fetch_add(1, Ordering::Relaxed);
-    rt.metrics
-        .activity_millis
-        .fetch_add(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    rt.metrics.activity_millis.fetch_add(started.elapsed().as_millis() as u64, Ordering::Relaxed);
     let step = item.activity.step;
     let kind = match outcome {
-        Ok(result) => EventKind::TaskCompleted {
-            task_scheduled_id: step,
-            result,
-        },
-        Err(failure_details) => EventKind::TaskFailed {
-            task_scheduled_id: step,
-            failure_details,
-        },
+        Ok(result) => EventKind::TaskCompleted { task_scheduled_id: step, result },
+        Err(failure_details) => EventKind::TaskFailed { task_scheduled_id: step, failure_details },
     };
     let event = HistoryEvent::new(crate::runtime::wall_clock(), kind);
     match rt.store.complete_activity(&item, event).await {
         Ok(()) => {}
-        Err(StoreError::LeaseLost(what)) => tracing::warn!(
-            what,
-            "activity finished after its lease lapsed; it runs again"
-        ),
+        Err(StoreError::LeaseLost(what)) => {
+            tracing::warn!(what, "activity finished after its lease lapsed; it runs again")
+        }
         Err(err) => {
             tracing::warn!(instance_id = item.activity.instance_id, error = %err, "reporting an activity result failed");
-            let _ = rt
-                .store
-                .abandon_activity_work(&item, Duration::from_secs(1))
-                .await;
+            let _ = rt.store.abandon_activity_work(&item, Duration::from_secs(1)).await;
         }
     }
 }

@@ -7,10 +7,7 @@
 //! The child is this same test binary, re-run with `--exact crash_child --ignored`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use kiln::{
-    ActivityContext, Either, Failure, Kiln, OrchestrationContext, RuntimeConfig, RuntimeStatus,
-    select2,
-};
+use kiln::{ActivityContext, Either, Failure, Kiln, OrchestrationContext, RuntimeConfig, RuntimeStatus, select2};
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -38,11 +35,7 @@ async fn slow_step(ctx: ActivityContext, n: u32) -> Result<u32, Failure> {
 /// Appends the activity's idempotency key to a log, to count how many ran more than once.
 fn log_activity(ctx: &ActivityContext) {
     if let Ok(path) = std::env::var("KILN_CRASH_LOG") {
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap();
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
         writeln!(file, "{}", ctx.idempotency_key()).unwrap();
     }
 }
@@ -82,11 +75,7 @@ async fn poison_flow(ctx: OrchestrationContext, _: ()) -> Result<String, Failure
 const POISON_AFTER: u32 = 3;
 
 fn expected_output(i: u32) -> serde_json::Value {
-    if i.is_multiple_of(10) {
-        serde_json::json!("timeout")
-    } else {
-        serde_json::json!(i + 3)
-    }
+    if i.is_multiple_of(10) { serde_json::json!("timeout") } else { serde_json::json!(i + 3) }
 }
 
 /// Runs in the child process: `start` starts the instances, `run` just processes, `finish`
@@ -98,11 +87,7 @@ fn crash_child() {
         return;
     };
     let mode = std::env::var("KILN_CRASH_MODE").unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async move {
         let config = RuntimeConfig {
             lease_duration: Duration::from_secs(5),
@@ -125,50 +110,24 @@ fn crash_child() {
         println!("READY");
         if mode == "start" {
             for i in 0..INSTANCES {
-                let name = if i % 10 == 0 {
-                    "crash_approval"
-                } else {
-                    "crash_flow"
-                };
-                let options = kiln::StartOptions {
-                    instance_id: Some(format!("job-{i}")),
-                    ..Default::default()
-                };
-                client
-                    .start_with(name, kiln::Payload::encode(&i).unwrap(), options)
-                    .await
-                    .unwrap();
+                let name = if i % 10 == 0 { "crash_approval" } else { "crash_flow" };
+                let options = kiln::StartOptions { instance_id: Some(format!("job-{i}")), ..Default::default() };
+                client.start_with(name, kiln::Payload::encode(&i).unwrap(), options).await.unwrap();
                 println!("STARTED {i}");
             }
         }
         if mode == "poison" {
-            let options = kiln::StartOptions {
-                instance_id: Some("poison".into()),
-                ..Default::default()
-            };
-            let _ = client
-                .start_with("poison_flow", kiln::Payload::null(), options)
-                .await;
-            let done = client
-                .wait_for_completion("poison", Duration::from_secs(30))
-                .await
-                .unwrap();
+            let options = kiln::StartOptions { instance_id: Some("poison".into()), ..Default::default() };
+            let _ = client.start_with("poison_flow", kiln::Payload::null(), options).await;
+            let done = client.wait_for_completion("poison", Duration::from_secs(30)).await.unwrap();
             println!("DONE {}", done.output.unwrap());
             kiln.shutdown().await;
             return;
         }
         if mode == "finish" {
-            let unfinished = vec![
-                RuntimeStatus::Pending,
-                RuntimeStatus::Running,
-                RuntimeStatus::ContinuedAsNew,
-            ];
+            let unfinished = vec![RuntimeStatus::Pending, RuntimeStatus::Running, RuntimeStatus::ContinuedAsNew];
             loop {
-                let query = kiln::InstanceQuery {
-                    statuses: unfinished.clone(),
-                    page_size: 1,
-                    ..Default::default()
-                };
+                let query = kiln::InstanceQuery { statuses: unfinished.clone(), page_size: 1, ..Default::default() };
                 if client.list(&query).await.unwrap().instances.is_empty() {
                     break;
                 }
@@ -191,14 +150,7 @@ struct Round {
 
 fn spawn(db: &Path, log: &Path, mode: &str) -> Round {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "crash_child",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
+        .args(["crash_child", "--exact", "--ignored", "--nocapture", "--test-threads", "1"])
         .env("KILN_CRASH_DB", db)
         .env("KILN_CRASH_LOG", log)
         .env("KILN_CRASH_MODE", mode)
@@ -253,10 +205,7 @@ impl Round {
 }
 
 fn started_ids(lines: &[String]) -> impl Iterator<Item = u32> + '_ {
-    lines
-        .iter()
-        .filter_map(|l| l.strip_prefix("STARTED "))
-        .filter_map(|n| n.parse().ok())
+    lines.iter().filter_map(|l| l.strip_prefix("STARTED ")).filter_map(|n| n.parse().ok())
 }
 
 #[test]
@@ -299,39 +248,21 @@ fn every_acknowledged_instance_completes_once_across_kill_9() {
     round.read_until(|l| l.ends_with("DONE"));
     round.child.wait().unwrap();
 
-    assert!(
-        acknowledged.len() >= 80,
-        "the burst was interrupted after at least 80 acknowledged starts"
-    );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    assert!(acknowledged.len() >= 80, "the burst was interrupted after at least 80 acknowledged starts");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let (checked, completions) = rt.block_on(async {
         let kiln = Kiln::builder().sqlite(&db).start().await.unwrap();
         let client = kiln.client();
         let mut completions = 0;
         for i in &acknowledged {
             let id = format!("job-{i}");
-            let record = client
-                .status(&id)
-                .await
-                .unwrap()
-                .unwrap_or_else(|| panic!("{id} was acknowledged but is lost"));
-            assert_eq!(
-                record.status,
-                RuntimeStatus::Completed,
-                "{id}: {:?}",
-                record.failure
-            );
-            let output: serde_json::Value =
-                serde_json::from_str(record.output.unwrap().as_str()).unwrap();
+            let record =
+                client.status(&id).await.unwrap().unwrap_or_else(|| panic!("{id} was acknowledged but is lost"));
+            assert_eq!(record.status, RuntimeStatus::Completed, "{id}: {:?}", record.failure);
+            let output: serde_json::Value = serde_json::from_str(record.output.unwrap().as_str()).unwrap();
             assert_eq!(output, expected_output(*i), "{id}");
             let history = client.history(&id).await.unwrap();
-            let completed = history
-                .iter()
-                .filter(|e| e.kind.name() == "ExecutionCompleted")
-                .count();
+            let completed = history.iter().filter(|e| e.kind.name() == "ExecutionCompleted").count();
             assert_eq!(completed, 1, "{id} completed exactly once");
             assert_eq!(
                 history.last().map(|e| e.kind.name()),
@@ -363,27 +294,13 @@ fn an_activity_that_kills_its_process_is_failed_as_poison() {
         let mut round = spawn(&db, &log, "poison");
         let status = round.child.wait().unwrap();
         let lines: Vec<String> = round.lines.try_iter().collect();
-        if let Some(done) = lines
-            .iter()
-            .find_map(|l| l.split_once("DONE ").map(|(_, out)| out.to_owned()))
-        {
+        if let Some(done) = lines.iter().find_map(|l| l.split_once("DONE ").map(|(_, out)| out.to_owned())) {
             break done;
         }
-        assert!(
-            !status.success(),
-            "the child either aborts or finishes: {lines:?}"
-        );
+        assert!(!status.success(), "the child either aborts or finishes: {lines:?}");
         crashes += 1;
-        assert!(
-            crashes <= POISON_AFTER + 2,
-            "still crashing after {crashes} restarts"
-        );
+        assert!(crashes <= POISON_AFTER + 2, "still crashing after {crashes} restarts");
     };
-    assert!(
-        output.starts_with("\"PoisonMessage: activity 'abort_process' was claimed"),
-        "{output}"
-    );
-    eprintln!(
-        "poison test: the process crashed {crashes} times before the activity was failed as poison"
-    );
+    assert!(output.starts_with("\"PoisonMessage: activity 'abort_process' was claimed"), "{output}");
+    eprintln!("poison test: the process crashed {crashes} times before the activity was failed as poison");
 }

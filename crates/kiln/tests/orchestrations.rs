@@ -5,8 +5,8 @@ mod common;
 
 use common::{DEADLINE, TestKiln, failure_message, output};
 use kiln::{
-    ActivityContext, ClientError, Either, Failure, Kiln, OrchestrationContext, Payload,
-    RetryPolicy, RuntimeStatus, StartOptions, WaitingOn, join_all, select2,
+    ActivityContext, ClientError, Either, Failure, Kiln, OrchestrationContext, Payload, RetryPolicy, RuntimeStatus,
+    StartOptions, WaitingOn, join_all, select2,
 };
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -26,12 +26,7 @@ async fn activities_run_in_order_and_custom_status_is_saved() {
         }
         Ok(outputs)
     }
-    let t = TestKiln::start(
-        Kiln::builder()
-            .orchestration("chain", chain)
-            .activity("echo", echo),
-    )
-    .await;
+    let t = TestKiln::start(Kiln::builder().orchestration("chain", chain).activity("echo", echo)).await;
     let id = t.client.start("chain", &3).await.unwrap();
     let done = t.finish(&id).await;
     assert_eq!(output(&done), json!([0, 1, 2]));
@@ -53,24 +48,13 @@ async fn retries_wait_on_durable_timers_and_see_their_attempt() {
         let policy = RetryPolicy::new(max, Duration::from_millis(50)).with_backoff(2.0);
         ctx.call_activity_with_retry("flaky", &(), policy).await
     }
-    let t = TestKiln::start(
-        Kiln::builder()
-            .orchestration("retrying", retrying)
-            .activity("flaky", flaky),
-    )
-    .await;
+    let t = TestKiln::start(Kiln::builder().orchestration("retrying", retrying).activity("flaky", flaky)).await;
     let ok = t.client.start("retrying", &3).await.unwrap();
     let gives_up = t.client.start("retrying", &2).await.unwrap();
     assert_eq!(output(&t.finish(&ok).await), json!(3));
-    assert_eq!(
-        failure_message(&t.finish(&gives_up).await),
-        "attempt 2 failed"
-    );
+    assert_eq!(failure_message(&t.finish(&gives_up).await), "attempt 2 failed");
     let history = t.client.history(&ok).await.unwrap();
-    let timers = history
-        .iter()
-        .filter(|e| e.kind.name() == "TimerCreated")
-        .count();
+    let timers = history.iter().filter(|e| e.kind.name() == "TimerCreated").count();
     assert_eq!(timers, 2, "one durable timer between each pair of attempts");
     t.stop().await;
 }
@@ -81,17 +65,11 @@ async fn retry_total_timeout_stops_early() {
         Err(Failure::new("nope"))
     }
     async fn bounded(ctx: OrchestrationContext, _: ()) -> Result<(), Failure> {
-        let policy = RetryPolicy::new(100, Duration::from_millis(100))
-            .with_total_timeout(Duration::from_millis(250));
-        ctx.call_activity_with_retry("always_fails", &(), policy)
-            .await
+        let policy = RetryPolicy::new(100, Duration::from_millis(100)).with_total_timeout(Duration::from_millis(250));
+        ctx.call_activity_with_retry("always_fails", &(), policy).await
     }
-    let t = TestKiln::start(
-        Kiln::builder()
-            .orchestration("bounded", bounded)
-            .activity("always_fails", always_fails),
-    )
-    .await;
+    let t =
+        TestKiln::start(Kiln::builder().orchestration("bounded", bounded).activity("always_fails", always_fails)).await;
     let id = t.client.start("bounded", &()).await.unwrap();
     let done = t.finish(&id).await;
     assert_eq!(done.failure.as_ref().unwrap().error_type, "RetryTimeout");
@@ -109,40 +87,21 @@ async fn child(ctx: OrchestrationContext, n: i64) -> Result<i64, Failure> {
 async fn sub_orchestrations_return_results_and_failures() {
     async fn parent(ctx: OrchestrationContext, n: i64) -> Result<Value, Failure> {
         let doubled: i64 = ctx.call_sub_orchestration("child", &n).await?;
-        let failed = ctx
-            .call_sub_orchestration::<_, i64>("child", &-1)
-            .await
-            .unwrap_err();
-        let named: i64 = ctx
-            .call_sub_orchestration_with_id("child", &format!("{}-named", ctx.instance_id()), &1)
-            .await?;
+        let failed = ctx.call_sub_orchestration::<_, i64>("child", &-1).await.unwrap_err();
+        let named: i64 =
+            ctx.call_sub_orchestration_with_id("child", &format!("{}-named", ctx.instance_id()), &1).await?;
         Ok(json!({"doubled": doubled, "failed": failed.message(), "named": named}))
     }
     let t = TestKiln::start(
-        Kiln::builder()
-            .orchestration("parent", parent)
-            .orchestration("child", child)
-            .activity("echo", echo),
+        Kiln::builder().orchestration("parent", parent).orchestration("child", child).activity("echo", echo),
     )
     .await;
     let id = t.client.start("parent", &21).await.unwrap();
     let done = t.finish(&id).await;
-    assert_eq!(
-        output(&done),
-        json!({"doubled": 42, "failed": "child got a negative number", "named": 2})
-    );
-    let child_record = t
-        .client
-        .status(&format!("{id}-named"))
-        .await
-        .unwrap()
-        .unwrap();
+    assert_eq!(output(&done), json!({"doubled": 42, "failed": "child got a negative number", "named": 2}));
+    let child_record = t.client.status(&format!("{id}-named")).await.unwrap().unwrap();
     assert_eq!(child_record.parent.unwrap().instance_id, id);
-    assert_eq!(
-        t.client.purge(&id).await.unwrap(),
-        4,
-        "purge cascades to all three children"
-    );
+    assert_eq!(t.client.purge(&id).await.unwrap(), 4, "purge cascades to all three children");
     t.stop().await;
 }
 
@@ -162,10 +121,7 @@ async fn events_raised_before_anyone_waits_are_kept_in_order() {
         t.client.raise_event(&id, "item", &n).await.unwrap();
     }
     let waiting = t.waiting(&id).await;
-    assert_eq!(
-        waiting.waiting_on,
-        vec![WaitingOn::Event { name: "go".into() }]
-    );
+    assert_eq!(waiting.waiting_on, vec![WaitingOn::Event { name: "go".into() }]);
     t.client.raise_event(&id, "go", &()).await.unwrap();
     assert_eq!(output(&t.finish(&id).await), json!([1, 2, 3]));
     t.stop().await;
@@ -196,18 +152,11 @@ async fn select_takes_the_first_in_history_and_ignores_the_loser() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_all_waits_for_every_activity() {
     async fn fan_out(ctx: OrchestrationContext, n: u32) -> Result<u32, Failure> {
-        let calls: Vec<_> = (0..n)
-            .map(|i| ctx.call_activity::<_, u32>("echo", &i))
-            .collect();
+        let calls: Vec<_> = (0..n).map(|i| ctx.call_activity::<_, u32>("echo", &i)).collect();
         let results = join_all(calls).await;
         results.into_iter().sum::<Result<u32, Failure>>()
     }
-    let t = TestKiln::start(
-        Kiln::builder()
-            .orchestration("fan_out", fan_out)
-            .activity("echo", echo),
-    )
-    .await;
+    let t = TestKiln::start(Kiln::builder().orchestration("fan_out", fan_out).activity("echo", echo)).await;
     let id = t.client.start("fan_out", &100).await.unwrap();
     assert_eq!(output(&t.finish(&id).await), json!(4950));
     t.stop().await;
@@ -222,22 +171,14 @@ async fn continue_as_new_restarts_with_a_fresh_history() {
         let next: u32 = ctx.call_activity("echo", &(n + 1)).await?;
         ctx.continue_as_new(&next).await
     }
-    let t = TestKiln::start(
-        Kiln::builder()
-            .orchestration("counter", counter)
-            .activity("echo", echo),
-    )
-    .await;
+    let t = TestKiln::start(Kiln::builder().orchestration("counter", counter).activity("echo", echo)).await;
     let id = t.client.start("counter", &0).await.unwrap();
     let done = t.finish(&id).await;
     assert_eq!(output(&done), json!(5));
     assert_eq!(done.execution, 5);
     assert_eq!(done.input.as_str(), "5");
     let history = t.client.history(&id).await.unwrap();
-    assert!(
-        history.len() <= 4,
-        "only the last execution's history is kept: {history:?}"
-    );
+    assert!(history.len() <= 4, "only the last execution's history is kept: {history:?}");
     t.stop().await;
 }
 
@@ -248,35 +189,21 @@ async fn waits_forever(ctx: OrchestrationContext, _: ()) -> Result<(), Failure> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminate_cascades_to_sub_orchestrations() {
     async fn parent(ctx: OrchestrationContext, _: ()) -> Result<(), Failure> {
-        ctx.call_sub_orchestration_with_id(
-            "waits_forever",
-            &format!("{}-child", ctx.instance_id()),
-            &(),
-        )
-        .await
+        ctx.call_sub_orchestration_with_id("waits_forever", &format!("{}-child", ctx.instance_id()), &()).await
     }
-    let t = TestKiln::start(
-        Kiln::builder()
-            .orchestration("parent", parent)
-            .orchestration("waits_forever", waits_forever),
-    )
-    .await;
+    let t =
+        TestKiln::start(Kiln::builder().orchestration("parent", parent).orchestration("waits_forever", waits_forever))
+            .await;
     let id = t.client.start("parent", &()).await.unwrap();
     let child_id = format!("{id}-child");
     t.waiting(&id).await;
     t.waiting(&child_id).await;
-    t.client
-        .terminate(&id, Some("no longer needed"))
-        .await
-        .unwrap();
+    t.client.terminate(&id, Some("no longer needed")).await.unwrap();
     let done = t.finish(&id).await;
     assert_eq!(done.status, RuntimeStatus::Terminated);
     assert_eq!(done.output.unwrap().as_str(), r#""no longer needed""#);
     assert_eq!(t.finish(&child_id).await.status, RuntimeStatus::Terminated);
-    assert!(matches!(
-        t.client.terminate(&id, None).await,
-        Err(ClientError::Finished { .. })
-    ));
+    assert!(matches!(t.client.terminate(&id, None).await, Err(ClientError::Finished { .. })));
     t.stop().await;
 }
 
@@ -284,16 +211,11 @@ async fn terminate_cascades_to_sub_orchestrations() {
 async fn terminate_works_on_an_unregistered_orchestration() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kiln.db");
-    let first = TestKiln::start_at(
-        Kiln::builder().orchestration("retired", waits_forever),
-        &path,
-    )
-    .await;
+    let first = TestKiln::start_at(Kiln::builder().orchestration("retired", waits_forever), &path).await;
     let id = first.client.start("retired", &()).await.unwrap();
     first.waiting(&id).await;
     first.stop().await;
-    let second =
-        TestKiln::start_at(Kiln::builder().orchestration("other", waits_forever), &path).await;
+    let second = TestKiln::start_at(Kiln::builder().orchestration("other", waits_forever), &path).await;
     second.client.terminate(&id, None).await.unwrap();
     assert_eq!(second.finish(&id).await.status, RuntimeStatus::Terminated);
     second.stop().await;
@@ -309,23 +231,13 @@ async fn suspended_instances_hold_events_until_resumed() {
     t.waiting(&id).await;
     t.client.suspend(&id, Some("maintenance")).await.unwrap();
     t.reach(&id, RuntimeStatus::Suspended).await;
-    assert!(matches!(
-        t.client.suspend(&id, None).await,
-        Err(ClientError::WrongState { .. })
-    ));
+    assert!(matches!(t.client.suspend(&id, None).await, Err(ClientError::WrongState { .. })));
     t.client.raise_event(&id, "value", &7).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        t.client.status(&id).await.unwrap().unwrap().status,
-        RuntimeStatus::Suspended,
-        "held while suspended"
-    );
+    assert_eq!(t.client.status(&id).await.unwrap().unwrap().status, RuntimeStatus::Suspended, "held while suspended");
     t.client.resume(&id, None).await.unwrap();
     assert_eq!(output(&t.finish(&id).await), json!(7));
-    assert!(matches!(
-        t.client.resume(&id, None).await,
-        Err(ClientError::Finished { .. })
-    ));
+    assert!(matches!(t.client.resume(&id, None).await, Err(ClientError::Finished { .. })));
     t.stop().await;
 }
 
@@ -334,11 +246,7 @@ static REWIND_FIXED: AtomicU32 = AtomicU32::new(0);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewind_runs_the_failed_step_again() {
     async fn fragile(_: ActivityContext, _: ()) -> Result<&'static str, Failure> {
-        if REWIND_FIXED.load(Ordering::SeqCst) == 0 {
-            Err(Failure::new("downstream is down"))
-        } else {
-            Ok("recovered")
-        }
+        if REWIND_FIXED.load(Ordering::SeqCst) == 0 { Err(Failure::new("downstream is down")) } else { Ok("recovered") }
     }
     async fn uses_fragile(ctx: OrchestrationContext, _: ()) -> Result<Vec<String>, Failure> {
         let first: String = ctx.call_activity("echo", &"first").await?;
@@ -346,31 +254,17 @@ async fn rewind_runs_the_failed_step_again() {
         Ok(vec![first, second])
     }
     let t = TestKiln::start(
-        Kiln::builder()
-            .orchestration("uses_fragile", uses_fragile)
-            .activity("fragile", fragile)
-            .activity("echo", echo),
+        Kiln::builder().orchestration("uses_fragile", uses_fragile).activity("fragile", fragile).activity("echo", echo),
     )
     .await;
     let id = t.client.start("uses_fragile", &()).await.unwrap();
     assert_eq!(failure_message(&t.finish(&id).await), "downstream is down");
-    assert!(matches!(
-        t.client.rewind("nope", None).await,
-        Err(ClientError::NotFound(_))
-    ));
+    assert!(matches!(t.client.rewind("nope", None).await, Err(ClientError::NotFound(_))));
     REWIND_FIXED.store(1, Ordering::SeqCst);
     t.client.rewind(&id, Some("fixed")).await.unwrap();
-    let done = t
-        .client
-        .wait_until(&id, DEADLINE, |r| r.status == RuntimeStatus::Completed)
-        .await
-        .unwrap()
-        .unwrap();
+    let done = t.client.wait_until(&id, DEADLINE, |r| r.status == RuntimeStatus::Completed).await.unwrap().unwrap();
     assert_eq!(output(&done), json!(["first", "recovered"]));
-    assert!(matches!(
-        t.client.rewind(&id, None).await,
-        Err(ClientError::Finished { .. })
-    ));
+    assert!(matches!(t.client.rewind(&id, None).await, Err(ClientError::Finished { .. })));
     t.stop().await;
 }
 
@@ -394,20 +288,10 @@ async fn panics_become_failures_with_their_message() {
     .await;
     let a = t.client.start("calls_panicky", &()).await.unwrap();
     let b = t.client.start("panicky_orchestration", &()).await.unwrap();
-    assert_eq!(
-        failure_message(&t.finish(&a).await),
-        "panicked: activity exploded"
-    );
-    assert_eq!(
-        failure_message(&t.finish(&b).await),
-        "panicked: orchestration exploded"
-    );
+    assert_eq!(failure_message(&t.finish(&a).await), "panicked: activity exploded");
+    assert_eq!(failure_message(&t.finish(&b).await), "panicked: orchestration exploded");
     let still_works = t.client.start("calls_panicky", &()).await.unwrap();
-    assert_eq!(
-        t.finish(&still_works).await.status,
-        RuntimeStatus::Failed,
-        "workers survive panics"
-    );
+    assert_eq!(t.finish(&still_works).await.status, RuntimeStatus::Failed, "workers survive panics");
     t.stop().await;
 }
 
@@ -437,27 +321,12 @@ async fn bad_input_and_limits_fail_clearly() {
     let c = &t.client;
     let bad = c.start("typed", &"not a number").await.unwrap();
     let message = failure_message(&t.finish(&bad).await);
-    assert!(
-        message.starts_with("orchestration input: invalid type: string"),
-        "{message}"
-    );
-    assert!(matches!(
-        c.start("missing", &()).await,
-        Err(ClientError::UnknownOrchestration { .. })
-    ));
-    let options = StartOptions {
-        instance_id: Some("a/b".into()),
-        ..Default::default()
-    };
-    assert!(matches!(
-        c.start_with("typed", Payload::null(), options).await,
-        Err(ClientError::InvalidInstanceId(_))
-    ));
+    assert!(message.starts_with("orchestration input: invalid type: string"), "{message}");
+    assert!(matches!(c.start("missing", &()).await, Err(ClientError::UnknownOrchestration { .. })));
+    let options = StartOptions { instance_id: Some("a/b".into()), ..Default::default() };
+    assert!(matches!(c.start_with("typed", Payload::null(), options).await, Err(ClientError::InvalidInstanceId(_))));
     let huge = Payload::encode(&"z".repeat(2 << 20)).unwrap();
-    assert!(matches!(
-        c.start_with("typed", huge, StartOptions::default()).await,
-        Err(ClientError::PayloadTooLarge(_))
-    ));
+    assert!(matches!(c.start_with("typed", huge, StartOptions::default()).await, Err(ClientError::PayloadTooLarge(_))));
     let status = c.start("big_status", &()).await.unwrap();
     assert!(failure_message(&t.finish(&status).await).starts_with("custom status is 20002 bytes"));
     let output = c.start("calls_big_output", &()).await.unwrap();
@@ -468,33 +337,15 @@ async fn bad_input_and_limits_fail_clearly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ids_of_running_instances_are_taken_and_finished_ones_can_be_reused() {
     let t = TestKiln::start(Kiln::builder().orchestration("waits_forever", waits_forever)).await;
-    let options = || StartOptions {
-        instance_id: Some("order-1".into()),
-        ..Default::default()
-    };
-    t.client
-        .start_with("waits_forever", Payload::null(), options())
-        .await
-        .unwrap();
-    let again = t
-        .client
-        .start_with("waits_forever", Payload::null(), options())
-        .await;
-    assert!(
-        matches!(again, Err(ClientError::AlreadyExists { .. })),
-        "{again:?}"
-    );
+    let options = || StartOptions { instance_id: Some("order-1".into()), ..Default::default() };
+    t.client.start_with("waits_forever", Payload::null(), options()).await.unwrap();
+    let again = t.client.start_with("waits_forever", Payload::null(), options()).await;
+    assert!(matches!(again, Err(ClientError::AlreadyExists { .. })), "{again:?}");
     t.client.terminate("order-1", None).await.unwrap();
     t.finish("order-1").await;
-    t.client
-        .start_with("waits_forever", Payload::null(), options())
-        .await
-        .unwrap();
+    t.client.start_with("waits_forever", Payload::null(), options()).await.unwrap();
     let record = t.waiting("order-1").await;
-    assert_eq!(
-        (record.status, record.execution),
-        (RuntimeStatus::Running, 1)
-    );
+    assert_eq!((record.status, record.execution), (RuntimeStatus::Running, 1));
     t.stop().await;
 }
 
@@ -511,19 +362,11 @@ async fn waiting_on_names_the_activity_timer_and_event() {
         let _ = select2(activity, select2_timer_event(timer, event)).await;
         Ok(())
     }
-    fn select2_timer_event(
-        timer: kiln::DurableFuture<()>,
-        event: kiln::DurableFuture<()>,
-    ) -> kiln::DurableFuture<()> {
+    fn select2_timer_event(timer: kiln::DurableFuture<()>, event: kiln::DurableFuture<()>) -> kiln::DurableFuture<()> {
         drop(timer);
         event
     }
-    let t = TestKiln::start(
-        Kiln::builder()
-            .orchestration("three_ways", three_ways)
-            .activity("slow", slow),
-    )
-    .await;
+    let t = TestKiln::start(Kiln::builder().orchestration("three_ways", three_ways).activity("slow", slow)).await;
     let id = t.client.start("three_ways", &()).await.unwrap();
     let record = t.waiting(&id).await;
     let kinds: Vec<&str> = record
@@ -544,9 +387,7 @@ async fn waiting_on_names_the_activity_timer_and_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_pages_and_purges() {
     let t = TestKiln::start(
-        Kiln::builder().orchestration("chain", |_: OrchestrationContext, n: u32| async move {
-            Ok::<_, Failure>(n)
-        }),
+        Kiln::builder().orchestration("chain", |_: OrchestrationContext, n: u32| async move { Ok::<_, Failure>(n) }),
     )
     .await;
     let mut ids = Vec::new();
@@ -556,11 +397,8 @@ async fn list_pages_and_purges() {
     for id in &ids {
         t.finish(id).await;
     }
-    let mut query = kiln::InstanceQuery {
-        page_size: 2,
-        statuses: vec![RuntimeStatus::Completed],
-        ..Default::default()
-    };
+    let mut query =
+        kiln::InstanceQuery { page_size: 2, statuses: vec![RuntimeStatus::Completed], ..Default::default() };
     let mut listed = 0;
     loop {
         let page = t.client.list(&query).await.unwrap();
@@ -573,17 +411,9 @@ async fn list_pages_and_purges() {
     assert_eq!(listed, 5);
     assert_eq!(t.client.purge(&ids[0]).await.unwrap(), 1);
     assert!(t.client.status(&ids[0]).await.unwrap().is_none());
-    assert_eq!(
-        t.client
-            .purge_many(&kiln::PurgeFilter::default())
-            .await
-            .unwrap(),
-        4
-    );
+    assert_eq!(t.client.purge_many(&kiln::PurgeFilter::default()).await.unwrap(), 4);
     assert!(matches!(
-        t.client
-            .wait_for_completion("gone", Duration::from_millis(10))
-            .await,
+        t.client.wait_for_completion("gone", Duration::from_millis(10)).await,
         Err(ClientError::NotFound(_))
     ));
     t.stop().await;
@@ -592,24 +422,14 @@ async fn list_pages_and_purges() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn activity_context_gives_a_stable_idempotency_key() {
     async fn keyed(ctx: ActivityContext, _: ()) -> Result<String, Failure> {
-        Ok(format!(
-            "{}|{}|{}",
-            ctx.idempotency_key(),
-            ctx.attempt(),
-            ctx.delivery()
-        ))
+        Ok(format!("{}|{}|{}", ctx.idempotency_key(), ctx.attempt(), ctx.delivery()))
     }
     async fn calls_keyed(ctx: OrchestrationContext, _: ()) -> Result<Vec<String>, Failure> {
         let a: String = ctx.call_activity("keyed", &()).await?;
         let b: String = ctx.call_activity("keyed", &()).await?;
         Ok(vec![a, b, ctx.new_uuid()])
     }
-    let t = TestKiln::start(
-        Kiln::builder()
-            .orchestration("calls_keyed", calls_keyed)
-            .activity("keyed", keyed),
-    )
-    .await;
+    let t = TestKiln::start(Kiln::builder().orchestration("calls_keyed", calls_keyed).activity("keyed", keyed)).await;
     let id = t.client.start("calls_keyed", &()).await.unwrap();
     let out = output(&t.finish(&id).await);
     assert_eq!(out[0], json!(format!("{id}:0:0|1|1")));
@@ -622,10 +442,7 @@ async fn activity_context_gives_a_stable_idempotency_key() {
 async fn wait_for_completion_times_out_without_polling() {
     let t = TestKiln::start(Kiln::builder().orchestration("waits_forever", waits_forever)).await;
     let id = t.client.start("waits_forever", &()).await.unwrap();
-    let result = t
-        .client
-        .wait_for_completion(&id, Duration::from_millis(200))
-        .await;
+    let result = t.client.wait_for_completion(&id, Duration::from_millis(200)).await;
     assert!(matches!(result, Err(ClientError::Timeout(_))));
     t.stop().await;
 }
@@ -645,28 +462,16 @@ async fn shutdown_finishes_running_activities_within_the_grace_period_and_releas
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kiln.db");
     let start = || async {
-        let config = kiln::RuntimeConfig {
-            shutdown_grace: Duration::from_millis(600),
-            ..Default::default()
-        };
+        let config = kiln::RuntimeConfig { shutdown_grace: Duration::from_millis(600), ..Default::default() };
         let builder = Kiln::builder().config(config).sqlite(&path);
-        builder
-            .orchestration("calls_sleeps", calls_sleeps)
-            .activity("sleeps", sleeps)
-            .start()
-            .await
-            .unwrap()
+        builder.orchestration("calls_sleeps", calls_sleeps).activity("sleeps", sleeps).start().await.unwrap()
     };
     let kiln = start().await;
     let client = kiln.client();
     let short = client.start("calls_sleeps", &200u64).await.unwrap();
     let long = client.start("calls_sleeps", &1_500u64).await.unwrap();
     for id in [&short, &long] {
-        client
-            .wait_until(id, DEADLINE, |r| !r.waiting_on.is_empty())
-            .await
-            .unwrap()
-            .unwrap();
+        client.wait_until(id, DEADLINE, |r| !r.waiting_on.is_empty()).await.unwrap().unwrap();
     }
     while SHUTDOWN_RUNS.load(Ordering::SeqCst) < 2 {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -679,10 +484,6 @@ async fn shutdown_finishes_running_activities_within_the_grace_period_and_releas
     assert_eq!(output(&short_done), json!(200));
     let long_done = client.wait_for_completion(&long, DEADLINE).await.unwrap();
     assert_eq!(output(&long_done), json!(1_500));
-    assert_eq!(
-        SHUTDOWN_RUNS.load(Ordering::SeqCst),
-        3,
-        "only the released activity ran again"
-    );
+    assert_eq!(SHUTDOWN_RUNS.load(Ordering::SeqCst), 3, "only the released activity ran again");
     kiln.shutdown().await;
 }

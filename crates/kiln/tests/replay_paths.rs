@@ -4,10 +4,7 @@
 mod common;
 
 use common::{TestKiln, failure_message, output};
-use kiln::{
-    ActivityContext, Failure, Kiln, KilnBuilder, OrchestrationContext, RuntimeConfig,
-    RuntimeStatus, join_all,
-};
+use kiln::{ActivityContext, Failure, Kiln, KilnBuilder, OrchestrationContext, RuntimeConfig, RuntimeStatus, join_all};
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -34,10 +31,7 @@ async fn interpret(ctx: OrchestrationContext, program: Vec<Op>) -> Result<Vec<u3
         match op {
             Op::Call(n) => results.push(ctx.call_activity("add_ten", &n).await?),
             Op::Parallel(ns) => {
-                let calls: Vec<_> = ns
-                    .iter()
-                    .map(|n| ctx.call_activity::<_, u32>("add_ten", n))
-                    .collect();
+                let calls: Vec<_> = ns.iter().map(|n| ctx.call_activity::<_, u32>("add_ten", n)).collect();
                 for result in join_all(calls).await {
                     results.push(result?);
                 }
@@ -50,26 +44,13 @@ async fn interpret(ctx: OrchestrationContext, program: Vec<Op>) -> Result<Vec<u3
 }
 
 fn builder() -> KilnBuilder {
-    Kiln::builder()
-        .orchestration("interpret", interpret)
-        .activity("add_ten", add_ten)
+    Kiln::builder().orchestration("interpret", interpret).activity("add_ten", add_ten)
 }
 
-async fn run_programs(
-    cache_capacity: usize,
-    programs: &[Vec<Op>],
-) -> (Vec<(Value, Vec<&'static str>)>, u64) {
+async fn run_programs(cache_capacity: usize, programs: &[Vec<Op>]) -> (Vec<(Value, Vec<&'static str>)>, u64) {
     let dir = tempfile::tempdir().unwrap();
-    let config = RuntimeConfig {
-        cache_capacity,
-        ..RuntimeConfig::default()
-    };
-    let kiln = builder()
-        .config(config)
-        .sqlite(dir.path().join("kiln.db"))
-        .start()
-        .await
-        .unwrap();
+    let config = RuntimeConfig { cache_capacity, ..RuntimeConfig::default() };
+    let kiln = builder().config(config).sqlite(dir.path().join("kiln.db")).start().await.unwrap();
     let client = kiln.client();
     let mut ids = Vec::new();
     for program in programs {
@@ -77,17 +58,10 @@ async fn run_programs(
     }
     let mut results = Vec::new();
     for id in &ids {
-        let done = client
-            .wait_for_completion(id, common::DEADLINE)
-            .await
-            .unwrap();
+        let done = client.wait_for_completion(id, common::DEADLINE).await.unwrap();
         let history = client.history(id).await.unwrap();
         // Turn boundaries depend on timing; the sequence of steps and results must not.
-        let steps = history
-            .iter()
-            .map(|e| e.kind.name())
-            .filter(|n| *n != "OrchestratorStarted")
-            .collect();
+        let steps = history.iter().map(|e| e.kind.name()).filter(|n| *n != "OrchestratorStarted").collect();
         results.push((output(&done), steps));
     }
     let replays = kiln.metrics().replays;
@@ -128,16 +102,11 @@ proptest! {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tiny_cache_evicts_and_falls_back_to_replay() {
-    let programs: Vec<Vec<Op>> = (0..8)
-        .map(|i| vec![Op::Call(i), Op::Timer, Op::Parallel(vec![i, i + 1])])
-        .collect();
+    let programs: Vec<Vec<Op>> = (0..8).map(|i| vec![Op::Call(i), Op::Timer, Op::Parallel(vec![i, i + 1])]).collect();
     let (evicting, replays) = run_programs(1, &programs).await;
     let (full, _) = run_programs(10_000, &programs).await;
     assert_eq!(evicting, full);
-    assert!(
-        replays > 0,
-        "with one slot for eight instances, some turns must replay"
-    );
+    assert!(replays > 0, "with one slot for eight instances, some turns must replay");
 }
 
 async fn asks_a_then_waits(ctx: OrchestrationContext, _: ()) -> Result<String, Failure> {
@@ -160,41 +129,22 @@ async fn named(_: ActivityContext, name: String) -> Result<String, Failure> {
 async fn changed_code_fails_the_instance_with_a_non_determinism_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kiln.db");
-    let before = TestKiln::start_at(
-        Kiln::builder()
-            .orchestration("flow", asks_a_then_waits)
-            .activity("named", named),
-        &path,
-    )
-    .await;
+    let before =
+        TestKiln::start_at(Kiln::builder().orchestration("flow", asks_a_then_waits).activity("named", named), &path)
+            .await;
     let id = before.client.start("flow", &()).await.unwrap();
-    before
-        .client
-        .wait_until(&id, common::DEADLINE, |r| r.history_len > 4)
-        .await
-        .unwrap()
-        .unwrap();
+    before.client.wait_until(&id, common::DEADLINE, |r| r.history_len > 4).await.unwrap().unwrap();
     before.stop().await;
 
     // Same name, different steps: replay must refuse rather than corrupt the instance.
     let after = TestKiln::start_at(
-        Kiln::builder()
-            .orchestration("flow", asks_b_then_waits)
-            .activity("named", named)
-            .activity("renamed", named),
+        Kiln::builder().orchestration("flow", asks_b_then_waits).activity("named", named).activity("renamed", named),
         &path,
     )
     .await;
-    after
-        .client
-        .raise_event(&id, "continue", &())
-        .await
-        .unwrap();
+    after.client.raise_event(&id, "continue", &()).await.unwrap();
     let message = failure_message(&after.finish(&id).await);
-    assert!(
-        message.starts_with("non-determinism at step 0: history has TaskScheduled('named')"),
-        "{message}"
-    );
+    assert!(message.starts_with("non-determinism at step 0: history has TaskScheduled('named')"), "{message}");
     after.stop().await;
 }
 
@@ -202,53 +152,27 @@ async fn changed_code_fails_the_instance_with_a_non_determinism_error() {
 async fn instances_keep_the_version_they_started_on() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kiln.db");
-    let v1 = || {
-        Kiln::builder()
-            .orchestration_version("flow", "1", asks_a_then_waits)
-            .activity("named", named)
-    };
+    let v1 = || Kiln::builder().orchestration_version("flow", "1", asks_a_then_waits).activity("named", named);
     let first = TestKiln::start_at(v1(), &path).await;
     let id = first.client.start("flow", &()).await.unwrap();
-    first
-        .client
-        .wait_until(&id, common::DEADLINE, |r| r.history_len > 4)
-        .await
-        .unwrap()
-        .unwrap();
+    first.client.wait_until(&id, common::DEADLINE, |r| r.history_len > 4).await.unwrap().unwrap();
     first.stop().await;
 
     // A worker without version 1 leaves the instance alone: it is not failed by surprise.
     let only_v2 = TestKiln::start_at(
-        Kiln::builder()
-            .orchestration_version("flow", "2", asks_b_then_waits)
-            .activity("named", named),
+        Kiln::builder().orchestration_version("flow", "2", asks_b_then_waits).activity("named", named),
         &path,
     )
     .await;
-    only_v2
-        .client
-        .raise_event(&id, "continue", &())
-        .await
-        .unwrap();
+    only_v2.client.raise_event(&id, "continue", &()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let record = only_v2.client.status(&id).await.unwrap().unwrap();
-    assert_eq!(
-        (record.status, record.version.as_str()),
-        (RuntimeStatus::Running, "1")
-    );
+    assert_eq!((record.status, record.version.as_str()), (RuntimeStatus::Running, "1"));
     only_v2.stop().await;
 
-    let both = TestKiln::start_at(
-        v1().orchestration_version("flow", "2", asks_b_then_waits),
-        &path,
-    )
-    .await;
+    let both = TestKiln::start_at(v1().orchestration_version("flow", "2", asks_b_then_waits), &path).await;
     assert_eq!(output(&both.finish(&id).await), serde_json::json!("a"));
     let fresh = both.client.start("flow", &()).await.unwrap();
-    assert_eq!(
-        both.client.status(&fresh).await.unwrap().unwrap().version,
-        "2",
-        "new instances start on the latest"
-    );
+    assert_eq!(both.client.status(&fresh).await.unwrap().unwrap().version, "2", "new instances start on the latest");
     both.stop().await;
 }

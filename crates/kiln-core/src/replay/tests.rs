@@ -5,68 +5,34 @@ use super::*;
 use crate::{FailureDetails, Payload, Timestamp};
 
 fn ev(id: i64, kind: EventKind) -> HistoryEvent {
-    HistoryEvent {
-        event_id: id,
-        timestamp: Timestamp(1_000),
-        kind,
-    }
+    HistoryEvent { event_id: id, timestamp: Timestamp(1_000), kind }
 }
 
 fn started() -> HistoryEvent {
     ev(
         -1,
-        EventKind::ExecutionStarted {
-            name: "o".into(),
-            version: String::new(),
-            input: Payload::null(),
-            parent: None,
-        },
+        EventKind::ExecutionStarted { name: "o".into(), version: String::new(), input: Payload::null(), parent: None },
     )
 }
 
 fn scheduled(step: i64, name: &str) -> HistoryEvent {
-    ev(
-        step,
-        EventKind::TaskScheduled {
-            name: name.into(),
-            input: Payload::null(),
-            attempt: 1,
-        },
-    )
+    ev(step, EventKind::TaskScheduled { name: name.into(), input: Payload::null(), attempt: 1 })
 }
 
 fn completed(step: u64, result: &str) -> HistoryEvent {
-    ev(
-        -1,
-        EventKind::TaskCompleted {
-            task_scheduled_id: step,
-            result: Payload::from_json(result).unwrap(),
-        },
-    )
+    ev(-1, EventKind::TaskCompleted { task_scheduled_id: step, result: Payload::from_json(result).unwrap() })
 }
 
 #[test]
 fn fresh_run_emits_new_actions() {
     let mut state = ReplayState::new("i", 0);
-    assert_eq!(
-        state.apply(&started(), true).unwrap(),
-        Applied::Start {
-            input: Payload::null()
-        }
-    );
+    assert_eq!(state.apply(&started(), true).unwrap(), Applied::Start { input: Payload::null() });
     let step = state.schedule_activity("a", Payload::null(), 1);
     assert_eq!(step, 0);
     let actions = state.take_new_actions();
     assert_eq!(actions.len(), 1);
     assert!(matches!(&actions[0], Action::ScheduleTask { name, .. } if name == "a"));
-    assert_eq!(
-        state.waiting_on(),
-        vec![WaitingOn::Activity {
-            name: "a".into(),
-            attempt: 1,
-            task_id: 0
-        }]
-    );
+    assert_eq!(state.waiting_on(), vec![WaitingOn::Activity { name: "a".into(), attempt: 1, task_id: 0 }]);
 }
 
 #[test]
@@ -76,25 +42,13 @@ fn partial_history_replays_without_new_actions_then_continues() {
     state.apply(&started(), false).unwrap();
     state.schedule_activity("a", Payload::null(), 1);
     state.apply(&scheduled(0, "a"), false).unwrap();
-    assert_eq!(
-        state.apply(&completed(0, "1"), false).unwrap(),
-        Applied::Poll
-    );
-    assert_eq!(
-        state.take(Slot::Step(0)).unwrap().outcome,
-        Outcome::Completed(Payload::from_json("1").unwrap())
-    );
+    assert_eq!(state.apply(&completed(0, "1"), false).unwrap(), Applied::Poll);
+    assert_eq!(state.take(Slot::Step(0)).unwrap().outcome, Outcome::Completed(Payload::from_json("1").unwrap()));
     state.schedule_activity("b", Payload::null(), 1);
     state.apply(&scheduled(1, "b"), false).unwrap();
     state.end_replay().unwrap();
-    assert!(
-        state.take_new_actions().is_empty(),
-        "replayed steps are not new"
-    );
-    assert_eq!(
-        state.apply(&completed(1, "2"), true).unwrap(),
-        Applied::Poll
-    );
+    assert!(state.take_new_actions().is_empty(), "replayed steps are not new");
+    assert_eq!(state.apply(&completed(1, "2"), true).unwrap(), Applied::Poll);
     state.schedule_activity("c", Payload::null(), 1);
     assert_eq!(state.take_new_actions().len(), 1);
 }
@@ -121,9 +75,7 @@ fn mismatched_step_is_non_determinism_naming_both_sides() {
     state.begin_replay();
     state.apply(&started(), false).unwrap();
     state.schedule_activity("review", Payload::null(), 1);
-    let err = state
-        .apply(&scheduled(0, "screen_content"), false)
-        .unwrap_err();
+    let err = state.apply(&scheduled(0, "screen_content"), false).unwrap_err();
     assert_eq!(
         err.to_string(),
         "non-determinism at step 0: history has TaskScheduled('screen_content') but the orchestration called call_activity('review')"
@@ -135,10 +87,7 @@ fn missing_step_is_non_determinism() {
     let mut state = ReplayState::new("i", 0);
     state.begin_replay();
     state.apply(&started(), false).unwrap();
-    assert!(matches!(
-        state.apply(&scheduled(0, "a"), false),
-        Err(ReplayError::NonDeterminism { .. })
-    ));
+    assert!(matches!(state.apply(&scheduled(0, "a"), false), Err(ReplayError::NonDeterminism { .. })));
 }
 
 #[test]
@@ -148,10 +97,7 @@ fn extra_step_is_non_determinism_at_end_of_replay() {
     state.apply(&started(), false).unwrap();
     state.create_timer(Timestamp(5));
     let err = state.end_replay().unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("history has no further step but the orchestration called create_timer")
-    );
+    assert!(err.to_string().contains("history has no further step but the orchestration called create_timer"));
 }
 
 #[test]
@@ -159,19 +105,10 @@ fn corrupted_histories_are_reported() {
     let mut state = ReplayState::new("i", 0);
     state.begin_replay();
     state.apply(&started(), false).unwrap();
-    assert!(matches!(
-        state.apply(&completed(7, "1"), false),
-        Err(ReplayError::Corrupted(_))
-    ));
-    assert!(matches!(
-        state.apply(&started(), false),
-        Err(ReplayError::Corrupted(_))
-    ));
+    assert!(matches!(state.apply(&completed(7, "1"), false), Err(ReplayError::Corrupted(_))));
+    assert!(matches!(state.apply(&started(), false), Err(ReplayError::Corrupted(_))));
     let scheduled_as_message = scheduled(0, "a");
-    assert!(matches!(
-        state.apply(&scheduled_as_message, true),
-        Err(ReplayError::Corrupted(_))
-    ));
+    assert!(matches!(state.apply(&scheduled_as_message, true), Err(ReplayError::Corrupted(_))));
 }
 
 #[test]
@@ -179,14 +116,8 @@ fn duplicate_new_completion_is_ignored() {
     let mut state = ReplayState::new("i", 0);
     state.apply(&started(), true).unwrap();
     state.schedule_activity("a", Payload::null(), 1);
-    assert_eq!(
-        state.apply(&completed(0, "1"), true).unwrap(),
-        Applied::Poll
-    );
-    assert_eq!(
-        state.apply(&completed(0, "1"), true).unwrap(),
-        Applied::Duplicate
-    );
+    assert_eq!(state.apply(&completed(0, "1"), true).unwrap(), Applied::Poll);
+    assert_eq!(state.apply(&completed(0, "1"), true).unwrap(), Applied::Duplicate);
 }
 
 #[test]
@@ -194,31 +125,16 @@ fn events_raised_before_waiting_are_buffered_in_order() {
     let mut state = ReplayState::new("i", 0);
     state.apply(&started(), true).unwrap();
     for n in ["1", "2"] {
-        let raised = ev(
-            -1,
-            EventKind::EventRaised {
-                name: "E".into(),
-                input: Payload::from_json(n).unwrap(),
-            },
-        );
+        let raised = ev(-1, EventKind::EventRaised { name: "E".into(), input: Payload::from_json(n).unwrap() });
         assert_eq!(state.apply(&raised, true).unwrap(), Applied::Nothing);
     }
     let first = state.wait_for_event("E");
     let second = state.wait_for_event("E");
-    assert_eq!(
-        state.take(first).unwrap().outcome,
-        Outcome::Completed(Payload::from_json("1").unwrap())
-    );
-    assert_eq!(
-        state.take(second).unwrap().outcome,
-        Outcome::Completed(Payload::from_json("2").unwrap())
-    );
+    assert_eq!(state.take(first).unwrap().outcome, Outcome::Completed(Payload::from_json("1").unwrap()));
+    assert_eq!(state.take(second).unwrap().outcome, Outcome::Completed(Payload::from_json("2").unwrap()));
     let third = state.wait_for_event("E");
     assert!(state.take(third).is_none());
-    assert_eq!(
-        state.waiting_on(),
-        vec![WaitingOn::Event { name: "E".into() }]
-    );
+    assert_eq!(state.waiting_on(), vec![WaitingOn::Event { name: "E".into() }]);
 }
 
 #[test]
@@ -227,13 +143,8 @@ fn sub_orchestrations_get_stable_ids_and_failures() {
     state.apply(&started(), true).unwrap();
     let step = state.schedule_sub_orchestration("child", "", None, Payload::null());
     let actions = state.take_new_actions();
-    assert!(
-        matches!(&actions[0], Action::CreateSubOrchestration { instance_id, .. } if instance_id == "parent:2:0")
-    );
-    assert_eq!(
-        state.open_sub_orchestrations(),
-        vec!["parent:2:0".to_owned()]
-    );
+    assert!(matches!(&actions[0], Action::CreateSubOrchestration { instance_id, .. } if instance_id == "parent:2:0"));
+    assert_eq!(state.open_sub_orchestrations(), vec!["parent:2:0".to_owned()]);
     let failed = ev(
         -1,
         EventKind::SubOrchestrationInstanceFailed {
@@ -242,22 +153,14 @@ fn sub_orchestrations_get_stable_ids_and_failures() {
         },
     );
     assert_eq!(state.apply(&failed, true).unwrap(), Applied::Poll);
-    assert!(matches!(
-        state.take(Slot::Step(step)).unwrap().outcome,
-        Outcome::Failed(_)
-    ));
+    assert!(matches!(state.take(Slot::Step(step)).unwrap().outcome, Outcome::Failed(_)));
 }
 
 #[test]
 fn replay_time_follows_orchestrator_started() {
     let mut state = ReplayState::new("i", 0);
     state.begin_replay();
-    state
-        .apply(
-            &HistoryEvent::new(Timestamp(42), EventKind::OrchestratorStarted),
-            false,
-        )
-        .unwrap();
+    state.apply(&HistoryEvent::new(Timestamp(42), EventKind::OrchestratorStarted), false).unwrap();
     assert_eq!(state.current_time(), Timestamp(42));
     assert!(state.is_replaying());
     let seed = state.next_uuid_seed();

@@ -28,18 +28,10 @@ impl TestKiln {
 
     /// Starts `builder` on an existing database path.
     pub async fn start_at(builder: KilnBuilder, path: &Path) -> TestKiln {
-        let config = RuntimeConfig {
-            shutdown_grace: Duration::from_millis(200),
-            ..RuntimeConfig::default()
-        };
+        let config = RuntimeConfig { shutdown_grace: Duration::from_millis(200), ..RuntimeConfig::default() };
         let kiln = builder.config(config).sqlite(path).start().await.unwrap();
         let client = kiln.client();
-        TestKiln {
-            kiln,
-            client,
-            path: path.to_owned(),
-            _dir: None,
-        }
+        TestKiln { kiln, client, path: path.to_owned(), _dir: None }
     }
 
     /// Waits for a terminal status.
@@ -49,11 +41,7 @@ impl TestKiln {
 
     /// Waits until the instance has `status`.
     pub async fn reach(&self, id: &str, status: RuntimeStatus) -> InstanceRecord {
-        self.client
-            .wait_until(id, DEADLINE, |r| r.status == status)
-            .await
-            .unwrap()
-            .expect("status reached in time")
+        self.client.wait_until(id, DEADLINE, |r| r.status == status).await.unwrap().expect("status reached in time")
     }
 
     /// Waits until the instance waits on something (its first turn has committed).
@@ -74,27 +62,12 @@ impl TestKiln {
 
 /// The output of a completed instance as JSON.
 pub fn output(record: &InstanceRecord) -> serde_json::Value {
-    assert_eq!(
-        record.status,
-        RuntimeStatus::Completed,
-        "failure: {:?}",
-        record.failure
-    );
+    assert_eq!(record.status, RuntimeStatus::Completed, "failure: {:?}", record.failure);
     serde_json::from_str(record.output.as_ref().expect("output").as_str()).unwrap()
 }
 
 /// The failure message of a failed instance.
 pub fn failure_message(record: &InstanceRecord) -> String {
-    assert_eq!(
-        record.status,
-        RuntimeStatus::Failed,
-        "output: {:?}",
-        record.output
-    );
-    record
-        .failure
-        .as_ref()
-        .expect("failure")
-        .error_message
-        .clone()
+    assert_eq!(record.status, RuntimeStatus::Failed, "output: {:?}", record.output);
+    record.failure.as_ref().expect("failure").error_message.clone()
 }

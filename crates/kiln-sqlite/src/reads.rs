@@ -2,7 +2,7 @@
 //! the writer thread writes.
 
 use crate::codec::{INSTANCE_COLUMNS, backend, decode_event, instance_from_row};
-use kiln_core::HistoryEvent;
+use kiln_core::{HistoryEvent, RuntimeStatus};
 use kiln_store::{InstancePage, InstanceQuery, InstanceRecord, PageCursor, StoreError, StoreResult};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension};
@@ -49,6 +49,20 @@ pub fn get_history(conn: &Connection, instance_id: &str) -> StoreResult<Vec<Hist
         conn.prepare_cached("SELECT event FROM history WHERE instance_id = ?1 ORDER BY seq").map_err(backend)?;
     let rows = stmt.query_map([instance_id], |r| r.get::<_, String>(0)).map_err(backend)?;
     rows.map(|r| r.map_err(backend).and_then(|text| decode_event(&text))).collect()
+}
+
+/// Counts instances per status.
+pub fn count_by_status(conn: &Connection) -> StoreResult<Vec<(RuntimeStatus, u64)>> {
+    let mut stmt = conn.prepare_cached("SELECT status, count(*) FROM instances GROUP BY status").map_err(backend)?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))).map_err(backend)?;
+    let mut counts = Vec::new();
+    for row in rows {
+        let (code, count) = row.map_err(backend)?;
+        if let Some(status) = RuntimeStatus::from_code(code) {
+            counts.push((status, count as u64));
+        }
+    }
+    Ok(counts)
 }
 
 /// Reads a setting.

@@ -3,7 +3,8 @@
 use rusqlite::Connection;
 
 /// The migrations, in order; migration `i` brings the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE instances (
     instance_id        TEXT PRIMARY KEY,
     name               TEXT NOT NULL,
@@ -55,7 +56,17 @@ CREATE TABLE settings (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE idempotency_keys (
+    key         TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    instance_id TEXT NOT NULL,
+    expires_at  INTEGER NOT NULL
+);
+CREATE INDEX idempotency_keys_by_expiry ON idempotency_keys (expires_at);
+"#,
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -9,8 +9,9 @@ use crate::writer::{self, ClaimTarget, PURGE_BATCH, WriteOp, WriteOutcome, Write
 use async_trait::async_trait;
 use kiln_core::{HistoryEvent, RuntimeStatus, Timestamp};
 use kiln_store::{
-    ActivityWorkItem, InboxMessage, InstancePage, InstanceQuery, InstanceRecord, Lease, NewActivity, NewInstance,
-    OrchestrationWorkItem, PurgeFilter, StatusWatchers, Store, StoreError, StoreResult, TurnCommit,
+    ActivityWorkItem, IdempotencyKey, IdempotentStart, InboxMessage, InstancePage, InstanceQuery, InstanceRecord,
+    Lease, NewActivity, NewInstance, OrchestrationWorkItem, PurgeFilter, StatusWatchers, Store, StoreError,
+    StoreResult, TurnCommit,
 };
 use rusqlite::{Connection, OpenFlags};
 use std::fs::File;
@@ -323,6 +324,17 @@ impl Store for SqliteStore {
         self.write(WriteOp::CreateInstance(instance)).await.map(|_| ())
     }
 
+    async fn create_instance_idempotent(
+        &self,
+        instance: NewInstance,
+        key: IdempotencyKey,
+    ) -> StoreResult<IdempotentStart> {
+        match self.write(WriteOp::CreateIdempotent(instance, key)).await? {
+            WriteOutcome::Started(started) => Ok(started),
+            _ => Err(StoreError::Backend("unexpected writer reply".into())),
+        }
+    }
+
     async fn send_message(&self, instance_id: &str, event: HistoryEvent) -> StoreResult<()> {
         self.write(WriteOp::SendMessage { instance_id: instance_id.to_owned(), event }).await.map(|_| ())
     }
@@ -456,6 +468,10 @@ impl Store for SqliteStore {
                 return Ok(total);
             }
         }
+    }
+
+    async fn count_instances_by_status(&self) -> StoreResult<Vec<(RuntimeStatus, u64)>> {
+        self.readers.with(reads::count_by_status)
     }
 
     async fn get_setting(&self, key: &str) -> StoreResult<Option<String>> {

@@ -11,7 +11,8 @@ use crate::queue::ActivityEntry;
 use crate::shared::{Shared, now};
 use kiln_core::{EventKind, FailureDetails, HistoryEvent, Payload, RuntimeStatus, Timestamp, error_types};
 use kiln_store::{
-    HistoryUpdate, InboxMessage, Lease, NewActivity, NewInstance, PurgeFilter, StoreError, StoreResult, TurnCommit,
+    HistoryUpdate, IdempotencyKey, IdempotentStart, InboxMessage, Lease, NewActivity, NewInstance, PurgeFilter,
+    StoreError, StoreResult, TurnCommit,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use std::sync::Arc;
@@ -27,6 +28,8 @@ pub const PURGE_BATCH: usize = 500;
 pub enum WriteOp {
     /// Start (or replace) an instance.
     CreateInstance(NewInstance),
+    /// Start an instance under an idempotency key.
+    CreateIdempotent(NewInstance, IdempotencyKey),
     /// Put a message into an existing instance's inbox.
     SendMessage {
         /// Target.
@@ -78,6 +81,8 @@ pub enum WriteOutcome {
     Count(u64),
     /// A value (settings).
     Value(String),
+    /// What an idempotent start did.
+    Started(IdempotentStart),
 }
 
 /// A queued write and where to send its result.
@@ -218,6 +223,9 @@ fn apply(conn: &Connection, op: &WriteOp, effects: &mut Vec<Effect>) -> StoreRes
             create_instance(conn, instance, effects)?;
             Ok(WriteOutcome::Done)
         }
+        WriteOp::CreateIdempotent(instance, key) => {
+            create_idempotent(conn, instance, key, effects).map(WriteOutcome::Started)
+        }
         WriteOp::SendMessage { instance_id, event } => {
             if !instance_exists(conn, instance_id)? {
                 return Err(StoreError::NotFound(instance_id.clone()));
@@ -349,6 +357,35 @@ fn create_instance(conn: &Connection, instance: &NewInstance, effects: &mut Vec<
     insert_message(conn, &instance.instance_id, Some(execution), &started, None, effects)?;
     effects.push(Effect::Notify(instance.instance_id.clone()));
     Ok(())
+}
+
+/// Creates an instance unless an unexpired key already started one.
+fn create_idempotent(
+    conn: &Connection,
+    instance: &NewInstance,
+    key: &IdempotencyKey,
+    effects: &mut Vec<Effect>,
+) -> StoreResult<IdempotentStart> {
+    conn.prepare_cached("DELETE FROM idempotency_keys WHERE expires_at <= ?1")
+        .and_then(|mut s| s.execute([instance.created_at.0]))
+        .map_err(backend)?;
+    let existing: Option<(String, String)> = conn
+        .prepare_cached("SELECT fingerprint, instance_id FROM idempotency_keys WHERE key = ?1")
+        .and_then(|mut s| s.query_row([&key.key], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+        .map_err(backend)?;
+    if let Some((fingerprint, instance_id)) = existing {
+        if fingerprint != key.fingerprint {
+            return Err(StoreError::IdempotencyKeyReused(key.key.clone()));
+        }
+        return Ok(IdempotentStart::Existing { instance_id });
+    }
+    create_instance(conn, instance, effects)?;
+    conn.prepare_cached(
+        "INSERT INTO idempotency_keys (key, fingerprint, instance_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .and_then(|mut s| s.execute(params![key.key, key.fingerprint, instance.instance_id, key.expires_at.0]))
+    .map_err(backend)?;
+    Ok(IdempotentStart::Created)
 }
 
 fn commit_turn(conn: &Connection, turn: &TurnCommit, effects: &mut Vec<Effect>) -> StoreResult<()> {

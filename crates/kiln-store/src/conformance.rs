@@ -13,8 +13,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use crate::{
-    HistoryUpdate, InstanceQuery, NewActivity, NewInstance, NewSubOrchestration, OrchestrationWorkItem,
-    OutgoingMessage, PurgeFilter, Store, StoreError, TurnCommit,
+    HistoryUpdate, IdempotencyKey, IdempotentStart, InstanceQuery, NewActivity, NewInstance, NewSubOrchestration,
+    OrchestrationWorkItem, OutgoingMessage, PurgeFilter, Store, StoreError, TurnCommit,
 };
 use kiln_core::{EventKind, FailureDetails, HistoryEvent, ParentInstance, Payload, RuntimeStatus, Timestamp};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -44,6 +44,8 @@ macro_rules! conformance_tests {
             settings_keep_the_first_value,
             abandoned_work_comes_back,
             message_to_self_in_a_consuming_commit_is_delivered,
+            idempotency_keys_start_once_and_refuse_other_requests,
+            instances_are_counted_by_status,
         );
     };
     (@each $factory:expr; $($name:ident),* $(,)?) => {
@@ -374,4 +376,33 @@ pub async fn message_to_self_in_a_consuming_commit_is_delivered(store: &dyn Stor
     let next = fetch(store).await;
     assert!(matches!(&next.messages[0].event.kind, EventKind::EventRaised { name, .. } if name == "again"));
     assert!(next.messages[0].id > item.messages[0].id);
+}
+
+pub async fn idempotency_keys_start_once_and_refuse_other_requests(store: &dyn Store) {
+    let key = |fingerprint: &str, expires_at| IdempotencyKey {
+        key: "k1".into(),
+        fingerprint: fingerprint.into(),
+        expires_at,
+    };
+    let later = now().plus_millis(60_000);
+    let first = store.create_instance_idempotent(new_instance("a", now()), key("f", later)).await.unwrap();
+    assert_eq!(first, IdempotentStart::Created);
+    let again = store.create_instance_idempotent(new_instance("b", now()), key("f", later)).await.unwrap();
+    assert_eq!(again, IdempotentStart::Existing { instance_id: "a".into() });
+    assert!(store.get_instance("b").await.unwrap().is_none(), "a replay starts nothing");
+    let other = store.create_instance_idempotent(new_instance("c", now()), key("g", later)).await;
+    assert!(matches!(other, Err(StoreError::IdempotencyKeyReused(_))));
+    let expiring = IdempotencyKey { key: "k2".into(), fingerprint: "f".into(), expires_at: now().plus_millis(1) };
+    store.create_instance_idempotent(new_instance("d", now()), expiring.clone()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let renewed = store.create_instance_idempotent(new_instance("e", now()), expiring).await.unwrap();
+    assert_eq!(renewed, IdempotentStart::Created, "an expired key is forgotten");
+}
+
+pub async fn instances_are_counted_by_status(store: &dyn Store) {
+    start_and_finish(store, "done", now()).await;
+    start(store, "waiting").await;
+    let mut counts = store.count_instances_by_status().await.unwrap();
+    counts.sort_by_key(|(status, _)| status.code());
+    assert_eq!(counts, vec![(RuntimeStatus::Completed, 1), (RuntimeStatus::Pending, 1)]);
 }

@@ -20,6 +20,9 @@ pub enum StoreError {
     /// The store cannot be reached or is shutting down.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The idempotency key was already used for a different request.
+    #[error("the Idempotency-Key '{0}' was already used with a different request")]
+    IdempotencyKeyReused(String),
     /// Stored data could not be decoded.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),

@@ -21,8 +21,9 @@ pub mod conformance;
 
 pub use error::StoreError;
 pub use records::{
-    ActivityWorkItem, HistoryUpdate, InboxMessage, InstancePage, InstanceQuery, InstanceRecord, Lease, NewActivity,
-    NewInstance, NewSubOrchestration, OrchestrationWorkItem, OutgoingMessage, PageCursor, PurgeFilter, TurnCommit,
+    ActivityWorkItem, HistoryUpdate, IdempotencyKey, IdempotentStart, InboxMessage, InstancePage, InstanceQuery,
+    InstanceRecord, Lease, NewActivity, NewInstance, NewSubOrchestration, OrchestrationWorkItem, OutgoingMessage,
+    PageCursor, PurgeFilter, TurnCommit,
 };
 pub use store::{Store, StoreResult};
 pub use watch::{StatusSubscription, StatusWatchers};

@@ -241,3 +241,26 @@ pub struct PurgeFilter {
     /// Only these (terminal) statuses; empty = every terminal status.
     pub statuses: Vec<RuntimeStatus>,
 }
+
+/// An `Idempotency-Key` recorded with the instance it started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    /// The client's key.
+    pub key: String,
+    /// A digest of what the request asked for; a reuse with another digest is refused.
+    pub fingerprint: String,
+    /// Until when the key is remembered.
+    pub expires_at: Timestamp,
+}
+
+/// What an idempotent start did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdempotentStart {
+    /// The instance was created and the key recorded.
+    Created,
+    /// The key was already used for the same request: this is the instance it started.
+    Existing {
+        /// The instance the key started.
+        instance_id: String,
+    },
+}

@@ -1,8 +1,8 @@
 //! The `Store` trait: everything the runtime and clients persist through.
 
 use crate::{
-    ActivityWorkItem, InstancePage, InstanceQuery, InstanceRecord, Lease, NewInstance, OrchestrationWorkItem,
-    PurgeFilter, StatusWatchers, StoreError, TurnCommit,
+    ActivityWorkItem, IdempotencyKey, IdempotentStart, InstancePage, InstanceQuery, InstanceRecord, Lease, NewInstance,
+    OrchestrationWorkItem, PurgeFilter, StatusWatchers, StoreError, TurnCommit,
 };
 use async_trait::async_trait;
 use kiln_core::HistoryEvent;
@@ -25,6 +25,14 @@ pub trait Store: Send + Sync + 'static {
     /// Creates an instance with an `ExecutionStarted` message in its inbox. An id held by an
     /// unfinished instance gives `AlreadyExists`; a finished one is replaced by a new execution.
     async fn create_instance(&self, instance: NewInstance) -> StoreResult<()>;
+
+    /// Creates an instance unless `key` (unexpired) already started one: then returns that
+    /// instance, or `IdempotencyKeyReused` if the fingerprint differs. Atomic with the creation.
+    async fn create_instance_idempotent(
+        &self,
+        instance: NewInstance,
+        key: IdempotencyKey,
+    ) -> StoreResult<IdempotentStart>;
 
     /// Puts a message (an external event, terminate, suspend, resume, rewind) into an instance's
     /// inbox. `NotFound` if the instance does not exist.
@@ -77,6 +85,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Purges finished instances matching the filter (and their sub-orchestrations).
     async fn purge_instances(&self, filter: &PurgeFilter) -> StoreResult<u64>;
+
+    /// Counts instances per runtime status (statuses with no instances may be left out).
+    async fn count_instances_by_status(&self) -> StoreResult<Vec<(kiln_core::RuntimeStatus, u64)>>;
 
     /// Reads a named setting (e.g. the token-signing secret).
     async fn get_setting(&self, key: &str) -> StoreResult<Option<String>>;

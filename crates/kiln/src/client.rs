@@ -5,7 +5,9 @@ use crate::runtime::{Runtime, wall_clock};
 use kiln_core::{
     EventKind, HistoryEvent, InvalidInstanceId, Payload, PayloadTooLarge, RuntimeStatus, validate_instance_id,
 };
-use kiln_store::{InstancePage, InstanceQuery, InstanceRecord, NewInstance, PurgeFilter, StoreError};
+use kiln_store::{
+    IdempotencyKey, IdempotentStart, InstancePage, InstanceQuery, InstanceRecord, NewInstance, PurgeFilter, StoreError,
+};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,6 +70,9 @@ pub enum ClientError {
         /// What was asked.
         operation: &'static str,
     },
+    /// The idempotency key was already used with a different request (HTTP 422).
+    #[error("the Idempotency-Key '{0}' was already used with a different request")]
+    IdempotencyKeyReused(String),
     /// The wait ended before the instance finished.
     #[error("instance '{0}' did not finish in time")]
     Timeout(String),
@@ -82,6 +87,7 @@ impl From<StoreError> for ClientError {
             StoreError::NotFound(id) => ClientError::NotFound(id),
             StoreError::AlreadyExists(id, status) => ClientError::AlreadyExists { id, status },
             StoreError::NotTerminal(id, status) => ClientError::WrongState { id, status, operation: "be purged" },
+            StoreError::IdempotencyKeyReused(key) => ClientError::IdempotencyKeyReused(key),
             other => ClientError::Store(other),
         }
     }
@@ -116,6 +122,36 @@ impl KilnClient {
 
     /// Starts an orchestration with a JSON input and options; returns the instance id.
     pub async fn start_with(&self, name: &str, input: Payload, options: StartOptions) -> Result<String, ClientError> {
+        let instance = self.new_instance(name, input, options)?;
+        let instance_id = instance.instance_id.clone();
+        self.rt.store.create_instance(instance).await?;
+        Ok(instance_id)
+    }
+
+    /// Starts an orchestration unless `key` already started one for the same request (same
+    /// `fingerprint`) within `retention`. Returns the instance id and whether it was created now;
+    /// a reuse of the key with another fingerprint gives `IdempotencyKeyReused`.
+    pub async fn start_idempotent(
+        &self,
+        name: &str,
+        input: Payload,
+        options: StartOptions,
+        key: &str,
+        fingerprint: &str,
+        retention: Duration,
+    ) -> Result<(String, bool), ClientError> {
+        let instance = self.new_instance(name, input, options)?;
+        let instance_id = instance.instance_id.clone();
+        let expires_at = instance.created_at.plus_millis(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+        let key = IdempotencyKey { key: key.to_owned(), fingerprint: fingerprint.to_owned(), expires_at };
+        match self.rt.store.create_instance_idempotent(instance, key).await? {
+            IdempotentStart::Created => Ok((instance_id, true)),
+            IdempotentStart::Existing { instance_id } => Ok((instance_id, false)),
+        }
+    }
+
+    /// Checks a start request and builds the instance to create.
+    fn new_instance(&self, name: &str, input: Payload, options: StartOptions) -> Result<NewInstance, ClientError> {
         let unknown = || ClientError::UnknownOrchestration {
             name: name.to_owned(),
             version: options.version.clone(),
@@ -134,16 +170,23 @@ impl KilnClient {
             }
             None => uuid::Uuid::new_v4().simple().to_string(),
         };
-        let instance = NewInstance {
-            instance_id: instance_id.clone(),
-            name: name.to_owned(),
-            version,
-            input,
-            parent: None,
-            created_at: wall_clock(),
-        };
-        self.rt.store.create_instance(instance).await?;
-        Ok(instance_id)
+        Ok(NewInstance { instance_id, name: name.to_owned(), version, input, parent: None, created_at: wall_clock() })
+    }
+
+    /// How long instances of this orchestration have typically taken (a moving average of the
+    /// ones this process saw finish), if any finished yet.
+    pub fn typical_duration(&self, name: &str) -> Option<Duration> {
+        self.rt.metrics.typical_duration(name)
+    }
+
+    /// Counters of the runtime's work since start.
+    pub fn metrics(&self) -> crate::MetricsSnapshot {
+        self.rt.metrics.snapshot()
+    }
+
+    /// Instances per runtime status.
+    pub async fn count_by_status(&self) -> Result<Vec<(RuntimeStatus, u64)>, ClientError> {
+        Ok(self.rt.store.count_instances_by_status().await?)
     }
 
     /// True if an orchestration of this name is registered.

@@ -6,9 +6,10 @@ use crate::config::RuntimeConfig;
 use crate::registry::Registry;
 use kiln_core::Timestamp;
 use kiln_store::Store;
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Shared runtime state.
 pub(crate) struct Runtime {
@@ -26,7 +27,12 @@ pub struct Metrics {
     pub(crate) replays: AtomicU64,
     pub(crate) activities: AtomicU64,
     pub(crate) activity_millis: AtomicU64,
+    /// Moving average of instance durations (created → finished) per orchestration, in ms.
+    durations: Mutex<HashMap<String, f64>>,
 }
+
+/// Weight of the newest observation in the duration moving average.
+const DURATION_WEIGHT: f64 = 0.2;
 
 /// A copy of the counters at one moment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -42,6 +48,19 @@ pub struct MetricsSnapshot {
 }
 
 impl Metrics {
+    /// Records how long an instance of `name` took from creation to its end.
+    pub(crate) fn record_duration(&self, name: &str, duration: Duration) {
+        let millis = duration.as_secs_f64() * 1e3;
+        let mut durations = self.durations.lock().unwrap_or_else(|p| p.into_inner());
+        durations.entry(name.to_owned()).and_modify(|avg| *avg += DURATION_WEIGHT * (millis - *avg)).or_insert(millis);
+    }
+
+    /// The moving average duration of `name`, if any instance of it finished.
+    pub(crate) fn typical_duration(&self, name: &str) -> Option<Duration> {
+        let durations = self.durations.lock().unwrap_or_else(|p| p.into_inner());
+        durations.get(name).map(|millis| Duration::from_secs_f64(millis.max(0.0) / 1e3))
+    }
+
     /// Reads the counters.
     pub fn snapshot(&self) -> MetricsSnapshot {
         MetricsSnapshot {

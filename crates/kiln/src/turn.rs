@@ -37,6 +37,7 @@ enum ExecutionEnd {
 /// Processes a work item and commits (or abandons) it.
 pub(crate) async fn run_turn(rt: &Runtime, item: OrchestrationWorkItem) {
     let instance_id = item.instance.instance_id.clone();
+    let (name, created_at) = (item.instance.name.clone(), item.instance.created_at);
     let lease = item.lease;
     let plan = match plan_turn(rt, &item).await {
         Ok(plan) => plan,
@@ -53,9 +54,14 @@ pub(crate) async fn run_turn(rt: &Runtime, item: OrchestrationWorkItem) {
             if let Some(execution) = execution {
                 rt.cache.put(instance_id.clone(), execution);
             }
+            let ended = commit.status.is_terminal().then_some(commit.now);
             match rt.store.commit_turn(*commit).await {
                 Ok(()) => {
                     rt.metrics.turns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if let Some(ended) = ended {
+                        let millis = u64::try_from(ended.millis() - created_at.millis()).unwrap_or(0);
+                        rt.metrics.record_duration(&name, Duration::from_millis(millis));
+                    }
                 }
                 Err(err) => {
                     rt.cache.take(&instance_id);

@@ -1,1 +1,162 @@
-//! placeholder
+//! Kiln's HTTP surfaces, as axum routers.
+//!
+//! - **Client surface** (least privilege): the `202 Accepted` response that starters return
+//!   ([`KilnHttp::accept`]) and the status monitor `GET/DELETE /api/status/{id}?token=…`, which
+//!   serves Durable-Functions-style (Location) and Azure-style (Operation-Location) pollers.
+//! - **Management surface**: Durable Functions' HTTP API under `/runtime/webhooks/durabletask/`,
+//!   behind the system key on the public listener and open on a loopback-only listener.
+//! - **Operations surface**: `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, `/docs`.
+//!
+//! # Layout
+//! - [`problem`]: RFC 9457 errors (the only place errors become responses); [`extract`]: body
+//!   extractors; [`token`]: per-instance HMAC tokens; [`urls`]: absolute URLs;
+//!   [`retry_after`]: adaptive polling advice.
+//! - `accepted` (starters), `status` (the monitor), `management` (DF API), `ops`, `openapi`.
+
+mod accepted;
+pub mod extract;
+mod params;
+mod management;
+mod openapi;
+mod ops;
+pub mod problem;
+pub mod retry_after;
+mod status;
+pub mod token;
+pub mod urls;
+
+pub use accepted::{AcceptOptions, AcceptedBody};
+pub use problem::{FieldError, Problem};
+pub use token::{Scope, Scopes, TokenSigner};
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use kiln::{ClientError, KilnClient};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Name of the stored setting that holds the token secret when none is configured.
+const TOKEN_SECRET_SETTING: &str = "http.token_secret";
+/// Name of the stored setting that holds the system key when none is configured.
+const SYSTEM_KEY_SETTING: &str = "http.system_key";
+
+/// HTTP settings.
+#[derive(Clone, Debug)]
+pub struct HttpOptions {
+    /// Public base URL for links (e.g. behind a reverse proxy); otherwise the request's `Host`.
+    pub public_base_url: Option<String>,
+    /// Base URL used when a request has no usable `Host` header.
+    pub fallback_base_url: String,
+    /// How long status tokens stay valid.
+    pub token_ttl: Duration,
+    /// How long `Idempotency-Key`s are remembered.
+    pub idempotency_retention: Duration,
+    /// Largest request body accepted (413 above it).
+    pub max_body_bytes: usize,
+    /// The management system key; generated once and stored when `None`.
+    pub system_key: Option<String>,
+    /// The token-signing secret; generated once and stored when `None`.
+    pub token_secret: Option<String>,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            public_base_url: None,
+            fallback_base_url: "http://127.0.0.1:7071".to_owned(),
+            token_ttl: Duration::from_secs(7 * 24 * 3600),
+            idempotency_retention: Duration::from_secs(24 * 3600),
+            max_body_bytes: 2 << 20,
+            system_key: None,
+            token_secret: None,
+        }
+    }
+}
+
+/// The HTTP layer's shared state. Cheap to clone.
+#[derive(Clone)]
+pub struct KilnHttp {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: KilnClient,
+    options: HttpOptions,
+    system_key: String,
+    tokens: TokenSigner,
+    /// Idempotency keys whose first request is still being processed.
+    in_flight: Mutex<HashSet<String>>,
+    metrics: ops::HttpMetrics,
+}
+
+impl KilnHttp {
+    /// Sets up the HTTP layer; secrets not given are generated once and kept in the store.
+    pub async fn new(client: KilnClient, options: HttpOptions) -> Result<KilnHttp, ClientError> {
+        let system_key = match &options.system_key {
+            Some(key) => key.clone(),
+            None => client.secret(SYSTEM_KEY_SETTING).await?,
+        };
+        let token_secret = match &options.token_secret {
+            Some(secret) => secret.clone(),
+            None => client.secret(TOKEN_SECRET_SETTING).await?,
+        };
+        let inner = Inner {
+            client,
+            tokens: TokenSigner::new(token_secret.into_bytes()),
+            system_key,
+            options,
+            in_flight: Mutex::new(HashSet::new()),
+            metrics: ops::HttpMetrics::default(),
+        };
+        Ok(KilnHttp { inner: Arc::new(inner) })
+    }
+
+    /// The Kiln client behind the routes.
+    pub fn client(&self) -> &KilnClient {
+        &self.inner.client
+    }
+
+    /// The management system key (never log it).
+    pub fn system_key(&self) -> &str {
+        &self.inner.system_key
+    }
+
+    /// The HTTP settings.
+    pub fn options(&self) -> &HttpOptions {
+        &self.inner.options
+    }
+
+    /// The router for the public listener: the application's `starters` (documented by
+    /// `starters_doc`), the status monitor, the key-protected management API, the operations
+    /// endpoints, `/openapi.json` and `/docs`.
+    pub fn public_router(&self, starters: Router<KilnHttp>, starters_doc: utoipa::openapi::OpenApi) -> Router {
+        let management = management::routes()
+            .layer(axum::middleware::from_fn_with_state(self.clone(), management::require_system_key));
+        let routes = starters
+            .merge(status::routes())
+            .nest("/runtime/webhooks/durabletask", management)
+            .merge(ops::routes())
+            .merge(openapi::routes(openapi::document(starters_doc)));
+        self.finish(routes)
+    }
+
+    /// The router for the loopback management listener: the management API without a key (what
+    /// Durable Functions' client libraries call as `rpcBaseUrl`), plus health checks.
+    pub fn management_router(&self) -> Router {
+        let routes = Router::new()
+            .nest("/runtime/webhooks/durabletask", management::routes())
+            .nest("/durabletask", management::routes())
+            .merge(ops::health_routes());
+        self.finish(routes)
+    }
+
+    fn finish(&self, routes: Router<KilnHttp>) -> Router {
+        routes
+            .fallback(ops::not_found)
+            .method_not_allowed_fallback(ops::method_not_allowed)
+            .layer(DefaultBodyLimit::max(self.inner.options.max_body_bytes))
+            .layer(axum::middleware::from_fn_with_state(self.clone(), ops::count_requests))
+            .with_state(self.clone())
+    }
+}

@@ -179,6 +179,22 @@ impl KilnClient {
         self.rt.metrics.typical_duration(name)
     }
 
+    /// A secret kept in the store under `name`, generated (256 random bits, as hex) the first
+    /// time it is asked for; every later call returns the same value.
+    pub async fn secret(&self, name: &str) -> Result<String, ClientError> {
+        if let Some(secret) = self.rt.store.get_setting(name).await? {
+            return Ok(secret);
+        }
+        let generated = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        Ok(self.rt.store.put_setting_if_absent(name, &generated).await?)
+    }
+
+    /// Checks that the store answers.
+    pub async fn check_store(&self) -> Result<(), ClientError> {
+        self.rt.store.get_setting("kiln.ready_probe").await?;
+        Ok(())
+    }
+
     /// Counters of the runtime's work since start.
     pub fn metrics(&self) -> crate::MetricsSnapshot {
         self.rt.metrics.snapshot()

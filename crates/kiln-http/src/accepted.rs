@@ -1,0 +1,148 @@
+//! The `202 Accepted` response a starter returns, with `Idempotency-Key` handling.
+//!
+//! A starter validates its request, then calls [`KilnHttp::accept`]. The response carries the
+//! absolute status URL (with a per-instance token) as `Location` and `Operation-Location`, an
+//! integer `Retry-After`, and a small body. With an `Idempotency-Key`, a repeat of the same
+//! request returns the same instance; a different request with the key gets 422; a repeat
+//! while the first is still being processed gets 409.
+
+use crate::problem::Problem;
+use crate::token::Scopes;
+use crate::{KilnHttp, retry_after, urls};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use kiln::{Payload, StartOptions, Timestamp};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Longest `Idempotency-Key` accepted.
+const MAX_KEY_LEN: usize = 255;
+
+/// Options for one accepted start.
+#[derive(Clone, Debug)]
+pub struct AcceptOptions {
+    /// A caller-chosen instance id; random otherwise.
+    pub instance_id: Option<String>,
+    /// What the status URL's token allows (default: read and cancel).
+    pub scopes: Scopes,
+}
+
+impl Default for AcceptOptions {
+    fn default() -> Self {
+        AcceptOptions { instance_id: None, scopes: Scopes::ALL }
+    }
+}
+
+/// The body of a `202 Accepted` from a starter.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AcceptedBody {
+    /// The instance id.
+    pub id: String,
+    /// Long-running-operation status: always `NotStarted` here.
+    pub status: &'static str,
+    /// Durable Functions runtime status: always `Pending` here.
+    pub runtime_status: &'static str,
+    /// The status monitor URL (also in `Location` and `Operation-Location`).
+    pub status_query_get_uri: String,
+}
+
+/// Removes an idempotency key from the in-flight set when the request ends, however it ends.
+struct InFlight<'a> {
+    http: &'a KilnHttp,
+    key: String,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.http.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+    }
+}
+
+pub(crate) fn now() -> Timestamp {
+    Timestamp(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64))
+}
+
+impl KilnHttp {
+    /// Starts `orchestration` with `input` and answers `202 Accepted` (see the module docs).
+    pub async fn accept<I: Serialize + ?Sized>(
+        &self,
+        headers: &HeaderMap,
+        orchestration: &str,
+        input: &I,
+        options: AcceptOptions,
+    ) -> Result<Response, Problem> {
+        let payload = Payload::encode(input)
+            .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, format!("input is not valid JSON: {e}")))?;
+        let start = StartOptions { instance_id: options.instance_id, version: None };
+        let client = self.client();
+        let instance_id = match idempotency_key(headers)? {
+            Some(key) => {
+                let _guard = self.enter(&key)?;
+                let fingerprint = fingerprint(orchestration, &payload);
+                let retention = self.options().idempotency_retention;
+                client.start_idempotent(orchestration, payload, start, &key, &fingerprint, retention).await?.0
+            }
+            None => client.start_with(orchestration, payload, start).await?,
+        };
+        let status_url = self.status_url(headers, &instance_id, options.scopes);
+        let retry = retry_after::retry_after_seconds(client.typical_duration(orchestration), Duration::ZERO);
+        let body = AcceptedBody {
+            id: instance_id,
+            status: "NotStarted",
+            runtime_status: "Pending",
+            status_query_get_uri: status_url.clone(),
+        };
+        let mut response = (StatusCode::ACCEPTED, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        if let Ok(location) = HeaderValue::from_str(&status_url) {
+            headers.insert(header::LOCATION, location.clone());
+            headers.insert(HeaderName::from_static("operation-location"), location);
+        }
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(retry));
+        Ok(response)
+    }
+
+    /// The absolute status monitor URL for an instance, with a fresh token.
+    pub fn status_url(&self, headers: &HeaderMap, instance_id: &str, scopes: Scopes) -> String {
+        let options = self.options();
+        let base = urls::base_url(options.public_base_url.as_deref(), &options.fallback_base_url, headers);
+        let expires = now().plus_millis(i64::try_from(options.token_ttl.as_millis()).unwrap_or(i64::MAX));
+        let token = self.inner.tokens.sign(instance_id, scopes, expires);
+        format!("{base}/api/status/{}?token={}", urls::encode_component(instance_id), urls::encode_component(&token))
+    }
+
+    /// Marks a key as being processed; 409 if it already is.
+    fn enter(&self, key: &str) -> Result<InFlight<'_>, Problem> {
+        let mut in_flight = self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if !in_flight.insert(key.to_owned()) {
+            return Err(Problem::new(StatusCode::CONFLICT, "a request with this Idempotency-Key is still being processed"));
+        }
+        Ok(InFlight { http: self, key: key.to_owned() })
+    }
+}
+
+/// Reads `Idempotency-Key`: a structured-header string (`"…"`) or, leniently, a bare token.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let invalid = |why: &str| Problem::new(StatusCode::BAD_REQUEST, format!("invalid Idempotency-Key: {why}"));
+    let text = value.to_str().map_err(|_| invalid("not visible ASCII"))?.trim();
+    let key = match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(quoted) => quoted,
+        None => text,
+    };
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(invalid("must be 1–255 characters"));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+/// A digest of what a start asks for: the orchestration and its input.
+fn fingerprint(orchestration: &str, input: &Payload) -> String {
+    let mut digest = Sha256::new();
+    digest.update(orchestration.as_bytes());
+    digest.update(b"\n");
+    digest.update(input.as_str().as_bytes());
+    digest.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,68 @@
+//! Request-body extractors whose every rejection is a problem+json response: wrong media type
+//! (415), too large (413), malformed JSON (400), invalid fields (400 with field paths).
+
+use crate::problem::{FieldError, Problem};
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{StatusCode, header};
+use serde::de::DeserializeOwned;
+
+/// The raw body, with the size limit turned into a 413 problem.
+pub struct Body(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(req, state)
+            .await
+            .map(Body)
+            .map_err(|rejection| Problem::new(rejection.status(), rejection.body_text()))
+    }
+}
+
+/// True if the request says its body is JSON (`application/json`, any parameters).
+pub fn is_json(req: &Request) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// A JSON body deserialized into `T` and checked with `garde`.
+pub struct ValidJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + garde::Validate<Context = ()>> FromRequest<S> for ValidJson<T> {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !is_json(&req) {
+            return Err(Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "the request body must be application/json"));
+        }
+        let Body(bytes) = Body::from_request(req, state).await?;
+        let value: T = parse_json(&bytes)?;
+        value.validate().map_err(|report| {
+            let errors = report
+                .iter()
+                .map(|(path, error)| FieldError { field: path.to_string(), message: error.message().to_owned() })
+                .collect();
+            Problem::validation(errors)
+        })?;
+        Ok(ValidJson(value))
+    }
+}
+
+/// Parses JSON, naming the path of the offending field on a type mismatch.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if inner.is_syntax() || inner.is_eof() || path == "." {
+            Problem::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {inner}"))
+        } else {
+            Problem::validation(vec![FieldError { field: path, message: inner.to_string() }])
+        }
+    })
+}

@@ -1,0 +1,432 @@
+//! The Durable Functions management API under `/runtime/webhooks/durabletask/`.
+//!
+//! Routes, status codes and JSON casing follow Durable Functions' `HttpApiHandler`, except that
+//! its `500` quirks (duplicate start, suspend/resume/rewind in the wrong state) are `409`, and
+//! every error body is problem+json carrying DF's `Message`/`ExceptionMessage`. On the public
+//! listener every route needs the system key (`code=`, `x-functions-key` or a bearer token).
+
+mod payloads;
+
+use crate::accepted::now;
+use crate::extract::Body;
+use crate::params::{PathParams, QueryParams};
+use crate::problem::Problem;
+use crate::urls::base_url;
+use crate::KilnHttp;
+use axum::Router;
+use axum::extract::{OriginalUri, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use kiln::{ClientError, InstanceQuery, InstanceRecord, PageCursor, Payload, PurgeFilter, RuntimeStatus, StartOptions, Timestamp};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// Header carrying the list continuation token (request and response).
+const CONTINUATION: &str = "x-ms-continuation-token";
+/// Page size of a list without `top` (the Python client does not follow continuation tokens,
+/// so without `top` every matching instance is returned, read in pages of this size).
+const LIST_PAGE: usize = 1_000;
+/// `Retry-After` of DF's start and status responses.
+const START_RETRY_AFTER: u32 = 10;
+const STATUS_RETRY_AFTER: u32 = 5;
+
+pub(crate) fn routes() -> Router<KilnHttp> {
+    Router::new()
+        .route("/orchestrators/{name}", post(start))
+        .route("/orchestrators/{name}/{id}", post(start))
+        .route("/instances", get(list).delete(purge_many))
+        .route("/instances/", get(list).delete(purge_many))
+        .route("/instances/{id}", get(status).delete(purge))
+        .route("/instances/{id}/raiseEvent/{event}", post(raise_event))
+        .route("/instances/{id}/{operation}", post(operate))
+}
+
+/// Rejects management requests without the system key (`code=`, `x-functions-key`, or bearer).
+pub(crate) async fn require_system_key(
+    State(http): State<KilnHttp>,
+    query: QueryParams,
+    request: Request,
+    next: Next,
+) -> Response {
+    let headers = request.headers();
+    let presented = query
+        .get("code")
+        .map(str::to_owned)
+        .or_else(|| headers.get("x-functions-key").and_then(|v| v.to_str().ok()).map(str::to_owned))
+        .or_else(|| {
+            let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+            auth.strip_prefix("Bearer ").map(|t| t.trim().to_owned())
+        });
+    match presented {
+        Some(key) if constant_time_eq(key.as_bytes(), http.system_key().as_bytes()) => next.run(request).await,
+        _ => Problem::new(StatusCode::UNAUTHORIZED, "the management API needs the system key").for_durable_functions().into_response(),
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a key matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+fn df(err: ClientError) -> Problem {
+    Problem::from(err).for_durable_functions()
+}
+
+fn bad_request(detail: impl Into<String>) -> Problem {
+    Problem::new(StatusCode::BAD_REQUEST, detail).for_durable_functions()
+}
+
+/// The absolute base of the management API as this request reached it, and the query suffix
+/// its links carry.
+fn links(http: &KilnHttp, uri: &OriginalUri, headers: &HeaderMap, query: &QueryParams) -> (String, String) {
+    let path = uri.0.path();
+    let prefix = ["/orchestrators", "/instances"].iter().filter_map(|marker| path.find(marker)).min().map_or(path, |i| &path[..i]);
+    let options = http.options();
+    let base = format!("{}{prefix}", base_url(options.public_base_url.as_deref(), &options.fallback_base_url, headers));
+    let mut suffix = format!(
+        "taskHub={}&connection={}",
+        query.get("taskHub").unwrap_or("kiln"),
+        query.get("connection").unwrap_or("Storage")
+    );
+    if let Some(code) = query.get("code") {
+        suffix.push_str(&format!("&code={}", crate::urls::encode_component(code)));
+    }
+    (base, suffix)
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+fn parse_time(query: &QueryParams, key: &str) -> Result<Option<Timestamp>, Problem> {
+    match query.get(key) {
+        None | Some("") => Ok(None),
+        Some(text) => Timestamp::parse(text).map(Some).ok_or_else(|| bad_request(format!("'{key}' is not a date-time: {text}"))),
+    }
+}
+
+fn parse_statuses(query: &QueryParams) -> Result<Vec<RuntimeStatus>, Problem> {
+    query.list("runtimeStatus").iter().map(|s| s.parse::<RuntimeStatus>().map_err(|e| bad_request(e.to_string()))).collect()
+}
+
+async fn existing(http: &KilnHttp, id: &str) -> Result<InstanceRecord, Problem> {
+    http.client().status(id).await.map_err(df)?.ok_or_else(|| df(ClientError::NotFound(id.to_owned())))
+}
+
+/// Starts an orchestration (DF `StartNew`); `timeout` + `pollingInterval` wait for the result.
+#[utoipa::path(
+    post,
+    path = "/runtime/webhooks/durabletask/orchestrators/{name}/{id}",
+    tag = "management",
+    params(
+        ("name" = String, Path, description = "Orchestration name"),
+        ("id" = Option<String>, Path, description = "Instance id (also `POST orchestrators/{name}` for a random one)"),
+        ("timeout" = Option<f64>, Query, description = "Wait up to this many seconds for the result"),
+        ("pollingInterval" = Option<f64>, Query, description = "Needed with `timeout`"),
+        ("code" = Option<String>, Query, description = "System key (public listener)"),
+    ),
+    request_body(content = Object, description = "The orchestration input (any JSON; empty means null)"),
+    responses(
+        (status = 202, description = "Started; check-status payload"),
+        (status = 200, description = "Wait mode: completed; the body is the output"),
+        (status = 400, description = "Unknown orchestration, invalid id or invalid JSON", content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong system key", content_type = "application/problem+json"),
+        (status = 409, description = "An unfinished instance has this id", content_type = "application/problem+json"),
+        (status = 413, description = "Body or input too large", content_type = "application/problem+json"),
+    )
+)]
+async fn start(
+    State(http): State<KilnHttp>,
+    uri: OriginalUri,
+    path: PathParams,
+    query: QueryParams,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Result<Response, Problem> {
+    let input = if body.is_empty() {
+        Payload::null()
+    } else {
+        let text = String::from_utf8(body.to_vec()).map_err(|_| bad_request("Invalid JSON content: not UTF-8"))?;
+        Payload::from_json(text).map_err(|e| bad_request(format!("Invalid JSON content: {e}")))?
+    };
+    let name = path.get("name");
+    let options = StartOptions { instance_id: path.0.get("id").cloned(), version: None };
+    let id = http.client().start_with(name, input, options).await.map_err(df)?;
+    let (base, suffix) = links(&http, &uri, &headers, &query);
+    if let (Some(timeout), Some(_)) = (query.seconds("timeout"), query.seconds("pollingInterval")) {
+        let done = |r: &InstanceRecord| r.status.is_terminal();
+        let waited = http.client().wait_until(&id, Duration::from_secs_f64(timeout.min(3600.0)), done).await.map_err(df)?;
+        if let Some(record) = waited {
+            if record.status == RuntimeStatus::Completed {
+                let output = record.output.as_ref().map_or(Value::Null, crate::status::payload_value);
+                return Ok(json_response(StatusCode::OK, &output));
+            }
+            return Ok(status_response(&record, &query, None));
+        }
+    }
+    Ok(check_status_response(&base, &id, &suffix))
+}
+
+fn check_status_response(base: &str, id: &str, suffix: &str) -> Response {
+    let payload = payloads::check_status(base, id, suffix);
+    let mut response = json_response(StatusCode::ACCEPTED, &payload);
+    if let Some(location) = payload["statusQueryGetUri"].as_str().and_then(|l| HeaderValue::from_str(l).ok()) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(START_RETRY_AFTER));
+    response
+}
+
+/// 202 while running, 200 when finished (500 for a failure when asked), with DF's status object.
+fn status_response(record: &InstanceRecord, query: &QueryParams, history: Option<Vec<Value>>) -> Response {
+    let show_input = query.flag("showInput", true);
+    let body = payloads::status_object(record, show_input, history);
+    let code = if !record.status.is_terminal() {
+        StatusCode::ACCEPTED
+    } else if record.status == RuntimeStatus::Failed && query.flag("returnInternalServerErrorOnFailure", false) {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::OK
+    };
+    let mut response = json_response(code, &body);
+    if !record.status.is_terminal() {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(STATUS_RETRY_AFTER));
+    }
+    response
+}
+
+/// Reads an instance's status (DF `GetStatus`).
+#[utoipa::path(
+    get,
+    path = "/runtime/webhooks/durabletask/instances/{id}",
+    tag = "management",
+    params(
+        ("id" = String, Path, description = "Instance id"),
+        ("showHistory" = Option<bool>, Query, description = "Include `historyEvents`"),
+        ("showHistoryOutput" = Option<bool>, Query, description = "Include results in history"),
+        ("showInput" = Option<bool>, Query, description = "Include the input (default true)"),
+        ("returnInternalServerErrorOnFailure" = Option<bool>, Query, description = "500 for a failed instance"),
+    ),
+    responses(
+        (status = 200, description = "Finished; DF status object"),
+        (status = 202, description = "Not finished; DF status object"),
+        (status = 404, description = "Unknown instance", content_type = "application/problem+json"),
+        (status = 500, description = "Failed, when asked"),
+    )
+)]
+async fn status(
+    State(http): State<KilnHttp>,
+    uri: OriginalUri,
+    path: PathParams,
+    query: QueryParams,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let record = existing(&http, path.get("id")).await?;
+    let history = if query.flag("showHistory", false) && record.status != RuntimeStatus::Pending {
+        let events = http.client().history(&record.instance_id).await.map_err(df)?;
+        Some(payloads::history(&events, query.flag("showHistoryOutput", false), query.flag("showInput", true)))
+    } else {
+        None
+    };
+    let mut response = status_response(&record, &query, history);
+    if !record.status.is_terminal() {
+        let options = http.options();
+        let base = base_url(options.public_base_url.as_deref(), &options.fallback_base_url, &headers);
+        if let Ok(location) = HeaderValue::from_str(&format!("{base}{}", uri.0)) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+    }
+    Ok(response)
+}
+
+/// Lists instances (DF `ListInstances`), keyset-paged with `top` and `x-ms-continuation-token`.
+#[utoipa::path(
+    get,
+    path = "/runtime/webhooks/durabletask/instances",
+    tag = "management",
+    params(
+        ("createdTimeFrom" = Option<String>, Query, description = "Created at or after"),
+        ("createdTimeTo" = Option<String>, Query, description = "Created at or before"),
+        ("runtimeStatus" = Option<String>, Query, description = "Comma-separated statuses"),
+        ("instanceIdPrefix" = Option<String>, Query, description = "Id prefix"),
+        ("showInput" = Option<bool>, Query, description = "Include inputs (default true)"),
+        ("top" = Option<u32>, Query, description = "Page size; without it every match is returned"),
+        ("x-ms-continuation-token" = Option<String>, Header, description = "From the previous page"),
+    ),
+    responses(
+        (status = 200, description = "Array of DF status objects; `x-ms-continuation-token` is empty on the last page"),
+        (status = 400, description = "Invalid filter or token", content_type = "application/problem+json"),
+    )
+)]
+async fn list(State(http): State<KilnHttp>, query: QueryParams, headers: HeaderMap) -> Result<Response, Problem> {
+    let top = match query.get("top") {
+        Some(text) => Some(text.trim().parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| bad_request(format!("'top' must be a positive integer, not '{text}'")))?),
+        None => None,
+    };
+    let after = match headers.get(CONTINUATION).and_then(|v| v.to_str().ok()).filter(|t| !t.is_empty() && *t != "null") {
+        Some(token) => Some(decode_continuation(token).ok_or_else(|| bad_request("invalid x-ms-continuation-token"))?),
+        None => None,
+    };
+    let mut instance_query = InstanceQuery {
+        statuses: parse_statuses(&query)?,
+        name: None,
+        created_from: parse_time(&query, "createdTimeFrom")?,
+        created_to: parse_time(&query, "createdTimeTo")?,
+        instance_id_prefix: query.get("instanceIdPrefix").filter(|p| !p.is_empty()).map(str::to_owned),
+        page_size: top.unwrap_or(LIST_PAGE),
+        after,
+    };
+    let show_input = query.flag("showInput", true);
+    let mut items = Vec::new();
+    let next = loop {
+        let page = http.client().list(&instance_query).await.map_err(df)?;
+        items.extend(page.instances.iter().map(|r| payloads::status_object(r, show_input, None)));
+        match (page.next, top) {
+            (Some(next), None) => instance_query.after = Some(next),
+            (next, _) => break next,
+        }
+    };
+    let mut response = json_response(StatusCode::OK, &Value::Array(items));
+    let token = next.map(|cursor| encode_continuation(&cursor)).unwrap_or_default();
+    if let Ok(value) = HeaderValue::from_str(&token) {
+        response.headers_mut().insert(CONTINUATION, value);
+    }
+    Ok(response)
+}
+
+fn encode_continuation(cursor: &PageCursor) -> String {
+    URL_SAFE_NO_PAD.encode(cursor.encode())
+}
+
+fn decode_continuation(token: &str) -> Option<PageCursor> {
+    let bytes = URL_SAFE_NO_PAD.decode(token).ok()?;
+    PageCursor::decode(std::str::from_utf8(&bytes).ok()?)
+}
+
+/// Purges one finished instance and its sub-orchestrations (DF `PurgeInstanceHistory`).
+#[utoipa::path(
+    delete,
+    path = "/runtime/webhooks/durabletask/instances/{id}",
+    tag = "management",
+    params(("id" = String, Path, description = "Instance id")),
+    responses(
+        (status = 200, description = "`{\"instancesDeleted\": n}`"),
+        (status = 404, description = "Unknown instance", content_type = "application/problem+json"),
+        (status = 409, description = "The instance has not finished", content_type = "application/problem+json"),
+    )
+)]
+async fn purge(State(http): State<KilnHttp>, path: PathParams) -> Result<Response, Problem> {
+    let deleted = http.client().purge(path.get("id")).await.map_err(df)?;
+    Ok(json_response(StatusCode::OK, &json!({ "instancesDeleted": deleted })))
+}
+
+/// Purges finished instances created in a time window (DF `PurgeInstanceHistory` by filter).
+#[utoipa::path(
+    delete,
+    path = "/runtime/webhooks/durabletask/instances",
+    tag = "management",
+    params(
+        ("createdTimeFrom" = String, Query, description = "Required: created at or after"),
+        ("createdTimeTo" = Option<String>, Query, description = "Created at or before (default now)"),
+        ("runtimeStatus" = Option<String>, Query, description = "Comma-separated terminal statuses"),
+    ),
+    responses(
+        (status = 200, description = "`{\"instancesDeleted\": n}`"),
+        (status = 400, description = "`createdTimeFrom` missing or invalid", content_type = "application/problem+json"),
+        (status = 404, description = "Nothing matched", content_type = "application/problem+json"),
+    )
+)]
+async fn purge_many(State(http): State<KilnHttp>, query: QueryParams) -> Result<Response, Problem> {
+    let created_from = parse_time(&query, "createdTimeFrom")?
+        .ok_or_else(|| bad_request("Please provide value for 'createdTimeFrom' parameter."))?;
+    let filter = PurgeFilter {
+        created_from: Some(created_from),
+        created_to: Some(parse_time(&query, "createdTimeTo")?.unwrap_or_else(now)),
+        statuses: parse_statuses(&query)?,
+    };
+    match http.client().purge_many(&filter).await.map_err(df)? {
+        0 => Err(Problem::not_found("no finished instance matched").for_durable_functions()),
+        deleted => Ok(json_response(StatusCode::OK, &json!({ "instancesDeleted": deleted }))),
+    }
+}
+
+/// Raises an external event (DF `RaiseEvent`).
+#[utoipa::path(
+    post,
+    path = "/runtime/webhooks/durabletask/instances/{id}/raiseEvent/{event}",
+    tag = "management",
+    params(("id" = String, Path, description = "Instance id"), ("event" = String, Path, description = "Event name")),
+    request_body(content = Object, content_type = "application/json", description = "The event data (any JSON)"),
+    responses(
+        (status = 202, description = "Delivered (buffered until the orchestration waits for it)"),
+        (status = 400, description = "Not application/json, or invalid JSON", content_type = "application/problem+json"),
+        (status = 404, description = "Unknown instance", content_type = "application/problem+json"),
+        (status = 410, description = "The instance has finished", content_type = "application/problem+json"),
+    )
+)]
+async fn raise_event(State(http): State<KilnHttp>, path: PathParams, request: Request) -> Result<Response, Problem> {
+    let id = path.get("id");
+    let record = existing(&http, id).await?;
+    if record.status.is_terminal() {
+        return Err(df(ClientError::Finished { id: id.to_owned(), status: record.status, operation: "receive events" }));
+    }
+    if !crate::extract::is_json(&request) {
+        return Err(bad_request("Only application/json request content is supported"));
+    }
+    let Body(body) = <Body as axum::extract::FromRequest<()>>::from_request(request, &()).await?;
+    let text = String::from_utf8(body.to_vec()).map_err(|_| bad_request("Invalid JSON content: not UTF-8"))?;
+    let data = Payload::from_json(text).map_err(|e| bad_request(format!("Invalid JSON content: {e}")))?;
+    http.client().raise_event_payload(id, path.get("event"), data).await.map_err(df)?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// Terminates, suspends, resumes, rewinds or restarts an instance.
+#[utoipa::path(
+    post,
+    path = "/runtime/webhooks/durabletask/instances/{id}/{operation}",
+    tag = "management",
+    params(
+        ("id" = String, Path, description = "Instance id"),
+        ("operation" = String, Path, description = "`terminate`, `suspend`, `resume`, `rewind` or `restart`"),
+        ("reason" = Option<String>, Query, description = "Why (terminate, suspend, resume, rewind)"),
+        ("restartWithNewInstanceId" = Option<bool>, Query, description = "Restart under a new id (default true)"),
+    ),
+    responses(
+        (status = 202, description = "Accepted (restart: check-status payload of the new instance)"),
+        (status = 400, description = "Restart of an unknown instance", content_type = "application/problem+json"),
+        (status = 404, description = "Unknown instance or operation", content_type = "application/problem+json"),
+        (status = 409, description = "Wrong state (suspend when suspended, resume when not, rewind when not failed)", content_type = "application/problem+json"),
+        (status = 410, description = "The instance has finished", content_type = "application/problem+json"),
+    )
+)]
+async fn operate(
+    State(http): State<KilnHttp>,
+    uri: OriginalUri,
+    path: PathParams,
+    query: QueryParams,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let (id, reason) = (path.get("id"), query.get("reason"));
+    let client = http.client();
+    match path.get("operation") {
+        "terminate" => client.terminate(id, reason).await,
+        "suspend" => client.suspend(id, reason).await,
+        "resume" => client.resume(id, reason).await,
+        "rewind" => client.rewind(id, reason).await,
+        "restart" => {
+            let record = client.status(id).await.map_err(df)?.ok_or_else(|| bad_request(format!("instance '{id}' not found")))?;
+            let new_id = if query.flag("restartWithNewInstanceId", true) { None } else { Some(id.to_owned()) };
+            let options = StartOptions { instance_id: new_id, version: Some(record.version.clone()) };
+            let started = client.start_with(&record.name, record.input.clone(), options).await.map_err(df)?;
+            let (base, suffix) = links(&http, &uri, &headers, &query);
+            return Ok(check_status_response(&base, &started, &suffix));
+        }
+        other => return Err(Problem::not_found(format!("unknown operation '{other}'")).for_durable_functions()),
+    }
+    .map_err(df)?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}

@@ -1,0 +1,107 @@
+//! Operations endpoints — `/healthz`, `/readyz`, `/metrics` — the request counter behind the
+//! metrics, and the problem+json answers for unknown routes and wrong methods.
+
+use crate::KilnHttp;
+use crate::problem::Problem;
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+
+/// HTTP request counts by route template and status code.
+#[derive(Debug, Default)]
+pub(crate) struct HttpMetrics {
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+}
+
+pub(crate) fn routes() -> Router<KilnHttp> {
+    health_routes().route("/metrics", get(metrics))
+}
+
+pub(crate) fn health_routes() -> Router<KilnHttp> {
+    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz))
+}
+
+/// Counts every request by its route template (not its raw path, to keep the label set small).
+pub(crate) async fn count_requests(State(http): State<KilnHttp>, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    let mut requests = http.inner.metrics.requests.lock().unwrap_or_else(|p| p.into_inner());
+    *requests.entry((route, response.status().as_u16())).or_default() += 1;
+    response
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Up")))]
+pub(crate) async fn healthz() -> Response {
+    axum::Json(json!({"status": "ok"})).into_response()
+}
+
+/// The store answers.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready"),
+        (status = 503, description = "The store is unreachable", content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn readyz(State(http): State<KilnHttp>) -> Response {
+    match http.client().check_store().await {
+        Ok(()) => axum::Json(json!({"status": "ready"})).into_response(),
+        Err(err) => Problem::new(StatusCode::SERVICE_UNAVAILABLE, format!("store unavailable: {err}")).into_response(),
+    }
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub(crate) async fn metrics(State(http): State<KilnHttp>) -> Response {
+    let mut out = String::new();
+    let _ = writeln!(out, "# HELP kiln_http_requests_total HTTP requests by route and status.");
+    let _ = writeln!(out, "# TYPE kiln_http_requests_total counter");
+    for ((route, status), count) in http.inner.metrics.requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let _ = writeln!(out, "kiln_http_requests_total{{route=\"{}\",status=\"{status}\"}} {count}", escape(route));
+    }
+    let _ = writeln!(out, "# HELP kiln_instances Instances by runtime status.");
+    let _ = writeln!(out, "# TYPE kiln_instances gauge");
+    if let Ok(counts) = http.client().count_by_status().await {
+        for (status, count) in counts {
+            let _ = writeln!(out, "kiln_instances{{status=\"{status}\"}} {count}");
+        }
+    }
+    let m = http.client().metrics();
+    for (name, help, value) in [
+        ("kiln_turns_total", "Orchestration turns committed.", m.turns),
+        ("kiln_turn_replays_total", "Turns that replayed history (execution cache misses).", m.replays),
+        ("kiln_activity_duration_seconds_count", "Activities finished.", m.activities),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+    }
+    let _ = writeln!(out, "# HELP kiln_activity_duration_seconds_sum Time spent in activities.");
+    let _ = writeln!(out, "# TYPE kiln_activity_duration_seconds_sum counter");
+    let _ = writeln!(out, "kiln_activity_duration_seconds_sum {}", m.activity_millis as f64 / 1e3);
+    let mut response = out.into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response
+}
+
+fn escape(label: &str) -> String {
+    label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// 404 for a path no route serves.
+pub(crate) async fn not_found(method: Method, uri: Uri) -> Problem {
+    Problem::not_found(format!("no route for {method} {}", uri.path()))
+}
+
+/// 405 for a served path with the wrong method.
+pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> Problem {
+    Problem::new(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {}", uri.path()))
+}

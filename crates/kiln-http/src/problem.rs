@@ -1,0 +1,111 @@
+//! RFC 9457 problem details: the one place errors become HTTP responses.
+//!
+//! Every error body is `application/problem+json`. On the management surface, problems also
+//! carry Durable Functions' `Message` and `ExceptionMessage` fields, which DF's Python client
+//! reads on a 400.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use kiln::{ClientError, StoreError};
+use serde_json::{Map, Value, json};
+
+/// The media type of problem details.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An HTTP error with an RFC 9457 body.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    status: StatusCode,
+    detail: String,
+    durable_functions: bool,
+    extensions: Map<String, Value>,
+}
+
+/// One invalid field of a request body.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FieldError {
+    /// Path of the field, e.g. `delay_seconds` or `items[2].name`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl Problem {
+    /// A problem with this status and a human-readable detail.
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Problem {
+        Problem { status, detail: detail.into(), durable_functions: false, extensions: Map::new() }
+    }
+
+    /// 400 with the invalid fields listed under `errors`.
+    pub fn validation(errors: Vec<FieldError>) -> Problem {
+        let detail = errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ");
+        let mut problem = Problem::new(StatusCode::BAD_REQUEST, format!("invalid request body: {detail}"));
+        problem.extensions.insert("errors".into(), json!(errors));
+        problem
+    }
+
+    /// 404 for an unknown resource.
+    pub fn not_found(detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::NOT_FOUND, detail)
+    }
+
+    /// Adds Durable Functions' `Message`/`ExceptionMessage` fields.
+    pub fn for_durable_functions(mut self) -> Problem {
+        self.durable_functions = true;
+        self
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The detail text.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let title = self.status.canonical_reason().unwrap_or("Error");
+        let mut body = json!({
+            "type": "about:blank",
+            "title": title,
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        if let Value::Object(fields) = &mut body {
+            if self.durable_functions {
+                fields.insert("Message".into(), Value::String(title.to_owned()));
+                fields.insert("ExceptionMessage".into(), Value::String(self.detail.clone()));
+            }
+            fields.extend(self.extensions);
+        }
+        let mut response = (self.status, body.to_string()).into_response();
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        response
+    }
+}
+
+impl From<ClientError> for Problem {
+    fn from(err: ClientError) -> Problem {
+        let status = match &err {
+            ClientError::NotFound(_) => StatusCode::NOT_FOUND,
+            ClientError::AlreadyExists { .. } | ClientError::WrongState { .. } => StatusCode::CONFLICT,
+            ClientError::UnknownOrchestration { .. }
+            | ClientError::InvalidInstanceId(_)
+            | ClientError::InvalidPayload { .. } => StatusCode::BAD_REQUEST,
+            ClientError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ClientError::Finished { .. } => StatusCode::GONE,
+            ClientError::IdempotencyKeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ClientError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ClientError::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            ClientError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %err, "request failed");
+        }
+        Problem::new(status, err.to_string())
+    }
+}

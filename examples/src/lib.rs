@@ -9,6 +9,7 @@
 
 pub mod approval;
 pub mod call_for_speakers;
+pub mod http;
 pub mod report_jobs;
 
 /// Registers every sample's orchestrations and activities.

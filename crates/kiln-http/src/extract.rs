@@ -59,10 +59,16 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
-        if inner.is_syntax() || inner.is_eof() || path == "." {
-            Problem::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {inner}"))
-        } else {
-            Problem::validation(vec![FieldError { field: path, message: inner.to_string() }])
+        if !matches!(inner.classify(), serde_json::error::Category::Data) {
+            return Problem::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {inner}"));
         }
+        let message = inner.to_string();
+        // A missing field is reported at its parent; name the field itself.
+        let field = match message.strip_prefix("missing field `").and_then(|m| m.split('`').next()) {
+            Some(missing) if path == "." => missing.to_owned(),
+            Some(missing) => format!("{path}.{missing}"),
+            None => path,
+        };
+        Problem::validation(vec![FieldError { field, message }])
     })
 }

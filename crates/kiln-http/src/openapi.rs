@@ -13,6 +13,7 @@ use utoipa_swagger_ui::SwaggerUi;
         status::get_status,
         status::cancel,
         management::start,
+        management::start_with_random_id,
         management::status,
         management::list,
         management::purge,

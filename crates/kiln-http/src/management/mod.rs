@@ -36,7 +36,7 @@ const STATUS_RETRY_AFTER: u32 = 5;
 
 pub(crate) fn routes() -> Router<KilnHttp> {
     Router::new()
-        .route("/orchestrators/{name}", post(start))
+        .route("/orchestrators/{name}", post(start_with_random_id))
         .route("/orchestrators/{name}/{id}", post(start))
         .route("/instances", get(list).delete(purge_many))
         .route("/instances/", get(list).delete(purge_many))
@@ -169,6 +169,36 @@ async fn start(
         }
     }
     Ok(check_status_response(&base, &id, &suffix))
+}
+
+/// Starts an orchestration under a random instance id (see `start`).
+#[utoipa::path(
+    post,
+    path = "/runtime/webhooks/durabletask/orchestrators/{name}",
+    tag = "management",
+    params(
+        ("name" = String, Path, description = "Orchestration name"),
+        ("timeout" = Option<f64>, Query, description = "Wait up to this many seconds for the result"),
+        ("pollingInterval" = Option<f64>, Query, description = "Needed with `timeout`"),
+    ),
+    request_body(content = Object, description = "The orchestration input (any JSON; empty means null)"),
+    responses(
+        (status = 202, description = "Started; check-status payload"),
+        (status = 200, description = "Wait mode: completed; the body is the output"),
+        (status = 400, description = "Unknown orchestration or invalid JSON", content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong system key", content_type = "application/problem+json"),
+        (status = 413, description = "Body or input too large", content_type = "application/problem+json"),
+    )
+)]
+async fn start_with_random_id(
+    state: State<KilnHttp>,
+    uri: OriginalUri,
+    path: PathParams,
+    query: QueryParams,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    start(state, uri, path, query, headers, body).await
 }
 
 fn check_status_response(base: &str, id: &str, suffix: &str) -> Response {

@@ -1,0 +1,164 @@
+//! `kiln serve` configuration: one typed struct from `kiln.toml`, `KILN_*` environment variables
+//! and flags (in rising precedence), validated before anything starts.
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Settings that may come from the file, the environment or flags.
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct ServeSettings {
+    /// Public listener (client surface, key-protected management API, operations).
+    #[arg(long, env = "KILN_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Loopback-only listener for the management API without a key (DF's `rpcBaseUrl`).
+    #[arg(long, env = "KILN_MANAGEMENT_LISTEN")]
+    pub management_listen: Option<SocketAddr>,
+    /// SQLite database file.
+    #[arg(long, env = "KILN_DATABASE")]
+    pub database: Option<PathBuf>,
+    /// Base URL for links when behind a reverse proxy (e.g. `https://api.example.com`).
+    #[arg(long, env = "KILN_PUBLIC_BASE_URL")]
+    pub public_base_url: Option<String>,
+    /// Management system key (generated once and kept in the database when not set).
+    #[arg(long, env = "KILN_SYSTEM_KEY", hide_env_values = true)]
+    pub system_key: Option<String>,
+    /// Secret that signs status tokens (generated once and kept in the database when not set).
+    #[arg(long, env = "KILN_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+    /// Where to write the system key for local tools (mode 0600).
+    #[arg(long, env = "KILN_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// How long `Idempotency-Key`s are remembered, in hours.
+    #[arg(long, env = "KILN_IDEMPOTENCY_RETENTION_HOURS")]
+    pub idempotency_retention_hours: Option<u64>,
+    /// How long status tokens stay valid, in hours.
+    #[arg(long, env = "KILN_TOKEN_TTL_HOURS")]
+    pub token_ttl_hours: Option<u64>,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "KILN_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Log filter (e.g. `info`, `kiln=debug`).
+    #[arg(long, env = "KILN_LOG")]
+    pub log: Option<String>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub management_listen: SocketAddr,
+    pub database: PathBuf,
+    pub public_base_url: Option<String>,
+    pub system_key: Option<String>,
+    pub token_secret: Option<String>,
+    pub key_file: PathBuf,
+    pub idempotency_retention: Duration,
+    pub token_ttl: Duration,
+    pub max_body_bytes: usize,
+    pub log: String,
+}
+
+impl ServeSettings {
+    /// Fills every unset field from `lower`.
+    fn or(self, lower: ServeSettings) -> ServeSettings {
+        ServeSettings {
+            listen: self.listen.or(lower.listen),
+            management_listen: self.management_listen.or(lower.management_listen),
+            database: self.database.or(lower.database),
+            public_base_url: self.public_base_url.or(lower.public_base_url),
+            system_key: self.system_key.or(lower.system_key),
+            token_secret: self.token_secret.or(lower.token_secret),
+            key_file: self.key_file.or(lower.key_file),
+            idempotency_retention_hours: self.idempotency_retention_hours.or(lower.idempotency_retention_hours),
+            token_ttl_hours: self.token_ttl_hours.or(lower.token_ttl_hours),
+            max_body_bytes: self.max_body_bytes.or(lower.max_body_bytes),
+            log: self.log.or(lower.log),
+        }
+    }
+}
+
+/// Reads the file (an explicit `--config`, else `./kiln.toml` if present), applies the
+/// environment and flags over it, fills defaults and validates.
+pub fn load(config_file: Option<&Path>, overrides: ServeSettings) -> anyhow::Result<ServeConfig> {
+    let file = match config_file {
+        Some(path) => read_file(path)?,
+        None if Path::new("kiln.toml").exists() => read_file(Path::new("kiln.toml"))?,
+        None => ServeSettings::default(),
+    };
+    let s = overrides.or(file);
+    let hours = |h: u64| Duration::from_secs(h.saturating_mul(3600));
+    let config = ServeConfig {
+        listen: s.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7071))),
+        management_listen: s.management_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7072))),
+        database: s.database.unwrap_or_else(|| PathBuf::from("kiln.db")),
+        public_base_url: s.public_base_url,
+        system_key: s.system_key,
+        token_secret: s.token_secret,
+        key_file: s.key_file.unwrap_or_else(|| PathBuf::from("kiln.key")),
+        idempotency_retention: hours(s.idempotency_retention_hours.unwrap_or(24)),
+        token_ttl: hours(s.token_ttl_hours.unwrap_or(24 * 7)),
+        max_body_bytes: s.max_body_bytes.unwrap_or(2 << 20),
+        log: s.log.unwrap_or_else(|| "info".to_owned()),
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+fn read_file(path: &Path) -> anyhow::Result<ServeSettings> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+impl ServeConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        if !self.management_listen.ip().is_loopback() {
+            bail!(
+                "management_listen {} is not a loopback address: that listener serves the management API without a key",
+                self.management_listen
+            );
+        }
+        if self.listen == self.management_listen {
+            bail!("listen and management_listen must differ (both are {})", self.listen);
+        }
+        if let Some(url) = &self.public_base_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.contains(char::is_whitespace) {
+                bail!("public_base_url must be an absolute http(s) URL, not '{url}'");
+            }
+        }
+        if let Some(key) = &self.system_key {
+            if key.len() < 16 {
+                bail!("system_key must be at least 16 characters");
+            }
+        }
+        if self.max_body_bytes < 1024 {
+            bail!("max_body_bytes must be at least 1024");
+        }
+        if self.token_ttl.is_zero() || self.idempotency_retention.is_zero() {
+            bail!("token_ttl_hours and idempotency_retention_hours must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kiln.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:9000\"\ndatabase = \"a.db\"\n").unwrap();
+        let flags = ServeSettings { database: Some("b.db".into()), ..Default::default() };
+        let config = load(Some(&file), flags).unwrap();
+        assert_eq!((config.listen.port(), config.database), (9000, PathBuf::from("b.db")));
+        let public = ServeSettings { management_listen: Some("0.0.0.0:7072".parse().unwrap()), ..Default::default() };
+        assert!(load(Some(&file), public).unwrap_err().to_string().contains("not a loopback address"));
+        std::fs::write(&file, "lisen = 1\n").unwrap();
+        assert!(load(Some(&file), ServeSettings::default()).is_err(), "unknown keys are refused");
+    }
+}

@@ -1,0 +1,168 @@
+//! Client commands against a running server, through the management API (by default the
+//! loopback listener, which needs no key).
+
+use anyhow::{Context, anyhow, bail};
+use serde_json::Value;
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+/// How the CLI reaches the server.
+pub struct Remote {
+    agent: ureq::Agent,
+    base: String,
+    key: Option<String>,
+}
+
+/// How often `start --wait` looks at the instance.
+const WAIT_INTERVAL: Duration = Duration::from_millis(250);
+
+impl Remote {
+    /// A client for the server at `url` (its management API), with an optional system key.
+    pub fn new(url: &str, key: Option<String>) -> Remote {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        Remote { agent, base: format!("{}/runtime/webhooks/durabletask", url.trim_end_matches('/')), key }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<&str>) -> anyhow::Result<(u16, Value)> {
+        let url = format!("{}{path}", self.base);
+        let request = ureq::http::Request::builder().method(method).uri(&url);
+        let request = match &self.key {
+            Some(key) => request.header("x-functions-key", key),
+            None => request,
+        };
+        let request = request.header("content-type", "application/json").body(body.unwrap_or("").to_owned())?;
+        let mut response = self.agent.run(request).map_err(|e| anyhow!("cannot reach {url}: {e}"))?;
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().context("cannot read the response")?;
+        let json = if text.trim().is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        if status >= 400 {
+            let detail = json.get("detail").and_then(Value::as_str).map_or_else(|| json.to_string(), str::to_owned);
+            bail!("{detail} (HTTP {status})");
+        }
+        Ok((status, json))
+    }
+
+    /// `kiln start`: prints the instance id, or with `wait` follows it to the end.
+    pub fn start(&self, name: &str, input: &str, id: Option<&str>, wait: bool) -> anyhow::Result<bool> {
+        serde_json::from_str::<Value>(input).context("--input is not valid JSON")?;
+        let path = match id {
+            Some(id) => format!("/orchestrators/{}/{}", encode(name), encode(id)),
+            None => format!("/orchestrators/{}", encode(name)),
+        };
+        let (_, started) = self.call("POST", &path, Some(input))?;
+        let id = started.get("id").and_then(Value::as_str).ok_or_else(|| anyhow!("the server returned no instance id"))?;
+        if !wait {
+            println!("{id}");
+            return Ok(true);
+        }
+        eprintln!("started {id}");
+        self.follow(id)
+    }
+
+    /// Shows the custom status as it changes, then the output; true if the instance completed.
+    fn follow(&self, id: &str) -> anyhow::Result<bool> {
+        let spinner = ['|', '/', '-', '\\'];
+        let interactive = std::io::stderr().is_terminal();
+        let mut last_line = String::new();
+        for tick in 0usize.. {
+            let (_, status) = self.call("GET", &format!("/instances/{}?showInput=false", encode(id)), None)?;
+            let runtime = status.get("runtimeStatus").and_then(Value::as_str).unwrap_or("Unknown").to_owned();
+            let custom = status.get("customStatus").filter(|c| !c.is_null()).map(Value::to_string).unwrap_or_default();
+            let line = format!("{runtime} {custom}");
+            if interactive {
+                eprint!("\r\x1b[2K{} {line}", spinner[tick % spinner.len()]);
+                let _ = std::io::stderr().flush();
+            } else if line != last_line {
+                eprintln!("{line}");
+            }
+            last_line = line;
+            if matches!(runtime.as_str(), "Completed" | "Failed" | "Terminated" | "Canceled") {
+                if interactive {
+                    eprintln!();
+                }
+                println!("{}", serde_json::to_string_pretty(&status["output"])?);
+                return Ok(runtime == "Completed");
+            }
+            std::thread::sleep(WAIT_INTERVAL);
+        }
+        Ok(false)
+    }
+
+    /// `kiln status`.
+    pub fn status(&self, id: &str) -> anyhow::Result<()> {
+        let (_, status) = self.call("GET", &format!("/instances/{}", encode(id)), None)?;
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        Ok(())
+    }
+
+    /// `kiln list`.
+    pub fn list(&self, statuses: &[String], prefix: Option<&str>) -> anyhow::Result<()> {
+        let mut query = vec!["showInput=false".to_owned()];
+        if !statuses.is_empty() {
+            query.push(format!("runtimeStatus={}", encode(&statuses.join(","))));
+        }
+        if let Some(prefix) = prefix {
+            query.push(format!("instanceIdPrefix={}", encode(prefix)));
+        }
+        let (_, list) = self.call("GET", &format!("/instances?{}", query.join("&")), None)?;
+        for item in list.as_array().map(Vec::as_slice).unwrap_or_default() {
+            let field = |k: &str| item.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+            println!("{}\t{}\t{}\t{}", field("instanceId"), field("runtimeStatus"), field("name"), field("createdTime"));
+        }
+        Ok(())
+    }
+
+    /// `kiln history`.
+    pub fn history(&self, id: &str) -> anyhow::Result<()> {
+        let path = format!("/instances/{}?showHistory=true&showHistoryOutput=true", encode(id));
+        let (_, status) = self.call("GET", &path, None)?;
+        println!("{}", serde_json::to_string_pretty(&status["historyEvents"])?);
+        Ok(())
+    }
+
+    /// `kiln raise`.
+    pub fn raise(&self, id: &str, event: &str, data: &str) -> anyhow::Result<()> {
+        serde_json::from_str::<Value>(data).context("the event data is not valid JSON")?;
+        self.call("POST", &format!("/instances/{}/raiseEvent/{}", encode(id), encode(event)), Some(data))?;
+        eprintln!("raised '{event}' on {id}");
+        Ok(())
+    }
+
+    /// `kiln terminate`.
+    pub fn terminate(&self, id: &str, reason: Option<&str>) -> anyhow::Result<()> {
+        let reason = reason.map(|r| format!("?reason={}", encode(r))).unwrap_or_default();
+        self.call("POST", &format!("/instances/{}/terminate{reason}", encode(id)), None)?;
+        eprintln!("terminating {id}");
+        Ok(())
+    }
+
+    /// `kiln purge ID` or `kiln purge --created-before T`.
+    pub fn purge(&self, id: Option<&str>, created_before: Option<&str>, statuses: &[String]) -> anyhow::Result<()> {
+        let path = match (id, created_before) {
+            (Some(id), _) => format!("/instances/{}", encode(id)),
+            (None, Some(before)) => {
+                let mut path =
+                    format!("/instances?createdTimeFrom=1970-01-01T00:00:00Z&createdTimeTo={}", encode(before));
+                if !statuses.is_empty() {
+                    path.push_str(&format!("&runtimeStatus={}", encode(&statuses.join(","))));
+                }
+                path
+            }
+            (None, None) => bail!("give an instance id or --created-before"),
+        };
+        match self.call("DELETE", &path, None) {
+            Ok((_, result)) => println!("{}", result.get("instancesDeleted").cloned().unwrap_or(Value::Null)),
+            Err(err) if err.to_string().ends_with("(HTTP 404)") && id.is_none() => println!("0"),
+            Err(err) => return Err(err),
+        }
+        Ok(())
+    }
+}
+
+fn encode(text: &str) -> String {
+    kiln_http::urls::encode_component(text)
+}

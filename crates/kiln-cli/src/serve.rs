@@ -1,0 +1,92 @@
+//! `kiln serve`: the samples on the embedded store, behind the public and management listeners.
+
+use crate::config::ServeConfig;
+use anyhow::Context;
+use kiln::Kiln;
+use kiln_http::{HttpOptions, KilnHttp};
+use std::io::Write;
+use tokio::net::TcpListener;
+
+/// Runs until SIGINT or SIGTERM, then drains in-flight requests and work.
+pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
+    let kiln = kiln_samples::register_all(Kiln::builder())
+        .sqlite(&config.database)
+        .start()
+        .await
+        .with_context(|| format!("cannot open the store {}", config.database.display()))?;
+    let options = HttpOptions {
+        public_base_url: config.public_base_url.clone(),
+        fallback_base_url: format!("http://{}", config.listen),
+        token_ttl: config.token_ttl,
+        idempotency_retention: config.idempotency_retention,
+        max_body_bytes: config.max_body_bytes,
+        system_key: config.system_key.clone(),
+        token_secret: config.token_secret.clone(),
+    };
+    let http = KilnHttp::new(kiln.client(), options).await.context("cannot set up the HTTP layer")?;
+    write_key_file(&config, http.system_key())?;
+    let public = TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let management = TcpListener::bind(config.management_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.management_listen))?;
+    let (starters, starters_doc) = kiln_samples::http::starters();
+    println!("Kiln is serving the samples (store: {})", config.database.display());
+    println!("  starters:    POST http://{0}/api/submissions · /api/jobs/reports · /api/approvals", config.listen);
+    println!("  status:      GET  http://{}/api/status/{{id}}?token=…  (the Location of each 202)", config.listen);
+    println!("  API docs:    http://{0}/docs   (OpenAPI: http://{0}/openapi.json)", config.listen);
+    println!("  management:  http://{}/runtime/webhooks/durabletask/ (system key required)", config.listen);
+    println!("               http://{}/runtime/webhooks/durabletask/ (loopback, no key)", config.management_listen);
+    println!("  system key:  written to {}", config.key_file.display());
+    let _ = std::io::stdout().flush();
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let public_server = axum::serve(public, http.public_router(starters, starters_doc))
+        .with_graceful_shutdown(wait_for(stopped.clone()));
+    let management_server =
+        axum::serve(management, http.management_router()).with_graceful_shutdown(wait_for(stopped));
+    let signals = async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: draining requests and work");
+        let _ = stop.send(true);
+    };
+    let (public_result, management_result, ()) = tokio::join!(public_server, management_server, signals);
+    public_result.context("public listener failed")?;
+    management_result.context("management listener failed")?;
+    kiln.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for(mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+/// Writes the system key for local tools, readable by the owner only.
+fn write_key_file(config: &ServeConfig, key: &str) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&config.key_file).with_context(|| format!("cannot write {}", config.key_file.display()))?;
+    writeln!(file, "{key}").with_context(|| format!("cannot write {}", config.key_file.display()))
+}

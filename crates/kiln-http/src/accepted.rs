@@ -146,3 +146,34 @@ fn fingerprint(orchestration: &str, input: &Payload) -> String {
     digest.update(input.as_str().as_bytes());
     digest.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::HttpOptions;
+
+    #[tokio::test]
+    async fn a_key_still_being_processed_is_refused_with_409() {
+        let dir = tempfile::tempdir().unwrap();
+        let kiln = kiln::Kiln::builder().sqlite(dir.path().join("kiln.db")).start().await.unwrap();
+        let http = KilnHttp::new(kiln.client(), HttpOptions::default()).await.unwrap();
+        let first = http.enter("k").unwrap();
+        assert_eq!(http.enter("k").err().map(|p| p.status()), Some(StatusCode::CONFLICT));
+        assert!(http.enter("other").is_ok(), "other keys are independent");
+        drop(first);
+        assert!(http.enter("k").is_ok(), "released when the first request ends");
+        kiln.shutdown().await;
+    }
+
+    #[test]
+    fn keys_are_read_as_structured_strings_or_tokens() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(idempotency_key(&headers).unwrap(), None);
+        headers.insert("idempotency-key", HeaderValue::from_static("\"8e03978e\""));
+        assert_eq!(idempotency_key(&headers).unwrap().as_deref(), Some("8e03978e"));
+        headers.insert("idempotency-key", HeaderValue::from_static("plain"));
+        assert_eq!(idempotency_key(&headers).unwrap().as_deref(), Some("plain"));
+        headers.insert("idempotency-key", HeaderValue::from_static("\"\""));
+        assert!(idempotency_key(&headers).is_err());
+    }
+}

@@ -1,0 +1,195 @@
+//! The client surface: `202 Accepted`, the status monitor's every row, cancel, tokens and
+//! `Idempotency-Key`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{TOKEN_SECRET, TestApp, path_of, request};
+use kiln::Timestamp;
+use kiln_http::{HttpOptions, Scopes, TokenSigner};
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_links_the_status_monitor_absolutely() {
+    let app = TestApp::start().await;
+    let reply = app.start_via("echo", r#"{"n":1}"#).await;
+    assert_eq!(reply.status, 202, "{}", reply.raw);
+    let location = reply.header("location").to_owned();
+    assert!(location.starts_with("http://kiln.test/api/status/"), "{location}");
+    assert_eq!(reply.header("operation-location"), location);
+    assert!(reply.header("retry-after").parse::<u64>().is_ok_and(|s| (1..=60).contains(&s)));
+    assert_eq!(reply.body["status"], "NotStarted");
+    assert_eq!(reply.body["runtimeStatus"], "Pending");
+    assert_eq!(reply.body["statusQueryGetUri"], location.as_str());
+    assert!(reply.body["id"].as_str().is_some_and(|id| location.contains(id)));
+    // Readable immediately after the 202.
+    let status = app.public("GET", &path_of(&location), None).await;
+    assert!(status.status == 202 || status.status == 200, "{}", status.raw);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_base_url_is_used_for_links() {
+    let options = HttpOptions { public_base_url: Some("https://api.example.com/".into()), ..Default::default() };
+    let app = TestApp::with_options(options).await;
+    let reply = app.start_via("echo", "1").await;
+    assert!(reply.header("location").starts_with("https://api.example.com/api/status/"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_instances_answer_202_with_polling_headers_and_waiting_on() {
+    let app = TestApp::start().await;
+    let accepted = app.start_via("wait", "{}").await;
+    let id = accepted.body["id"].as_str().unwrap().to_owned();
+    app.started(&id).await;
+    let reply = app.public("GET", &path_of(accepted.header("location")), None).await;
+    assert_eq!(reply.status, 202);
+    assert!(reply.header("location").starts_with("http://kiln.test/api/status/"));
+    assert!(reply.header("retry-after").parse::<u64>().is_ok());
+    assert!(!reply.header("etag").is_empty());
+    assert_eq!(reply.body["status"], "Running");
+    assert_eq!(reply.body["runtimeStatus"], "Running");
+    assert_eq!(reply.body["name"], "wait_event");
+    assert_eq!(reply.body["waitingOn"][0], serde_json::json!({"kind": "event", "name": "go"}));
+    assert!(reply.body.get("input").is_none(), "inputs are never echoed");
+    assert!(!reply.raw.contains("runtime/webhooks"), "no management links");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completed_instances_answer_200_with_output_and_result() {
+    let app = TestApp::start().await;
+    let accepted = app.start_via("echo", r#"{"answer":42}"#).await;
+    app.finish(accepted.body["id"].as_str().unwrap()).await;
+    let reply = app.public("GET", &path_of(accepted.header("location")), None).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body["status"], "Succeeded");
+    assert_eq!(reply.body["runtimeStatus"], "Completed");
+    assert_eq!(reply.body["output"], serde_json::json!({"answer": 42}));
+    assert_eq!(reply.body["result"], reply.body["output"]);
+    assert_eq!(reply.body["customStatus"], serde_json::json!({"stage": "echoing"}));
+    assert!(reply.headers.get("retry-after").is_none(), "no Retry-After once finished");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_instances_answer_200_or_500_when_asked() {
+    let app = TestApp::start().await;
+    let accepted = app.start_via("fail", "null").await;
+    app.finish(accepted.body["id"].as_str().unwrap()).await;
+    let path = path_of(accepted.header("location"));
+    let reply = app.public("GET", &path, None).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body["status"], "Failed");
+    assert_eq!(reply.body["error"], serde_json::json!({"type": "Boom", "message": "it broke"}));
+    let reply = app.public("GET", &format!("{path}&returnInternalServerErrorOnFailure=true"), None).await;
+    assert_eq!(reply.status, 500);
+    assert_eq!(reply.body["status"], "Failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_terminates_and_the_status_becomes_canceled() {
+    let app = TestApp::start().await;
+    let accepted = app.start_via("wait", "{}").await;
+    let id = accepted.body["id"].as_str().unwrap().to_owned();
+    let path = path_of(accepted.header("location"));
+    let reply = app.public("DELETE", &path, None).await;
+    assert_eq!(reply.status, 202, "{}", reply.raw);
+    app.finish(&id).await;
+    let reply = app.public("GET", &path, None).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body["status"], "Canceled");
+    assert_eq!(reply.body["runtimeStatus"], "Terminated");
+    assert_eq!(reply.body["reason"], "canceled by the client");
+    app.public("DELETE", &path, None).await.assert_problem(410);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_token_cannot_cancel() {
+    let app = TestApp::start().await;
+    let accepted = app.start_via("wait-readonly", "{}").await;
+    let path = path_of(accepted.header("location"));
+    app.public("DELETE", &path, None).await.assert_problem(404);
+    assert_eq!(app.public("GET", &path, None).await.status.as_u16(), 202);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_purged_and_badly_tokened_instances_are_all_404() {
+    let app = TestApp::start().await;
+    let first = app.start_via("echo", "1").await;
+    let other = app.start_via("echo", "2").await;
+    let id = first.body["id"].as_str().unwrap().to_owned();
+    let other_id = other.body["id"].as_str().unwrap().to_owned();
+    let token = |url: &str| url.split_once("token=").unwrap().1.to_owned();
+    let signer = TokenSigner::new(TOKEN_SECRET.as_bytes().to_vec());
+    let expired = signer.sign(&id, Scopes::ALL, Timestamp(1_000));
+    for uri in [
+        format!("/api/status/{id}"),
+        format!("/api/status/{id}?token=garbage"),
+        format!("/api/status/{id}?token={}", token(other.header("location"))),
+        format!("/api/status/{id}?token={expired}"),
+        format!("/api/status/nope?token={}", token(first.header("location"))),
+    ] {
+        app.public("GET", &uri, None).await.assert_problem(404);
+    }
+    app.finish(&id).await;
+    app.finish(&other_id).await;
+    app.kiln.client().purge(&id).await.unwrap();
+    app.public("GET", &path_of(first.header("location")), None).await.assert_problem(404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn if_none_match_gives_304_until_something_changes() {
+    let app = TestApp::start().await;
+    let accepted = app.start_via("wait", "{}").await;
+    let id = accepted.body["id"].as_str().unwrap().to_owned();
+    app.started(&id).await;
+    let path = path_of(accepted.header("location"));
+    let first = app.public("GET", &path, None).await;
+    let etag = first.header("etag").to_owned();
+    let unchanged = app.call(&app.public, request("GET", &path, None, &[("if-none-match", &etag)])).await;
+    assert_eq!(unchanged.status, 304);
+    assert_eq!(unchanged.header("etag"), etag);
+    app.kiln.client().raise_event(&id, "go", &1).await.unwrap();
+    app.finish(&id).await;
+    let changed = app.call(&app.public, request("GET", &path, None, &[("if-none-match", &etag)])).await;
+    assert_eq!(changed.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefer_wait_answers_the_moment_the_instance_finishes() {
+    let app = TestApp::start().await;
+    let accepted = app.start_via("wait", "{}").await;
+    let id = accepted.body["id"].as_str().unwrap().to_owned();
+    app.started(&id).await;
+    let client = app.kiln.client();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        client.raise_event(&id, "go", &"done").await.unwrap();
+    });
+    let started = Instant::now();
+    let path = path_of(accepted.header("location"));
+    let reply = app.call(&app.public, request("GET", &path, None, &[("prefer", "wait=30")])).await;
+    assert_eq!(reply.status, 200, "{}", reply.raw);
+    assert_eq!(reply.body["output"], "done");
+    assert_eq!(reply.header("preference-applied"), "wait=30");
+    assert!(started.elapsed() < Duration::from_secs(10), "answered when finished, not after 30 s");
+    let timed = app.start_via("wait", "{}").await;
+    let reply = app.call(&app.public, request("GET", &path_of(timed.header("location")), None, &[("prefer", "wait=1")])).await;
+    assert_eq!(reply.status, 202, "still running after the wait");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_replay_refuse_and_validate() {
+    let app = TestApp::start().await;
+    let send = |body: &'static str, key: &'static str| {
+        let app = &app;
+        async move { app.call(&app.public, request("POST", "/api/echo", Some(body), &[("idempotency-key", key)])).await }
+    };
+    let first = send(r#"{"a":1}"#, "\"k-1\"").await;
+    let again = send(r#"{"a":1}"#, "\"k-1\"").await;
+    assert_eq!((first.status.as_u16(), again.status.as_u16()), (202, 202));
+    assert_eq!(first.body["id"], again.body["id"], "same key and body: the same instance");
+    send(r#"{"a":2}"#, "\"k-1\"").await.assert_problem(422);
+    let unquoted = send(r#"{"a":1}"#, "k-2").await;
+    assert_eq!(unquoted.status, 202);
+    assert_ne!(unquoted.body["id"], first.body["id"]);
+    send(r#"{"a":1}"#, "\"\"").await.assert_problem(400);
+}

@@ -91,12 +91,8 @@ async fn submit(
     headers: HeaderMap,
     ValidJson(body): ValidJson<SubmissionRequest>,
 ) -> Result<Response, Problem> {
-    let submission = Submission {
-        speaker: body.speaker,
-        email: body.email,
-        title: body.title,
-        abstract_text: body.abstract_text,
-    };
+    let submission =
+        Submission { speaker: body.speaker, email: body.email, title: body.title, abstract_text: body.abstract_text };
     http.accept(&headers, call_for_speakers::ORCHESTRATION, &submission, AcceptOptions::default()).await
 }
 

@@ -124,15 +124,15 @@ impl ServeConfig {
         if self.listen == self.management_listen {
             bail!("listen and management_listen must differ (both are {})", self.listen);
         }
-        if let Some(url) = &self.public_base_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) || url.contains(char::is_whitespace) {
-                bail!("public_base_url must be an absolute http(s) URL, not '{url}'");
-            }
+        if let Some(url) = &self.public_base_url
+            && (!(url.starts_with("http://") || url.starts_with("https://")) || url.contains(char::is_whitespace))
+        {
+            bail!("public_base_url must be an absolute http(s) URL, not '{url}'");
         }
-        if let Some(key) = &self.system_key {
-            if key.len() < 16 {
-                bail!("system_key must be at least 16 characters");
-            }
+        if let Some(key) = &self.system_key
+            && key.len() < 16
+        {
+            bail!("system_key must be at least 16 characters");
         }
         if self.max_body_bytes < 1024 {
             bail!("max_body_bytes must be at least 1024");

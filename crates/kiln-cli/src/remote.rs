@@ -38,7 +38,11 @@ impl Remote {
         let mut response = self.agent.run(request).map_err(|e| anyhow!("cannot reach {url}: {e}"))?;
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().context("cannot read the response")?;
-        let json = if text.trim().is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let json = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
         if status >= 400 {
             let detail = json.get("detail").and_then(Value::as_str).map_or_else(|| json.to_string(), str::to_owned);
             bail!("{detail} (HTTP {status})");
@@ -54,7 +58,8 @@ impl Remote {
             None => format!("/orchestrators/{}", encode(name)),
         };
         let (_, started) = self.call("POST", &path, Some(input))?;
-        let id = started.get("id").and_then(Value::as_str).ok_or_else(|| anyhow!("the server returned no instance id"))?;
+        let id =
+            started.get("id").and_then(Value::as_str).ok_or_else(|| anyhow!("the server returned no instance id"))?;
         if !wait {
             println!("{id}");
             return Ok(true);
@@ -111,7 +116,13 @@ impl Remote {
         let (_, list) = self.call("GET", &format!("/instances?{}", query.join("&")), None)?;
         for item in list.as_array().map(Vec::as_slice).unwrap_or_default() {
             let field = |k: &str| item.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
-            println!("{}\t{}\t{}\t{}", field("instanceId"), field("runtimeStatus"), field("name"), field("createdTime"));
+            println!(
+                "{}\t{}\t{}\t{}",
+                field("instanceId"),
+                field("runtimeStatus"),
+                field("name"),
+                field("createdTime")
+            );
         }
         Ok(())
     }

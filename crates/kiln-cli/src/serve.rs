@@ -25,7 +25,8 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     };
     let http = KilnHttp::new(kiln.client(), options).await.context("cannot set up the HTTP layer")?;
     write_key_file(&config, http.system_key())?;
-    let public = TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let public =
+        TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     let management = TcpListener::bind(config.management_listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.management_listen))?;
@@ -42,8 +43,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let public_server = axum::serve(public, http.public_router(starters, starters_doc))
         .with_graceful_shutdown(wait_for(stopped.clone()));
-    let management_server =
-        axum::serve(management, http.management_router()).with_graceful_shutdown(wait_for(stopped));
+    let management_server = axum::serve(management, http.management_router()).with_graceful_shutdown(wait_for(stopped));
     let signals = async move {
         shutdown_signal().await;
         tracing::info!("shutting down: draining requests and work");
@@ -87,6 +87,7 @@ fn write_key_file(config: &ServeConfig, key: &str) -> anyhow::Result<()> {
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&config.key_file).with_context(|| format!("cannot write {}", config.key_file.display()))?;
+    let mut file =
+        options.open(&config.key_file).with_context(|| format!("cannot write {}", config.key_file.display()))?;
     writeln!(file, "{key}").with_context(|| format!("cannot write {}", config.key_file.display()))
 }

@@ -117,7 +117,10 @@ impl KilnHttp {
     fn enter(&self, key: &str) -> Result<InFlight<'_>, Problem> {
         let mut in_flight = self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         if !in_flight.insert(key.to_owned()) {
-            return Err(Problem::new(StatusCode::CONFLICT, "a request with this Idempotency-Key is still being processed"));
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                "a request with this Idempotency-Key is still being processed",
+            ));
         }
         Ok(InFlight { http: self, key: key.to_owned() })
     }

@@ -15,10 +15,10 @@
 
 mod accepted;
 pub mod extract;
-mod params;
 mod management;
 mod openapi;
 mod ops;
+mod params;
 pub mod problem;
 pub mod retry_after;
 mod status;
@@ -156,6 +156,7 @@ impl KilnHttp {
             .fallback(ops::not_found)
             .method_not_allowed_fallback(ops::method_not_allowed)
             .layer(DefaultBodyLimit::max(self.inner.options.max_body_bytes))
+            .layer(axum::middleware::from_fn(problem::errors_as_problems))
             .layer(axum::middleware::from_fn_with_state(self.clone(), ops::count_requests))
             .with_state(self.clone())
     }

@@ -30,7 +30,8 @@ pub(crate) fn health_routes() -> Router<KilnHttp> {
 
 /// Counts every request by its route template (not its raw path, to keep the label set small).
 pub(crate) async fn count_requests(State(http): State<KilnHttp>, request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let route =
+        request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let response = next.run(request).await;
     let mut requests = http.inner.metrics.requests.lock().unwrap_or_else(|p| p.into_inner());
     *requests.entry((route, response.status().as_u16())).or_default() += 1;
@@ -88,7 +89,9 @@ pub(crate) async fn metrics(State(http): State<KilnHttp>) -> Response {
     let _ = writeln!(out, "# TYPE kiln_activity_duration_seconds_sum counter");
     let _ = writeln!(out, "kiln_activity_duration_seconds_sum {}", m.activity_millis as f64 / 1e3);
     let mut response = out.into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     response
 }
 

@@ -4,7 +4,9 @@
 //! carry Durable Functions' `Message` and `ExceptionMessage` fields, which DF's Python client
 //! reads on a 400.
 
+use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use kiln::{ClientError, StoreError};
 use serde_json::{Map, Value, json};
@@ -108,4 +110,28 @@ impl From<ClientError> for Problem {
         }
         Problem::new(status, err.to_string())
     }
+}
+
+/// Largest error body the catch-all reads to reuse as a problem's detail.
+const MAX_PLAIN_ERROR: usize = 4_096;
+
+/// Turns any error response that is not JSON (e.g. a rejection from one of axum's own
+/// extractors in an application's starter) into one, keeping its status and text.
+pub(crate) async fn errors_as_problems(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    // JSON error bodies are deliberate (problems, or DF's status object with a 500).
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(PROBLEM_JSON) || v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let text = match axum::body::to_bytes(response.into_body(), MAX_PLAIN_ERROR).await {
+        Ok(bytes) if !bytes.is_empty() => String::from_utf8_lossy(&bytes).into_owned(),
+        _ => status.canonical_reason().unwrap_or("error").to_owned(),
+    };
+    Problem::new(status, text).into_response()
 }

@@ -130,11 +130,16 @@ fn etag(record: &InstanceRecord) -> String {
 
 /// `Prefer: wait=N` (RFC 7240), capped at [`MAX_WAIT_SECONDS`].
 fn preferred_wait(headers: &HeaderMap) -> Option<u64> {
-    headers.get_all("prefer").iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).find_map(|pref| {
-        let (name, value) = pref.trim().split_once('=')?;
-        (name.trim().eq_ignore_ascii_case("wait")).then(|| value.trim().trim_matches('"').parse::<u64>().ok())?
-    })
-    .map(|seconds| seconds.min(MAX_WAIT_SECONDS))
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|pref| {
+            let (name, value) = pref.trim().split_once('=')?;
+            (name.trim().eq_ignore_ascii_case("wait")).then(|| value.trim().trim_matches('"').parse::<u64>().ok())?
+        })
+        .map(|seconds| seconds.min(MAX_WAIT_SECONDS))
 }
 
 /// The instance, if the token grants `scope` on it; otherwise the same 404 as an unknown id.
@@ -192,25 +197,32 @@ pub(crate) async fn get_status(
     } else {
         StatusCode::OK
     };
-    let unchanged = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| {
-        v.split(',').any(|candidate| candidate.trim() == tag || candidate.trim() == "*")
-    });
-    let mut response =
-        if unchanged { StatusCode::NOT_MODIFIED.into_response() } else { (code, axum::Json(monitor(&record))).into_response() };
+    let unchanged = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|candidate| candidate.trim() == tag || candidate.trim() == "*"));
+    let mut response = if unchanged {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        (code, axum::Json(monitor(&record))).into_response()
+    };
     let out = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&tag) {
         out.insert(header::ETAG, value);
     }
-    if let Some(seconds) = wait {
-        if let Ok(value) = HeaderValue::from_str(&format!("wait={seconds}")) {
-            out.insert("preference-applied", value);
-        }
+    if let Some(seconds) = wait
+        && let Ok(value) = HeaderValue::from_str(&format!("wait={seconds}"))
+    {
+        out.insert("preference-applied", value);
     }
     if !terminal {
         let age = Duration::from_millis(u64::try_from(now().millis() - record.created_at.millis()).unwrap_or(0));
         let retry = retry_after::retry_after_seconds(http.client().typical_duration(&record.name), age);
         out.insert(header::RETRY_AFTER, HeaderValue::from(retry));
-        let scopes = Scopes { read: true, cancel: query.get("token").is_some_and(|t| http.inner.tokens.verify(t, id, Scope::Cancel, now())) };
+        let scopes = Scopes {
+            read: true,
+            cancel: query.get("token").is_some_and(|t| http.inner.tokens.verify(t, id, Scope::Cancel, now())),
+        };
         if let Ok(location) = HeaderValue::from_str(&http.status_url(&headers, id, scopes)) {
             out.insert(header::LOCATION, location);
         }

@@ -172,7 +172,8 @@ async fn prefer_wait_answers_the_moment_the_instance_finishes() {
     assert_eq!(reply.header("preference-applied"), "wait=30");
     assert!(started.elapsed() < Duration::from_secs(10), "answered when finished, not after 30 s");
     let timed = app.start_via("wait", "{}").await;
-    let reply = app.call(&app.public, request("GET", &path_of(timed.header("location")), None, &[("prefer", "wait=1")])).await;
+    let reply =
+        app.call(&app.public, request("GET", &path_of(timed.header("location")), None, &[("prefer", "wait=1")])).await;
     assert_eq!(reply.status, 202, "still running after the wait");
 }
 

@@ -485,6 +485,15 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn health(&self) -> StoreResult<()> {
+        let writer_alive =
+            self.writer.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|w| !w.is_finished());
+        if !writer_alive {
+            return Err(StoreError::Unavailable("the writer thread has stopped".into()));
+        }
+        self.readers.with(|conn| reads::get_setting(conn, "kiln.health")).map(|_| ())
+    }
+
     fn watchers(&self) -> &StatusWatchers {
         &self.shared.watchers
     }

@@ -338,6 +338,7 @@ pub async fn watchers_wake_on_commit(store: &dyn Store) {
 }
 
 pub async fn settings_keep_the_first_value(store: &dyn Store) {
+    store.health().await.unwrap();
     assert_eq!(store.get_setting("secret").await.unwrap(), None);
     assert_eq!(store.put_setting_if_absent("secret", "one").await.unwrap(), "one");
     assert_eq!(store.put_setting_if_absent("secret", "two").await.unwrap(), "one");

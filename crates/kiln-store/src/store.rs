@@ -95,6 +95,9 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a setting unless one exists; returns the value now stored.
     async fn put_setting_if_absent(&self, key: &str, value: &str) -> StoreResult<String>;
 
+    /// Checks that the store can serve reads and accept writes.
+    async fn health(&self) -> StoreResult<()>;
+
     /// Change notifications for instances, fed by this store's commits.
     fn watchers(&self) -> &StatusWatchers;
 

@@ -191,8 +191,7 @@ impl KilnClient {
 
     /// Checks that the store answers.
     pub async fn check_store(&self) -> Result<(), ClientError> {
-        self.rt.store.get_setting("kiln.ready_probe").await?;
-        Ok(())
+        Ok(self.rt.store.health().await?)
     }
 
     /// Counters of the runtime's work since start.
@@ -264,13 +263,13 @@ impl KilnClient {
     /// Raises an external event with JSON data. `Finished` if the instance has finished.
     pub async fn raise_event_payload(&self, instance_id: &str, name: &str, data: Payload) -> Result<(), ClientError> {
         self.rt.config.limits.check("event data", &data)?;
-        self.require(instance_id, "receive events", |status| !status.is_terminal()).await?;
+        self.require(instance_id, "receive events", |_| true).await?;
         self.send(instance_id, EventKind::EventRaised { name: name.to_owned(), input: data }).await
     }
 
     /// Terminates an instance (and its sub-orchestrations). Works on stuck and unregistered ones.
     pub async fn terminate(&self, instance_id: &str, reason: Option<&str>) -> Result<(), ClientError> {
-        self.require(instance_id, "be terminated", |status| !status.is_terminal()).await?;
+        self.require(instance_id, "be terminated", |_| true).await?;
         self.send(instance_id, EventKind::ExecutionTerminated { reason: reason.map(str::to_owned) }).await
     }
 
@@ -326,8 +325,8 @@ impl KilnClient {
         self.status(instance_id).await?.ok_or_else(|| ClientError::NotFound(instance_id.to_owned()))
     }
 
-    /// Checks that an operation applies: terminal instances give `Finished`, other mismatches
-    /// `WrongState`.
+    /// Checks that an operation applies to an unfinished instance in an `allowed` status:
+    /// finished instances give `Finished`, other mismatches `WrongState`.
     async fn require(
         &self,
         instance_id: &str,
@@ -335,10 +334,10 @@ impl KilnClient {
         allowed: impl Fn(RuntimeStatus) -> bool,
     ) -> Result<(), ClientError> {
         let status = self.existing(instance_id).await?.status;
-        if allowed(status) {
-            Ok(())
-        } else if status.is_terminal() {
+        if status.is_terminal() {
             Err(ClientError::Finished { id: instance_id.to_owned(), status, operation })
+        } else if allowed(status) {
+            Ok(())
         } else {
             Err(ClientError::WrongState { id: instance_id.to_owned(), status, operation })
         }

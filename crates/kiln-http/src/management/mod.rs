@@ -7,12 +7,12 @@
 
 mod payloads;
 
+use crate::KilnHttp;
 use crate::accepted::now;
 use crate::extract::Body;
 use crate::params::{PathParams, QueryParams};
 use crate::problem::Problem;
 use crate::urls::base_url;
-use crate::KilnHttp;
 use axum::Router;
 use axum::extract::{OriginalUri, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -21,7 +21,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use kiln::{ClientError, InstanceQuery, InstanceRecord, PageCursor, Payload, PurgeFilter, RuntimeStatus, StartOptions, Timestamp};
+use kiln::{
+    ClientError, InstanceQuery, InstanceRecord, PageCursor, Payload, PurgeFilter, RuntimeStatus, StartOptions,
+    Timestamp,
+};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -63,7 +66,9 @@ pub(crate) async fn require_system_key(
         });
     match presented {
         Some(key) if constant_time_eq(key.as_bytes(), http.system_key().as_bytes()) => next.run(request).await,
-        _ => Problem::new(StatusCode::UNAUTHORIZED, "the management API needs the system key").for_durable_functions().into_response(),
+        _ => Problem::new(StatusCode::UNAUTHORIZED, "the management API needs the system key")
+            .for_durable_functions()
+            .into_response(),
     }
 }
 
@@ -84,7 +89,11 @@ fn bad_request(detail: impl Into<String>) -> Problem {
 /// its links carry.
 fn links(http: &KilnHttp, uri: &OriginalUri, headers: &HeaderMap, query: &QueryParams) -> (String, String) {
     let path = uri.0.path();
-    let prefix = ["/orchestrators", "/instances"].iter().filter_map(|marker| path.find(marker)).min().map_or(path, |i| &path[..i]);
+    let prefix = ["/orchestrators", "/instances"]
+        .iter()
+        .filter_map(|marker| path.find(marker))
+        .min()
+        .map_or(path, |i| &path[..i]);
     let options = http.options();
     let base = format!("{}{prefix}", base_url(options.public_base_url.as_deref(), &options.fallback_base_url, headers));
     let mut suffix = format!(
@@ -105,12 +114,18 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
 fn parse_time(query: &QueryParams, key: &str) -> Result<Option<Timestamp>, Problem> {
     match query.get(key) {
         None | Some("") => Ok(None),
-        Some(text) => Timestamp::parse(text).map(Some).ok_or_else(|| bad_request(format!("'{key}' is not a date-time: {text}"))),
+        Some(text) => {
+            Timestamp::parse(text).map(Some).ok_or_else(|| bad_request(format!("'{key}' is not a date-time: {text}")))
+        }
     }
 }
 
 fn parse_statuses(query: &QueryParams) -> Result<Vec<RuntimeStatus>, Problem> {
-    query.list("runtimeStatus").iter().map(|s| s.parse::<RuntimeStatus>().map_err(|e| bad_request(e.to_string()))).collect()
+    query
+        .list("runtimeStatus")
+        .iter()
+        .map(|s| s.parse::<RuntimeStatus>().map_err(|e| bad_request(e.to_string())))
+        .collect()
 }
 
 async fn existing(http: &KilnHttp, id: &str) -> Result<InstanceRecord, Problem> {
@@ -159,7 +174,8 @@ async fn start(
     let (base, suffix) = links(&http, &uri, &headers, &query);
     if let (Some(timeout), Some(_)) = (query.seconds("timeout"), query.seconds("pollingInterval")) {
         let done = |r: &InstanceRecord| r.status.is_terminal();
-        let waited = http.client().wait_until(&id, Duration::from_secs_f64(timeout.min(3600.0)), done).await.map_err(df)?;
+        let waited =
+            http.client().wait_until(&id, Duration::from_secs_f64(timeout.min(3600.0)), done).await.map_err(df)?;
         if let Some(record) = waited {
             if record.status == RuntimeStatus::Completed {
                 let output = record.output.as_ref().map_or(Value::Null, crate::status::payload_value);
@@ -294,10 +310,17 @@ async fn status(
 )]
 async fn list(State(http): State<KilnHttp>, query: QueryParams, headers: HeaderMap) -> Result<Response, Problem> {
     let top = match query.get("top") {
-        Some(text) => Some(text.trim().parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| bad_request(format!("'top' must be a positive integer, not '{text}'")))?),
+        Some(text) => Some(
+            text.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| bad_request(format!("'top' must be a positive integer, not '{text}'")))?,
+        ),
         None => None,
     };
-    let after = match headers.get(CONTINUATION).and_then(|v| v.to_str().ok()).filter(|t| !t.is_empty() && *t != "null") {
+    let after = match headers.get(CONTINUATION).and_then(|v| v.to_str().ok()).filter(|t| !t.is_empty() && *t != "null")
+    {
         Some(token) => Some(decode_continuation(token).ok_or_else(|| bad_request("invalid x-ms-continuation-token"))?),
         None => None,
     };
@@ -402,7 +425,11 @@ async fn raise_event(State(http): State<KilnHttp>, path: PathParams, request: Re
     let id = path.get("id");
     let record = existing(&http, id).await?;
     if record.status.is_terminal() {
-        return Err(df(ClientError::Finished { id: id.to_owned(), status: record.status, operation: "receive events" }));
+        return Err(df(ClientError::Finished {
+            id: id.to_owned(),
+            status: record.status,
+            operation: "receive events",
+        }));
     }
     if !crate::extract::is_json(&request) {
         return Err(bad_request("Only application/json request content is supported"));
@@ -448,7 +475,11 @@ async fn operate(
         "resume" => client.resume(id, reason).await,
         "rewind" => client.rewind(id, reason).await,
         "restart" => {
-            let record = client.status(id).await.map_err(df)?.ok_or_else(|| bad_request(format!("instance '{id}' not found")))?;
+            let record = client
+                .status(id)
+                .await
+                .map_err(df)?
+                .ok_or_else(|| bad_request(format!("instance '{id}' not found")))?;
             let new_id = if query.flag("restartWithNewInstanceId", true) { None } else { Some(id.to_owned()) };
             let options = StartOptions { instance_id: new_id, version: Some(record.version.clone()) };
             let started = client.start_with(&record.name, record.input.clone(), options).await.map_err(df)?;

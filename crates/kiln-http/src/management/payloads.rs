@@ -13,7 +13,9 @@ pub fn status_object(record: &InstanceRecord, show_input: bool, history: Option<
         RuntimeStatus::Completed | RuntimeStatus::Terminated | RuntimeStatus::Canceled => {
             record.output.as_ref().map_or(Value::Null, payload_value)
         }
-        RuntimeStatus::Failed => record.failure.as_ref().map_or(Value::Null, |f| Value::String(f.error_message.clone())),
+        RuntimeStatus::Failed => {
+            record.failure.as_ref().map_or(Value::Null, |f| Value::String(f.error_message.clone()))
+        }
         _ => Value::Null,
     };
     let mut status = json!({
@@ -72,8 +74,9 @@ pub fn history(events: &[HistoryEvent], show_output: bool, show_input: bool) -> 
     }
     let mut out = Vec::with_capacity(events.len());
     for event in events {
-        let merged_away = matches!(event.kind, EventKind::TaskScheduled { .. } | EventKind::SubOrchestrationInstanceCreated { .. })
-            && u64::try_from(event.event_id).is_ok_and(|id| completed.contains(&id));
+        let merged_away =
+            matches!(event.kind, EventKind::TaskScheduled { .. } | EventKind::SubOrchestrationInstanceCreated { .. })
+                && u64::try_from(event.event_id).is_ok_and(|id| completed.contains(&id));
         if matches!(event.kind, EventKind::OrchestratorStarted) || merged_away {
             continue;
         }

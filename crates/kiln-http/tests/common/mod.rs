@@ -34,14 +34,25 @@ async fn fail(_: OrchestrationContext, _: Value) -> Result<Value, Failure> {
     Err(Failure::typed("Boom", "it broke"))
 }
 
-async fn accept_as(http: &KilnHttp, headers: &HeaderMap, body: axum::body::Bytes, name: &str, scopes: Scopes) -> Result<Response, Problem> {
+async fn accept_as(
+    http: &KilnHttp,
+    headers: &HeaderMap,
+    body: axum::body::Bytes,
+    name: &str,
+    scopes: Scopes,
+) -> Result<Response, Problem> {
     let input: Value = kiln_http::extract::parse_json(&body)?;
     http.accept(headers, name, &input, AcceptOptions { instance_id: None, scopes }).await
 }
 
 /// Starters: `POST /api/{echo,wait,fail}` (read+cancel tokens) and `/api/wait-readonly`.
 fn starters() -> Router<KilnHttp> {
-    async fn start(State(http): State<KilnHttp>, axum::extract::Path(name): axum::extract::Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, Problem> {
+    async fn start(
+        State(http): State<KilnHttp>,
+        axum::extract::Path(name): axum::extract::Path<String>,
+        headers: HeaderMap,
+        body: axum::body::Bytes,
+    ) -> Result<Response, Problem> {
         let (orchestration, scopes) = match name.as_str() {
             "echo" => ("echo", Scopes::ALL),
             "wait" => ("wait_event", Scopes::ALL),
@@ -114,7 +125,8 @@ impl TestApp {
         let headers = response.headers().clone();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         let raw = String::from_utf8_lossy(&bytes).into_owned();
-        let body = if raw.is_empty() { Value::Null } else { serde_json::from_str(&raw).unwrap_or(Value::String(raw.clone())) };
+        let body =
+            if raw.is_empty() { Value::Null } else { serde_json::from_str(&raw).unwrap_or(Value::String(raw.clone())) };
         Reply { status, headers, body, raw }
     }
 

@@ -1,0 +1,79 @@
+//! Operations endpoints and the error answers every route shares.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{TestApp, request};
+use kiln_http::HttpOptions;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics() {
+    let app = TestApp::start().await;
+    assert_eq!(app.public("GET", "/healthz", None).await.body["status"], "ok");
+    assert_eq!(app.public("GET", "/readyz", None).await.body["status"], "ready");
+    assert_eq!(app.manage("GET", "/instances", None).await.status, 200);
+    assert_eq!(app.call(&app.management, request("GET", "/healthz", None, &[])).await.status, 200);
+    let id = app.start_via("echo", "1").await.body["id"].as_str().unwrap().to_owned();
+    app.finish(&id).await;
+    let metrics = app.public("GET", "/metrics", None).await;
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.header("content-type").starts_with("text/plain"));
+    for line in [
+        "kiln_http_requests_total{route=\"/api/{name}\",status=\"202\"} 1",
+        // Both listeners count into the same series.
+        "kiln_http_requests_total{route=\"/healthz\",status=\"200\"} 2",
+        "kiln_instances{status=\"Completed\"} 1",
+        "kiln_activity_duration_seconds_count 1",
+    ] {
+        assert!(metrics.raw.contains(line), "missing {line} in\n{}", metrics.raw);
+    }
+    assert!(metrics.raw.contains("kiln_turns_total "));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_when_the_store_is_gone() {
+    let app = TestApp::start().await;
+    app.kiln.shutdown().await;
+    app.public("GET", "/readyz", None).await.assert_problem(503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_covers_every_route_and_docs_are_served() {
+    let app = TestApp::start().await;
+    let doc = app.public("GET", "/openapi.json", None).await;
+    assert_eq!(doc.status, 200);
+    let paths = doc.body["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/api/status/{id}", "get"),
+        ("/api/status/{id}", "delete"),
+        ("/runtime/webhooks/durabletask/orchestrators/{name}", "post"),
+        ("/runtime/webhooks/durabletask/orchestrators/{name}/{id}", "post"),
+        ("/runtime/webhooks/durabletask/instances", "get"),
+        ("/runtime/webhooks/durabletask/instances", "delete"),
+        ("/runtime/webhooks/durabletask/instances/{id}", "get"),
+        ("/runtime/webhooks/durabletask/instances/{id}", "delete"),
+        ("/runtime/webhooks/durabletask/instances/{id}/raiseEvent/{event}", "post"),
+        ("/runtime/webhooks/durabletask/instances/{id}/{operation}", "post"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+    ] {
+        assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is not documented");
+    }
+    let docs = app.public("GET", "/docs/", None).await;
+    assert_eq!(docs.status, 200);
+    assert!(docs.raw.contains("swagger"), "Swagger UI is served from compiled-in assets");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_routes_wrong_methods_and_big_bodies_are_problems() {
+    let options = HttpOptions { max_body_bytes: 2_048, ..HttpOptions::default() };
+    let app = TestApp::with_options(options).await;
+    app.public("GET", "/no/such/route", None).await.assert_problem(404);
+    app.public("PUT", "/healthz", None).await.assert_problem(405);
+    app.public("POST", "/api/status/x", None).await.assert_problem(405);
+    let big = format!("\"{}\"", "x".repeat(4_096));
+    app.public("POST", "/api/echo", Some(&big)).await.assert_problem(413);
+    app.manage("POST", "/orchestrators/echo", Some(&big)).await.assert_problem(413);
+    app.call(&app.management, request("GET", "/nothing", None, &[])).await.assert_problem(404);
+}

@@ -29,7 +29,7 @@ enum Command {
         #[arg(long, env = "KILN_CONFIG")]
         config: Option<PathBuf>,
         #[command(flatten)]
-        settings: config::ServeSettings,
+        settings: Box<config::ServeSettings>,
     },
     /// Start an orchestration.
     Start {
@@ -110,7 +110,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
     let remote = || remote::Remote::new(&cli.url, cli.key.clone());
     match &cli.command {
         Command::Serve { config, settings } => {
-            let config = config::load(config.as_deref(), settings.clone())?;
+            let config = config::load(config.as_deref(), (**settings).clone())?;
             init_logging(&config.log);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(serve::run(config))?;

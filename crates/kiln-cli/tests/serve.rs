@@ -1,0 +1,153 @@
+//! End to end against a real `kiln serve` process: the report-job flow over HTTP, a `kill -9`
+//! in the middle of a job, and the CLI client commands.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::Value;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+struct Server {
+    child: Child,
+    public: String,
+    management: String,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder().http_status_as_error(false).build().into()
+}
+
+impl Server {
+    fn start(dir: &Path, ports: (u16, u16)) -> Server {
+        let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{}", ports.0)])
+            .args(["--management-listen", &format!("127.0.0.1:{}", ports.1)])
+            .current_dir(dir)
+            .env("KILN_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Server {
+            child,
+            public: format!("http://127.0.0.1:{}", ports.0),
+            management: format!("http://127.0.0.1:{}", ports.1),
+        };
+        let deadline = Instant::now() + DEADLINE;
+        while agent().get(format!("{}/readyz", server.public)).call().map_or(true, |r| r.status() != 200) {
+            assert!(Instant::now() < deadline, "kiln serve did not become ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_kiln")).args(["--url", &self.management]).args(args).output().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GETs a status URL until it stops answering 202; returns the final status and body.
+fn poll(url: &str) -> (u16, Value) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match agent().get(url).call() {
+            Ok(mut response) if response.status() != 202 => {
+                let status = response.status().as_u16();
+                return (status, serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap());
+            }
+            _ => {
+                assert!(Instant::now() < deadline, "{url} did not finish");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn start_report(server: &Server, delay: u64) -> (String, String) {
+    let body = format!(r#"{{"customer_id":"c-7","operation":"yearly","delay_seconds":{delay}}}"#);
+    let mut response = agent()
+        .post(format!("{}/api/jobs/reports", server.public))
+        .header("content-type", "application/json")
+        .send(body)
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let headers = response.headers().clone();
+    let location = headers.get("location").unwrap().to_str().unwrap().to_owned();
+    assert_eq!(headers.get("operation-location").unwrap(), location.as_str());
+    assert!(headers.get("retry-after").unwrap().to_str().unwrap().parse::<u64>().is_ok());
+    let accepted: Value = serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+    (accepted["id"].as_str().unwrap().to_owned(), location)
+}
+
+#[test]
+fn a_report_job_survives_kill_9_and_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = (free_port(), free_port());
+    let server = Server::start(dir.path(), ports);
+    let (id, location) = start_report(&server, 0);
+    let (status, done) = poll(&location);
+    assert_eq!(status, 200);
+    assert_eq!(done["result"], serde_json::json!({"status": "completed", "instanceId": id, "result": {"customerId": "c-7", "operation": "yearly"}}));
+
+    let (id, location) = start_report(&server, 2);
+    let running = agent().get(&location).call().unwrap();
+    assert_eq!(running.status(), 202, "mid-job");
+    server.kill_9();
+    let server = Server::start(dir.path(), ports);
+    let (status, done) = poll(&location);
+    assert_eq!(status, 200, "the same status URL works after the restart");
+    assert_eq!(done["status"], "Succeeded");
+    assert_eq!(done["output"]["instanceId"], id.as_str());
+    drop(server);
+}
+
+#[test]
+fn cli_commands_drive_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), (free_port(), free_port()));
+    let ok = |out: &Output| {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let input = r#"{"customer_id":"c-1","operation":"q","delay_seconds":0}"#;
+    let waited = ok(&server.cli(&["start", "report_job", "--input", input, "--id", "job-1", "--wait"]));
+    assert!(waited.contains("\"customerId\": \"c-1\""), "{waited}");
+    let status: Value = serde_json::from_str(&ok(&server.cli(&["status", "job-1"]))).unwrap();
+    assert_eq!(status["runtimeStatus"], "Completed");
+    assert!(ok(&server.cli(&["list", "--status", "Completed"])).contains("job-1\tCompleted\treport_job"));
+    let history: Value = serde_json::from_str(&ok(&server.cli(&["history", "job-1"]))).unwrap();
+    assert_eq!(history[0]["EventType"], "ExecutionStarted");
+    let approval = ok(&server.cli(&["start", "approval", "--input", r#"{"subject":"s","timeout_seconds":60}"#]));
+    let approval = approval.trim();
+    ok(&server.cli(&["raise", approval, "Approval", r#"{"approved":false,"by":"cli"}"#]));
+    let waiting = ok(&server.cli(&["start", "approval", "--input", r#"{"subject":"t","timeout_seconds":60}"#, "--id", "to-stop"]));
+    assert_eq!(waiting.trim(), "to-stop");
+    ok(&server.cli(&["terminate", "to-stop", "--reason", "not needed"]));
+    assert_eq!(ok(&server.cli(&["purge", "job-1"])).trim(), "1");
+    let missing = server.cli(&["status", "job-1"]);
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one-line error: {stderr}");
+    assert!(stderr.starts_with("error: instance 'job-1' not found"), "{stderr}");
+    let bad = server.cli(&["start", "nope"]);
+    assert!(!bad.status.success());
+}

@@ -1,4 +1,5 @@
-//! Report jobs: one activity that takes `delay_seconds` to generate a report.
+//! Report jobs: one activity that takes `delay_seconds` to generate a report. An operation it
+//! does not know fails the job (validation deep in the workflow, after the `202`).
 
 use kiln::{ActivityContext, Failure, KilnBuilder, OrchestrationContext};
 use serde::{Deserialize, Serialize};
@@ -9,6 +10,8 @@ use std::time::Duration;
 pub const ORCHESTRATION: &str = "report_job";
 /// Longest accepted delay.
 pub const MAX_DELAY_SECONDS: u64 = 3600;
+/// The reports `generate_report` knows how to make; any other operation fails the job.
+pub const OPERATIONS: &[&str] = &["daily", "weekly", "monthly", "quarterly", "yearly"];
 
 /// A report request.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -41,6 +44,13 @@ pub async fn report_job(ctx: OrchestrationContext, request: ReportRequest) -> Re
 pub async fn generate_report(_ctx: ActivityContext, request: ReportRequest) -> Result<Report, Failure> {
     if request.delay_seconds > MAX_DELAY_SECONDS {
         return Err(Failure::typed("ValidationFailed", format!("delay_seconds must be 0–{MAX_DELAY_SECONDS}")));
+    }
+    if !OPERATIONS.contains(&request.operation.as_str()) {
+        let known = OPERATIONS.join(", ");
+        return Err(Failure::typed(
+            "UnsupportedOperation",
+            format!("no report '{}' (known: {known})", request.operation),
+        ));
     }
     tokio::time::sleep(Duration::from_secs(request.delay_seconds)).await;
     Ok(Report { customer_id: request.customer_id, operation: request.operation })

@@ -101,6 +101,10 @@ async fn report_job_returns_the_report() {
         output(&done),
         json!({"status": "completed", "instanceId": id, "result": {"customerId": "c-1", "operation": "monthly"}})
     );
+    let unknown = ReportRequest { customer_id: "c-1".into(), operation: "astrology".into(), delay_seconds: 0 };
+    let id = client.start(report_jobs::ORCHESTRATION, &unknown).await.unwrap();
+    let failed = client.wait_for_completion(&id, DEADLINE).await.unwrap();
+    assert_eq!(failed.failure.unwrap().error_type, "UnsupportedOperation");
     kiln.shutdown().await;
 }
 

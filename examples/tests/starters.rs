@@ -18,7 +18,8 @@ async fn app() -> (axum::Router, Kiln, tempfile::TempDir) {
 }
 
 async fn post(router: &axum::Router, path: &str, body: &str) -> (u16, Value) {
-    let request = Request::post(path).header("content-type", "application/json").body(Body::from(body.to_owned())).unwrap();
+    let request =
+        Request::post(path).header("content-type", "application/json").body(Body::from(body.to_owned())).unwrap();
     let response = router.clone().oneshot(request).await.unwrap();
     let status = response.status().as_u16();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
@@ -47,14 +48,17 @@ async fn each_starter_accepts_valid_work() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_bodies_name_the_fields() {
     let (router, kiln, _dir) = app().await;
-    let (status, problem) = post(&router, "/api/jobs/reports", r#"{"customer_id":"","operation":"m","delay_seconds":4000}"#).await;
+    let (status, problem) =
+        post(&router, "/api/jobs/reports", r#"{"customer_id":"","operation":"m","delay_seconds":4000}"#).await;
     assert_eq!(status, 400);
     assert_eq!(fields(&problem), ["customer_id", "delay_seconds"]);
     let (status, problem) = post(&router, "/api/jobs/reports", r#"{"operation":"m","delay_seconds":1}"#).await;
     assert_eq!((status, fields(&problem)), (400, vec!["customer_id".to_owned()]));
-    let (status, problem) = post(&router, "/api/jobs/reports", r#"{"customer_id":"c","operation":"m","delay_seconds":"soon"}"#).await;
+    let (status, problem) =
+        post(&router, "/api/jobs/reports", r#"{"customer_id":"c","operation":"m","delay_seconds":"soon"}"#).await;
     assert_eq!((status, fields(&problem)), (400, vec!["delay_seconds".to_owned()]));
-    let (status, problem) = post(&router, "/api/submissions", r#"{"speaker":"A","email":"nope","title":"T","abstract":"A"}"#).await;
+    let (status, problem) =
+        post(&router, "/api/submissions", r#"{"speaker":"A","email":"nope","title":"T","abstract":"A"}"#).await;
     assert_eq!((status, fields(&problem)), (400, vec!["email".to_owned()]));
     let (status, problem) = post(&router, "/api/approvals", r#"{"subject":"s","timeout_seconds":0"#).await;
     assert_eq!(status, 400);

@@ -41,6 +41,9 @@ pub struct ServeSettings {
     /// Largest request body, in bytes.
     #[arg(long, env = "KILN_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Page size of management list requests without `top` (default: everything in one page).
+    #[arg(long, env = "KILN_LIST_PAGE_SIZE")]
+    pub list_page_size: Option<usize>,
     /// Log filter (e.g. `info`, `kiln=debug`).
     #[arg(long, env = "KILN_LOG")]
     pub log: Option<String>,
@@ -59,6 +62,7 @@ pub struct ServeConfig {
     pub idempotency_retention: Duration,
     pub token_ttl: Duration,
     pub max_body_bytes: usize,
+    pub list_page_size: Option<usize>,
     pub log: String,
 }
 
@@ -76,6 +80,7 @@ impl ServeSettings {
             idempotency_retention_hours: self.idempotency_retention_hours.or(lower.idempotency_retention_hours),
             token_ttl_hours: self.token_ttl_hours.or(lower.token_ttl_hours),
             max_body_bytes: self.max_body_bytes.or(lower.max_body_bytes),
+            list_page_size: self.list_page_size.or(lower.list_page_size),
             log: self.log.or(lower.log),
         }
     }
@@ -102,6 +107,7 @@ pub fn load(config_file: Option<&Path>, overrides: ServeSettings) -> anyhow::Res
         idempotency_retention: hours(s.idempotency_retention_hours.unwrap_or(24)),
         token_ttl: hours(s.token_ttl_hours.unwrap_or(24 * 7)),
         max_body_bytes: s.max_body_bytes.unwrap_or(2 << 20),
+        list_page_size: s.list_page_size,
         log: s.log.unwrap_or_else(|| "info".to_owned()),
     };
     config.validate()?;
@@ -133,6 +139,9 @@ impl ServeConfig {
             && key.len() < 16
         {
             bail!("system_key must be at least 16 characters");
+        }
+        if self.list_page_size == Some(0) {
+            bail!("list_page_size must be at least 1");
         }
         if self.max_body_bytes < 1024 {
             bail!("max_body_bytes must be at least 1024");

@@ -22,6 +22,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         max_body_bytes: config.max_body_bytes,
         system_key: config.system_key.clone(),
         token_secret: config.token_secret.clone(),
+        list_page_size: config.list_page_size,
     };
     let http = KilnHttp::new(kiln.client(), options).await.context("cannot set up the HTTP layer")?;
     write_key_file(&config, http.system_key())?;

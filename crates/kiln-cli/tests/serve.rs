@@ -106,7 +106,10 @@ fn a_report_job_survives_kill_9_and_completes() {
     let (id, location) = start_report(&server, 0);
     let (status, done) = poll(&location);
     assert_eq!(status, 200);
-    assert_eq!(done["result"], serde_json::json!({"status": "completed", "instanceId": id, "result": {"customerId": "c-7", "operation": "yearly"}}));
+    assert_eq!(
+        done["result"],
+        serde_json::json!({"status": "completed", "instanceId": id, "result": {"customerId": "c-7", "operation": "yearly"}})
+    );
 
     let (id, location) = start_report(&server, 2);
     let running = agent().get(&location).call().unwrap();
@@ -128,7 +131,7 @@ fn cli_commands_drive_a_running_server() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let input = r#"{"customer_id":"c-1","operation":"q","delay_seconds":0}"#;
+    let input = r#"{"customer_id":"c-1","operation":"daily","delay_seconds":0}"#;
     let waited = ok(&server.cli(&["start", "report_job", "--input", input, "--id", "job-1", "--wait"]));
     assert!(waited.contains("\"customerId\": \"c-1\""), "{waited}");
     let status: Value = serde_json::from_str(&ok(&server.cli(&["status", "job-1"]))).unwrap();
@@ -139,7 +142,14 @@ fn cli_commands_drive_a_running_server() {
     let approval = ok(&server.cli(&["start", "approval", "--input", r#"{"subject":"s","timeout_seconds":60}"#]));
     let approval = approval.trim();
     ok(&server.cli(&["raise", approval, "Approval", r#"{"approved":false,"by":"cli"}"#]));
-    let waiting = ok(&server.cli(&["start", "approval", "--input", r#"{"subject":"t","timeout_seconds":60}"#, "--id", "to-stop"]));
+    let waiting = ok(&server.cli(&[
+        "start",
+        "approval",
+        "--input",
+        r#"{"subject":"t","timeout_seconds":60}"#,
+        "--id",
+        "to-stop",
+    ]));
     assert_eq!(waiting.trim(), "to-stop");
     ok(&server.cli(&["terminate", "to-stop", "--reason", "not needed"]));
     assert_eq!(ok(&server.cli(&["purge", "job-1"])).trim(), "1");

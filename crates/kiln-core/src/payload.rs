@@ -38,6 +38,16 @@ impl Payload {
         serde_json::from_str(&self.0)
     }
 
+    /// Decodes into a typed value; if that fails and the payload is a JSON string that itself
+    /// holds JSON (Durable Functions' Python client encodes inputs and event data twice), decodes
+    /// that inner JSON instead. The first error is reported if both fail.
+    pub fn decode_lenient<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        self.decode().or_else(|err| match serde_json::from_str::<String>(&self.0) {
+            Ok(inner) => serde_json::from_str(&inner).map_err(|_| err),
+            Err(_) => Err(err),
+        })
+    }
+
     /// The JSON text.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -121,6 +131,19 @@ fn check(what: &'static str, payload: &Payload, limit: usize) -> Result<(), Payl
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lenient_decoding_unwraps_double_encoded_json() {
+        let twice = Payload::encode(r#"{"a":1}"#).unwrap();
+        let value: serde_json::Value = twice.decode_lenient().unwrap();
+        assert_eq!(value, serde_json::json!(r#"{"a":1}"#), "a string target keeps the string");
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct A {
+            a: u32,
+        }
+        assert_eq!(twice.decode_lenient::<A>().unwrap(), A { a: 1 });
+        assert!(Payload::null().decode_lenient::<A>().is_err());
+    }
 
     #[test]
     fn validates_and_limits() {

@@ -58,6 +58,9 @@ pub struct HttpOptions {
     pub system_key: Option<String>,
     /// The token-signing secret; generated once and stored when `None`.
     pub token_secret: Option<String>,
+    /// Page size of a management list request without `top`; `None` returns every match in one
+    /// response (Durable Functions' Python client does not follow continuation tokens).
+    pub list_page_size: Option<usize>,
 }
 
 impl Default for HttpOptions {
@@ -70,6 +73,7 @@ impl Default for HttpOptions {
             max_body_bytes: 2 << 20,
             system_key: None,
             token_secret: None,
+            list_page_size: None,
         }
     }
 }

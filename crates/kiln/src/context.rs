@@ -307,7 +307,7 @@ impl<T: DeserializeOwned> Future for DurableFuture<T> {
         self.slot = None;
         Poll::Ready(match completion.outcome {
             Outcome::Completed(payload) => {
-                payload.decode().map_err(|e| Failure::serialization(&format!("output of {}", self.what), &e))
+                payload.decode_lenient().map_err(|e| Failure::serialization(&format!("output of {}", self.what), &e))
             }
             Outcome::Failed(details) => Err(Failure::from(details)),
         })

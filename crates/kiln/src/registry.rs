@@ -42,7 +42,7 @@ where
     Arc::new(move |ctx, input: Payload| {
         let f = Arc::clone(&f);
         Box::pin(async move {
-            let input: I = input.decode().map_err(|e| Failure::serialization(input_what, &e).into_details())?;
+            let input: I = input.decode_lenient().map_err(|e| Failure::serialization(input_what, &e).into_details())?;
             let output = f(ctx, input).await.map_err(Failure::into_details)?;
             Payload::encode(&output).map_err(|e| Failure::serialization(output_what, &e).into_details())
         })

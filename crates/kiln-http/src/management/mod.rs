@@ -330,15 +330,16 @@ async fn list(State(http): State<KilnHttp>, query: QueryParams, headers: HeaderM
         created_from: parse_time(&query, "createdTimeFrom")?,
         created_to: parse_time(&query, "createdTimeTo")?,
         instance_id_prefix: query.get("instanceIdPrefix").filter(|p| !p.is_empty()).map(str::to_owned),
-        page_size: top.unwrap_or(LIST_PAGE),
+        page_size: top.or(http.options().list_page_size).unwrap_or(LIST_PAGE),
         after,
     };
+    let single_page = top.or(http.options().list_page_size);
     let show_input = query.flag("showInput", true);
     let mut items = Vec::new();
     let next = loop {
         let page = http.client().list(&instance_query).await.map_err(df)?;
         items.extend(page.instances.iter().map(|r| payloads::status_object(r, show_input, None)));
-        match (page.next, top) {
+        match (page.next, single_page) {
             (Some(next), None) => instance_query.after = Some(next),
             (next, _) => break next,
         }

@@ -82,14 +82,20 @@ pub async fn validate_submission(_ctx: ActivityContext, submission: Submission) 
     Ok(())
 }
 
+/// How long the stand-ins for real work take, so the stages can be watched while they run.
+const SCREENING_TIME: std::time::Duration = std::time::Duration::from_millis(300);
+const REVIEW_TIME: std::time::Duration = std::time::Duration::from_millis(700);
+
 /// True if the submission contains no blocked words.
 pub async fn screen_content(_ctx: ActivityContext, submission: Submission) -> Result<bool, Failure> {
+    tokio::time::sleep(SCREENING_TIME).await;
     let text = format!("{} {}", submission.title, submission.abstract_text).to_lowercase();
     Ok(!BLOCKED_WORDS.iter().any(|word| text.contains(word)))
 }
 
 /// Scores the abstract 0–10: a stand-in for a human review, deterministic for the tests.
 pub async fn review(_ctx: ActivityContext, submission: Submission) -> Result<u32, Failure> {
+    tokio::time::sleep(REVIEW_TIME).await;
     let words = submission.abstract_text.split_whitespace().count() as u32;
     Ok((words / 5).min(10))
 }

@@ -161,3 +161,25 @@ fn cli_commands_drive_a_running_server() {
     let bad = server.cli(&["start", "nope"]);
     assert!(!bad.status.success());
 }
+
+#[test]
+fn sigterm_shuts_down_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), (free_port(), free_port()));
+    let (_, location) = start_report(&server, 0);
+    poll(&location);
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "kiln serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}");
+    // The database is released: a new server starts on it at once.
+    let again = Server::start(dir.path(), (free_port(), free_port()));
+    drop(again);
+}

@@ -55,12 +55,22 @@ pub(crate) async fn run_turn(rt: &Runtime, item: OrchestrationWorkItem) {
                 rt.cache.put(instance_id.clone(), execution);
             }
             let ended = commit.status.is_terminal().then_some(commit.now);
+            let (status, failure) = (commit.status, commit.failure.clone());
             match rt.store.commit_turn(*commit).await {
                 Ok(()) => {
                     rt.metrics.turns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if let Some(ended) = ended {
                         let millis = u64::try_from(ended.millis() - created_at.millis()).unwrap_or(0);
                         rt.metrics.record_duration(&name, Duration::from_millis(millis));
+                        match &failure {
+                            Some(failure) => {
+                                tracing::info!(instance_id, name, %status, error = %failure, millis, "instance finished")
+                            }
+                            None if status == RuntimeStatus::Completed => {
+                                tracing::debug!(instance_id, name, %status, millis, "instance finished")
+                            }
+                            None => tracing::info!(instance_id, name, %status, millis, "instance finished"),
+                        }
                     }
                 }
                 Err(err) => {

@@ -7,5 +7,5 @@ use std::sync::Arc;
 kiln_store::conformance_tests!(|| async {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = SqliteStore::open(SqliteOptions::new(dir.path().join("kiln.db"))).expect("open store");
-    (Arc::new(store) as Arc<dyn Store>, dir)
+    Some((Arc::new(store) as Arc<dyn Store>, dir))
 });

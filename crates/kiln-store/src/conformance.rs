@@ -1,13 +1,14 @@
 //! The store conformance suite: behaviour every backend must have, written once.
 //!
 //! A backend's test crate invokes [`conformance_tests!`](crate::conformance_tests) with a
-//! factory that returns a fresh, empty store and a guard that keeps its resources alive:
+//! factory that returns a fresh, empty store and a guard that keeps its resources alive, or
+//! `None` when the backend is not available (the factory says why):
 //!
 //! ```ignore
 //! kiln_store::conformance_tests!(|| async {
 //!     let dir = tempfile::tempdir().unwrap();
 //!     let store = MyStore::open(dir.path()).unwrap();
-//!     (std::sync::Arc::new(store) as std::sync::Arc<dyn kiln_store::Store>, dir)
+//!     Some((std::sync::Arc::new(store) as std::sync::Arc<dyn kiln_store::Store>, dir))
 //! });
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -52,7 +53,7 @@ macro_rules! conformance_tests {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                let (store, _guard) = ($factory)().await;
+                let Some((store, _guard)) = ($factory)().await else { return };
                 $crate::conformance::$name(store.as_ref()).await;
                 store.shutdown().await;
             }

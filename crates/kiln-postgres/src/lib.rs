@@ -1,0 +1,20 @@
+//! Kiln's multi-node store: PostgreSQL.
+//!
+//! Any number of stateless Kiln nodes share one database. Work is claimed with
+//! `FOR UPDATE SKIP LOCKED` under a lease that carries a fencing token: a node whose lease
+//! expired cannot commit. A turn commits in one transaction exactly as on SQLite. `NOTIFY` on
+//! every commit wakes idle nodes at once (`LISTEN` on a dedicated connection), with a slow
+//! fallback poll for safety. Migrations are embedded and serialized with an advisory lock.
+//!
+//! # Layout
+//! - [`store`]: connecting and the `Store` implementation.
+//! - `listen`: the `LISTEN` task and local wake-ups.
+//! - [`schema`]: migrations.
+//! - `rows`: row encoding.
+
+mod listen;
+mod rows;
+pub mod schema;
+pub mod store;
+
+pub use store::{OpenError, PostgresOptions, PostgresStore};

@@ -1,0 +1,78 @@
+//! `LISTEN/NOTIFY`: wakes this node's idle workers and status waiters when any node commits.
+//!
+//! Payloads on the store's channel: `w` (instance work), `a` (activity work), `s:{instance id}`
+//! (an instance changed). The listener reconnects after a lost connection; while it is down the
+//! workers' fallback poll keeps work moving, and every waiter is woken once it is back, since
+//! notifications may have been missed meanwhile.
+
+use kiln_store::StatusWatchers;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+/// Pause before reconnecting a lost listener.
+const RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
+/// Where notifications go.
+#[derive(Debug, Default)]
+pub struct Wakers {
+    /// Orchestration workers.
+    pub orchestrations: Notify,
+    /// Activity workers.
+    pub activities: Notify,
+    /// Status waiters.
+    pub watchers: StatusWatchers,
+}
+
+impl Wakers {
+    fn dispatch(&self, payload: &str) {
+        match payload {
+            "w" => self.orchestrations.notify_one(),
+            "a" => self.activities.notify_one(),
+            _ => {
+                if let Some(instance_id) = payload.strip_prefix("s:") {
+                    self.watchers.notify(instance_id);
+                }
+            }
+        }
+    }
+}
+
+/// Listens on `channel` until the task is aborted.
+pub async fn run(config: tokio_postgres::Config, channel: String, wakers: Arc<Wakers>) {
+    loop {
+        match config.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+                let driver = tokio::spawn(async move {
+                    while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                        match message {
+                            Ok(AsyncMessage::Notification(n)) => {
+                                if tx.send(n.payload().to_owned()).is_err() {
+                                    break;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(_) => break,
+                        }
+                    }
+                });
+                match client.batch_execute(&format!("LISTEN \"{channel}\"")).await {
+                    Ok(()) => {
+                        wakers.orchestrations.notify_waiters();
+                        wakers.activities.notify_waiters();
+                        while let Some(payload) = rx.recv().await {
+                            wakers.dispatch(&payload);
+                        }
+                        tracing::warn!("lost the LISTEN connection to PostgreSQL; reconnecting");
+                    }
+                    Err(err) => tracing::warn!(error = %err, "LISTEN failed; retrying"),
+                }
+                driver.abort();
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot connect to PostgreSQL for LISTEN; retrying"),
+        }
+        tokio::time::sleep(RECONNECT_DELAY).await;
+    }
+}

@@ -1,0 +1,76 @@
+//! Row encoding shared by the PostgreSQL store's queries.
+
+use kiln_core::{FailureDetails, HistoryEvent, ParentInstance, Payload, RuntimeStatus, Timestamp, WaitingOn};
+use kiln_store::{InstanceRecord, StoreError};
+use serde::Serialize;
+use tokio_postgres::Row;
+use tokio_postgres::error::SqlState;
+
+/// The instance columns [`instance`] reads, in order.
+pub const INSTANCE_COLUMNS: &str = "instance_id, name, version, execution, status, input, output, failure, \
+     custom_status, created_at, updated_at, waiting_on, parent, history_len";
+
+/// The same columns qualified with the table name (for `UPDATE … RETURNING` with joins).
+pub const QUALIFIED_INSTANCE_COLUMNS: &str = "instances.instance_id, instances.name, instances.version, \
+     instances.execution, instances.status, instances.input, instances.output, instances.failure, \
+     instances.custom_status, instances.created_at, instances.updated_at, instances.waiting_on, \
+     instances.parent, instances.history_len";
+
+/// Reads an instance row selected with [`INSTANCE_COLUMNS`].
+pub fn instance(row: &Row) -> Result<InstanceRecord, StoreError> {
+    let code: i16 = row.try_get(4).map_err(backend)?;
+    let status = RuntimeStatus::from_code(i64::from(code))
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown status code {code}")))?;
+    let failure: Option<String> = row.try_get(7).map_err(backend)?;
+    let waiting_on: Option<String> = row.try_get(11).map_err(backend)?;
+    let parent: Option<String> = row.try_get(12).map_err(backend)?;
+    Ok(InstanceRecord {
+        instance_id: row.try_get(0).map_err(backend)?,
+        name: row.try_get(1).map_err(backend)?,
+        version: row.try_get(2).map_err(backend)?,
+        execution: row.try_get::<_, i64>(3).map_err(backend)? as u64,
+        status,
+        input: Payload::from_trusted(row.try_get(5).map_err(backend)?),
+        output: row.try_get::<_, Option<String>>(6).map_err(backend)?.map(Payload::from_trusted),
+        failure: failure.map(|f| from_json::<FailureDetails>(&f, "failure")).transpose()?,
+        custom_status: row.try_get::<_, Option<String>>(8).map_err(backend)?.map(Payload::from_trusted),
+        created_at: Timestamp(row.try_get(9).map_err(backend)?),
+        updated_at: Timestamp(row.try_get(10).map_err(backend)?),
+        waiting_on: match waiting_on {
+            Some(w) => from_json::<Vec<WaitingOn>>(&w, "waiting_on")?,
+            None => Vec::new(),
+        },
+        parent: parent.map(|p| from_json::<ParentInstance>(&p, "parent")).transpose()?,
+        history_len: row.try_get::<_, i64>(13).map_err(backend)? as u64,
+    })
+}
+
+/// Encodes a value as JSON text for a column.
+pub fn to_json<T: Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(format!("cannot encode record: {e}")))
+}
+
+/// Decodes JSON text from a column.
+pub fn from_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("cannot decode {what}: {e}")))
+}
+
+/// Decodes a history event.
+pub fn event(text: &str) -> Result<HistoryEvent, StoreError> {
+    from_json(text, "history event")
+}
+
+/// Maps a PostgreSQL error: lost connections are `Unavailable` (the caller may retry), the rest
+/// are backend errors.
+pub fn backend(err: tokio_postgres::Error) -> StoreError {
+    if err.is_closed() || err.as_db_error().is_none() && err.to_string().contains("connection") {
+        StoreError::Unavailable(format!("PostgreSQL: {err}"))
+    } else {
+        StoreError::Backend(format!("PostgreSQL: {err}"))
+    }
+}
+
+/// True for a unique-constraint violation.
+pub fn is_unique_violation(err: &tokio_postgres::Error) -> bool {
+    err.code() == Some(&SqlState::UNIQUE_VIOLATION)
+}

@@ -1,0 +1,117 @@
+//! Embedded, ordered migrations, applied under a transaction-scoped advisory lock so that nodes
+//! starting at the same moment migrate once, one after the other.
+
+use tokio_postgres::Client;
+
+/// The migrations, in order; migration `i` brings the schema to version `i + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE instances (
+    instance_id        TEXT PRIMARY KEY,
+    name               TEXT NOT NULL,
+    version            TEXT NOT NULL,
+    execution          BIGINT NOT NULL,
+    status             SMALLINT NOT NULL,
+    input              TEXT NOT NULL,
+    output             TEXT,
+    failure            TEXT,
+    custom_status      TEXT,
+    created_at         BIGINT NOT NULL,
+    updated_at         BIGINT NOT NULL,
+    waiting_on         TEXT,
+    parent             TEXT,
+    parent_instance_id TEXT,
+    history_len        BIGINT NOT NULL DEFAULT 0,
+    dequeue_count      INTEGER NOT NULL DEFAULT 0,
+    lock_token         BIGINT,
+    locked_until       BIGINT
+);
+CREATE INDEX instances_by_created ON instances (created_at, instance_id);
+CREATE INDEX instances_by_parent ON instances (parent_instance_id) WHERE parent_instance_id IS NOT NULL;
+CREATE TABLE history (
+    instance_id TEXT NOT NULL,
+    seq         BIGINT NOT NULL,
+    event       TEXT NOT NULL,
+    PRIMARY KEY (instance_id, seq)
+);
+CREATE TABLE inbox (
+    id          BIGSERIAL PRIMARY KEY,
+    instance_id TEXT NOT NULL,
+    execution   BIGINT,
+    visible_at  BIGINT,
+    control     BOOLEAN NOT NULL,
+    event       TEXT NOT NULL
+);
+CREATE INDEX inbox_by_instance ON inbox (instance_id, id);
+CREATE INDEX inbox_by_visibility ON inbox (visible_at) WHERE visible_at IS NOT NULL;
+CREATE TABLE activities (
+    id            BIGSERIAL PRIMARY KEY,
+    instance_id   TEXT NOT NULL,
+    execution     BIGINT NOT NULL,
+    step          BIGINT NOT NULL,
+    name          TEXT NOT NULL,
+    input         TEXT NOT NULL,
+    attempt       INTEGER NOT NULL,
+    dequeue_count INTEGER NOT NULL DEFAULT 0,
+    lock_token    BIGINT,
+    locked_until  BIGINT,
+    visible_at    BIGINT
+);
+CREATE INDEX activities_by_instance ON activities (instance_id);
+CREATE TABLE settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE idempotency_keys (
+    key         TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    instance_id TEXT NOT NULL,
+    expires_at  BIGINT NOT NULL
+);
+CREATE INDEX idempotency_keys_by_expiry ON idempotency_keys (expires_at);
+CREATE SEQUENCE lease_tokens;
+"#];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Advisory lock key that serializes migrations across nodes ("kiln" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6b69_6c6e;
+
+/// Why the schema could not be brought up to date.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    /// The database was written by a newer Kiln.
+    #[error("the database schema is version {found}, newer than this Kiln supports ({supported}); upgrade Kiln")]
+    TooNew {
+        /// Version found.
+        found: i64,
+        /// Newest version this build knows.
+        supported: i64,
+    },
+    /// PostgreSQL refused a statement.
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+}
+
+/// Applies every migration the database has not seen yet, in one transaction.
+pub async fn migrate(client: &mut Client) -> Result<(), MigrationError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS kiln_schema (version BIGINT NOT NULL)").await?;
+    let found: i64 = match tx.query_opt("SELECT version FROM kiln_schema", &[]).await? {
+        Some(row) => row.get(0),
+        None => {
+            tx.execute("INSERT INTO kiln_schema (version) VALUES (0)", &[]).await?;
+            0
+        }
+    };
+    if found > SCHEMA_VERSION {
+        return Err(MigrationError::TooNew { found, supported: SCHEMA_VERSION });
+    }
+    for sql in MIGRATIONS.iter().skip(found as usize) {
+        tx.batch_execute(sql).await?;
+    }
+    tx.execute("UPDATE kiln_schema SET version = $1", &[&SCHEMA_VERSION]).await?;
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,803 @@
+//! [`PostgresStore`]: the [`Store`] trait on PostgreSQL for any number of nodes.
+
+use crate::listen::{self, Wakers};
+use crate::rows::{self, INSTANCE_COLUMNS, QUALIFIED_INSTANCE_COLUMNS, backend, is_unique_violation, to_json};
+use crate::schema::{MigrationError, migrate};
+use async_trait::async_trait;
+use deadpool_postgres::GenericClient;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use kiln_core::{EventKind, FailureDetails, HistoryEvent, Payload, RuntimeStatus, Timestamp, error_types};
+use kiln_store::{
+    ActivityWorkItem, HistoryUpdate, IdempotencyKey, IdempotentStart, InboxMessage, InstancePage, InstanceQuery,
+    InstanceRecord, Lease, NewActivity, NewInstance, OrchestrationWorkItem, PageCursor, PurgeFilter, StatusWatchers,
+    Store, StoreError, StoreResult, TurnCommit,
+};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::task::JoinHandle;
+use tokio_postgres::NoTls;
+use tokio_postgres::types::ToSql;
+
+/// Longest a worker sleeps without a notification before it looks for work again (a safety net
+/// for missed notifications; latency does not depend on it).
+const FALLBACK_POLL: Duration = Duration::from_secs(1);
+/// Most instances one purge transaction deletes.
+const PURGE_BATCH: i64 = 500;
+
+/// Options for [`PostgresStore::connect`].
+#[derive(Clone, Debug)]
+pub struct PostgresOptions {
+    /// `postgres://user@host:port/database` (or key=value form).
+    pub url: String,
+    /// Schema to keep Kiln's tables in (created if missing); the default search path otherwise.
+    pub schema: Option<String>,
+    /// Connections in the pool.
+    pub pool_size: usize,
+}
+
+impl PostgresOptions {
+    /// Defaults for a database URL: default schema, 16 connections.
+    pub fn new(url: impl Into<String>) -> PostgresOptions {
+        PostgresOptions { url: url.into(), schema: None, pool_size: 16 }
+    }
+}
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The URL or schema name is not usable.
+    #[error("invalid PostgreSQL configuration: {0}")]
+    Config(String),
+    /// The database did not answer.
+    #[error("cannot reach PostgreSQL: {0}")]
+    Unreachable(String),
+    /// The schema could not be brought up to date.
+    #[error("cannot prepare the PostgreSQL schema: {0}")]
+    Migration(#[from] MigrationError),
+}
+
+/// The PostgreSQL store. Nodes sharing one database share all work.
+pub struct PostgresStore {
+    pool: Pool,
+    wakers: Arc<Wakers>,
+    channel: String,
+    listener: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn now() -> Timestamp {
+    Timestamp(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64))
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn terminal_codes() -> Vec<i16> {
+    RuntimeStatus::ALL.iter().filter(|s| s.is_terminal()).map(|s| s.code() as i16).collect()
+}
+
+impl PostgresStore {
+    /// Connects, creates the schema if needed, migrates it, and starts listening for other
+    /// nodes' commits.
+    pub async fn connect(options: PostgresOptions) -> Result<PostgresStore, OpenError> {
+        let mut config: tokio_postgres::Config = options.url.parse().map_err(|e| OpenError::Config(format!("{e}")))?;
+        if let Some(schema) = &options.schema {
+            if schema.is_empty() || !schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(OpenError::Config(format!("schema name '{schema}' must be letters, digits and _")));
+            }
+            let (client, connection) =
+                config.connect(NoTls).await.map_err(|e| OpenError::Unreachable(e.to_string()))?;
+            let driver = tokio::spawn(connection);
+            client
+                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+                .await
+                .map_err(|e| OpenError::Unreachable(e.to_string()))?;
+            drop(client);
+            let _ = driver.await;
+            config.options(format!("-c search_path={schema}"));
+        }
+        let (mut client, connection) =
+            config.connect(NoTls).await.map_err(|e| OpenError::Unreachable(e.to_string()))?;
+        let driver = tokio::spawn(connection);
+        migrate(&mut client).await?;
+        drop(client);
+        let _ = driver.await;
+        let manager =
+            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(2))
+            .build()
+            .map_err(|e| OpenError::Config(e.to_string()))?;
+        let channel = format!("kiln_{}", options.schema.as_deref().unwrap_or("public"));
+        let wakers = Arc::new(Wakers::default());
+        let listener = tokio::spawn(listen::run(config, channel.clone(), Arc::clone(&wakers)));
+        Ok(PostgresStore { pool, wakers, channel, listener: Mutex::new(Some(listener)) })
+    }
+
+    async fn client(&self) -> StoreResult<Object> {
+        self.pool.get().await.map_err(|e| StoreError::Unavailable(format!("PostgreSQL: {e}")))
+    }
+
+    /// Sends notifications (delivered at commit) to every node, this one included.
+    async fn notify(&self, client: &impl GenericClient, payloads: &[String]) -> StoreResult<()> {
+        for payload in payloads {
+            client.execute("SELECT pg_notify($1, $2)", &[&self.channel, payload]).await.map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    /// Wakes local waiters at once (other nodes hear the NOTIFY).
+    fn wake_locally(&self, payloads: &[String]) {
+        for payload in payloads {
+            match payload.as_str() {
+                "w" => self.wakers.orchestrations.notify_one(),
+                "a" => self.wakers.activities.notify_one(),
+                other => {
+                    if let Some(id) = other.strip_prefix("s:") {
+                        self.wakers.watchers.notify(id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sleeps until notified, the next delayed message is due, the fallback poll, or `deadline`.
+    async fn wait(&self, notify: &tokio::sync::Notify, deadline: tokio::time::Instant, next_due: Option<i64>) {
+        let notified = notify.notified();
+        let mut until = deadline.min(tokio::time::Instant::now() + FALLBACK_POLL);
+        if let Some(due) = next_due {
+            let in_ms = u64::try_from(due - now().0).unwrap_or(0);
+            until = until.min(tokio::time::Instant::now() + Duration::from_millis(in_ms));
+        }
+        tokio::select! {
+            () = notified => {}
+            () = tokio::time::sleep_until(until) => {}
+        }
+    }
+
+    async fn try_claim_instance(&self, lease_for: Duration) -> StoreResult<Option<OrchestrationWorkItem>> {
+        let client = self.client().await?;
+        let at = now().0;
+        let sql = format!(
+            "WITH candidate AS ( \
+               SELECT i.instance_id FROM inbox m JOIN instances i ON i.instance_id = m.instance_id \
+               WHERE (m.visible_at IS NULL OR m.visible_at <= $1) \
+                 AND (i.locked_until IS NULL OR i.locked_until < $1) \
+                 AND (i.status <> {suspended} OR m.control) \
+               ORDER BY m.id LIMIT 1 FOR UPDATE OF i SKIP LOCKED) \
+             UPDATE instances SET lock_token = nextval('lease_tokens'), locked_until = $2, \
+               dequeue_count = instances.dequeue_count + 1 \
+             FROM candidate WHERE instances.instance_id = candidate.instance_id \
+             RETURNING {QUALIFIED_INSTANCE_COLUMNS}, instances.lock_token, instances.locked_until, instances.dequeue_count",
+            suspended = RuntimeStatus::Suspended.code()
+        );
+        let Some(row) = client.query_opt(&sql, &[&at, &(at + millis(lease_for))]).await.map_err(backend)? else {
+            return Ok(None);
+        };
+        let instance = rows::instance(&row)?;
+        let lease = Lease {
+            token: row.try_get::<_, i64>(14).map_err(backend)? as u64,
+            expires_at: Timestamp(row.try_get(15).map_err(backend)?),
+        };
+        let dequeue_count = row.try_get::<_, i32>(16).map_err(backend)? as u32;
+        let messages = client
+            .query(
+                "SELECT id, execution, event FROM inbox WHERE instance_id = $1 \
+                 AND (visible_at IS NULL OR visible_at <= $2) ORDER BY id",
+                &[&instance.instance_id, &at],
+            )
+            .await
+            .map_err(backend)?
+            .iter()
+            .map(|r| {
+                Ok(InboxMessage {
+                    id: r.try_get(0).map_err(backend)?,
+                    execution: r.try_get::<_, Option<i64>>(1).map_err(backend)?.map(|e| e as u64),
+                    event: rows::event(r.try_get(2).map_err(backend)?)?,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(Some(OrchestrationWorkItem { instance, messages, lease, dequeue_count }))
+    }
+
+    async fn next_due(&self) -> StoreResult<Option<i64>> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT min(visible_at) FROM inbox WHERE visible_at > $1", &[&now().0])
+            .await
+            .map_err(backend)?;
+        row.try_get(0).map_err(backend)
+    }
+}
+
+async fn instance_status(
+    tx: &impl GenericClient,
+    instance_id: &str,
+    lock: bool,
+) -> StoreResult<Option<(RuntimeStatus, u64)>> {
+    let sql = if lock {
+        "SELECT status, execution FROM instances WHERE instance_id = $1 FOR UPDATE"
+    } else {
+        "SELECT status, execution FROM instances WHERE instance_id = $1"
+    };
+    let row = tx.query_opt(sql, &[&instance_id]).await.map_err(backend)?;
+    Ok(row.map(|r| {
+        let status = RuntimeStatus::from_code(i64::from(r.get::<_, i16>(0))).unwrap_or(RuntimeStatus::Running);
+        (status, r.get::<_, i64>(1) as u64)
+    }))
+}
+
+async fn insert_message(
+    tx: &impl GenericClient,
+    instance_id: &str,
+    execution: Option<u64>,
+    event: &HistoryEvent,
+    visible_at: Option<Timestamp>,
+) -> StoreResult<()> {
+    let execution = execution.map(|e| e as i64);
+    let visible_at = visible_at.map(|t| t.0);
+    tx.execute(
+        "INSERT INTO inbox (instance_id, execution, visible_at, control, event) VALUES ($1, $2, $3, $4, $5)",
+        &[&instance_id, &execution, &visible_at, &event.kind.is_control(), &to_json(event)?],
+    )
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+async fn delete_instance_rows(tx: &impl GenericClient, instance_id: &str) -> StoreResult<()> {
+    for sql in [
+        "DELETE FROM history WHERE instance_id = $1",
+        "DELETE FROM inbox WHERE instance_id = $1",
+        "DELETE FROM activities WHERE instance_id = $1",
+        "DELETE FROM instances WHERE instance_id = $1",
+    ] {
+        tx.execute(sql, &[&instance_id]).await.map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// Creates an instance inside a transaction; `AlreadyExists` if an unfinished one has the id.
+async fn create_instance_tx(tx: &impl GenericClient, instance: &NewInstance) -> StoreResult<()> {
+    let mut execution = 0u64;
+    if let Some((status, previous)) = instance_status(tx, &instance.instance_id, true).await? {
+        if !status.is_terminal() {
+            return Err(StoreError::AlreadyExists(instance.instance_id.clone(), status));
+        }
+        execution = previous + 1;
+        delete_instance_rows(tx, &instance.instance_id).await?;
+    }
+    let parent = instance.parent.as_ref().map(to_json).transpose()?;
+    let inserted = tx
+        .execute(
+            "INSERT INTO instances (instance_id, name, version, execution, status, input, created_at, updated_at, \
+             parent, parent_instance_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9)",
+            &[
+                &instance.instance_id,
+                &instance.name,
+                &instance.version,
+                &(execution as i64),
+                &(RuntimeStatus::Pending.code() as i16),
+                &instance.input.as_str(),
+                &instance.created_at.0,
+                &parent,
+                &instance.parent.as_ref().map(|p| p.instance_id.as_str()),
+            ],
+        )
+        .await;
+    match inserted {
+        Ok(_) => {}
+        Err(err) if is_unique_violation(&err) => {
+            return Err(StoreError::AlreadyExists(instance.instance_id.clone(), RuntimeStatus::Pending));
+        }
+        Err(err) => return Err(backend(err)),
+    }
+    let started = HistoryEvent::new(
+        instance.created_at,
+        EventKind::ExecutionStarted {
+            name: instance.name.clone(),
+            version: instance.version.clone(),
+            input: instance.input.clone(),
+            parent: instance.parent.clone(),
+        },
+    );
+    insert_message(tx, &instance.instance_id, Some(execution), &started, None).await
+}
+
+/// Deletes instances and, recursively, their finished sub-orchestrations.
+async fn purge_tx(tx: &impl GenericClient, roots: Vec<String>) -> StoreResult<Vec<String>> {
+    let terminal = terminal_codes();
+    let mut pending = roots;
+    let mut deleted = Vec::new();
+    while let Some(id) = pending.pop() {
+        let children = tx
+            .query(
+                "SELECT instance_id FROM instances WHERE parent_instance_id = $1 AND status = ANY($2)",
+                &[&id, &terminal],
+            )
+            .await
+            .map_err(backend)?;
+        pending.extend(children.iter().map(|r| r.get::<_, String>(0)));
+        delete_instance_rows(tx, &id).await?;
+        deleted.push(id);
+    }
+    Ok(deleted)
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn create_instance(&self, instance: NewInstance) -> StoreResult<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        create_instance_tx(&tx, &instance).await?;
+        let notes = vec!["w".to_owned(), format!("s:{}", instance.instance_id)];
+        self.notify(&tx, &notes).await?;
+        tx.commit().await.map_err(backend)?;
+        self.wake_locally(&notes);
+        Ok(())
+    }
+
+    async fn create_instance_idempotent(
+        &self,
+        instance: NewInstance,
+        key: IdempotencyKey,
+    ) -> StoreResult<IdempotentStart> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        tx.execute("DELETE FROM idempotency_keys WHERE expires_at <= $1", &[&instance.created_at.0])
+            .await
+            .map_err(backend)?;
+        // Serializes requests with the same key across nodes until this transaction ends.
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key.key]).await.map_err(backend)?;
+        let existing = tx
+            .query_opt("SELECT fingerprint, instance_id FROM idempotency_keys WHERE key = $1", &[&key.key])
+            .await
+            .map_err(backend)?;
+        if let Some(row) = existing {
+            let (fingerprint, instance_id): (String, String) = (row.get(0), row.get(1));
+            if fingerprint != key.fingerprint {
+                return Err(StoreError::IdempotencyKeyReused(key.key));
+            }
+            return Ok(IdempotentStart::Existing { instance_id });
+        }
+        create_instance_tx(&tx, &instance).await?;
+        tx.execute(
+            "INSERT INTO idempotency_keys (key, fingerprint, instance_id, expires_at) VALUES ($1, $2, $3, $4)",
+            &[&key.key, &key.fingerprint, &instance.instance_id, &key.expires_at.0],
+        )
+        .await
+        .map_err(backend)?;
+        let notes = vec!["w".to_owned(), format!("s:{}", instance.instance_id)];
+        self.notify(&tx, &notes).await?;
+        tx.commit().await.map_err(backend)?;
+        self.wake_locally(&notes);
+        Ok(IdempotentStart::Created)
+    }
+
+    async fn send_message(&self, instance_id: &str, event: HistoryEvent) -> StoreResult<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        if instance_status(&tx, instance_id, false).await?.is_none() {
+            return Err(StoreError::NotFound(instance_id.to_owned()));
+        }
+        insert_message(&tx, instance_id, None, &event, None).await?;
+        let notes = vec!["w".to_owned()];
+        self.notify(&tx, &notes).await?;
+        tx.commit().await.map_err(backend)?;
+        self.wake_locally(&notes);
+        Ok(())
+    }
+
+    async fn fetch_orchestration_work(
+        &self,
+        lease_for: Duration,
+        wait: Duration,
+    ) -> StoreResult<Option<OrchestrationWorkItem>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(item) = self.try_claim_instance(lease_for).await? {
+                // There may be more: let another worker look.
+                self.wakers.orchestrations.notify_one();
+                return Ok(Some(item));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            let next_due = self.next_due().await?;
+            self.wait(&self.wakers.orchestrations, deadline, next_due).await;
+        }
+    }
+
+    async fn commit_turn(&self, commit: TurnCommit) -> StoreResult<()> {
+        let mut client = self.client().await?;
+        let mut tx = client.transaction().await.map_err(backend)?;
+        let id = &commit.instance_id;
+        let held = tx
+            .query_opt("SELECT lock_token, locked_until FROM instances WHERE instance_id = $1 FOR UPDATE", &[id])
+            .await
+            .map_err(backend)?;
+        let valid = held.is_some_and(|row| {
+            row.get::<_, Option<i64>>(0) == Some(commit.lease.token as i64)
+                && row.get::<_, Option<i64>>(1).is_some_and(|until| until >= now().0)
+        });
+        if !valid {
+            return Err(StoreError::LeaseLost(id.clone()));
+        }
+        let (events, replace) = match &commit.history {
+            HistoryUpdate::Append(events) => (events, false),
+            HistoryUpdate::Replace(events) => (events, true),
+        };
+        if replace {
+            tx.execute("DELETE FROM history WHERE instance_id = $1", &[id]).await.map_err(backend)?;
+        }
+        let appended = events.len() as i64;
+        let waiting_on = if commit.waiting_on.is_empty() { None } else { Some(to_json(&commit.waiting_on)?) };
+        let row = tx
+            .query_one(
+                "UPDATE instances SET execution = $2, status = $3, input = $4, output = $5, failure = $6, \
+                 custom_status = $7, waiting_on = $8, updated_at = $9, dequeue_count = 0, lock_token = NULL, \
+                 locked_until = NULL, history_len = CASE WHEN $10 THEN $11 ELSE history_len + $11 END \
+                 WHERE instance_id = $1 RETURNING history_len",
+                &[
+                    id,
+                    &(commit.execution as i64),
+                    &(commit.status.code() as i16),
+                    &commit.input.as_str(),
+                    &commit.output.as_ref().map(Payload::as_str),
+                    &commit.failure.as_ref().map(to_json).transpose()?,
+                    &commit.custom_status.as_ref().map(Payload::as_str),
+                    &waiting_on,
+                    &commit.now.0,
+                    &replace,
+                    &appended,
+                ],
+            )
+            .await
+            .map_err(backend)?;
+        let new_len: i64 = row.get(0);
+        for (offset, event) in events.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO history (instance_id, seq, event) VALUES ($1, $2, $3)",
+                &[id, &(new_len - appended + offset as i64), &to_json(event)?],
+            )
+            .await
+            .map_err(backend)?;
+        }
+        if !commit.consumed.is_empty() {
+            tx.execute("DELETE FROM inbox WHERE instance_id = $1 AND id = ANY($2)", &[id, &commit.consumed])
+                .await
+                .map_err(backend)?;
+        }
+        let mut notes = vec![format!("s:{id}")];
+        for activity in &commit.activities {
+            tx.execute(
+                "INSERT INTO activities (instance_id, execution, step, name, input, attempt) VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    &activity.instance_id,
+                    &(activity.execution as i64),
+                    &(activity.step as i64),
+                    &activity.name,
+                    &activity.input.as_str(),
+                    &(activity.attempt as i32),
+                ],
+            )
+            .await
+            .map_err(backend)?;
+        }
+        if !commit.activities.is_empty() {
+            notes.push("a".to_owned());
+        }
+        for child in &commit.sub_orchestrations {
+            let savepoint = tx.savepoint("child").await.map_err(backend)?;
+            match create_instance_tx(&savepoint, &child.instance).await {
+                Ok(()) => {
+                    savepoint.commit().await.map_err(backend)?;
+                    notes.push(format!("s:{}", child.instance.instance_id));
+                }
+                Err(StoreError::AlreadyExists(child_id, status)) => {
+                    savepoint.rollback().await.map_err(backend)?;
+                    let Some(parent) = &child.instance.parent else { continue };
+                    let failed = HistoryEvent::new(
+                        commit.now,
+                        EventKind::SubOrchestrationInstanceFailed {
+                            task_scheduled_id: parent.task_scheduled_id,
+                            failure_details: FailureDetails::new(
+                                error_types::ALREADY_EXISTS,
+                                format!("an instance with id '{child_id}' already exists and is {status}"),
+                            ),
+                        },
+                    );
+                    insert_message(&tx, id, Some(commit.execution), &failed, None).await?;
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        for message in &commit.messages {
+            if message.instance_id == *id || instance_status(&tx, &message.instance_id, false).await?.is_some() {
+                insert_message(&tx, &message.instance_id, message.execution, &message.event, message.visible_at)
+                    .await?;
+            }
+        }
+        if !commit.messages.is_empty() || !commit.sub_orchestrations.is_empty() {
+            notes.push("w".to_owned());
+        }
+        self.notify(&tx, &notes).await?;
+        tx.commit().await.map_err(backend)?;
+        self.wake_locally(&notes);
+        Ok(())
+    }
+
+    async fn abandon_orchestration_work(
+        &self,
+        instance_id: &str,
+        lease: Lease,
+        retry_after: Duration,
+    ) -> StoreResult<()> {
+        let client = self.client().await?;
+        let retry_at = now().0 + millis(retry_after);
+        let updated = client
+            .execute(
+                "UPDATE instances SET lock_token = NULL, locked_until = $3 WHERE instance_id = $1 AND lock_token = $2",
+                &[&instance_id, &(lease.token as i64), &retry_at],
+            )
+            .await
+            .map_err(backend)?;
+        if updated == 0 { Err(StoreError::LeaseLost(instance_id.to_owned())) } else { Ok(()) }
+    }
+
+    async fn fetch_activity_work(&self, lease_for: Duration, wait: Duration) -> StoreResult<Option<ActivityWorkItem>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let client = self.client().await?;
+            let at = now().0;
+            let row = client
+                .query_opt(
+                    "UPDATE activities SET lock_token = nextval('lease_tokens'), locked_until = $2, \
+                     dequeue_count = dequeue_count + 1 \
+                     WHERE id = (SELECT id FROM activities \
+                       WHERE (locked_until IS NULL OR locked_until < $1) AND (visible_at IS NULL OR visible_at <= $1) \
+                       ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                     RETURNING id, instance_id, execution, step, name, input, attempt, dequeue_count, lock_token, locked_until",
+                    &[&at, &(at + millis(lease_for))],
+                )
+                .await
+                .map_err(backend)?;
+            drop(client);
+            if let Some(row) = row {
+                self.wakers.activities.notify_one();
+                return Ok(Some(ActivityWorkItem {
+                    id: row.get(0),
+                    activity: NewActivity {
+                        instance_id: row.get(1),
+                        execution: row.get::<_, i64>(2) as u64,
+                        step: row.get::<_, i64>(3) as u64,
+                        name: row.get(4),
+                        input: Payload::from_trusted(row.get(5)),
+                        attempt: row.get::<_, i32>(6) as u32,
+                    },
+                    dequeue_count: row.get::<_, i32>(7) as u32,
+                    lease: Lease { token: row.get::<_, i64>(8) as u64, expires_at: Timestamp(row.get(9)) },
+                }));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            self.wait(&self.wakers.activities, deadline, None).await;
+        }
+    }
+
+    async fn renew_activity_lease(&self, item: &ActivityWorkItem, lease_for: Duration) -> StoreResult<Lease> {
+        let client = self.client().await?;
+        let at = now().0;
+        let expires_at = at + millis(lease_for);
+        let updated = client
+            .execute(
+                "UPDATE activities SET locked_until = $3 WHERE id = $1 AND lock_token = $2 AND locked_until >= $4",
+                &[&item.id, &(item.lease.token as i64), &expires_at, &at],
+            )
+            .await
+            .map_err(backend)?;
+        if updated == 0 {
+            return Err(StoreError::LeaseLost(format!(
+                "activity '{}' of {}",
+                item.activity.name, item.activity.instance_id
+            )));
+        }
+        Ok(Lease { token: item.lease.token, expires_at: Timestamp(expires_at) })
+    }
+
+    async fn complete_activity(&self, item: &ActivityWorkItem, result: HistoryEvent) -> StoreResult<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        let deleted = tx
+            .execute(
+                "DELETE FROM activities WHERE id = $1 AND lock_token = $2 AND locked_until >= $3",
+                &[&item.id, &(item.lease.token as i64), &now().0],
+            )
+            .await
+            .map_err(backend)?;
+        if deleted == 0 {
+            return Err(StoreError::LeaseLost(format!(
+                "activity '{}' of {}",
+                item.activity.name, item.activity.instance_id
+            )));
+        }
+        let target = &item.activity.instance_id;
+        if instance_status(&tx, target, false).await?.is_some() {
+            insert_message(&tx, target, Some(item.activity.execution), &result, None).await?;
+        }
+        let notes = vec!["w".to_owned()];
+        self.notify(&tx, &notes).await?;
+        tx.commit().await.map_err(backend)?;
+        self.wake_locally(&notes);
+        Ok(())
+    }
+
+    async fn abandon_activity_work(&self, item: &ActivityWorkItem, retry_after: Duration) -> StoreResult<()> {
+        let client = self.client().await?;
+        let updated = client
+            .execute(
+                "UPDATE activities SET lock_token = NULL, locked_until = NULL, visible_at = $3 WHERE id = $1 AND lock_token = $2",
+                &[&item.id, &(item.lease.token as i64), &(now().0 + millis(retry_after))],
+            )
+            .await
+            .map_err(backend)?;
+        if updated == 0 { Err(StoreError::LeaseLost(item.activity.instance_id.clone())) } else { Ok(()) }
+    }
+
+    async fn get_instance(&self, instance_id: &str) -> StoreResult<Option<InstanceRecord>> {
+        let client = self.client().await?;
+        let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = $1");
+        client.query_opt(&sql, &[&instance_id]).await.map_err(backend)?.as_ref().map(rows::instance).transpose()
+    }
+
+    async fn get_history(&self, instance_id: &str) -> StoreResult<Vec<HistoryEvent>> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT event FROM history WHERE instance_id = $1 ORDER BY seq", &[&instance_id])
+            .await
+            .map_err(backend)?;
+        rows.iter().map(|r| rows::event(r.get(0))).collect()
+    }
+
+    async fn list_instances(&self, query: &InstanceQuery) -> StoreResult<InstancePage> {
+        let mut sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE TRUE");
+        let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+        if !query.statuses.is_empty() {
+            params.push(Box::new(query.statuses.iter().map(|s| s.code() as i16).collect::<Vec<i16>>()));
+            sql.push_str(&format!(" AND status = ANY(${})", params.len()));
+        }
+        if let Some(name) = &query.name {
+            params.push(Box::new(name.clone()));
+            sql.push_str(&format!(" AND name = ${}", params.len()));
+        }
+        if let Some(from) = query.created_from {
+            params.push(Box::new(from.0));
+            sql.push_str(&format!(" AND created_at >= ${}", params.len()));
+        }
+        if let Some(to) = query.created_to {
+            params.push(Box::new(to.0));
+            sql.push_str(&format!(" AND created_at <= ${}", params.len()));
+        }
+        if let Some(prefix) = &query.instance_id_prefix {
+            params.push(Box::new(prefix.clone()));
+            sql.push_str(&format!(" AND left(instance_id, length(${n})) = ${n}", n = params.len()));
+        }
+        if let Some(after) = &query.after {
+            params.push(Box::new(after.created_at.0));
+            params.push(Box::new(after.instance_id.clone()));
+            let (t, i) = (params.len() - 1, params.len());
+            sql.push_str(&format!(" AND (created_at, instance_id) > (${t}, ${i})"));
+        }
+        let page_size = query.page_size.max(1);
+        sql.push_str(&format!(" ORDER BY created_at, instance_id COLLATE \"C\" LIMIT {}", page_size + 1));
+        let client = self.client().await?;
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+        let rows = client.query(&sql, &refs).await.map_err(backend)?;
+        let mut instances = rows.iter().map(rows::instance).collect::<StoreResult<Vec<_>>>()?;
+        let next = if instances.len() > page_size {
+            instances.truncate(page_size);
+            instances
+                .last()
+                .map(|last| PageCursor { created_at: last.created_at, instance_id: last.instance_id.clone() })
+        } else {
+            None
+        };
+        Ok(InstancePage { instances, next })
+    }
+
+    async fn count_instances_by_status(&self) -> StoreResult<Vec<(RuntimeStatus, u64)>> {
+        let client = self.client().await?;
+        let rows =
+            client.query("SELECT status, count(*) FROM instances GROUP BY status", &[]).await.map_err(backend)?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                RuntimeStatus::from_code(i64::from(r.get::<_, i16>(0))).map(|s| (s, r.get::<_, i64>(1) as u64))
+            })
+            .collect())
+    }
+
+    async fn purge_instance(&self, instance_id: &str) -> StoreResult<u64> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        let (status, _) = instance_status(&tx, instance_id, true)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(instance_id.to_owned()))?;
+        if !status.is_terminal() {
+            return Err(StoreError::NotTerminal(instance_id.to_owned(), status));
+        }
+        let deleted = purge_tx(&tx, vec![instance_id.to_owned()]).await?;
+        tx.commit().await.map_err(backend)?;
+        for id in &deleted {
+            self.wakers.watchers.notify(id);
+        }
+        Ok(deleted.len() as u64)
+    }
+
+    async fn purge_instances(&self, filter: &PurgeFilter) -> StoreResult<u64> {
+        let statuses: Vec<i16> = if filter.statuses.is_empty() {
+            terminal_codes()
+        } else {
+            filter.statuses.iter().filter(|s| s.is_terminal()).map(|s| s.code() as i16).collect()
+        };
+        let from = filter.created_from.map_or(i64::MIN, |t| t.0);
+        let to = filter.created_to.map_or(i64::MAX, |t| t.0);
+        let mut total = 0;
+        loop {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(backend)?;
+            let roots: Vec<String> = tx
+                .query(
+                    "SELECT instance_id FROM instances WHERE status = ANY($1) AND created_at >= $2 AND created_at <= $3 \
+                     AND parent_instance_id IS NULL LIMIT $4 FOR UPDATE SKIP LOCKED",
+                    &[&statuses, &from, &to, &PURGE_BATCH],
+                )
+                .await
+                .map_err(backend)?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let batch = roots.len() as i64;
+            let deleted = purge_tx(&tx, roots).await?;
+            tx.commit().await.map_err(backend)?;
+            total += deleted.len() as u64;
+            if batch < PURGE_BATCH {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn get_setting(&self, key: &str) -> StoreResult<Option<String>> {
+        let client = self.client().await?;
+        let row = client.query_opt("SELECT value FROM settings WHERE key = $1", &[&key]).await.map_err(backend)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn put_setting_if_absent(&self, key: &str, value: &str) -> StoreResult<String> {
+        let client = self.client().await?;
+        client
+            .execute("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING", &[&key, &value])
+            .await
+            .map_err(backend)?;
+        let row = client.query_one("SELECT value FROM settings WHERE key = $1", &[&key]).await.map_err(backend)?;
+        Ok(row.get(0))
+    }
+
+    async fn health(&self) -> StoreResult<()> {
+        let client = self.client().await?;
+        client.query_one("SELECT 1", &[]).await.map_err(backend)?;
+        Ok(())
+    }
+
+    fn watchers(&self) -> &StatusWatchers {
+        &self.wakers.watchers
+    }
+
+    async fn shutdown(&self) {
+        if let Some(listener) = self.listener.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            listener.abort();
+        }
+        self.pool.close();
+    }
+}

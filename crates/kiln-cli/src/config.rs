@@ -17,9 +17,16 @@ pub struct ServeSettings {
     /// Loopback-only listener for the management API without a key (DF's `rpcBaseUrl`).
     #[arg(long, env = "KILN_MANAGEMENT_LISTEN")]
     pub management_listen: Option<SocketAddr>,
-    /// SQLite database file.
+    /// SQLite database file (the default store).
     #[arg(long, env = "KILN_DATABASE")]
     pub database: Option<PathBuf>,
+    /// PostgreSQL URL (`postgres://user@host:port/db`): use PostgreSQL instead of SQLite, for
+    /// several nodes sharing one database.
+    #[arg(long, env = "KILN_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// PostgreSQL schema for Kiln's tables (created if missing).
+    #[arg(long, env = "KILN_DATABASE_SCHEMA")]
+    pub database_schema: Option<String>,
     /// Base URL for links when behind a reverse proxy (e.g. `https://api.example.com`).
     #[arg(long, env = "KILN_PUBLIC_BASE_URL")]
     pub public_base_url: Option<String>,
@@ -55,6 +62,8 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     pub management_listen: SocketAddr,
     pub database: PathBuf,
+    pub database_url: Option<String>,
+    pub database_schema: Option<String>,
     pub public_base_url: Option<String>,
     pub system_key: Option<String>,
     pub token_secret: Option<String>,
@@ -73,6 +82,8 @@ impl ServeSettings {
             listen: self.listen.or(lower.listen),
             management_listen: self.management_listen.or(lower.management_listen),
             database: self.database.or(lower.database),
+            database_url: self.database_url.or(lower.database_url),
+            database_schema: self.database_schema.or(lower.database_schema),
             public_base_url: self.public_base_url.or(lower.public_base_url),
             system_key: self.system_key.or(lower.system_key),
             token_secret: self.token_secret.or(lower.token_secret),
@@ -100,6 +111,8 @@ pub fn load(config_file: Option<&Path>, overrides: ServeSettings) -> anyhow::Res
         listen: s.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7071))),
         management_listen: s.management_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7072))),
         database: s.database.unwrap_or_else(|| PathBuf::from("kiln.db")),
+        database_url: s.database_url,
+        database_schema: s.database_schema,
         public_base_url: s.public_base_url,
         system_key: s.system_key,
         token_secret: s.token_secret,

@@ -4,16 +4,30 @@ use crate::config::ServeConfig;
 use anyhow::Context;
 use kiln::Kiln;
 use kiln_http::{HttpOptions, KilnHttp};
+use kiln_postgres::{PostgresOptions, PostgresStore};
 use std::io::Write;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 
 /// Runs until SIGINT or SIGTERM, then drains in-flight requests and work.
 pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
-    let kiln = kiln_samples::register_all(Kiln::builder())
-        .sqlite(&config.database)
-        .start()
-        .await
-        .with_context(|| format!("cannot open the store {}", config.database.display()))?;
+    let builder = kiln_samples::register_all(Kiln::builder());
+    let (builder, store_name) = match &config.database_url {
+        Some(url) => {
+            let mut options = PostgresOptions::new(url.clone());
+            options.schema = config.database_schema.clone();
+            let store = PostgresStore::connect(options).await.context("cannot open the PostgreSQL store")?;
+            (
+                builder.store(Arc::new(store)),
+                format!(
+                    "PostgreSQL{}",
+                    config.database_schema.as_deref().map(|s| format!(", schema {s}")).unwrap_or_default()
+                ),
+            )
+        }
+        None => (builder.sqlite(&config.database), config.database.display().to_string()),
+    };
+    let kiln = builder.start().await.with_context(|| format!("cannot open the store {store_name}"))?;
     let options = HttpOptions {
         public_base_url: config.public_base_url.clone(),
         fallback_base_url: format!("http://{}", config.listen),
@@ -32,7 +46,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.management_listen))?;
     let (starters, starters_doc) = kiln_samples::http::starters();
-    println!("Kiln is serving the samples (store: {})", config.database.display());
+    println!("Kiln is serving the samples (store: {store_name})");
     println!("  starters:    POST http://{0}/api/submissions · /api/jobs/reports · /api/approvals", config.listen);
     println!("  status:      GET  http://{}/api/status/{{id}}?token=…  (the Location of each 202)", config.listen);
     println!("  API docs:    http://{0}/docs   (OpenAPI: http://{0}/openapi.json)", config.listen);

@@ -17,23 +17,46 @@ use tokio::task::JoinSet;
 
 /// Longest a fetch waits before the loop checks again (bounds how late a new lease expiry is seen).
 const FETCH_WAIT: Duration = Duration::from_secs(1);
-/// Pause after a store error before trying again.
+/// Pause after a store error before trying again; doubles while errors go on, up to the max.
 const ERROR_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Backoff while the store keeps failing (e.g. its database is unreachable), so that many
+/// workers neither hammer it nor flood the log.
+struct Backoff(Option<Duration>);
+
+impl Backoff {
+    async fn failed(&mut self, what: &str, err: &StoreError) {
+        let delay = self.0.map_or(ERROR_BACKOFF, |d| (d * 2).min(MAX_ERROR_BACKOFF));
+        if self.0.is_none() {
+            tracing::warn!(error = %err, "{what} failed; retrying with backoff");
+        }
+        self.0 = Some(delay);
+        tokio::time::sleep(delay).await;
+    }
+
+    fn succeeded(&mut self) {
+        if self.0.take().is_some() {
+            tracing::info!("the store answers again");
+        }
+    }
+}
 
 /// Runs orchestration turns until shutdown.
 pub(crate) async fn orchestration_worker(rt: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = Backoff(None);
     while !*shutdown.borrow() {
         let fetched = tokio::select! {
             fetched = rt.store.fetch_orchestration_work(rt.config.lease_duration, FETCH_WAIT) => fetched,
             _ = shutdown.changed() => break,
         };
         match fetched {
-            Ok(Some(item)) => run_turn(&rt, item).await,
-            Ok(None) => {}
-            Err(err) => {
-                tracing::warn!(error = %err, "fetching orchestration work failed");
-                tokio::time::sleep(ERROR_BACKOFF).await;
+            Ok(Some(item)) => {
+                backoff.succeeded();
+                run_turn(&rt, item).await;
             }
+            Ok(None) => backoff.succeeded(),
+            Err(err) => backoff.failed("fetching orchestration work", &err).await,
         }
     }
 }
@@ -44,6 +67,7 @@ pub(crate) async fn activity_dispatcher(rt: Arc<Runtime>, mut shutdown: watch::R
     let permits = Arc::new(Semaphore::new(rt.config.activity_concurrency.max(1)));
     let running: Arc<Mutex<HashMap<i64, ActivityWorkItem>>> = Arc::default();
     let mut tasks = JoinSet::new();
+    let mut backoff = Backoff(None);
     while !*shutdown.borrow() {
         let permit = tokio::select! {
             permit = Arc::clone(&permits).acquire_owned() => match permit {
@@ -59,6 +83,7 @@ pub(crate) async fn activity_dispatcher(rt: Arc<Runtime>, mut shutdown: watch::R
         while tasks.try_join_next().is_some() {}
         match fetched {
             Ok(Some(item)) => {
+                backoff.succeeded();
                 lock(&running).insert(item.id, item.clone());
                 let rt = Arc::clone(&rt);
                 let running = Arc::clone(&running);
@@ -69,11 +94,8 @@ pub(crate) async fn activity_dispatcher(rt: Arc<Runtime>, mut shutdown: watch::R
                     drop(permit);
                 });
             }
-            Ok(None) => {}
-            Err(err) => {
-                tracing::warn!(error = %err, "fetching activity work failed");
-                tokio::time::sleep(ERROR_BACKOFF).await;
-            }
+            Ok(None) => backoff.succeeded(),
+            Err(err) => backoff.failed("fetching activity work", &err).await,
         }
     }
     let drained =

@@ -51,6 +51,9 @@ pub struct ServeSettings {
     /// Page size of management list requests without `top` (default: everything in one page).
     #[arg(long, env = "KILN_LIST_PAGE_SIZE")]
     pub list_page_size: Option<usize>,
+    /// How long a node's claim on work lasts before other nodes may take it over, in seconds.
+    #[arg(long, env = "KILN_LEASE_SECONDS")]
+    pub lease_seconds: Option<u64>,
     /// Log filter (e.g. `info`, `kiln=debug`).
     #[arg(long, env = "KILN_LOG")]
     pub log: Option<String>,
@@ -72,6 +75,7 @@ pub struct ServeConfig {
     pub token_ttl: Duration,
     pub max_body_bytes: usize,
     pub list_page_size: Option<usize>,
+    pub lease: Duration,
     pub log: String,
 }
 
@@ -92,6 +96,7 @@ impl ServeSettings {
             token_ttl_hours: self.token_ttl_hours.or(lower.token_ttl_hours),
             max_body_bytes: self.max_body_bytes.or(lower.max_body_bytes),
             list_page_size: self.list_page_size.or(lower.list_page_size),
+            lease_seconds: self.lease_seconds.or(lower.lease_seconds),
             log: self.log.or(lower.log),
         }
     }
@@ -121,6 +126,7 @@ pub fn load(config_file: Option<&Path>, overrides: ServeSettings) -> anyhow::Res
         token_ttl: hours(s.token_ttl_hours.unwrap_or(24 * 7)),
         max_body_bytes: s.max_body_bytes.unwrap_or(2 << 20),
         list_page_size: s.list_page_size,
+        lease: Duration::from_secs(s.lease_seconds.unwrap_or(30)),
         log: s.log.unwrap_or_else(|| "info".to_owned()),
     };
     config.validate()?;
@@ -152,6 +158,9 @@ impl ServeConfig {
             && key.len() < 16
         {
             bail!("system_key must be at least 16 characters");
+        }
+        if self.lease < Duration::from_secs(1) {
+            bail!("lease_seconds must be at least 1");
         }
         if self.list_page_size == Some(0) {
             bail!("list_page_size must be at least 1");

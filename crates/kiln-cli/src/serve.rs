@@ -2,7 +2,7 @@
 
 use crate::config::ServeConfig;
 use anyhow::Context;
-use kiln::Kiln;
+use kiln::{Kiln, RuntimeConfig};
 use kiln_http::{HttpOptions, KilnHttp};
 use kiln_postgres::{PostgresOptions, PostgresStore};
 use std::io::Write;
@@ -11,7 +11,8 @@ use tokio::net::TcpListener;
 
 /// Runs until SIGINT or SIGTERM, then drains in-flight requests and work.
 pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
-    let builder = kiln_samples::register_all(Kiln::builder());
+    let runtime = RuntimeConfig { lease_duration: config.lease, ..RuntimeConfig::default() };
+    let builder = kiln_samples::register_all(Kiln::builder()).config(runtime);
     let (builder, store_name) = match &config.database_url {
         Some(url) => {
             let mut options = PostgresOptions::new(url.clone());

@@ -128,6 +128,13 @@ async fn run_activity(rt: &Runtime, mut item: ActivityWorkItem) {
             ),
         ))
     } else if let Some(function) = rt.registry.activity(&activity.name) {
+        tracing::debug!(
+            instance_id = activity.instance_id,
+            activity = activity.name,
+            key = format!("{}:{}:{}", activity.instance_id, activity.execution, activity.step),
+            delivery = item.dequeue_count,
+            "activity started"
+        );
         let ctx = ActivityContext {
             instance_id: activity.instance_id.clone(),
             execution: activity.execution,

@@ -7,9 +7,9 @@
 //! fallback poll for safety. Migrations are embedded and serialized with an advisory lock.
 //!
 //! # Layout
-//! - [`store`]: connecting and the `Store` implementation.
+//! - [`store`] — connecting and the `Store` implementation.
 //! - `listen`: the `LISTEN` task and local wake-ups.
-//! - [`schema`]: migrations.
+//! - [`schema`] — migrations.
 //! - `rows`: row encoding.
 
 mod listen;

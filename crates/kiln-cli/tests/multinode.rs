@@ -139,10 +139,10 @@ fn three_nodes_finish_every_instance_exactly_once_when_one_is_killed() {
     let operations = ["daily", "weekly", "monthly", "quarterly", "yearly"];
     for i in 0..INSTANCES {
         if i == INSTANCES / 2 {
-            nodes[1].take().map(|mut node| {
+            if let Some(mut node) = nodes[1].take() {
                 node.child.kill().unwrap();
                 node.child.wait().unwrap();
-            });
+            }
             killed_at = Some(Instant::now());
         }
         let alive: Vec<&Node> = nodes.iter().flatten().collect();

@@ -60,10 +60,11 @@ pub fn event(text: &str) -> Result<HistoryEvent, StoreError> {
     from_json(text, "history event")
 }
 
-/// Maps a PostgreSQL error: lost connections are `Unavailable` (the caller may retry), the rest
-/// are backend errors.
+/// Maps a PostgreSQL error: an error without an SQLSTATE (closed connection, I/O, EOF) means the
+/// database is out of reach and is `Unavailable` (the caller may retry); the rest are backend
+/// errors.
 pub fn backend(err: tokio_postgres::Error) -> StoreError {
-    if err.is_closed() || err.as_db_error().is_none() && err.to_string().contains("connection") {
+    if err.is_closed() || err.as_db_error().is_none() {
         StoreError::Unavailable(format!("PostgreSQL: {err}"))
     } else {
         StoreError::Backend(format!("PostgreSQL: {err}"))

@@ -93,6 +93,15 @@ pub enum MigrationError {
     Postgres(#[from] tokio_postgres::Error),
 }
 
+/// Creates `schema` if it does not exist, under the migration lock (concurrent
+/// `CREATE SCHEMA IF NOT EXISTS` can fail in PostgreSQL).
+pub async fn create_schema(client: &mut Client, schema: &str) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+    tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"")).await?;
+    tx.commit().await
+}
+
 /// Applies every migration the database has not seen yet, in one transaction.
 pub async fn migrate(client: &mut Client) -> Result<(), MigrationError> {
     let tx = client.transaction().await?;

@@ -2,7 +2,7 @@
 
 use crate::listen::{self, Wakers};
 use crate::rows::{self, INSTANCE_COLUMNS, QUALIFIED_INSTANCE_COLUMNS, backend, is_unique_violation, to_json};
-use crate::schema::{MigrationError, migrate};
+use crate::schema::{MigrationError, create_schema, migrate};
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
@@ -85,13 +85,10 @@ impl PostgresStore {
             if schema.is_empty() || !schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(OpenError::Config(format!("schema name '{schema}' must be letters, digits and _")));
             }
-            let (client, connection) =
+            let (mut client, connection) =
                 config.connect(NoTls).await.map_err(|e| OpenError::Unreachable(e.to_string()))?;
             let driver = tokio::spawn(connection);
-            client
-                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
-                .await
-                .map_err(|e| OpenError::Unreachable(e.to_string()))?;
+            create_schema(&mut client, schema).await.map_err(|e| OpenError::Unreachable(e.to_string()))?;
             drop(client);
             let _ = driver.await;
             config.options(format!("-c search_path={schema}"));

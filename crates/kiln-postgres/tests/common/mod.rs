@@ -19,6 +19,13 @@ pub struct SchemaGuard {
     schema: String,
 }
 
+impl SchemaGuard {
+    /// Drops `schema` when the guard goes.
+    pub fn new(schema: &str) -> SchemaGuard {
+        SchemaGuard { schema: schema.to_owned() }
+    }
+}
+
 impl Drop for SchemaGuard {
     fn drop(&mut self) {
         let schema = self.schema.clone();
@@ -53,7 +60,7 @@ pub async fn fresh_store() -> Option<(Arc<dyn Store>, SchemaGuard)> {
     let options = fresh_options();
     let schema = options.schema.clone().unwrap_or_default();
     match PostgresStore::connect(options).await {
-        Ok(store) => Some((Arc::new(store) as Arc<dyn Store>, SchemaGuard { schema })),
+        Ok(store) => Some((Arc::new(store) as Arc<dyn Store>, SchemaGuard::new(&schema))),
         Err(err) if !required() => {
             eprintln!(
                 "skipped: PostgreSQL at {} is not available ({err}); set KILN_REQUIRE_POSTGRES=1 to fail instead",

@@ -1,5 +1,6 @@
 //! `kiln`: serve the samples (`kiln serve`) and talk to a running server.
 
+mod bench;
 mod config;
 mod remote;
 mod serve;
@@ -31,6 +32,8 @@ enum Command {
         #[command(flatten)]
         settings: Box<config::ServeSettings>,
     },
+    /// Load running servers and report throughput and latency.
+    Bench(bench::BenchArgs),
     /// Start an orchestration.
     Start {
         /// Orchestration name.
@@ -116,6 +119,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             runtime.block_on(serve::run(config))?;
             Ok(true)
         }
+        Command::Bench(args) => bench::run(args).map(|()| true),
         Command::Start { name, input, id, wait } => remote().start(name, input, id.as_deref(), *wait),
         Command::Status { id } => remote().status(id).map(|()| true),
         Command::List { statuses, prefix } => remote().list(statuses, prefix.as_deref()).map(|()| true),

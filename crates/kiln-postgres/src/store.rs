@@ -58,10 +58,20 @@ pub enum OpenError {
 
 /// The PostgreSQL store. Nodes sharing one database share all work.
 pub struct PostgresStore {
+    /// Durable work: every commit is synchronous.
     pool: Pool,
+    /// Claims, renewals and releases of leases. These commit asynchronously: a lease lost in a
+    /// database crash only means its holder's commit fails the token check and the work is
+    /// done again, so they need not wait for an fsync.
+    lease_pool: Pool,
     wakers: Arc<Wakers>,
     channel: String,
     listener: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn build_pool(config: tokio_postgres::Config, size: usize) -> Result<Pool, OpenError> {
+    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    Pool::builder(manager).max_size(size).build().map_err(|e| OpenError::Config(e.to_string()))
 }
 
 fn now() -> Timestamp {
@@ -99,28 +109,47 @@ impl PostgresStore {
         migrate(&mut client).await?;
         drop(client);
         let _ = driver.await;
-        let manager =
-            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-        let pool = Pool::builder(manager)
-            .max_size(options.pool_size.max(2))
-            .build()
-            .map_err(|e| OpenError::Config(e.to_string()))?;
+        let mut lease_config = config.clone();
+        let schema_options =
+            options.schema.as_ref().map(|schema| format!("-c search_path={schema} ")).unwrap_or_default();
+        lease_config.options(format!("{schema_options}-c synchronous_commit=off"));
+        let pool = build_pool(config.clone(), options.pool_size.max(2))?;
+        let lease_pool = build_pool(lease_config, (options.pool_size / 2).max(2))?;
         let channel = format!("kiln_{}", options.schema.as_deref().unwrap_or("public"));
         let wakers = Arc::new(Wakers::default());
         let listener = tokio::spawn(listen::run(config, channel.clone(), Arc::clone(&wakers)));
-        Ok(PostgresStore { pool, wakers, channel, listener: Mutex::new(Some(listener)) })
+        Ok(PostgresStore { pool, lease_pool, wakers, channel, listener: Mutex::new(Some(listener)) })
     }
 
     async fn client(&self) -> StoreResult<Object> {
         self.pool.get().await.map_err(|e| StoreError::Unavailable(format!("PostgreSQL: {e}")))
     }
 
-    /// Sends notifications (delivered at commit) to every node, this one included.
-    async fn notify(&self, client: &impl GenericClient, payloads: &[String]) -> StoreResult<()> {
-        for payload in payloads {
-            client.execute("SELECT pg_notify($1, $2)", &[&self.channel, payload]).await.map_err(backend)?;
+    /// A connection for lease operations (asynchronous commit, see `lease_pool`).
+    async fn lease_client(&self) -> StoreResult<Object> {
+        self.lease_pool.get().await.map_err(|e| StoreError::Unavailable(format!("PostgreSQL: {e}")))
+    }
+
+    /// Tells every node (this one at once, the others by `NOTIFY`) what a commit changed.
+    ///
+    /// Sent after the commit, not inside it: PostgreSQL holds a global lock from a notifying
+    /// transaction's pre-commit until its commit is flushed, which would serialize every turn
+    /// behind one fsync. A notification lost in a crash is covered by the fallback poll.
+    async fn publish(&self, payloads: &[String]) {
+        self.wake_locally(payloads);
+        let sent = async {
+            let client = self.lease_client().await?;
+            client
+                .execute(
+                    "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload",
+                    &[&self.channel, &payloads],
+                )
+                .await
+                .map_err(backend)
+        };
+        if let Err(err) = sent.await {
+            tracing::debug!(error = %err, "NOTIFY failed; other nodes find the work by polling");
         }
-        Ok(())
     }
 
     /// Wakes local waiters at once (other nodes hear the NOTIFY).
@@ -153,7 +182,7 @@ impl PostgresStore {
     }
 
     async fn try_claim_instance(&self, lease_for: Duration) -> StoreResult<Option<OrchestrationWorkItem>> {
-        let client = self.client().await?;
+        let client = self.lease_client().await?;
         let at = now().0;
         let sql = format!(
             "WITH candidate AS ( \
@@ -198,7 +227,7 @@ impl PostgresStore {
     }
 
     async fn next_due(&self) -> StoreResult<Option<i64>> {
-        let client = self.client().await?;
+        let client = self.lease_client().await?;
         let row = client
             .query_one("SELECT min(visible_at) FROM inbox WHERE visible_at > $1", &[&now().0])
             .await
@@ -328,9 +357,8 @@ impl Store for PostgresStore {
         let tx = client.transaction().await.map_err(backend)?;
         create_instance_tx(&tx, &instance).await?;
         let notes = vec!["w".to_owned(), format!("s:{}", instance.instance_id)];
-        self.notify(&tx, &notes).await?;
         tx.commit().await.map_err(backend)?;
-        self.wake_locally(&notes);
+        self.publish(&notes).await;
         Ok(())
     }
 
@@ -365,9 +393,8 @@ impl Store for PostgresStore {
         .await
         .map_err(backend)?;
         let notes = vec!["w".to_owned(), format!("s:{}", instance.instance_id)];
-        self.notify(&tx, &notes).await?;
         tx.commit().await.map_err(backend)?;
-        self.wake_locally(&notes);
+        self.publish(&notes).await;
         Ok(IdempotentStart::Created)
     }
 
@@ -379,9 +406,8 @@ impl Store for PostgresStore {
         }
         insert_message(&tx, instance_id, None, &event, None).await?;
         let notes = vec!["w".to_owned()];
-        self.notify(&tx, &notes).await?;
         tx.commit().await.map_err(backend)?;
-        self.wake_locally(&notes);
+        self.publish(&notes).await;
         Ok(())
     }
 
@@ -518,9 +544,8 @@ impl Store for PostgresStore {
         if !commit.messages.is_empty() || !commit.sub_orchestrations.is_empty() {
             notes.push("w".to_owned());
         }
-        self.notify(&tx, &notes).await?;
         tx.commit().await.map_err(backend)?;
-        self.wake_locally(&notes);
+        self.publish(&notes).await;
         Ok(())
     }
 
@@ -530,7 +555,7 @@ impl Store for PostgresStore {
         lease: Lease,
         retry_after: Duration,
     ) -> StoreResult<()> {
-        let client = self.client().await?;
+        let client = self.lease_client().await?;
         let retry_at = now().0 + millis(retry_after);
         let updated = client
             .execute(
@@ -545,7 +570,7 @@ impl Store for PostgresStore {
     async fn fetch_activity_work(&self, lease_for: Duration, wait: Duration) -> StoreResult<Option<ActivityWorkItem>> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let client = self.client().await?;
+            let client = self.lease_client().await?;
             let at = now().0;
             let row = client
                 .query_opt(
@@ -584,7 +609,7 @@ impl Store for PostgresStore {
     }
 
     async fn renew_activity_lease(&self, item: &ActivityWorkItem, lease_for: Duration) -> StoreResult<Lease> {
-        let client = self.client().await?;
+        let client = self.lease_client().await?;
         let at = now().0;
         let expires_at = at + millis(lease_for);
         let updated = client
@@ -624,14 +649,13 @@ impl Store for PostgresStore {
             insert_message(&tx, target, Some(item.activity.execution), &result, None).await?;
         }
         let notes = vec!["w".to_owned()];
-        self.notify(&tx, &notes).await?;
         tx.commit().await.map_err(backend)?;
-        self.wake_locally(&notes);
+        self.publish(&notes).await;
         Ok(())
     }
 
     async fn abandon_activity_work(&self, item: &ActivityWorkItem, retry_after: Duration) -> StoreResult<()> {
-        let client = self.client().await?;
+        let client = self.lease_client().await?;
         let updated = client
             .execute(
                 "UPDATE activities SET lock_token = NULL, locked_until = NULL, visible_at = $3 WHERE id = $1 AND lock_token = $2",
@@ -796,5 +820,6 @@ impl Store for PostgresStore {
             listener.abort();
         }
         self.pool.close();
+        self.lease_pool.close();
     }
 }

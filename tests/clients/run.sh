@@ -35,24 +35,29 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 
-# serve NAME [extra args…]: starts a server in its own directory and waits until it is ready.
+# serve NAME [extra args…]: starts a server in its own directory, waits until it is ready, and
+# sets SERVED_PUBLIC, SERVED_MANAGEMENT and SERVED_DIR. (It runs in this shell, not a subshell,
+# so that the cleanup trap knows every server's pid.)
 serve() {
     local name="$1"; shift
-    local dir="$work/$name" public management
-    public="$(free_port)"; management="$(free_port)"
-    mkdir -p "$dir"
-    (cd "$dir" && KILN_LOG=warn exec "$kiln" serve --listen "127.0.0.1:$public" --management-listen "127.0.0.1:$management" "$@" >"$dir/serve.log" 2>&1) &
+    SERVED_DIR="$work/$name"
+    SERVED_PUBLIC="http://127.0.0.1:$(free_port)"
+    SERVED_MANAGEMENT="http://127.0.0.1:$(free_port)"
+    mkdir -p "$SERVED_DIR"
+    (cd "$SERVED_DIR" && KILN_LOG=warn exec "$kiln" serve --listen "${SERVED_PUBLIC#http://}" \
+        --management-listen "${SERVED_MANAGEMENT#http://}" "$@" >"$SERVED_DIR/serve.log" 2>&1) &
     pids+=("$!")
     for _ in $(seq 1 200); do
-        curl -fsS "http://127.0.0.1:$public/readyz" >/dev/null 2>&1 && break
+        curl -fsS "$SERVED_PUBLIC/readyz" >/dev/null 2>&1 && break
         sleep 0.05
     done
-    curl -fsS "http://127.0.0.1:$public/readyz" >/dev/null
-    echo "http://127.0.0.1:$public http://127.0.0.1:$management $dir"
+    curl -fsS "$SERVED_PUBLIC/readyz" >/dev/null
 }
 
-read -r KILN_PUBLIC KILN_MANAGEMENT main_dir < <(serve main)
-read -r _ KILN_PAGED_MANAGEMENT _ < <(serve paged --list-page-size 2)
+serve main
+KILN_PUBLIC="$SERVED_PUBLIC"; KILN_MANAGEMENT="$SERVED_MANAGEMENT"; main_dir="$SERVED_DIR"
+serve paged --list-page-size 2
+KILN_PAGED_MANAGEMENT="$SERVED_MANAGEMENT"
 export KILN_PUBLIC KILN_MANAGEMENT KILN_PAGED_MANAGEMENT KILN_NODE_MODULES="$deps/node/node_modules"
 system_key="$(cat "$main_dir/kiln.key")"
 

@@ -3,8 +3,10 @@
 //! The loss is simulated with a TCP proxy the test cuts, so the shared server is untouched.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{agent, drop_schema, free_port, postgres_available};
 use serde_json::Value;
-use std::io::Write;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,18 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const UPSTREAM: &str = "127.0.0.1:5432";
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// Forwards connections to PostgreSQL until cut.
 struct Proxy {
@@ -69,16 +59,6 @@ impl Proxy {
     fn restore(&self) {
         self.cut.store(false, Ordering::SeqCst);
     }
-}
-
-fn postgres_available() -> bool {
-    let required = std::env::var("KILN_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
-    let reachable = TcpStream::connect(UPSTREAM).is_ok();
-    assert!(reachable || !required, "PostgreSQL is required (KILN_REQUIRE_POSTGRES=1) but {UPSTREAM} is not reachable");
-    if !reachable {
-        eprintln!("skipped: PostgreSQL at {UPSTREAM} is not available; set KILN_REQUIRE_POSTGRES=1 to fail instead");
-    }
-    reachable
 }
 
 fn serve(dir: &std::path::Path, url: &str, schema: &str, public: u16) -> Child {
@@ -167,13 +147,5 @@ fn losing_the_database_gives_503_and_work_resumes_when_it_returns() {
 
     node.kill().unwrap();
     node.wait().unwrap();
-    let mut psql = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-q"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    writeln!(psql.stdin.take().unwrap(), "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE;").unwrap();
-    let _ = psql.wait();
+    drop_schema(&schema);
 }

@@ -7,31 +7,17 @@
 //! skipped without it unless `KILN_REQUIRE_POSTGRES=1`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{agent, database_url, drop_schema, free_port, postgres_available};
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const INSTANCES: usize = 1_000;
 const NODES: usize = 3;
-
-fn database_url() -> String {
-    std::env::var("KILN_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 struct Node {
     child: Child,
@@ -102,25 +88,6 @@ enum Expect {
     Report { customer: String, operation: &'static str },
     Accepted,
     Approval { approved: bool },
-}
-
-fn postgres_available() -> bool {
-    let required = std::env::var("KILN_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let reachable =
-        runtime.block_on(async { tokio_postgres::connect(&database_url(), tokio_postgres::NoTls).await.is_ok() });
-    assert!(
-        reachable || !required,
-        "PostgreSQL is required (KILN_REQUIRE_POSTGRES=1) but {} is not reachable",
-        database_url()
-    );
-    if !reachable {
-        eprintln!(
-            "skipped: PostgreSQL at {} is not available; set KILN_REQUIRE_POSTGRES=1 to fail instead",
-            database_url()
-        );
-    }
-    reachable
 }
 
 #[test]
@@ -237,12 +204,5 @@ fn three_nodes_finish_every_instance_exactly_once_when_one_is_killed() {
         recovered.as_secs_f64()
     );
     drop(nodes);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
-        let (client, connection) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls).await.unwrap();
-        let driver = tokio::spawn(connection);
-        client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await.unwrap();
-        drop(client);
-        let _ = driver.await;
-    });
+    drop_schema(&schema);
 }

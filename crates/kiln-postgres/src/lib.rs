@@ -10,11 +10,13 @@
 //! - [`store`] — connecting and the `Store` implementation.
 //! - `listen`: the `LISTEN` task and local wake-ups.
 //! - [`schema`] — migrations.
+//! - `tx`: statements run inside a store transaction.
 //! - `rows`: row encoding.
 
 mod listen;
 mod rows;
 pub mod schema;
 pub mod store;
+mod tx;
 
 pub use store::{OpenError, PostgresOptions, PostgresStore};

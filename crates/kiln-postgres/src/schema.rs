@@ -81,13 +81,8 @@ const MIGRATION_LOCK: i64 = 0x6b69_6c6e;
 #[derive(Debug, thiserror::Error)]
 pub enum MigrationError {
     /// The database was written by a newer Kiln.
-    #[error("the database schema is version {found}, newer than this Kiln supports ({supported}); upgrade Kiln")]
-    TooNew {
-        /// Version found.
-        found: i64,
-        /// Newest version this build knows.
-        supported: i64,
-    },
+    #[error(transparent)]
+    TooNew(#[from] kiln_store::SchemaTooNew),
     /// PostgreSQL refused a statement.
     #[error(transparent)]
     Postgres(#[from] tokio_postgres::Error),
@@ -115,7 +110,7 @@ pub async fn migrate(client: &mut Client) -> Result<(), MigrationError> {
         }
     };
     if found > SCHEMA_VERSION {
-        return Err(MigrationError::TooNew { found, supported: SCHEMA_VERSION });
+        return Err(kiln_store::SchemaTooNew { found, supported: SCHEMA_VERSION }.into());
     }
     for sql in MIGRATIONS.iter().skip(found as usize) {
         tx.batch_execute(sql).await?;

@@ -74,14 +74,9 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// Why the schema could not be brought up to date.
 #[derive(Debug, thiserror::Error)]
 pub enum MigrationError {
-    /// The file was written by a newer Kiln.
-    #[error("the database schema is version {found}, newer than this Kiln supports ({supported}); upgrade Kiln")]
-    TooNew {
-        /// Version found in the file.
-        found: i64,
-        /// Newest version this build knows.
-        supported: i64,
-    },
+    /// The database was written by a newer Kiln.
+    #[error(transparent)]
+    TooNew(#[from] kiln_store::SchemaTooNew),
     /// SQLite refused a statement.
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
@@ -91,7 +86,7 @@ pub enum MigrationError {
 pub fn migrate(conn: &mut Connection) -> Result<(), MigrationError> {
     let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if found > SCHEMA_VERSION {
-        return Err(MigrationError::TooNew { found, supported: SCHEMA_VERSION });
+        return Err(kiln_store::SchemaTooNew { found, supported: SCHEMA_VERSION }.into());
     }
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         let tx = conn.transaction()?;

@@ -30,3 +30,13 @@ pub enum StoreError {
     #[error("store backend error: {0}")]
     Backend(String),
 }
+
+/// The database was written by a newer Kiln than this one: every backend refuses to start on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the database schema is version {found}, newer than this Kiln supports ({supported}); upgrade Kiln")]
+pub struct SchemaTooNew {
+    /// Version found in the database.
+    pub found: i64,
+    /// Newest version this build knows.
+    pub supported: i64,
+}

@@ -10,11 +10,13 @@
 //! # Layout
 //! - [`store`]: opening, recovery and the `Store` implementation.
 //! - `writer`: the writer thread and its group commit.
+//! - `checkpoint`: WAL checkpoints on their own thread.
 //! - `queue`: in-memory dispatch state.
 //! - `reads`: reader connections and queries.
 //! - [`schema`]: embedded migrations.
 //! - `codec`: row encoding.
 
+mod checkpoint;
 mod codec;
 mod queue;
 mod reads;

@@ -1,5 +1,6 @@
 //! [`SqliteStore`]: opening the database, recovering in-memory state, and the [`Store`] methods.
 
+use crate::checkpoint;
 use crate::codec::{backend, decode_event};
 use crate::queue::{ActivityEntry, Queues};
 use crate::reads::{self, Readers};
@@ -95,7 +96,9 @@ pub struct SqliteStore {
     shared: Arc<Shared>,
     readers: Readers,
     sender: Mutex<Option<Sender<WriteRequest>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    /// The writer and checkpointer threads (empty once shut down); both end once the sender is
+    /// dropped.
+    threads: Mutex<Vec<JoinHandle<()>>>,
     /// Held until shutdown: keeps other processes off the file.
     lock: Mutex<Option<File>>,
 }
@@ -107,6 +110,10 @@ impl SqliteStore {
         let lock = lock_file(&path)?;
         let mut conn = open_connection(&path, options.synchronous, false)?;
         migrate(&mut conn).map_err(|source| OpenError::Migration { path: path.clone(), source })?;
+        let checkpoint_conn = open_connection(&path, options.synchronous, false)?;
+        let (doorbell, rings) = std::sync::mpsc::sync_channel(1);
+        checkpoint::watch_wal(&mut conn, doorbell)
+            .map_err(|source| OpenError::NotADatabase { path: path.clone(), source })?;
         let readers = (0..options.readers.max(1))
             .map(|_| open_connection(&path, options.synchronous, true))
             .collect::<Result<Vec<_>, _>>()?;
@@ -123,11 +130,15 @@ impl SqliteStore {
             .name("kiln-sqlite-writer".into())
             .spawn(move || writer::run(conn, receiver, writer_shared))
             .map_err(|source| OpenError::Io { path: path.clone(), source })?;
+        let checkpointer = std::thread::Builder::new()
+            .name("kiln-sqlite-checkpoint".into())
+            .spawn(move || checkpoint::run(checkpoint_conn, rings))
+            .map_err(|source| OpenError::Io { path: path.clone(), source })?;
         Ok(SqliteStore {
             shared,
             readers: Readers::new(readers),
             sender: Mutex::new(Some(sender)),
-            writer: Mutex::new(Some(writer)),
+            threads: Mutex::new(vec![writer, checkpointer]),
             lock: Mutex::new(Some(lock)),
         })
     }
@@ -226,6 +237,9 @@ fn lock_file(path: &Path) -> Result<File, OpenError> {
     }
 }
 
+/// Each connection's page cache, in KiB.
+const PAGE_CACHE_KIB: u32 = 32 * 1024;
+
 fn open_connection(path: &Path, synchronous: Synchronous, read_only: bool) -> Result<Connection, OpenError> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
@@ -246,6 +260,9 @@ fn open_connection(path: &Path, synchronous: Synchronous, read_only: bool) -> Re
     }
     // Touch the schema so a file that is not a database fails here, with its path.
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)).map_err(not_a_db)?;
+    // A page cache big enough for the hot part of the tables and indexes: misses cost a
+    // read() each, and a commit's page writes go through this cache.
+    conn.execute_batch(&format!("PRAGMA cache_size = -{PAGE_CACHE_KIB};")).map_err(not_a_db)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
@@ -486,8 +503,9 @@ impl Store for SqliteStore {
     }
 
     async fn health(&self) -> StoreResult<()> {
-        let writer_alive =
-            self.writer.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|w| !w.is_finished());
+        let threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        let writer_alive = !threads.is_empty() && threads.iter().all(|t| !t.is_finished());
+        drop(threads);
         if !writer_alive {
             return Err(StoreError::Unavailable("the writer thread has stopped".into()));
         }
@@ -500,8 +518,8 @@ impl Store for SqliteStore {
 
     async fn shutdown(&self) {
         self.sender.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(handle) = handle {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for handle in threads {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
         // Every write is done: another process (or a new store in this one) may open the file.

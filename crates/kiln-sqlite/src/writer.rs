@@ -134,19 +134,18 @@ fn write_batch(conn: &mut Connection, batch: Vec<WriteRequest>, shared: &Shared)
     }
     let mut results: Vec<StoreResult<(WriteOutcome, Vec<Effect>)>> = Vec::with_capacity(accepted.len());
     let committed = (|| -> rusqlite::Result<()> {
-        conn.execute_batch("BEGIN IMMEDIATE")?;
+        run_cached(conn, "BEGIN IMMEDIATE")?;
         for request in &accepted {
-            conn.execute_batch("SAVEPOINT op")?;
+            run_cached(conn, "SAVEPOINT op")?;
             let mut effects = Vec::new();
             let result = apply(conn, &request.op, &mut effects);
-            if result.is_ok() {
-                conn.execute_batch("RELEASE op")?;
-            } else {
-                conn.execute_batch("ROLLBACK TO op; RELEASE op")?;
+            if result.is_err() {
+                run_cached(conn, "ROLLBACK TO op")?;
             }
+            run_cached(conn, "RELEASE op")?;
             results.push(result.map(|outcome| (outcome, effects)));
         }
-        conn.execute_batch("COMMIT")
+        run_cached(conn, "COMMIT")
     })();
     if let Err(err) = committed {
         let _ = conn.execute_batch("ROLLBACK");
@@ -202,6 +201,11 @@ fn write_batch(conn: &mut Connection, batch: Vec<WriteRequest>, shared: &Shared)
     for (request, result) in accepted.into_iter().zip(results) {
         let _ = request.reply.send(result.map(|(outcome, _)| outcome));
     }
+}
+
+/// Runs a parameterless statement through the statement cache (no parsing on the hot path).
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
 fn pin_lease(op: &WriteOp, shared: &Shared) -> StoreResult<()> {

@@ -57,6 +57,9 @@ pub struct ServeSettings {
     /// Log filter (e.g. `info`, `kiln=debug`).
     #[arg(long, env = "KILN_LOG")]
     pub log: Option<String>,
+    /// Also serve the `kiln bench` workloads under `/api/bench/…`.
+    #[arg(long, env = "KILN_BENCH_WORKLOADS", num_args = 0..=1, default_missing_value = "true")]
+    pub bench_workloads: Option<bool>,
 }
 
 /// The validated configuration.
@@ -77,6 +80,7 @@ pub struct ServeConfig {
     pub list_page_size: Option<usize>,
     pub lease: Duration,
     pub log: String,
+    pub bench_workloads: bool,
 }
 
 impl ServeSettings {
@@ -98,6 +102,7 @@ impl ServeSettings {
             list_page_size: self.list_page_size.or(lower.list_page_size),
             lease_seconds: self.lease_seconds.or(lower.lease_seconds),
             log: self.log.or(lower.log),
+            bench_workloads: self.bench_workloads.or(lower.bench_workloads),
         }
     }
 }
@@ -128,6 +133,7 @@ pub fn load(config_file: Option<&Path>, overrides: ServeSettings) -> anyhow::Res
         list_page_size: s.list_page_size,
         lease: Duration::from_secs(s.lease_seconds.unwrap_or(30)),
         log: s.log.unwrap_or_else(|| "info".to_owned()),
+        bench_workloads: s.bench_workloads.unwrap_or(false),
     };
     config.validate()?;
     Ok(config)

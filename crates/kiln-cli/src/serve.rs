@@ -12,7 +12,10 @@ use tokio::net::TcpListener;
 /// Runs until SIGINT or SIGTERM, then drains in-flight requests and work.
 pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let runtime = RuntimeConfig { lease_duration: config.lease, ..RuntimeConfig::default() };
-    let builder = kiln_samples::register_all(Kiln::builder()).config(runtime);
+    let mut builder = kiln_samples::register_all(Kiln::builder()).config(runtime);
+    if config.bench_workloads {
+        builder = kiln_samples::bench::register(builder);
+    }
     let (builder, store_name) = match &config.database_url {
         Some(url) => {
             let mut options = PostgresOptions::new(url.clone());
@@ -46,7 +49,10 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let management = TcpListener::bind(config.management_listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.management_listen))?;
-    let (starters, starters_doc) = kiln_samples::http::starters();
+    let (mut starters, starters_doc) = kiln_samples::http::starters();
+    if config.bench_workloads {
+        starters = starters.merge(kiln_samples::bench::starters());
+    }
     println!("Kiln is serving the samples (store: {store_name})");
     println!("  starters:    POST http://{0}/api/submissions · /api/jobs/reports · /api/approvals", config.listen);
     println!("  status:      GET  http://{}/api/status/{{id}}?token=…  (the Location of each 202)", config.listen);
@@ -54,6 +60,9 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     println!("  management:  http://{}/runtime/webhooks/durabletask/ (system key required)", config.listen);
     println!("               http://{}/runtime/webhooks/durabletask/ (loopback, no key)", config.management_listen);
     println!("  system key:  written to {}", config.key_file.display());
+    if config.bench_workloads {
+        println!("  bench:       POST http://{}/api/bench/steps · /fanout · /idle", config.listen);
+    }
     let _ = std::io::stdout().flush();
 
     let (stop, stopped) = tokio::sync::watch::channel(false);

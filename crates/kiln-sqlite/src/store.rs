@@ -238,7 +238,7 @@ fn lock_file(path: &Path) -> Result<File, OpenError> {
 }
 
 /// Each connection's page cache, in KiB.
-const PAGE_CACHE_KIB: u32 = 32 * 1024;
+const PAGE_CACHE_KIB: u32 = 8 * 1024;
 
 fn open_connection(path: &Path, synchronous: Synchronous, read_only: bool) -> Result<Connection, OpenError> {
     let flags = if read_only {

@@ -11,8 +11,10 @@
 //! - `listen`: the `LISTEN` task and local wake-ups.
 //! - [`schema`] — migrations.
 //! - `tx`: statements run inside a store transaction.
+//! - `cached`: statements through the per-connection statement cache.
 //! - `rows`: row encoding.
 
+mod cached;
 mod listen;
 mod rows;
 pub mod schema;

@@ -1,7 +1,7 @@
 //! Row encoding shared by the PostgreSQL store's queries.
 
 use kiln_core::{FailureDetails, HistoryEvent, ParentInstance, Payload, RuntimeStatus, Timestamp, WaitingOn};
-use kiln_store::{InstanceRecord, StoreError};
+use kiln_store::{ActivityWorkItem, InstanceRecord, Lease, NewActivity, StoreError};
 use serde::Serialize;
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
@@ -46,6 +46,26 @@ pub fn instance(row: &Row) -> Result<InstanceRecord, StoreError> {
 }
 
 /// Encodes a value as JSON text for a column.
+/// A claimed activity: `id, instance_id, execution, step, name, input, attempt, dequeue_count,
+/// lock_token, locked_until`.
+pub fn activity_work_item(row: &Row) -> Result<ActivityWorkItem, StoreError> {
+    let get_i64 = |index: usize| row.try_get::<_, i64>(index).map_err(backend);
+    let get_i32 = |index: usize| row.try_get::<_, i32>(index).map_err(backend);
+    Ok(ActivityWorkItem {
+        id: get_i64(0)?,
+        activity: NewActivity {
+            instance_id: row.try_get(1).map_err(backend)?,
+            execution: get_i64(2)? as u64,
+            step: get_i64(3)? as u64,
+            name: row.try_get(4).map_err(backend)?,
+            input: Payload::from_trusted(row.try_get(5).map_err(backend)?),
+            attempt: get_i32(6)? as u32,
+        },
+        dequeue_count: get_i32(7)? as u32,
+        lease: Lease { token: get_i64(8)? as u64, expires_at: Timestamp(get_i64(9)?) },
+    })
+}
+
 pub fn to_json<T: Serialize>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt(format!("cannot encode record: {e}")))
 }

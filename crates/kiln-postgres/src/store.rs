@@ -1,5 +1,6 @@
 //! [`PostgresStore`]: the [`Store`] trait on PostgreSQL for any number of nodes.
 
+use crate::cached;
 use crate::listen::{self, Wakers};
 use crate::rows::{self, INSTANCE_COLUMNS, QUALIFIED_INSTANCE_COLUMNS, backend, to_json};
 use crate::schema::{MigrationError, create_schema, migrate};
@@ -10,8 +11,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use kiln_core::{EventKind, FailureDetails, HistoryEvent, Payload, RuntimeStatus, Timestamp, error_types};
 use kiln_store::{
     ActivityWorkItem, HistoryUpdate, IdempotencyKey, IdempotentStart, InboxMessage, InstancePage, InstanceQuery,
-    InstanceRecord, Lease, NewActivity, NewInstance, OrchestrationWorkItem, PageCursor, PurgeFilter, StatusWatchers,
-    Store, StoreError, StoreResult, TurnCommit,
+    InstanceRecord, Lease, NewInstance, OrchestrationWorkItem, PageCursor, PurgeFilter, StatusWatchers, Store,
+    StoreError, StoreResult, TurnCommit,
 };
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -136,13 +137,13 @@ impl PostgresStore {
         self.wake_locally(payloads);
         let sent = async {
             let client = self.lease_client().await?;
-            client
-                .execute(
-                    "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload",
-                    &[&self.channel, &payloads],
-                )
-                .await
-                .map_err(backend)
+            cached::execute(
+                &client,
+                "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload",
+                &[&self.channel, &payloads],
+            )
+            .await
+            .map_err(backend)
         };
         if let Err(err) = sent.await {
             tracing::debug!(error = %err, "NOTIFY failed; other nodes find the work by polling");
@@ -194,7 +195,8 @@ impl PostgresStore {
              RETURNING {QUALIFIED_INSTANCE_COLUMNS}, instances.lock_token, instances.locked_until, instances.dequeue_count",
             suspended = RuntimeStatus::Suspended.code()
         );
-        let Some(row) = client.query_opt(&sql, &[&at, &(at + millis(lease_for))]).await.map_err(backend)? else {
+        let Some(row) = cached::query_opt(&client, &sql, &[&at, &(at + millis(lease_for))]).await.map_err(backend)?
+        else {
             return Ok(None);
         };
         let instance = rows::instance(&row)?;
@@ -203,30 +205,29 @@ impl PostgresStore {
             expires_at: Timestamp(row.try_get(15).map_err(backend)?),
         };
         let dequeue_count = row.try_get::<_, i32>(16).map_err(backend)? as u32;
-        let messages = client
-            .query(
-                "SELECT id, execution, event FROM inbox WHERE instance_id = $1 \
+        let messages = cached::query(
+            &client,
+            "SELECT id, execution, event FROM inbox WHERE instance_id = $1 \
                  AND (visible_at IS NULL OR visible_at <= $2) ORDER BY id",
-                &[&instance.instance_id, &at],
-            )
-            .await
-            .map_err(backend)?
-            .iter()
-            .map(|r| {
-                Ok(InboxMessage {
-                    id: r.try_get(0).map_err(backend)?,
-                    execution: r.try_get::<_, Option<i64>>(1).map_err(backend)?.map(|e| e as u64),
-                    event: rows::event(r.try_get(2).map_err(backend)?)?,
-                })
+            &[&instance.instance_id, &at],
+        )
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(|r| {
+            Ok(InboxMessage {
+                id: r.try_get(0).map_err(backend)?,
+                execution: r.try_get::<_, Option<i64>>(1).map_err(backend)?.map(|e| e as u64),
+                event: rows::event(r.try_get(2).map_err(backend)?)?,
             })
-            .collect::<StoreResult<Vec<_>>>()?;
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
         Ok(Some(OrchestrationWorkItem { instance, messages, lease, dequeue_count }))
     }
 
     async fn next_due(&self) -> StoreResult<Option<i64>> {
         let client = self.lease_client().await?;
-        let row = client
-            .query_one("SELECT min(visible_at) FROM inbox WHERE visible_at > $1", &[&now().0])
+        let row = cached::query_one(&client, "SELECT min(visible_at) FROM inbox WHERE visible_at > $1", &[&now().0])
             .await
             .map_err(backend)?;
         row.try_get(0).map_err(backend)
@@ -252,15 +253,15 @@ impl Store for PostgresStore {
     ) -> StoreResult<IdempotentStart> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(backend)?;
-        tx.execute("DELETE FROM idempotency_keys WHERE expires_at <= $1", &[&instance.created_at.0])
+        cached::execute(&tx, "DELETE FROM idempotency_keys WHERE expires_at <= $1", &[&instance.created_at.0])
             .await
             .map_err(backend)?;
         // Serializes requests with the same key across nodes until this transaction ends.
-        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key.key]).await.map_err(backend)?;
-        let existing = tx
-            .query_opt("SELECT fingerprint, instance_id FROM idempotency_keys WHERE key = $1", &[&key.key])
-            .await
-            .map_err(backend)?;
+        cached::execute(&tx, "SELECT pg_advisory_xact_lock(hashtext($1))", &[&key.key]).await.map_err(backend)?;
+        let existing =
+            cached::query_opt(&tx, "SELECT fingerprint, instance_id FROM idempotency_keys WHERE key = $1", &[&key.key])
+                .await
+                .map_err(backend)?;
         if let Some(row) = existing {
             let (fingerprint, instance_id): (String, String) = (row.get(0), row.get(1));
             if fingerprint != key.fingerprint {
@@ -269,7 +270,8 @@ impl Store for PostgresStore {
             return Ok(IdempotentStart::Existing { instance_id });
         }
         create_instance_tx(&tx, &instance).await?;
-        tx.execute(
+        cached::execute(
+            &tx,
             "INSERT INTO idempotency_keys (key, fingerprint, instance_id, expires_at) VALUES ($1, $2, $3, $4)",
             &[&key.key, &key.fingerprint, &instance.instance_id, &key.expires_at.0],
         )
@@ -318,10 +320,13 @@ impl Store for PostgresStore {
         let mut client = self.client().await?;
         let mut tx = client.transaction().await.map_err(backend)?;
         let id = &commit.instance_id;
-        let held = tx
-            .query_opt("SELECT lock_token, locked_until FROM instances WHERE instance_id = $1 FOR UPDATE", &[id])
-            .await
-            .map_err(backend)?;
+        let held = cached::query_opt(
+            &tx,
+            "SELECT lock_token, locked_until FROM instances WHERE instance_id = $1 FOR UPDATE",
+            &[id],
+        )
+        .await
+        .map_err(backend)?;
         let valid = held.is_some_and(|row| {
             row.get::<_, Option<i64>>(0) == Some(commit.lease.token as i64)
                 && row.get::<_, Option<i64>>(1).is_some_and(|until| until >= now().0)
@@ -334,35 +339,36 @@ impl Store for PostgresStore {
             HistoryUpdate::Replace(events) => (events, true),
         };
         if replace {
-            tx.execute("DELETE FROM history WHERE instance_id = $1", &[id]).await.map_err(backend)?;
+            cached::execute(&tx, "DELETE FROM history WHERE instance_id = $1", &[id]).await.map_err(backend)?;
         }
         let appended = events.len() as i64;
         let waiting_on = if commit.waiting_on.is_empty() { None } else { Some(to_json(&commit.waiting_on)?) };
-        let row = tx
-            .query_one(
-                "UPDATE instances SET execution = $2, status = $3, input = $4, output = $5, failure = $6, \
+        let row = cached::query_one(
+            &tx,
+            "UPDATE instances SET execution = $2, status = $3, input = $4, output = $5, failure = $6, \
                  custom_status = $7, waiting_on = $8, updated_at = $9, dequeue_count = 0, lock_token = NULL, \
                  locked_until = NULL, history_len = CASE WHEN $10 THEN $11 ELSE history_len + $11 END \
                  WHERE instance_id = $1 RETURNING history_len",
-                &[
-                    id,
-                    &(commit.execution as i64),
-                    &(commit.status.code() as i16),
-                    &commit.input.as_str(),
-                    &commit.output.as_ref().map(Payload::as_str),
-                    &commit.failure.as_ref().map(to_json).transpose()?,
-                    &commit.custom_status.as_ref().map(Payload::as_str),
-                    &waiting_on,
-                    &commit.now.0,
-                    &replace,
-                    &appended,
-                ],
-            )
-            .await
-            .map_err(backend)?;
+            &[
+                id,
+                &(commit.execution as i64),
+                &(commit.status.code() as i16),
+                &commit.input.as_str(),
+                &commit.output.as_ref().map(Payload::as_str),
+                &commit.failure.as_ref().map(to_json).transpose()?,
+                &commit.custom_status.as_ref().map(Payload::as_str),
+                &waiting_on,
+                &commit.now.0,
+                &replace,
+                &appended,
+            ],
+        )
+        .await
+        .map_err(backend)?;
         let new_len: i64 = row.get(0);
         for (offset, event) in events.iter().enumerate() {
-            tx.execute(
+            cached::execute(
+                &tx,
                 "INSERT INTO history (instance_id, seq, event) VALUES ($1, $2, $3)",
                 &[id, &(new_len - appended + offset as i64), &to_json(event)?],
             )
@@ -370,13 +376,13 @@ impl Store for PostgresStore {
             .map_err(backend)?;
         }
         if !commit.consumed.is_empty() {
-            tx.execute("DELETE FROM inbox WHERE instance_id = $1 AND id = ANY($2)", &[id, &commit.consumed])
+            cached::execute(&tx, "DELETE FROM inbox WHERE instance_id = $1 AND id = ANY($2)", &[id, &commit.consumed])
                 .await
                 .map_err(backend)?;
         }
         let mut notes = vec![format!("s:{id}")];
         for activity in &commit.activities {
-            tx.execute(
+            cached::execute(&tx,
                 "INSERT INTO activities (instance_id, execution, step, name, input, attempt) VALUES ($1, $2, $3, $4, $5, $6)",
                 &[
                     &activity.instance_id,
@@ -440,52 +446,47 @@ impl Store for PostgresStore {
     ) -> StoreResult<()> {
         let client = self.lease_client().await?;
         let retry_at = now().0 + millis(retry_after);
-        let updated = client
-            .execute(
-                "UPDATE instances SET lock_token = NULL, locked_until = $3 WHERE instance_id = $1 AND lock_token = $2",
-                &[&instance_id, &(lease.token as i64), &retry_at],
-            )
-            .await
-            .map_err(backend)?;
+        let updated = cached::execute(
+            &client,
+            "UPDATE instances SET lock_token = NULL, locked_until = $3 WHERE instance_id = $1 AND lock_token = $2",
+            &[&instance_id, &(lease.token as i64), &retry_at],
+        )
+        .await
+        .map_err(backend)?;
         if updated == 0 { Err(StoreError::LeaseLost(instance_id.to_owned())) } else { Ok(()) }
     }
 
-    async fn fetch_activity_work(&self, lease_for: Duration, wait: Duration) -> StoreResult<Option<ActivityWorkItem>> {
+    async fn fetch_activity_work(
+        &self,
+        lease_for: Duration,
+        wait: Duration,
+        max: usize,
+    ) -> StoreResult<Vec<ActivityWorkItem>> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let client = self.lease_client().await?;
             let at = now().0;
-            let row = client
-                .query_opt(
+            let rows = cached::query(&client,
                     "UPDATE activities SET lock_token = nextval('lease_tokens'), locked_until = $2, \
                      dequeue_count = dequeue_count + 1 \
-                     WHERE id = (SELECT id FROM activities \
+                     WHERE id IN (SELECT id FROM activities \
                        WHERE (locked_until IS NULL OR locked_until < $1) AND (visible_at IS NULL OR visible_at <= $1) \
-                       ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                       ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
                      RETURNING id, instance_id, execution, step, name, input, attempt, dequeue_count, lock_token, locked_until",
-                    &[&at, &(at + millis(lease_for))],
+                    &[&at, &(at + millis(lease_for)), &(max.max(1) as i64)],
                 )
                 .await
                 .map_err(backend)?;
             drop(client);
-            if let Some(row) = row {
-                self.wakers.activities.notify_one();
-                return Ok(Some(ActivityWorkItem {
-                    id: row.get(0),
-                    activity: NewActivity {
-                        instance_id: row.get(1),
-                        execution: row.get::<_, i64>(2) as u64,
-                        step: row.get::<_, i64>(3) as u64,
-                        name: row.get(4),
-                        input: Payload::from_trusted(row.get(5)),
-                        attempt: row.get::<_, i32>(6) as u32,
-                    },
-                    dequeue_count: row.get::<_, i32>(7) as u32,
-                    lease: Lease { token: row.get::<_, i64>(8) as u64, expires_at: Timestamp(row.get(9)) },
-                }));
+            if !rows.is_empty() {
+                if rows.len() == max {
+                    // There may be more: let another dispatcher look.
+                    self.wakers.activities.notify_one();
+                }
+                return rows.iter().map(rows::activity_work_item).collect();
             }
             if tokio::time::Instant::now() >= deadline {
-                return Ok(None);
+                return Ok(Vec::new());
             }
             self.wait(&self.wakers.activities, deadline, None).await;
         }
@@ -495,13 +496,13 @@ impl Store for PostgresStore {
         let client = self.lease_client().await?;
         let at = now().0;
         let expires_at = at + millis(lease_for);
-        let updated = client
-            .execute(
-                "UPDATE activities SET locked_until = $3 WHERE id = $1 AND lock_token = $2 AND locked_until >= $4",
-                &[&item.id, &(item.lease.token as i64), &expires_at, &at],
-            )
-            .await
-            .map_err(backend)?;
+        let updated = cached::execute(
+            &client,
+            "UPDATE activities SET locked_until = $3 WHERE id = $1 AND lock_token = $2 AND locked_until >= $4",
+            &[&item.id, &(item.lease.token as i64), &expires_at, &at],
+        )
+        .await
+        .map_err(backend)?;
         if updated == 0 {
             return Err(StoreError::LeaseLost(format!(
                 "activity '{}' of {}",
@@ -514,13 +515,13 @@ impl Store for PostgresStore {
     async fn complete_activity(&self, item: &ActivityWorkItem, result: HistoryEvent) -> StoreResult<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(backend)?;
-        let deleted = tx
-            .execute(
-                "DELETE FROM activities WHERE id = $1 AND lock_token = $2 AND locked_until >= $3",
-                &[&item.id, &(item.lease.token as i64), &now().0],
-            )
-            .await
-            .map_err(backend)?;
+        let deleted = cached::execute(
+            &tx,
+            "DELETE FROM activities WHERE id = $1 AND lock_token = $2 AND locked_until >= $3",
+            &[&item.id, &(item.lease.token as i64), &now().0],
+        )
+        .await
+        .map_err(backend)?;
         if deleted == 0 {
             return Err(StoreError::LeaseLost(format!(
                 "activity '{}' of {}",
@@ -539,8 +540,7 @@ impl Store for PostgresStore {
 
     async fn abandon_activity_work(&self, item: &ActivityWorkItem, retry_after: Duration) -> StoreResult<()> {
         let client = self.lease_client().await?;
-        let updated = client
-            .execute(
+        let updated = cached::execute(&client,
                 "UPDATE activities SET lock_token = NULL, locked_until = NULL, visible_at = $3 WHERE id = $1 AND lock_token = $2",
                 &[&item.id, &(item.lease.token as i64), &(now().0 + millis(retry_after))],
             )
@@ -552,15 +552,20 @@ impl Store for PostgresStore {
     async fn get_instance(&self, instance_id: &str) -> StoreResult<Option<InstanceRecord>> {
         let client = self.client().await?;
         let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = $1");
-        client.query_opt(&sql, &[&instance_id]).await.map_err(backend)?.as_ref().map(rows::instance).transpose()
+        cached::query_opt(&client, &sql, &[&instance_id])
+            .await
+            .map_err(backend)?
+            .as_ref()
+            .map(rows::instance)
+            .transpose()
     }
 
     async fn get_history(&self, instance_id: &str) -> StoreResult<Vec<HistoryEvent>> {
         let client = self.client().await?;
-        let rows = client
-            .query("SELECT event FROM history WHERE instance_id = $1 ORDER BY seq", &[&instance_id])
-            .await
-            .map_err(backend)?;
+        let rows =
+            cached::query(&client, "SELECT event FROM history WHERE instance_id = $1 ORDER BY seq", &[&instance_id])
+                .await
+                .map_err(backend)?;
         rows.iter().map(|r| rows::event(r.get(0))).collect()
     }
 
@@ -612,8 +617,9 @@ impl Store for PostgresStore {
 
     async fn count_instances_by_status(&self) -> StoreResult<Vec<(RuntimeStatus, u64)>> {
         let client = self.client().await?;
-        let rows =
-            client.query("SELECT status, count(*) FROM instances GROUP BY status", &[]).await.map_err(backend)?;
+        let rows = cached::query(&client, "SELECT status, count(*) FROM instances GROUP BY status", &[])
+            .await
+            .map_err(backend)?;
         Ok(rows
             .iter()
             .filter_map(|r| {
@@ -651,17 +657,17 @@ impl Store for PostgresStore {
         loop {
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(backend)?;
-            let roots: Vec<String> = tx
-                .query(
-                    "SELECT instance_id FROM instances WHERE status = ANY($1) AND created_at >= $2 AND created_at <= $3 \
+            let roots: Vec<String> = cached::query(
+                &tx,
+                "SELECT instance_id FROM instances WHERE status = ANY($1) AND created_at >= $2 AND created_at <= $3 \
                      AND parent_instance_id IS NULL LIMIT $4 FOR UPDATE SKIP LOCKED",
-                    &[&statuses, &from, &to, &PURGE_BATCH],
-                )
-                .await
-                .map_err(backend)?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
+                &[&statuses, &from, &to, &PURGE_BATCH],
+            )
+            .await
+            .map_err(backend)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
             let batch = roots.len() as i64;
             let deleted = purge_tx(&tx, roots).await?;
             tx.commit().await.map_err(backend)?;
@@ -674,23 +680,28 @@ impl Store for PostgresStore {
 
     async fn get_setting(&self, key: &str) -> StoreResult<Option<String>> {
         let client = self.client().await?;
-        let row = client.query_opt("SELECT value FROM settings WHERE key = $1", &[&key]).await.map_err(backend)?;
+        let row =
+            cached::query_opt(&client, "SELECT value FROM settings WHERE key = $1", &[&key]).await.map_err(backend)?;
         Ok(row.map(|r| r.get(0)))
     }
 
     async fn put_setting_if_absent(&self, key: &str, value: &str) -> StoreResult<String> {
         let client = self.client().await?;
-        client
-            .execute("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING", &[&key, &value])
-            .await
-            .map_err(backend)?;
-        let row = client.query_one("SELECT value FROM settings WHERE key = $1", &[&key]).await.map_err(backend)?;
+        cached::execute(
+            &client,
+            "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+            &[&key, &value],
+        )
+        .await
+        .map_err(backend)?;
+        let row =
+            cached::query_one(&client, "SELECT value FROM settings WHERE key = $1", &[&key]).await.map_err(backend)?;
         Ok(row.get(0))
     }
 
     async fn health(&self) -> StoreResult<()> {
         let client = self.client().await?;
-        client.query_one("SELECT 1", &[]).await.map_err(backend)?;
+        cached::query_one(&client, "SELECT 1", &[]).await.map_err(backend)?;
         Ok(())
     }
 

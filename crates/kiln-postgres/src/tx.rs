@@ -1,6 +1,7 @@
 //! Statements that run inside a store transaction: reading an instance's status, inserting a
 //! message, creating an instance (replacing a finished one), and purging with cascade.
 
+use crate::cached;
 use crate::rows::{backend, is_unique_violation, to_json};
 use deadpool_postgres::GenericClient;
 use kiln_core::{EventKind, HistoryEvent, RuntimeStatus, Timestamp};
@@ -22,7 +23,7 @@ pub async fn instance_status(
     } else {
         "SELECT status, execution FROM instances WHERE instance_id = $1"
     };
-    let row = tx.query_opt(sql, &[&instance_id]).await.map_err(backend)?;
+    let row = cached::query_opt(tx, sql, &[&instance_id]).await.map_err(backend)?;
     Ok(row.map(|r| {
         let status = RuntimeStatus::from_code(i64::from(r.get::<_, i16>(0))).unwrap_or(RuntimeStatus::Running);
         (status, r.get::<_, i64>(1) as u64)
@@ -39,7 +40,8 @@ pub async fn insert_message(
 ) -> StoreResult<()> {
     let execution = execution.map(|e| e as i64);
     let visible_at = visible_at.map(|t| t.0);
-    tx.execute(
+    cached::execute(
+        tx,
         "INSERT INTO inbox (instance_id, execution, visible_at, control, event) VALUES ($1, $2, $3, $4, $5)",
         &[&instance_id, &execution, &visible_at, &event.kind.is_control(), &to_json(event)?],
     )
@@ -56,7 +58,7 @@ async fn delete_instance_rows(tx: &impl GenericClient, instance_id: &str) -> Sto
         "DELETE FROM activities WHERE instance_id = $1",
         "DELETE FROM instances WHERE instance_id = $1",
     ] {
-        tx.execute(sql, &[&instance_id]).await.map_err(backend)?;
+        cached::execute(tx, sql, &[&instance_id]).await.map_err(backend)?;
     }
     Ok(())
 }
@@ -72,23 +74,23 @@ pub async fn create_instance_tx(tx: &impl GenericClient, instance: &NewInstance)
         delete_instance_rows(tx, &instance.instance_id).await?;
     }
     let parent = instance.parent.as_ref().map(to_json).transpose()?;
-    let inserted = tx
-        .execute(
-            "INSERT INTO instances (instance_id, name, version, execution, status, input, created_at, updated_at, \
+    let inserted = cached::execute(
+        tx,
+        "INSERT INTO instances (instance_id, name, version, execution, status, input, created_at, updated_at, \
              parent, parent_instance_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9)",
-            &[
-                &instance.instance_id,
-                &instance.name,
-                &instance.version,
-                &(execution as i64),
-                &(RuntimeStatus::Pending.code() as i16),
-                &instance.input.as_str(),
-                &instance.created_at.0,
-                &parent,
-                &instance.parent.as_ref().map(|p| p.instance_id.as_str()),
-            ],
-        )
-        .await;
+        &[
+            &instance.instance_id,
+            &instance.name,
+            &instance.version,
+            &(execution as i64),
+            &(RuntimeStatus::Pending.code() as i16),
+            &instance.input.as_str(),
+            &instance.created_at.0,
+            &parent,
+            &instance.parent.as_ref().map(|p| p.instance_id.as_str()),
+        ],
+    )
+    .await;
     match inserted {
         Ok(_) => {}
         Err(err) if is_unique_violation(&err) => {
@@ -114,13 +116,13 @@ pub async fn purge_tx(tx: &impl GenericClient, roots: Vec<String>) -> StoreResul
     let mut pending = roots;
     let mut deleted = Vec::new();
     while let Some(id) = pending.pop() {
-        let children = tx
-            .query(
-                "SELECT instance_id FROM instances WHERE parent_instance_id = $1 AND status = ANY($2)",
-                &[&id, &terminal],
-            )
-            .await
-            .map_err(backend)?;
+        let children = cached::query(
+            tx,
+            "SELECT instance_id FROM instances WHERE parent_instance_id = $1 AND status = ANY($2)",
+            &[&id, &terminal],
+        )
+        .await
+        .map_err(backend)?;
         pending.extend(children.iter().map(|r| r.get::<_, String>(0)));
         delete_instance_rows(tx, &id).await?;
         deleted.push(id);

@@ -157,14 +157,15 @@ impl SqliteStore {
         result.await.map_err(|_| StoreError::Unavailable("the writer thread has stopped".into()))?
     }
 
-    /// Claims the next item of one kind, waiting up to `wait` for one: woken by commits that
-    /// make work available, and by its own timer for the next due message or lapsing lease.
+    /// Claims items of one kind (what `claim` takes, possibly several), waiting up to `wait`
+    /// for any: woken by commits that make work available, and by its own timer for the next
+    /// due message or lapsing lease. Empty when the wait ends with nothing claimed.
     async fn claim_next<T>(
         &self,
         kind: WorkKind,
         wait: Duration,
-        mut claim: impl FnMut(&mut Queues, Timestamp) -> Option<T>,
-    ) -> Option<T> {
+        mut claim: impl FnMut(&mut Queues, Timestamp) -> Vec<T>,
+    ) -> Vec<T> {
         let notify = match kind {
             WorkKind::Orchestration => &self.shared.orchestration_ready,
             WorkKind::Activity => &self.shared.activity_ready,
@@ -179,7 +180,7 @@ impl SqliteStore {
                 let at = now();
                 let (mut instances, mut activities) = queues.advance(at);
                 let claimed = claim(&mut queues, at);
-                let taken = usize::from(claimed.is_some());
+                let taken = claimed.len();
                 match kind {
                     WorkKind::Orchestration => instances = instances.saturating_sub(taken),
                     WorkKind::Activity => activities = activities.saturating_sub(taken),
@@ -193,12 +194,12 @@ impl SqliteStore {
                 }
                 (claimed, queues.next_deadline())
             };
-            if claimed.is_some() {
+            if !claimed.is_empty() {
                 return claimed;
             }
             let mut until = deadline;
             if until <= tokio::time::Instant::now() {
-                return None;
+                return claimed;
             }
             if let Some(next) = next {
                 let in_ms = (next.0 - now().0).max(0) as u64;
@@ -362,8 +363,9 @@ impl Store for SqliteStore {
         wait: Duration,
     ) -> StoreResult<Option<OrchestrationWorkItem>> {
         loop {
-            let claim = |queues: &mut Queues, at| queues.claim_instance(at, lease_millis(lease_for));
-            let Some(claimed) = self.claim_next(WorkKind::Orchestration, wait, claim).await else {
+            let claim =
+                |queues: &mut Queues, at| queues.claim_instance(at, lease_millis(lease_for)).into_iter().collect();
+            let Some(claimed) = self.claim_next(WorkKind::Orchestration, wait, claim).await.pop() else {
                 return Ok(None);
             };
             if claimed.recovered {
@@ -411,20 +413,37 @@ impl Store for SqliteStore {
         if released { Ok(()) } else { Err(StoreError::LeaseLost(instance_id.to_owned())) }
     }
 
-    async fn fetch_activity_work(&self, lease_for: Duration, wait: Duration) -> StoreResult<Option<ActivityWorkItem>> {
-        let claim = |queues: &mut Queues, at| queues.claim_activity(at, lease_millis(lease_for));
-        let Some((entry, lease)) = self.claim_next(WorkKind::Activity, wait, claim).await else {
-            return Ok(None);
+    async fn fetch_activity_work(
+        &self,
+        lease_for: Duration,
+        wait: Duration,
+        max: usize,
+    ) -> StoreResult<Vec<ActivityWorkItem>> {
+        let claim = |queues: &mut Queues, at| {
+            std::iter::from_fn(|| queues.claim_activity(at, lease_millis(lease_for))).take(max.max(1)).collect()
         };
-        let item =
-            ActivityWorkItem { id: entry.id, activity: entry.activity, lease, dequeue_count: entry.dequeue_count };
-        if entry.recovered
-            && let Err(err) = self.write(WriteOp::MarkClaimed(ClaimTarget::Activity(item.id))).await
-        {
-            self.shared.lock_queues().abandon_activity(item.id, lease, now());
-            return Err(err);
+        let claimed: Vec<(ActivityEntry, Lease)> = self.claim_next(WorkKind::Activity, wait, claim).await;
+        let mut items = Vec::with_capacity(claimed.len());
+        let mut failure = None;
+        for (entry, lease) in claimed {
+            let item =
+                ActivityWorkItem { id: entry.id, activity: entry.activity, lease, dequeue_count: entry.dequeue_count };
+            if entry.recovered && failure.is_none() {
+                // Recovered work counts its claims durably (poison detection across crashes).
+                if let Err(err) = self.write(WriteOp::MarkClaimed(ClaimTarget::Activity(item.id))).await {
+                    failure = Some(err);
+                }
+            }
+            if failure.is_some() {
+                self.shared.lock_queues().abandon_activity(item.id, lease, now());
+            } else {
+                items.push(item);
+            }
         }
-        Ok(Some(item))
+        match failure {
+            Some(err) if items.is_empty() => Err(err),
+            _ => Ok(items),
+        }
     }
 
     async fn renew_activity_lease(&self, item: &ActivityWorkItem, lease_for: Duration) -> StoreResult<Lease> {

@@ -34,6 +34,7 @@ macro_rules! conformance_tests {
             turn_commit_is_atomic,
             lapsed_lease_cannot_commit,
             activity_result_reaches_its_instance,
+            activities_are_claimed_in_batches,
             timers_wait_until_due,
             messages_arriving_during_a_turn_come_next,
             suspended_instance_wakes_only_for_control_messages,
@@ -166,7 +167,8 @@ pub async fn turn_commit_is_atomic(store: &dyn Store) {
     assert_eq!(record.custom_status.unwrap().as_str(), r#"{"stage":"one"}"#);
     assert_eq!(record.history_len, 1);
     assert_eq!(store.get_history("a").await.unwrap().len(), 1);
-    let activity = store.fetch_activity_work(LEASE, WAIT).await.unwrap().expect("activity queued by the commit");
+    let activity =
+        store.fetch_activity_work(LEASE, WAIT, 1).await.unwrap().pop().expect("activity queued by the commit");
     assert_eq!(activity.activity.name, "work");
     assert_no_work(store, "consumed messages are gone").await;
 }
@@ -186,7 +188,7 @@ pub async fn activity_result_reaches_its_instance(store: &dyn Store) {
     let mut commit = running_commit(&item);
     commit.activities.push(activity(3));
     store.commit_turn(commit).await.unwrap();
-    let activity = store.fetch_activity_work(LEASE, WAIT).await.unwrap().unwrap();
+    let activity = store.fetch_activity_work(LEASE, WAIT, 1).await.unwrap().pop().unwrap();
     let lease = store.renew_activity_lease(&activity, LEASE).await.unwrap();
     assert_eq!(lease.token, activity.lease.token);
     let done = HistoryEvent::new(now(), EventKind::TaskCompleted { task_scheduled_id: 3, result: Payload::null() });
@@ -196,6 +198,21 @@ pub async fn activity_result_reaches_its_instance(store: &dyn Store) {
     assert_eq!(next.messages[0].event, done);
     assert_eq!(next.messages[0].execution, Some(0));
     assert!(matches!(store.complete_activity(&activity, done).await, Err(StoreError::LeaseLost(_))), "completed once");
+}
+
+pub async fn activities_are_claimed_in_batches(store: &dyn Store) {
+    start(store, "a").await;
+    let item = fetch(store).await;
+    let mut commit = running_commit(&item);
+    commit.activities.extend((0..3).map(activity));
+    store.commit_turn(commit).await.unwrap();
+    let first = store.fetch_activity_work(LEASE, WAIT, 2).await.unwrap();
+    let rest = store.fetch_activity_work(LEASE, WAIT, 5).await.unwrap();
+    assert_eq!((first.len(), rest.len()), (2, 1), "a batch takes at most `max`, and what is left comes next");
+    let mut steps: Vec<u64> = first.iter().chain(&rest).map(|a| a.activity.step).collect();
+    steps.sort_unstable();
+    assert_eq!(steps, vec![0, 1, 2], "each activity is handed out once");
+    assert!(store.fetch_activity_work(LEASE, NO_WAIT, 5).await.unwrap().is_empty());
 }
 
 pub async fn timers_wait_until_due(store: &dyn Store) {
@@ -356,9 +373,9 @@ pub async fn abandoned_work_comes_back(store: &dyn Store) {
     let mut commit = running_commit(&again);
     commit.activities.push(activity(0));
     store.commit_turn(commit).await.unwrap();
-    let activity = store.fetch_activity_work(LEASE, WAIT).await.unwrap().unwrap();
+    let activity = store.fetch_activity_work(LEASE, WAIT, 1).await.unwrap().pop().unwrap();
     store.abandon_activity_work(&activity, Duration::ZERO).await.unwrap();
-    let again = store.fetch_activity_work(LEASE, WAIT).await.unwrap().unwrap();
+    let again = store.fetch_activity_work(LEASE, WAIT, 1).await.unwrap().pop().unwrap();
     assert_eq!((again.id, again.dequeue_count), (activity.id, 2));
 }
 

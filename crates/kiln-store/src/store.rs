@@ -57,8 +57,14 @@ pub trait Store: Send + Sync + 'static {
         retry_after: Duration,
     ) -> StoreResult<()>;
 
-    /// Claims the next activity to run, waiting up to `wait` for one.
-    async fn fetch_activity_work(&self, lease_for: Duration, wait: Duration) -> StoreResult<Option<ActivityWorkItem>>;
+    /// Claims up to `max` activities to run (one round trip for a batch), waiting up to `wait`
+    /// for at least one; empty when the wait ends with none queued.
+    async fn fetch_activity_work(
+        &self,
+        lease_for: Duration,
+        wait: Duration,
+        max: usize,
+    ) -> StoreResult<Vec<ActivityWorkItem>>;
 
     /// Extends an activity's lease; `LeaseLost` if it already lapsed and was handed out again.
     async fn renew_activity_lease(&self, item: &ActivityWorkItem, lease_for: Duration) -> StoreResult<Lease>;

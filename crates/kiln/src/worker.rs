@@ -20,6 +20,8 @@ const FETCH_WAIT: Duration = Duration::from_secs(1);
 /// Pause after a store error before trying again; doubles while errors go on, up to the max.
 const ERROR_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(5);
+/// Most activities claimed in one store round trip.
+const MAX_ACTIVITY_BATCH: usize = 64;
 
 /// Backoff while the store keeps failing (e.g. its database is unreachable), so that many
 /// workers neither hammer it nor flood the log.
@@ -69,32 +71,40 @@ pub(crate) async fn activity_dispatcher(rt: Arc<Runtime>, mut shutdown: watch::R
     let mut tasks = JoinSet::new();
     let mut backoff = Backoff(None);
     while !*shutdown.borrow() {
-        let permit = tokio::select! {
+        let first = tokio::select! {
             permit = Arc::clone(&permits).acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => break,
             },
             _ = shutdown.changed() => break,
         };
+        // Claim as many activities as there are free slots, in one store round trip.
+        let mut batch = vec![first];
+        while batch.len() < MAX_ACTIVITY_BATCH
+            && let Ok(permit) = Arc::clone(&permits).try_acquire_owned()
+        {
+            batch.push(permit);
+        }
         let fetched = tokio::select! {
-            fetched = rt.store.fetch_activity_work(rt.config.lease_duration, FETCH_WAIT) => fetched,
+            fetched = rt.store.fetch_activity_work(rt.config.lease_duration, FETCH_WAIT, batch.len()) => fetched,
             _ = shutdown.changed() => break,
         };
         while tasks.try_join_next().is_some() {}
         match fetched {
-            Ok(Some(item)) => {
+            Ok(items) => {
                 backoff.succeeded();
-                lock(&running).insert(item.id, item.clone());
-                let rt = Arc::clone(&rt);
-                let running = Arc::clone(&running);
-                tasks.spawn(async move {
-                    let id = item.id;
-                    run_activity(&rt, item).await;
-                    lock(&running).remove(&id);
-                    drop(permit);
-                });
+                for (item, permit) in items.into_iter().zip(batch) {
+                    lock(&running).insert(item.id, item.clone());
+                    let rt = Arc::clone(&rt);
+                    let running = Arc::clone(&running);
+                    tasks.spawn(async move {
+                        let id = item.id;
+                        run_activity(&rt, item).await;
+                        lock(&running).remove(&id);
+                        drop(permit);
+                    });
+                }
             }
-            Ok(None) => backoff.succeeded(),
             Err(err) => backoff.failed("fetching activity work", &err).await,
         }
     }

@@ -225,6 +225,19 @@ impl PostgresStore {
         Ok(Some(OrchestrationWorkItem { instance, messages, lease, dequeue_count }))
     }
 
+    /// Whether an instance has messages ready to be handled.
+    async fn has_ready_messages(&self, instance_id: &str) -> StoreResult<bool> {
+        let client = self.lease_client().await?;
+        let row = cached::query_one(
+            &client,
+            "SELECT EXISTS (SELECT 1 FROM inbox WHERE instance_id = $1 AND (visible_at IS NULL OR visible_at <= $2))",
+            &[&instance_id, &now().0],
+        )
+        .await
+        .map_err(backend)?;
+        row.try_get(0).map_err(backend)
+    }
+
     async fn next_due(&self) -> StoreResult<Option<i64>> {
         let client = self.lease_client().await?;
         let row = cached::query_one(&client, "SELECT min(visible_at) FROM inbox WHERE visible_at > $1", &[&now().0])
@@ -434,6 +447,12 @@ impl Store for PostgresStore {
             notes.push("w".to_owned());
         }
         tx.commit().await.map_err(backend)?;
+        drop(client);
+        // Messages that arrived during the turn woke workers that could not claim the leased
+        // instance; now that the lease is released, make sure someone looks again.
+        if !notes.iter().any(|n| n == "w") && self.has_ready_messages(id).await? {
+            notes.push("w".to_owned());
+        }
         self.publish(&notes).await;
         Ok(())
     }

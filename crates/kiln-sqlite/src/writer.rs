@@ -132,26 +132,15 @@ fn write_batch(conn: &mut Connection, batch: Vec<WriteRequest>, shared: &Shared)
     if accepted.is_empty() {
         return;
     }
-    let mut results: Vec<StoreResult<(WriteOutcome, Vec<Effect>)>> = Vec::with_capacity(accepted.len());
-    let committed = (|| -> rusqlite::Result<()> {
-        run_cached(conn, "BEGIN IMMEDIATE")?;
-        for request in &accepted {
-            run_cached(conn, "SAVEPOINT op")?;
-            let mut effects = Vec::new();
-            let result = apply(conn, &request.op, &mut effects);
-            if result.is_err() {
-                run_cached(conn, "ROLLBACK TO op")?;
-            }
-            run_cached(conn, "RELEASE op")?;
-            results.push(result.map(|outcome| (outcome, effects)));
-        }
-        run_cached(conn, "COMMIT")
-    })();
-    if let Err(err) = committed {
-        let _ = conn.execute_batch("ROLLBACK");
+    let results = match write_all(conn, &accepted, false) {
+        // A request failed after it had written: undo everything and isolate each request.
+        Err(BatchError::PartialWrite) => write_all(conn, &accepted, true),
+        other => other,
+    };
+    let mut results = results.unwrap_or_else(|err| {
         tracing::error!(error = %err, "group commit failed");
-        results = accepted.iter().map(|_| Err(StoreError::Backend(format!("commit failed: {err}")))).collect();
-    }
+        accepted.iter().map(|_| Err(StoreError::Backend(format!("commit failed: {err}")))).collect()
+    });
 
     let mut wake_instances = 0usize;
     let mut wake_activities = 0usize;
@@ -201,6 +190,55 @@ fn write_batch(conn: &mut Connection, batch: Vec<WriteRequest>, shared: &Shared)
     for (request, result) in accepted.into_iter().zip(results) {
         let _ = request.reply.send(result.map(|(outcome, _)| outcome));
     }
+}
+
+/// Why a batch was not committed.
+#[derive(Debug, thiserror::Error)]
+enum BatchError {
+    /// A request failed after writing some rows (only without savepoints); the batch was rolled back.
+    #[error("a request failed part-way")]
+    PartialWrite,
+    /// SQLite failed; the batch was rolled back.
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// What each request of a batch did.
+type BatchResults = Vec<StoreResult<(WriteOutcome, Vec<Effect>)>>;
+
+/// Writes a batch in one transaction. Requests check everything that can refuse them before
+/// they write, so a refused request normally leaves no trace and needs no savepoint (a
+/// savepoint costs two statements and journal copies per request). Without `savepoints`, a
+/// request that fails after writing rolls the whole batch back with
+/// [`BatchError::PartialWrite`], and the caller retries with a savepoint around each request.
+fn write_all(conn: &Connection, batch: &[WriteRequest], savepoints: bool) -> Result<BatchResults, BatchError> {
+    let attempt = (|| -> Result<BatchResults, BatchError> {
+        run_cached(conn, "BEGIN IMMEDIATE")?;
+        let mut results = Vec::with_capacity(batch.len());
+        for request in batch {
+            if savepoints {
+                run_cached(conn, "SAVEPOINT op")?;
+            }
+            let changes_before = conn.total_changes();
+            let mut effects = Vec::new();
+            let result = apply(conn, &request.op, &mut effects);
+            if savepoints {
+                if result.is_err() {
+                    run_cached(conn, "ROLLBACK TO op")?;
+                }
+                run_cached(conn, "RELEASE op")?;
+            } else if result.is_err() && conn.total_changes() != changes_before {
+                return Err(BatchError::PartialWrite);
+            }
+            results.push(result.map(|outcome| (outcome, effects)));
+        }
+        run_cached(conn, "COMMIT")?;
+        Ok(results)
+    })();
+    if attempt.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    attempt
 }
 
 /// Runs a parameterless statement through the statement cache (no parsing on the hot path).

@@ -393,6 +393,18 @@ impl Store for PostgresStore {
                 .await
                 .map_err(backend)?;
         }
+        for finished in &commit.finished_activities {
+            let deleted = cached::execute(
+                &tx,
+                "DELETE FROM activities WHERE id = $1 AND lock_token = $2 AND locked_until >= $3",
+                &[&finished.id, &(finished.lease.token as i64), &now().0],
+            )
+            .await
+            .map_err(backend)?;
+            if deleted == 0 {
+                return Err(StoreError::LeaseLost(format!("an activity of {id}")));
+            }
+        }
         let mut notes = vec![format!("s:{id}")];
         for activity in &commit.activities {
             cached::execute(&tx,

@@ -59,6 +59,7 @@ async fn start_and_commit(store: &dyn Store) {
             activities: vec![activity],
             messages: Vec::new(),
             sub_orchestrations: Vec::new(),
+            finished_activities: Vec::new(),
             now,
         })
         .await

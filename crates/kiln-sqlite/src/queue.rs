@@ -238,6 +238,34 @@ impl Queues {
         None
     }
 
+    /// Claims one given instance if it is idle: not leased, backing off, suspended or recovered
+    /// work (those take the ordinary path). For a turn that takes an activity's result directly.
+    pub fn claim_idle_instance(&mut self, instance_id: &str, now: Timestamp, lease_ms: i64) -> Option<ClaimedInstance> {
+        let token = self.token();
+        let slot = self.slots.entry(instance_id.to_owned()).or_default();
+        if slot.lease.is_some() || slot.retry_at.is_some() || slot.suspended || slot.recovered {
+            self.drop_if_idle(instance_id);
+            return None;
+        }
+        let lease = Lease { token, expires_at: now.plus_millis(lease_ms) };
+        slot.lease = Some(HeldLease { lease, pinned: false });
+        slot.dequeue_count += 1;
+        let claimed = ClaimedInstance {
+            instance_id: instance_id.to_owned(),
+            messages: slot.messages.clone(),
+            lease,
+            dequeue_count: slot.dequeue_count,
+            recovered: false,
+        };
+        self.leases.insert((lease.expires_at, token), LeaseTarget::Instance(instance_id.to_owned()));
+        Some(claimed)
+    }
+
+    /// Whether an activity is still held under `lease` (and not pinned by a commit).
+    pub fn holds_activity(&self, id: i64, lease: Lease) -> bool {
+        self.leased_activities.get(&id).is_some_and(|(held, _)| held.lease.token == lease.token && !held.pinned)
+    }
+
     /// Claims the next activity.
     pub fn claim_activity(&mut self, now: Timestamp, lease_ms: i64) -> Option<(ActivityEntry, Lease)> {
         let mut entry = self.activities.pop_front()?;

@@ -213,6 +213,10 @@ impl SqliteStore {
     }
 }
 
+/// The id of a message handed to a turn without being stored (an activity result taken
+/// directly); no inbox row has it (AUTOINCREMENT ids start at 1).
+const UNSTORED_MESSAGE_ID: i64 = 0;
+
 /// The two kinds of work a store hands out.
 #[derive(Clone, Copy)]
 enum WorkKind {
@@ -396,6 +400,44 @@ impl Store for SqliteStore {
 
     async fn commit_turn(&self, commit: TurnCommit) -> StoreResult<()> {
         self.write(WriteOp::CommitTurn(Box::new(commit))).await.map(|_| ())
+    }
+
+    async fn claim_with_activity_result(
+        &self,
+        item: &ActivityWorkItem,
+        result: &HistoryEvent,
+        lease_for: Duration,
+    ) -> StoreResult<Option<OrchestrationWorkItem>> {
+        let instance_id = &item.activity.instance_id;
+        let claimed = {
+            let mut queues = self.shared.lock_queues();
+            if !queues.holds_activity(item.id, item.lease) {
+                return Ok(None);
+            }
+            queues.claim_idle_instance(instance_id, now(), lease_millis(lease_for))
+        };
+        let Some(mut claimed) = claimed else {
+            return Ok(None);
+        };
+        let instance = match self.readers.with(|conn| reads::get_instance(conn, instance_id)) {
+            Ok(Some(instance)) => instance,
+            other => {
+                self.shared.lock_queues().release_instance(instance_id, &[], false);
+                return other.map(|_| None);
+            }
+        };
+        // Not in the inbox: the id matches no row, and the commit deletes the activity instead.
+        claimed.messages.push(InboxMessage {
+            id: UNSTORED_MESSAGE_ID,
+            execution: Some(item.activity.execution),
+            event: result.clone(),
+        });
+        Ok(Some(OrchestrationWorkItem {
+            instance,
+            messages: claimed.messages,
+            lease: claimed.lease,
+            dequeue_count: claimed.dequeue_count,
+        }))
     }
 
     async fn abandon_orchestration_work(

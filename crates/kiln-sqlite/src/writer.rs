@@ -171,6 +171,9 @@ fn write_batch(conn: &mut Connection, batch: Vec<WriteRequest>, shared: &Shared)
                 Err(_) => match &request.op {
                     WriteOp::CommitTurn(turn) => {
                         wake_instances += usize::from(queues.release_instance(&turn.instance_id, &[], false));
+                        for finished in &turn.finished_activities {
+                            queues.unpin_activity(finished.id, at);
+                        }
                     }
                     WriteOp::CompleteActivity { id, .. } => queues.unpin_activity(*id, at),
                     _ => {}
@@ -249,8 +252,23 @@ fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 fn pin_lease(op: &WriteOp, shared: &Shared) -> StoreResult<()> {
     let mut queues = shared.lock_queues();
     match op {
-        WriteOp::CommitTurn(turn) if !queues.pin_instance(&turn.instance_id, turn.lease) => {
-            Err(StoreError::LeaseLost(turn.instance_id.clone()))
+        WriteOp::CommitTurn(turn) => {
+            let at = now();
+            for (pinned, finished) in turn.finished_activities.iter().enumerate() {
+                if !queues.pin_activity(finished.id, finished.lease) {
+                    for earlier in &turn.finished_activities[..pinned] {
+                        queues.unpin_activity(earlier.id, at);
+                    }
+                    return Err(StoreError::LeaseLost(format!("an activity of {}", turn.instance_id)));
+                }
+            }
+            if !queues.pin_instance(&turn.instance_id, turn.lease) {
+                for finished in &turn.finished_activities {
+                    queues.unpin_activity(finished.id, at);
+                }
+                return Err(StoreError::LeaseLost(turn.instance_id.clone()));
+            }
+            Ok(())
         }
         WriteOp::CompleteActivity { id, lease, activity, .. } if !queues.pin_activity(*id, *lease) => {
             Err(StoreError::LeaseLost(format!("activity '{}' of {}", activity.name, activity.instance_id)))
@@ -486,6 +504,12 @@ fn commit_turn(conn: &Connection, turn: &TurnCommit, effects: &mut Vec<Effect>) 
         for id in &turn.consumed {
             delete.execute([id]).map_err(backend)?;
         }
+    }
+    for finished in &turn.finished_activities {
+        conn.prepare_cached("DELETE FROM activities WHERE id = ?1")
+            .and_then(|mut s| s.execute([finished.id]))
+            .map_err(backend)?;
+        effects.push(Effect::FinishActivity(finished.id));
     }
     for activity in &turn.activities {
         conn.prepare_cached(

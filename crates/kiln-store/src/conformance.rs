@@ -14,8 +14,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use crate::{
-    HistoryUpdate, IdempotencyKey, IdempotentStart, InstanceQuery, NewActivity, NewInstance, NewSubOrchestration,
-    OrchestrationWorkItem, OutgoingMessage, PurgeFilter, Store, StoreError, TurnCommit,
+    FinishedActivity, HistoryUpdate, IdempotencyKey, IdempotentStart, InstanceQuery, NewActivity, NewInstance,
+    NewSubOrchestration, OrchestrationWorkItem, OutgoingMessage, PurgeFilter, Store, StoreError, TurnCommit,
 };
 use kiln_core::{EventKind, FailureDetails, HistoryEvent, ParentInstance, Payload, RuntimeStatus, Timestamp};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -35,6 +35,7 @@ macro_rules! conformance_tests {
             lapsed_lease_cannot_commit,
             activity_result_reaches_its_instance,
             activities_are_claimed_in_batches,
+            activity_result_can_go_straight_into_a_turn,
             timers_wait_until_due,
             messages_arriving_during_a_turn_come_next,
             suspended_instance_wakes_only_for_control_messages,
@@ -94,6 +95,7 @@ fn running_commit(item: &OrchestrationWorkItem) -> TurnCommit {
         activities: Vec::new(),
         messages: Vec::new(),
         sub_orchestrations: Vec::new(),
+        finished_activities: Vec::new(),
         now: now(),
     }
 }
@@ -213,6 +215,42 @@ pub async fn activities_are_claimed_in_batches(store: &dyn Store) {
     steps.sort_unstable();
     assert_eq!(steps, vec![0, 1, 2], "each activity is handed out once");
     assert!(store.fetch_activity_work(LEASE, NO_WAIT, 5).await.unwrap().is_empty());
+}
+
+/// Stores that hand an activity's result straight to a turn do so only for an idle instance,
+/// and finish the activity with that turn's commit.
+pub async fn activity_result_can_go_straight_into_a_turn(store: &dyn Store) {
+    start(store, "a").await;
+    let item = fetch(store).await;
+    let mut commit = running_commit(&item);
+    commit.activities.push(activity(0));
+    store.commit_turn(commit).await.unwrap();
+    let activity = store.fetch_activity_work(LEASE, WAIT, 1).await.unwrap().pop().unwrap();
+    let done = HistoryEvent::new(now(), EventKind::TaskCompleted { task_scheduled_id: 0, result: Payload::null() });
+
+    store.send_message("a", raised("meanwhile")).await.unwrap();
+    let busy = fetch(store).await;
+    let claimed = store.claim_with_activity_result(&activity, &done, LEASE).await.unwrap();
+    assert!(claimed.is_none(), "an instance in a turn cannot take the result directly");
+    store.commit_turn(running_commit(&busy)).await.unwrap();
+
+    let Some(work) = store.claim_with_activity_result(&activity, &done, LEASE).await.unwrap() else {
+        // This store always reports results through the inbox.
+        store.complete_activity(&activity, done).await.unwrap();
+        return;
+    };
+    assert_eq!(work.messages.last().map(|m| &m.event), Some(&done));
+    let mut commit = running_commit(&work);
+    commit.finished_activities.push(FinishedActivity { id: activity.id, lease: activity.lease });
+    store.commit_turn(commit).await.unwrap();
+    let history = store.get_history("a").await.unwrap();
+    assert_eq!(history.last(), Some(&done), "the result is in history");
+    assert!(
+        matches!(store.complete_activity(&activity, done).await, Err(StoreError::LeaseLost(_))),
+        "the activity was finished by the turn"
+    );
+    assert_no_work(store, "nothing is left to do").await;
+    assert!(store.fetch_activity_work(LEASE, NO_WAIT, 1).await.unwrap().is_empty());
 }
 
 pub async fn timers_wait_until_due(store: &dyn Store) {

@@ -21,9 +21,9 @@ pub mod conformance;
 
 pub use error::{SchemaTooNew, StoreError};
 pub use records::{
-    ActivityWorkItem, HistoryUpdate, IdempotencyKey, IdempotentStart, InboxMessage, InstancePage, InstanceQuery,
-    InstanceRecord, Lease, NewActivity, NewInstance, NewSubOrchestration, OrchestrationWorkItem, OutgoingMessage,
-    PageCursor, PurgeFilter, TurnCommit,
+    ActivityWorkItem, FinishedActivity, HistoryUpdate, IdempotencyKey, IdempotentStart, InboxMessage, InstancePage,
+    InstanceQuery, InstanceRecord, Lease, NewActivity, NewInstance, NewSubOrchestration, OrchestrationWorkItem,
+    OutgoingMessage, PageCursor, PurgeFilter, TurnCommit,
 };
 pub use store::{Store, StoreResult};
 pub use watch::{StatusSubscription, StatusWatchers};

@@ -129,6 +129,15 @@ pub struct ActivityWorkItem {
     pub dequeue_count: u32,
 }
 
+/// An activity a turn finishes (its row goes with the turn's commit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FinishedActivity {
+    /// Store-assigned id.
+    pub id: i64,
+    /// The claim it ran under; the commit fails with `LeaseLost` if it lapsed.
+    pub lease: Lease,
+}
+
 /// How a turn changes history.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HistoryUpdate {
@@ -177,6 +186,10 @@ pub struct TurnCommit {
     pub messages: Vec<OutgoingMessage>,
     /// Children to create.
     pub sub_orchestrations: Vec<NewSubOrchestration>,
+    /// Activities whose results this turn took straight from the activity (see
+    /// [`Store::claim_with_activity_result`](crate::Store::claim_with_activity_result)): deleted
+    /// with the turn, under their leases.
+    pub finished_activities: Vec<FinishedActivity>,
     /// When the turn ran.
     pub now: Timestamp,
 }

@@ -66,6 +66,22 @@ pub trait Store: Send + Sync + 'static {
         max: usize,
     ) -> StoreResult<Vec<ActivityWorkItem>>;
 
+    /// Claims an activity's instance for a turn that takes the activity's `result` directly,
+    /// when the instance is idle here: the work item carries `result` as one more message
+    /// (not stored), and the turn's commit must list the activity in
+    /// [`TurnCommit::finished_activities`], so that result and turn are one commit instead of
+    /// two. `None` when the store or the instance's state does not allow it: report the result
+    /// with [`Store::complete_activity`] instead. The default never allows it.
+    async fn claim_with_activity_result(
+        &self,
+        item: &ActivityWorkItem,
+        result: &HistoryEvent,
+        lease_for: Duration,
+    ) -> StoreResult<Option<OrchestrationWorkItem>> {
+        let _ = (item, result, lease_for);
+        Ok(None)
+    }
+
     /// Extends an activity's lease; `LeaseLost` if it already lapsed and was handed out again.
     async fn renew_activity_lease(&self, item: &ActivityWorkItem, lease_for: Duration) -> StoreResult<Lease>;
 

@@ -13,8 +13,8 @@ use kiln_core::{
     RuntimeStatus, Timestamp, error_types, plan_rewind,
 };
 use kiln_store::{
-    HistoryUpdate, InboxMessage, InstanceRecord, NewActivity, NewInstance, NewSubOrchestration, OrchestrationWorkItem,
-    OutgoingMessage, StoreError, TurnCommit,
+    FinishedActivity, HistoryUpdate, InboxMessage, InstanceRecord, NewActivity, NewInstance, NewSubOrchestration,
+    OrchestrationWorkItem, OutgoingMessage, StoreError, TurnCommit,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -34,8 +34,9 @@ enum ExecutionEnd {
     Terminated(Option<String>),
 }
 
-/// Processes a work item and commits (or abandons) it.
-pub(crate) async fn run_turn(rt: &Runtime, item: OrchestrationWorkItem) {
+/// Processes a work item and commits (or abandons) it; true if the commit landed. A turn
+/// that took an activity's result directly (`finished`) also finishes that activity.
+pub(crate) async fn run_turn(rt: &Runtime, item: OrchestrationWorkItem, finished: Option<FinishedActivity>) -> bool {
     let instance_id = item.instance.instance_id.clone();
     let (name, created_at) = (item.instance.name.clone(), item.instance.created_at);
     let lease = item.lease;
@@ -47,7 +48,8 @@ pub(crate) async fn run_turn(rt: &Runtime, item: OrchestrationWorkItem) {
         }
     };
     match plan {
-        TurnPlan::Commit(commit, execution) => {
+        TurnPlan::Commit(mut commit, execution) => {
+            commit.finished_activities.extend(finished);
             // Cached before the commit: the instance may be claimed again the moment the commit
             // lands. The entry carries the post-commit history length, so it is only ever used
             // if the commit did land.
@@ -72,20 +74,26 @@ pub(crate) async fn run_turn(rt: &Runtime, item: OrchestrationWorkItem) {
                             None => tracing::info!(instance_id, name, %status, millis, "instance finished"),
                         }
                     }
+                    true
                 }
                 Err(err) => {
                     rt.cache.take(&instance_id);
-                    if matches!(err, StoreError::LeaseLost(_)) {
+                    if finished.is_some() {
+                        // The instance lease may still be held (the activity's was lost): free it.
+                        let _ = rt.store.abandon_orchestration_work(&instance_id, lease, Duration::ZERO).await;
+                    } else if matches!(err, StoreError::LeaseLost(_)) {
                         tracing::warn!(instance_id, "lease lost before commit; another worker redoes the turn");
                     } else {
                         tracing::warn!(instance_id, error = %err, "turn commit failed; retrying later");
                         let _ = rt.store.abandon_orchestration_work(&instance_id, lease, Duration::from_secs(1)).await;
                     }
+                    false
                 }
             }
         }
         TurnPlan::Abandon(retry_after) => {
             let _ = rt.store.abandon_orchestration_work(&instance_id, lease, retry_after).await;
+            false
         }
     }
 }
@@ -188,6 +196,7 @@ fn unchanged_commit(item: &OrchestrationWorkItem, now: Timestamp) -> TurnCommit 
         activities: Vec::new(),
         messages: Vec::new(),
         sub_orchestrations: Vec::new(),
+        finished_activities: Vec::new(),
         now,
     }
 }

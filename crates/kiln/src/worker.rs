@@ -7,7 +7,7 @@ use crate::panic::CatchPanic;
 use crate::runtime::Runtime;
 use crate::turn::run_turn;
 use kiln_core::{EventKind, FailureDetails, HistoryEvent, Payload, error_types};
-use kiln_store::{ActivityWorkItem, StoreError};
+use kiln_store::{ActivityWorkItem, FinishedActivity, StoreError};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -55,7 +55,7 @@ pub(crate) async fn orchestration_worker(rt: Arc<Runtime>, mut shutdown: watch::
         match fetched {
             Ok(Some(item)) => {
                 backoff.succeeded();
-                run_turn(&rt, item).await;
+                run_turn(&rt, item, None).await;
             }
             Ok(None) => backoff.succeeded(),
             Err(err) => backoff.failed("fetching orchestration work", &err).await,
@@ -185,6 +185,14 @@ async fn run_activity(rt: &Runtime, mut item: ActivityWorkItem) {
         Err(failure_details) => EventKind::TaskFailed { task_scheduled_id: step, failure_details },
     };
     let event = HistoryEvent::new(crate::runtime::wall_clock(), kind);
+    // Fast path: if the instance is idle, run its next turn here with the result in hand, and
+    // commit result and turn together (one durable commit instead of two).
+    if let Ok(Some(work)) = rt.store.claim_with_activity_result(&item, &event, rt.config.lease_duration).await {
+        let finished = FinishedActivity { id: item.id, lease: item.lease };
+        if run_turn(rt, work, Some(finished)).await {
+            return;
+        }
+    }
     match rt.store.complete_activity(&item, event).await {
         Ok(()) => {}
         Err(StoreError::LeaseLost(what)) => {

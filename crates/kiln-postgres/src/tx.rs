@@ -4,7 +4,7 @@
 use crate::cached;
 use crate::rows::{backend, is_unique_violation, to_json};
 use deadpool_postgres::GenericClient;
-use kiln_core::{EventKind, HistoryEvent, RuntimeStatus, Timestamp};
+use kiln_core::{HistoryEvent, RuntimeStatus, Timestamp};
 use kiln_store::{NewInstance, StoreError, StoreResult};
 
 /// Terminal status codes, as stored.
@@ -98,15 +98,7 @@ pub async fn create_instance_tx(tx: &impl GenericClient, instance: &NewInstance)
         }
         Err(err) => return Err(backend(err)),
     }
-    let started = HistoryEvent::new(
-        instance.created_at,
-        EventKind::ExecutionStarted {
-            name: instance.name.clone(),
-            version: instance.version.clone(),
-            input: instance.input.clone(),
-            parent: instance.parent.clone(),
-        },
-    );
+    let started = instance.started_event();
     insert_message(tx, &instance.instance_id, Some(execution), &started, None).await
 }
 

@@ -346,6 +346,14 @@ impl Store for SqliteStore {
         self.write(WriteOp::CreateInstance(instance)).await.map(|_| ())
     }
 
+    fn takes_first_turns(&self) -> bool {
+        true
+    }
+
+    async fn create_instance_with_first_turn(&self, instance: NewInstance, first_turn: TurnCommit) -> StoreResult<()> {
+        self.write(WriteOp::CreateWithFirstTurn(instance, Box::new(first_turn))).await.map(|_| ())
+    }
+
     async fn create_instance_idempotent(
         &self,
         instance: NewInstance,

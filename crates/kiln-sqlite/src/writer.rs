@@ -28,6 +28,8 @@ pub const PURGE_BATCH: usize = 500;
 pub enum WriteOp {
     /// Start (or replace) an instance.
     CreateInstance(NewInstance),
+    /// Start an instance together with its first turn, already run.
+    CreateWithFirstTurn(NewInstance, Box<TurnCommit>),
     /// Start an instance under an idempotency key.
     CreateIdempotent(NewInstance, IdempotencyKey),
     /// Put a message into an existing instance's inbox.
@@ -283,6 +285,10 @@ fn apply(conn: &Connection, op: &WriteOp, effects: &mut Vec<Effect>) -> StoreRes
             create_instance(conn, instance, effects)?;
             Ok(WriteOutcome::Done)
         }
+        WriteOp::CreateWithFirstTurn(instance, first_turn) => {
+            create_with_first_turn(conn, instance, first_turn, effects)?;
+            Ok(WriteOutcome::Done)
+        }
         WriteOp::CreateIdempotent(instance, key) => {
             create_idempotent(conn, instance, key, effects).map(WriteOutcome::Started)
         }
@@ -386,6 +392,14 @@ fn create_instance(conn: &Connection, instance: &NewInstance, effects: &mut Vec<
         delete_rows(conn, &instance.instance_id)?;
         effects.push(Effect::Forget(vec![instance.instance_id.clone()]));
     }
+    insert_instance_row(conn, instance, execution)?;
+    insert_message(conn, &instance.instance_id, Some(execution), &instance.started_event(), None, effects)?;
+    effects.push(Effect::Notify(instance.instance_id.clone()));
+    Ok(())
+}
+
+/// Inserts an instance's row (status `Pending`, no history yet).
+fn insert_instance_row(conn: &Connection, instance: &NewInstance, execution: u64) -> StoreResult<()> {
     let parent_json = to_json_opt(instance.parent.as_ref())?;
     conn.prepare_cached(
         "INSERT INTO instances (instance_id, name, version, execution, status, input, created_at, updated_at, \
@@ -405,18 +419,26 @@ fn create_instance(conn: &Connection, instance: &NewInstance, effects: &mut Vec<
         ])
     })
     .map_err(backend)?;
-    let started = HistoryEvent::new(
-        instance.created_at,
-        EventKind::ExecutionStarted {
-            name: instance.name.clone(),
-            version: instance.version.clone(),
-            input: instance.input.clone(),
-            parent: instance.parent.clone(),
-        },
-    );
-    insert_message(conn, &instance.instance_id, Some(execution), &started, None, effects)?;
-    effects.push(Effect::Notify(instance.instance_id.clone()));
     Ok(())
+}
+
+/// Creates an instance with its first turn, which consumed its `ExecutionStarted` already.
+fn create_with_first_turn(
+    conn: &Connection,
+    instance: &NewInstance,
+    first_turn: &TurnCommit,
+    effects: &mut Vec<Effect>,
+) -> StoreResult<()> {
+    let existing: Option<i64> = conn
+        .prepare_cached("SELECT status FROM instances WHERE instance_id = ?1")
+        .and_then(|mut s| s.query_row([&instance.instance_id], |r| r.get(0)).optional())
+        .map_err(backend)?;
+    if let Some(status) = existing {
+        let status = RuntimeStatus::from_code(status).unwrap_or(RuntimeStatus::Running);
+        return Err(StoreError::AlreadyExists(instance.instance_id.clone(), status));
+    }
+    insert_instance_row(conn, instance, 0)?;
+    commit_turn(conn, first_turn, effects)
 }
 
 /// Creates an instance unless an unexpired key already started one.

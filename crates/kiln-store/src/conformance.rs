@@ -14,8 +14,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use crate::{
-    FinishedActivity, HistoryUpdate, IdempotencyKey, IdempotentStart, InstanceQuery, NewActivity, NewInstance,
-    NewSubOrchestration, OrchestrationWorkItem, OutgoingMessage, PurgeFilter, Store, StoreError, TurnCommit,
+    FinishedActivity, HistoryUpdate, IdempotencyKey, IdempotentStart, InboxMessage, InstanceQuery, InstanceRecord,
+    Lease, NewActivity, NewInstance, NewSubOrchestration, OrchestrationWorkItem, OutgoingMessage, PurgeFilter, Store,
+    StoreError, TurnCommit,
 };
 use kiln_core::{EventKind, FailureDetails, HistoryEvent, ParentInstance, Payload, RuntimeStatus, Timestamp};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -36,6 +37,7 @@ macro_rules! conformance_tests {
             activity_result_reaches_its_instance,
             activities_are_claimed_in_batches,
             activity_result_can_go_straight_into_a_turn,
+            instance_and_first_turn_are_one_commit,
             timers_wait_until_due,
             messages_arriving_during_a_turn_come_next,
             suspended_instance_wakes_only_for_control_messages,
@@ -251,6 +253,50 @@ pub async fn activity_result_can_go_straight_into_a_turn(store: &dyn Store) {
     );
     assert_no_work(store, "nothing is left to do").await;
     assert!(store.fetch_activity_work(LEASE, NO_WAIT, 1).await.unwrap().is_empty());
+}
+
+/// An instance created with its first turn is never handed out for that turn again.
+pub async fn instance_and_first_turn_are_one_commit(store: &dyn Store) {
+    let instance = new_instance("a", now());
+    let started = instance.started_event();
+    let record = InstanceRecord {
+        instance_id: "a".into(),
+        name: instance.name.clone(),
+        version: String::new(),
+        execution: 0,
+        status: RuntimeStatus::Pending,
+        input: instance.input.clone(),
+        output: None,
+        failure: None,
+        custom_status: None,
+        created_at: instance.created_at,
+        updated_at: instance.created_at,
+        waiting_on: Vec::new(),
+        parent: None,
+        history_len: 0,
+    };
+    let lease = Lease { token: 0, expires_at: now() };
+    let item = OrchestrationWorkItem {
+        instance: record,
+        messages: vec![InboxMessage { id: 0, execution: Some(0), event: started.clone() }],
+        lease,
+        dequeue_count: 1,
+    };
+    let mut first_turn = running_commit(&item);
+    first_turn.activities.push(activity(0));
+    store.create_instance_with_first_turn(instance.clone(), first_turn).await.unwrap();
+    if !store.takes_first_turns() {
+        // The instance was created alone; its first turn comes from the inbox.
+        assert_eq!(fetch(store).await.messages[0].event, started);
+        return;
+    }
+    let stored = store.get_instance("a").await.unwrap().unwrap();
+    assert_eq!((stored.status, stored.history_len), (RuntimeStatus::Running, 1));
+    assert_eq!(store.get_history("a").await.unwrap(), vec![started]);
+    assert_no_work(store, "the first turn was committed with the instance").await;
+    assert_eq!(store.fetch_activity_work(LEASE, WAIT, 1).await.unwrap().len(), 1, "its activity is queued");
+    let again = store.create_instance_with_first_turn(instance, running_commit(&item)).await;
+    assert!(matches!(again, Err(StoreError::AlreadyExists(..))), "an id is never replaced this way");
 }
 
 pub async fn timers_wait_until_due(store: &dyn Store) {

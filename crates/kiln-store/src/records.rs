@@ -1,6 +1,8 @@
 //! The records a store keeps and hands out: instances, work items, messages and turn commits.
 
-use kiln_core::{FailureDetails, HistoryEvent, ParentInstance, Payload, RuntimeStatus, Timestamp, WaitingOn};
+use kiln_core::{
+    EventKind, FailureDetails, HistoryEvent, ParentInstance, Payload, RuntimeStatus, Timestamp, WaitingOn,
+};
 
 /// A request to create (start) an instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,6 +19,21 @@ pub struct NewInstance {
     pub parent: Option<ParentInstance>,
     /// When it was accepted.
     pub created_at: Timestamp,
+}
+
+impl NewInstance {
+    /// The `ExecutionStarted` event that begins its history.
+    pub fn started_event(&self) -> HistoryEvent {
+        HistoryEvent::new(
+            self.created_at,
+            EventKind::ExecutionStarted {
+                name: self.name.clone(),
+                version: self.version.clone(),
+                input: self.input.clone(),
+                parent: self.parent.clone(),
+            },
+        )
+    }
 }
 
 /// The stored state of an instance: what status queries show.

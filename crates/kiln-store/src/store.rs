@@ -66,6 +66,22 @@ pub trait Store: Send + Sync + 'static {
         max: usize,
     ) -> StoreResult<Vec<ActivityWorkItem>>;
 
+    /// Whether [`Store::create_instance_with_first_turn`] writes an instance and its first turn
+    /// in one commit (otherwise there is no point running that turn before the instance exists).
+    fn takes_first_turns(&self) -> bool {
+        false
+    }
+
+    /// Creates an instance together with its first turn, run before the instance was stored
+    /// (one commit instead of two; the turn consumed the `ExecutionStarted` message, which is
+    /// therefore never queued). `AlreadyExists` if the id is taken: this never replaces an
+    /// instance. The turn's lease is not checked, as nothing can hold one on an instance that
+    /// does not exist yet. The default creates the instance only; a worker runs the first turn.
+    async fn create_instance_with_first_turn(&self, instance: NewInstance, first_turn: TurnCommit) -> StoreResult<()> {
+        let _ = first_turn;
+        self.create_instance(instance).await
+    }
+
     /// Claims an activity's instance for a turn that takes the activity's `result` directly,
     /// when the instance is idle here: the work item carries `result` as one more message
     /// (not stored), and the turn's commit must list the activity in

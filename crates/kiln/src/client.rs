@@ -122,8 +122,24 @@ impl KilnClient {
 
     /// Starts an orchestration with a JSON input and options; returns the instance id.
     pub async fn start_with(&self, name: &str, input: Payload, options: StartOptions) -> Result<String, ClientError> {
+        let generated_id = options.instance_id.is_none();
         let instance = self.new_instance(name, input, options)?;
         let instance_id = instance.instance_id.clone();
+        // A fresh id cannot clash with a stored instance, so its first turn can run now and be
+        // written with the instance in one commit. (A caller's id may replace a finished
+        // instance, which the store does while creating it; that takes the ordinary path.)
+        if generated_id
+            && self.rt.store.takes_first_turns()
+            && let Some(first_turn) = crate::turn::first_turn(&self.rt, &instance).await
+        {
+            let created = self.rt.store.create_instance_with_first_turn(instance, first_turn).await;
+            if created.is_err() {
+                self.rt.cache.take(&instance_id);
+            }
+            created?;
+            self.rt.metrics.turns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(instance_id);
+        }
         self.rt.store.create_instance(instance).await?;
         Ok(instance_id)
     }

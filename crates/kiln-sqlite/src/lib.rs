@@ -12,12 +12,14 @@
 //! - `writer`: the writer thread and its group commit.
 //! - `checkpoint`: WAL checkpoints on their own thread.
 //! - `queue`: in-memory dispatch state.
+//! - `finished`: finished instances' records kept for status reads.
 //! - `reads`: reader connections and queries.
 //! - [`schema`]: embedded migrations.
 //! - `codec`: row encoding.
 
 mod checkpoint;
 mod codec;
+mod finished;
 mod queue;
 mod reads;
 pub mod schema;

@@ -1,5 +1,6 @@
 //! State shared by the store handle and its writer thread.
 
+use crate::finished::FinishedRecords;
 use crate::queue::Queues;
 use kiln_core::Timestamp;
 use kiln_store::StatusWatchers;
@@ -18,6 +19,8 @@ pub struct Shared {
     pub activity_ready: Notify,
     /// Wakes status waiters.
     pub watchers: StatusWatchers,
+    /// Finished instances' records, for cheap status reads.
+    pub finished: FinishedRecords,
 }
 
 impl Shared {

@@ -21,7 +21,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 
 /// How hard SQLite syncs on commit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -118,12 +118,7 @@ impl SqliteStore {
             .map(|_| open_connection(&path, options.synchronous, true))
             .collect::<Result<Vec<_>, _>>()?;
         let queues = recover(&conn).map_err(|source| OpenError::Load { path: path.clone(), source })?;
-        let shared = Arc::new(Shared {
-            queues: Mutex::new(queues),
-            orchestration_ready: Notify::new(),
-            activity_ready: Notify::new(),
-            watchers: StatusWatchers::default(),
-        });
+        let shared = Arc::new(Shared { queues: Mutex::new(queues), ..Shared::default() });
         let (sender, receiver) = std::sync::mpsc::channel();
         let writer_shared = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
@@ -524,7 +519,15 @@ impl Store for SqliteStore {
     }
 
     async fn get_instance(&self, instance_id: &str) -> StoreResult<Option<InstanceRecord>> {
-        self.readers.with(|conn| reads::get_instance(conn, instance_id))
+        if let Some(record) = self.shared.finished.get(instance_id) {
+            return Ok(Some(record));
+        }
+        let generation = self.shared.finished.generation();
+        let record = self.readers.with(|conn| reads::get_instance(conn, instance_id))?;
+        if let Some(record) = &record {
+            self.shared.finished.keep(record, generation);
+        }
+        Ok(record)
     }
 
     async fn get_history(&self, instance_id: &str) -> StoreResult<Vec<HistoryEvent>> {

@@ -189,6 +189,8 @@ fn write_batch(conn: &mut Connection, batch: Vec<WriteRequest>, shared: &Shared)
     for _ in 0..wake_activities {
         shared.activity_ready.notify_one();
     }
+    // Before anyone is told (and before a waiter re-reads): no stale finished record survives.
+    shared.finished.invalidate(&notify);
     for id in notify {
         shared.watchers.notify(&id);
     }

@@ -17,7 +17,7 @@ use std::sync::Mutex;
 /// HTTP request counts by route template and status code.
 #[derive(Debug, Default)]
 pub(crate) struct HttpMetrics {
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    requests: Mutex<BTreeMap<String, BTreeMap<u16, u64>>>,
 }
 
 pub(crate) fn routes() -> Router<KilnHttp> {
@@ -30,11 +30,18 @@ pub(crate) fn health_routes() -> Router<KilnHttp> {
 
 /// Counts every request by its route template (not its raw path, to keep the label set small).
 pub(crate) async fn count_requests(State(http): State<KilnHttp>, request: Request, next: Next) -> Response {
-    let route =
-        request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let matched = request.extensions().get::<MatchedPath>().cloned();
     let response = next.run(request).await;
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let status = response.status().as_u16();
     let mut requests = http.inner.metrics.requests.lock().unwrap_or_else(|p| p.into_inner());
-    *requests.entry((route, response.status().as_u16())).or_default() += 1;
+    // Allocates only for a route's first request.
+    match requests.get_mut(route) {
+        Some(by_status) => *by_status.entry(status).or_default() += 1,
+        None => {
+            requests.insert(route.to_owned(), BTreeMap::from([(status, 1)]));
+        }
+    }
     response
 }
 
@@ -67,8 +74,17 @@ pub(crate) async fn metrics(State(http): State<KilnHttp>) -> Response {
     let mut out = String::new();
     let _ = writeln!(out, "# HELP kiln_http_requests_total HTTP requests by route and status.");
     let _ = writeln!(out, "# TYPE kiln_http_requests_total counter");
-    for ((route, status), count) in http.inner.metrics.requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-        let _ = writeln!(out, "kiln_http_requests_total{{route=\"{}\",status=\"{status}\"}} {count}", escape(route));
+    {
+        let requests = http.inner.metrics.requests.lock().unwrap_or_else(|p| p.into_inner());
+        for (route, by_status) in requests.iter() {
+            for (status, count) in by_status {
+                let _ = writeln!(
+                    out,
+                    "kiln_http_requests_total{{route=\"{}\",status=\"{status}\"}} {count}",
+                    escape(route)
+                );
+            }
+        }
     }
     let _ = writeln!(out, "# HELP kiln_instances Instances by runtime status.");
     let _ = writeln!(out, "# TYPE kiln_instances gauge");

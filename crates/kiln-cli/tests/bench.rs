@@ -1,0 +1,65 @@
+//! `kiln bench` end to end: every workload, tiny, against a server the bench starts itself,
+//! with its JSON report checked.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::Value;
+use std::process::Command;
+
+fn bench(args: &[&str]) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_kiln")).arg("bench").args(args).arg("--json").arg(&json).output().unwrap();
+    assert!(
+        output.status.success(),
+        "kiln bench {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
+}
+
+#[test]
+fn every_workload_runs_and_reports() {
+    for (workload, count) in [("hello", 40), ("seq5", 10), ("fanout", 50), ("long", 20), ("poll", 200), ("idle", 30)] {
+        let count = count.to_string();
+        let report = bench(&["--workload", workload, "--count", &count, "--concurrency", "4", "--runs", "2"]);
+        assert_eq!(report["workload"], workload);
+        assert_eq!(report["runs"].as_array().unwrap().len(), 2);
+        let median = &report["median"];
+        assert_eq!(median["count"].as_u64().unwrap().to_string(), count, "{workload}");
+        assert!(median["per_second"].as_f64().unwrap() > 0.0, "{workload}");
+        assert!(median["latency_ms"]["p50"].as_f64().unwrap() > 0.0, "{workload}");
+        assert!(median["server_peak_rss_mib"].as_f64().unwrap() > 1.0, "{workload}: the server's memory is read");
+        assert!(median["server_cpu_cores"].as_f64().is_some(), "{workload}");
+    }
+}
+
+#[test]
+fn a_server_without_the_workloads_is_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let management = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--management-listen", &format!("127.0.0.1:{management}")])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_kiln")).args(["bench", "--target", &url, "--count", "1"]).output().unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--bench-workloads"), "{stderr}");
+}

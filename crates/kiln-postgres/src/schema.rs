@@ -97,6 +97,16 @@ pub async fn create_schema(client: &mut Client, schema: &str) -> Result<(), toki
     tx.commit().await
 }
 
+/// Drops a schema and everything in it: for throwaway schemas, such as `kiln bench`'s.
+pub async fn drop_schema(url: &str, schema: &str) -> Result<(), tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    let driver = tokio::spawn(connection);
+    let dropped = client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await;
+    drop(client);
+    let _ = driver.await;
+    dropped
+}
+
 /// Applies every migration the database has not seen yet, in one transaction.
 pub async fn migrate(client: &mut Client) -> Result<(), MigrationError> {
     let tx = client.transaction().await?;

@@ -4,9 +4,9 @@
 //! with a status URL, follow it to the final `200` (with `Prefer: wait` long polling, by
 //! honouring `Retry-After`, or at a fixed interval). Latency runs from the `POST` to the final
 //! answer. Without `--target`, the bench starts its own servers (`kiln serve
-//! --bench-workloads`) on a throwaway SQLite file, or on a fresh PostgreSQL schema with
-//! `--store postgres`, and reports their CPU and memory from `/proc`; it also reports its own
-//! CPU, so a saturated load generator shows.
+//! --bench-workloads`) on a throwaway SQLite file, or with `--store postgres` on a fresh
+//! PostgreSQL schema (dropped at the end), and reports their CPU and memory from `/proc`; it
+//! also reports its own CPU, so a saturated load generator shows.
 
 mod http;
 mod server;
@@ -217,9 +217,6 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             args.client_threads
         );
     }
-    if let Some(schema) = &servers.schema {
-        println!("  the servers' PostgreSQL schema {schema} is left in place (DROP SCHEMA {schema} CASCADE)");
-    }
     if let Some(path) = &args.json {
         let document = json!({
             "workload": args.workload,
@@ -235,6 +232,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         });
         std::fs::write(path, serde_json::to_string_pretty(&document)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let schema = servers.schema.clone();
+    drop(servers);
+    if let (Some(schema), Some(url)) = (schema, &args.database_url) {
+        runtime
+            .block_on(kiln_postgres::schema::drop_schema(url, &schema))
+            .with_context(|| format!("cannot drop the bench's PostgreSQL schema {schema}"))?;
     }
     Ok(())
 }

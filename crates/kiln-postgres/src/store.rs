@@ -4,7 +4,7 @@ use crate::cached;
 use crate::listen::{self, Wakers};
 use crate::rows::{self, INSTANCE_COLUMNS, QUALIFIED_INSTANCE_COLUMNS, backend, to_json};
 use crate::schema::{MigrationError, create_schema, migrate};
-use crate::tx::{create_instance_tx, insert_message, instance_status, purge_tx, terminal_codes};
+use crate::tx::{create_instance_tx, insert_instance_row, insert_message, instance_status, purge_tx, terminal_codes};
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
@@ -199,30 +199,7 @@ impl PostgresStore {
         else {
             return Ok(None);
         };
-        let instance = rows::instance(&row)?;
-        let lease = Lease {
-            token: row.try_get::<_, i64>(14).map_err(backend)? as u64,
-            expires_at: Timestamp(row.try_get(15).map_err(backend)?),
-        };
-        let dequeue_count = row.try_get::<_, i32>(16).map_err(backend)? as u32;
-        let messages = cached::query(
-            &client,
-            "SELECT id, execution, event FROM inbox WHERE instance_id = $1 \
-                 AND (visible_at IS NULL OR visible_at <= $2) ORDER BY id",
-            &[&instance.instance_id, &at],
-        )
-        .await
-        .map_err(backend)?
-        .iter()
-        .map(|r| {
-            Ok(InboxMessage {
-                id: r.try_get(0).map_err(backend)?,
-                execution: r.try_get::<_, Option<i64>>(1).map_err(backend)?.map(|e| e as u64),
-                event: rows::event(r.try_get(2).map_err(backend)?)?,
-            })
-        })
-        .collect::<StoreResult<Vec<_>>>()?;
-        Ok(Some(OrchestrationWorkItem { instance, messages, lease, dequeue_count }))
+        claimed_work(&client, &row, at).await.map(Some)
     }
 
     /// Whether an instance has messages ready to be handled.
@@ -247,6 +224,152 @@ impl PostgresStore {
     }
 }
 
+/// The work item for a claimed instance row (`INSTANCE_COLUMNS`, then lease token, expiry and
+/// claim count): the instance and its messages visible at `at`.
+async fn claimed_work(client: &Object, row: &tokio_postgres::Row, at: i64) -> StoreResult<OrchestrationWorkItem> {
+    let instance = rows::instance(row)?;
+    let lease = Lease {
+        token: row.try_get::<_, i64>(14).map_err(backend)? as u64,
+        expires_at: Timestamp(row.try_get(15).map_err(backend)?),
+    };
+    let dequeue_count = row.try_get::<_, i32>(16).map_err(backend)? as u32;
+    let messages = cached::query(
+        client,
+        "SELECT id, execution, event FROM inbox WHERE instance_id = $1 \
+                 AND (visible_at IS NULL OR visible_at <= $2) ORDER BY id",
+        &[&instance.instance_id, &at],
+    )
+    .await
+    .map_err(backend)?
+    .iter()
+    .map(|r| {
+        Ok(InboxMessage {
+            id: r.try_get(0).map_err(backend)?,
+            execution: r.try_get::<_, Option<i64>>(1).map_err(backend)?.map(|e| e as u64),
+            event: rows::event(r.try_get(2).map_err(backend)?)?,
+        })
+    })
+    .collect::<StoreResult<Vec<_>>>()?;
+    Ok(OrchestrationWorkItem { instance, messages, lease, dequeue_count })
+}
+
+/// Writes a turn's changes in `tx` (the caller checked the lease); returns the notifications to
+/// publish once the transaction is committed.
+async fn write_turn(tx: &mut deadpool_postgres::Transaction<'_>, commit: &TurnCommit) -> StoreResult<Vec<String>> {
+    let id = &commit.instance_id;
+    let (events, replace) = match &commit.history {
+        HistoryUpdate::Append(events) => (events, false),
+        HistoryUpdate::Replace(events) => (events, true),
+    };
+    if replace {
+        cached::execute(&*tx, "DELETE FROM history WHERE instance_id = $1", &[id]).await.map_err(backend)?;
+    }
+    let appended = events.len() as i64;
+    let waiting_on = if commit.waiting_on.is_empty() { None } else { Some(to_json(&commit.waiting_on)?) };
+    let row = cached::query_one(
+        &*tx,
+        "UPDATE instances SET execution = $2, status = $3, input = $4, output = $5, failure = $6, \
+             custom_status = $7, waiting_on = $8, updated_at = $9, dequeue_count = 0, lock_token = NULL, \
+             locked_until = NULL, history_len = CASE WHEN $10 THEN $11 ELSE history_len + $11 END \
+             WHERE instance_id = $1 RETURNING history_len",
+        &[
+            id,
+            &(commit.execution as i64),
+            &(commit.status.code() as i16),
+            &commit.input.as_str(),
+            &commit.output.as_ref().map(Payload::as_str),
+            &commit.failure.as_ref().map(to_json).transpose()?,
+            &commit.custom_status.as_ref().map(Payload::as_str),
+            &waiting_on,
+            &commit.now.0,
+            &replace,
+            &appended,
+        ],
+    )
+    .await
+    .map_err(backend)?;
+    let new_len: i64 = row.get(0);
+    for (offset, event) in events.iter().enumerate() {
+        cached::execute(
+            &*tx,
+            "INSERT INTO history (instance_id, seq, event) VALUES ($1, $2, $3)",
+            &[id, &(new_len - appended + offset as i64), &to_json(event)?],
+        )
+        .await
+        .map_err(backend)?;
+    }
+    if !commit.consumed.is_empty() {
+        cached::execute(&*tx, "DELETE FROM inbox WHERE instance_id = $1 AND id = ANY($2)", &[id, &commit.consumed])
+            .await
+            .map_err(backend)?;
+    }
+    for finished in &commit.finished_activities {
+        let deleted = cached::execute(
+            &*tx,
+            "DELETE FROM activities WHERE id = $1 AND lock_token = $2 AND locked_until >= $3",
+            &[&finished.id, &(finished.lease.token as i64), &now().0],
+        )
+        .await
+        .map_err(backend)?;
+        if deleted == 0 {
+            return Err(StoreError::LeaseLost(format!("an activity of {id}")));
+        }
+    }
+    let mut notes = vec![format!("s:{id}")];
+    for activity in &commit.activities {
+        cached::execute(&*tx,
+            "INSERT INTO activities (instance_id, execution, step, name, input, attempt) VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &activity.instance_id,
+                &(activity.execution as i64),
+                &(activity.step as i64),
+                &activity.name,
+                &activity.input.as_str(),
+                &(activity.attempt as i32),
+            ],
+        )
+        .await
+        .map_err(backend)?;
+    }
+    if !commit.activities.is_empty() {
+        notes.push("a".to_owned());
+    }
+    for child in &commit.sub_orchestrations {
+        let savepoint = tx.savepoint("child").await.map_err(backend)?;
+        match create_instance_tx(&savepoint, &child.instance).await {
+            Ok(()) => {
+                savepoint.commit().await.map_err(backend)?;
+                notes.push(format!("s:{}", child.instance.instance_id));
+            }
+            Err(StoreError::AlreadyExists(child_id, status)) => {
+                savepoint.rollback().await.map_err(backend)?;
+                let Some(parent) = &child.instance.parent else { continue };
+                let failed = HistoryEvent::new(
+                    commit.now,
+                    EventKind::SubOrchestrationInstanceFailed {
+                        task_scheduled_id: parent.task_scheduled_id,
+                        failure_details: FailureDetails::new(
+                            error_types::ALREADY_EXISTS,
+                            format!("an instance with id '{child_id}' already exists and is {status}"),
+                        ),
+                    },
+                );
+                insert_message(&*tx, id, Some(commit.execution), &failed, None).await?;
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    for message in &commit.messages {
+        if message.instance_id == *id || instance_status(&*tx, &message.instance_id, false).await?.is_some() {
+            insert_message(&*tx, &message.instance_id, message.execution, &message.event, message.visible_at).await?;
+        }
+    }
+    if !commit.messages.is_empty() || !commit.sub_orchestrations.is_empty() {
+        notes.push("w".to_owned());
+    }
+    Ok(notes)
+}
+
 #[async_trait]
 impl Store for PostgresStore {
     async fn create_instance(&self, instance: NewInstance) -> StoreResult<()> {
@@ -255,6 +378,59 @@ impl Store for PostgresStore {
         create_instance_tx(&tx, &instance).await?;
         let notes = vec!["w".to_owned(), format!("s:{}", instance.instance_id)];
         tx.commit().await.map_err(backend)?;
+        self.publish(&notes).await;
+        Ok(())
+    }
+
+    async fn claim_with_activity_result(
+        &self,
+        item: &ActivityWorkItem,
+        result: &HistoryEvent,
+        lease_for: Duration,
+    ) -> StoreResult<Option<OrchestrationWorkItem>> {
+        let client = self.lease_client().await?;
+        let at = now().0;
+        // Only an idle, unsuspended instance, and only while this claim on the activity holds.
+        let sql = format!(
+            "UPDATE instances SET lock_token = nextval('lease_tokens'), locked_until = $3, \
+               dequeue_count = dequeue_count + 1 \
+             WHERE instance_id = $1 AND (locked_until IS NULL OR locked_until < $2) AND status <> {suspended} \
+               AND EXISTS (SELECT 1 FROM activities WHERE id = $4 AND lock_token = $5 AND locked_until >= $2) \
+             RETURNING {INSTANCE_COLUMNS}, lock_token, locked_until, dequeue_count",
+            suspended = RuntimeStatus::Suspended.code()
+        );
+        let params: [&(dyn ToSql + Sync); 5] =
+            [&item.activity.instance_id, &at, &(at + millis(lease_for)), &item.id, &(item.lease.token as i64)];
+        let Some(row) = cached::query_opt(&client, &sql, &params).await.map_err(backend)? else {
+            return Ok(None);
+        };
+        let mut work = match claimed_work(&client, &row, at).await {
+            Ok(work) => work,
+            Err(err) => {
+                drop(client);
+                if let Ok(token) = row.try_get::<_, i64>(14) {
+                    let lease = Lease { token: token as u64, expires_at: Timestamp(at + millis(lease_for)) };
+                    let _ = self.abandon_orchestration_work(&item.activity.instance_id, lease, Duration::ZERO).await;
+                }
+                return Err(err);
+            }
+        };
+        // Not in the inbox (ids start at 1): the commit deletes the activity instead.
+        work.messages.push(InboxMessage { id: 0, execution: Some(item.activity.execution), event: result.clone() });
+        Ok(Some(work))
+    }
+
+    fn takes_first_turns(&self) -> bool {
+        true
+    }
+
+    async fn create_instance_with_first_turn(&self, instance: NewInstance, first_turn: TurnCommit) -> StoreResult<()> {
+        let mut client = self.client().await?;
+        let mut tx = client.transaction().await.map_err(backend)?;
+        insert_instance_row(&tx, &instance, 0).await?;
+        let notes = write_turn(&mut tx, &first_turn).await?;
+        tx.commit().await.map_err(backend)?;
+        drop(client);
         self.publish(&notes).await;
         Ok(())
     }
@@ -347,117 +523,7 @@ impl Store for PostgresStore {
         if !valid {
             return Err(StoreError::LeaseLost(id.clone()));
         }
-        let (events, replace) = match &commit.history {
-            HistoryUpdate::Append(events) => (events, false),
-            HistoryUpdate::Replace(events) => (events, true),
-        };
-        if replace {
-            cached::execute(&tx, "DELETE FROM history WHERE instance_id = $1", &[id]).await.map_err(backend)?;
-        }
-        let appended = events.len() as i64;
-        let waiting_on = if commit.waiting_on.is_empty() { None } else { Some(to_json(&commit.waiting_on)?) };
-        let row = cached::query_one(
-            &tx,
-            "UPDATE instances SET execution = $2, status = $3, input = $4, output = $5, failure = $6, \
-                 custom_status = $7, waiting_on = $8, updated_at = $9, dequeue_count = 0, lock_token = NULL, \
-                 locked_until = NULL, history_len = CASE WHEN $10 THEN $11 ELSE history_len + $11 END \
-                 WHERE instance_id = $1 RETURNING history_len",
-            &[
-                id,
-                &(commit.execution as i64),
-                &(commit.status.code() as i16),
-                &commit.input.as_str(),
-                &commit.output.as_ref().map(Payload::as_str),
-                &commit.failure.as_ref().map(to_json).transpose()?,
-                &commit.custom_status.as_ref().map(Payload::as_str),
-                &waiting_on,
-                &commit.now.0,
-                &replace,
-                &appended,
-            ],
-        )
-        .await
-        .map_err(backend)?;
-        let new_len: i64 = row.get(0);
-        for (offset, event) in events.iter().enumerate() {
-            cached::execute(
-                &tx,
-                "INSERT INTO history (instance_id, seq, event) VALUES ($1, $2, $3)",
-                &[id, &(new_len - appended + offset as i64), &to_json(event)?],
-            )
-            .await
-            .map_err(backend)?;
-        }
-        if !commit.consumed.is_empty() {
-            cached::execute(&tx, "DELETE FROM inbox WHERE instance_id = $1 AND id = ANY($2)", &[id, &commit.consumed])
-                .await
-                .map_err(backend)?;
-        }
-        for finished in &commit.finished_activities {
-            let deleted = cached::execute(
-                &tx,
-                "DELETE FROM activities WHERE id = $1 AND lock_token = $2 AND locked_until >= $3",
-                &[&finished.id, &(finished.lease.token as i64), &now().0],
-            )
-            .await
-            .map_err(backend)?;
-            if deleted == 0 {
-                return Err(StoreError::LeaseLost(format!("an activity of {id}")));
-            }
-        }
-        let mut notes = vec![format!("s:{id}")];
-        for activity in &commit.activities {
-            cached::execute(&tx,
-                "INSERT INTO activities (instance_id, execution, step, name, input, attempt) VALUES ($1, $2, $3, $4, $5, $6)",
-                &[
-                    &activity.instance_id,
-                    &(activity.execution as i64),
-                    &(activity.step as i64),
-                    &activity.name,
-                    &activity.input.as_str(),
-                    &(activity.attempt as i32),
-                ],
-            )
-            .await
-            .map_err(backend)?;
-        }
-        if !commit.activities.is_empty() {
-            notes.push("a".to_owned());
-        }
-        for child in &commit.sub_orchestrations {
-            let savepoint = tx.savepoint("child").await.map_err(backend)?;
-            match create_instance_tx(&savepoint, &child.instance).await {
-                Ok(()) => {
-                    savepoint.commit().await.map_err(backend)?;
-                    notes.push(format!("s:{}", child.instance.instance_id));
-                }
-                Err(StoreError::AlreadyExists(child_id, status)) => {
-                    savepoint.rollback().await.map_err(backend)?;
-                    let Some(parent) = &child.instance.parent else { continue };
-                    let failed = HistoryEvent::new(
-                        commit.now,
-                        EventKind::SubOrchestrationInstanceFailed {
-                            task_scheduled_id: parent.task_scheduled_id,
-                            failure_details: FailureDetails::new(
-                                error_types::ALREADY_EXISTS,
-                                format!("an instance with id '{child_id}' already exists and is {status}"),
-                            ),
-                        },
-                    );
-                    insert_message(&tx, id, Some(commit.execution), &failed, None).await?;
-                }
-                Err(other) => return Err(other),
-            }
-        }
-        for message in &commit.messages {
-            if message.instance_id == *id || instance_status(&tx, &message.instance_id, false).await?.is_some() {
-                insert_message(&tx, &message.instance_id, message.execution, &message.event, message.visible_at)
-                    .await?;
-            }
-        }
-        if !commit.messages.is_empty() || !commit.sub_orchestrations.is_empty() {
-            notes.push("w".to_owned());
-        }
+        let mut notes = write_turn(&mut tx, &commit).await?;
         tx.commit().await.map_err(backend)?;
         drop(client);
         // Messages that arrived during the turn woke workers that could not claim the leased

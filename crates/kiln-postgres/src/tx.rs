@@ -73,6 +73,13 @@ pub async fn create_instance_tx(tx: &impl GenericClient, instance: &NewInstance)
         execution = previous + 1;
         delete_instance_rows(tx, &instance.instance_id).await?;
     }
+    insert_instance_row(tx, instance, execution).await?;
+    let started = instance.started_event();
+    insert_message(tx, &instance.instance_id, Some(execution), &started, None).await
+}
+
+/// Inserts an instance's row (status `Pending`); `AlreadyExists` if the id is taken.
+pub async fn insert_instance_row(tx: &impl GenericClient, instance: &NewInstance, execution: u64) -> StoreResult<()> {
     let parent = instance.parent.as_ref().map(to_json).transpose()?;
     let inserted = cached::execute(
         tx,
@@ -98,8 +105,7 @@ pub async fn create_instance_tx(tx: &impl GenericClient, instance: &NewInstance)
         }
         Err(err) => return Err(backend(err)),
     }
-    let started = instance.started_event();
-    insert_message(tx, &instance.instance_id, Some(execution), &started, None).await
+    Ok(())
 }
 
 /// Deletes instances and, recursively, their finished sub-orchestrations.

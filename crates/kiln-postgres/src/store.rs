@@ -12,7 +12,7 @@ use kiln_core::{EventKind, FailureDetails, HistoryEvent, Payload, RuntimeStatus,
 use kiln_store::{
     ActivityWorkItem, HistoryUpdate, IdempotencyKey, IdempotentStart, InboxMessage, InstancePage, InstanceQuery,
     InstanceRecord, Lease, NewInstance, OrchestrationWorkItem, PageCursor, PurgeFilter, StatusWatchers, Store,
-    StoreError, StoreResult, TurnCommit,
+    StoreError, StoreResult, TurnCommit, UNSTORED_MESSAGE_ID,
 };
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -289,17 +289,20 @@ async fn write_turn(tx: &mut deadpool_postgres::Transaction<'_>, commit: &TurnCo
     .await
     .map_err(backend)?;
     let new_len: i64 = row.get(0);
-    for (offset, event) in events.iter().enumerate() {
+    if !events.is_empty() {
+        let encoded = events.iter().map(to_json).collect::<StoreResult<Vec<String>>>()?;
         cached::execute(
             &*tx,
-            "INSERT INTO history (instance_id, seq, event) VALUES ($1, $2, $3)",
-            &[id, &(new_len - appended + offset as i64), &to_json(event)?],
+            "INSERT INTO history (instance_id, seq, event) \
+             SELECT $1, $2 + ordinality - 1, event FROM unnest($3::text[]) WITH ORDINALITY AS e(event, ordinality)",
+            &[id, &(new_len - appended), &encoded],
         )
         .await
         .map_err(backend)?;
     }
-    if !commit.consumed.is_empty() {
-        cached::execute(&*tx, "DELETE FROM inbox WHERE instance_id = $1 AND id = ANY($2)", &[id, &commit.consumed])
+    let consumed: Vec<i64> = commit.consumed.iter().copied().filter(|id| *id != UNSTORED_MESSAGE_ID).collect();
+    if !consumed.is_empty() {
+        cached::execute(&*tx, "DELETE FROM inbox WHERE instance_id = $1 AND id = ANY($2)", &[id, &consumed])
             .await
             .map_err(backend)?;
     }
@@ -415,8 +418,12 @@ impl Store for PostgresStore {
                 return Err(err);
             }
         };
-        // Not in the inbox (ids start at 1): the commit deletes the activity instead.
-        work.messages.push(InboxMessage { id: 0, execution: Some(item.activity.execution), event: result.clone() });
+        // Not in the inbox: the commit deletes the activity instead.
+        work.messages.push(InboxMessage {
+            id: UNSTORED_MESSAGE_ID,
+            execution: Some(item.activity.execution),
+            event: result.clone(),
+        });
         Ok(Some(work))
     }
 

@@ -12,7 +12,7 @@ use kiln_core::{HistoryEvent, RuntimeStatus, Timestamp};
 use kiln_store::{
     ActivityWorkItem, IdempotencyKey, IdempotentStart, InboxMessage, InstancePage, InstanceQuery, InstanceRecord,
     Lease, NewActivity, NewInstance, OrchestrationWorkItem, PurgeFilter, StatusWatchers, Store, StoreError,
-    StoreResult, TurnCommit,
+    StoreResult, TurnCommit, UNSTORED_MESSAGE_ID,
 };
 use rusqlite::{Connection, OpenFlags};
 use std::fs::File;
@@ -207,10 +207,6 @@ impl SqliteStore {
         }
     }
 }
-
-/// The id of a message handed to a turn without being stored (an activity result taken
-/// directly); no inbox row has it (AUTOINCREMENT ids start at 1).
-const UNSTORED_MESSAGE_ID: i64 = 0;
 
 /// The two kinds of work a store hands out.
 #[derive(Clone, Copy)]

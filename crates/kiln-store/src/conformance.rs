@@ -16,7 +16,7 @@
 use crate::{
     FinishedActivity, HistoryUpdate, IdempotencyKey, IdempotentStart, InboxMessage, InstanceQuery, InstanceRecord,
     Lease, NewActivity, NewInstance, NewSubOrchestration, OrchestrationWorkItem, OutgoingMessage, PurgeFilter, Store,
-    StoreError, TurnCommit,
+    StoreError, TurnCommit, UNSTORED_MESSAGE_ID,
 };
 use kiln_core::{EventKind, FailureDetails, HistoryEvent, ParentInstance, Payload, RuntimeStatus, Timestamp};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -278,7 +278,7 @@ pub async fn instance_and_first_turn_are_one_commit(store: &dyn Store) {
     let lease = Lease { token: 0, expires_at: now() };
     let item = OrchestrationWorkItem {
         instance: record,
-        messages: vec![InboxMessage { id: 0, execution: Some(0), event: started.clone() }],
+        messages: vec![InboxMessage { id: UNSTORED_MESSAGE_ID, execution: Some(0), event: started.clone() }],
         lease,
         dequeue_count: 1,
     };

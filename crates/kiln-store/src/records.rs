@@ -146,6 +146,11 @@ pub struct ActivityWorkItem {
     pub dequeue_count: u32,
 }
 
+/// The id of a message handed to a turn without being stored (an activity result taken
+/// directly, see [`Store::claim_with_activity_result`](crate::Store::claim_with_activity_result)):
+/// no inbox row has it, as stores number messages from 1.
+pub const UNSTORED_MESSAGE_ID: i64 = 0;
+
 /// An activity a turn finishes (its row goes with the turn's commit).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FinishedActivity {

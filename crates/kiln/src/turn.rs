@@ -14,7 +14,7 @@ use kiln_core::{
 };
 use kiln_store::{
     FinishedActivity, HistoryUpdate, InboxMessage, InstanceRecord, Lease, NewActivity, NewInstance,
-    NewSubOrchestration, OrchestrationWorkItem, OutgoingMessage, StoreError, TurnCommit,
+    NewSubOrchestration, OrchestrationWorkItem, OutgoingMessage, StoreError, TurnCommit, UNSTORED_MESSAGE_ID,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -117,7 +117,7 @@ pub(crate) async fn first_turn(rt: &Runtime, instance: &NewInstance) -> Option<T
         parent: instance.parent.clone(),
         history_len: 0,
     };
-    let started = InboxMessage { id: 0, execution: Some(0), event: instance.started_event() };
+    let started = InboxMessage { id: UNSTORED_MESSAGE_ID, execution: Some(0), event: instance.started_event() };
     // No lease exists yet; the store does not check one for a first turn.
     let lease = Lease { token: 0, expires_at: instance.created_at };
     let item = OrchestrationWorkItem { instance: record, messages: vec![started], lease, dequeue_count: 1 };

@@ -151,7 +151,10 @@ impl Percentiles {
 
 /// Runs the workload `--runs` times and prints a table (and JSON when asked).
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    ensure!(args.concurrency >= 1 && args.runs >= 1 && args.client_threads >= 1, "counts must be at least 1");
+    ensure!(
+        args.concurrency >= 1 && args.runs >= 1 && args.client_threads >= 1 && args.nodes >= 1,
+        "--concurrency, --runs, --client-threads and --nodes must be at least 1"
+    );
     ensure!(args.count != Some(0), "--count must be at least 1");
     let servers = if args.targets.is_empty() {
         Servers::start(args.store, args.nodes, args.database_url.as_deref())?

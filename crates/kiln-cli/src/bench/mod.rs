@@ -320,6 +320,7 @@ async fn run_workload(args: &BenchArgs, urls: &[String]) -> anyhow::Result<Measu
 }
 
 /// A starter route and the body it is sent.
+#[derive(Clone)]
 struct Starter {
     path: &'static str,
     body: String,
@@ -369,6 +370,42 @@ async fn follow(client: &mut Client, status_url: &str, args: &BenchArgs) -> anyh
     }
 }
 
+/// Runs `count` units of work over `clients` concurrent clients, each with its own connections:
+/// unit `i` is `unit(client, i)`, which hands the client back with its output. Returns every
+/// unit's output, in no particular order.
+async fn run_units<T, F, Fut>(count: usize, clients: usize, unit: F) -> anyhow::Result<Vec<T>>
+where
+    T: Send + 'static,
+    F: Fn(Client, usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<(Client, T)>> + Send,
+{
+    let unit = Arc::new(unit);
+    let next = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (unit, next) = (Arc::clone(&unit), Arc::clone(&next));
+            tokio::spawn(async move {
+                let mut client = Client::default();
+                let mut outputs = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count {
+                        return anyhow::Ok(outputs);
+                    }
+                    let (returned, output) = unit(client, i).await?;
+                    client = returned;
+                    outputs.push(output);
+                }
+            })
+        })
+        .collect();
+    let mut outputs = Vec::with_capacity(count);
+    for task in tasks {
+        outputs.extend(task.await.context("a bench client panicked")??);
+    }
+    Ok(outputs)
+}
+
 /// Runs `count` instances through `clients` concurrent clients; returns each one's latency.
 async fn run_instances(
     args: &BenchArgs,
@@ -377,33 +414,18 @@ async fn run_instances(
     count: usize,
     clients: usize,
 ) -> anyhow::Result<Vec<Duration>> {
-    let shared = Arc::new((args.clone(), urls.to_vec(), Starter { path: starter.path, body: starter.body.clone() }));
-    let next = Arc::new(AtomicUsize::new(0));
-    let tasks: Vec<_> = (0..clients)
-        .map(|_| {
-            let (shared, next) = (Arc::clone(&shared), Arc::clone(&next));
-            tokio::spawn(async move {
-                let (args, urls, starter) = &*shared;
-                let mut client = Client::default();
-                let mut latencies = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= count {
-                        return anyhow::Ok(latencies);
-                    }
-                    let t0 = Instant::now();
-                    let status_url = starter.start(&mut client, &urls[i % urls.len()]).await?;
-                    follow(&mut client, &status_url, args).await?;
-                    latencies.push(t0.elapsed());
-                }
-            })
-        })
-        .collect();
-    let mut latencies = Vec::with_capacity(count);
-    for task in tasks {
-        latencies.extend(task.await.context("a bench client panicked")??);
-    }
-    Ok(latencies)
+    let shared = Arc::new((args.clone(), urls.to_vec(), starter.clone()));
+    run_units(count, clients, move |mut client, i| {
+        let shared = Arc::clone(&shared);
+        async move {
+            let (args, urls, starter) = &*shared;
+            let t0 = Instant::now();
+            let status_url = starter.start(&mut client, &urls[i % urls.len()]).await?;
+            follow(&mut client, &status_url, args).await?;
+            Ok((client, t0.elapsed()))
+        }
+    })
+    .await
 }
 
 /// Finishes a set of instances, then reads their statuses `count` times as fast as it can.
@@ -420,65 +442,34 @@ async fn poll(args: &BenchArgs, urls: &[String], count: usize, clients: usize) -
         follow(&mut client, status_url, args).await?;
     }
     let status_urls = Arc::new(status_urls);
-    let next = Arc::new(AtomicUsize::new(0));
-    let tasks: Vec<_> = (0..clients)
-        .map(|_| {
-            let (status_urls, next) = (Arc::clone(&status_urls), Arc::clone(&next));
-            tokio::spawn(async move {
-                let mut client = Client::default();
-                let mut latencies = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= count {
-                        return anyhow::Ok(latencies);
-                    }
-                    let t0 = Instant::now();
-                    let answer = client.send(Method::GET, &status_urls[i % status_urls.len()], &[], None).await?;
-                    ensure!(answer.status == StatusCode::OK, "a status read answered {}", answer.status);
-                    latencies.push(t0.elapsed());
-                }
-            })
-        })
-        .collect();
-    let mut latencies = Vec::with_capacity(count);
-    for task in tasks {
-        latencies.extend(task.await.context("a bench client panicked")??);
-    }
+    let latencies = run_units(count, clients, move |mut client, i| {
+        let status_urls = Arc::clone(&status_urls);
+        async move {
+            let t0 = Instant::now();
+            let answer = client.send(Method::GET, &status_urls[i % status_urls.len()], &[], None).await?;
+            ensure!(answer.status == StatusCode::OK, "a status read answered {}", answer.status);
+            Ok((client, t0.elapsed()))
+        }
+    })
+    .await?;
     Ok(Measured { count, clients, latencies, extra: json!({"instances_read": instances}) })
 }
 
 /// Starts `count` instances that wait for an event, and checks that each one reached its wait.
 async fn idle(urls: &[String], count: usize, clients: usize) -> anyhow::Result<Measured> {
-    let starter = Arc::new(Starter::new("/api/bench/idle", Value::Null));
-    let urls = Arc::new(urls.to_vec());
-    let next = Arc::new(AtomicUsize::new(0));
+    let shared = Arc::new((Starter::new("/api/bench/idle", Value::Null), urls.to_vec()));
     let started = Instant::now();
-    let tasks: Vec<_> = (0..clients)
-        .map(|_| {
-            let (starter, urls, next) = (Arc::clone(&starter), Arc::clone(&urls), Arc::clone(&next));
-            tokio::spawn(async move {
-                let mut client = Client::default();
-                let mut started = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= count {
-                        return anyhow::Ok(started);
-                    }
-                    let t0 = Instant::now();
-                    let status_url = starter.start(&mut client, &urls[i % urls.len()]).await?;
-                    started.push((t0.elapsed(), status_url));
-                }
-            })
-        })
-        .collect();
-    let mut latencies = Vec::with_capacity(count);
-    let mut status_urls = Vec::with_capacity(count);
-    for task in tasks {
-        for (latency, status_url) in task.await.context("a bench client panicked")?? {
-            latencies.push(latency);
-            status_urls.push(status_url);
+    let starts = run_units(count, clients, move |mut client, i| {
+        let shared = Arc::clone(&shared);
+        async move {
+            let (starter, urls) = &*shared;
+            let t0 = Instant::now();
+            let status_url = starter.start(&mut client, &urls[i % urls.len()]).await?;
+            Ok((client, (t0.elapsed(), status_url)))
         }
-    }
+    })
+    .await?;
+    let (latencies, status_urls): (Vec<Duration>, Vec<String>) = starts.into_iter().unzip();
     let start_seconds = started.elapsed().as_secs_f64();
     // Every instance must have run its first turn and be waiting: read each status until it is.
     let mut client = Client::default();

@@ -14,9 +14,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use crate::{
-    FinishedActivity, HistoryUpdate, IdempotencyKey, IdempotentStart, InboxMessage, InstanceQuery, InstanceRecord,
-    Lease, NewActivity, NewInstance, NewSubOrchestration, OrchestrationWorkItem, OutgoingMessage, PurgeFilter, Store,
-    StoreError, TurnCommit, UNSTORED_MESSAGE_ID,
+    FinishedActivity, HistoryUpdate, IdempotencyKey, IdempotentStart, InstanceQuery, NewActivity, NewInstance,
+    NewSubOrchestration, OrchestrationWorkItem, OutgoingMessage, PurgeFilter, Store, StoreError, TurnCommit,
 };
 use kiln_core::{EventKind, FailureDetails, HistoryEvent, ParentInstance, Payload, RuntimeStatus, Timestamp};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -259,29 +258,7 @@ pub async fn activity_result_can_go_straight_into_a_turn(store: &dyn Store) {
 pub async fn instance_and_first_turn_are_one_commit(store: &dyn Store) {
     let instance = new_instance("a", now());
     let started = instance.started_event();
-    let record = InstanceRecord {
-        instance_id: "a".into(),
-        name: instance.name.clone(),
-        version: String::new(),
-        execution: 0,
-        status: RuntimeStatus::Pending,
-        input: instance.input.clone(),
-        output: None,
-        failure: None,
-        custom_status: None,
-        created_at: instance.created_at,
-        updated_at: instance.created_at,
-        waiting_on: Vec::new(),
-        parent: None,
-        history_len: 0,
-    };
-    let lease = Lease { token: 0, expires_at: now() };
-    let item = OrchestrationWorkItem {
-        instance: record,
-        messages: vec![InboxMessage { id: UNSTORED_MESSAGE_ID, execution: Some(0), event: started.clone() }],
-        lease,
-        dequeue_count: 1,
-    };
+    let item = instance.first_work_item();
     let mut first_turn = running_commit(&item);
     first_turn.activities.push(activity(0));
     store.create_instance_with_first_turn(instance.clone(), first_turn).await.unwrap();

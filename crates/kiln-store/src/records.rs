@@ -34,6 +34,32 @@ impl NewInstance {
             },
         )
     }
+
+    /// The work item of its first turn, run before it is stored (see
+    /// [`Store::create_instance_with_first_turn`](crate::Store::create_instance_with_first_turn)):
+    /// its `Pending` record and its `ExecutionStarted` message, which has no inbox row. No lease
+    /// exists yet; the store checks none for a first turn.
+    pub fn first_work_item(&self) -> OrchestrationWorkItem {
+        let instance = InstanceRecord {
+            instance_id: self.instance_id.clone(),
+            name: self.name.clone(),
+            version: self.version.clone(),
+            execution: 0,
+            status: RuntimeStatus::Pending,
+            input: self.input.clone(),
+            output: None,
+            failure: None,
+            custom_status: None,
+            created_at: self.created_at,
+            updated_at: self.created_at,
+            waiting_on: Vec::new(),
+            parent: self.parent.clone(),
+            history_len: 0,
+        };
+        let started = InboxMessage { id: UNSTORED_MESSAGE_ID, execution: Some(0), event: self.started_event() };
+        let lease = Lease { token: 0, expires_at: self.created_at };
+        OrchestrationWorkItem { instance, messages: vec![started], lease, dequeue_count: 1 }
+    }
 }
 
 /// The stored state of an instance: what status queries show.

@@ -13,8 +13,8 @@ use kiln_core::{
     RuntimeStatus, Timestamp, error_types, plan_rewind,
 };
 use kiln_store::{
-    FinishedActivity, HistoryUpdate, InboxMessage, InstanceRecord, Lease, NewActivity, NewInstance,
-    NewSubOrchestration, OrchestrationWorkItem, OutgoingMessage, StoreError, TurnCommit, UNSTORED_MESSAGE_ID,
+    FinishedActivity, HistoryUpdate, InboxMessage, InstanceRecord, NewActivity, NewInstance, NewSubOrchestration,
+    OrchestrationWorkItem, OutgoingMessage, StoreError, TurnCommit,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -101,26 +101,7 @@ pub(crate) async fn run_turn(rt: &Runtime, item: OrchestrationWorkItem, finished
 /// Runs a new instance's first turn before the instance is stored, so that the store can write
 /// both in one commit. `None` if the turn cannot run here (it then runs on a worker as usual).
 pub(crate) async fn first_turn(rt: &Runtime, instance: &NewInstance) -> Option<TurnCommit> {
-    let record = InstanceRecord {
-        instance_id: instance.instance_id.clone(),
-        name: instance.name.clone(),
-        version: instance.version.clone(),
-        execution: 0,
-        status: RuntimeStatus::Pending,
-        input: instance.input.clone(),
-        output: None,
-        failure: None,
-        custom_status: None,
-        created_at: instance.created_at,
-        updated_at: instance.created_at,
-        waiting_on: Vec::new(),
-        parent: instance.parent.clone(),
-        history_len: 0,
-    };
-    let started = InboxMessage { id: UNSTORED_MESSAGE_ID, execution: Some(0), event: instance.started_event() };
-    // No lease exists yet; the store does not check one for a first turn.
-    let lease = Lease { token: 0, expires_at: instance.created_at };
-    let item = OrchestrationWorkItem { instance: record, messages: vec![started], lease, dequeue_count: 1 };
+    let item = instance.first_work_item();
     match plan_turn(rt, &item).await {
         Ok(TurnPlan::Commit(commit, execution)) => {
             if let Some(execution) = execution {

@@ -10,7 +10,7 @@
 //! - [`store`] — connecting and the `Store` implementation.
 //! - `listen`: the `LISTEN` task and local wake-ups.
 //! - [`schema`] — migrations.
-//! - `tx`: statements run inside a store transaction.
+//! - `tx`: statements run inside a store transaction (including a whole turn).
 //! - `cached`: statements through the per-connection statement cache.
 //! - `rows`: row encoding.
 

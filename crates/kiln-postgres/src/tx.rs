@@ -1,11 +1,17 @@
 //! Statements that run inside a store transaction: reading an instance's status, inserting a
-//! message, creating an instance (replacing a finished one), and purging with cascade.
+//! message, creating an instance (replacing a finished one), writing a turn, reading a claimed
+//! instance's work, and purging with cascade.
 
 use crate::cached;
-use crate::rows::{backend, is_unique_violation, to_json};
-use deadpool_postgres::GenericClient;
-use kiln_core::{HistoryEvent, RuntimeStatus, Timestamp};
-use kiln_store::{NewInstance, StoreError, StoreResult};
+use crate::rows::{self, backend, is_unique_violation, to_json};
+use crate::store::now;
+use deadpool_postgres::{GenericClient, Object, Transaction};
+use kiln_core::{EventKind, FailureDetails, HistoryEvent, Payload, RuntimeStatus, Timestamp, error_types};
+use kiln_store::{
+    HistoryUpdate, InboxMessage, Lease, NewInstance, OrchestrationWorkItem, StoreError, StoreResult, TurnCommit,
+    UNSTORED_MESSAGE_ID,
+};
+use tokio_postgres::Row;
 
 /// Terminal status codes, as stored.
 pub fn terminal_codes() -> Vec<i16> {
@@ -126,4 +132,153 @@ pub async fn purge_tx(tx: &impl GenericClient, roots: Vec<String>) -> StoreResul
         deleted.push(id);
     }
     Ok(deleted)
+}
+
+/// The work item for a claimed instance row (`INSTANCE_COLUMNS`, then lease token, expiry and
+/// claim count): the instance and its messages visible at `at`.
+pub async fn claimed_work(client: &Object, row: &Row, at: i64) -> StoreResult<OrchestrationWorkItem> {
+    let instance = rows::instance(row)?;
+    let lease = Lease {
+        token: row.try_get::<_, i64>(14).map_err(backend)? as u64,
+        expires_at: Timestamp(row.try_get(15).map_err(backend)?),
+    };
+    let dequeue_count = row.try_get::<_, i32>(16).map_err(backend)? as u32;
+    let messages = cached::query(
+        client,
+        "SELECT id, execution, event FROM inbox WHERE instance_id = $1 \
+                 AND (visible_at IS NULL OR visible_at <= $2) ORDER BY id",
+        &[&instance.instance_id, &at],
+    )
+    .await
+    .map_err(backend)?
+    .iter()
+    .map(|r| {
+        Ok(InboxMessage {
+            id: r.try_get(0).map_err(backend)?,
+            execution: r.try_get::<_, Option<i64>>(1).map_err(backend)?.map(|e| e as u64),
+            event: rows::event(r.try_get(2).map_err(backend)?)?,
+        })
+    })
+    .collect::<StoreResult<Vec<_>>>()?;
+    Ok(OrchestrationWorkItem { instance, messages, lease, dequeue_count })
+}
+
+/// Writes a turn's changes in `tx` (the caller checked the lease); returns the notifications to
+/// publish once the transaction is committed.
+pub async fn write_turn(tx: &mut Transaction<'_>, commit: &TurnCommit) -> StoreResult<Vec<String>> {
+    let id = &commit.instance_id;
+    let (events, replace) = match &commit.history {
+        HistoryUpdate::Append(events) => (events, false),
+        HistoryUpdate::Replace(events) => (events, true),
+    };
+    if replace {
+        cached::execute(&*tx, "DELETE FROM history WHERE instance_id = $1", &[id]).await.map_err(backend)?;
+    }
+    let appended = events.len() as i64;
+    let waiting_on = if commit.waiting_on.is_empty() { None } else { Some(to_json(&commit.waiting_on)?) };
+    let row = cached::query_one(
+        &*tx,
+        "UPDATE instances SET execution = $2, status = $3, input = $4, output = $5, failure = $6, \
+             custom_status = $7, waiting_on = $8, updated_at = $9, dequeue_count = 0, lock_token = NULL, \
+             locked_until = NULL, history_len = CASE WHEN $10 THEN $11 ELSE history_len + $11 END \
+             WHERE instance_id = $1 RETURNING history_len",
+        &[
+            id,
+            &(commit.execution as i64),
+            &(commit.status.code() as i16),
+            &commit.input.as_str(),
+            &commit.output.as_ref().map(Payload::as_str),
+            &commit.failure.as_ref().map(to_json).transpose()?,
+            &commit.custom_status.as_ref().map(Payload::as_str),
+            &waiting_on,
+            &commit.now.0,
+            &replace,
+            &appended,
+        ],
+    )
+    .await
+    .map_err(backend)?;
+    let new_len: i64 = row.get(0);
+    if !events.is_empty() {
+        let encoded = events.iter().map(to_json).collect::<StoreResult<Vec<String>>>()?;
+        cached::execute(
+            &*tx,
+            "INSERT INTO history (instance_id, seq, event) \
+             SELECT $1, $2 + ordinality - 1, event FROM unnest($3::text[]) WITH ORDINALITY AS e(event, ordinality)",
+            &[id, &(new_len - appended), &encoded],
+        )
+        .await
+        .map_err(backend)?;
+    }
+    let consumed: Vec<i64> = commit.consumed.iter().copied().filter(|id| *id != UNSTORED_MESSAGE_ID).collect();
+    if !consumed.is_empty() {
+        cached::execute(&*tx, "DELETE FROM inbox WHERE instance_id = $1 AND id = ANY($2)", &[id, &consumed])
+            .await
+            .map_err(backend)?;
+    }
+    for finished in &commit.finished_activities {
+        let deleted = cached::execute(
+            &*tx,
+            "DELETE FROM activities WHERE id = $1 AND lock_token = $2 AND locked_until >= $3",
+            &[&finished.id, &(finished.lease.token as i64), &now().0],
+        )
+        .await
+        .map_err(backend)?;
+        if deleted == 0 {
+            return Err(StoreError::LeaseLost(format!("an activity of {id}")));
+        }
+    }
+    let mut notes = vec![format!("s:{id}")];
+    for activity in &commit.activities {
+        cached::execute(&*tx,
+            "INSERT INTO activities (instance_id, execution, step, name, input, attempt) VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &activity.instance_id,
+                &(activity.execution as i64),
+                &(activity.step as i64),
+                &activity.name,
+                &activity.input.as_str(),
+                &(activity.attempt as i32),
+            ],
+        )
+        .await
+        .map_err(backend)?;
+    }
+    if !commit.activities.is_empty() {
+        notes.push("a".to_owned());
+    }
+    for child in &commit.sub_orchestrations {
+        let savepoint = tx.savepoint("child").await.map_err(backend)?;
+        match create_instance_tx(&savepoint, &child.instance).await {
+            Ok(()) => {
+                savepoint.commit().await.map_err(backend)?;
+                notes.push(format!("s:{}", child.instance.instance_id));
+            }
+            Err(StoreError::AlreadyExists(child_id, status)) => {
+                savepoint.rollback().await.map_err(backend)?;
+                let Some(parent) = &child.instance.parent else { continue };
+                let failed = HistoryEvent::new(
+                    commit.now,
+                    EventKind::SubOrchestrationInstanceFailed {
+                        task_scheduled_id: parent.task_scheduled_id,
+                        failure_details: FailureDetails::new(
+                            error_types::ALREADY_EXISTS,
+                            format!("an instance with id '{child_id}' already exists and is {status}"),
+                        ),
+                    },
+                );
+                insert_message(&*tx, id, Some(commit.execution), &failed, None).await?;
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    for message in &commit.messages {
+        if message.instance_id == *id || instance_status(&*tx, &message.instance_id, false).await?.is_some() {
+            insert_message(&*tx, &message.instance_id, message.execution, &message.event, message.visible_at).await?;
+        }
+    }
+    if !commit.messages.is_empty() || !commit.sub_orchestrations.is_empty() {
+        notes.push("w".to_owned());
+    }
+    Ok(notes)
 }

@@ -11,6 +11,8 @@
 //!     Some((std::sync::Arc::new(store) as std::sync::Arc<dyn kiln_store::Store>, dir))
 //! });
 //! ```
+// Test code (compiled only with the `conformance` feature, by test crates): a failed unwrap is
+// a failed check, which is what a test should report.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use crate::{

@@ -12,16 +12,16 @@
 //! - `writer`: the writer thread and its group commit.
 //! - `checkpoint`: WAL checkpoints on their own thread.
 //! - `queue`: in-memory dispatch state.
-//! - `finished`: finished instances' records kept for status reads.
+//! - `records`: the latest records of recently written instances, for status reads.
 //! - `reads`: reader connections and queries.
 //! - [`schema`]: embedded migrations.
 //! - `codec`: row encoding.
 
 mod checkpoint;
 mod codec;
-mod finished;
 mod queue;
 mod reads;
+mod records;
 pub mod schema;
 mod shared;
 pub mod store;

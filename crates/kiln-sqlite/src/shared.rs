@@ -1,7 +1,7 @@
 //! State shared by the store handle and its writer thread.
 
-use crate::finished::FinishedRecords;
 use crate::queue::Queues;
+use crate::records::LatestRecords;
 use kiln_core::Timestamp;
 use kiln_store::StatusWatchers;
 use std::sync::{Mutex, MutexGuard};
@@ -19,8 +19,8 @@ pub struct Shared {
     pub activity_ready: Notify,
     /// Wakes status waiters.
     pub watchers: StatusWatchers,
-    /// Finished instances' records, for cheap status reads.
-    pub finished: FinishedRecords,
+    /// Recently written instances' records, for cheap status reads.
+    pub records: LatestRecords,
 }
 
 impl Shared {

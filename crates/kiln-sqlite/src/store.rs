@@ -152,6 +152,20 @@ impl SqliteStore {
         result.await.map_err(|_| StoreError::Unavailable("the writer thread has stopped".into()))?
     }
 
+    /// An instance's latest record: from memory when a recent commit or read left it there,
+    /// else from a reader connection (and kept, unless a commit came while it was read).
+    fn instance_record(&self, instance_id: &str) -> StoreResult<Option<InstanceRecord>> {
+        if let Some(record) = self.shared.records.get(instance_id) {
+            return Ok(Some(record));
+        }
+        let generation = self.shared.records.generation();
+        let record = self.readers.with(|conn| reads::get_instance(conn, instance_id))?;
+        if let Some(record) = &record {
+            self.shared.records.keep(record, generation);
+        }
+        Ok(record)
+    }
+
     /// Claims items of one kind (what `claim` takes, possibly several), waiting up to `wait`
     /// for any: woken by commits that make work available, and by its own timer for the next
     /// due message or lapsing lease. Empty when the wait ends with nothing claimed.
@@ -378,7 +392,7 @@ impl Store for SqliteStore {
                     return Err(err);
                 }
             }
-            match self.readers.with(|conn| reads::get_instance(conn, &claimed.instance_id)) {
+            match self.instance_record(&claimed.instance_id) {
                 Ok(Some(instance)) => {
                     return Ok(Some(OrchestrationWorkItem {
                         instance,
@@ -418,7 +432,7 @@ impl Store for SqliteStore {
         let Some(mut claimed) = claimed else {
             return Ok(None);
         };
-        let instance = match self.readers.with(|conn| reads::get_instance(conn, instance_id)) {
+        let instance = match self.instance_record(instance_id) {
             Ok(Some(instance)) => instance,
             other => {
                 self.shared.lock_queues().release_instance(instance_id, &[], false);
@@ -515,15 +529,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_instance(&self, instance_id: &str) -> StoreResult<Option<InstanceRecord>> {
-        if let Some(record) = self.shared.finished.get(instance_id) {
-            return Ok(Some(record));
-        }
-        let generation = self.shared.finished.generation();
-        let record = self.readers.with(|conn| reads::get_instance(conn, instance_id))?;
-        if let Some(record) = &record {
-            self.shared.finished.keep(record, generation);
-        }
-        Ok(record)
+        self.instance_record(instance_id)
     }
 
     async fn get_history(&self, instance_id: &str) -> StoreResult<Vec<HistoryEvent>> {

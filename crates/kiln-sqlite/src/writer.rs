@@ -6,13 +6,16 @@
 //! does not undo the others. Only after `COMMIT` returns does it update the in-memory queues,
 //! wake workers and answer the callers: nothing is visible or acknowledged before it is durable.
 
-use crate::codec::{backend, encode_event, to_json, to_json_opt};
+use crate::codec::{backend, encode_event, from_json, to_json, to_json_opt};
 use crate::queue::ActivityEntry;
+use crate::records::RecordChange;
 use crate::shared::{Shared, now};
-use kiln_core::{EventKind, FailureDetails, HistoryEvent, Payload, RuntimeStatus, Timestamp, error_types};
+use kiln_core::{
+    EventKind, FailureDetails, HistoryEvent, ParentInstance, Payload, RuntimeStatus, Timestamp, error_types,
+};
 use kiln_store::{
-    HistoryUpdate, IdempotencyKey, IdempotentStart, InboxMessage, Lease, NewActivity, NewInstance, PurgeFilter,
-    StoreError, StoreResult, TurnCommit,
+    HistoryUpdate, IdempotencyKey, IdempotentStart, InboxMessage, InstanceRecord, Lease, NewActivity, NewInstance,
+    PurgeFilter, StoreError, StoreResult, TurnCommit,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use std::sync::Arc;
@@ -97,12 +100,21 @@ pub struct WriteRequest {
 
 /// A change to the in-memory state, applied once the transaction is durable.
 enum Effect {
-    Message { instance_id: String, message: InboxMessage, visible_at: Option<Timestamp> },
+    Message {
+        instance_id: String,
+        message: InboxMessage,
+        visible_at: Option<Timestamp>,
+    },
     Activity(ActivityEntry),
-    ReleaseInstance { instance_id: String, consumed: Vec<i64>, suspended: bool },
+    ReleaseInstance {
+        instance_id: String,
+        consumed: Vec<i64>,
+        suspended: bool,
+    },
     FinishActivity(i64),
     Forget(Vec<String>),
-    Notify(String),
+    /// The instance's row changed: its latest record is replaced (or dropped), then waiters are told.
+    Changed(RecordChange),
 }
 
 /// Runs the writer loop until every sender is gone.
@@ -146,7 +158,7 @@ fn write_batch(conn: &mut Connection, batch: Vec<WriteRequest>, shared: &Shared)
 
     let mut wake_instances = 0usize;
     let mut wake_activities = 0usize;
-    let mut notify = Vec::new();
+    let mut changes = Vec::new();
     let at = now();
     {
         let mut queues = shared.lock_queues();
@@ -166,7 +178,7 @@ fn write_batch(conn: &mut Connection, batch: Vec<WriteRequest>, shared: &Shared)
                             }
                             Effect::FinishActivity(id) => queues.finish_activity(id),
                             Effect::Forget(ids) => queues.forget_instances(&ids),
-                            Effect::Notify(id) => notify.push(id),
+                            Effect::Changed(change) => changes.push(change),
                         }
                     }
                 }
@@ -182,6 +194,8 @@ fn write_batch(conn: &mut Connection, batch: Vec<WriteRequest>, shared: &Shared)
                 },
             }
         }
+        // Under the queue lock: whoever claims a released instance reads its new record.
+        shared.records.apply(&mut changes);
     }
     for _ in 0..wake_instances {
         shared.orchestration_ready.notify_one();
@@ -189,10 +203,8 @@ fn write_batch(conn: &mut Connection, batch: Vec<WriteRequest>, shared: &Shared)
     for _ in 0..wake_activities {
         shared.activity_ready.notify_one();
     }
-    // Before anyone is told (and before a waiter re-reads): no stale finished record survives.
-    shared.finished.invalidate(&notify);
-    for id in notify {
-        shared.watchers.notify(&id);
+    for change in &changes {
+        shared.watchers.notify(&change.instance_id);
     }
     for (request, result) in accepted.into_iter().zip(results) {
         let _ = request.reply.send(result.map(|(outcome, _)| outcome));
@@ -396,7 +408,25 @@ fn create_instance(conn: &Connection, instance: &NewInstance, effects: &mut Vec<
     }
     insert_instance_row(conn, instance, execution)?;
     insert_message(conn, &instance.instance_id, Some(execution), &instance.started_event(), None, effects)?;
-    effects.push(Effect::Notify(instance.instance_id.clone()));
+    effects.push(Effect::Changed(RecordChange {
+        instance_id: instance.instance_id.clone(),
+        record: Some(InstanceRecord {
+            instance_id: instance.instance_id.clone(),
+            name: instance.name.clone(),
+            version: instance.version.clone(),
+            execution,
+            status: RuntimeStatus::Pending,
+            input: instance.input.clone(),
+            output: None,
+            failure: None,
+            custom_status: None,
+            created_at: instance.created_at,
+            updated_at: instance.created_at,
+            waiting_on: Vec::new(),
+            parent: instance.parent.clone(),
+            history_len: 0,
+        }),
+    }));
     Ok(())
 }
 
@@ -485,12 +515,13 @@ fn commit_turn(conn: &Connection, turn: &TurnCommit, effects: &mut Vec<Effect>) 
     let appended = events.len() as i64;
     let failure = to_json_opt(turn.failure.as_ref())?;
     let waiting_on = if turn.waiting_on.is_empty() { None } else { Some(to_json(&turn.waiting_on)?) };
-    let new_len: Option<i64> = conn
+    // The row's other columns come back too: with them the commit knows the new record in full.
+    let updated: Option<(i64, String, String, i64, Option<String>)> = conn
         .prepare_cached(
             "UPDATE instances SET execution = ?2, status = ?3, input = ?4, output = ?5, failure = ?6, \
              custom_status = ?7, waiting_on = ?8, updated_at = ?9, dequeue_count = 0, \
              history_len = CASE WHEN ?10 THEN ?11 ELSE history_len + ?11 END \
-             WHERE instance_id = ?1 RETURNING history_len",
+             WHERE instance_id = ?1 RETURNING history_len, name, version, created_at, parent",
         )
         .and_then(|mut s| {
             s.query_row(
@@ -507,12 +538,13 @@ fn commit_turn(conn: &Connection, turn: &TurnCommit, effects: &mut Vec<Effect>) 
                     replace,
                     appended,
                 ],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
             .optional()
         })
         .map_err(backend)?;
-    let new_len = new_len.ok_or_else(|| StoreError::NotFound(turn.instance_id.clone()))?;
+    let (new_len, name, version, created_at, parent) =
+        updated.ok_or_else(|| StoreError::NotFound(turn.instance_id.clone()))?;
     {
         let mut insert = conn
             .prepare_cached("INSERT INTO history (instance_id, seq, event) VALUES (?1, ?2, ?3)")
@@ -590,7 +622,25 @@ fn commit_turn(conn: &Connection, turn: &TurnCommit, effects: &mut Vec<Effect>) 
         consumed: turn.consumed.clone(),
         suspended: turn.status == RuntimeStatus::Suspended,
     });
-    effects.push(Effect::Notify(turn.instance_id.clone()));
+    effects.push(Effect::Changed(RecordChange {
+        instance_id: turn.instance_id.clone(),
+        record: Some(InstanceRecord {
+            instance_id: turn.instance_id.clone(),
+            name,
+            version,
+            execution: turn.execution,
+            status: turn.status,
+            input: turn.input.clone(),
+            output: turn.output.clone(),
+            failure: turn.failure.clone(),
+            custom_status: turn.custom_status.clone(),
+            created_at: Timestamp(created_at),
+            updated_at: turn.now,
+            waiting_on: turn.waiting_on.clone(),
+            parent: parent.map(|p| from_json::<ParentInstance>(&p, "parent")).transpose()?,
+            history_len: new_len as u64,
+        }),
+    }));
     Ok(())
 }
 
@@ -650,7 +700,7 @@ fn purge(conn: &Connection, roots: Vec<String>, effects: &mut Vec<Effect>) -> St
     }
     let count = deleted.len() as u64;
     for id in &deleted {
-        effects.push(Effect::Notify(id.clone()));
+        effects.push(Effect::Changed(RecordChange { instance_id: id.clone(), record: None }));
     }
     effects.push(Effect::Forget(deleted));
     Ok(count)

@@ -487,3 +487,52 @@ async fn shutdown_finishes_running_activities_within_the_grace_period_and_releas
     assert_eq!(SHUTDOWN_RUNS.load(Ordering::SeqCst), 3, "only the released activity ran again");
     kiln.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reads_served_from_memory_equal_the_stored_rows() {
+    async fn mixed(ctx: OrchestrationContext, n: u32) -> Result<u32, Failure> {
+        ctx.set_custom_status(&json!({"n": n}));
+        let child = format!("{}-child", ctx.instance_id());
+        let doubled: u32 = ctx.call_sub_orchestration_with_id("double", &child, &n).await?;
+        if n == 1 {
+            return Err(Failure::new("one is not allowed"));
+        }
+        if n == 2 {
+            return ctx.continue_as_new(&3).await;
+        }
+        Ok(doubled)
+    }
+    async fn double(ctx: OrchestrationContext, n: u32) -> Result<u32, Failure> {
+        ctx.call_activity("echo", &(n * 2)).await
+    }
+    let t = TestKiln::start(
+        Kiln::builder()
+            .orchestration("mixed", mixed)
+            .orchestration("double", double)
+            .orchestration("waits_forever", waits_forever)
+            .activity("echo", echo),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for n in 0..3u32 {
+        let id = t.client.start("mixed", &n).await.unwrap();
+        t.finish(&id).await;
+        ids.push(format!("{id}-child"));
+        ids.push(id);
+    }
+    let waiting = t.client.start("waits_forever", &()).await.unwrap();
+    t.waiting(&waiting).await;
+    let terminated = t.client.start("waits_forever", &()).await.unwrap();
+    t.client.terminate(&terminated, Some("enough")).await.unwrap();
+    t.finish(&terminated).await;
+    ids.extend([waiting, terminated]);
+
+    // Listing always reads the database; status reads of these instances come from memory.
+    let stored = t.client.list(&kiln::InstanceQuery { page_size: 100, ..Default::default() }).await.unwrap();
+    assert_eq!(stored.instances.len(), ids.len());
+    for row in &stored.instances {
+        assert!(ids.contains(&row.instance_id));
+        assert_eq!(t.client.status(&row.instance_id).await.unwrap().as_ref(), Some(row));
+    }
+    t.stop().await;
+}

@@ -25,21 +25,30 @@ impl Timestamp {
 
     /// Formats as RFC 3339 with millisecond precision, e.g. `2026-11-22T17:05:31.835Z`.
     pub fn to_rfc3339(self) -> String {
-        let (date, secs_of_day, ms) = self.split();
-        format!("{date}T{}.{ms:03}Z", hms(secs_of_day))
+        self.format(true)
     }
 
     /// Formats as RFC 3339 without fractional seconds (Durable Functions' `createdTime` style).
     pub fn to_rfc3339_seconds(self) -> String {
-        let (date, secs_of_day, _) = self.split();
-        format!("{date}T{}Z", hms(secs_of_day))
+        self.format(false)
     }
 
-    fn split(self) -> (String, i64, i64) {
+    /// One pass, one allocation: status reads format two timestamps per request.
+    fn format(self, with_millis: bool) -> String {
+        use std::fmt::Write;
         let days = self.0.div_euclid(86_400_000);
         let ms_of_day = self.0.rem_euclid(86_400_000);
         let (y, m, d) = civil_from_days(days);
-        (format!("{y:04}-{m:02}-{d:02}"), ms_of_day / 1000, ms_of_day % 1000)
+        let secs = ms_of_day / 1000;
+        let (hh, mm, ss) = (secs / 3600, secs / 60 % 60, secs % 60);
+        let mut text = String::with_capacity(24);
+        // Writing into a String cannot fail.
+        let _ = write!(text, "{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}");
+        if with_millis {
+            let _ = write!(text, ".{:03}", ms_of_day % 1000);
+        }
+        text.push('Z');
+        text
     }
 
     /// Parses an ISO-8601 / RFC 3339 date-time leniently: `2026-11-22`, `2026-11-22T17:05:49Z`,
@@ -91,10 +100,6 @@ impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_rfc3339())
     }
-}
-
-fn hms(secs_of_day: i64) -> String {
-    format!("{:02}:{:02}:{:02}", secs_of_day / 3600, secs_of_day / 60 % 60, secs_of_day % 60)
 }
 
 /// Splits `17:05:49.5+02:00` into the clock part and the zone offset in minutes.

@@ -17,6 +17,7 @@ use axum::routing::get;
 use kiln::{InstanceRecord, RuntimeStatus, WaitingOn};
 use serde::Serialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use std::time::Duration;
 
 /// Longest `Prefer: wait=N` honoured, in seconds.
@@ -29,36 +30,36 @@ pub(crate) fn routes() -> Router<KilnHttp> {
 /// What the status monitor shows.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct StatusMonitor {
+pub struct StatusMonitor<'a> {
     /// Instance id.
-    id: String,
+    id: &'a str,
     /// Orchestration name.
-    name: String,
+    name: &'a str,
     /// `NotStarted`, `Running`, `Succeeded`, `Failed` or `Canceled`.
     status: &'static str,
     /// Durable Functions runtime status.
     runtime_status: RuntimeStatusName,
     /// The orchestration's custom status (`null` until set).
     #[schema(value_type = Object)]
-    custom_status: Value,
+    custom_status: Option<PayloadJson<'a>>,
     /// When the instance was created (RFC 3339).
     created_time: String,
     /// When it last changed (RFC 3339).
     last_updated_time: String,
     /// What it waits for while running.
     #[schema(value_type = Vec<Object>)]
-    waiting_on: Vec<WaitingOn>,
+    waiting_on: &'a [WaitingOn],
     /// The output, when succeeded.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
-    output: Option<Value>,
+    output: Option<PayloadJson<'a>>,
     /// The output again, under the name Azure's long-running-operation guidelines use.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
-    result: Option<Value>,
+    result: Option<PayloadJson<'a>>,
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<StatusError>,
+    error: Option<StatusError<'a>>,
     /// Why it was canceled or terminated.
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
@@ -71,15 +72,30 @@ struct RuntimeStatusName(&'static str);
 
 /// Why an instance failed.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct StatusError {
+pub struct StatusError<'a> {
     /// The error type (e.g. `ValidationFailed`).
     #[serde(rename = "type")]
-    error_type: String,
+    error_type: &'a str,
     /// The message.
-    message: String,
+    message: &'a str,
     /// More detail, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
-    details: Option<String>,
+    details: Option<&'a str>,
+}
+
+/// A stored payload written out as the JSON it holds, without parsing it into a tree first (a
+/// text that is not JSON is written as a string).
+#[derive(Clone, Copy, Debug, Serialize)]
+#[serde(untagged)]
+enum PayloadJson<'a> {
+    Json(&'a RawValue),
+    Text(&'a str),
+}
+
+impl<'a> PayloadJson<'a> {
+    fn of(payload: &'a kiln::Payload) -> PayloadJson<'a> {
+        serde_json::from_str(payload.as_str()).map_or(PayloadJson::Text(payload.as_str()), PayloadJson::Json)
+    }
 }
 
 /// The long-running-operation status for a runtime status.
@@ -98,25 +114,25 @@ pub(crate) fn payload_value(payload: &kiln::Payload) -> Value {
     serde_json::from_str(payload.as_str()).unwrap_or_else(|_| Value::String(payload.as_str().to_owned()))
 }
 
-fn monitor(record: &InstanceRecord) -> StatusMonitor {
-    let output = (record.status == RuntimeStatus::Completed).then(|| record.output.as_ref().map(payload_value));
+fn monitor(record: &InstanceRecord) -> StatusMonitor<'_> {
+    let output = (record.status == RuntimeStatus::Completed).then(|| record.output.as_ref().map(PayloadJson::of));
     let output = output.flatten();
     let terminated = matches!(record.status, RuntimeStatus::Terminated | RuntimeStatus::Canceled);
     StatusMonitor {
-        id: record.instance_id.clone(),
-        name: record.name.clone(),
+        id: &record.instance_id,
+        name: &record.name,
         status: operation_status(record.status),
         runtime_status: RuntimeStatusName(record.status.as_str()),
-        custom_status: record.custom_status.as_ref().map_or(Value::Null, payload_value),
+        custom_status: record.custom_status.as_ref().map(PayloadJson::of),
         created_time: record.created_at.to_rfc3339(),
         last_updated_time: record.updated_at.to_rfc3339(),
-        waiting_on: record.waiting_on.clone(),
-        result: output.clone(),
+        waiting_on: &record.waiting_on,
+        result: output,
         output,
         error: record.failure.as_ref().map(|f| StatusError {
-            error_type: f.error_type.clone(),
-            message: f.error_message.clone(),
-            details: f.details.clone(),
+            error_type: &f.error_type,
+            message: &f.error_message,
+            details: f.details.as_deref(),
         }),
         reason: terminated
             .then(|| record.output.as_ref().map(payload_value).and_then(|v| v.as_str().map(str::to_owned)))
@@ -260,4 +276,37 @@ pub(crate) async fn cancel(
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln::{Payload, Timestamp};
+    use serde_json::json;
+
+    #[test]
+    fn payloads_are_written_as_the_json_they_hold() {
+        let record = InstanceRecord {
+            instance_id: "i".into(),
+            name: "o".into(),
+            version: String::new(),
+            execution: 0,
+            status: RuntimeStatus::Completed,
+            input: Payload::null(),
+            output: Some(Payload::from_trusted(r#"{"a": [1, "two"]}"#.into())),
+            failure: None,
+            custom_status: Some(Payload::from_trusted("not json".into())),
+            created_at: Timestamp(0),
+            updated_at: Timestamp(1_000),
+            waiting_on: Vec::new(),
+            parent: None,
+            history_len: 3,
+        };
+        let written = serde_json::to_value(monitor(&record)).unwrap_or_default();
+        assert_eq!(written["output"], json!({"a": [1, "two"]}));
+        assert_eq!(written["result"], written["output"]);
+        assert_eq!(written["customStatus"], json!("not json"), "a text that is not JSON stays a string");
+        assert_eq!(written["lastUpdatedTime"], json!("1970-01-01T00:00:01.000Z"));
+        assert_eq!(written["status"], json!("Succeeded"));
+    }
 }

@@ -24,14 +24,34 @@ pub fn to_json_opt<T: Serialize>(value: Option<&T>) -> Result<Option<String>, St
     value.map(to_json).transpose()
 }
 
-/// Encodes a history event.
+/// Encodes one event (an inbox message).
 pub fn encode_event(event: &HistoryEvent) -> Result<String, StoreError> {
     to_json(event)
 }
 
-/// Decodes a history event.
+/// Decodes one event (an inbox message).
 pub fn decode_event(text: &str) -> Result<HistoryEvent, StoreError> {
-    from_json(text, "history event")
+    from_json(text, "event")
+}
+
+/// Encodes the events one turn appended as one history row: a single event as its object, several
+/// as an array (one row per turn instead of per event: fewer B-tree inserts per commit).
+pub fn encode_events(events: &[HistoryEvent]) -> Result<String, StoreError> {
+    match events {
+        [event] => to_json(event),
+        _ => to_json(&events),
+    }
+}
+
+/// Decodes a history row written by [`encode_events`] (rows of schema version 2 hold one event)
+/// and appends its events to `history`.
+pub fn decode_events(text: &str, history: &mut Vec<HistoryEvent>) -> Result<(), StoreError> {
+    if text.starts_with('[') {
+        history.extend(from_json::<Vec<HistoryEvent>>(text, "history events")?);
+    } else {
+        history.push(decode_event(text)?);
+    }
+    Ok(())
 }
 
 /// Reads an instance row selected with [`INSTANCE_COLUMNS`].
@@ -67,4 +87,22 @@ pub fn instance_from_row(row: &Row<'_>) -> Result<InstanceRecord, StoreError> {
 /// Maps a SQLite error to a store error.
 pub fn backend(err: rusqlite::Error) -> StoreError {
     StoreError::Backend(err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_core::EventKind;
+
+    #[test]
+    fn a_history_row_holds_one_event_or_one_turns_events() {
+        let started = HistoryEvent::new(Timestamp(1), EventKind::OrchestratorStarted);
+        let turn = vec![started.clone(), started.clone()];
+        let mut history = Vec::new();
+        // A row written by schema version 2 (one event), then one written now (a turn's events).
+        decode_events(&encode_event(&started).unwrap_or_default(), &mut history).unwrap_or_default();
+        decode_events(&encode_events(&turn).unwrap_or_default(), &mut history).unwrap_or_default();
+        assert_eq!(history, vec![started; 3]);
+        assert!(decode_events("[{\"not\": \"an event\"}]", &mut history).is_err());
+    }
 }

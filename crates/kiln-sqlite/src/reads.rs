@@ -1,7 +1,7 @@
 //! Reader connections and the queries they serve. WAL mode lets them read committed state while
 //! the writer thread writes.
 
-use crate::codec::{INSTANCE_COLUMNS, backend, decode_event, instance_from_row};
+use crate::codec::{INSTANCE_COLUMNS, backend, decode_events, instance_from_row};
 use kiln_core::{HistoryEvent, RuntimeStatus};
 use kiln_store::{InstancePage, InstanceQuery, InstanceRecord, PageCursor, StoreError, StoreResult};
 use rusqlite::types::Value;
@@ -47,8 +47,12 @@ pub fn get_instance(conn: &Connection, instance_id: &str) -> StoreResult<Option<
 pub fn get_history(conn: &Connection, instance_id: &str) -> StoreResult<Vec<HistoryEvent>> {
     let mut stmt =
         conn.prepare_cached("SELECT event FROM history WHERE instance_id = ?1 ORDER BY seq").map_err(backend)?;
-    let rows = stmt.query_map([instance_id], |r| r.get::<_, String>(0)).map_err(backend)?;
-    rows.map(|r| r.map_err(backend).and_then(|text| decode_event(&text))).collect()
+    let mut rows = stmt.query([instance_id]).map_err(backend)?;
+    let mut history = Vec::new();
+    while let Some(row) = rows.next().map_err(backend)? {
+        decode_events(row.get_ref(0).and_then(|v| Ok(v.as_str()?)).map_err(backend)?, &mut history)?;
+    }
+    Ok(history)
 }
 
 /// Counts instances per status.

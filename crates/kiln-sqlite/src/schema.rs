@@ -66,6 +66,9 @@ CREATE TABLE idempotency_keys (
 );
 CREATE INDEX idempotency_keys_by_expiry ON idempotency_keys (expires_at);
 "#,
+    // Version 3 changes no table: a history row may now hold one turn's events as a JSON array.
+    // The version bump keeps older Kilns, which read one event per row, off such files.
+    "",
 ];
 
 /// The schema version this build writes.

@@ -6,12 +6,12 @@
 //! does not undo the others. Only after `COMMIT` returns does it update the in-memory queues,
 //! wake workers and answer the callers: nothing is visible or acknowledged before it is durable.
 
-use crate::codec::{backend, encode_event, from_json, to_json, to_json_opt};
+use crate::codec::{backend, encode_event, encode_events, from_json, to_json, to_json_opt};
 use crate::queue::ActivityEntry;
 use crate::records::RecordChange;
 use crate::shared::{Shared, now};
 use kiln_core::{
-    EventKind, FailureDetails, HistoryEvent, ParentInstance, Payload, RuntimeStatus, Timestamp, error_types,
+    EventKind, FailureDetails, HistoryEvent, ParentInstance, Payload, RuntimeStatus, Timestamp, WaitingOn, error_types,
 };
 use kiln_store::{
     HistoryUpdate, IdempotencyKey, IdempotentStart, InboxMessage, InstanceRecord, Lease, NewActivity, NewInstance,
@@ -406,55 +406,68 @@ fn create_instance(conn: &Connection, instance: &NewInstance, effects: &mut Vec<
         delete_rows(conn, &instance.instance_id)?;
         effects.push(Effect::Forget(vec![instance.instance_id.clone()]));
     }
-    insert_instance_row(conn, instance, execution)?;
-    insert_message(conn, &instance.instance_id, Some(execution), &instance.started_event(), None, effects)?;
-    effects.push(Effect::Changed(RecordChange {
+    let record = InstanceRecord {
         instance_id: instance.instance_id.clone(),
-        record: Some(InstanceRecord {
-            instance_id: instance.instance_id.clone(),
-            name: instance.name.clone(),
-            version: instance.version.clone(),
-            execution,
-            status: RuntimeStatus::Pending,
-            input: instance.input.clone(),
-            output: None,
-            failure: None,
-            custom_status: None,
-            created_at: instance.created_at,
-            updated_at: instance.created_at,
-            waiting_on: Vec::new(),
-            parent: instance.parent.clone(),
-            history_len: 0,
-        }),
-    }));
+        name: instance.name.clone(),
+        version: instance.version.clone(),
+        execution,
+        status: RuntimeStatus::Pending,
+        input: instance.input.clone(),
+        output: None,
+        failure: None,
+        custom_status: None,
+        created_at: instance.created_at,
+        updated_at: instance.created_at,
+        waiting_on: Vec::new(),
+        parent: instance.parent.clone(),
+        history_len: 0,
+    };
+    insert_instance_row(conn, &record)?;
+    insert_message(conn, &instance.instance_id, Some(execution), &instance.started_event(), None, effects)?;
+    effects.push(Effect::Changed(RecordChange { instance_id: record.instance_id.clone(), record: Some(record) }));
     Ok(())
 }
 
-/// Inserts an instance's row (status `Pending`, no history yet).
-fn insert_instance_row(conn: &Connection, instance: &NewInstance, execution: u64) -> StoreResult<()> {
-    let parent_json = to_json_opt(instance.parent.as_ref())?;
+/// Inserts an instance's row holding `record`.
+fn insert_instance_row(conn: &Connection, record: &InstanceRecord) -> StoreResult<()> {
+    let failure = to_json_opt(record.failure.as_ref())?;
+    let waiting_on = waiting_on_column(&record.waiting_on)?;
+    let parent = to_json_opt(record.parent.as_ref())?;
     conn.prepare_cached(
-        "INSERT INTO instances (instance_id, name, version, execution, status, input, created_at, updated_at, \
-         parent, parent_instance_id, history_len) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, 0)",
+        "INSERT INTO instances (instance_id, name, version, execution, status, input, output, failure, \
+         custom_status, created_at, updated_at, waiting_on, parent, parent_instance_id, history_len) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )
     .and_then(|mut s| {
         s.execute(params![
-            instance.instance_id,
-            instance.name,
-            instance.version,
-            execution as i64,
-            RuntimeStatus::Pending.code(),
-            instance.input.as_str(),
-            instance.created_at.0,
-            parent_json,
-            instance.parent.as_ref().map(|p| p.instance_id.as_str()),
+            record.instance_id,
+            record.name,
+            record.version,
+            record.execution as i64,
+            record.status.code(),
+            record.input.as_str(),
+            record.output.as_ref().map(Payload::as_str),
+            failure,
+            record.custom_status.as_ref().map(Payload::as_str),
+            record.created_at.0,
+            record.updated_at.0,
+            waiting_on,
+            parent,
+            record.parent.as_ref().map(|p| p.instance_id.as_str()),
+            record.history_len as i64,
         ])
     })
     .map_err(backend)?;
     Ok(())
 }
 
-/// Creates an instance with its first turn, which consumed its `ExecutionStarted` already.
+/// The `waiting_on` column: NULL when the instance waits for nothing.
+fn waiting_on_column(waiting_on: &[WaitingOn]) -> StoreResult<Option<String>> {
+    if waiting_on.is_empty() { Ok(None) } else { to_json(&waiting_on).map(Some) }
+}
+
+/// Creates an instance with its first turn, which consumed its `ExecutionStarted` already: the
+/// row is inserted as the turn leaves it.
 fn create_with_first_turn(
     conn: &Connection,
     instance: &NewInstance,
@@ -469,8 +482,20 @@ fn create_with_first_turn(
         let status = RuntimeStatus::from_code(status).unwrap_or(RuntimeStatus::Running);
         return Err(StoreError::AlreadyExists(instance.instance_id.clone(), status));
     }
-    insert_instance_row(conn, instance, 0)?;
-    commit_turn(conn, first_turn, effects)
+    let record = record_after_turn(
+        first_turn,
+        Unchanged {
+            name: instance.name.clone(),
+            version: instance.version.clone(),
+            created_at: instance.created_at,
+            parent: instance.parent.clone(),
+            history_len: 0,
+        },
+    );
+    insert_instance_row(conn, &record)?;
+    write_turn(conn, first_turn, 0, effects)?;
+    effects.push(Effect::Changed(RecordChange { instance_id: record.instance_id.clone(), record: Some(record) }));
+    Ok(())
 }
 
 /// Creates an instance unless an unexpired key already started one.
@@ -502,58 +527,111 @@ fn create_idempotent(
     Ok(IdempotentStart::Created)
 }
 
-fn commit_turn(conn: &Connection, turn: &TurnCommit, effects: &mut Vec<Effect>) -> StoreResult<()> {
-    let (events, replace) = match &turn.history {
+/// What a turn leaves as it was in an instance's row.
+struct Unchanged {
+    name: String,
+    version: String,
+    created_at: Timestamp,
+    parent: Option<ParentInstance>,
+    /// History length before the turn.
+    history_len: u64,
+}
+
+/// The instance's record after `turn`.
+fn record_after_turn(turn: &TurnCommit, unchanged: Unchanged) -> InstanceRecord {
+    let (events, replace) = turn_events(turn);
+    let kept = if replace { 0 } else { unchanged.history_len };
+    InstanceRecord {
+        instance_id: turn.instance_id.clone(),
+        name: unchanged.name,
+        version: unchanged.version,
+        execution: turn.execution,
+        status: turn.status,
+        input: turn.input.clone(),
+        output: turn.output.clone(),
+        failure: turn.failure.clone(),
+        custom_status: turn.custom_status.clone(),
+        created_at: unchanged.created_at,
+        updated_at: turn.now,
+        waiting_on: turn.waiting_on.clone(),
+        parent: unchanged.parent,
+        history_len: kept + events.len() as u64,
+    }
+}
+
+/// The events a turn writes, and whether they replace the history (a rewind) or extend it.
+fn turn_events(turn: &TurnCommit) -> (&[HistoryEvent], bool) {
+    match &turn.history {
         HistoryUpdate::Append(events) => (events, false),
         HistoryUpdate::Replace(events) => (events, true),
+    }
+}
+
+fn commit_turn(conn: &Connection, turn: &TurnCommit, effects: &mut Vec<Effect>) -> StoreResult<()> {
+    // The unchanged columns are read first: with them the commit knows the new record in full.
+    // (A separate read is cheaper than `UPDATE … RETURNING`, which builds a temporary table.)
+    let unchanged = conn
+        .prepare_cached("SELECT name, version, created_at, parent, history_len FROM instances WHERE instance_id = ?1")
+        .and_then(|mut s| {
+            s.query_row([&turn.instance_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, Option<String>>(3)?, r.get::<_, i64>(4)?))
+            })
+            .optional()
+        })
+        .map_err(backend)?;
+    let (name, version, created_at, parent, history_len) =
+        unchanged.ok_or_else(|| StoreError::NotFound(turn.instance_id.clone()))?;
+    let unchanged = Unchanged {
+        name,
+        version,
+        created_at: Timestamp(created_at),
+        parent: parent.map(|p| from_json::<ParentInstance>(&p, "parent")).transpose()?,
+        history_len: history_len as u64,
     };
+    let record = record_after_turn(turn, unchanged);
+    let failure = to_json_opt(record.failure.as_ref())?;
+    let waiting_on = waiting_on_column(&record.waiting_on)?;
+    let (events, replace) = turn_events(turn);
     if replace {
         conn.prepare_cached("DELETE FROM history WHERE instance_id = ?1")
             .and_then(|mut s| s.execute([&turn.instance_id]))
             .map_err(backend)?;
     }
-    let appended = events.len() as i64;
-    let failure = to_json_opt(turn.failure.as_ref())?;
-    let waiting_on = if turn.waiting_on.is_empty() { None } else { Some(to_json(&turn.waiting_on)?) };
-    // The row's other columns come back too: with them the commit knows the new record in full.
-    let updated: Option<(i64, String, String, i64, Option<String>)> = conn
-        .prepare_cached(
-            "UPDATE instances SET execution = ?2, status = ?3, input = ?4, output = ?5, failure = ?6, \
-             custom_status = ?7, waiting_on = ?8, updated_at = ?9, dequeue_count = 0, \
-             history_len = CASE WHEN ?10 THEN ?11 ELSE history_len + ?11 END \
-             WHERE instance_id = ?1 RETURNING history_len, name, version, created_at, parent",
-        )
-        .and_then(|mut s| {
-            s.query_row(
-                params![
-                    turn.instance_id,
-                    turn.execution as i64,
-                    turn.status.code(),
-                    turn.input.as_str(),
-                    turn.output.as_ref().map(Payload::as_str),
-                    failure,
-                    turn.custom_status.as_ref().map(Payload::as_str),
-                    waiting_on,
-                    turn.now.0,
-                    replace,
-                    appended,
-                ],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-            )
-            .optional()
-        })
-        .map_err(backend)?;
-    let (new_len, name, version, created_at, parent) =
-        updated.ok_or_else(|| StoreError::NotFound(turn.instance_id.clone()))?;
-    {
-        let mut insert = conn
-            .prepare_cached("INSERT INTO history (instance_id, seq, event) VALUES (?1, ?2, ?3)")
+    conn.prepare_cached(
+        "UPDATE instances SET execution = ?2, status = ?3, input = ?4, output = ?5, failure = ?6, \
+         custom_status = ?7, waiting_on = ?8, updated_at = ?9, dequeue_count = 0, history_len = ?10 \
+         WHERE instance_id = ?1",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            record.instance_id,
+            record.execution as i64,
+            record.status.code(),
+            record.input.as_str(),
+            record.output.as_ref().map(Payload::as_str),
+            failure,
+            record.custom_status.as_ref().map(Payload::as_str),
+            waiting_on,
+            record.updated_at.0,
+            record.history_len as i64,
+        ])
+    })
+    .map_err(backend)?;
+    write_turn(conn, turn, record.history_len - events.len() as u64, effects)?;
+    effects.push(Effect::Changed(RecordChange { instance_id: record.instance_id.clone(), record: Some(record) }));
+    Ok(())
+}
+
+/// Writes what a turn did besides the instance's row: its history (from position `first_seq`),
+/// consumed messages, finished and new activities, children and outgoing messages.
+fn write_turn(conn: &Connection, turn: &TurnCommit, first_seq: u64, effects: &mut Vec<Effect>) -> StoreResult<()> {
+    let (events, _) = turn_events(turn);
+    if !events.is_empty() {
+        // One row per turn, keyed by its first event's position.
+        let encoded = encode_events(events)?;
+        conn.prepare_cached("INSERT INTO history (instance_id, seq, event) VALUES (?1, ?2, ?3)")
+            .and_then(|mut s| s.execute(params![turn.instance_id, first_seq as i64, encoded]))
             .map_err(backend)?;
-        for (offset, event) in events.iter().enumerate() {
-            insert
-                .execute(params![turn.instance_id, new_len - appended + offset as i64, encode_event(event)?])
-                .map_err(backend)?;
-        }
     }
     {
         let mut delete = conn.prepare_cached("DELETE FROM inbox WHERE id = ?1").map_err(backend)?;
@@ -622,25 +700,6 @@ fn commit_turn(conn: &Connection, turn: &TurnCommit, effects: &mut Vec<Effect>) 
         consumed: turn.consumed.clone(),
         suspended: turn.status == RuntimeStatus::Suspended,
     });
-    effects.push(Effect::Changed(RecordChange {
-        instance_id: turn.instance_id.clone(),
-        record: Some(InstanceRecord {
-            instance_id: turn.instance_id.clone(),
-            name,
-            version,
-            execution: turn.execution,
-            status: turn.status,
-            input: turn.input.clone(),
-            output: turn.output.clone(),
-            failure: turn.failure.clone(),
-            custom_status: turn.custom_status.clone(),
-            created_at: Timestamp(created_at),
-            updated_at: turn.now,
-            waiting_on: turn.waiting_on.clone(),
-            parent: parent.map(|p| from_json::<ParentInstance>(&p, "parent")).transpose()?,
-            history_len: new_len as u64,
-        }),
-    }));
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 //! `LISTEN/NOTIFY`: wakes this node's idle workers and status waiters when any node commits.
 //!
-//! Payloads on the store's channel: `w` (instance work), `a` (activity work), `s:{instance id}`
-//! (an instance changed). The listener reconnects after a lost connection; while it is down the
+//! Payloads on the store's channel: the sending node's id, a space, then `w` (instance work), `a`
+//! (activity work) or `s:{instance id}` (an instance changed). A node woke its own waiters when it
+//! published, so its listener skips its own notifications. The listener reconnects after a lost connection; while it is down the
 //! workers' fallback poll keeps work moving, and every waiter is woken once it is back, since
 //! notifications may have been missed meanwhile.
 
@@ -39,8 +40,9 @@ impl Wakers {
     }
 }
 
-/// Listens on `channel` until the task is aborted.
-pub async fn run(config: tokio_postgres::Config, channel: String, wakers: Arc<Wakers>) {
+/// Listens on `channel` for other nodes' notifications (this node is `node`) until the task is
+/// aborted.
+pub async fn run(config: tokio_postgres::Config, channel: String, node: String, wakers: Arc<Wakers>) {
     loop {
         match config.connect(NoTls).await {
             Ok((client, mut connection)) => {
@@ -63,7 +65,11 @@ pub async fn run(config: tokio_postgres::Config, channel: String, wakers: Arc<Wa
                         wakers.orchestrations.notify_waiters();
                         wakers.activities.notify_waiters();
                         while let Some(payload) = rx.recv().await {
-                            wakers.dispatch(&payload);
+                            match payload.split_once(' ') {
+                                Some((sender, _)) if sender == node => {}
+                                Some((_, payload)) => wakers.dispatch(payload),
+                                None => wakers.dispatch(&payload),
+                            }
                         }
                         tracing::warn!("lost the LISTEN connection to PostgreSQL; reconnecting");
                     }

@@ -71,6 +71,8 @@ pub struct PostgresStore {
     lease_pool: Pool,
     wakers: Arc<Wakers>,
     channel: String,
+    /// Tags this node's notifications, so its listener skips what it already woke locally.
+    node: String,
     listener: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -119,8 +121,9 @@ impl PostgresStore {
         let lease_pool = build_pool(lease_config, (options.pool_size / 2).max(2))?;
         let channel = format!("kiln_{}", options.schema.as_deref().unwrap_or("public"));
         let wakers = Arc::new(Wakers::default());
-        let listener = tokio::spawn(listen::run(config, channel.clone(), Arc::clone(&wakers)));
-        Ok(PostgresStore { pool, lease_pool, wakers, channel, listener: Mutex::new(Some(listener)) })
+        let node = uuid::Uuid::new_v4().simple().to_string();
+        let listener = tokio::spawn(listen::run(config, channel.clone(), node.clone(), Arc::clone(&wakers)));
+        Ok(PostgresStore { pool, lease_pool, wakers, channel, node, listener: Mutex::new(Some(listener)) })
     }
 
     async fn client(&self) -> StoreResult<Object> {
@@ -132,25 +135,47 @@ impl PostgresStore {
         self.lease_pool.get().await.map_err(|e| StoreError::Unavailable(format!("PostgreSQL: {e}")))
     }
 
-    /// Tells every node (this one at once, the others by `NOTIFY`) what a commit changed.
+    /// Tells every node (this one at once, the others by `NOTIFY`, tagged with this node's id)
+    /// what a commit changed.
     ///
     /// Sent after the commit, not inside it: PostgreSQL holds a global lock from a notifying
     /// transaction's pre-commit until its commit is flushed, which would serialize every turn
     /// behind one fsync. A notification lost in a crash is covered by the fallback poll.
-    async fn publish(&self, payloads: &[String]) {
+    ///
+    /// After a turn of `turn_of`, `w` is added when messages wait in its inbox: they arrived
+    /// during the turn and woke workers that could not claim the leased instance, so someone
+    /// must look again now that the lease is released. The check rides on the same statement.
+    async fn publish(&self, payloads: &[String], turn_of: Option<&str>) {
         self.wake_locally(payloads);
         let sent = async {
             let client = self.lease_client().await?;
-            cached::execute(
-                &client,
-                "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload",
-                &[&self.channel, &payloads],
-            )
-            .await
-            .map_err(backend)
+            let notified = match turn_of {
+                None => {
+                    cached::query(
+                        &client,
+                        "SELECT pg_notify($1, $3 || ' ' || payload) FROM unnest($2::text[]) AS payload",
+                        &[&self.channel, &payloads, &self.node],
+                    )
+                    .await
+                }
+                Some(instance_id) => {
+                    cached::query(
+                        &client,
+                        "SELECT pg_notify($1, $3 || ' ' || payload) FROM unnest($2::text[] || CASE WHEN EXISTS \
+                       (SELECT 1 FROM inbox WHERE instance_id = $4 AND (visible_at IS NULL OR visible_at <= $5)) \
+                       THEN ARRAY['w'] ELSE ARRAY[]::text[] END) AS payload",
+                        &[&self.channel, &payloads, &self.node, &instance_id, &now().0],
+                    )
+                    .await
+                }
+            };
+            notified.map_err(backend)
         };
-        if let Err(err) = sent.await {
-            tracing::debug!(error = %err, "NOTIFY failed; other nodes find the work by polling");
+        match sent.await {
+            // One row per notification: one more than asked for is the added `w`.
+            Ok(rows) if rows.len() > payloads.len() => self.wakers.orchestrations.notify_one(),
+            Ok(_) => {}
+            Err(err) => tracing::debug!(error = %err, "NOTIFY failed; workers find the work by polling"),
         }
     }
 
@@ -206,19 +231,6 @@ impl PostgresStore {
         claimed_work(&client, &row, at).await.map(Some)
     }
 
-    /// Whether an instance has messages ready to be handled.
-    async fn has_ready_messages(&self, instance_id: &str) -> StoreResult<bool> {
-        let client = self.lease_client().await?;
-        let row = cached::query_one(
-            &client,
-            "SELECT EXISTS (SELECT 1 FROM inbox WHERE instance_id = $1 AND (visible_at IS NULL OR visible_at <= $2))",
-            &[&instance_id, &now().0],
-        )
-        .await
-        .map_err(backend)?;
-        row.try_get(0).map_err(backend)
-    }
-
     async fn next_due(&self) -> StoreResult<Option<i64>> {
         let client = self.lease_client().await?;
         let row = cached::query_one(&client, "SELECT min(visible_at) FROM inbox WHERE visible_at > $1", &[&now().0])
@@ -236,7 +248,7 @@ impl Store for PostgresStore {
         create_instance_tx(&tx, &instance).await?;
         let notes = vec!["w".to_owned(), format!("s:{}", instance.instance_id)];
         tx.commit().await.map_err(backend)?;
-        self.publish(&notes).await;
+        self.publish(&notes, None).await;
         Ok(())
     }
 
@@ -293,7 +305,7 @@ impl Store for PostgresStore {
         let notes = write_turn(&mut tx, &first_turn).await?;
         tx.commit().await.map_err(backend)?;
         drop(client);
-        self.publish(&notes).await;
+        self.publish(&notes, None).await;
         Ok(())
     }
 
@@ -330,7 +342,7 @@ impl Store for PostgresStore {
         .map_err(backend)?;
         let notes = vec!["w".to_owned(), format!("s:{}", instance.instance_id)];
         tx.commit().await.map_err(backend)?;
-        self.publish(&notes).await;
+        self.publish(&notes, None).await;
         Ok(IdempotentStart::Created)
     }
 
@@ -343,7 +355,7 @@ impl Store for PostgresStore {
         insert_message(&tx, instance_id, None, &event, None).await?;
         let notes = vec!["w".to_owned()];
         tx.commit().await.map_err(backend)?;
-        self.publish(&notes).await;
+        self.publish(&notes, None).await;
         Ok(())
     }
 
@@ -385,15 +397,10 @@ impl Store for PostgresStore {
         if !valid {
             return Err(StoreError::LeaseLost(id.clone()));
         }
-        let mut notes = write_turn(&mut tx, &commit).await?;
+        let notes = write_turn(&mut tx, &commit).await?;
         tx.commit().await.map_err(backend)?;
         drop(client);
-        // Messages that arrived during the turn woke workers that could not claim the leased
-        // instance; now that the lease is released, make sure someone looks again.
-        if !notes.iter().any(|n| n == "w") && self.has_ready_messages(id).await? {
-            notes.push("w".to_owned());
-        }
-        self.publish(&notes).await;
+        self.publish(&notes, Some(id)).await;
         Ok(())
     }
 
@@ -493,7 +500,7 @@ impl Store for PostgresStore {
         }
         let notes = vec!["w".to_owned()];
         tx.commit().await.map_err(backend)?;
-        self.publish(&notes).await;
+        self.publish(&notes, None).await;
         Ok(())
     }
 

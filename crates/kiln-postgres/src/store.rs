@@ -302,7 +302,7 @@ impl Store for PostgresStore {
         let mut client = self.client().await?;
         let mut tx = client.transaction().await.map_err(backend)?;
         insert_instance_row(&tx, &instance, 0).await?;
-        let notes = write_turn(&mut tx, &first_turn).await?;
+        let notes = write_turn(&mut tx, &first_turn, 0).await?;
         tx.commit().await.map_err(backend)?;
         drop(client);
         self.publish(&notes, None).await;
@@ -385,19 +385,19 @@ impl Store for PostgresStore {
         let id = &commit.instance_id;
         let held = cached::query_opt(
             &tx,
-            "SELECT lock_token, locked_until FROM instances WHERE instance_id = $1 FOR UPDATE",
+            "SELECT lock_token, locked_until, history_len FROM instances WHERE instance_id = $1 FOR UPDATE",
             &[id],
         )
         .await
         .map_err(backend)?;
-        let valid = held.is_some_and(|row| {
+        let history_len = held.filter(|row| {
             row.get::<_, Option<i64>>(0) == Some(commit.lease.token as i64)
                 && row.get::<_, Option<i64>>(1).is_some_and(|until| until >= now().0)
         });
-        if !valid {
+        let Some(history_len) = history_len.map(|row| row.get::<_, i64>(2) as u64) else {
             return Err(StoreError::LeaseLost(id.clone()));
-        }
-        let notes = write_turn(&mut tx, &commit).await?;
+        };
+        let notes = write_turn(&mut tx, &commit, history_len).await?;
         tx.commit().await.map_err(backend)?;
         drop(client);
         self.publish(&notes, Some(id)).await;

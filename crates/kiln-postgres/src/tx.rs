@@ -12,6 +12,7 @@ use kiln_store::{
     UNSTORED_MESSAGE_ID,
 };
 use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
 
 /// Terminal status codes, as stored.
 pub fn terminal_codes() -> Vec<i16> {
@@ -163,9 +164,17 @@ pub async fn claimed_work(client: &Object, row: &Row, at: i64) -> StoreResult<Or
     Ok(OrchestrationWorkItem { instance, messages, lease, dequeue_count })
 }
 
-/// Writes a turn's changes in `tx` (the caller checked the lease); returns the notifications to
-/// publish once the transaction is committed.
-pub async fn write_turn(tx: &mut Transaction<'_>, commit: &TurnCommit) -> StoreResult<Vec<String>> {
+/// Writes a turn's changes in `tx` (the caller checked the lease and read the instance's history
+/// length before the turn); returns the notifications to publish once the transaction is
+/// committed.
+///
+/// The instance's row, its history, consumed messages, finished and new activities do not depend
+/// on one another, so their statements go out together (pipelined: one round trip, not five).
+pub async fn write_turn(
+    tx: &mut Transaction<'_>,
+    commit: &TurnCommit,
+    history_len_before: u64,
+) -> StoreResult<Vec<String>> {
     let id = &commit.instance_id;
     let (events, replace) = match &commit.history {
         HistoryUpdate::Append(events) => (events, false),
@@ -174,76 +183,94 @@ pub async fn write_turn(tx: &mut Transaction<'_>, commit: &TurnCommit) -> StoreR
     if replace {
         cached::execute(&*tx, "DELETE FROM history WHERE instance_id = $1", &[id]).await.map_err(backend)?;
     }
+    let first_seq = if replace { 0 } else { history_len_before as i64 };
     let appended = events.len() as i64;
     let waiting_on = if commit.waiting_on.is_empty() { None } else { Some(to_json(&commit.waiting_on)?) };
-    let row = cached::query_one(
-        &*tx,
-        "UPDATE instances SET execution = $2, status = $3, input = $4, output = $5, failure = $6, \
-             custom_status = $7, waiting_on = $8, updated_at = $9, dequeue_count = 0, lock_token = NULL, \
-             locked_until = NULL, history_len = CASE WHEN $10 THEN $11 ELSE history_len + $11 END \
-             WHERE instance_id = $1 RETURNING history_len",
-        &[
-            id,
-            &(commit.execution as i64),
-            &(commit.status.code() as i16),
-            &commit.input.as_str(),
-            &commit.output.as_ref().map(Payload::as_str),
-            &commit.failure.as_ref().map(to_json).transpose()?,
-            &commit.custom_status.as_ref().map(Payload::as_str),
-            &waiting_on,
-            &commit.now.0,
-            &replace,
-            &appended,
-        ],
-    )
-    .await
-    .map_err(backend)?;
-    let new_len: i64 = row.get(0);
-    if !events.is_empty() {
-        let encoded = events.iter().map(to_json).collect::<StoreResult<Vec<String>>>()?;
-        cached::execute(
-            &*tx,
-            "INSERT INTO history (instance_id, seq, event) \
-             SELECT $1, $2 + ordinality - 1, event FROM unnest($3::text[]) WITH ORDINALITY AS e(event, ordinality)",
-            &[id, &(new_len - appended), &encoded],
-        )
-        .await
-        .map_err(backend)?;
-    }
+    let failure = commit.failure.as_ref().map(to_json).transpose()?;
+    let encoded = events.iter().map(to_json).collect::<StoreResult<Vec<String>>>()?;
     let consumed: Vec<i64> = commit.consumed.iter().copied().filter(|id| *id != UNSTORED_MESSAGE_ID).collect();
-    if !consumed.is_empty() {
-        cached::execute(&*tx, "DELETE FROM inbox WHERE instance_id = $1 AND id = ANY($2)", &[id, &consumed])
-            .await
-            .map_err(backend)?;
+    let (finished_ids, finished_tokens): (Vec<i64>, Vec<i64>) =
+        commit.finished_activities.iter().map(|f| (f.id, f.lease.token as i64)).unzip();
+    let new_activities = NewActivityColumns::of(commit);
+    let at = now().0;
+    let (execution, status, output) =
+        (commit.execution as i64, commit.status.code() as i16, commit.output.as_ref().map(Payload::as_str));
+    let (custom_status, history_len) = (commit.custom_status.as_ref().map(Payload::as_str), first_seq + appended);
+    let update: [&(dyn ToSql + Sync); 10] = [
+        id,
+        &execution,
+        &status,
+        &commit.input.as_str(),
+        &output,
+        &failure,
+        &custom_status,
+        &waiting_on,
+        &commit.now.0,
+        &history_len,
+    ];
+    let history: [&(dyn ToSql + Sync); 3] = [id, &first_seq, &encoded];
+    let consumed_params: [&(dyn ToSql + Sync); 2] = [id, &consumed];
+    let finished: [&(dyn ToSql + Sync); 3] = [&finished_ids, &finished_tokens, &at];
+    let columns = &new_activities;
+    let inserted: [&(dyn ToSql + Sync); 6] = [
+        &columns.instance_ids,
+        &columns.executions,
+        &columns.steps,
+        &columns.names,
+        &columns.inputs,
+        &columns.attempts,
+    ];
+    let shared = &*tx;
+    let (updated, history, consumed_deleted, finished_deleted, inserted) = tokio::join!(
+        cached::execute(
+            shared,
+            "UPDATE instances SET execution = $2, status = $3, input = $4, output = $5, failure = $6, \
+             custom_status = $7, waiting_on = $8, updated_at = $9, dequeue_count = 0, lock_token = NULL, \
+             locked_until = NULL, history_len = $10 WHERE instance_id = $1",
+            &update,
+        ),
+        skip_if(
+            encoded.is_empty(),
+            cached::execute(
+                shared,
+                "INSERT INTO history (instance_id, seq, event) \
+                 SELECT $1, $2 + ordinality - 1, event FROM unnest($3::text[]) WITH ORDINALITY AS e(event, ordinality)",
+                &history,
+            ),
+        ),
+        skip_if(
+            consumed.is_empty(),
+            cached::execute(shared, "DELETE FROM inbox WHERE instance_id = $1 AND id = ANY($2)", &consumed_params),
+        ),
+        skip_if(
+            finished_ids.is_empty(),
+            cached::execute(
+                shared,
+                "DELETE FROM activities a USING unnest($1::bigint[], $2::bigint[]) AS f(id, token) \
+                 WHERE a.id = f.id AND a.lock_token = f.token AND a.locked_until >= $3",
+                &finished,
+            ),
+        ),
+        skip_if(
+            columns.names.is_empty(),
+            cached::execute(
+                shared,
+                "INSERT INTO activities (instance_id, execution, step, name, input, attempt) \
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::int[])",
+                &inserted,
+            ),
+        ),
+    );
+    if updated.map_err(backend)? == 0 {
+        return Err(StoreError::NotFound(id.clone()));
     }
-    for finished in &commit.finished_activities {
-        let deleted = cached::execute(
-            &*tx,
-            "DELETE FROM activities WHERE id = $1 AND lock_token = $2 AND locked_until >= $3",
-            &[&finished.id, &(finished.lease.token as i64), &now().0],
-        )
-        .await
-        .map_err(backend)?;
-        if deleted == 0 {
-            return Err(StoreError::LeaseLost(format!("an activity of {id}")));
-        }
+    history.map_err(backend)?;
+    consumed_deleted.map_err(backend)?;
+    if finished_deleted.map_err(backend)? != finished_ids.len() as u64 {
+        return Err(StoreError::LeaseLost(format!("an activity of {id}")));
     }
+    inserted.map_err(backend)?;
     let mut notes = vec![format!("s:{id}")];
-    for activity in &commit.activities {
-        cached::execute(&*tx,
-            "INSERT INTO activities (instance_id, execution, step, name, input, attempt) VALUES ($1, $2, $3, $4, $5, $6)",
-            &[
-                &activity.instance_id,
-                &(activity.execution as i64),
-                &(activity.step as i64),
-                &activity.name,
-                &activity.input.as_str(),
-                &(activity.attempt as i32),
-            ],
-        )
-        .await
-        .map_err(backend)?;
-    }
     if !commit.activities.is_empty() {
         notes.push("a".to_owned());
     }
@@ -281,4 +308,36 @@ pub async fn write_turn(tx: &mut Transaction<'_>, commit: &TurnCommit) -> StoreR
         notes.push("w".to_owned());
     }
     Ok(notes)
+}
+
+/// A statement run only when needed; skipped ones report no rows changed.
+async fn skip_if(
+    skip: bool,
+    statement: impl std::future::Future<Output = Result<u64, tokio_postgres::Error>>,
+) -> Result<u64, tokio_postgres::Error> {
+    if skip { Ok(0) } else { statement.await }
+}
+
+/// A turn's new activities as columns, for one `INSERT … unnest`.
+struct NewActivityColumns<'a> {
+    instance_ids: Vec<&'a str>,
+    executions: Vec<i64>,
+    steps: Vec<i64>,
+    names: Vec<&'a str>,
+    inputs: Vec<&'a str>,
+    attempts: Vec<i32>,
+}
+
+impl<'a> NewActivityColumns<'a> {
+    fn of(commit: &'a TurnCommit) -> NewActivityColumns<'a> {
+        let activities = &commit.activities;
+        NewActivityColumns {
+            instance_ids: activities.iter().map(|a| a.instance_id.as_str()).collect(),
+            executions: activities.iter().map(|a| a.execution as i64).collect(),
+            steps: activities.iter().map(|a| a.step as i64).collect(),
+            names: activities.iter().map(|a| a.name.as_str()).collect(),
+            inputs: activities.iter().map(|a| a.input.as_str()).collect(),
+            attempts: activities.iter().map(|a| a.attempt as i32).collect(),
+        }
+    }
 }

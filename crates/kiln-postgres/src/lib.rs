@@ -11,11 +11,13 @@
 //! - `listen`: the `LISTEN` task and local wake-ups.
 //! - [`schema`] — migrations.
 //! - `tx`: statements run inside a store transaction (including a whole turn).
+//! - `local`: activities a node's turns claimed for that node.
 //! - `cached`: statements through the per-connection statement cache.
 //! - `rows`: row encoding.
 
 mod cached;
 mod listen;
+mod local;
 mod rows;
 pub mod schema;
 pub mod store;

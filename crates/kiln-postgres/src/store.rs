@@ -2,6 +2,7 @@
 
 use crate::cached;
 use crate::listen::{self, Wakers};
+use crate::local::LocalActivities;
 use crate::rows::{self, INSTANCE_COLUMNS, QUALIFIED_INSTANCE_COLUMNS, backend};
 use crate::schema::{MigrationError, create_schema, migrate};
 use crate::tx::{
@@ -73,6 +74,8 @@ pub struct PostgresStore {
     channel: String,
     /// Tags this node's notifications, so its listener skips what it already woke locally.
     node: String,
+    /// Activities this node's turns claimed for it.
+    local: LocalActivities,
     listener: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -123,7 +126,15 @@ impl PostgresStore {
         let wakers = Arc::new(Wakers::default());
         let node = uuid::Uuid::new_v4().simple().to_string();
         let listener = tokio::spawn(listen::run(config, channel.clone(), node.clone(), Arc::clone(&wakers)));
-        Ok(PostgresStore { pool, lease_pool, wakers, channel, node, listener: Mutex::new(Some(listener)) })
+        Ok(PostgresStore {
+            pool,
+            lease_pool,
+            wakers,
+            channel,
+            node,
+            local: LocalActivities::default(),
+            listener: Mutex::new(Some(listener)),
+        })
     }
 
     async fn client(&self) -> StoreResult<Object> {
@@ -176,6 +187,19 @@ impl PostgresStore {
             Ok(rows) if rows.len() > payloads.len() => self.wakers.orchestrations.notify_one(),
             Ok(_) => {}
             Err(err) => tracing::debug!(error = %err, "NOTIFY failed; workers find the work by polling"),
+        }
+    }
+
+    /// Until when a turn committing now claims its new activities for this node.
+    fn local_claim_until(&self) -> i64 {
+        now().0 + self.local.lease_millis()
+    }
+
+    /// Hands a committed turn's claimed activities to this node's dispatchers.
+    fn dispatch_locally(&self, claimed: Vec<ActivityWorkItem>) {
+        if !claimed.is_empty() {
+            self.local.push(claimed);
+            self.wakers.activities.notify_one();
         }
     }
 
@@ -302,10 +326,11 @@ impl Store for PostgresStore {
         let mut client = self.client().await?;
         let mut tx = client.transaction().await.map_err(backend)?;
         insert_instance_row(&tx, &instance, 0).await?;
-        let notes = write_turn(&mut tx, &first_turn, 0).await?;
+        let written = write_turn(&mut tx, &first_turn, 0, Some(self.local_claim_until())).await?;
         tx.commit().await.map_err(backend)?;
         drop(client);
-        self.publish(&notes, None).await;
+        self.dispatch_locally(written.claimed);
+        self.publish(&written.notes, None).await;
         Ok(())
     }
 
@@ -397,10 +422,11 @@ impl Store for PostgresStore {
         let Some(history_len) = history_len.map(|row| row.get::<_, i64>(2) as u64) else {
             return Err(StoreError::LeaseLost(id.clone()));
         };
-        let notes = write_turn(&mut tx, &commit, history_len).await?;
+        let written = write_turn(&mut tx, &commit, history_len, Some(self.local_claim_until())).await?;
         tx.commit().await.map_err(backend)?;
         drop(client);
-        self.publish(&notes, Some(id)).await;
+        self.dispatch_locally(written.claimed);
+        self.publish(&written.notes, Some(id)).await;
         Ok(())
     }
 
@@ -429,7 +455,15 @@ impl Store for PostgresStore {
         max: usize,
     ) -> StoreResult<Vec<ActivityWorkItem>> {
         let deadline = tokio::time::Instant::now() + wait;
+        self.local.set_lease_millis(millis(lease_for));
         loop {
+            let (local, more) = self.local.take(max, now().0);
+            if !local.is_empty() {
+                if more {
+                    self.wakers.activities.notify_one();
+                }
+                return Ok(local);
+            }
             let client = self.lease_client().await?;
             let at = now().0;
             let rows = cached::query(&client,
@@ -676,6 +710,25 @@ impl Store for PostgresStore {
     }
 
     async fn shutdown(&self) {
+        // Hand back activities claimed for this node that no dispatcher took: any node runs them
+        // now instead of after their lease.
+        let unstarted = self.local.drain();
+        if !unstarted.is_empty()
+            && let Ok(client) = self.lease_client().await
+        {
+            let (ids, tokens): (Vec<i64>, Vec<i64>) =
+                unstarted.iter().map(|item| (item.id, item.lease.token as i64)).unzip();
+            let released = cached::execute(
+                &client,
+                "UPDATE activities a SET lock_token = NULL, locked_until = NULL, dequeue_count = a.dequeue_count - 1 \
+                 FROM unnest($1::bigint[], $2::bigint[]) AS f(id, token) WHERE a.id = f.id AND a.lock_token = f.token",
+                &[&ids, &tokens],
+            )
+            .await;
+            if let Err(err) = released {
+                tracing::debug!(error = %err, "could not hand back unstarted activities; their leases will lapse");
+            }
+        }
         if let Some(listener) = self.listener.lock().unwrap_or_else(|p| p.into_inner()).take() {
             listener.abort();
         }

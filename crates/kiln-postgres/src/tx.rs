@@ -8,8 +8,8 @@ use crate::store::now;
 use deadpool_postgres::{GenericClient, Object, Transaction};
 use kiln_core::{EventKind, FailureDetails, HistoryEvent, Payload, RuntimeStatus, Timestamp, error_types};
 use kiln_store::{
-    HistoryUpdate, InboxMessage, Lease, NewInstance, OrchestrationWorkItem, StoreError, StoreResult, TurnCommit,
-    UNSTORED_MESSAGE_ID,
+    ActivityWorkItem, HistoryUpdate, InboxMessage, Lease, NewInstance, OrchestrationWorkItem, StoreError, StoreResult,
+    TurnCommit, UNSTORED_MESSAGE_ID,
 };
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
@@ -164,9 +164,24 @@ pub async fn claimed_work(client: &Object, row: &Row, at: i64) -> StoreResult<Or
     Ok(OrchestrationWorkItem { instance, messages, lease, dequeue_count })
 }
 
+/// Most new activities a turn claims for its own node (more go to every node's dispatchers).
+const LOCAL_CLAIM_MAX: usize = 64;
+
+/// What a written turn leaves to do once its transaction has committed.
+pub struct TurnWritten {
+    /// Notifications to publish.
+    pub notes: Vec<String>,
+    /// The turn's new activities, claimed for this node until the lease given to [`write_turn`].
+    pub claimed: Vec<ActivityWorkItem>,
+}
+
 /// Writes a turn's changes in `tx` (the caller checked the lease and read the instance's history
-/// length before the turn); returns the notifications to publish once the transaction is
-/// committed.
+/// length before the turn).
+///
+/// With `claim_until`, a turn's new activities (up to [`LOCAL_CLAIM_MAX`]) are inserted already
+/// claimed for this node until then: the node that ran the turn runs them, with the execution
+/// still in its cache, and no node spends a claim on them. If the node dies, the lease lapses
+/// and any node claims them.
 ///
 /// The instance's row, its history, consumed messages, finished and new activities do not depend
 /// on one another, so their statements go out together (pipelined: one round trip, not five).
@@ -174,7 +189,8 @@ pub async fn write_turn(
     tx: &mut Transaction<'_>,
     commit: &TurnCommit,
     history_len_before: u64,
-) -> StoreResult<Vec<String>> {
+    claim_until: Option<i64>,
+) -> StoreResult<TurnWritten> {
     let id = &commit.instance_id;
     let (events, replace) = match &commit.history {
         HistoryUpdate::Append(events) => (events, false),
@@ -212,13 +228,15 @@ pub async fn write_turn(
     let consumed_params: [&(dyn ToSql + Sync); 2] = [id, &consumed];
     let finished: [&(dyn ToSql + Sync); 3] = [&finished_ids, &finished_tokens, &at];
     let columns = &new_activities;
-    let inserted: [&(dyn ToSql + Sync); 6] = [
+    let claim_until = claim_until.filter(|_| commit.activities.len() <= LOCAL_CLAIM_MAX);
+    let inserted: [&(dyn ToSql + Sync); 7] = [
         &columns.instance_ids,
         &columns.executions,
         &columns.steps,
         &columns.names,
         &columns.inputs,
         &columns.attempts,
+        &claim_until,
     ];
     let shared = &*tx;
     let (updated, history, consumed_deleted, finished_deleted, inserted) = tokio::join!(
@@ -251,15 +269,32 @@ pub async fn write_turn(
                 &finished,
             ),
         ),
-        skip_if(
-            columns.names.is_empty(),
-            cached::execute(
-                shared,
-                "INSERT INTO activities (instance_id, execution, step, name, input, attempt) \
-                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::int[])",
-                &inserted,
-            ),
-        ),
+        async {
+            match claim_until {
+                _ if columns.names.is_empty() => Ok(Vec::new()),
+                Some(_) => {
+                    cached::query(
+                        shared,
+                        "INSERT INTO activities (instance_id, execution, step, name, input, attempt, lock_token, \
+                     locked_until, dequeue_count) \
+                     SELECT a.*, nextval('lease_tokens'), $7, 1 FROM unnest($1::text[], $2::bigint[], \
+                     $3::bigint[], $4::text[], $5::text[], $6::int[]) AS a \
+                     RETURNING id, instance_id, execution, step, name, input, attempt, dequeue_count, lock_token, \
+                     locked_until",
+                        &inserted,
+                    )
+                    .await
+                }
+                None => cached::execute(
+                    shared,
+                    "INSERT INTO activities (instance_id, execution, step, name, input, attempt) \
+                     SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::int[])",
+                    &inserted[..6],
+                )
+                .await
+                .map(|_| Vec::new()),
+            }
+        },
     );
     if updated.map_err(backend)? == 0 {
         return Err(StoreError::NotFound(id.clone()));
@@ -269,9 +304,9 @@ pub async fn write_turn(
     if finished_deleted.map_err(backend)? != finished_ids.len() as u64 {
         return Err(StoreError::LeaseLost(format!("an activity of {id}")));
     }
-    inserted.map_err(backend)?;
+    let claimed = inserted.map_err(backend)?.iter().map(rows::activity_work_item).collect::<StoreResult<Vec<_>>>()?;
     let mut notes = vec![format!("s:{id}")];
-    if !commit.activities.is_empty() {
+    if !commit.activities.is_empty() && claimed.is_empty() {
         notes.push("a".to_owned());
     }
     for child in &commit.sub_orchestrations {
@@ -307,7 +342,7 @@ pub async fn write_turn(
     if !commit.messages.is_empty() || !commit.sub_orchestrations.is_empty() {
         notes.push("w".to_owned());
     }
-    Ok(notes)
+    Ok(TurnWritten { notes, claimed })
 }
 
 /// A statement run only when needed; skipped ones report no rows changed.

@@ -1,0 +1,102 @@
+//! Activities this node's turns claimed for this node (see `write_turn`): handed to its own
+//! dispatchers without a claim round trip.
+
+use kiln_store::ActivityWorkItem;
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+/// Lease for activities claimed before any dispatcher asked (dispatchers ask at once at start).
+const DEFAULT_LEASE_MILLIS: i64 = 30_000;
+/// Taken only with at least this much lease left: one closer to lapsing may already be claimed
+/// by another node, which runs it instead.
+const MIN_LEASE_LEFT_MILLIS: i64 = 1_000;
+
+/// The queue and the lease the node's dispatchers ask for.
+#[derive(Debug)]
+pub struct LocalActivities {
+    queue: Mutex<VecDeque<ActivityWorkItem>>,
+    lease_millis: AtomicI64,
+}
+
+impl Default for LocalActivities {
+    fn default() -> LocalActivities {
+        LocalActivities { queue: Mutex::default(), lease_millis: AtomicI64::new(DEFAULT_LEASE_MILLIS) }
+    }
+}
+
+impl LocalActivities {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<ActivityWorkItem>> {
+        // Pushes and pops leave the queue consistent; a poisoned lock is safe to recover.
+        self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// How long a turn claims its activities for: what the dispatchers last asked for.
+    pub fn lease_millis(&self) -> i64 {
+        self.lease_millis.load(Ordering::Relaxed)
+    }
+
+    /// Remembers the lease the dispatchers ask for.
+    pub fn set_lease_millis(&self, millis: i64) {
+        self.lease_millis.store(millis, Ordering::Relaxed);
+    }
+
+    /// Queues committed claims.
+    pub fn push(&self, claimed: Vec<ActivityWorkItem>) {
+        self.lock().extend(claimed);
+    }
+
+    /// Up to `max` queued activities whose lease still holds at `now` (lapsing ones are dropped:
+    /// any node claims them from the table); the second value says whether more are queued.
+    pub fn take(&self, max: usize, now: i64) -> (Vec<ActivityWorkItem>, bool) {
+        let mut queue = self.lock();
+        let mut taken = Vec::new();
+        while taken.len() < max.max(1) {
+            let Some(item) = queue.pop_front() else { break };
+            if item.lease.expires_at.0 - now >= MIN_LEASE_LEFT_MILLIS {
+                taken.push(item);
+            }
+        }
+        (taken, !queue.is_empty())
+    }
+
+    /// Empties the queue (at shutdown, to hand the claims back).
+    pub fn drain(&self) -> Vec<ActivityWorkItem> {
+        self.lock().drain(..).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_core::{Payload, Timestamp};
+    use kiln_store::{Lease, NewActivity};
+
+    fn item(id: i64, expires_at: i64) -> ActivityWorkItem {
+        ActivityWorkItem {
+            id,
+            activity: NewActivity {
+                instance_id: "i".into(),
+                execution: 0,
+                step: id as u64,
+                name: "a".into(),
+                input: Payload::null(),
+                attempt: 1,
+            },
+            dequeue_count: 1,
+            lease: Lease { token: id as u64, expires_at: Timestamp(expires_at) },
+        }
+    }
+
+    #[test]
+    fn takes_in_order_and_drops_lapsing_claims() {
+        let local = LocalActivities::default();
+        local.push(vec![item(1, 10_000), item(2, 500), item(3, 10_000), item(4, 10_000)]);
+        let (taken, more) = local.take(2, 0);
+        assert_eq!(taken.iter().map(|i| i.id).collect::<Vec<_>>(), vec![1, 3], "2 was about to lapse");
+        assert!(more);
+        let (taken, more) = local.take(10, 0);
+        assert_eq!(taken.iter().map(|i| i.id).collect::<Vec<_>>(), vec![4]);
+        assert!(!more);
+    }
+}

@@ -1,0 +1,89 @@
+//! Two nodes on one schema: a turn's activities run on the node that ran the turn, and reach the
+//! other node when that node stops (handed back) or dies (its lease lapses).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use kiln_core::{Payload, RuntimeStatus, Timestamp};
+use kiln_postgres::PostgresStore;
+use kiln_store::{HistoryUpdate, NewActivity, NewInstance, Store, TurnCommit};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const LEASE: Duration = Duration::from_secs(30);
+const NO_WAIT: Duration = Duration::ZERO;
+
+fn now() -> Timestamp {
+    Timestamp(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64)
+}
+
+/// Starts `id` with a first turn that schedules one activity.
+async fn start_with_activity(store: &dyn Store, id: &str) {
+    let instance = NewInstance {
+        instance_id: id.to_owned(),
+        name: "orch".to_owned(),
+        version: String::new(),
+        input: Payload::null(),
+        parent: None,
+        created_at: now(),
+    };
+    let item = instance.first_work_item();
+    let turn = TurnCommit {
+        instance_id: id.to_owned(),
+        lease: item.lease,
+        consumed: item.messages.iter().map(|m| m.id).collect(),
+        history: HistoryUpdate::Append(item.messages.iter().map(|m| m.event.clone()).collect()),
+        execution: 0,
+        input: Payload::null(),
+        status: RuntimeStatus::Running,
+        output: None,
+        failure: None,
+        custom_status: None,
+        waiting_on: Vec::new(),
+        activities: vec![NewActivity {
+            instance_id: id.to_owned(),
+            execution: 0,
+            step: 1,
+            name: "work".to_owned(),
+            input: Payload::null(),
+            attempt: 1,
+        }],
+        messages: Vec::new(),
+        sub_orchestrations: Vec::new(),
+        finished_activities: Vec::new(),
+        now: now(),
+    };
+    store.create_instance_with_first_turn(instance, turn).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turns_activities_run_on_its_node_until_it_stops_or_its_lease_lapses() {
+    let Some((_store, _guard)) = common::fresh_store().await else { return };
+    let options = common::fresh_options();
+    let _cleanup = common::SchemaGuard::new(options.schema.as_deref().unwrap_or_default());
+    let first = PostgresStore::connect(options.clone()).await.unwrap();
+    let second = PostgresStore::connect(options.clone()).await.unwrap();
+
+    // Claimed by the node that ran the turn: the other node sees nothing to do.
+    start_with_activity(&first, "kept").await;
+    assert!(second.fetch_activity_work(LEASE, NO_WAIT, 8).await.unwrap().is_empty());
+    let taken = first.fetch_activity_work(LEASE, NO_WAIT, 8).await.unwrap();
+    assert_eq!(taken.iter().map(|i| i.activity.instance_id.as_str()).collect::<Vec<_>>(), ["kept"]);
+
+    // Handed back when the node stops.
+    start_with_activity(&first, "handed_back").await;
+    first.shutdown().await;
+    let taken = second.fetch_activity_work(LEASE, NO_WAIT, 8).await.unwrap();
+    assert_eq!(taken.iter().map(|i| i.activity.instance_id.as_str()).collect::<Vec<_>>(), ["handed_back"]);
+    assert_eq!(taken[0].dequeue_count, 1, "a claim that never ran is not counted");
+
+    // A node that dies keeps its claims only until their lease lapses.
+    let dying = PostgresStore::connect(options).await.unwrap();
+    dying.fetch_activity_work(Duration::from_millis(300), NO_WAIT, 1).await.unwrap();
+    start_with_activity(&dying, "lapsed").await;
+    drop(dying);
+    assert!(second.fetch_activity_work(LEASE, NO_WAIT, 8).await.unwrap().is_empty(), "still leased");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let taken = second.fetch_activity_work(LEASE, NO_WAIT, 8).await.unwrap();
+    assert_eq!(taken.iter().map(|i| i.activity.instance_id.as_str()).collect::<Vec<_>>(), ["lapsed"]);
+    second.shutdown().await;
+}

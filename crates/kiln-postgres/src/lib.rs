@@ -12,12 +12,14 @@
 //! - [`schema`] — migrations.
 //! - `tx`: statements run inside a store transaction (including a whole turn).
 //! - `local`: activities a node's turns claimed for that node.
+//! - `looks`: which idle worker looks in the tables without a notification.
 //! - `cached`: statements through the per-connection statement cache.
 //! - `rows`: row encoding.
 
 mod cached;
 mod listen;
 mod local;
+mod looks;
 mod rows;
 pub mod schema;
 pub mod store;

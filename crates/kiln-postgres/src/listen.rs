@@ -8,6 +8,7 @@
 
 use kiln_store::StatusWatchers;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, NoTls};
@@ -24,13 +25,29 @@ pub struct Wakers {
     pub activities: Notify,
     /// Status waiters.
     pub watchers: StatusWatchers,
+    /// Set when the activities table may hold unclaimed work (a node inserted some, or
+    /// notifications may have been missed); the dispatcher looks there only then or on its
+    /// fallback poll. (Activities a node claims for itself reach it without the table.)
+    activities_in_table: AtomicBool,
 }
 
 impl Wakers {
-    fn dispatch(&self, payload: &str) {
+    /// Someone inserted activities no node has claimed: wake a dispatcher to look.
+    pub fn activities_in_table(&self) {
+        self.activities_in_table.store(true, Ordering::Release);
+        self.activities.notify_one();
+    }
+
+    /// Whether the activities table is worth a look (and clears the flag).
+    pub fn take_activities_in_table(&self) -> bool {
+        self.activities_in_table.swap(false, Ordering::AcqRel)
+    }
+
+    /// Wakes a handler for one payload.
+    pub fn dispatch(&self, payload: &str) {
         match payload {
             "w" => self.orchestrations.notify_one(),
-            "a" => self.activities.notify_one(),
+            "a" => self.activities_in_table(),
             _ => {
                 if let Some(instance_id) = payload.strip_prefix("s:") {
                     self.watchers.notify(instance_id);
@@ -62,8 +79,9 @@ pub async fn run(config: tokio_postgres::Config, channel: String, node: String, 
                 });
                 match client.batch_execute(&format!("LISTEN \"{channel}\"")).await {
                     Ok(()) => {
+                        // Notifications may have been missed while not listening.
                         wakers.orchestrations.notify_waiters();
-                        wakers.activities.notify_waiters();
+                        wakers.activities_in_table();
                         while let Some(payload) = rx.recv().await {
                             match payload.split_once(' ') {
                                 Some((sender, _)) if sender == node => {}

@@ -3,6 +3,7 @@
 use crate::cached;
 use crate::listen::{self, Wakers};
 use crate::local::LocalActivities;
+use crate::looks::TableLooks;
 use crate::rows::{self, INSTANCE_COLUMNS, QUALIFIED_INSTANCE_COLUMNS, backend};
 use crate::schema::{MigrationError, create_schema, migrate};
 use crate::tx::{
@@ -76,6 +77,8 @@ pub struct PostgresStore {
     node: String,
     /// Activities this node's turns claimed for it.
     local: LocalActivities,
+    /// Which idle orchestration worker looks without a notification.
+    looks: TableLooks,
     listener: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -124,6 +127,8 @@ impl PostgresStore {
         let lease_pool = build_pool(lease_config, (options.pool_size / 2).max(2))?;
         let channel = format!("kiln_{}", options.schema.as_deref().unwrap_or("public"));
         let wakers = Arc::new(Wakers::default());
+        // Work may be waiting from before this node started.
+        wakers.activities_in_table();
         let node = uuid::Uuid::new_v4().simple().to_string();
         let listener = tokio::spawn(listen::run(config, channel.clone(), node.clone(), Arc::clone(&wakers)));
         Ok(PostgresStore {
@@ -133,6 +138,7 @@ impl PostgresStore {
             channel,
             node,
             local: LocalActivities::default(),
+            looks: TableLooks::default(),
             listener: Mutex::new(Some(listener)),
         })
     }
@@ -206,20 +212,13 @@ impl PostgresStore {
     /// Wakes local waiters at once (other nodes hear the NOTIFY).
     fn wake_locally(&self, payloads: &[String]) {
         for payload in payloads {
-            match payload.as_str() {
-                "w" => self.wakers.orchestrations.notify_one(),
-                "a" => self.wakers.activities.notify_one(),
-                other => {
-                    if let Some(id) = other.strip_prefix("s:") {
-                        self.wakers.watchers.notify(id);
-                    }
-                }
-            }
+            self.wakers.dispatch(payload);
         }
     }
 
-    /// Sleeps until notified, the next delayed message is due, the fallback poll, or `deadline`.
-    async fn wait(&self, notify: &tokio::sync::Notify, deadline: tokio::time::Instant, next_due: Option<i64>) {
+    /// Sleeps until notified, the next delayed message is due, the fallback poll, or `deadline`;
+    /// true when notified.
+    async fn wait(&self, notify: &tokio::sync::Notify, deadline: tokio::time::Instant, next_due: Option<i64>) -> bool {
         let notified = notify.notified();
         let mut until = deadline.min(tokio::time::Instant::now() + FALLBACK_POLL);
         if let Some(due) = next_due {
@@ -227,8 +226,8 @@ impl PostgresStore {
             until = until.min(tokio::time::Instant::now() + Duration::from_millis(in_ms));
         }
         tokio::select! {
-            () = notified => {}
-            () = tokio::time::sleep_until(until) => {}
+            () = notified => true,
+            () = tokio::time::sleep_until(until) => false,
         }
     }
 
@@ -390,17 +389,22 @@ impl Store for PostgresStore {
         wait: Duration,
     ) -> StoreResult<Option<OrchestrationWorkItem>> {
         let deadline = tokio::time::Instant::now() + wait;
+        let period = millis(FALLBACK_POLL);
+        let mut look = self.looks.unprompted_look(now().0, period);
         loop {
-            if let Some(item) = self.try_claim_instance(lease_for).await? {
-                // There may be more: let another worker look.
-                self.wakers.orchestrations.notify_one();
-                return Ok(Some(item));
+            if look {
+                if let Some(item) = self.try_claim_instance(lease_for).await? {
+                    // There may be more: let another worker look.
+                    self.wakers.orchestrations.notify_one();
+                    return Ok(Some(item));
+                }
+                self.looks.set_next_due(self.next_due().await?);
             }
             if tokio::time::Instant::now() >= deadline {
                 return Ok(None);
             }
-            let next_due = self.next_due().await?;
-            self.wait(&self.wakers.orchestrations, deadline, next_due).await;
+            let notified = self.wait(&self.wakers.orchestrations, deadline, self.looks.next_due()).await;
+            look = notified || self.looks.unprompted_look(now().0, period);
         }
     }
 
@@ -456,6 +460,7 @@ impl Store for PostgresStore {
     ) -> StoreResult<Vec<ActivityWorkItem>> {
         let deadline = tokio::time::Instant::now() + wait;
         self.local.set_lease_millis(millis(lease_for));
+        let mut look = self.wakers.take_activities_in_table();
         loop {
             let (local, more) = self.local.take(max, now().0);
             if !local.is_empty() {
@@ -464,31 +469,37 @@ impl Store for PostgresStore {
                 }
                 return Ok(local);
             }
-            let client = self.lease_client().await?;
-            let at = now().0;
-            let rows = cached::query(&client,
+            if look {
+                let client = self.lease_client().await?;
+                let at = now().0;
+                let rows = cached::query(
+                    &client,
                     "UPDATE activities SET lock_token = nextval('lease_tokens'), locked_until = $2, \
                      dequeue_count = dequeue_count + 1 \
                      WHERE id IN (SELECT id FROM activities \
                        WHERE (locked_until IS NULL OR locked_until < $1) AND (visible_at IS NULL OR visible_at <= $1) \
                        ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
-                     RETURNING id, instance_id, execution, step, name, input, attempt, dequeue_count, lock_token, locked_until",
+                     RETURNING id, instance_id, execution, step, name, input, attempt, dequeue_count, lock_token, \
+                     locked_until",
                     &[&at, &(at + millis(lease_for)), &(max.max(1) as i64)],
                 )
                 .await
                 .map_err(backend)?;
-            drop(client);
-            if !rows.is_empty() {
-                if rows.len() == max {
-                    // There may be more: let another dispatcher look.
-                    self.wakers.activities.notify_one();
+                drop(client);
+                if !rows.is_empty() {
+                    if rows.len() == max {
+                        // There may be more: look again.
+                        self.wakers.activities_in_table();
+                    }
+                    return rows.iter().map(rows::activity_work_item).collect();
                 }
-                return rows.iter().map(rows::activity_work_item).collect();
             }
             if tokio::time::Instant::now() >= deadline {
                 return Ok(Vec::new());
             }
-            self.wait(&self.wakers.activities, deadline, None).await;
+            // Woken for this node's own claims (no look), for the table, or by the fallback poll.
+            let notified = self.wait(&self.wakers.activities, deadline, None).await;
+            look = self.wakers.take_activities_in_table() || !notified;
         }
     }
 
@@ -725,8 +736,11 @@ impl Store for PostgresStore {
                 &[&ids, &tokens],
             )
             .await;
-            if let Err(err) = released {
-                tracing::debug!(error = %err, "could not hand back unstarted activities; their leases will lapse");
+            match released {
+                Ok(_) => self.publish(&["a".to_owned()], None).await,
+                Err(err) => {
+                    tracing::debug!(error = %err, "could not hand back unstarted activities; their leases will lapse")
+                }
             }
         }
         if let Some(listener) = self.listener.lock().unwrap_or_else(|p| p.into_inner()).take() {

@@ -6,11 +6,12 @@ mod common;
 
 use kiln_core::{Payload, RuntimeStatus, Timestamp};
 use kiln_postgres::PostgresStore;
-use kiln_store::{HistoryUpdate, NewActivity, NewInstance, Store, TurnCommit};
+use kiln_store::{ActivityWorkItem, HistoryUpdate, NewActivity, NewInstance, Store, TurnCommit};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const LEASE: Duration = Duration::from_secs(30);
 const NO_WAIT: Duration = Duration::ZERO;
+const WAIT: Duration = Duration::from_secs(5);
 
 fn now() -> Timestamp {
     Timestamp(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64)
@@ -63,27 +64,32 @@ async fn a_turns_activities_run_on_its_node_until_it_stops_or_its_lease_lapses()
     let first = PostgresStore::connect(options.clone()).await.unwrap();
     let second = PostgresStore::connect(options.clone()).await.unwrap();
 
-    // Claimed by the node that ran the turn: the other node sees nothing to do.
+    // Claimed by the node that ran the turn: the other node, looking in the table (as every node
+    // does once it starts), finds nothing to do.
     start_with_activity(&first, "kept").await;
     assert!(second.fetch_activity_work(LEASE, NO_WAIT, 8).await.unwrap().is_empty());
     let taken = first.fetch_activity_work(LEASE, NO_WAIT, 8).await.unwrap();
-    assert_eq!(taken.iter().map(|i| i.activity.instance_id.as_str()).collect::<Vec<_>>(), ["kept"]);
+    assert_eq!(ids(&taken), ["kept"]);
 
-    // Handed back when the node stops.
+    // Handed back, and the other nodes told, when the node stops.
     start_with_activity(&first, "handed_back").await;
     first.shutdown().await;
-    let taken = second.fetch_activity_work(LEASE, NO_WAIT, 8).await.unwrap();
-    assert_eq!(taken.iter().map(|i| i.activity.instance_id.as_str()).collect::<Vec<_>>(), ["handed_back"]);
+    let taken = second.fetch_activity_work(LEASE, WAIT, 8).await.unwrap();
+    assert_eq!(ids(&taken), ["handed_back"]);
     assert_eq!(taken[0].dequeue_count, 1, "a claim that never ran is not counted");
 
-    // A node that dies keeps its claims only until their lease lapses.
+    // A node that dies keeps its claims only until their lease lapses: the other node's
+    // fallback look (every second) finds the activity still leased, then free.
     let dying = PostgresStore::connect(options).await.unwrap();
-    dying.fetch_activity_work(Duration::from_millis(300), NO_WAIT, 1).await.unwrap();
+    dying.fetch_activity_work(Duration::from_millis(1_500), NO_WAIT, 1).await.unwrap();
     start_with_activity(&dying, "lapsed").await;
     drop(dying);
-    assert!(second.fetch_activity_work(LEASE, NO_WAIT, 8).await.unwrap().is_empty(), "still leased");
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let taken = second.fetch_activity_work(LEASE, NO_WAIT, 8).await.unwrap();
-    assert_eq!(taken.iter().map(|i| i.activity.instance_id.as_str()).collect::<Vec<_>>(), ["lapsed"]);
+    assert!(second.fetch_activity_work(LEASE, Duration::from_millis(1_100), 8).await.unwrap().is_empty());
+    let taken = second.fetch_activity_work(LEASE, WAIT, 8).await.unwrap();
+    assert_eq!(ids(&taken), ["lapsed"]);
     second.shutdown().await;
+}
+
+fn ids(items: &[ActivityWorkItem]) -> Vec<&str> {
+    items.iter().map(|item| item.activity.instance_id.as_str()).collect()
 }

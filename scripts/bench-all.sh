@@ -2,7 +2,7 @@
 # Runs every `kiln bench` row of docs/benchmarks.md (medians of RUNS runs; JSON in target/bench/),
 # then, with PEERS=1, the Restate and DBOS harnesses from ../shared/peers so that all figures come
 # from the same session. Env: RUNS (3), DATABASE_URL (postgres://postgres@127.0.0.1:5432/test),
-# PEERS (0).
+# PEERS (0: with 1, also the peers and the machine's ceilings, PostgreSQL's via pgbench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
@@ -27,4 +27,17 @@ if [ "${PEERS:-0}" = 1 ]; then
   echo "== DBOS";     bash "$peers/dbos/run.sh" | grep '^RESULT' || true
   echo "== HTTP ceiling (axum hello-world under wrk)"; bash "$peers/limits/http_bench.sh" | grep -E 'Requests/sec|Latency ' || true
   echo "== SQLite ceiling"; python3 "$peers/limits/sqlite_bench.py" 3 | tail -6 || true
+  if command -v pgbench >/dev/null; then
+    # PostgreSQL's own ceiling here: TPC-B-like write transactions (-N: 5 statements, one
+    # durable commit) and single-statement reads (-S), on a throwaway database.
+    echo "== PostgreSQL ceiling (pgbench)"
+    pg_url=${DATABASE_URL%/*}
+    scratch=kiln_pgbench_ceiling
+    psql "$pg_url/postgres" -qc "DROP DATABASE IF EXISTS $scratch" -c "CREATE DATABASE $scratch"
+    pgbench -q -i -s 10 "$pg_url/$scratch" >/dev/null 2>&1
+    for mode in -N -S; do
+      echo "pgbench $mode -c 16 -j 2 -T 10: $(pgbench -M prepared $mode -c 16 -j 2 -T 10 "$pg_url/$scratch" 2>/dev/null | grep -E '^tps')"
+    done
+    psql "$pg_url/postgres" -qc "DROP DATABASE $scratch"
+  fi
 fi

@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use kiln::{InstanceRecord, RuntimeStatus, WaitingOn};
+use kiln::{ClientError, InstanceRecord, RuntimeStatus, WaitingOn};
 use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -158,14 +158,32 @@ fn preferred_wait(headers: &HeaderMap) -> Option<u64> {
         .map(|seconds| seconds.min(MAX_WAIT_SECONDS))
 }
 
-/// The instance, if the token grants `scope` on it; otherwise the same 404 as an unknown id.
-async fn authorized(http: &KilnHttp, id: &str, query: &QueryParams, scope: Scope) -> Result<InstanceRecord, Problem> {
+/// The instance, if the token grants `scope` on it (otherwise the same 404 as an unknown id).
+/// With `wait`, its state as soon as it finishes, or after `wait`: the wait subscribes before
+/// its first read, so an instance that has finished costs one read and a change is never missed.
+async fn authorized(
+    http: &KilnHttp,
+    id: &str,
+    query: &QueryParams,
+    scope: Scope,
+    wait: Option<Duration>,
+) -> Result<InstanceRecord, Problem> {
     let unknown = || Problem::not_found(format!("no instance '{id}' (or the token does not grant access to it)"));
     let token = query.get("token").ok_or_else(unknown)?;
     if !http.inner.tokens.verify(token, id, scope, now()) {
         return Err(unknown());
     }
-    http.client().status(id).await?.ok_or_else(unknown)
+    let record = match wait {
+        None => http.client().status(id).await?,
+        Some(wait) => match http.client().wait_until(id, wait, |r| r.status.is_terminal()).await {
+            Ok(Some(finished)) => Some(finished),
+            // Timed out: its latest state.
+            Ok(None) => http.client().status(id).await?,
+            Err(ClientError::NotFound(_)) => None,
+            Err(other) => return Err(other.into()),
+        },
+    };
+    record.ok_or_else(unknown)
 }
 
 /// Reads an instance's status.
@@ -195,15 +213,8 @@ pub(crate) async fn get_status(
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let id = path.get("id");
-    let mut record = authorized(&http, id, &query, Scope::Read).await?;
     let wait = preferred_wait(&headers);
-    if let Some(seconds) = wait.filter(|_| !record.status.is_terminal()) {
-        let done = |r: &InstanceRecord| r.status.is_terminal();
-        record = match http.client().wait_until(id, Duration::from_secs(seconds), done).await? {
-            Some(done) => done,
-            None => http.client().status(id).await?.ok_or_else(|| Problem::not_found(format!("no instance '{id}'")))?,
-        };
-    }
+    let record = authorized(&http, id, &query, Scope::Read, wait.map(Duration::from_secs)).await?;
     let tag = etag(&record);
     let terminal = record.status.is_terminal();
     let code = if !terminal {
@@ -268,7 +279,7 @@ pub(crate) async fn cancel(
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let id = path.get("id");
-    authorized(&http, id, &query, Scope::Cancel).await?;
+    authorized(&http, id, &query, Scope::Cancel, None).await?;
     http.client().terminate(id, Some("canceled by the client")).await?;
     let record = http.client().status(id).await?.ok_or_else(|| Problem::not_found(format!("no instance '{id}'")))?;
     let mut response = (StatusCode::ACCEPTED, axum::Json(monitor(&record))).into_response();

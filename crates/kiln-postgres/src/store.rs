@@ -166,27 +166,16 @@ impl PostgresStore {
         self.wake_locally(payloads);
         let sent = async {
             let client = self.lease_client().await?;
-            let notified = match turn_of {
-                None => {
-                    cached::query(
-                        &client,
-                        "SELECT pg_notify($1, $3 || ' ' || payload) FROM unnest($2::text[]) AS payload",
-                        &[&self.channel, &payloads, &self.node],
-                    )
-                    .await
-                }
-                Some(instance_id) => {
-                    cached::query(
-                        &client,
-                        "SELECT pg_notify($1, $3 || ' ' || payload) FROM unnest($2::text[] || CASE WHEN EXISTS \
-                       (SELECT 1 FROM inbox WHERE instance_id = $4 AND (visible_at IS NULL OR visible_at <= $5)) \
-                       THEN ARRAY['w'] ELSE ARRAY[]::text[] END) AS payload",
-                        &[&self.channel, &payloads, &self.node, &instance_id, &now().0],
-                    )
-                    .await
-                }
-            };
-            notified.map_err(backend)
+            // With no instance ($4 NULL) the inbox check matches nothing.
+            cached::query(
+                &client,
+                "SELECT pg_notify($1, $3 || ' ' || payload) FROM unnest($2::text[] || CASE WHEN EXISTS \
+                   (SELECT 1 FROM inbox WHERE instance_id = $4 AND (visible_at IS NULL OR visible_at <= $5)) \
+                   THEN ARRAY['w'] ELSE ARRAY[]::text[] END) AS payload",
+                &[&self.channel, &payloads, &self.node, &turn_of, &now().0],
+            )
+            .await
+            .map_err(backend)
         };
         match sent.await {
             // One row per notification: one more than asked for is the added `w`.

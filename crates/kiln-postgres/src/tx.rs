@@ -8,8 +8,8 @@ use crate::store::now;
 use deadpool_postgres::{GenericClient, Object, Transaction};
 use kiln_core::{EventKind, FailureDetails, HistoryEvent, Payload, RuntimeStatus, Timestamp, error_types};
 use kiln_store::{
-    ActivityWorkItem, HistoryUpdate, InboxMessage, Lease, NewInstance, OrchestrationWorkItem, StoreError, StoreResult,
-    TurnCommit, UNSTORED_MESSAGE_ID,
+    ActivityWorkItem, InboxMessage, Lease, NewInstance, OrchestrationWorkItem, StoreError, StoreResult, TurnCommit,
+    UNSTORED_MESSAGE_ID,
 };
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
@@ -192,10 +192,7 @@ pub async fn write_turn(
     claim_until: Option<i64>,
 ) -> StoreResult<TurnWritten> {
     let id = &commit.instance_id;
-    let (events, replace) = match &commit.history {
-        HistoryUpdate::Append(events) => (events, false),
-        HistoryUpdate::Replace(events) => (events, true),
-    };
+    let (events, replace) = (commit.history.events(), commit.history.replaces());
     if replace {
         cached::execute(&*tx, "DELETE FROM history WHERE instance_id = $1", &[id]).await.map_err(backend)?;
     }

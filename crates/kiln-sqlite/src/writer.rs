@@ -14,8 +14,8 @@ use kiln_core::{
     EventKind, FailureDetails, HistoryEvent, ParentInstance, Payload, RuntimeStatus, Timestamp, WaitingOn, error_types,
 };
 use kiln_store::{
-    HistoryUpdate, IdempotencyKey, IdempotentStart, InboxMessage, InstanceRecord, Lease, NewActivity, NewInstance,
-    PurgeFilter, StoreError, StoreResult, TurnCommit,
+    IdempotencyKey, IdempotentStart, InboxMessage, InstanceRecord, Lease, NewActivity, NewInstance, PurgeFilter,
+    StoreError, StoreResult, TurnCommit,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use std::sync::Arc;
@@ -539,8 +539,7 @@ struct Unchanged {
 
 /// The instance's record after `turn`.
 fn record_after_turn(turn: &TurnCommit, unchanged: Unchanged) -> InstanceRecord {
-    let (events, replace) = turn_events(turn);
-    let kept = if replace { 0 } else { unchanged.history_len };
+    let kept = if turn.history.replaces() { 0 } else { unchanged.history_len };
     InstanceRecord {
         instance_id: turn.instance_id.clone(),
         name: unchanged.name,
@@ -555,15 +554,7 @@ fn record_after_turn(turn: &TurnCommit, unchanged: Unchanged) -> InstanceRecord 
         updated_at: turn.now,
         waiting_on: turn.waiting_on.clone(),
         parent: unchanged.parent,
-        history_len: kept + events.len() as u64,
-    }
-}
-
-/// The events a turn writes, and whether they replace the history (a rewind) or extend it.
-fn turn_events(turn: &TurnCommit) -> (&[HistoryEvent], bool) {
-    match &turn.history {
-        HistoryUpdate::Append(events) => (events, false),
-        HistoryUpdate::Replace(events) => (events, true),
+        history_len: kept + turn.history.events().len() as u64,
     }
 }
 
@@ -591,8 +582,7 @@ fn commit_turn(conn: &Connection, turn: &TurnCommit, effects: &mut Vec<Effect>) 
     let record = record_after_turn(turn, unchanged);
     let failure = to_json_opt(record.failure.as_ref())?;
     let waiting_on = waiting_on_column(&record.waiting_on)?;
-    let (events, replace) = turn_events(turn);
-    if replace {
+    if turn.history.replaces() {
         conn.prepare_cached("DELETE FROM history WHERE instance_id = ?1")
             .and_then(|mut s| s.execute([&turn.instance_id]))
             .map_err(backend)?;
@@ -617,7 +607,7 @@ fn commit_turn(conn: &Connection, turn: &TurnCommit, effects: &mut Vec<Effect>) 
         ])
     })
     .map_err(backend)?;
-    write_turn(conn, turn, record.history_len - events.len() as u64, effects)?;
+    write_turn(conn, turn, record.history_len - turn.history.events().len() as u64, effects)?;
     effects.push(Effect::Changed(RecordChange { instance_id: record.instance_id.clone(), record: Some(record) }));
     Ok(())
 }
@@ -625,7 +615,7 @@ fn commit_turn(conn: &Connection, turn: &TurnCommit, effects: &mut Vec<Effect>) 
 /// Writes what a turn did besides the instance's row: its history (from position `first_seq`),
 /// consumed messages, finished and new activities, children and outgoing messages.
 fn write_turn(conn: &Connection, turn: &TurnCommit, first_seq: u64, effects: &mut Vec<Effect>) -> StoreResult<()> {
-    let (events, _) = turn_events(turn);
+    let events = turn.history.events();
     if !events.is_empty() {
         // One row per turn, keyed by its first event's position.
         let encoded = encode_events(events)?;

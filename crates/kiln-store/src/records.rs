@@ -195,6 +195,20 @@ pub enum HistoryUpdate {
     Replace(Vec<HistoryEvent>),
 }
 
+impl HistoryUpdate {
+    /// The events the turn writes.
+    pub fn events(&self) -> &[HistoryEvent] {
+        match self {
+            HistoryUpdate::Append(events) | HistoryUpdate::Replace(events) => events,
+        }
+    }
+
+    /// Whether they replace the history rather than extend it.
+    pub fn replaces(&self) -> bool {
+        matches!(self, HistoryUpdate::Replace(_))
+    }
+}
+
 /// A sub-orchestration to create as part of a turn.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewSubOrchestration {

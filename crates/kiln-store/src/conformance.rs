@@ -67,6 +67,7 @@ macro_rules! conformance_tests {
 }
 
 fn now() -> Timestamp {
+    // Invariant: the clock is past 1970.
     Timestamp(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64)
 }
 
@@ -75,6 +76,7 @@ fn new_instance(id: &str, created_at: Timestamp) -> NewInstance {
         instance_id: id.to_owned(),
         name: "orch".to_owned(),
         version: String::new(),
+        // Invariant: a JSON literal.
         input: Payload::from_json(r#"{"n":1}"#).unwrap(),
         parent: None,
         created_at,
@@ -110,6 +112,7 @@ fn activity(step: u64) -> NewActivity {
 
 fn completed(mut commit: TurnCommit) -> TurnCommit {
     commit.status = RuntimeStatus::Completed;
+    // Invariant: a JSON literal.
     commit.output = Some(Payload::from_json("42").unwrap());
     commit
 }

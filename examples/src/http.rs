@@ -3,7 +3,7 @@
 
 use crate::approval::{self, ApprovalRequest};
 use crate::call_for_speakers::{self, Submission};
-use crate::report_jobs::{self, MAX_DELAY_SECONDS, ReportRequest};
+use crate::report_jobs::{self, DEFAULT_DELAY_SECONDS, DEFAULT_OPERATION, MAX_DELAY_SECONDS, ReportRequest};
 use axum::Router;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -45,18 +45,21 @@ fn looks_like_email(value: &str, _: &()) -> garde::Result {
     }
 }
 
-/// `POST /api/jobs/reports`: a report to generate.
+/// `POST /api/jobs/reports`: a report to generate (the seed document's `ReportJobRequest`).
 #[derive(Debug, Deserialize, Validate, ToSchema)]
 pub struct ReportJobRequest {
-    /// The customer (required).
-    #[garde(length(min = 1, max = 100))]
+    /// The customer (required). Ids starting with `closed-` belong to closed accounts: the job is
+    /// accepted and then fails with `AccountClosed`.
+    #[garde(length(chars, min = 1, max = 100))]
     pub customer_id: String,
-    /// Which report.
-    #[garde(length(min = 1, max = 100))]
-    pub operation: String,
-    /// How long generating takes, 0–3600 s.
+    /// Which report, any name (default `rebuild-report`); the result echoes it.
+    #[garde(length(chars, min = 1, max = 200))]
+    #[schema(default = json!(DEFAULT_OPERATION))]
+    pub operation: Option<String>,
+    /// How long generating takes, 0–3600 s (default 5).
     #[garde(range(min = 0, max = MAX_DELAY_SECONDS))]
-    pub delay_seconds: u64,
+    #[schema(default = json!(DEFAULT_DELAY_SECONDS), maximum = 3600)]
+    pub delay_seconds: Option<u64>,
 }
 
 /// `POST /api/approvals`: something to approve before a timeout.
@@ -116,8 +119,11 @@ async fn report(
     headers: HeaderMap,
     ValidJson(body): ValidJson<ReportJobRequest>,
 ) -> Result<Response, Problem> {
-    let request =
-        ReportRequest { customer_id: body.customer_id, operation: body.operation, delay_seconds: body.delay_seconds };
+    let request = ReportRequest {
+        customer_id: body.customer_id,
+        operation: body.operation.unwrap_or_else(|| DEFAULT_OPERATION.to_owned()),
+        delay_seconds: body.delay_seconds.unwrap_or(DEFAULT_DELAY_SECONDS),
+    };
     http.accept(&headers, report_jobs::ORCHESTRATION, &request, AcceptOptions::default()).await
 }
 

@@ -1,7 +1,7 @@
 //! Runs each sample end to end on a temporary database.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use kiln::{ClientError, Kiln, KilnClient, RuntimeStatus};
+use kiln::{ClientError, Failure, Kiln, KilnClient, OrchestrationContext, RuntimeStatus};
 use kiln_samples::approval::{self, ApprovalDecision, ApprovalRequest};
 use kiln_samples::call_for_speakers::{self, Submission};
 use kiln_samples::report_jobs::{self, ReportRequest};
@@ -101,10 +101,41 @@ async fn report_job_returns_the_report() {
         output(&done),
         json!({"status": "completed", "instanceId": id, "result": {"customerId": "c-1", "operation": "monthly"}})
     );
-    let unknown = ReportRequest { customer_id: "c-1".into(), operation: "astrology".into(), delay_seconds: 0 };
-    let id = client.start(report_jobs::ORCHESTRATION, &unknown).await.unwrap();
+    let closed = ReportRequest { customer_id: "closed-1".into(), operation: "monthly".into(), delay_seconds: 0 };
+    let id = client.start(report_jobs::ORCHESTRATION, &closed).await.unwrap();
     let failed = client.wait_for_completion(&id, DEADLINE).await.unwrap();
-    assert_eq!(failed.failure.unwrap().error_type, "UnsupportedOperation");
+    assert_eq!(failed.failure.unwrap().error_type, "AccountClosed");
+    kiln.shutdown().await;
+}
+
+/// The seed document's names start the same job, and its input may leave out what has defaults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_job_answers_to_the_seed_names_and_defaults() {
+    let (kiln, client, _dir) = start().await;
+    let input = json!({"customer_id": "cust-123", "delay_seconds": 0});
+    let id = client.start(report_jobs::SEED_ORCHESTRATION, &input).await.unwrap();
+    let done = client.wait_for_completion(&id, DEADLINE).await.unwrap();
+    assert_eq!(
+        output(&done),
+        json!({"status": "completed", "instanceId": id, "result": {"customerId": "cust-123", "operation": "rebuild-report"}})
+    );
+    kiln.shutdown().await;
+
+    // An orchestration written against the seed calls the activity by the seed's name.
+    async fn seed_caller(ctx: OrchestrationContext, input: Value) -> Result<Value, Failure> {
+        ctx.call_activity(report_jobs::SEED_ACTIVITY, &input).await
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kiln = report_jobs::register(Kiln::builder())
+        .orchestration("seed_caller", seed_caller)
+        .sqlite(dir.path().join("kiln.db"))
+        .start()
+        .await
+        .unwrap();
+    let client = kiln.client();
+    let id = client.start("seed_caller", &json!({"customer_id": "cust-9", "delay_seconds": 0})).await.unwrap();
+    let done = client.wait_for_completion(&id, DEADLINE).await.unwrap();
+    assert_eq!(output(&done), json!({"customerId": "cust-9", "operation": "rebuild-report"}));
     kiln.shutdown().await;
 }
 

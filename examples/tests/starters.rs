@@ -40,7 +40,10 @@ async fn each_starter_accepts_valid_work() {
     ] {
         let (status, accepted) = post(&router, path, body).await;
         assert_eq!(status, 202, "{path}: {accepted}");
-        assert_eq!(accepted["runtimeStatus"], "Pending");
+        assert_eq!(
+            (accepted["status"].as_str(), accepted["runtimeStatus"].as_str()),
+            (Some("accepted"), Some("Pending"))
+        );
     }
     kiln.shutdown().await;
 }
@@ -60,8 +63,42 @@ async fn invalid_bodies_name_the_fields() {
     let (status, problem) =
         post(&router, "/api/submissions", r#"{"speaker":"A","email":"nope","title":"T","abstract":"A"}"#).await;
     assert_eq!((status, fields(&problem)), (400, vec!["email".to_owned()]));
+    for (body, field) in [
+        (r#"{"customer_id":"c","operation":""}"#, "operation"),
+        (r#"{"customer_id":"c","delay_seconds":-1}"#, "delay_seconds"),
+        (r#"{"customer_id":"c","delay_seconds":3601}"#, "delay_seconds"),
+        (r#"{"customer_id":5}"#, "customer_id"),
+        (r#"{"customer_id":null}"#, "customer_id"),
+    ] {
+        let (status, problem) = post(&router, "/api/jobs/reports", body).await;
+        assert_eq!((status, fields(&problem)), (400, vec![field.to_owned()]), "{body}");
+    }
     let (status, problem) = post(&router, "/api/approvals", r#"{"subject":"s","timeout_seconds":0"#).await;
     assert_eq!(status, 400);
     assert!(problem["detail"].as_str().unwrap().starts_with("malformed JSON"));
+    let query = kiln::InstanceQuery { page_size: 10, ..Default::default() };
+    assert!(kiln.client().list(&query).await.unwrap().instances.is_empty(), "no invalid body starts anything");
+    kiln.shutdown().await;
+}
+
+/// `operation` and `delay_seconds` are optional (the seed's defaults); `operation` is any name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_jobs_take_the_seed_defaults_and_any_operation() {
+    let (router, kiln, _dir) = app().await;
+    let operation = "é".repeat(200);
+    for (body, expected) in [
+        (r#"{"customer_id":"cust-123"}"#.to_owned(), ("rebuild-report", 5)),
+        (format!(r#"{{"customer_id":"c","operation":"{operation}","delay_seconds":0}}"#), (operation.as_str(), 0)),
+    ] {
+        let (status, accepted) = post(&router, "/api/jobs/reports", &body).await;
+        assert_eq!(status, 202, "{accepted}");
+        let id = accepted["instanceId"].as_str().unwrap();
+        let input = kiln.client().status(id).await.unwrap().unwrap().input;
+        let input: Value = serde_json::from_str(input.as_str()).unwrap();
+        assert_eq!((input["operation"].as_str().unwrap(), input["delay_seconds"].as_u64().unwrap()), expected);
+    }
+    let (status, _) =
+        post(&router, "/api/jobs/reports", &format!(r#"{{"customer_id":"c","operation":"{operation}é"}}"#)).await;
+    assert_eq!(status, 400, "201 characters is one too many");
     kiln.shutdown().await;
 }

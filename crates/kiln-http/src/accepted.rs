@@ -34,18 +34,23 @@ impl Default for AcceptOptions {
     }
 }
 
-/// The body of a `202 Accepted` from a starter.
+/// The body of a `202 Accepted` from a starter: the fields of the seed document's starter
+/// (`status`, `instanceId`, `statusQueryGetUri`) and those Durable Functions' check-status
+/// payload gives clients (`id`, `runtimeStatus`).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AcceptedBody {
-    /// The instance id.
-    pub id: String,
-    /// Long-running-operation status: always `NotStarted` here.
+    /// Always `accepted`: the work was taken and will run. (Azure long-running-operation pollers
+    /// read any status but `Succeeded`, `Failed` and `Canceled` as still in progress.)
     pub status: &'static str,
-    /// Durable Functions runtime status: always `Pending` here.
-    pub runtime_status: &'static str,
+    /// The instance id.
+    pub instance_id: String,
     /// The status monitor URL (also in `Location` and `Operation-Location`).
     pub status_query_get_uri: String,
+    /// The instance id again, under Durable Functions' name for it.
+    pub id: String,
+    /// Durable Functions runtime status: always `Pending` here.
+    pub runtime_status: &'static str,
 }
 
 /// Removes an idempotency key from the in-flight set when the request ends, however it ends.
@@ -89,10 +94,11 @@ impl KilnHttp {
         let status_url = self.status_url(headers, &instance_id, options.scopes);
         let retry = retry_after::retry_after_seconds(client.typical_duration(orchestration), Duration::ZERO);
         let body = AcceptedBody {
-            id: instance_id,
-            status: "NotStarted",
-            runtime_status: "Pending",
+            status: "accepted",
+            instance_id: instance_id.clone(),
             status_query_get_uri: status_url.clone(),
+            id: instance_id,
+            runtime_status: "Pending",
         };
         let mut response = (StatusCode::ACCEPTED, axum::Json(body)).into_response();
         let headers = response.headers_mut();

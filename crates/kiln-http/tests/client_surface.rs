@@ -18,10 +18,11 @@ async fn accepted_links_the_status_monitor_absolutely() {
     assert!(location.starts_with("http://kiln.test/api/status/"), "{location}");
     assert_eq!(reply.header("operation-location"), location);
     assert!(reply.header("retry-after").parse::<u64>().is_ok_and(|s| (1..=60).contains(&s)));
-    assert_eq!(reply.body["status"], "NotStarted");
+    assert_eq!(reply.body["status"], "accepted");
     assert_eq!(reply.body["runtimeStatus"], "Pending");
     assert_eq!(reply.body["statusQueryGetUri"], location.as_str());
     assert!(reply.body["id"].as_str().is_some_and(|id| location.contains(id)));
+    assert_eq!(reply.body["instanceId"], reply.body["id"]);
     // Readable immediately after the 202.
     let status = app.public("GET", &path_of(&location), None).await;
     assert!(status.status == 202 || status.status == 200, "{}", status.raw);

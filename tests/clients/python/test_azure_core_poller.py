@@ -44,6 +44,23 @@ def test_operation_location_polling_reaches_the_result():
     assert result["result"]["result"] == {"customerId": "py-1", "operation": "daily"}
 
 
+def test_the_seed_request_is_accepted_and_polled_to_the_seed_output():
+    # The seed document's request (delay shortened), its 202 body fields, and its final output.
+    client = PipelineClient(base_url=PUBLIC)
+    seed = {"customer_id": "cust-123", "operation": "rebuild-report", "delay_seconds": 1}
+    initial = start(client, "/api/jobs/reports", seed)
+    accepted = json.loads(initial.http_response.text())
+    assert accepted["status"] == "accepted"
+    assert accepted["statusQueryGetUri"] == initial.http_response.headers["Location"]
+    result = poller(client, initial, OperationResourcePolling()).result(timeout=60)
+    assert result["runtimeStatus"] == "Completed"
+    assert result["output"] == {
+        "status": "completed",
+        "instanceId": accepted["instanceId"],
+        "result": {"customerId": "cust-123", "operation": "rebuild-report"},
+    }
+
+
 def test_location_polling_reaches_the_result():
     client = PipelineClient(base_url=PUBLIC)
     initial = start(client, "/api/jobs/reports", REPORT)
@@ -62,7 +79,7 @@ def test_default_algorithm_selection_prefers_operation_location():
 
 def test_a_failed_job_raises_through_operation_location():
     client = PipelineClient(base_url=PUBLIC)
-    initial = start(client, "/api/jobs/reports", {"customer_id": "py-2", "operation": "astrology", "delay_seconds": 0})
+    initial = start(client, "/api/jobs/reports", {"customer_id": "closed-py-2", "delay_seconds": 0})
     operation = poller(client, initial, OperationResourcePolling())
     with pytest.raises(HttpResponseError):
         operation.result(timeout=60)
@@ -73,10 +90,10 @@ def test_a_failed_job_is_visible_in_the_location_body():
     # LocationPolling treats any final 2xx as success and does not read the body; the failure is
     # in the status monitor's body (or a 500 with returnInternalServerErrorOnFailure=true).
     client = PipelineClient(base_url=PUBLIC)
-    initial = start(client, "/api/jobs/reports", {"customer_id": "py-3", "operation": "astrology", "delay_seconds": 0})
+    initial = start(client, "/api/jobs/reports", {"customer_id": "closed-py-3", "delay_seconds": 0})
     result = poller(client, initial, LocationPolling()).result(timeout=60)
     assert result["status"] == "Failed"
-    assert result["error"]["type"] == "UnsupportedOperation"
+    assert result["error"]["type"] == "AccountClosed"
 
 
 def test_a_canceled_job_ends_the_poller_as_canceled():

@@ -52,6 +52,24 @@ async def until(df, instance_id, statuses):
 DONE = [OrchestrationRuntimeStatus.Completed, OrchestrationRuntimeStatus.Failed, OrchestrationRuntimeStatus.Terminated]
 
 
+def test_the_seed_starters_call_starts_the_job_by_its_documented_name():
+    # The seed document's starter: client.start_new("report_job_orchestrator", None, body.model_dump()).
+    async def scenario():
+        df = client()
+        body = {"customer_id": "cust-123", "operation": "rebuild-report", "delay_seconds": 0}
+        instance_id = await df.start_new("report_job_orchestrator", None, body)
+        status = await until(df, instance_id, DONE)
+        assert status.runtime_status == OrchestrationRuntimeStatus.Completed
+        assert status.name == "report_job_orchestrator"
+        assert status.output == {
+            "status": "completed",
+            "instanceId": instance_id,
+            "result": {"customerId": "cust-123", "operation": "rebuild-report"},
+        }
+
+    LOOP.run_until_complete(scenario())
+
+
 def test_start_status_and_list():
     async def scenario():
         df = client()
@@ -99,7 +117,7 @@ def test_events_terminate_suspend_resume():
 def test_rewind_and_purge():
     async def scenario():
         df = client()
-        failed = await df.start_new("report_job", None, {"customer_id": "dfpy", "operation": "astrology", "delay_seconds": 0})
+        failed = await df.start_new("report_job", None, {"customer_id": "closed-dfpy", "delay_seconds": 0})
         status = await until(df, failed, DONE)
         assert status.runtime_status == OrchestrationRuntimeStatus.Failed
         await df.rewind(failed, "try again")

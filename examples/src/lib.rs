@@ -4,13 +4,10 @@
 //! - [`report_jobs`]: one slow activity that generates a report.
 //! - [`approval`]: wait for an `Approval` event or a durable timer, whichever comes first.
 //!
-//! [`bench`] holds the `kiln bench` workloads, served only when asked for.
-//!
 //! Each sample has a runnable program: `cargo run -p kiln-samples --bin report_jobs` (and
 //! `call_for_speakers`, `approval`).
 
 pub mod approval;
-pub mod bench;
 pub mod call_for_speakers;
 pub mod http;
 pub mod report_jobs;

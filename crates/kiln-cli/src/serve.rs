@@ -1,5 +1,8 @@
-//! `kiln serve`: the samples on the embedded store, behind the public and management listeners.
+//! `serve`: an application's orchestrations on the embedded SQLite store or PostgreSQL, behind
+//! the public and loopback management listeners, until SIGINT or SIGTERM.
 
+use crate::App;
+use crate::bench::workloads;
 use crate::config::ServeConfig;
 use anyhow::Context;
 use kiln::{Kiln, RuntimeConfig};
@@ -10,11 +13,11 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 /// Runs until SIGINT or SIGTERM, then drains in-flight requests and work.
-pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
+pub async fn run(app: &App, config: ServeConfig) -> anyhow::Result<()> {
     let runtime = RuntimeConfig { lease_duration: config.lease, ..RuntimeConfig::default() };
-    let mut builder = kiln_samples::register_all(Kiln::builder()).config(runtime);
+    let mut builder = app.registered(Kiln::builder()).config(runtime);
     if config.bench_workloads {
-        builder = kiln_samples::bench::register(builder);
+        builder = workloads::register(builder);
     }
     let (builder, store_name) = match &config.database_url {
         Some(url) => {
@@ -49,20 +52,11 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let management = TcpListener::bind(config.management_listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.management_listen))?;
-    let (mut starters, starters_doc) = kiln_samples::http::starters();
+    let (mut starters, starter_paths, starters_doc) = app.starters_parts();
     if config.bench_workloads {
-        starters = starters.merge(kiln_samples::bench::starters());
+        starters = starters.merge(workloads::starters());
     }
-    println!("Kiln is serving the samples (store: {store_name})");
-    println!("  starters:    POST http://{0}/api/submissions · /api/jobs/reports · /api/approvals", config.listen);
-    println!("  status:      GET  http://{}/api/status/{{id}}?token=…  (the Location of each 202)", config.listen);
-    println!("  API docs:    http://{0}/docs   (OpenAPI: http://{0}/openapi.json)", config.listen);
-    println!("  management:  http://{}/runtime/webhooks/durabletask/ (system key required)", config.listen);
-    println!("               http://{}/runtime/webhooks/durabletask/ (loopback, no key)", config.management_listen);
-    println!("  system key:  written to {}", config.key_file.display());
-    if config.bench_workloads {
-        println!("  bench:       POST http://{}/api/bench/steps · /fanout · /idle", config.listen);
-    }
+    print_banner(app.name(), &store_name, starter_paths, &config);
     let _ = std::io::stdout().flush();
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -79,6 +73,21 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     management_result.context("management listener failed")?;
     kiln.shutdown().await;
     Ok(())
+}
+
+/// Says where everything is served.
+fn print_banner(name: &str, store_name: &str, starter_paths: &[String], config: &ServeConfig) {
+    println!("{name} is serving (store: {store_name})");
+    let starters = starter_paths.iter().map(|path| format!("http://{}{path}", config.listen));
+    println!("  starters:    {}", starters.collect::<Vec<_>>().join(" · "));
+    println!("  status:      GET  http://{}/api/status/{{id}}?token=…  (the Location of each 202)", config.listen);
+    println!("  API docs:    http://{0}/docs   (OpenAPI: http://{0}/openapi.json)", config.listen);
+    println!("  management:  http://{}/runtime/webhooks/durabletask/ (system key required)", config.listen);
+    println!("               http://{}/runtime/webhooks/durabletask/ (loopback, no key)", config.management_listen);
+    println!("  system key:  written to {}", config.key_file.display());
+    if config.bench_workloads {
+        println!("  bench:       POST http://{}/api/bench/steps · /fanout · /idle", config.listen);
+    }
 }
 
 async fn wait_for(mut stopped: tokio::sync::watch::Receiver<bool>) {

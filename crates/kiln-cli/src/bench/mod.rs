@@ -10,6 +10,7 @@
 
 mod http;
 mod server;
+pub(crate) mod workloads;
 
 use anyhow::{Context, bail, ensure};
 use http::Client;

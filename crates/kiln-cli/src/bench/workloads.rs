@@ -1,5 +1,5 @@
 //! The `kiln bench` workloads: orchestrations whose only cost is the engine's own, and their
-//! starters under `/api/bench/…` (served only by `kiln serve --bench-workloads`: a public route
+//! starters under `/api/bench/…` (served only by `serve --bench-workloads`: a public route
 //! that starts ten thousand steps is not something to expose by default).
 //!
 //! - `steps`: `steps` sequential calls of the no-op activity (`hello` is 1 step, `seq5` 5, `long`

@@ -1,0 +1,18 @@
+//! The `kiln` command line as a library: [`App`] gives an application's own binary everything
+//! the `kiln` binary has — `serve`, the client commands and `bench` — around its own
+//! orchestrations and starters. The `kiln` binary is this `App` with the samples registered.
+//!
+//! # Layout
+//! - `app`: [`App`] and its command-line grammar.
+//! - `serve`: the runtime behind the public and loopback management listeners, until a signal.
+//! - `config`: `serve`'s settings from `kiln.toml`, `KILN_*` and flags, validated.
+//! - `remote`: the client commands, against a running server's management API.
+//! - `bench`: the load generator, and the workloads `serve --bench-workloads` adds.
+
+mod app;
+mod bench;
+mod config;
+mod remote;
+mod serve;
+
+pub use app::App;

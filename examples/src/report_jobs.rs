@@ -11,7 +11,6 @@
 
 use kiln::{ActivityContext, Failure, KilnBuilder, OrchestrationContext};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use std::time::Duration;
 
 /// Orchestration name.
@@ -62,14 +61,28 @@ pub struct Report {
     pub operation: String,
 }
 
-/// The orchestration: `{"status":"completed","instanceId","result":{customerId, operation}}`.
-pub async fn report_job(ctx: OrchestrationContext, request: ReportRequest) -> Result<Value, Failure> {
-    let report: Report = ctx.call_activity(ACTIVITY, &request).await?;
-    Ok(json!({"status": "completed", "instanceId": ctx.instance_id(), "result": report}))
+/// What a finished job returns, its fields in the seed document's order:
+/// `{"status":"completed","instanceId":…,"result":{"customerId":…,"operation":…}}`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportJobOutput {
+    /// Always `completed`.
+    pub status: String,
+    /// The job's instance id.
+    pub instance_id: String,
+    /// The report.
+    pub result: Report,
 }
 
-/// Generates the report (sleeps `delay_seconds`). It checks its input again, as the
-/// management API starts orchestrations without the starter's validation.
+/// The orchestration: calls the activity and wraps its report in a [`ReportJobOutput`].
+pub async fn report_job(ctx: OrchestrationContext, request: ReportRequest) -> Result<ReportJobOutput, Failure> {
+    let result: Report = ctx.call_activity(ACTIVITY, &request).await?;
+    Ok(ReportJobOutput { status: "completed".to_owned(), instance_id: ctx.instance_id(), result })
+}
+
+/// Generates the report (sleeps `delay_seconds`). The management API starts orchestrations
+/// without the starter's validation, so the delay's bound is checked again here: an unchecked
+/// delay could hold an activity slot for days.
 pub async fn generate_report(_ctx: ActivityContext, request: ReportRequest) -> Result<Report, Failure> {
     if request.delay_seconds > MAX_DELAY_SECONDS {
         return Err(Failure::typed("ValidationFailed", format!("delay_seconds must be 0–{MAX_DELAY_SECONDS}")));

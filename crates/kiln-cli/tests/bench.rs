@@ -6,10 +6,15 @@ use serde_json::Value;
 use std::process::Command;
 
 fn bench(args: &[&str]) -> Value {
+    bench_with_env(args, &[])
+}
+
+fn bench_with_env(args: &[&str], env: &[(&str, &str)]) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
-    let output =
-        Command::new(env!("CARGO_BIN_EXE_kiln")).arg("bench").args(args).arg("--json").arg(&json).output().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    command.arg("bench").args(args).arg("--json").arg(&json).envs(env.iter().copied());
+    let output = command.output().unwrap();
     assert!(
         output.status.success(),
         "kiln bench {args:?} failed:\n{}{}",
@@ -33,6 +38,19 @@ fn every_workload_runs_and_reports() {
         assert!(median["server_peak_rss_mib"].as_f64().unwrap() > 1.0, "{workload}: the server's memory is read");
         assert!(median["server_cpu_cores"].as_f64().is_some(), "{workload}");
     }
+}
+
+/// The servers the bench starts take every setting from the bench: a `KILN_*` variable of the
+/// caller's (here a database and links that lead nowhere) never reaches them.
+#[test]
+fn the_callers_kiln_settings_do_not_reach_the_benched_servers() {
+    let env = [
+        ("KILN_DATABASE_URL", "postgres://nobody@127.0.0.1:1/none"),
+        ("KILN_PUBLIC_BASE_URL", "http://127.0.0.1:1"),
+        ("KILN_LISTEN", "127.0.0.1:1"),
+    ];
+    let report = bench_with_env(&["--workload", "hello", "--count", "5", "--concurrency", "1"], &env);
+    assert_eq!(report["median"]["count"], 5);
 }
 
 #[test]

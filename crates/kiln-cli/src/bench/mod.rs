@@ -289,7 +289,7 @@ struct Measured {
 async fn run_workload(args: &BenchArgs, urls: &[String]) -> anyhow::Result<Measured> {
     let count = args.count.unwrap_or_else(|| args.workload.default_count());
     let clients = args.concurrency.min(count);
-    let steps = |n: usize| Starter::new("/api/bench/steps", json!({"steps": n}));
+    let steps = |n: usize| Starter::new(workloads::STEPS_PATH, json!({"steps": n}));
     match args.workload {
         Workload::Hello | Workload::Seq5 => {
             let starter = steps(if args.workload == Workload::Hello { 1 } else { 5 });
@@ -297,7 +297,7 @@ async fn run_workload(args: &BenchArgs, urls: &[String]) -> anyhow::Result<Measu
             Ok(Measured { count, clients, latencies, extra: json!({}) })
         }
         Workload::Fanout => {
-            let starter = Starter::new("/api/bench/fanout", json!({"activities": count}));
+            let starter = Starter::new(workloads::FANOUT_PATH, json!({"activities": count}));
             let latencies = run_instances(args, urls, &starter, 1, 1).await?;
             let seconds = latencies.first().map_or(0.0, Duration::as_secs_f64);
             Ok(Measured { count, clients: 1, latencies, extra: json!({"orchestration_seconds": seconds}) })
@@ -432,7 +432,7 @@ async fn run_instances(
 /// Finishes a set of instances, then reads their statuses `count` times as fast as it can.
 async fn poll(args: &BenchArgs, urls: &[String], count: usize, clients: usize) -> anyhow::Result<Measured> {
     let instances = 1000.min(count);
-    let starter = Starter::new("/api/bench/steps", json!({"steps": 1}));
+    let starter = Starter::new(workloads::STEPS_PATH, json!({"steps": 1}));
     let mut client = Client::default();
     let mut status_urls = Vec::with_capacity(instances);
     for i in 0..instances {
@@ -458,7 +458,7 @@ async fn poll(args: &BenchArgs, urls: &[String], count: usize, clients: usize) -
 
 /// Starts `count` instances that wait for an event, and checks that each one reached its wait.
 async fn idle(urls: &[String], count: usize, clients: usize) -> anyhow::Result<Measured> {
-    let shared = Arc::new((Starter::new("/api/bench/idle", Value::Null), urls.to_vec()));
+    let shared = Arc::new((Starter::new(workloads::IDLE_PATH, Value::Null), urls.to_vec()));
     let started = Instant::now();
     let starts = run_units(count, clients, move |mut client, i| {
         let shared = Arc::clone(&shared);

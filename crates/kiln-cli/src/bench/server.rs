@@ -46,6 +46,13 @@ impl Servers {
             let (public, management) = (free_port()?, free_port()?);
             let dir = servers.scratch.as_deref().context("no scratch directory")?;
             let mut command = Command::new(std::env::current_exe()?);
+            // Every setting is given here: none may come from the caller's `KILN_*` (a
+            // production database URL, public base URL or config file must not be benched).
+            for (name, _) in std::env::vars_os() {
+                if name.to_string_lossy().starts_with("KILN_") {
+                    command.env_remove(name);
+                }
+            }
             command
                 .arg("serve")
                 .arg("--bench-workloads")

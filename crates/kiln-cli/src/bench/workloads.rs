@@ -28,6 +28,12 @@ pub const IDLE: &str = "bench_idle";
 pub const RELEASE_EVENT: &str = "Release";
 /// The activity every workload calls: returns its input.
 pub const ECHO: &str = "bench_echo";
+/// The `steps` starter's path.
+pub const STEPS_PATH: &str = "/api/bench/steps";
+/// The `fanout` starter's path.
+pub const FANOUT_PATH: &str = "/api/bench/fanout";
+/// The `idle` starter's path.
+pub const IDLE_PATH: &str = "/api/bench/idle";
 /// Most steps one `steps` instance may run.
 pub const MAX_STEPS: u32 = 100_000;
 /// Most activities one `fanout` instance may run.
@@ -108,7 +114,7 @@ async fn start_idle(State(http): State<KilnHttp>, headers: HeaderMap) -> Result<
 /// (`{"activities": n}`) and `/api/bench/idle` (no body). Each answers Kiln's `202 Accepted`.
 pub fn starters() -> Router<KilnHttp> {
     Router::new()
-        .route("/api/bench/steps", post(start_steps))
-        .route("/api/bench/fanout", post(start_fanout))
-        .route("/api/bench/idle", post(start_idle))
+        .route(STEPS_PATH, post(start_steps))
+        .route(FANOUT_PATH, post(start_fanout))
+        .route(IDLE_PATH, post(start_idle))
 }

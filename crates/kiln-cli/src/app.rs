@@ -3,13 +3,17 @@
 
 use crate::{bench, config, remote, serve};
 use axum::Router;
-use axum::routing::MethodRouter;
+use axum::handler::Handler;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use kiln::KilnBuilder;
+use kiln::{Kiln, KilnBuilder, RuntimeConfig};
 use kiln_http::KilnHttp;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+use utoipa::openapi::path::{HttpMethod, OperationBuilder};
+use utoipa::openapi::request_body::RequestBodyBuilder;
+use utoipa::openapi::{Content, ObjectBuilder, Response};
 
 /// Registers an application's orchestrations and activities on a runtime being built.
 type Registration = Box<dyn Fn(KilnBuilder) -> KilnBuilder + Send + Sync>;
@@ -18,12 +22,13 @@ type Registration = Box<dyn Fn(KilnBuilder) -> KilnBuilder + Send + Sync>;
 /// flags, the public and loopback management listeners, graceful drain), the client commands
 /// (`start`, `status`, `list`, `history`, `raise`, `terminate`, `purge`) and `bench`.
 ///
+/// [`App::run`] starts its own Tokio runtime: call it from a plain (not `#[tokio::main]`) `main`.
+///
 /// ```no_run
-/// use axum::routing::post;
 /// # async fn start_greeting() {}
 /// # fn register(kiln: kiln::KilnBuilder) -> kiln::KilnBuilder { kiln }
 /// fn main() -> std::process::ExitCode {
-///     kiln_cli::App::new("hello-app").register(register).starter("/api/greetings", post(start_greeting)).run()
+///     kiln_cli::App::new("hello-app").register(register).starter("/api/greetings", start_greeting).run()
 /// }
 /// ```
 #[must_use]
@@ -31,6 +36,7 @@ pub struct App {
     name: &'static str,
     about: &'static str,
     version: Option<&'static str>,
+    runtime: RuntimeConfig,
     registrations: Vec<Registration>,
     starters: Router<KilnHttp>,
     starter_paths: Vec<String>,
@@ -44,6 +50,7 @@ impl App {
             name,
             about: "Durable orchestrations behind an asynchronous HTTP API",
             version: None,
+            runtime: RuntimeConfig::default(),
             registrations: Vec::new(),
             starters: Router::new(),
             starter_paths: Vec::new(),
@@ -57,24 +64,38 @@ impl App {
         self
     }
 
-    /// The version `--version` shows (e.g. `env!("CARGO_PKG_VERSION")`); Kiln's by default.
+    /// Adds `--version`, showing this (e.g. `env!("CARGO_PKG_VERSION")`).
     pub fn version(mut self, version: &'static str) -> App {
         self.version = Some(version);
         self
     }
 
+    /// The runtime's settings (concurrency, cache, limits, …); `serve` sets the lease from its
+    /// own configuration (`lease_seconds`).
+    pub fn runtime_config(mut self, config: RuntimeConfig) -> App {
+        self.runtime = config;
+        self
+    }
+
     /// Registers orchestrations and activities: `register` gets the runtime's builder and
-    /// returns it with its own `.orchestration(…)` and `.activity(…)` calls added.
+    /// returns it with its own `.orchestration(…)` and `.activity(…)` calls added. The store
+    /// and the runtime's settings are `serve`'s and [`App::runtime_config`]'s to choose.
     pub fn register(mut self, register: impl Fn(KilnBuilder) -> KilnBuilder + Send + Sync + 'static) -> App {
         self.registrations.push(Box::new(register));
         self
     }
 
-    /// Serves one starter at `path` on the public listener: an axum handler with
-    /// `State<KilnHttp>` that validates its body and answers with [`KilnHttp::accept`].
-    pub fn starter(mut self, path: &str, route: MethodRouter<KilnHttp>) -> App {
-        self.starters = self.starters.route(path, route);
+    /// Serves a starter as `POST path` on the public listener: an axum handler with
+    /// `State<KilnHttp>` that validates its body and answers with [`KilnHttp::accept`]. It is
+    /// listed in `/openapi.json` without a body schema; [`App::starters`] takes a full document.
+    pub fn starter<H, T>(mut self, path: &str, handler: H) -> App
+    where
+        H: Handler<T, KilnHttp>,
+        T: 'static,
+    {
+        self.starters = self.starters.route(path, axum::routing::post(handler));
         self.starter_paths.push(path.to_owned());
+        self.openapi.paths.add_path_operation(path, vec![HttpMethod::Post], starter_operation());
         self
     }
 
@@ -103,7 +124,11 @@ impl App {
         }
         let cli = match command.try_get_matches_from(args).and_then(|m| Cli::from_arg_matches(&m)) {
             Ok(cli) => cli,
-            Err(err) => err.exit(),
+            // `--help` and `--version` end here too, successfully.
+            Err(err) => {
+                let _ = err.print();
+                return if err.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            }
         };
         match self.dispatch(cli) {
             Ok(true) => ExitCode::SUCCESS,
@@ -115,9 +140,11 @@ impl App {
         }
     }
 
-    /// A runtime builder with every registration applied.
-    pub(crate) fn registered(&self, builder: KilnBuilder) -> KilnBuilder {
-        self.registrations.iter().fold(builder, |builder, register| register(builder))
+    /// A runtime builder with every registration applied and the runtime's settings, its
+    /// claims lasting `lease`.
+    pub(crate) fn runtime_builder(&self, lease: Duration) -> KilnBuilder {
+        let config = RuntimeConfig { lease_duration: lease, ..self.runtime.clone() };
+        self.registrations.iter().fold(Kiln::builder(), |builder, register| register(builder)).config(config)
     }
 
     /// The starters, their paths and their OpenAPI document, for `serve`.
@@ -154,15 +181,35 @@ impl App {
     }
 }
 
+/// The OpenAPI operation of a starter added with [`App::starter`]: what every starter answers.
+fn starter_operation() -> utoipa::openapi::path::Operation {
+    let json_body = Content::new(Some(ObjectBuilder::new().build()));
+    OperationBuilder::new()
+        .tag("starters")
+        .summary(Some("Starts an orchestration"))
+        .request_body(Some(
+            RequestBodyBuilder::new()
+                .content("application/json", json_body)
+                .required(Some(utoipa::openapi::Required::True))
+                .build(),
+        ))
+        .response("202", Response::new("Accepted; poll `Location` (also `statusQueryGetUri`)"))
+        .response("400", Response::new("Invalid body (field paths in `errors`)"))
+        .response("413", Response::new("Body too large"))
+        .response("415", Response::new("Not application/json"))
+        .build()
+}
+
+/// Logs to stderr, unless the application installed a subscriber of its own.
 fn init_logging(filter: &str) {
     let filter =
         tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let colors = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(colors).with_writer(std::io::stderr).init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(colors).with_writer(std::io::stderr).try_init();
 }
 
 #[derive(Parser)]
-#[command(name = "kiln", version)]
+#[command(name = "kiln")]
 struct Cli {
     /// Server to talk to (client commands): its management listener needs no key.
     #[arg(long, global = true, env = "KILN_URL", default_value = "http://127.0.0.1:7072")]
@@ -247,4 +294,33 @@ enum Command {
         #[arg(long = "status")]
         statuses: Vec<String>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn start_nothing() {}
+
+    #[test]
+    fn help_version_and_bad_arguments_return_exit_codes_without_exiting() {
+        let app = || App::new("my-app").version("1.2.3");
+        assert_eq!(app().run_with(["my-app", "--help"]), ExitCode::SUCCESS);
+        assert_eq!(app().run_with(["my-app", "--version"]), ExitCode::SUCCESS);
+        assert_eq!(app().run_with(["my-app", "no-such-command"]), ExitCode::from(2));
+        assert_eq!(App::new("my-app").run_with(["my-app", "--version"]), ExitCode::from(2), "no version given");
+        let help = Cli::command().name("my-app").bin_name("my-app").render_help().to_string();
+        assert!(help.contains("serve") && help.contains("bench") && help.contains("start"), "{help}");
+    }
+
+    #[test]
+    fn starters_are_routed_documented_and_listed() {
+        let mut documented = utoipa::openapi::OpenApiBuilder::new().build();
+        documented.paths.add_path_operation("/api/b", vec![HttpMethod::Post], starter_operation());
+        let app = App::new("my-app").starter("/api/a", start_nothing).starters(Router::new(), documented);
+        let (_, paths, openapi) = app.starters_parts();
+        assert_eq!(paths, ["/api/a", "/api/b"]);
+        assert!(openapi.paths.paths.get("/api/a").is_some_and(|item| item.post.is_some()));
+        assert!(openapi.paths.paths.contains_key("/api/b"));
+    }
 }

@@ -5,7 +5,7 @@ use crate::App;
 use crate::bench::workloads;
 use crate::config::ServeConfig;
 use anyhow::Context;
-use kiln::{Kiln, RuntimeConfig};
+
 use kiln_http::{HttpOptions, KilnHttp};
 use kiln_postgres::{PostgresOptions, PostgresStore};
 use std::io::Write;
@@ -14,8 +14,7 @@ use tokio::net::TcpListener;
 
 /// Runs until SIGINT or SIGTERM, then drains in-flight requests and work.
 pub async fn run(app: &App, config: ServeConfig) -> anyhow::Result<()> {
-    let runtime = RuntimeConfig { lease_duration: config.lease, ..RuntimeConfig::default() };
-    let mut builder = app.registered(Kiln::builder()).config(runtime);
+    let mut builder = app.runtime_builder(config.lease);
     if config.bench_workloads {
         builder = workloads::register(builder);
     }
@@ -78,8 +77,10 @@ pub async fn run(app: &App, config: ServeConfig) -> anyhow::Result<()> {
 /// Says where everything is served.
 fn print_banner(name: &str, store_name: &str, starter_paths: &[String], config: &ServeConfig) {
     println!("{name} is serving (store: {store_name})");
-    let starters = starter_paths.iter().map(|path| format!("http://{}{path}", config.listen));
-    println!("  starters:    {}", starters.collect::<Vec<_>>().join(" · "));
+    let starters: Vec<String> = starter_paths.iter().map(|path| format!("http://{}{path}", config.listen)).collect();
+    if !starters.is_empty() {
+        println!("  starters:    POST {}", starters.join(" · "));
+    }
     println!("  status:      GET  http://{}/api/status/{{id}}?token=…  (the Location of each 202)", config.listen);
     println!("  API docs:    http://{0}/docs   (OpenAPI: http://{0}/openapi.json)", config.listen);
     println!("  management:  http://{}/runtime/webhooks/durabletask/ (system key required)", config.listen);

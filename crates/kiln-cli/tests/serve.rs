@@ -7,7 +7,7 @@ mod common;
 use common::{agent, free_port};
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -20,26 +20,9 @@ struct Server {
 
 impl Server {
     fn start(dir: &Path, ports: (u16, u16)) -> Server {
-        let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{}", ports.0)])
-            .args(["--management-listen", &format!("127.0.0.1:{}", ports.1)])
-            .current_dir(dir)
-            .env("KILN_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let server = Server {
-            child,
-            public: format!("http://127.0.0.1:{}", ports.0),
-            management: format!("http://127.0.0.1:{}", ports.1),
-        };
-        let deadline = Instant::now() + DEADLINE;
-        while agent().get(format!("{}/readyz", server.public)).call().map_or(true, |r| r.status() != 200) {
-            assert!(Instant::now() < deadline, "kiln serve did not become ready");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
+        let public = format!("http://127.0.0.1:{}", ports.0);
+        let child = common::serve(dir, ports, &public);
+        Server { child, public, management: format!("http://127.0.0.1:{}", ports.1) }
     }
 
     fn kill_9(mut self) {

@@ -2,7 +2,9 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::TcpListener;
-use std::time::Duration;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// An HTTP client that reports every status instead of failing on 4xx/5xx.
 pub fn agent() -> ureq::Agent {
@@ -16,6 +18,26 @@ pub fn agent() -> ureq::Agent {
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts `kiln serve` in `dir` on `127.0.0.1` at these ports (public, management), quiet, and
+/// waits until `public_url` (the public listener as the caller names it) answers `/readyz`.
+pub fn serve(dir: &Path, ports: (u16, u16), public_url: &str) -> Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", ports.0)])
+        .args(["--management-listen", &format!("127.0.0.1:{}", ports.1)])
+        .current_dir(dir)
+        .env("KILN_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while agent().get(format!("{public_url}/readyz")).call().map_or(true, |r| r.status() != 200) {
+        assert!(Instant::now() < deadline, "kiln serve did not become ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
 }
 
 /// The PostgreSQL test database.

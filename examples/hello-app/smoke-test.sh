@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Builds hello-app as the README says and drives it as a user would: one greeting (202 with a
+# status URL, then the final 200 with {"greeting":"Hello, Ada!"}), an invalid name (400
+# problem), the `list` client command, and a tiny `bench`.
+set -euo pipefail
+cd "$(dirname "$0")"
+export CARGO_TARGET_DIR="$PWD/target"
+cargo build --release --locked
+app="$CARGO_TARGET_DIR/release/hello-app"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+public="127.0.0.1:$(free_port)"
+management="127.0.0.1:$(free_port)"
+work="$(mktemp -d)"
+(cd "$work" && KILN_LOG=warn exec "$app" serve --listen "$public" --management-listen "$management" \
+    >"$work/serve.log" 2>&1) &
+server=$!
+finish() {
+    local status=$?
+    kill "$server" 2>/dev/null || true
+    wait "$server" 2>/dev/null || true
+    if [ "$status" -ne 0 ]; then echo "--- hello-app serve's output:" >&2; cat "$work/serve.log" >&2; fi
+    rm -rf "$work"
+}
+trap finish EXIT
+fail() { echo "hello-app smoke test: $*" >&2; exit 1; }
+
+for _ in $(seq 1 200); do
+    curl -fsS "http://$public/readyz" >/dev/null 2>&1 && break
+    kill -0 "$server" 2>/dev/null || fail "serve exited"
+    sleep 0.05
+done
+curl -fsS "http://$public/readyz" >/dev/null || fail "serve did not become ready"
+
+accepted="$(curl -sS -X POST "http://$public/api/greetings" -H 'content-type: application/json' -d '{"name": "Ada"}' \
+    -w '\n%{http_code}')"
+[ "$(tail -n1 <<<"$accepted")" = 202 ] || fail "expected 202: $accepted"
+id="$(head -n1 <<<"$accepted" | python3 -c 'import json,sys; print(json.load(sys.stdin)["instanceId"])')"
+status_url="$(head -n1 <<<"$accepted" | python3 -c 'import json,sys; print(json.load(sys.stdin)["statusQueryGetUri"])')"
+final="$(curl -sS -H 'Prefer: wait=30' "$status_url" -w '\n%{http_code}')"
+[ "$(tail -n1 <<<"$final")" = 200 ] || fail "expected 200: $final"
+head -n1 <<<"$final" | python3 -c '
+import json, sys
+body = json.load(sys.stdin)
+assert body["output"] == {"greeting": "Hello, Ada!"}, body'
+
+invalid="$(curl -sS -o /dev/null -w '%{http_code} %{content_type}' -X POST "http://$public/api/greetings" \
+    -H 'content-type: application/json' -d '{"name": ""}')"
+[ "$invalid" = "400 application/problem+json" ] || fail "expected a 400 problem: $invalid"
+
+"$app" --url "http://$management" list | grep -q "^$id	Completed	greet	" || fail "list does not show $id"
+"$app" bench --workload hello --count 5 --concurrency 1 >/dev/null || fail "bench failed"
+echo "hello-app: a greeting went through end to end, an invalid one got its 400, list and bench work"

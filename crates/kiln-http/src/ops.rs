@@ -58,13 +58,16 @@ pub(crate) async fn healthz() -> Response {
     tag = "operations",
     responses(
         (status = 200, description = "Ready"),
-        (status = 503, description = "The store is unreachable", content_type = "application/problem+json"),
+        (status = 503, description = "The store cannot take work (unreachable, or its disk is full)", content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn readyz(State(http): State<KilnHttp>) -> Response {
     match http.client().check_store().await {
         Ok(()) => axum::Json(json!({"status": "ready"})).into_response(),
-        Err(err) => Problem::new(StatusCode::SERVICE_UNAVAILABLE, format!("store unavailable: {err}")).into_response(),
+        Err(err) => {
+            tracing::debug!(error = %err, "not ready");
+            Problem::unavailable().into_response()
+        }
     }
 }
 

@@ -21,7 +21,12 @@ pub struct Problem {
     detail: String,
     durable_functions: bool,
     extensions: Map<String, Value>,
+    retry_after: Option<u64>,
 }
+
+/// How long a client is told to wait when the store cannot take work (a full disk, a lost
+/// database connection), in seconds.
+pub const UNAVAILABLE_RETRY_AFTER: u64 = 5;
 
 /// One invalid field of a request body.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -35,7 +40,7 @@ pub struct FieldError {
 impl Problem {
     /// A problem with this status and a human-readable detail.
     pub fn new(status: StatusCode, detail: impl Into<String>) -> Problem {
-        Problem { status, detail: detail.into(), durable_functions: false, extensions: Map::new() }
+        Problem { status, detail: detail.into(), durable_functions: false, extensions: Map::new(), retry_after: None }
     }
 
     /// 400 with the invalid fields listed under `errors`.
@@ -49,6 +54,14 @@ impl Problem {
     /// 404 for an unknown resource.
     pub fn not_found(detail: impl Into<String>) -> Problem {
         Problem::new(StatusCode::NOT_FOUND, detail)
+    }
+
+    /// `503 Service Unavailable` with `Retry-After`: the store cannot take work for now. The
+    /// detail says no more than that (the reason goes to the log).
+    pub fn unavailable() -> Problem {
+        let detail =
+            "Kiln cannot store work right now (e.g. its disk is full or its database is unreachable); retry later";
+        Problem { retry_after: Some(UNAVAILABLE_RETRY_AFTER), ..Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail) }
     }
 
     /// Adds Durable Functions' `Message`/`ExceptionMessage` fields.
@@ -86,6 +99,9 @@ impl IntoResponse for Problem {
         }
         let mut response = (self.status, body.to_string()).into_response();
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
     }
 }
@@ -105,10 +121,18 @@ impl From<ClientError> for Problem {
             ClientError::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             ClientError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        if status.is_server_error() {
-            tracing::error!(error = %err, "request failed");
+        match status {
+            // The reason is logged, never sent: it may name internals.
+            StatusCode::SERVICE_UNAVAILABLE => {
+                tracing::warn!(error = %err, "request refused: the store is unavailable");
+                Problem::unavailable()
+            }
+            StatusCode::INTERNAL_SERVER_ERROR => {
+                tracing::error!(error = %err, "request failed");
+                Problem::new(status, "internal error; the server log has the details")
+            }
+            _ => Problem::new(status, err.to_string()),
         }
-        Problem::new(status, err.to_string())
     }
 }
 

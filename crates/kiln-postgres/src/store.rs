@@ -433,7 +433,8 @@ impl Store for PostgresStore {
         let retry_at = now().0 + millis(retry_after);
         let updated = cached::execute(
             &client,
-            "UPDATE instances SET lock_token = NULL, locked_until = $3 WHERE instance_id = $1 AND lock_token = $2",
+            "UPDATE instances SET lock_token = NULL, locked_until = $3, dequeue_count = GREATEST(dequeue_count - 1, 0) \
+             WHERE instance_id = $1 AND lock_token = $2",
             &[&instance_id, &(lease.token as i64), &retry_at],
         )
         .await
@@ -540,12 +541,14 @@ impl Store for PostgresStore {
 
     async fn abandon_activity_work(&self, item: &ActivityWorkItem, retry_after: Duration) -> StoreResult<()> {
         let client = self.lease_client().await?;
-        let updated = cached::execute(&client,
-                "UPDATE activities SET lock_token = NULL, locked_until = NULL, visible_at = $3 WHERE id = $1 AND lock_token = $2",
-                &[&item.id, &(item.lease.token as i64), &(now().0 + millis(retry_after))],
-            )
-            .await
-            .map_err(backend)?;
+        let updated = cached::execute(
+            &client,
+            "UPDATE activities SET lock_token = NULL, locked_until = NULL, visible_at = $3, \
+                 dequeue_count = GREATEST(dequeue_count - 1, 0) WHERE id = $1 AND lock_token = $2",
+            &[&item.id, &(item.lease.token as i64), &(now().0 + millis(retry_after))],
+        )
+        .await
+        .map_err(backend)?;
         if updated == 0 { Err(StoreError::LeaseLost(item.activity.instance_id.clone())) } else { Ok(()) }
     }
 

@@ -84,9 +84,25 @@ pub fn instance_from_row(row: &Row<'_>) -> Result<InstanceRecord, StoreError> {
     })
 }
 
-/// Maps a SQLite error to a store error.
+/// Maps a SQLite error to a store error: a full disk, an I/O error, memory or the database
+/// being busy pass, so they are [`StoreError::Unavailable`] (callers back off and retry).
 pub fn backend(err: rusqlite::Error) -> StoreError {
-    StoreError::Backend(err.to_string())
+    store_error(&err)
+}
+
+/// [`backend`] for a borrowed error.
+pub fn store_error(err: &rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode;
+    match err.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => StoreError::Unavailable("the disk is full".into()),
+        Some(ErrorCode::SystemIoFailure) => StoreError::Unavailable("disk I/O error".into()),
+        Some(ErrorCode::OutOfMemory) => StoreError::Unavailable("out of memory".into()),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            StoreError::Unavailable("the database is busy".into())
+        }
+        Some(ErrorCode::CannotOpen) => StoreError::Unavailable("the database file cannot be opened".into()),
+        _ => StoreError::Backend(err.to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -334,7 +334,22 @@ impl Queues {
         ready
     }
 
-    /// Releases an instance without a commit; it becomes claimable again at `retry_at`.
+    /// Unpins an instance lease after a failed commit: its holder keeps it (and decides what
+    /// to do next), and it lapses at its old expiry unless released first.
+    pub fn unpin_instance(&mut self, instance_id: &str, lease: Lease) {
+        if let Some(held) = self.slots.get_mut(instance_id).and_then(|s| s.lease.as_mut())
+            && held.lease.token == lease.token
+            && held.pinned
+        {
+            held.pinned = false;
+            self.leases
+                .insert((held.lease.expires_at, held.lease.token), LeaseTarget::Instance(instance_id.to_owned()));
+        }
+    }
+
+    /// Releases an instance without a commit; it becomes claimable again at `retry_at`. The
+    /// holder gave it back (its code did not crash), so this claim does not count towards
+    /// poison detection.
     pub fn abandon_instance(&mut self, instance_id: &str, lease: Lease, retry_at: Timestamp) -> bool {
         let Some(slot) = self.slots.get_mut(instance_id) else {
             return false;
@@ -343,6 +358,7 @@ impl Queues {
             Some(held) if held.lease.token == lease.token => {
                 self.leases.remove(&(held.lease.expires_at, held.lease.token));
                 slot.lease = None;
+                slot.dequeue_count = slot.dequeue_count.saturating_sub(1);
                 slot.retry_at = Some(retry_at);
                 let seq = self.token();
                 self.delayed.insert((retry_at, seq), Delayed::InstanceRetry(instance_id.to_owned()));
@@ -357,22 +373,27 @@ impl Queues {
         self.leased_activities.remove(&id);
     }
 
-    /// Unpins an activity lease after a failed commit (it lapses normally from now).
-    pub fn unpin_activity(&mut self, id: i64, now: Timestamp) {
-        if let Some((held, _)) = self.leased_activities.get_mut(&id) {
+    /// Unpins an activity lease after a failed commit: its holder keeps it (and may renew it
+    /// and try again), and it lapses at its old expiry otherwise.
+    pub fn unpin_activity(&mut self, id: i64, lease: Lease) {
+        if let Some((held, _)) = self.leased_activities.get_mut(&id)
+            && held.lease.token == lease.token
+            && held.pinned
+        {
             held.pinned = false;
-            held.lease.expires_at = now;
-            self.leases.insert((now, held.lease.token), LeaseTarget::Activity(id));
+            self.leases.insert((held.lease.expires_at, held.lease.token), LeaseTarget::Activity(id));
         }
     }
 
-    /// Releases an activity; it becomes claimable again at `retry_at`.
+    /// Releases an activity; it becomes claimable again at `retry_at`. Its holder gave it back,
+    /// so this claim does not count towards poison detection.
     pub fn abandon_activity(&mut self, id: i64, lease: Lease, retry_at: Timestamp) -> bool {
         match self.leased_activities.get(&id) {
             Some((held, _)) if held.lease.token == lease.token => {
                 let held = held.lease;
                 self.leases.remove(&(held.expires_at, held.token));
-                if let Some((_, entry)) = self.leased_activities.remove(&id) {
+                if let Some((_, mut entry)) = self.leased_activities.remove(&id) {
+                    entry.dequeue_count = entry.dequeue_count.saturating_sub(1);
                     let seq = self.token();
                     self.delayed.insert((retry_at, seq), Delayed::Activity(entry));
                 }
@@ -437,6 +458,42 @@ mod tests {
         assert!(q.pin_instance("a", second.lease));
         q.release_instance("a", &[1, 2], true);
         assert!(q.claim_instance(Timestamp(100), 100).is_none());
+    }
+
+    #[test]
+    fn a_failed_commit_leaves_the_lease_with_its_holder_and_giving_work_back_is_no_failure() {
+        let mut q = Queues::default();
+        q.push_message("a", raised(1), None, Timestamp(0));
+        let claimed = q.claim_instance(Timestamp(0), 100).unwrap();
+        assert!(q.pin_instance("a", claimed.lease));
+        q.unpin_instance("a", claimed.lease);
+        assert!(q.claim_instance(Timestamp(50), 100).is_none(), "still held by the turn whose commit failed");
+        assert!(q.abandon_instance("a", claimed.lease, Timestamp(60)), "its holder can give it back");
+        q.advance(Timestamp(60));
+        let again = q.claim_instance(Timestamp(60), 100).unwrap();
+        assert_eq!(again.dequeue_count, 1, "a claim given back does not count towards poison");
+
+        q.push_activity(ActivityEntry {
+            id: 7,
+            activity: NewActivity {
+                instance_id: "a".into(),
+                execution: 0,
+                step: 0,
+                name: "x".into(),
+                input: Payload::null(),
+                attempt: 1,
+            },
+            dequeue_count: 0,
+            recovered: false,
+        });
+        let (_, lease) = q.claim_activity(Timestamp(0), 100).unwrap();
+        assert!(q.pin_activity(7, lease));
+        q.unpin_activity(7, lease);
+        assert!(q.holds_activity(7, lease), "the activity keeps its lease and its result");
+        assert!(q.renew_activity(7, lease, Timestamp(90), 100).is_some());
+        assert!(q.abandon_activity(7, lease, Timestamp(0)));
+        q.advance(Timestamp(0));
+        assert_eq!(q.claim_activity(Timestamp(0), 100).unwrap().0.dequeue_count, 1);
     }
 
     #[test]

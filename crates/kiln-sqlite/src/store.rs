@@ -577,11 +577,19 @@ impl Store for SqliteStore {
     }
 
     async fn health(&self) -> StoreResult<()> {
-        let threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
-        let writer_alive = !threads.is_empty() && threads.iter().all(|t| !t.is_finished());
-        drop(threads);
+        let writer_alive = {
+            let threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+            !threads.is_empty() && threads.iter().all(|t| !t.is_finished())
+        };
         if !writer_alive {
             return Err(StoreError::Unavailable("the writer thread has stopped".into()));
+        }
+        if self.shared.storage_failing() {
+            // Writes failed last time (a full disk?): only a write can tell whether they work again.
+            self.write(WriteOp::PutSettingIfAbsent { key: "kiln.health".into(), value: String::new() }).await?;
+            if self.shared.storage_failing() {
+                return Err(StoreError::Unavailable("writes to the database fail".into()));
+            }
         }
         self.readers.with(|conn| reads::get_setting(conn, "kiln.health")).map(|_| ())
     }

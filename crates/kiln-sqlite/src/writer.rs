@@ -6,7 +6,7 @@
 //! does not undo the others. Only after `COMMIT` returns does it update the in-memory queues,
 //! wake workers and answer the callers: nothing is visible or acknowledged before it is durable.
 
-use crate::codec::{backend, encode_event, encode_events, from_json, to_json, to_json_opt};
+use crate::codec::{backend, encode_event, encode_events, from_json, store_error, to_json, to_json_opt};
 use crate::queue::ActivityEntry;
 use crate::records::RecordChange;
 use crate::shared::{Shared, now};
@@ -151,10 +151,13 @@ fn write_batch(conn: &mut Connection, batch: Vec<WriteRequest>, shared: &Shared)
         Err(BatchError::PartialWrite) => write_all(conn, &accepted, true),
         other => other,
     };
+    // Nothing of a failed batch is on disk (it was rolled back whole), so nothing of it may
+    // change the in-memory state either: every request is answered with the batch's error.
     let mut results = results.unwrap_or_else(|err| {
-        tracing::error!(error = %err, "group commit failed");
-        accepted.iter().map(|_| Err(StoreError::Backend(format!("commit failed: {err}")))).collect()
+        tracing::warn!(error = %err, requests = accepted.len(), "group commit failed; nothing was written");
+        accepted.iter().map(|_| Err(err.to_store_error())).collect()
     });
+    shared.set_storage_failing(results.iter().any(|r| matches!(r, Err(StoreError::Unavailable(_)))));
 
     let mut wake_instances = 0usize;
     let mut wake_activities = 0usize;
@@ -182,14 +185,15 @@ fn write_batch(conn: &mut Connection, batch: Vec<WriteRequest>, shared: &Shared)
                         }
                     }
                 }
+                // The holders keep their leases and decide: back off and retry, or give the work back.
                 Err(_) => match &request.op {
                     WriteOp::CommitTurn(turn) => {
-                        wake_instances += usize::from(queues.release_instance(&turn.instance_id, &[], false));
+                        queues.unpin_instance(&turn.instance_id, turn.lease);
                         for finished in &turn.finished_activities {
-                            queues.unpin_activity(finished.id, at);
+                            queues.unpin_activity(finished.id, finished.lease);
                         }
                     }
-                    WriteOp::CompleteActivity { id, .. } => queues.unpin_activity(*id, at),
+                    WriteOp::CompleteActivity { id, lease, .. } => queues.unpin_activity(*id, *lease),
                     _ => {}
                 },
             }
@@ -211,15 +215,34 @@ fn write_batch(conn: &mut Connection, batch: Vec<WriteRequest>, shared: &Shared)
     }
 }
 
-/// Why a batch was not committed.
+/// Why a batch was not committed. Whichever it is, the whole batch was rolled back.
 #[derive(Debug, thiserror::Error)]
 enum BatchError {
-    /// A request failed after writing some rows (only without savepoints); the batch was rolled back.
+    /// A request failed after writing some rows (only without savepoints).
     #[error("a request failed part-way")]
     PartialWrite,
-    /// SQLite failed; the batch was rolled back.
+    /// SQLite rolled the transaction back by itself while a request was being written (it may,
+    /// on a full disk, an I/O error or lack of memory): the rest of the batch must not run,
+    /// since each of its statements would commit on its own.
+    #[error("the transaction was rolled back: {0}")]
+    RolledBack(StoreError),
+    /// A statement of the batch's own (begin, savepoint, commit) failed.
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
+}
+
+impl BatchError {
+    /// What each request of the failed batch is told.
+    fn to_store_error(&self) -> StoreError {
+        match self {
+            BatchError::RolledBack(StoreError::Unavailable(why)) => StoreError::Unavailable(why.clone()),
+            BatchError::Sqlite(err) => match store_error(err) {
+                StoreError::Unavailable(why) => StoreError::Unavailable(why),
+                _ => StoreError::Backend(format!("the batch could not be committed: {err}")),
+            },
+            other => StoreError::Backend(format!("the batch could not be committed: {other}")),
+        }
+    }
 }
 
 /// What each request of a batch did.
@@ -241,6 +264,14 @@ fn write_all(conn: &Connection, batch: &[WriteRequest], savepoints: bool) -> Res
             let changes_before = conn.total_changes();
             let mut effects = Vec::new();
             let result = apply(conn, &request.op, &mut effects);
+            if let Err(err) = &result
+                && conn.is_autocommit()
+            {
+                return Err(BatchError::RolledBack(match err {
+                    StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
+                    other => StoreError::Backend(other.to_string()),
+                }));
+            }
             if savepoints {
                 if result.is_err() {
                     run_cached(conn, "ROLLBACK TO op")?;
@@ -269,18 +300,17 @@ fn pin_lease(op: &WriteOp, shared: &Shared) -> StoreResult<()> {
     let mut queues = shared.lock_queues();
     match op {
         WriteOp::CommitTurn(turn) => {
-            let at = now();
             for (pinned, finished) in turn.finished_activities.iter().enumerate() {
                 if !queues.pin_activity(finished.id, finished.lease) {
                     for earlier in &turn.finished_activities[..pinned] {
-                        queues.unpin_activity(earlier.id, at);
+                        queues.unpin_activity(earlier.id, earlier.lease);
                     }
                     return Err(StoreError::LeaseLost(format!("an activity of {}", turn.instance_id)));
                 }
             }
             if !queues.pin_instance(&turn.instance_id, turn.lease) {
                 for finished in &turn.finished_activities {
-                    queues.unpin_activity(finished.id, at);
+                    queues.unpin_activity(finished.id, finished.lease);
                 }
                 return Err(StoreError::LeaseLost(turn.instance_id.clone()));
             }

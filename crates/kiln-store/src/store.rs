@@ -49,7 +49,8 @@ pub trait Store: Send + Sync + 'static {
     async fn commit_turn(&self, commit: TurnCommit) -> StoreResult<()>;
 
     /// Releases a claimed instance without committing; its messages become available again
-    /// after `retry_after`.
+    /// after `retry_after`. The claim was given back, not lost to a crash, so it does not count
+    /// towards the work item's dequeue count (poison detection).
     async fn abandon_orchestration_work(
         &self,
         instance_id: &str,
@@ -105,7 +106,8 @@ pub trait Store: Send + Sync + 'static {
     /// atomically. `LeaseLost` if the lease lapsed (the activity will run again).
     async fn complete_activity(&self, item: &ActivityWorkItem, result: HistoryEvent) -> StoreResult<()>;
 
-    /// Releases a claimed activity; it becomes available again after `retry_after`.
+    /// Releases a claimed activity; it becomes available again after `retry_after`. Like
+    /// [`Store::abandon_orchestration_work`], the claim does not count towards its dequeue count.
     async fn abandon_activity_work(&self, item: &ActivityWorkItem, retry_after: Duration) -> StoreResult<()>;
 
     /// Reads an instance's state.

@@ -193,14 +193,39 @@ async fn run_activity(rt: &Runtime, mut item: ActivityWorkItem) {
             return;
         }
     }
-    match rt.store.complete_activity(&item, event).await {
-        Ok(()) => {}
-        Err(StoreError::LeaseLost(what)) => {
-            tracing::warn!(what, "activity finished after its lease lapsed; it runs again")
-        }
-        Err(err) => {
-            tracing::warn!(instance_id = item.activity.instance_id, error = %err, "reporting an activity result failed");
-            let _ = rt.store.abandon_activity_work(&item, Duration::from_secs(1)).await;
+    report_result(rt, item, event).await;
+}
+
+/// Stores an activity's result. While the store cannot take it for a passing reason (a full
+/// disk, a lost database connection), the result is kept in hand and the lease renewed, so the
+/// activity does not run again for nothing.
+async fn report_result(rt: &Runtime, mut item: ActivityWorkItem, event: HistoryEvent) {
+    let mut backoff = Backoff(None);
+    loop {
+        match rt.store.complete_activity(&item, event.clone()).await {
+            Ok(()) => return,
+            Err(StoreError::LeaseLost(what)) => {
+                tracing::warn!(what, "activity finished after its lease lapsed; it runs again");
+                return;
+            }
+            Err(err @ StoreError::Unavailable(_)) => {
+                backoff.failed("storing an activity result", &err).await;
+                match rt.store.renew_activity_lease(&item, rt.config.lease_duration).await {
+                    Ok(lease) => item.lease = lease,
+                    Err(_) => {
+                        tracing::warn!(
+                            instance_id = item.activity.instance_id,
+                            "activity lease lapsed while its result could not be stored; it runs again"
+                        );
+                        return;
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::warn!(instance_id = item.activity.instance_id, error = %err, "reporting an activity result failed");
+                let _ = rt.store.abandon_activity_work(&item, Duration::from_secs(1)).await;
+                return;
+            }
         }
     }
 }

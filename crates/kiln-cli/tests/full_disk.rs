@@ -1,0 +1,245 @@
+//! A full disk under `kiln serve`: its database on a small tmpfs that clients fill up (small
+//! starts through the public starter, ~600 KB ones through the management API) while a filler
+//! file takes the rest. While the disk is full, starts answer `503` with `Retry-After` (never
+//! `500`) and `/readyz` says not ready; once space returns, every accepted job completes with
+//! its own output, none fails, and no refused start exists — without a restart and after one.
+//!
+//! Mounting a tmpfs needs root: elsewhere the test says it was skipped, unless
+//! `KILN_REQUIRE_ROOT=1` makes that a failure (CI runs as root and sets it).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{agent, free_port};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Size of the disk the database lives on.
+const DISK: &str = "24m";
+const CLIENTS: usize = 12;
+const BIG_INPUT_BYTES: usize = 600_000;
+const DEADLINE: Duration = Duration::from_secs(90);
+
+/// A tmpfs mounted on a temporary directory, unmounted when dropped.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount() -> Option<Tmpfs> {
+        let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+        if !root {
+            assert!(std::env::var("KILN_REQUIRE_ROOT").map_or(true, |v| v != "1"), "KILN_REQUIRE_ROOT=1 but not root");
+            eprintln!("skipped: mounting a tmpfs needs root; set KILN_REQUIRE_ROOT=1 to fail instead");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={DISK}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mount -t tmpfs failed");
+        Some(Tmpfs { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+/// What one start was answered.
+#[derive(Debug)]
+struct Start {
+    customer: String,
+    status: u16,
+    retry_after: Option<String>,
+    id: Option<String>,
+}
+
+fn start_job(public: &str, management: &str, customer: &str, big: bool) -> Start {
+    let response = if big {
+        let body = json!({"customer_id": customer, "delay_seconds": 0, "padding": "x".repeat(BIG_INPUT_BYTES)});
+        agent().post(format!("{management}/runtime/webhooks/durabletask/orchestrators/report_job")).send_json(body)
+    } else {
+        let body = json!({"customer_id": customer, "delay_seconds": 0});
+        agent().post(format!("{public}/api/jobs/reports")).send_json(body)
+    };
+    let mut response = response.expect("the server answers");
+    let status = response.status().as_u16();
+    let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+    let body: Value = serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap_or(Value::Null);
+    Start { customer: customer.to_owned(), status, retry_after, id: body["id"].as_str().map(str::to_owned) }
+}
+
+/// Fills the disk with a file of zeros until it refuses more.
+fn fill(path: &Path) {
+    let mut file = std::fs::File::create(path).unwrap();
+    let block = vec![0u8; 64 * 1024];
+    while file.write_all(&block).is_ok() {}
+    let _ = file.sync_all();
+}
+
+/// How many starts got each status.
+fn summary(starts: &[Start]) -> String {
+    let mut counts = BTreeMap::new();
+    for start in starts {
+        *counts.entry(start.status).or_insert(0) += 1;
+    }
+    format!("{counts:?}")
+}
+
+fn readyz(public: &str) -> u16 {
+    agent().get(format!("{public}/readyz")).call().map_or(0, |r| r.status().as_u16())
+}
+
+/// Every instance, by id: its runtime status and, when completed, the customer its report is for.
+fn instances(management: &str) -> BTreeMap<String, (String, Option<String>)> {
+    let url = format!("{management}/runtime/webhooks/durabletask/instances");
+    let mut response = agent().get(url).call().unwrap();
+    let list: Value = serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let customer = i["output"]["result"]["customerId"].as_str().map(str::to_owned);
+            (i["instanceId"].as_str().unwrap().to_owned(), (i["runtimeStatus"].as_str().unwrap().to_owned(), customer))
+        })
+        .collect()
+}
+
+/// Waits until no instance is pending or running, then checks that the instances are exactly
+/// the accepted starts, each completed with its own customer's report.
+fn assert_every_accepted_job_completed(management: &str, accepted: &BTreeMap<String, String>) {
+    let deadline = Instant::now() + DEADLINE;
+    let finished = loop {
+        let all = instances(management);
+        if all.values().all(|(status, _)| status != "Pending" && status != "Running") {
+            break all;
+        }
+        assert!(Instant::now() < deadline, "jobs still unfinished: {all:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let ids: BTreeSet<&String> = finished.keys().collect();
+    assert_eq!(ids, accepted.keys().collect(), "the instances are exactly the accepted starts (no phantom, none lost)");
+    for (id, customer) in accepted {
+        let (status, reported) = &finished[id];
+        assert_eq!(status, "Completed", "{id} of {customer}");
+        assert_eq!(reported.as_ref(), Some(customer), "{id} reports for its own customer");
+    }
+}
+
+struct Server {
+    child: Child,
+    dir: PathBuf,
+    ports: (u16, u16),
+    public: String,
+    management: String,
+}
+
+impl Server {
+    fn start(dir: &Path, ports: (u16, u16)) -> Server {
+        let public = format!("http://127.0.0.1:{}", ports.0);
+        let child = common::serve(dir, ports, &public);
+        Server { child, dir: dir.to_owned(), ports, public, management: format!("http://127.0.0.1:{}", ports.1) }
+    }
+
+    fn restart(mut self) -> Server {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        Server::start(&self.dir, self.ports)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_new_work_with_503_and_loses_no_accepted_job() {
+    let Some(disk) = Tmpfs::mount() else { return };
+    let server = Server::start(disk.path(), (free_port(), free_port()));
+    let filler = disk.path().join("filler");
+
+    let starts = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let (public, management) = (server.public.clone(), server.management.clone());
+            let (starts, stop) = (Arc::clone(&starts), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                for n in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let start = start_job(&public, &management, &format!("c{client}-{n}"), n % 4 == 3);
+                    starts.lock().unwrap().push(start);
+                }
+            })
+        })
+        .collect();
+
+    // Let work flow, fill the disk, and watch the server refuse work while it is full.
+    std::thread::sleep(Duration::from_millis(500));
+    fill(&filler);
+    let deadline = Instant::now() + DEADLINE;
+    let mut not_ready = false;
+    while !(not_ready && starts.lock().unwrap().iter().any(|s| s.status == 503)) {
+        assert!(
+            Instant::now() < deadline,
+            "the server never noticed the full disk (ready: {}): {}",
+            !not_ready,
+            summary(&starts.lock().unwrap())
+        );
+        not_ready |= readyz(&server.public) == 503;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().unwrap();
+    }
+
+    // Space returns: the server recovers without a restart and takes new work.
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while readyz(&server.public) != 200 {
+        assert!(Instant::now() < deadline, "the server did not become ready again");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for n in 0..10 {
+        let start = start_job(&server.public, &server.management, &format!("after-{n}"), n % 2 == 1);
+        assert_eq!(start.status, 202, "{start:?}");
+        starts.lock().unwrap().push(start);
+    }
+    let starts = std::mem::take(&mut *starts.lock().unwrap());
+    let refused: Vec<&Start> = starts.iter().filter(|s| s.status != 202).collect();
+    assert!(!refused.is_empty(), "some starts were refused while the disk was full");
+    for start in &refused {
+        assert_eq!(start.status, 503, "{start:?}");
+        assert!(start.retry_after.is_some(), "{start:?}");
+    }
+    let accepted: BTreeMap<String, String> =
+        starts.iter().filter(|s| s.status == 202).map(|s| (s.id.clone().unwrap(), s.customer.clone())).collect();
+    assert!(accepted.len() > refused.len() / 10, "work was accepted too: {} of {}", accepted.len(), starts.len());
+    assert_every_accepted_job_completed(&server.management, &accepted);
+
+    let server = server.restart();
+    assert_every_accepted_job_completed(&server.management, &accepted);
+    drop(server);
+}

@@ -12,7 +12,7 @@ mod common;
 
 use common::{agent, free_port};
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -103,42 +103,6 @@ fn summary(starts: &[Start]) -> String {
 
 fn readyz(public: &str) -> u16 {
     agent().get(format!("{public}/readyz")).call().map_or(0, |r| r.status().as_u16())
-}
-
-/// Every instance, by id: its runtime status and, when completed, the customer its report is for.
-fn instances(management: &str) -> BTreeMap<String, (String, Option<String>)> {
-    let url = format!("{management}/runtime/webhooks/durabletask/instances");
-    let mut response = agent().get(url).call().unwrap();
-    let list: Value = serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
-    list.as_array()
-        .unwrap()
-        .iter()
-        .map(|i| {
-            let customer = i["output"]["result"]["customerId"].as_str().map(str::to_owned);
-            (i["instanceId"].as_str().unwrap().to_owned(), (i["runtimeStatus"].as_str().unwrap().to_owned(), customer))
-        })
-        .collect()
-}
-
-/// Waits until no instance is pending or running, then checks that the instances are exactly
-/// the accepted starts, each completed with its own customer's report.
-fn assert_every_accepted_job_completed(management: &str, accepted: &BTreeMap<String, String>) {
-    let deadline = Instant::now() + DEADLINE;
-    let finished = loop {
-        let all = instances(management);
-        if all.values().all(|(status, _)| status != "Pending" && status != "Running") {
-            break all;
-        }
-        assert!(Instant::now() < deadline, "jobs still unfinished: {all:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let ids: BTreeSet<&String> = finished.keys().collect();
-    assert_eq!(ids, accepted.keys().collect(), "the instances are exactly the accepted starts (no phantom, none lost)");
-    for (id, customer) in accepted {
-        let (status, reported) = &finished[id];
-        assert_eq!(status, "Completed", "{id} of {customer}");
-        assert_eq!(reported.as_ref(), Some(customer), "{id} reports for its own customer");
-    }
 }
 
 struct Server {
@@ -237,9 +201,9 @@ fn a_full_disk_refuses_new_work_with_503_and_loses_no_accepted_job() {
     let accepted: BTreeMap<String, String> =
         starts.iter().filter(|s| s.status == 202).map(|s| (s.id.clone().unwrap(), s.customer.clone())).collect();
     assert!(accepted.len() > refused.len() / 10, "work was accepted too: {} of {}", accepted.len(), starts.len());
-    assert_every_accepted_job_completed(&server.management, &accepted);
+    common::assert_report_jobs_completed(&server.management, &accepted, false);
 
     let server = server.restart();
-    assert_every_accepted_job_completed(&server.management, &accepted);
+    common::assert_report_jobs_completed(&server.management, &accepted, false);
     drop(server);
 }

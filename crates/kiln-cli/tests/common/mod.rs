@@ -1,6 +1,8 @@
 //! Helpers shared by the `kiln` binary's end-to-end tests.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -76,4 +78,52 @@ pub fn drop_schema(schema: &str) {
         drop(client);
         let _ = driver.await;
     });
+}
+
+/// Every instance on a server, by id: its runtime status and, once a report job completed, the
+/// customer its report is for.
+pub fn report_jobs(management: &str) -> BTreeMap<String, (String, Option<String>)> {
+    let url = format!("{management}/runtime/webhooks/durabletask/instances");
+    let mut response = agent().get(url).call().unwrap();
+    let list: Value = serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let customer = i["output"]["result"]["customerId"].as_str().map(str::to_owned);
+            (i["instanceId"].as_str().unwrap().to_owned(), (i["runtimeStatus"].as_str().unwrap().to_owned(), customer))
+        })
+        .collect()
+}
+
+/// Waits until no report job is pending or running, then checks that every accepted one
+/// (id → customer) completed with its own customer's report. Other instances may exist only
+/// with `unacknowledged_may_exist` (a start whose answer was lost to a crash), and then must
+/// have completed too.
+pub fn assert_report_jobs_completed(
+    management: &str,
+    accepted: &BTreeMap<String, String>,
+    unacknowledged_may_exist: bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let finished = loop {
+        let all = report_jobs(management);
+        if all.values().all(|(status, _)| status != "Pending" && status != "Running") {
+            break all;
+        }
+        assert!(Instant::now() < deadline, "jobs still unfinished: {all:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let ids: BTreeSet<&String> = finished.keys().collect();
+    let acknowledged: BTreeSet<&String> = accepted.keys().collect();
+    assert!(ids.is_superset(&acknowledged), "lost: {:?}", acknowledged.difference(&ids).collect::<Vec<_>>());
+    if !unacknowledged_may_exist {
+        assert_eq!(ids, acknowledged, "an instance exists whose start was refused");
+    }
+    for (id, (status, customer)) in &finished {
+        assert_eq!(status, "Completed", "{id}");
+        if let Some(expected) = accepted.get(id) {
+            assert_eq!(customer.as_ref(), Some(expected), "{id} reports for its own customer");
+        }
+    }
 }

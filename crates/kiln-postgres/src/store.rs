@@ -96,15 +96,30 @@ fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// Longest schema name: the notification channel `kiln_<schema>` must fit PostgreSQL's 63-byte
+/// identifiers (`pg_notify` refuses a longer channel while `LISTEN` truncates it silently).
+const MAX_SCHEMA_NAME: usize = 63 - "kiln_".len();
+
+/// Schema names are used unquoted (in `search_path`, the channel), where PostgreSQL folds case:
+/// only names that mean the same quoted and unquoted are accepted.
+fn check_schema_name(schema: &str) -> Result<(), OpenError> {
+    let starts_well = schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_');
+    let plain = schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !starts_well || !plain || schema.len() > MAX_SCHEMA_NAME {
+        return Err(OpenError::Config(format!(
+            "schema name '{schema}' must be 1–{MAX_SCHEMA_NAME} lower-case letters, digits and _, not starting with a digit"
+        )));
+    }
+    Ok(())
+}
+
 impl PostgresStore {
     /// Connects, creates the schema if needed, migrates it, and starts listening for other
     /// nodes' commits.
     pub async fn connect(options: PostgresOptions) -> Result<PostgresStore, OpenError> {
         let mut config: tokio_postgres::Config = options.url.parse().map_err(|e| OpenError::Config(format!("{e}")))?;
         if let Some(schema) = &options.schema {
-            if schema.is_empty() || !schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(OpenError::Config(format!("schema name '{schema}' must be letters, digits and _")));
-            }
+            check_schema_name(schema)?;
             let (mut client, connection) =
                 config.connect(NoTls).await.map_err(|e| OpenError::Unreachable(e.to_string()))?;
             let driver = tokio::spawn(connection);
@@ -181,7 +196,7 @@ impl PostgresStore {
             // One row per notification: one more than asked for is the added `w`.
             Ok(rows) if rows.len() > payloads.len() => self.wakers.orchestrations.notify_one(),
             Ok(_) => {}
-            Err(err) => tracing::debug!(error = %err, "NOTIFY failed; workers find the work by polling"),
+            Err(err) => tracing::warn!(error = %err, "NOTIFY failed; other nodes find the work by polling, later"),
         }
     }
 

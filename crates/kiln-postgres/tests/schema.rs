@@ -21,3 +21,19 @@ async fn nodes_starting_together_migrate_once_and_a_newer_schema_is_refused() {
     drop(client);
     let _ = driver.await;
 }
+
+/// Names PostgreSQL would fold (upper case) or whose channel `pg_notify` refuses (too long)
+/// are refused before anything is created; a 58-character name still works end to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_names_that_would_not_mean_the_same_everywhere_are_refused() {
+    let Some((_store, _guard)) = common::fresh_store().await else { return };
+    for bad in ["Kiln_Upper", "9lives", "with-dash", "", &"x".repeat(59)] {
+        let options = kiln_postgres::PostgresOptions { schema: Some(bad.to_owned()), ..common::fresh_options() };
+        let err = PostgresStore::connect(options).await.err().unwrap_or_else(|| panic!("'{bad}' was accepted"));
+        assert!(err.to_string().contains("lower-case letters"), "{bad}: {err}");
+    }
+    let longest = format!("kiln_t{}", "x".repeat(52));
+    let _cleanup = common::SchemaGuard::new(&longest);
+    let options = kiln_postgres::PostgresOptions { schema: Some(longest.clone()), ..common::fresh_options() };
+    assert!(PostgresStore::connect(options).await.is_ok(), "{} characters is allowed", longest.len());
+}

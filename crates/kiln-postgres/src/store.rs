@@ -614,7 +614,9 @@ impl Store for PostgresStore {
             params.push(Box::new(after.created_at.0));
             params.push(Box::new(after.instance_id.clone()));
             let (t, i) = (params.len() - 1, params.len());
-            sql.push_str(&format!(" AND (created_at, instance_id) > (${t}, ${i})"));
+            // Compared byte-wise, as the ORDER BY sorts: under the column's collation (e.g.
+            // en_US) the cursor would skip or repeat ids created in the same millisecond.
+            sql.push_str(&format!(" AND (created_at, instance_id COLLATE \"C\") > (${t}, ${i})"));
         }
         let page_size = query.page_size.max(1);
         sql.push_str(&format!(" ORDER BY created_at, instance_id COLLATE \"C\" LIMIT {}", page_size + 1));

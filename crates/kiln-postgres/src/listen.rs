@@ -6,6 +6,7 @@
 //! workers' fallback poll keeps work moving, and every waiter is woken once it is back, since
 //! notifications may have been missed meanwhile.
 
+use crate::store::FALLBACK_POLL;
 use kiln_store::StatusWatchers;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +18,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
 /// Where notifications go.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Wakers {
     /// Orchestration workers.
     pub orchestrations: Notify,
@@ -29,6 +30,19 @@ pub struct Wakers {
     /// notifications may have been missed); the dispatcher looks there only then or on its
     /// fallback poll. (Activities a node claims for itself reach it without the table.)
     activities_in_table: AtomicBool,
+}
+
+impl Default for Wakers {
+    fn default() -> Self {
+        Wakers {
+            orchestrations: Notify::new(),
+            activities: Notify::new(),
+            // A notification can be lost (a failed NOTIFY, a dropped connection): status
+            // waiters look again as often as idle workers do.
+            watchers: StatusWatchers::with_recheck(FALLBACK_POLL),
+            activities_in_table: AtomicBool::new(false),
+        }
+    }
 }
 
 impl Wakers {
@@ -82,6 +96,7 @@ pub async fn run(config: tokio_postgres::Config, channel: String, node: String, 
                         // Notifications may have been missed while not listening.
                         wakers.orchestrations.notify_waiters();
                         wakers.activities_in_table();
+                        wakers.watchers.notify_all();
                         while let Some(payload) = rx.recv().await {
                             match payload.split_once(' ') {
                                 Some((sender, _)) if sender == node => {}

@@ -27,7 +27,7 @@ use tokio_postgres::types::ToSql;
 
 /// Longest a worker sleeps without a notification before it looks for work again (a safety net
 /// for missed notifications; latency does not depend on it).
-const FALLBACK_POLL: Duration = Duration::from_secs(1);
+pub(crate) const FALLBACK_POLL: Duration = Duration::from_secs(1);
 /// Most instances one purge transaction deletes.
 const PURGE_BATCH: i64 = 500;
 

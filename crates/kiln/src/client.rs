@@ -259,7 +259,7 @@ impl KilnClient {
                 return Ok(Some(record));
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() || !subscription.changed(left).await {
+            if left.is_zero() || !subscription.wait(left).await {
                 return Ok(None);
             }
         }

@@ -24,6 +24,11 @@ impl SchemaGuard {
     pub fn new(schema: &str) -> SchemaGuard {
         SchemaGuard { schema: schema.to_owned() }
     }
+
+    /// The schema's name.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
 }
 
 impl Drop for SchemaGuard {

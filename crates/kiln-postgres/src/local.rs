@@ -51,7 +51,7 @@ impl LocalActivities {
     pub fn take(&self, max: usize, now: i64) -> (Vec<ActivityWorkItem>, bool) {
         let mut queue = self.lock();
         let mut taken = Vec::new();
-        while taken.len() < max.max(1) {
+        while taken.len() < max {
             let Some(item) = queue.pop_front() else { break };
             if item.lease.expires_at.0 - now >= MIN_LEASE_LEFT_MILLIS {
                 taken.push(item);

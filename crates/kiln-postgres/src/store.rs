@@ -79,6 +79,8 @@ pub struct PostgresStore {
     local: LocalActivities,
     /// Which idle orchestration worker looks without a notification.
     looks: TableLooks,
+    /// When the activity dispatcher last looked in the activities table unprompted.
+    activity_looks: TableLooks,
     listener: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -153,6 +155,7 @@ impl PostgresStore {
             channel,
             node,
             local: LocalActivities::default(),
+            activity_looks: TableLooks::default(),
             looks: TableLooks::default(),
             listener: Mutex::new(Some(listener)),
         })
@@ -233,6 +236,68 @@ impl PostgresStore {
             () = notified => true,
             () = tokio::time::sleep_until(until) => false,
         }
+    }
+
+    /// Claims up to `max` unclaimed activities from the table.
+    async fn claim_from_table(&self, lease_for: Duration, max: usize) -> StoreResult<Vec<ActivityWorkItem>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let client = self.lease_client().await?;
+        let at = now().0;
+        let rows = cached::query(
+            &client,
+            "UPDATE activities SET lock_token = nextval('lease_tokens'), locked_until = $2, \
+             dequeue_count = dequeue_count + 1 \
+             WHERE id IN (SELECT id FROM activities \
+               WHERE (locked_until IS NULL OR locked_until < $1) AND (visible_at IS NULL OR visible_at <= $1) \
+               ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             RETURNING id, instance_id, execution, step, name, input, attempt, dequeue_count, lock_token, \
+             locked_until",
+            &[&at, &(at + millis(lease_for)), &(max as i64)],
+        )
+        .await
+        .map_err(backend)?;
+        if rows.len() == max {
+            // There may be more: look again.
+            self.wakers.activities_in_table();
+        }
+        rows.iter().map(rows::activity_work_item).collect()
+    }
+
+    /// Renews, before they are handed out, the leases of claims that have used up a third of
+    /// their time (claimed locally a while ago): an activity must not start with too little
+    /// lease left to reach its first renewal. Claims no longer held are dropped.
+    async fn renew_lapsing(
+        &self,
+        items: Vec<ActivityWorkItem>,
+        lease_for: Duration,
+    ) -> StoreResult<Vec<ActivityWorkItem>> {
+        let at = now().0;
+        let lease_ms = millis(lease_for);
+        let (lapsing, mut fresh): (Vec<_>, Vec<_>) =
+            items.into_iter().partition(|item| item.lease.expires_at.0 - at < lease_ms * 2 / 3);
+        if lapsing.is_empty() {
+            return Ok(fresh);
+        }
+        let (ids, tokens): (Vec<i64>, Vec<i64>) = lapsing.iter().map(|item| (item.id, item.lease.token as i64)).unzip();
+        let client = self.lease_client().await?;
+        let renewed = cached::query(
+            &client,
+            "UPDATE activities a SET locked_until = $3 FROM unnest($1::bigint[], $2::bigint[]) AS f(id, token) \
+             WHERE a.id = f.id AND a.lock_token = f.token AND a.locked_until >= $4 RETURNING a.id",
+            &[&ids, &tokens, &(at + lease_ms), &at],
+        )
+        .await
+        .map_err(backend)?;
+        let renewed: Vec<i64> = renewed.iter().map(|row| row.get(0)).collect();
+        for mut item in lapsing {
+            if renewed.contains(&item.id) {
+                item.lease.expires_at = Timestamp(at + lease_ms);
+                fresh.push(item);
+            }
+        }
+        Ok(fresh)
     }
 
     async fn try_claim_instance(&self, lease_for: Duration) -> StoreResult<Option<OrchestrationWorkItem>> {
@@ -464,47 +529,38 @@ impl Store for PostgresStore {
         max: usize,
     ) -> StoreResult<Vec<ActivityWorkItem>> {
         let deadline = tokio::time::Instant::now() + wait;
+        let max = max.max(1);
         self.local.set_lease_millis(millis(lease_for));
-        let mut look = self.wakers.take_activities_in_table();
         loop {
-            let (local, more) = self.local.take(max, now().0);
-            if !local.is_empty() {
+            // The table is looked at when told it holds unclaimed work, and at least once per
+            // fallback period however busy this node is with its own claims: activities of a
+            // dead node, released ones and missed notifications wait there. Such a look keeps
+            // a slot free for what it finds.
+            let look = self.wakers.take_activities_in_table()
+                || self.activity_looks.unprompted_look(now().0, millis(FALLBACK_POLL));
+            let (mut items, mut more) = self.local.take(if look { max - 1 } else { max }, now().0);
+            if look {
+                let found = self.claim_from_table(lease_for, max - items.len()).await?;
+                items.extend(found);
+                if items.len() < max {
+                    // The table had less than the kept slot: fill it from this node's own claims.
+                    let (own, more_own) = self.local.take(max - items.len(), now().0);
+                    items.extend(own);
+                    more = more_own;
+                }
+            }
+            let items = self.renew_lapsing(items, lease_for).await?;
+            if !items.is_empty() {
                 if more {
                     self.wakers.activities.notify_one();
                 }
-                return Ok(local);
-            }
-            if look {
-                let client = self.lease_client().await?;
-                let at = now().0;
-                let rows = cached::query(
-                    &client,
-                    "UPDATE activities SET lock_token = nextval('lease_tokens'), locked_until = $2, \
-                     dequeue_count = dequeue_count + 1 \
-                     WHERE id IN (SELECT id FROM activities \
-                       WHERE (locked_until IS NULL OR locked_until < $1) AND (visible_at IS NULL OR visible_at <= $1) \
-                       ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
-                     RETURNING id, instance_id, execution, step, name, input, attempt, dequeue_count, lock_token, \
-                     locked_until",
-                    &[&at, &(at + millis(lease_for)), &(max.max(1) as i64)],
-                )
-                .await
-                .map_err(backend)?;
-                drop(client);
-                if !rows.is_empty() {
-                    if rows.len() == max {
-                        // There may be more: look again.
-                        self.wakers.activities_in_table();
-                    }
-                    return rows.iter().map(rows::activity_work_item).collect();
-                }
+                return Ok(items);
             }
             if tokio::time::Instant::now() >= deadline {
                 return Ok(Vec::new());
             }
-            // Woken for this node's own claims (no look), for the table, or by the fallback poll.
-            let notified = self.wait(&self.wakers.activities, deadline, None).await;
-            look = self.wakers.take_activities_in_table() || !notified;
+            // Woken for this node's own claims, for the table, or by the fallback poll.
+            self.wait(&self.wakers.activities, deadline, None).await;
         }
     }
 
@@ -564,7 +620,12 @@ impl Store for PostgresStore {
         )
         .await
         .map_err(backend)?;
-        if updated == 0 { Err(StoreError::LeaseLost(item.activity.instance_id.clone())) } else { Ok(()) }
+        if updated == 0 {
+            return Err(StoreError::LeaseLost(item.activity.instance_id.clone()));
+        }
+        // Back in the table: this node's dispatcher looks there (other nodes on their fallback look).
+        self.wakers.activities_in_table();
+        Ok(())
     }
 
     async fn get_instance(&self, instance_id: &str) -> StoreResult<Option<InstanceRecord>> {

@@ -19,6 +19,11 @@ fn now() -> Timestamp {
 
 /// Starts `id` with a first turn that schedules one activity.
 async fn start_with_activity(store: &dyn Store, id: &str) {
+    start_with_activities(store, id, 1).await;
+}
+
+/// Starts `id` with a first turn that schedules `count` activities.
+async fn start_with_activities(store: &dyn Store, id: &str, count: u64) {
     let instance = NewInstance {
         instance_id: id.to_owned(),
         name: "orch".to_owned(),
@@ -40,14 +45,16 @@ async fn start_with_activity(store: &dyn Store, id: &str) {
         failure: None,
         custom_status: None,
         waiting_on: Vec::new(),
-        activities: vec![NewActivity {
-            instance_id: id.to_owned(),
-            execution: 0,
-            step: 1,
-            name: "work".to_owned(),
-            input: Payload::null(),
-            attempt: 1,
-        }],
+        activities: (1..=count)
+            .map(|step| NewActivity {
+                instance_id: id.to_owned(),
+                execution: 0,
+                step,
+                name: "work".to_owned(),
+                input: Payload::null(),
+                attempt: 1,
+            })
+            .collect(),
         messages: Vec::new(),
         sub_orchestrations: Vec::new(),
         finished_activities: Vec::new(),
@@ -92,4 +99,59 @@ async fn a_turns_activities_run_on_its_node_until_it_stops_or_its_lease_lapses()
 
 fn ids(items: &[ActivityWorkItem]) -> Vec<&str> {
     items.iter().map(|item| item.activity.instance_id.as_str()).collect()
+}
+
+/// A node kept busy by its own turns' activities still looks in the table at least once per
+/// fallback period: a dead node's activities and a fan-out too large to claim locally are taken
+/// over while the local work goes on (the flag that says "look" used to be lost under load).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_busy_with_its_own_work_still_takes_work_from_the_table() {
+    let Some((_store, _guard)) = common::fresh_store().await else { return };
+    let options = common::fresh_options();
+    let _cleanup = common::SchemaGuard::new(options.schema.as_deref().unwrap_or_default());
+    let busy = PostgresStore::connect(options.clone()).await.unwrap();
+    let dying = PostgresStore::connect(options.clone()).await.unwrap();
+    dying.fetch_activity_work(Duration::from_millis(1_000), NO_WAIT, 1).await.unwrap();
+    start_with_activity(&dying, "orphan").await;
+    drop(dying);
+    start_with_activities(&busy, "fanout", 1_000).await;
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (mut orphan, mut fanned_out) = (false, 0);
+    for n in 0.. {
+        start_with_activity(&busy, &format!("local-{n}")).await;
+        for item in busy.fetch_activity_work(LEASE, WAIT, 8).await.unwrap() {
+            match item.activity.instance_id.as_str() {
+                "orphan" => orphan = true,
+                "fanout" => fanned_out += 1,
+                _ => {}
+            }
+        }
+        if orphan && fanned_out == 1_000 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "while busy: orphan taken over {orphan}, {fanned_out} of 1,000 fanned-out activities"
+        );
+    }
+    busy.shutdown().await;
+}
+
+/// A claim that waited in this node's queue is renewed when handed out, so the activity starts
+/// with a whole lease ahead of it (its first renewal comes a third of the lease later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_claims_are_handed_out_with_a_fresh_lease() {
+    let Some((store, _guard)) = common::fresh_store().await else { return };
+    let lease = Duration::from_millis(3_000);
+    store.fetch_activity_work(lease, NO_WAIT, 1).await.unwrap();
+    start_with_activity(store.as_ref(), "waited").await;
+    // Let the claim age past a third of its lease while nobody takes it.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let taken = store.fetch_activity_work(lease, NO_WAIT, 1).await.unwrap();
+    assert_eq!(ids(&taken), ["waited"]);
+    let left = taken[0].lease.expires_at.0 - now().0;
+    assert!(left > 2_500, "handed out with {left} ms of lease left");
+    let renewed = store.renew_activity_lease(&taken[0], lease).await;
+    assert!(renewed.is_ok(), "the renewed claim is the one held: {renewed:?}");
 }

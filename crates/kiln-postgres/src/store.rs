@@ -84,9 +84,32 @@ pub struct PostgresStore {
     listener: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// Longest a request waits for a pooled connection, or for a new one to be opened, before it
+/// is answered "unavailable" (`503`) instead of hanging.
+const POOL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long sent data may stay unacknowledged before the kernel gives up on a connection, and
+/// how long a connection may stay idle before keepalive probes check it: a network partition
+/// surfaces as an error within seconds instead of a request hanging for the TCP retry time.
+const DEAD_CONNECTION: Duration = Duration::from_secs(10);
+
 fn build_pool(config: tokio_postgres::Config, size: usize) -> Result<Pool, OpenError> {
     let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-    Pool::builder(manager).max_size(size).build().map_err(|e| OpenError::Config(e.to_string()))
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(POOL_TIMEOUT))
+        .create_timeout(Some(POOL_TIMEOUT))
+        .recycle_timeout(Some(POOL_TIMEOUT))
+        .build()
+        .map_err(|e| OpenError::Config(e.to_string()))
+}
+
+/// Bounds how long a lost server or network can hold a connection (unless the URL says otherwise).
+fn bound_waits(config: &mut tokio_postgres::Config) {
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(POOL_TIMEOUT);
+    }
+    config.keepalives(true).keepalives_idle(DEAD_CONNECTION).tcp_user_timeout(DEAD_CONNECTION);
 }
 
 /// The wall clock as a [`Timestamp`].
@@ -120,6 +143,7 @@ impl PostgresStore {
     /// nodes' commits.
     pub async fn connect(options: PostgresOptions) -> Result<PostgresStore, OpenError> {
         let mut config: tokio_postgres::Config = options.url.parse().map_err(|e| OpenError::Config(format!("{e}")))?;
+        bound_waits(&mut config);
         if let Some(schema) = &options.schema {
             check_schema_name(schema)?;
             let (mut client, connection) =

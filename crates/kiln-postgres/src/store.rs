@@ -291,20 +291,17 @@ impl PostgresStore {
 
     /// Renews, before they are handed out, the leases of claims that have used up a third of
     /// their time (claimed locally a while ago): an activity must not start with too little
-    /// lease left to reach its first renewal. Claims no longer held are dropped.
-    async fn renew_lapsing(
-        &self,
-        items: Vec<ActivityWorkItem>,
-        lease_for: Duration,
-    ) -> StoreResult<Vec<ActivityWorkItem>> {
+    /// lease left to reach its first renewal. Claims no longer held are dropped from `items`;
+    /// on an error `items` is left as it was.
+    async fn renew_lapsing(&self, items: &mut Vec<ActivityWorkItem>, lease_for: Duration) -> StoreResult<()> {
         let at = now().0;
         let lease_ms = millis(lease_for);
-        let (lapsing, mut fresh): (Vec<_>, Vec<_>) =
-            items.into_iter().partition(|item| item.lease.expires_at.0 - at < lease_ms * 2 / 3);
-        if lapsing.is_empty() {
-            return Ok(fresh);
+        let lapsing = |item: &ActivityWorkItem| item.lease.expires_at.0 - at < lease_ms * 2 / 3;
+        let (ids, tokens): (Vec<i64>, Vec<i64>) =
+            items.iter().filter(|item| lapsing(item)).map(|item| (item.id, item.lease.token as i64)).unzip();
+        if ids.is_empty() {
+            return Ok(());
         }
-        let (ids, tokens): (Vec<i64>, Vec<i64>) = lapsing.iter().map(|item| (item.id, item.lease.token as i64)).unzip();
         let client = self.lease_client().await?;
         let renewed = cached::query(
             &client,
@@ -315,13 +312,14 @@ impl PostgresStore {
         .await
         .map_err(backend)?;
         let renewed: Vec<i64> = renewed.iter().map(|row| row.get(0)).collect();
-        for mut item in lapsing {
-            if renewed.contains(&item.id) {
-                item.lease.expires_at = Timestamp(at + lease_ms);
-                fresh.push(item);
+        items.retain_mut(|item| {
+            if !lapsing(item) {
+                return true;
             }
-        }
-        Ok(fresh)
+            item.lease.expires_at = Timestamp(at + lease_ms);
+            renewed.contains(&item.id)
+        });
+        Ok(())
     }
 
     async fn try_claim_instance(&self, lease_for: Duration) -> StoreResult<Option<OrchestrationWorkItem>> {
@@ -564,8 +562,14 @@ impl Store for PostgresStore {
                 || self.activity_looks.unprompted_look(now().0, millis(FALLBACK_POLL));
             let (mut items, mut more) = self.local.take(if look { max - 1 } else { max }, now().0);
             if look {
-                let found = self.claim_from_table(lease_for, max - items.len()).await?;
-                items.extend(found);
+                match self.claim_from_table(lease_for, max - items.len()).await {
+                    Ok(found) => items.extend(found),
+                    Err(err) => {
+                        // This node's claims stay queued for the next call.
+                        self.local.push(items);
+                        return Err(err);
+                    }
+                }
                 if items.len() < max {
                     // The table had less than the kept slot: fill it from this node's own claims.
                     let (own, more_own) = self.local.take(max - items.len(), now().0);
@@ -573,7 +577,11 @@ impl Store for PostgresStore {
                     more = more_own;
                 }
             }
-            let items = self.renew_lapsing(items, lease_for).await?;
+            if let Err(err) = self.renew_lapsing(&mut items, lease_for).await {
+                // Not handed out: this node's claims stay queued; table claims lapse to any node.
+                self.local.push(items);
+                return Err(err);
+            }
             if !items.is_empty() {
                 if more {
                     self.wakers.activities.notify_one();

@@ -586,7 +586,7 @@ impl Store for SqliteStore {
         }
         if self.shared.storage_failing() {
             // Writes failed last time (a full disk?): only a write can tell whether they work again.
-            self.write(WriteOp::PutSettingIfAbsent { key: "kiln.health".into(), value: String::new() }).await?;
+            self.write(WriteOp::Probe).await?;
             if self.shared.storage_failing() {
                 return Err(StoreError::Unavailable("writes to the database fail".into()));
             }

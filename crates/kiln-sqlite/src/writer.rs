@@ -61,6 +61,8 @@ pub enum WriteOp {
     PurgeBatch(PurgeFilter),
     /// Count a claim of recovered work durably (poison detection across crashes).
     MarkClaimed(ClaimTarget),
+    /// Write a row for the sake of writing: whether writes work (e.g. once a full disk has room).
+    Probe,
     /// Store a setting unless present.
     PutSettingIfAbsent {
         /// Key.
@@ -383,6 +385,12 @@ fn apply(conn: &Connection, op: &WriteOp, effects: &mut Vec<Effect>) -> StoreRes
                     .and_then(|mut s| s.execute([id])),
             };
             updated.map_err(backend)?;
+            Ok(WriteOutcome::Done)
+        }
+        WriteOp::Probe => {
+            conn.prepare_cached("INSERT OR REPLACE INTO settings (key, value) VALUES ('kiln.probe', ?1)")
+                .and_then(|mut s| s.execute([now().0.to_string()]))
+                .map_err(backend)?;
             Ok(WriteOutcome::Done)
         }
         WriteOp::PutSettingIfAbsent { key, value } => {

@@ -83,9 +83,15 @@ pub(crate) async fn run_turn(rt: &Runtime, item: OrchestrationWorkItem, finished
                         let _ = rt.store.abandon_orchestration_work(&instance_id, lease, Duration::ZERO).await;
                     } else if matches!(err, StoreError::LeaseLost(_)) {
                         tracing::warn!(instance_id, "lease lost before commit; another worker redoes the turn");
-                    } else {
+                    } else if matches!(err, StoreError::Unavailable(_)) {
+                        // A passing store failure (a full disk, a lost connection): given back,
+                        // the claim does not count towards poison.
                         tracing::warn!(instance_id, error = %err, "turn commit failed; retrying later");
                         let _ = rt.store.abandon_orchestration_work(&instance_id, lease, Duration::from_secs(1)).await;
+                    } else {
+                        // Anything else may fail again every time: the lease is left to lapse, so
+                        // the retry counts and a turn that never commits ends as poison.
+                        tracing::error!(instance_id, error = %err, "turn commit failed; retried when its lease lapses");
                     }
                     false
                 }

@@ -157,5 +157,10 @@ pub(crate) async fn errors_as_problems(request: Request, next: Next) -> Response
         Ok(bytes) if !bytes.is_empty() => String::from_utf8_lossy(&bytes).into_owned(),
         _ => status.canonical_reason().unwrap_or("error").to_owned(),
     };
+    if status.is_server_error() {
+        // It may name internals (e.g. a missing extension's type): logged, not sent.
+        tracing::error!(%status, error = text, "request failed");
+        return Problem::new(status, "internal error; the server log has the details").into_response();
+    }
     Problem::new(status, text).into_response()
 }

@@ -60,9 +60,38 @@ impl LocalActivities {
         (taken, !queue.is_empty())
     }
 
+    /// Guards `items` taken from the queue (or claimed for this node) until they are handed
+    /// out: dropped on the way — an error, or the caller's future cancelled at shutdown — they
+    /// go back to the queue, which shutdown hands back to the table.
+    pub fn guard(&self, items: Vec<ActivityWorkItem>) -> Taken<'_> {
+        Taken { local: self, items }
+    }
+
     /// Empties the queue (at shutdown, to hand the claims back).
     pub fn drain(&self) -> Vec<ActivityWorkItem> {
         self.lock().drain(..).collect()
+    }
+}
+
+/// Claims on their way to a dispatcher (see [`LocalActivities::guard`]).
+pub struct Taken<'a> {
+    local: &'a LocalActivities,
+    /// The claims.
+    pub items: Vec<ActivityWorkItem>,
+}
+
+impl Taken<'_> {
+    /// The claims, handed out.
+    pub fn hand_out(mut self) -> Vec<ActivityWorkItem> {
+        std::mem::take(&mut self.items)
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if !self.items.is_empty() {
+            self.local.push(std::mem::take(&mut self.items));
+        }
     }
 }
 
@@ -98,5 +127,16 @@ mod tests {
         let (taken, more) = local.take(10, 0);
         assert_eq!(taken.iter().map(|i| i.id).collect::<Vec<_>>(), vec![4]);
         assert!(!more);
+    }
+
+    #[test]
+    fn claims_dropped_on_the_way_go_back_to_the_queue() {
+        let local = LocalActivities::default();
+        local.push(vec![item(1, 10_000)]);
+        let (taken, _) = local.take(1, 0);
+        drop(local.guard(taken));
+        let (taken, _) = local.take(1, 0);
+        assert_eq!(local.guard(taken).hand_out().len(), 1, "put back, then handed out");
+        assert!(local.drain().is_empty());
     }
 }

@@ -104,12 +104,19 @@ fn build_pool(config: tokio_postgres::Config, size: usize) -> Result<Pool, OpenE
         .map_err(|e| OpenError::Config(e.to_string()))
 }
 
-/// Bounds how long a lost server or network can hold a connection (unless the URL says otherwise).
+/// Bounds how long a lost server or network can hold a connection, where the URL sets no bound
+/// of its own (`connect_timeout`, `tcp_user_timeout`, `keepalives_idle`).
 fn bound_waits(config: &mut tokio_postgres::Config) {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(POOL_TIMEOUT);
     }
-    config.keepalives(true).keepalives_idle(DEAD_CONNECTION).tcp_user_timeout(DEAD_CONNECTION);
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(DEAD_CONNECTION);
+    }
+    // tokio-postgres's default idle time before keepalive probes is two hours.
+    if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+        config.keepalives(true).keepalives_idle(DEAD_CONNECTION);
+    }
 }
 
 /// The wall clock as a [`Timestamp`].
@@ -560,28 +567,19 @@ impl Store for PostgresStore {
             // a slot free for what it finds.
             let look = self.wakers.take_activities_in_table()
                 || self.activity_looks.unprompted_look(now().0, millis(FALLBACK_POLL));
-            let (mut items, mut more) = self.local.take(if look { max - 1 } else { max }, now().0);
+            let (own, mut more) = self.local.take(if look { max - 1 } else { max }, now().0);
+            let mut taken = self.local.guard(own);
             if look {
-                match self.claim_from_table(lease_for, max - items.len()).await {
-                    Ok(found) => items.extend(found),
-                    Err(err) => {
-                        // This node's claims stay queued for the next call.
-                        self.local.push(items);
-                        return Err(err);
-                    }
-                }
-                if items.len() < max {
+                taken.items.extend(self.claim_from_table(lease_for, max - taken.items.len()).await?);
+                if taken.items.len() < max {
                     // The table had less than the kept slot: fill it from this node's own claims.
-                    let (own, more_own) = self.local.take(max - items.len(), now().0);
-                    items.extend(own);
+                    let (own, more_own) = self.local.take(max - taken.items.len(), now().0);
+                    taken.items.extend(own);
                     more = more_own;
                 }
             }
-            if let Err(err) = self.renew_lapsing(&mut items, lease_for).await {
-                // Not handed out: this node's claims stay queued; table claims lapse to any node.
-                self.local.push(items);
-                return Err(err);
-            }
+            self.renew_lapsing(&mut taken.items, lease_for).await?;
+            let items = taken.hand_out();
             if !items.is_empty() {
                 if more {
                     self.wakers.activities.notify_one();

@@ -148,6 +148,7 @@ fn write_batch(conn: &mut Connection, batch: Vec<WriteRequest>, shared: &Shared)
     if accepted.is_empty() {
         return;
     }
+    let changes_before = conn.total_changes();
     let results = match write_all(conn, &accepted, false) {
         // A request failed after it had written: undo everything and isolate each request.
         Err(BatchError::PartialWrite) => write_all(conn, &accepted, true),
@@ -155,11 +156,18 @@ fn write_batch(conn: &mut Connection, batch: Vec<WriteRequest>, shared: &Shared)
     };
     // Nothing of a failed batch is on disk (it was rolled back whole), so nothing of it may
     // change the in-memory state either: every request is answered with the batch's error.
+    let wrote = results.is_ok() && conn.total_changes() != changes_before;
     let mut results = results.unwrap_or_else(|err| {
         tracing::warn!(error = %err, requests = accepted.len(), "group commit failed; nothing was written");
         accepted.iter().map(|_| Err(err.to_store_error())).collect()
     });
-    shared.set_storage_failing(results.iter().any(|r| matches!(r, Err(StoreError::Unavailable(_)))));
+    // Storage counts as working again only once a commit wrote rows (a commit of nothing
+    // succeeds on a full disk too).
+    if results.iter().any(|r| matches!(r, Err(StoreError::Unavailable(_)))) {
+        shared.set_storage_failing(true);
+    } else if wrote {
+        shared.set_storage_failing(false);
+    }
 
     let mut wake_instances = 0usize;
     let mut wake_activities = 0usize;

@@ -42,9 +42,15 @@ pub(crate) async fn run_turn(rt: &Runtime, item: OrchestrationWorkItem, finished
     let lease = item.lease;
     let plan = match plan_turn(rt, &item).await {
         Ok(plan) => plan,
-        Err(err) => {
+        Err(err @ StoreError::Unavailable(_)) => {
             tracing::warn!(instance_id, error = %err, "turn could not be prepared; retrying later");
             TurnPlan::Abandon(Duration::from_secs(1))
+        }
+        Err(err) => {
+            // E.g. a history that cannot be read: it may fail every time, so the lease is left
+            // to lapse — the retry counts, and an instance that never gets through ends as poison.
+            tracing::error!(instance_id, error = %err, "turn could not be prepared; retried when its lease lapses");
+            return false;
         }
     };
     match plan {

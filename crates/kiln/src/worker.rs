@@ -210,8 +210,11 @@ async fn report_result(rt: &Runtime, mut item: ActivityWorkItem, event: HistoryE
             }
             Err(err @ StoreError::Unavailable(_)) => {
                 backoff.failed("storing an activity result", &err).await;
+                // A renewal the store cannot take either is retried with the result; once the
+                // lease has lapsed, the store answers `LeaseLost`.
                 match rt.store.renew_activity_lease(&item, rt.config.lease_duration).await {
                     Ok(lease) => item.lease = lease,
+                    Err(StoreError::Unavailable(_)) => {}
                     Err(_) => {
                         tracing::warn!(
                             instance_id = item.activity.instance_id,

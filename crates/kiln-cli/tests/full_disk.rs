@@ -12,12 +12,12 @@
 
 mod common;
 
-use common::{agent, free_port};
+use common::{Server, agent, free_port};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -117,35 +117,6 @@ fn summary(starts: &[Start]) -> String {
 
 fn readyz(public: &str) -> u16 {
     agent().get(format!("{public}/readyz")).call().map_or(0, |r| r.status().as_u16())
-}
-
-struct Server {
-    child: Child,
-    dir: PathBuf,
-    ports: (u16, u16),
-    public: String,
-    management: String,
-}
-
-impl Server {
-    fn start(dir: &Path, ports: (u16, u16)) -> Server {
-        let public = format!("http://127.0.0.1:{}", ports.0);
-        let child = common::serve(dir, ports, &public);
-        Server { child, dir: dir.to_owned(), ports, public, management: format!("http://127.0.0.1:{}", ports.1) }
-    }
-
-    fn restart(mut self) -> Server {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        Server::start(&self.dir, self.ports)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Frees the disk, waits until the server is ready, and starts a few jobs that must be accepted.

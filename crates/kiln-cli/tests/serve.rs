@@ -4,43 +4,12 @@
 
 mod common;
 
-use common::{agent, free_port};
+use common::{Server, agent, free_port};
 use serde_json::Value;
-use std::path::Path;
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 const DEADLINE: Duration = Duration::from_secs(30);
-
-struct Server {
-    child: Child,
-    public: String,
-    management: String,
-}
-
-impl Server {
-    fn start(dir: &Path, ports: (u16, u16)) -> Server {
-        let public = format!("http://127.0.0.1:{}", ports.0);
-        let child = common::serve(dir, ports, &public);
-        Server { child, public, management: format!("http://127.0.0.1:{}", ports.1) }
-    }
-
-    fn kill_9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_kiln")).args(["--url", &self.management]).args(args).output().unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// GETs a status URL until it stops answering 202; returns the final status and body.
 fn poll(url: &str) -> (u16, Value) {

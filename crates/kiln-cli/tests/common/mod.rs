@@ -4,8 +4,8 @@
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// An HTTP client that reports every status instead of failing on 4xx/5xx.
@@ -40,6 +40,52 @@ pub fn serve(dir: &Path, ports: (u16, u16), public_url: &str) -> Child {
         std::thread::sleep(Duration::from_millis(50));
     }
     child
+}
+
+/// A `kiln serve` process on `127.0.0.1`, killed when dropped.
+pub struct Server {
+    /// The process.
+    pub child: Child,
+    dir: PathBuf,
+    ports: (u16, u16),
+    /// The public listener's base URL.
+    pub public: String,
+    /// The loopback management listener's base URL.
+    pub management: String,
+}
+
+impl Server {
+    /// Starts a server in `dir` on these ports (public, management) and waits until it is ready.
+    pub fn start(dir: &Path, ports: (u16, u16)) -> Server {
+        let public = format!("http://127.0.0.1:{}", ports.0);
+        let child = serve(dir, ports, &public);
+        Server { child, dir: dir.to_owned(), ports, public, management: format!("http://127.0.0.1:{}", ports.1) }
+    }
+
+    /// Kills the server with SIGKILL.
+    pub fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Kills the server with SIGKILL and starts it again on the same directory and ports.
+    pub fn restart(self) -> Server {
+        let (dir, ports) = (self.dir.clone(), self.ports);
+        self.kill_9();
+        Server::start(&dir, ports)
+    }
+
+    /// Runs a `kiln` client command against the server's management listener.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_kiln")).args(["--url", &self.management]).args(args).output().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The PostgreSQL test database.

@@ -368,6 +368,24 @@ impl Queues {
         }
     }
 
+    /// Gives back recovered work whose claim could not be recorded durably (the store failed):
+    /// uncounted, and still recovered, so its next claim is recorded before it runs.
+    pub fn unclaim_recovered_instance(&mut self, instance_id: &str, lease: Lease, retry_at: Timestamp) {
+        if self.abandon_instance(instance_id, lease, retry_at)
+            && let Some(slot) = self.slots.get_mut(instance_id)
+        {
+            slot.recovered = true;
+        }
+    }
+
+    /// Like [`Queues::unclaim_recovered_instance`], for an activity.
+    pub fn unclaim_recovered_activity(&mut self, id: i64, lease: Lease, retry_at: Timestamp) {
+        if let Some((_, entry)) = self.leased_activities.get_mut(&id) {
+            entry.recovered = true;
+        }
+        self.abandon_activity(id, lease, retry_at);
+    }
+
     /// Forgets a finished activity's lease (its row is gone).
     pub fn finish_activity(&mut self, id: i64) {
         self.leased_activities.remove(&id);
@@ -494,6 +512,20 @@ mod tests {
         assert!(q.abandon_activity(7, lease, Timestamp(0)));
         q.advance(Timestamp(0));
         assert_eq!(q.claim_activity(Timestamp(0), 100).unwrap().0.dequeue_count, 1);
+    }
+
+    #[test]
+    fn recovered_work_whose_claim_was_not_recorded_stays_recovered_and_uncounted() {
+        let mut q = Queues::default();
+        q.push_message("a", raised(1), None, Timestamp(0));
+        q.restore_claims("a", 3);
+        let claimed = q.claim_instance(Timestamp(0), 100).unwrap();
+        assert!(claimed.recovered);
+        q.unclaim_recovered_instance("a", claimed.lease, Timestamp(10));
+        q.advance(Timestamp(10));
+        let again = q.claim_instance(Timestamp(10), 100).unwrap();
+        assert!(again.recovered, "its next claim is still recorded durably");
+        assert_eq!(again.dequeue_count, claimed.dequeue_count, "the unrecorded claim did not count");
     }
 
     #[test]

@@ -23,6 +23,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
+/// When recovered work whose claim could not be recorded (the store failed) is offered again.
+const UNRECORDED_CLAIM_RETRY: Duration = Duration::from_secs(1);
+
 /// How hard SQLite syncs on commit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Synchronous {
@@ -388,7 +391,8 @@ impl Store for SqliteStore {
             if claimed.recovered {
                 let mark = WriteOp::MarkClaimed(ClaimTarget::Instance(claimed.instance_id.clone()));
                 if let Err(err) = self.write(mark).await {
-                    self.shared.lock_queues().release_instance(&claimed.instance_id, &[], false);
+                    let retry_at = now().plus_millis(lease_millis(UNRECORDED_CLAIM_RETRY));
+                    self.shared.lock_queues().unclaim_recovered_instance(&claimed.instance_id, claimed.lease, retry_at);
                     return Err(err);
                 }
             }
@@ -490,7 +494,8 @@ impl Store for SqliteStore {
                 }
             }
             if failure.is_some() {
-                self.shared.lock_queues().abandon_activity(item.id, lease, now());
+                let retry_at = now().plus_millis(lease_millis(UNRECORDED_CLAIM_RETRY));
+                self.shared.lock_queues().unclaim_recovered_activity(item.id, lease, retry_at);
             } else {
                 items.push(item);
             }

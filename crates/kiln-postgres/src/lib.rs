@@ -13,6 +13,7 @@
 //! - `tx`: statements run inside a store transaction (including a whole turn).
 //! - `local`: activities a node's turns claimed for that node.
 //! - `looks`: which idle worker looks in the tables without a notification.
+//! - `pool`: connection pools, timeouts on a lost server or network, usable schema names.
 //! - `cached`: statements through the per-connection statement cache.
 //! - `rows`: row encoding.
 
@@ -20,6 +21,7 @@ mod cached;
 mod listen;
 mod local;
 mod looks;
+mod pool;
 mod rows;
 pub mod schema;
 pub mod store;

@@ -4,6 +4,7 @@ use crate::cached;
 use crate::listen::{self, Wakers};
 use crate::local::LocalActivities;
 use crate::looks::TableLooks;
+use crate::pool::{bound_waits, build_pool, check_schema_name};
 use crate::rows::{self, INSTANCE_COLUMNS, QUALIFIED_INSTANCE_COLUMNS, backend};
 use crate::schema::{MigrationError, create_schema, migrate};
 use crate::tx::{
@@ -12,7 +13,7 @@ use crate::tx::{
 };
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use deadpool_postgres::{Object, Pool};
 use kiln_core::{HistoryEvent, RuntimeStatus, Timestamp};
 use kiln_store::{
     ActivityWorkItem, IdempotencyKey, IdempotentStart, InboxMessage, InstancePage, InstanceQuery, InstanceRecord,
@@ -84,41 +85,6 @@ pub struct PostgresStore {
     listener: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// Longest a request waits for a pooled connection, or for a new one to be opened, before it
-/// is answered "unavailable" (`503`) instead of hanging.
-const POOL_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long sent data may stay unacknowledged before the kernel gives up on a connection, and
-/// how long a connection may stay idle before keepalive probes check it: a network partition
-/// surfaces as an error within seconds instead of a request hanging for the TCP retry time.
-const DEAD_CONNECTION: Duration = Duration::from_secs(10);
-
-fn build_pool(config: tokio_postgres::Config, size: usize) -> Result<Pool, OpenError> {
-    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-    Pool::builder(manager)
-        .max_size(size)
-        .runtime(deadpool_postgres::Runtime::Tokio1)
-        .wait_timeout(Some(POOL_TIMEOUT))
-        .create_timeout(Some(POOL_TIMEOUT))
-        .recycle_timeout(Some(POOL_TIMEOUT))
-        .build()
-        .map_err(|e| OpenError::Config(e.to_string()))
-}
-
-/// Bounds how long a lost server or network can hold a connection, where the URL sets no bound
-/// of its own (`connect_timeout`, `tcp_user_timeout`, `keepalives_idle`).
-fn bound_waits(config: &mut tokio_postgres::Config) {
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(POOL_TIMEOUT);
-    }
-    if config.get_tcp_user_timeout().is_none() {
-        config.tcp_user_timeout(DEAD_CONNECTION);
-    }
-    // tokio-postgres's default idle time before keepalive probes is two hours.
-    if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
-        config.keepalives(true).keepalives_idle(DEAD_CONNECTION);
-    }
-}
-
 /// The wall clock as a [`Timestamp`].
 pub(crate) fn now() -> Timestamp {
     Timestamp(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64))
@@ -126,23 +92,6 @@ pub(crate) fn now() -> Timestamp {
 
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// Longest schema name: the notification channel `kiln_<schema>` must fit PostgreSQL's 63-byte
-/// identifiers (`pg_notify` refuses a longer channel while `LISTEN` truncates it silently).
-const MAX_SCHEMA_NAME: usize = 63 - "kiln_".len();
-
-/// Schema names are used unquoted (in `search_path`, the channel), where PostgreSQL folds case:
-/// only names that mean the same quoted and unquoted are accepted.
-fn check_schema_name(schema: &str) -> Result<(), OpenError> {
-    let starts_well = schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_');
-    let plain = schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if !starts_well || !plain || schema.len() > MAX_SCHEMA_NAME {
-        return Err(OpenError::Config(format!(
-            "schema name '{schema}' must be 1–{MAX_SCHEMA_NAME} lower-case letters, digits and _, not starting with a digit"
-        )));
-    }
-    Ok(())
 }
 
 impl PostgresStore {

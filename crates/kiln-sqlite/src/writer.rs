@@ -245,7 +245,7 @@ impl BatchError {
     /// What each request of the failed batch is told.
     fn to_store_error(&self) -> StoreError {
         match self {
-            BatchError::RolledBack(StoreError::Unavailable(why)) => StoreError::Unavailable(why.clone()),
+            BatchError::RolledBack(err) => err.clone(),
             BatchError::Sqlite(err) => match store_error(err) {
                 StoreError::Unavailable(why) => StoreError::Unavailable(why),
                 _ => StoreError::Backend(format!("the batch could not be committed: {err}")),
@@ -277,10 +277,7 @@ fn write_all(conn: &Connection, batch: &[WriteRequest], savepoints: bool) -> Res
             if let Err(err) = &result
                 && conn.is_autocommit()
             {
-                return Err(BatchError::RolledBack(match err {
-                    StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
-                    other => StoreError::Backend(other.to_string()),
-                }));
+                return Err(BatchError::RolledBack(err.clone()));
             }
             if savepoints {
                 if result.is_err() {

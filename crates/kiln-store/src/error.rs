@@ -3,7 +3,7 @@
 use kiln_core::RuntimeStatus;
 
 /// What can go wrong in a store call.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// No instance has this id.
     #[error("instance '{0}' not found")]

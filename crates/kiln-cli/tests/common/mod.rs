@@ -22,16 +22,24 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Starts `kiln serve` in `dir` on `127.0.0.1` at these ports (public, management), quiet, and
-/// waits until `public_url` (the public listener as the caller names it) answers `/readyz`.
+/// Where the server listening on this public port writes its log: outside its data directory,
+/// which may be a disk the test fills.
+pub fn log_path(public_port: u16) -> PathBuf {
+    std::env::temp_dir().join(format!("kiln-test-serve-{public_port}.log"))
+}
+
+/// Starts `kiln serve` in `dir` on `127.0.0.1` at these ports (public, management), logging
+/// warnings to [`log_path`] (appended across restarts), and waits until `public_url` (the public
+/// listener as the caller names it) answers `/readyz`.
 pub fn serve(dir: &Path, ports: (u16, u16), public_url: &str) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path(ports.0)).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(["serve", "--listen", &format!("127.0.0.1:{}", ports.0)])
         .args(["--management-listen", &format!("127.0.0.1:{}", ports.1)])
         .current_dir(dir)
-        .env("KILN_LOG", "warn")
+        .env("KILN_LOG", std::env::var("KILN_TEST_SERVE_LOG").unwrap_or_else(|_| "warn".to_owned()))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -68,11 +76,13 @@ impl Server {
         self.child.wait().unwrap();
     }
 
-    /// Kills the server with SIGKILL and starts it again on the same directory and ports.
-    pub fn restart(self) -> Server {
-        let (dir, ports) = (self.dir.clone(), self.ports);
-        self.kill_9();
-        Server::start(&dir, ports)
+    /// Kills the server with SIGKILL and starts it again on the same directory and ports (the
+    /// log goes on in the same file).
+    pub fn restart(mut self) -> Server {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.child = serve(&self.dir, self.ports, &self.public);
+        self
     }
 
     /// Runs a `kiln` client command against the server's management listener.
@@ -82,9 +92,22 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Kills the server; if the test is failing, prints the end of its log first, then removes
+    /// the log.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let log = log_path(self.ports.0);
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(200).collect();
+            eprintln!("--- last {} lines of the server's log ({}) ---", tail.len(), log.display());
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        } else {
+            let _ = std::fs::remove_file(log);
+        }
     }
 }
 

@@ -5,10 +5,10 @@
 
 mod common;
 
-use common::{agent, drop_schema, free_port, postgres_available};
+use common::{agent, drop_schema, free_port, kiln_serve, postgres_args, postgres_available};
 use serde_json::Value;
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -61,23 +61,6 @@ impl Proxy {
     }
 }
 
-fn serve(dir: &std::path::Path, url: &str, schema: &str, public: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["serve", "--database-url", url, "--database-schema", schema, "--lease-seconds", "3"])
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{public}"),
-            "--management-listen",
-            &format!("127.0.0.1:{}", free_port()),
-        ])
-        .current_dir(dir)
-        .env("KILN_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !done() {
@@ -114,7 +97,7 @@ fn losing_the_database_gives_503_and_work_resumes_when_it_returns() {
     let url = format!("postgres://postgres@127.0.0.1:{}/test", proxy.port);
     let public = free_port();
     let base = format!("http://127.0.0.1:{public}");
-    let mut node = serve(dir.path(), &url, &schema, public);
+    let mut node = kiln_serve(dir.path(), (public, free_port()), &postgres_args(&url, &schema, 3));
     wait_for("readiness", || status_of(&format!("{base}/readyz")) == 200);
 
     let mut accepted = agent()
@@ -147,5 +130,6 @@ fn losing_the_database_gives_503_and_work_resumes_when_it_returns() {
 
     node.kill().unwrap();
     node.wait().unwrap();
+    let _ = std::fs::remove_file(common::log_path(public));
     drop_schema(&schema);
 }

@@ -7,10 +7,9 @@
 
 mod common;
 
-use common::{agent, free_port};
+use common::{Server, agent, free_port};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,11 +34,6 @@ fn burst(public: &str, round: usize, client: usize, accepted: &Mutex<BTreeMap<St
     }
 }
 
-fn kill_9(mut child: Child) {
-    child.kill().unwrap();
-    child.wait().unwrap();
-}
-
 #[test]
 fn starts_through_the_starter_survive_kill_9_mid_burst() {
     let dir = tempfile::tempdir().unwrap();
@@ -48,7 +42,7 @@ fn starts_through_the_starter_survive_kill_9_mid_burst() {
     let management = format!("http://127.0.0.1:{}", ports.1);
     let accepted = Arc::new(Mutex::new(BTreeMap::new()));
     for round in 0..ROUNDS {
-        let server = common::serve(dir.path(), ports, &public);
+        let server = Server::start(dir.path(), ports);
         let clients: Vec<_> = (0..CLIENTS)
             .map(|client| {
                 let (public, accepted) = (public.clone(), Arc::clone(&accepted));
@@ -56,15 +50,15 @@ fn starts_through_the_starter_survive_kill_9_mid_burst() {
             })
             .collect();
         std::thread::sleep(Duration::from_millis(400 + 150 * round as u64));
-        kill_9(server);
+        server.kill_9();
         for client in clients {
             client.join().unwrap();
         }
     }
-    let server = common::serve(dir.path(), ports, &public);
+    let server = Server::start(dir.path(), ports);
     let accepted = accepted.lock().unwrap().clone();
     assert!(accepted.len() > 50, "too few starts to mean anything: {}", accepted.len());
     eprintln!("accepted {} of {} instances", accepted.len(), common::report_jobs(&management).len());
     common::assert_report_jobs_completed(&management, &accepted, true);
-    kill_9(server);
+    drop(server);
 }

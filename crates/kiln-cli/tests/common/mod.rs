@@ -28,26 +28,48 @@ pub fn log_path(public_port: u16) -> PathBuf {
     std::env::temp_dir().join(format!("kiln-test-serve-{public_port}.log"))
 }
 
-/// Starts `kiln serve` in `dir` on `127.0.0.1` at these ports (public, management), logging
-/// warnings to [`log_path`] (appended across restarts), and waits until `public_url` (the public
-/// listener as the caller names it) answers `/readyz`.
+/// Starts `kiln serve` in `dir` on `127.0.0.1` at these ports (public, management), quiet, and
+/// waits until `public_url` (the public listener as the caller names it) answers `/readyz`.
+/// ([`Server`] keeps the log and shows it when a test fails.)
 pub fn serve(dir: &Path, ports: (u16, u16), public_url: &str) -> Child {
+    let child = spawn(dir, ports, &[], Stdio::null());
+    wait_ready(public_url);
+    child
+}
+
+/// Arguments for `kiln serve` on PostgreSQL (`url`, `schema`) with leases of `lease_seconds`.
+pub fn postgres_args(url: &str, schema: &str, lease_seconds: u64) -> Vec<String> {
+    let lease = lease_seconds.to_string();
+    ["--database-url", url, "--database-schema", schema, "--lease-seconds", &lease].map(str::to_owned).to_vec()
+}
+
+/// Starts `kiln serve` with extra `args`, logging to [`log_path`] (appended across restarts),
+/// without waiting for readiness.
+pub fn kiln_serve(dir: &Path, ports: (u16, u16), args: &[String]) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path(ports.0)).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+    spawn(dir, ports, args, log.into())
+}
+
+fn spawn(dir: &Path, ports: (u16, u16), args: &[String], stderr: Stdio) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(["serve", "--listen", &format!("127.0.0.1:{}", ports.0)])
         .args(["--management-listen", &format!("127.0.0.1:{}", ports.1)])
+        .args(args)
         .current_dir(dir)
         .env("KILN_LOG", std::env::var("KILN_TEST_SERVE_LOG").unwrap_or_else(|_| "warn".to_owned()))
         .stdout(Stdio::null())
-        .stderr(log)
+        .stderr(stderr)
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Waits (up to 30 s) until `public_url` answers `/readyz` with 200.
+pub fn wait_ready(public_url: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while agent().get(format!("{public_url}/readyz")).call().map_or(true, |r| r.status() != 200) {
         assert!(Instant::now() < deadline, "kiln serve did not become ready");
         std::thread::sleep(Duration::from_millis(50));
     }
-    child
 }
 
 /// A `kiln serve` process on `127.0.0.1`, killed when dropped.
@@ -56,6 +78,7 @@ pub struct Server {
     pub child: Child,
     dir: PathBuf,
     ports: (u16, u16),
+    args: Vec<String>,
     /// The public listener's base URL.
     pub public: String,
     /// The loopback management listener's base URL.
@@ -65,9 +88,16 @@ pub struct Server {
 impl Server {
     /// Starts a server in `dir` on these ports (public, management) and waits until it is ready.
     pub fn start(dir: &Path, ports: (u16, u16)) -> Server {
+        Server::start_with(dir, ports, Vec::new())
+    }
+
+    /// Starts a server with extra `args` (e.g. [`postgres_args`]) and waits until it is ready.
+    pub fn start_with(dir: &Path, ports: (u16, u16), args: Vec<String>) -> Server {
         let public = format!("http://127.0.0.1:{}", ports.0);
-        let child = serve(dir, ports, &public);
-        Server { child, dir: dir.to_owned(), ports, public, management: format!("http://127.0.0.1:{}", ports.1) }
+        let child = kiln_serve(dir, ports, &args);
+        wait_ready(&public);
+        let management = format!("http://127.0.0.1:{}", ports.1);
+        Server { child, dir: dir.to_owned(), ports, args, public, management }
     }
 
     /// Kills the server with SIGKILL.
@@ -81,7 +111,8 @@ impl Server {
     pub fn restart(mut self) -> Server {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
-        self.child = serve(&self.dir, self.ports, &self.public);
+        self.child = kiln_serve(&self.dir, self.ports, &self.args);
+        wait_ready(&self.public);
         self
     }
 

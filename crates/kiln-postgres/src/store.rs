@@ -5,7 +5,8 @@ use crate::listen::{self, Wakers};
 use crate::local::LocalActivities;
 use crate::looks::TableLooks;
 use crate::pool::{bound_waits, build_pool, check_schema_name};
-use crate::rows::{self, INSTANCE_COLUMNS, QUALIFIED_INSTANCE_COLUMNS, backend};
+use crate::queries;
+use crate::rows::{self, INSTANCE_COLUMNS, backend};
 use crate::schema::{MigrationError, create_schema, migrate};
 use crate::tx::{
     claimed_work, create_instance_tx, insert_instance_row, insert_message, instance_status, purge_tx, terminal_codes,
@@ -225,19 +226,9 @@ impl PostgresStore {
         }
         let client = self.lease_client().await?;
         let at = now().0;
-        let rows = cached::query(
-            &client,
-            "UPDATE activities SET lock_token = nextval('lease_tokens'), locked_until = $2, \
-             dequeue_count = dequeue_count + 1 \
-             WHERE id IN (SELECT id FROM activities \
-               WHERE (locked_until IS NULL OR locked_until < $1) AND (visible_at IS NULL OR visible_at <= $1) \
-               ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
-             RETURNING id, instance_id, execution, step, name, input, attempt, dequeue_count, lock_token, \
-             locked_until",
-            &[&at, &(at + millis(lease_for)), &(max as i64)],
-        )
-        .await
-        .map_err(backend)?;
+        let rows = cached::query(&client, queries::CLAIM_ACTIVITIES, &[&at, &(at + millis(lease_for)), &(max as i64)])
+            .await
+            .map_err(backend)?;
         if rows.len() == max {
             // There may be more: look again.
             self.wakers.activities_in_table();
@@ -281,19 +272,7 @@ impl PostgresStore {
     async fn try_claim_instance(&self, lease_for: Duration) -> StoreResult<Option<OrchestrationWorkItem>> {
         let client = self.lease_client().await?;
         let at = now().0;
-        let sql = format!(
-            "WITH candidate AS ( \
-               SELECT i.instance_id FROM inbox m JOIN instances i ON i.instance_id = m.instance_id \
-               WHERE (m.visible_at IS NULL OR m.visible_at <= $1) \
-                 AND (i.locked_until IS NULL OR i.locked_until < $1) \
-                 AND (i.status <> {suspended} OR m.control) \
-               ORDER BY m.id LIMIT 1 FOR UPDATE OF i SKIP LOCKED) \
-             UPDATE instances SET lock_token = nextval('lease_tokens'), locked_until = $2, \
-               dequeue_count = instances.dequeue_count + 1 \
-             FROM candidate WHERE instances.instance_id = candidate.instance_id \
-             RETURNING {QUALIFIED_INSTANCE_COLUMNS}, instances.lock_token, instances.locked_until, instances.dequeue_count",
-            suspended = RuntimeStatus::Suspended.code()
-        );
+        let sql = queries::claim_instance();
         let Some(row) = cached::query_opt(&client, &sql, &[&at, &(at + millis(lease_for))]).await.map_err(backend)?
         else {
             return Ok(None);
@@ -717,17 +696,13 @@ impl Store for PostgresStore {
         loop {
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(backend)?;
-            let roots: Vec<String> = cached::query(
-                &tx,
-                "SELECT instance_id FROM instances WHERE status = ANY($1) AND created_at >= $2 AND created_at <= $3 \
-                     AND parent_instance_id IS NULL LIMIT $4 FOR UPDATE SKIP LOCKED",
-                &[&statuses, &from, &to, &PURGE_BATCH],
-            )
-            .await
-            .map_err(backend)?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+            let roots: Vec<String> =
+                cached::query(&tx, queries::PURGE_BATCH_ROOTS, &[&statuses, &from, &to, &PURGE_BATCH])
+                    .await
+                    .map_err(backend)?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
             let batch = roots.len() as i64;
             let deleted = purge_tx(&tx, roots).await?;
             tx.commit().await.map_err(backend)?;

@@ -16,7 +16,7 @@ pub fn claim_instance() -> String {
            WHERE (m.visible_at IS NULL OR m.visible_at <= $1) \
              AND (i.locked_until IS NULL OR i.locked_until < $1) \
              AND (i.status <> {suspended} OR m.control) \
-           ORDER BY m.id LIMIT 1 FOR UPDATE OF i SKIP LOCKED) \
+           ORDER BY m.id LIMIT 1 FOR NO KEY UPDATE OF i SKIP LOCKED) \
          UPDATE instances SET lock_token = nextval('lease_tokens'), locked_until = $2, \
            dequeue_count = instances.dequeue_count + 1 \
          FROM candidate WHERE instances.instance_id = candidate.instance_id \

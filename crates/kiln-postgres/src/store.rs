@@ -9,8 +9,8 @@ use crate::queries;
 use crate::rows::{self, INSTANCE_COLUMNS, backend};
 use crate::schema::{MigrationError, create_schema, migrate};
 use crate::tx::{
-    claimed_work, create_instance_tx, insert_instance_row, insert_message, instance_status, purge_tx, terminal_codes,
-    write_turn,
+    RowLock, claimed_work, create_instance_tx, insert_instance_row, insert_message, instance_status, purge_tx,
+    terminal_codes, write_turn,
 };
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
@@ -399,7 +399,7 @@ impl Store for PostgresStore {
     async fn send_message(&self, instance_id: &str, event: HistoryEvent) -> StoreResult<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(backend)?;
-        if instance_status(&tx, instance_id, false).await?.is_none() {
+        if instance_status(&tx, instance_id, RowLock::KeyShare).await?.is_none() {
             return Err(StoreError::NotFound(instance_id.to_owned()));
         }
         insert_message(&tx, instance_id, None, &event, None).await?;
@@ -438,9 +438,11 @@ impl Store for PostgresStore {
         let mut client = self.client().await?;
         let mut tx = client.transaction().await.map_err(backend)?;
         let id = &commit.instance_id;
+        // NO KEY UPDATE, not UPDATE: writes into this instance (messages from other turns) hold
+        // KEY SHARE on its row and must not wait for this turn, nor deadlock with it.
         let held = cached::query_opt(
             &tx,
-            "SELECT lock_token, locked_until, history_len FROM instances WHERE instance_id = $1 FOR UPDATE",
+            "SELECT lock_token, locked_until, history_len FROM instances WHERE instance_id = $1 FOR NO KEY UPDATE",
             &[id],
         )
         .await
@@ -545,6 +547,9 @@ impl Store for PostgresStore {
     async fn complete_activity(&self, item: &ActivityWorkItem, result: HistoryEvent) -> StoreResult<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(backend)?;
+        // The instance's row before the activity's: the order a purge takes them in.
+        let target = &item.activity.instance_id;
+        let exists = instance_status(&tx, target, RowLock::KeyShare).await?.is_some();
         let deleted = cached::execute(
             &tx,
             "DELETE FROM activities WHERE id = $1 AND lock_token = $2 AND locked_until >= $3",
@@ -558,8 +563,7 @@ impl Store for PostgresStore {
                 item.activity.name, item.activity.instance_id
             )));
         }
-        let target = &item.activity.instance_id;
-        if instance_status(&tx, target, false).await?.is_some() {
+        if exists {
             insert_message(&tx, target, Some(item.activity.execution), &result, None).await?;
         }
         let notes = vec!["w".to_owned()];
@@ -670,7 +674,7 @@ impl Store for PostgresStore {
     async fn purge_instance(&self, instance_id: &str) -> StoreResult<u64> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(backend)?;
-        let (status, _) = instance_status(&tx, instance_id, true)
+        let (status, _) = instance_status(&tx, instance_id, RowLock::Update)
             .await?
             .ok_or_else(|| StoreError::NotFound(instance_id.to_owned()))?;
         if !status.is_terminal() {

@@ -35,7 +35,10 @@ pub const CLAIM_ACTIVITIES: &str = "UPDATE activities SET lock_token = nextval('
      RETURNING id, instance_id, execution, step, name, input, attempt, dequeue_count, lock_token, locked_until";
 
 /// Locks up to `$4` instances for one purge batch: statuses `$1` (terminal codes), created in
-/// `[$2, $3]`, without a parent.
-pub const PURGE_BATCH_ROOTS: &str = "SELECT instance_id FROM instances \
-     WHERE status = ANY($1) AND created_at >= $2 AND created_at <= $3 AND parent_instance_id IS NULL \
-     LIMIT $4 FOR UPDATE SKIP LOCKED";
+/// `[$2, $3]`, and either top-level or orphaned — a sub-orchestration whose parent is gone (it
+/// was still running when its parent was purged) has nobody left to purge it with.
+pub const PURGE_BATCH_ROOTS: &str = "SELECT instance_id FROM instances c \
+     WHERE status = ANY($1) AND created_at >= $2 AND created_at <= $3 \
+       AND (parent_instance_id IS NULL \
+         OR NOT EXISTS (SELECT 1 FROM instances p WHERE p.instance_id = c.parent_instance_id)) \
+     LIMIT $4 FOR UPDATE OF c SKIP LOCKED";

@@ -77,6 +77,15 @@ CREATE SEQUENCE lease_tokens;
 DELETE FROM inbox m WHERE NOT EXISTS (SELECT 1 FROM instances i WHERE i.instance_id = m.instance_id);
 DELETE FROM activities a WHERE NOT EXISTS (SELECT 1 FROM instances i WHERE i.instance_id = a.instance_id);
 "#,
+    // Version 3: claims and purge batches reach ready rows without walking the sleeping ones
+    // (see `queries`): messages to run now (the due timers come from `inbox_by_visibility`),
+    // activities nobody holds, leases by expiry, and instances by status.
+    r#"
+CREATE INDEX inbox_immediate ON inbox (id) WHERE visible_at IS NULL;
+CREATE INDEX activities_unleased ON activities (id) WHERE lock_token IS NULL;
+CREATE INDEX activities_by_lease_expiry ON activities (locked_until) WHERE lock_token IS NOT NULL;
+CREATE INDEX instances_by_status ON instances (status, created_at);
+"#,
 ];
 
 /// The schema version this build writes.

@@ -694,19 +694,23 @@ impl Store for PostgresStore {
         } else {
             filter.statuses.iter().filter(|s| s.is_terminal()).map(|s| s.code() as i16).collect()
         };
+        if statuses.is_empty() {
+            // Only finished instances are purged.
+            return Ok(0);
+        }
+        let sql = queries::purge_batch_roots(&statuses);
         let from = filter.created_from.map_or(i64::MIN, |t| t.0);
         let to = filter.created_to.map_or(i64::MAX, |t| t.0);
         let mut total = 0;
         loop {
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(backend)?;
-            let roots: Vec<String> =
-                cached::query(&tx, queries::PURGE_BATCH_ROOTS, &[&statuses, &from, &to, &PURGE_BATCH])
-                    .await
-                    .map_err(backend)?
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
+            let roots: Vec<String> = cached::query(&tx, &sql, &[&from, &to, &PURGE_BATCH])
+                .await
+                .map_err(backend)?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
             let batch = roots.len() as i64;
             let deleted = purge_tx(&tx, roots).await?;
             tx.commit().await.map_err(backend)?;

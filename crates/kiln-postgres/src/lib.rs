@@ -13,6 +13,7 @@
 //! - `tx`: statements run inside a store transaction (including a whole turn).
 //! - `local`: activities a node's turns claimed for that node.
 //! - `looks`: which idle worker looks in the tables without a notification.
+//! - [`queries`] — the claim and purge-batch statements, public so their plans can be checked.
 //! - `pool`: connection pools, timeouts on a lost server or network, usable schema names.
 //! - `cached`: statements through the per-connection statement cache.
 //! - `rows`: row encoding.
@@ -22,6 +23,7 @@ mod listen;
 mod local;
 mod looks;
 mod pool;
+pub mod queries;
 mod rows;
 pub mod schema;
 pub mod store;

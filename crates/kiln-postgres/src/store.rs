@@ -5,11 +5,12 @@ use crate::listen::{self, Wakers};
 use crate::local::LocalActivities;
 use crate::looks::TableLooks;
 use crate::pool::{bound_waits, build_pool, check_schema_name};
-use crate::rows::{self, INSTANCE_COLUMNS, QUALIFIED_INSTANCE_COLUMNS, backend};
+use crate::queries;
+use crate::rows::{self, INSTANCE_COLUMNS, backend};
 use crate::schema::{MigrationError, create_schema, migrate};
 use crate::tx::{
-    claimed_work, create_instance_tx, insert_instance_row, insert_message, instance_status, purge_tx, terminal_codes,
-    write_turn,
+    RowLock, claimed_work, create_instance_tx, insert_instance_row, insert_message, instance_status, purge_tx,
+    terminal_codes, write_turn,
 };
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
@@ -225,19 +226,9 @@ impl PostgresStore {
         }
         let client = self.lease_client().await?;
         let at = now().0;
-        let rows = cached::query(
-            &client,
-            "UPDATE activities SET lock_token = nextval('lease_tokens'), locked_until = $2, \
-             dequeue_count = dequeue_count + 1 \
-             WHERE id IN (SELECT id FROM activities \
-               WHERE (locked_until IS NULL OR locked_until < $1) AND (visible_at IS NULL OR visible_at <= $1) \
-               ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
-             RETURNING id, instance_id, execution, step, name, input, attempt, dequeue_count, lock_token, \
-             locked_until",
-            &[&at, &(at + millis(lease_for)), &(max as i64)],
-        )
-        .await
-        .map_err(backend)?;
+        let rows = cached::query(&client, queries::CLAIM_ACTIVITIES, &[&at, &(at + millis(lease_for)), &(max as i64)])
+            .await
+            .map_err(backend)?;
         if rows.len() == max {
             // There may be more: look again.
             self.wakers.activities_in_table();
@@ -281,19 +272,7 @@ impl PostgresStore {
     async fn try_claim_instance(&self, lease_for: Duration) -> StoreResult<Option<OrchestrationWorkItem>> {
         let client = self.lease_client().await?;
         let at = now().0;
-        let sql = format!(
-            "WITH candidate AS ( \
-               SELECT i.instance_id FROM inbox m JOIN instances i ON i.instance_id = m.instance_id \
-               WHERE (m.visible_at IS NULL OR m.visible_at <= $1) \
-                 AND (i.locked_until IS NULL OR i.locked_until < $1) \
-                 AND (i.status <> {suspended} OR m.control) \
-               ORDER BY m.id LIMIT 1 FOR UPDATE OF i SKIP LOCKED) \
-             UPDATE instances SET lock_token = nextval('lease_tokens'), locked_until = $2, \
-               dequeue_count = instances.dequeue_count + 1 \
-             FROM candidate WHERE instances.instance_id = candidate.instance_id \
-             RETURNING {QUALIFIED_INSTANCE_COLUMNS}, instances.lock_token, instances.locked_until, instances.dequeue_count",
-            suspended = RuntimeStatus::Suspended.code()
-        );
+        let sql = queries::claim_instance();
         let Some(row) = cached::query_opt(&client, &sql, &[&at, &(at + millis(lease_for))]).await.map_err(backend)?
         else {
             return Ok(None);
@@ -420,7 +399,7 @@ impl Store for PostgresStore {
     async fn send_message(&self, instance_id: &str, event: HistoryEvent) -> StoreResult<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(backend)?;
-        if instance_status(&tx, instance_id, false).await?.is_none() {
+        if instance_status(&tx, instance_id, RowLock::KeyShare).await?.is_none() {
             return Err(StoreError::NotFound(instance_id.to_owned()));
         }
         insert_message(&tx, instance_id, None, &event, None).await?;
@@ -459,9 +438,11 @@ impl Store for PostgresStore {
         let mut client = self.client().await?;
         let mut tx = client.transaction().await.map_err(backend)?;
         let id = &commit.instance_id;
+        // NO KEY UPDATE, not UPDATE: writes into this instance (messages from other turns) hold
+        // KEY SHARE on its row and must not wait for this turn, nor deadlock with it.
         let held = cached::query_opt(
             &tx,
-            "SELECT lock_token, locked_until, history_len FROM instances WHERE instance_id = $1 FOR UPDATE",
+            "SELECT lock_token, locked_until, history_len FROM instances WHERE instance_id = $1 FOR NO KEY UPDATE",
             &[id],
         )
         .await
@@ -566,6 +547,9 @@ impl Store for PostgresStore {
     async fn complete_activity(&self, item: &ActivityWorkItem, result: HistoryEvent) -> StoreResult<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(backend)?;
+        // The instance's row before the activity's: the order a purge takes them in.
+        let target = &item.activity.instance_id;
+        let exists = instance_status(&tx, target, RowLock::KeyShare).await?.is_some();
         let deleted = cached::execute(
             &tx,
             "DELETE FROM activities WHERE id = $1 AND lock_token = $2 AND locked_until >= $3",
@@ -579,8 +563,7 @@ impl Store for PostgresStore {
                 item.activity.name, item.activity.instance_id
             )));
         }
-        let target = &item.activity.instance_id;
-        if instance_status(&tx, target, false).await?.is_some() {
+        if exists {
             insert_message(&tx, target, Some(item.activity.execution), &result, None).await?;
         }
         let notes = vec!["w".to_owned()];
@@ -691,7 +674,7 @@ impl Store for PostgresStore {
     async fn purge_instance(&self, instance_id: &str) -> StoreResult<u64> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(backend)?;
-        let (status, _) = instance_status(&tx, instance_id, true)
+        let (status, _) = instance_status(&tx, instance_id, RowLock::Update)
             .await?
             .ok_or_else(|| StoreError::NotFound(instance_id.to_owned()))?;
         if !status.is_terminal() {
@@ -711,23 +694,23 @@ impl Store for PostgresStore {
         } else {
             filter.statuses.iter().filter(|s| s.is_terminal()).map(|s| s.code() as i16).collect()
         };
+        if statuses.is_empty() {
+            // Only finished instances are purged.
+            return Ok(0);
+        }
+        let sql = queries::purge_batch_roots(&statuses);
         let from = filter.created_from.map_or(i64::MIN, |t| t.0);
         let to = filter.created_to.map_or(i64::MAX, |t| t.0);
         let mut total = 0;
         loop {
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(backend)?;
-            let roots: Vec<String> = cached::query(
-                &tx,
-                "SELECT instance_id FROM instances WHERE status = ANY($1) AND created_at >= $2 AND created_at <= $3 \
-                     AND parent_instance_id IS NULL LIMIT $4 FOR UPDATE SKIP LOCKED",
-                &[&statuses, &from, &to, &PURGE_BATCH],
-            )
-            .await
-            .map_err(backend)?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+            let roots: Vec<String> = cached::query(&tx, &sql, &[&from, &to, &PURGE_BATCH])
+                .await
+                .map_err(backend)?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
             let batch = roots.len() as i64;
             let deleted = purge_tx(&tx, roots).await?;
             tx.commit().await.map_err(backend)?;

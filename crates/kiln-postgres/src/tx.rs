@@ -19,16 +19,32 @@ pub fn terminal_codes() -> Vec<i16> {
     RuntimeStatus::ALL.iter().filter(|s| s.is_terminal()).map(|s| s.code() as i16).collect()
 }
 
-/// An instance's status and execution, optionally locking its row.
+/// How [`instance_status`] locks the instance's row until the transaction ends.
+///
+/// The row is the lock for everything of its instance: a write into an instance's inbox or
+/// activities holds at least `KeyShare` on its row, and deleting the instance (purge, or a start
+/// replacing a finished one) takes its row first, `FOR UPDATE`, and only then deletes the rest.
+/// So a write either commits before the deletion (and its rows go with the instance) or finds no
+/// instance; it can never leave a row behind for a later instance with the same id.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum RowLock {
+    /// The row may be changed, but not deleted, until the transaction ends (writes into the
+    /// instance). Compatible with a turn's commit, which holds `FOR NO KEY UPDATE`: two turns
+    /// messaging each other's instances do not deadlock.
+    KeyShare,
+    /// The row is ours to delete.
+    Update,
+}
+
+/// An instance's status and execution, locking its row as `lock` says.
 pub async fn instance_status(
     tx: &impl GenericClient,
     instance_id: &str,
-    lock: bool,
+    lock: RowLock,
 ) -> StoreResult<Option<(RuntimeStatus, u64)>> {
-    let sql = if lock {
-        "SELECT status, execution FROM instances WHERE instance_id = $1 FOR UPDATE"
-    } else {
-        "SELECT status, execution FROM instances WHERE instance_id = $1"
+    let sql = match lock {
+        RowLock::KeyShare => "SELECT status, execution FROM instances WHERE instance_id = $1 FOR KEY SHARE",
+        RowLock::Update => "SELECT status, execution FROM instances WHERE instance_id = $1 FOR UPDATE",
     };
     let row = cached::query_opt(tx, sql, &[&instance_id]).await.map_err(backend)?;
     Ok(row.map(|r| {
@@ -58,12 +74,15 @@ pub async fn insert_message(
 }
 
 /// Deletes every row of an instance.
+///
+/// The instance's row goes first: deleting it waits for writes that hold it (see [`RowLock`]),
+/// and each later statement sees what they committed meanwhile.
 async fn delete_instance_rows(tx: &impl GenericClient, instance_id: &str) -> StoreResult<()> {
     for sql in [
+        "DELETE FROM instances WHERE instance_id = $1",
         "DELETE FROM history WHERE instance_id = $1",
         "DELETE FROM inbox WHERE instance_id = $1",
         "DELETE FROM activities WHERE instance_id = $1",
-        "DELETE FROM instances WHERE instance_id = $1",
     ] {
         cached::execute(tx, sql, &[&instance_id]).await.map_err(backend)?;
     }
@@ -73,7 +92,7 @@ async fn delete_instance_rows(tx: &impl GenericClient, instance_id: &str) -> Sto
 /// Creates an instance inside a transaction; `AlreadyExists` if an unfinished one has the id.
 pub async fn create_instance_tx(tx: &impl GenericClient, instance: &NewInstance) -> StoreResult<()> {
     let mut execution = 0u64;
-    if let Some((status, previous)) = instance_status(tx, &instance.instance_id, true).await? {
+    if let Some((status, previous)) = instance_status(tx, &instance.instance_id, RowLock::Update).await? {
         if !status.is_terminal() {
             return Err(StoreError::AlreadyExists(instance.instance_id.clone(), status));
         }
@@ -115,7 +134,8 @@ pub async fn insert_instance_row(tx: &impl GenericClient, instance: &NewInstance
     Ok(())
 }
 
-/// Deletes instances and, recursively, their finished sub-orchestrations.
+/// Deletes instances (whose rows the caller locked `FOR UPDATE`) and, recursively, their
+/// finished sub-orchestrations (locked here, parent before child).
 pub async fn purge_tx(tx: &impl GenericClient, roots: Vec<String>) -> StoreResult<Vec<String>> {
     let terminal = terminal_codes();
     let mut pending = roots;
@@ -123,7 +143,7 @@ pub async fn purge_tx(tx: &impl GenericClient, roots: Vec<String>) -> StoreResul
     while let Some(id) = pending.pop() {
         let children = cached::query(
             tx,
-            "SELECT instance_id FROM instances WHERE parent_instance_id = $1 AND status = ANY($2)",
+            "SELECT instance_id FROM instances WHERE parent_instance_id = $1 AND status = ANY($2) FOR UPDATE",
             &[&id, &terminal],
         )
         .await
@@ -332,7 +352,8 @@ pub async fn write_turn(
         }
     }
     for message in &commit.messages {
-        if message.instance_id == *id || instance_status(&*tx, &message.instance_id, false).await?.is_some() {
+        if message.instance_id == *id || instance_status(&*tx, &message.instance_id, RowLock::KeyShare).await?.is_some()
+        {
             insert_message(&*tx, &message.instance_id, message.execution, &message.event, message.visible_at).await?;
         }
     }

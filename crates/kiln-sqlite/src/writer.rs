@@ -758,9 +758,13 @@ fn select_purgeable(conn: &Connection, filter: &PurgeFilter) -> StoreResult<Vec<
         return Ok(Vec::new());
     }
     let list = statuses.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+    // Top-level instances, and sub-orchestrations whose parent is gone (they were still running
+    // when it was purged): nobody is left to purge those with.
     let sql = format!(
-        "SELECT instance_id FROM instances WHERE status IN ({list}) AND created_at >= ?1 AND created_at <= ?2 \
-         AND parent_instance_id IS NULL LIMIT {PURGE_BATCH}"
+        "SELECT instance_id FROM instances c WHERE status IN ({list}) AND created_at >= ?1 AND created_at <= ?2 \
+         AND (parent_instance_id IS NULL \
+           OR NOT EXISTS (SELECT 1 FROM instances p WHERE p.instance_id = c.parent_instance_id)) \
+         LIMIT {PURGE_BATCH}"
     );
     let from = filter.created_from.map_or(i64::MIN, |t| t.0);
     let to = filter.created_to.map_or(i64::MAX, |t| t.0);

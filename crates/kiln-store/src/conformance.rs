@@ -45,6 +45,7 @@ macro_rules! conformance_tests {
             message_to_unknown_instance_is_not_found,
             list_filters_and_keyset_pages,
             purge_cascades_and_refuses_unfinished,
+            bulk_purge_takes_children_whose_parent_is_gone,
             sub_orchestration_with_taken_id_fails_the_parent_step,
             watchers_wake_on_commit,
             settings_keep_the_first_value,
@@ -384,6 +385,47 @@ pub async fn purge_cascades_and_refuses_unfinished(store: &dyn Store) {
     let filter = PurgeFilter { created_to: Some(Timestamp(2_000)), ..Default::default() };
     assert_eq!(store.purge_instances(&filter).await.unwrap(), 1);
     assert!(store.get_instance("new").await.unwrap().is_some());
+}
+
+/// A sub-orchestration still running when its parent was purged is left alone (running instances
+/// are never purged), and once it finishes the bulk purge takes it like a top-level instance:
+/// no parent is left to purge it with, so otherwise retention would keep it forever. A finished
+/// child whose parent still exists stays for its parent's purge.
+pub async fn bulk_purge_takes_children_whose_parent_is_gone(store: &dyn Store) {
+    start(store, "parent").await;
+    let item = fetch(store).await;
+    let mut commit = completed(running_commit(&item));
+    for n in 0..2 {
+        let mut child = new_instance(&format!("parent:0:{n}"), now());
+        child.parent = Some(ParentInstance { instance_id: "parent".into(), execution: 0, task_scheduled_id: n });
+        commit.sub_orchestrations.push(NewSubOrchestration { instance: child });
+    }
+    store.commit_turn(commit).await.unwrap();
+    let first = fetch(store).await;
+    store.commit_turn(completed(running_commit(&first))).await.unwrap();
+    let kept = if first.instance.instance_id == "parent:0:0" { "parent:0:1" } else { "parent:0:0" };
+    let filter = PurgeFilter::default();
+    assert_eq!(store.purge_instances(&filter).await.unwrap(), 2, "the parent and its finished child");
+    assert!(store.get_instance(kept).await.unwrap().is_some(), "a running child is not purged");
+    assert_eq!(store.purge_instances(&filter).await.unwrap(), 0, "nor by a later bulk purge");
+
+    let orphan = fetch(store).await;
+    assert_eq!(orphan.instance.instance_id, kept);
+    store.commit_turn(completed(running_commit(&orphan))).await.unwrap();
+
+    start(store, "other").await;
+    let other = fetch(store).await;
+    let mut commit = running_commit(&other);
+    let mut child = new_instance("other:0:0", now());
+    child.parent = Some(ParentInstance { instance_id: "other".into(), execution: 0, task_scheduled_id: 0 });
+    commit.sub_orchestrations.push(NewSubOrchestration { instance: child });
+    store.commit_turn(commit).await.unwrap();
+    let child = fetch(store).await;
+    store.commit_turn(completed(running_commit(&child))).await.unwrap();
+
+    assert_eq!(store.purge_instances(&filter).await.unwrap(), 1, "the orphan, now finished");
+    assert!(store.get_instance(kept).await.unwrap().is_none());
+    assert!(store.get_instance("other:0:0").await.unwrap().is_some(), "its parent, running, purges it later");
 }
 
 pub async fn sub_orchestration_with_taken_id_fails_the_parent_step(store: &dyn Store) {

@@ -1,0 +1,76 @@
+//! The statements whose cost must not grow with the tables: the instance claim, the activity
+//! claim and purge's batch selection. They are public so that tests (and
+//! `scripts/pg-claim-cost.sh`) can `EXPLAIN` exactly what the store runs; the store is their
+//! only other user.
+
+use kiln_core::RuntimeStatus;
+
+/// Leases an instance that has a message to run now.
+///
+/// `$1` now (ms), `$2` the lease's expiry. Returns `INSTANCE_COLUMNS`, the lease token, its
+/// expiry and the claim count.
+///
+/// Two candidates, each from an index that holds only what may be ready: the oldest message
+/// sent for now (`inbox_immediate`, by id) and the timer due longest (`inbox_by_visibility`,
+/// a range that ends at `now`); the older message of the two wins, so neither kind starves.
+/// Timers a day away are never read. Each candidate skips instances that are leased,
+/// suspended (unless the message is a control one) or locked by another claim; the loser's
+/// lock ends with the statement.
+pub fn claim_instance() -> String {
+    let candidate = |order: &str, visible: &str| {
+        format!(
+            "SELECT m.id, i.instance_id FROM inbox m JOIN instances i ON i.instance_id = m.instance_id \
+             WHERE {visible} AND (i.locked_until IS NULL OR i.locked_until < $1) \
+               AND (i.status <> {suspended} OR m.control) \
+             ORDER BY {order} LIMIT 1 FOR NO KEY UPDATE OF i SKIP LOCKED",
+            suspended = RuntimeStatus::Suspended.code(),
+        )
+    };
+    format!(
+        "WITH immediate AS ({immediate}), due AS ({due}), \
+           candidate AS (SELECT instance_id FROM (SELECT * FROM immediate UNION ALL SELECT * FROM due) c \
+             ORDER BY id LIMIT 1) \
+         UPDATE instances SET lock_token = nextval('lease_tokens'), locked_until = $2, \
+           dequeue_count = instances.dequeue_count + 1 \
+         FROM candidate WHERE instances.instance_id = candidate.instance_id \
+         RETURNING {columns}, instances.lock_token, instances.locked_until, instances.dequeue_count",
+        immediate = candidate("m.id", "m.visible_at IS NULL"),
+        due = candidate("m.visible_at", "m.visible_at <= $1"),
+        columns = crate::rows::QUALIFIED_INSTANCE_COLUMNS,
+    )
+}
+
+/// Leases up to `$3` activities that may run at `$1` (now, ms), until `$2`.
+///
+/// The candidates come from two partial indexes: activities nobody holds
+/// (`activities_unleased`, by id; those waiting out a retry delay are skipped there) and leases
+/// that lapsed (`activities_by_lease_expiry`, a range that ends at `now`). Leased activities
+/// are never read. The oldest `$3` of both are taken; the others' locks end with the statement.
+pub const CLAIM_ACTIVITIES: &str = "WITH unleased AS (SELECT id FROM activities \
+       WHERE lock_token IS NULL AND (visible_at IS NULL OR visible_at <= $1) \
+       ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED), \
+     lapsed AS (SELECT id FROM activities \
+       WHERE lock_token IS NOT NULL AND locked_until < $1 AND (visible_at IS NULL OR visible_at <= $1) \
+       ORDER BY locked_until LIMIT $3 FOR UPDATE SKIP LOCKED) \
+     UPDATE activities SET lock_token = nextval('lease_tokens'), locked_until = $2, \
+       dequeue_count = dequeue_count + 1 \
+     WHERE id IN (SELECT id FROM (SELECT id FROM unleased UNION ALL SELECT id FROM lapsed) c ORDER BY id LIMIT $3) \
+     RETURNING id, instance_id, execution, step, name, input, attempt, dequeue_count, lock_token, locked_until";
+
+/// Locks up to `$3` instances for one purge batch: statuses `statuses` (terminal codes), created
+/// in `[$1, $2]`, and either top-level or orphaned — a sub-orchestration whose parent is gone (it
+/// was still running when its parent was purged) has nobody left to purge it with. (A top-level
+/// instance's NULL parent matches no row either: one anti-join, probing `instances_pkey`.)
+///
+/// The statuses are written into the statement, not passed: a generic plan that does not know
+/// them would walk `instances_by_created` through every running instance instead of reading
+/// the finished ones from `instances_by_status`.
+pub fn purge_batch_roots(statuses: &[i16]) -> String {
+    let statuses = statuses.iter().map(i16::to_string).collect::<Vec<_>>().join(", ");
+    format!(
+        "SELECT instance_id FROM instances c \
+         WHERE status IN ({statuses}) AND created_at >= $1 AND created_at <= $2 \
+           AND NOT EXISTS (SELECT 1 FROM instances p WHERE p.instance_id = c.parent_instance_id) \
+         LIMIT $3 FOR UPDATE OF c SKIP LOCKED"
+    )
+}

@@ -1,0 +1,122 @@
+//! Purge racing writes into the purged instance: a message sent or an activity result reported
+//! while the instance is purged must either arrive before the purge (and go with it) or find no
+//! instance — never stay behind in the inbox, where an instance later started with the same id
+//! would receive it ahead of its `ExecutionStarted`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use kiln_core::{EventKind, HistoryEvent, Payload, RuntimeStatus, Timestamp};
+use kiln_store::{HistoryUpdate, NewActivity, NewInstance, Store, StoreError, TurnCommit};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const LEASE: Duration = Duration::from_secs(30);
+const WAIT: Duration = Duration::from_secs(2);
+const ROUNDS: usize = 100;
+
+fn now() -> Timestamp {
+    Timestamp(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64)
+}
+
+fn instance(id: &str) -> NewInstance {
+    NewInstance {
+        instance_id: id.to_owned(),
+        name: "orch".into(),
+        version: String::new(),
+        input: Payload::null(),
+        parent: None,
+        created_at: now(),
+    }
+}
+
+fn raised() -> HistoryEvent {
+    HistoryEvent::new(now(), EventKind::EventRaised { name: "poke".into(), input: Payload::null() })
+}
+
+/// Starts `id` and finishes it in its first turn, leaving one activity of it claimed (its result
+/// arrives after the instance finished, as after a terminate).
+async fn finished_with_running_activity(store: &dyn Store, id: &str) -> kiln_store::ActivityWorkItem {
+    store.create_instance(instance(id)).await.unwrap();
+    let item = store.fetch_orchestration_work(LEASE, WAIT).await.unwrap().expect("the start");
+    let commit = TurnCommit {
+        instance_id: id.to_owned(),
+        lease: item.lease,
+        consumed: item.messages.iter().map(|m| m.id).collect(),
+        history: HistoryUpdate::Append(item.messages.iter().map(|m| m.event.clone()).collect()),
+        execution: 0,
+        input: Payload::null(),
+        status: RuntimeStatus::Terminated,
+        output: None,
+        failure: None,
+        custom_status: None,
+        waiting_on: Vec::new(),
+        activities: vec![NewActivity {
+            instance_id: id.to_owned(),
+            execution: 0,
+            step: 0,
+            name: "work".into(),
+            input: Payload::null(),
+            attempt: 1,
+        }],
+        messages: Vec::new(),
+        sub_orchestrations: Vec::new(),
+        finished_activities: Vec::new(),
+        now: now(),
+    };
+    store.commit_turn(commit).await.unwrap();
+    store.fetch_activity_work(LEASE, WAIT, 1).await.unwrap().pop().expect("the activity")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_racing_a_purge_leave_no_orphan_rows() {
+    let Some((store, guard)) = common::fresh_store().await else { return };
+    for round in 0..ROUNDS {
+        let id = format!("raced-{round}");
+        let activity = finished_with_running_activity(store.as_ref(), &id).await;
+        let (sender, reporter, purger) = (store.clone(), store.clone(), store.clone());
+        let target = id.clone();
+        let sends = tokio::spawn(async move {
+            // Until the purge wins: every send before it is accepted, every one after is refused.
+            loop {
+                match sender.send_message(&target, raised()).await {
+                    Ok(()) => tokio::task::yield_now().await,
+                    Err(StoreError::NotFound(_)) => return,
+                    Err(other) => panic!("send: {other}"),
+                }
+            }
+        });
+        let done = HistoryEvent::new(now(), EventKind::TaskCompleted { task_scheduled_id: 0, result: Payload::null() });
+        let report = tokio::spawn(async move { reporter.complete_activity(&activity, done).await });
+        let target = id.clone();
+        let purge = tokio::spawn(async move { purger.purge_instance(&target).await });
+        sends.await.unwrap();
+        match report.await.unwrap() {
+            // Reported before the purge, or the purge deleted the activity first.
+            Ok(()) | Err(StoreError::LeaseLost(_)) => {}
+            Err(other) => panic!("complete_activity: {other}"),
+        }
+        assert_eq!(purge.await.unwrap().unwrap(), 1);
+    }
+    let (client, connection) = tokio_postgres::connect(&common::database_url(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let schema = guard.schema();
+    let orphans: i64 = client
+        .query_one(
+            &format!(
+                "SELECT (SELECT count(*) FROM \"{schema}\".inbox m WHERE NOT EXISTS \
+                   (SELECT 1 FROM \"{schema}\".instances i WHERE i.instance_id = m.instance_id)) + \
+                 (SELECT count(*) FROM \"{schema}\".activities a WHERE NOT EXISTS \
+                   (SELECT 1 FROM \"{schema}\".instances i WHERE i.instance_id = a.instance_id))"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(orphans, 0, "rows left behind by writes racing {ROUNDS} purges");
+    // And what such a row did: an instance started again with a raced id begins with its start.
+    store.create_instance(instance("raced-0")).await.unwrap();
+    let item = store.fetch_orchestration_work(LEASE, WAIT).await.unwrap().expect("the new start");
+    assert!(matches!(item.messages[0].event.kind, EventKind::ExecutionStarted { .. }), "{:?}", item.messages[0]);
+    store.shutdown().await;
+}

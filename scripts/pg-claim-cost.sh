@@ -52,7 +52,7 @@ PREPARE claim_instance(bigint, bigint) AS
       ORDER BY m.visible_at LIMIT 1 FOR NO KEY UPDATE OF i SKIP LOCKED),
     candidate AS (SELECT instance_id FROM (SELECT * FROM immediate UNION ALL SELECT * FROM due) c
       ORDER BY id LIMIT 1)
-  UPDATE instances SET lock_token = nextval('lease_tokens'), locked_until = \$2,
+  UPDATE instances SET lock_token = (((random() * 2147483647)::bigint << 32) | (nextval('lease_tokens') & 4294967295)), locked_until = \$2,
     dequeue_count = instances.dequeue_count + 1
   FROM candidate WHERE instances.instance_id = candidate.instance_id
   RETURNING instances.instance_id;
@@ -63,7 +63,7 @@ PREPARE claim_activities(bigint, bigint, bigint) AS
     lapsed AS (SELECT id FROM activities
       WHERE lock_token IS NOT NULL AND locked_until < \$1 AND (visible_at IS NULL OR visible_at <= \$1)
       ORDER BY locked_until LIMIT \$3 FOR UPDATE SKIP LOCKED)
-  UPDATE activities SET lock_token = nextval('lease_tokens'), locked_until = \$2,
+  UPDATE activities SET lock_token = (((random() * 2147483647)::bigint << 32) | (nextval('lease_tokens') & 4294967295)), locked_until = \$2,
     dequeue_count = dequeue_count + 1
   WHERE id IN (SELECT id FROM (SELECT id FROM unleased UNION ALL SELECT id FROM lapsed) c ORDER BY id LIMIT \$3)
   RETURNING id;

@@ -23,6 +23,7 @@ mod listen;
 mod local;
 mod looks;
 mod pool;
+#[doc(hidden)]
 pub mod queries;
 mod rows;
 pub mod schema;

@@ -4,6 +4,15 @@
 //! only other user.
 
 use kiln_core::RuntimeStatus;
+use std::sync::LazyLock;
+
+/// A new lease token, as SQL. Tokens are read in sessions with asynchronous commit, so after a
+/// PostgreSQL crash the sequence may hand out again values whose claims were lost with the
+/// crash while their holders, still running, kept them; the high half, random per call from a
+/// generator each new server process seeds afresh, keeps such a token from matching the new
+/// lease on the same row (a holder's later commit would otherwise pass for the new holder's).
+/// The low half, from the sequence, keeps tokens distinct between crashes.
+pub const NEW_LEASE_TOKEN: &str = "(((random() * 2147483647)::bigint << 32) | (nextval('lease_tokens') & 4294967295))";
 
 /// Leases an instance that has a message to run now.
 ///
@@ -16,7 +25,7 @@ use kiln_core::RuntimeStatus;
 /// Timers a day away are never read. Each candidate skips instances that are leased,
 /// suspended (unless the message is a control one) or locked by another claim; the loser's
 /// lock ends with the statement.
-pub fn claim_instance() -> String {
+pub static CLAIM_INSTANCE: LazyLock<String> = LazyLock::new(|| {
     let candidate = |order: &str, visible: &str| {
         format!(
             "SELECT m.id, i.instance_id FROM inbox m JOIN instances i ON i.instance_id = m.instance_id \
@@ -30,7 +39,7 @@ pub fn claim_instance() -> String {
         "WITH immediate AS ({immediate}), due AS ({due}), \
            candidate AS (SELECT instance_id FROM (SELECT * FROM immediate UNION ALL SELECT * FROM due) c \
              ORDER BY id LIMIT 1) \
-         UPDATE instances SET lock_token = nextval('lease_tokens'), locked_until = $2, \
+         UPDATE instances SET lock_token = {NEW_LEASE_TOKEN}, locked_until = $2, \
            dequeue_count = instances.dequeue_count + 1 \
          FROM candidate WHERE instances.instance_id = candidate.instance_id \
          RETURNING {columns}, instances.lock_token, instances.locked_until, instances.dequeue_count",
@@ -38,7 +47,7 @@ pub fn claim_instance() -> String {
         due = candidate("m.visible_at", "m.visible_at <= $1"),
         columns = crate::rows::QUALIFIED_INSTANCE_COLUMNS,
     )
-}
+});
 
 /// Leases up to `$3` activities that may run at `$1` (now, ms), until `$2`.
 ///
@@ -46,16 +55,20 @@ pub fn claim_instance() -> String {
 /// (`activities_unleased`, by id; those waiting out a retry delay are skipped there) and leases
 /// that lapsed (`activities_by_lease_expiry`, a range that ends at `now`). Leased activities
 /// are never read. The oldest `$3` of both are taken; the others' locks end with the statement.
-pub const CLAIM_ACTIVITIES: &str = "WITH unleased AS (SELECT id FROM activities \
+pub static CLAIM_ACTIVITIES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH unleased AS (SELECT id FROM activities \
        WHERE lock_token IS NULL AND (visible_at IS NULL OR visible_at <= $1) \
        ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED), \
      lapsed AS (SELECT id FROM activities \
        WHERE lock_token IS NOT NULL AND locked_until < $1 AND (visible_at IS NULL OR visible_at <= $1) \
        ORDER BY locked_until LIMIT $3 FOR UPDATE SKIP LOCKED) \
-     UPDATE activities SET lock_token = nextval('lease_tokens'), locked_until = $2, \
+     UPDATE activities SET lock_token = {NEW_LEASE_TOKEN}, locked_until = $2, \
        dequeue_count = dequeue_count + 1 \
      WHERE id IN (SELECT id FROM (SELECT id FROM unleased UNION ALL SELECT id FROM lapsed) c ORDER BY id LIMIT $3) \
-     RETURNING id, instance_id, execution, step, name, input, attempt, dequeue_count, lock_token, locked_until";
+     RETURNING id, instance_id, execution, step, name, input, attempt, dequeue_count, lock_token, locked_until"
+    )
+});
 
 /// Locks up to `$3` instances for one purge batch: statuses `statuses` (terminal codes), created
 /// in `[$1, $2]`, and either top-level or orphaned — a sub-orchestration whose parent is gone (it

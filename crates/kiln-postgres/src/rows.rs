@@ -84,7 +84,11 @@ pub fn event(text: &str) -> Result<HistoryEvent, StoreError> {
 /// database is out of reach and is `Unavailable` (the caller may retry); the rest are backend
 /// errors.
 pub fn backend(err: tokio_postgres::Error) -> StoreError {
-    if err.is_closed() || err.as_db_error().is_none() {
+    // A deadlock victim, a serialization failure or a lock wait cut short is aborted by
+    // PostgreSQL and may simply be retried: passing, like a lost connection.
+    let transient =
+        [SqlState::T_R_DEADLOCK_DETECTED, SqlState::T_R_SERIALIZATION_FAILURE, SqlState::LOCK_NOT_AVAILABLE];
+    if err.is_closed() || err.as_db_error().is_none() || err.code().is_some_and(|code| transient.contains(code)) {
         StoreError::Unavailable(format!("PostgreSQL: {err}"))
     } else {
         StoreError::Backend(format!("PostgreSQL: {err}"))

@@ -81,10 +81,10 @@ DELETE FROM activities a WHERE NOT EXISTS (SELECT 1 FROM instances i WHERE i.ins
     // (see `queries`): messages to run now (the due timers come from `inbox_by_visibility`),
     // activities nobody holds, leases by expiry, and instances by status.
     r#"
-CREATE INDEX inbox_immediate ON inbox (id) WHERE visible_at IS NULL;
-CREATE INDEX activities_unleased ON activities (id) WHERE lock_token IS NULL;
-CREATE INDEX activities_by_lease_expiry ON activities (locked_until) WHERE lock_token IS NOT NULL;
-CREATE INDEX instances_by_status ON instances (status, created_at);
+CREATE INDEX IF NOT EXISTS inbox_immediate ON inbox (id) WHERE visible_at IS NULL;
+CREATE INDEX IF NOT EXISTS activities_unleased ON activities (id) WHERE lock_token IS NULL;
+CREATE INDEX IF NOT EXISTS activities_by_lease_expiry ON activities (locked_until) WHERE lock_token IS NOT NULL;
+CREATE INDEX IF NOT EXISTS instances_by_status ON instances (status, created_at);
 "#,
 ];
 

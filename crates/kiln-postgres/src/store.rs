@@ -226,7 +226,7 @@ impl PostgresStore {
         }
         let client = self.lease_client().await?;
         let at = now().0;
-        let rows = cached::query(&client, queries::CLAIM_ACTIVITIES, &[&at, &(at + millis(lease_for)), &(max as i64)])
+        let rows = cached::query(&client, &queries::CLAIM_ACTIVITIES, &[&at, &(at + millis(lease_for)), &(max as i64)])
             .await
             .map_err(backend)?;
         if rows.len() == max {
@@ -272,8 +272,8 @@ impl PostgresStore {
     async fn try_claim_instance(&self, lease_for: Duration) -> StoreResult<Option<OrchestrationWorkItem>> {
         let client = self.lease_client().await?;
         let at = now().0;
-        let sql = queries::claim_instance();
-        let Some(row) = cached::query_opt(&client, &sql, &[&at, &(at + millis(lease_for))]).await.map_err(backend)?
+        let sql: &str = &queries::CLAIM_INSTANCE;
+        let Some(row) = cached::query_opt(&client, sql, &[&at, &(at + millis(lease_for))]).await.map_err(backend)?
         else {
             return Ok(None);
         };
@@ -311,11 +311,12 @@ impl Store for PostgresStore {
         let at = now().0;
         // Only an idle, unsuspended instance, and only while this claim on the activity holds.
         let sql = format!(
-            "UPDATE instances SET lock_token = nextval('lease_tokens'), locked_until = $3, \
+            "UPDATE instances SET lock_token = {token}, locked_until = $3, \
                dequeue_count = dequeue_count + 1 \
              WHERE instance_id = $1 AND (locked_until IS NULL OR locked_until < $2) AND status <> {suspended} \
                AND EXISTS (SELECT 1 FROM activities WHERE id = $4 AND lock_token = $5 AND locked_until >= $2) \
              RETURNING {INSTANCE_COLUMNS}, lock_token, locked_until, dequeue_count",
+            token = queries::NEW_LEASE_TOKEN,
             suspended = RuntimeStatus::Suspended.code()
         );
         let params: [&(dyn ToSql + Sync); 5] =

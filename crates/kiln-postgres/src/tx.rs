@@ -135,7 +135,10 @@ pub async fn insert_instance_row(tx: &impl GenericClient, instance: &NewInstance
 }
 
 /// Deletes instances (whose rows the caller locked `FOR UPDATE`) and, recursively, their
-/// finished sub-orchestrations (locked here, parent before child).
+/// finished sub-orchestrations (locked here, parent before child). A child whose row another
+/// transaction holds (a turn writing a message into it) is skipped rather than waited for: a
+/// purge waiting on a child while that turn waits on the parent would deadlock. Left behind,
+/// it is an orphan, which bulk purges take once their filter matches it.
 pub async fn purge_tx(tx: &impl GenericClient, roots: Vec<String>) -> StoreResult<Vec<String>> {
     let terminal = terminal_codes();
     let mut pending = roots;
@@ -143,7 +146,8 @@ pub async fn purge_tx(tx: &impl GenericClient, roots: Vec<String>) -> StoreResul
     while let Some(id) = pending.pop() {
         let children = cached::query(
             tx,
-            "SELECT instance_id FROM instances WHERE parent_instance_id = $1 AND status = ANY($2) FOR UPDATE",
+            "SELECT instance_id FROM instances WHERE parent_instance_id = $1 AND status = ANY($2) \
+             FOR UPDATE SKIP LOCKED",
             &[&id, &terminal],
         )
         .await
@@ -351,9 +355,28 @@ pub async fn write_turn(
             Err(other) => return Err(other),
         }
     }
+    // The other instances messaged are locked in one statement, in id order, so that two turns
+    // (or a turn and a purge) never take them in opposite orders.
+    let mut targets: Vec<&str> =
+        commit.messages.iter().map(|m| m.instance_id.as_str()).filter(|target| *target != id.as_str()).collect();
+    targets.sort_unstable();
+    targets.dedup();
+    let existing: Vec<String> = if targets.is_empty() {
+        Vec::new()
+    } else {
+        cached::query(
+            &*tx,
+            "SELECT instance_id FROM instances WHERE instance_id = ANY($1) ORDER BY instance_id FOR KEY SHARE",
+            &[&targets],
+        )
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+    };
     for message in &commit.messages {
-        if message.instance_id == *id || instance_status(&*tx, &message.instance_id, RowLock::KeyShare).await?.is_some()
-        {
+        if message.instance_id == *id || existing.contains(&message.instance_id) {
             insert_message(&*tx, &message.instance_id, message.execution, &message.event, message.visible_at).await?;
         }
     }

@@ -79,9 +79,11 @@ async fn claims_and_purge_batches_use_the_indexes_of_ready_rows() {
     let at = now();
     fill(&client, at).await;
     let lease = at + 30_000;
-    client.batch_execute(&format!("PREPARE claim_instance AS {}", queries::claim_instance())).await.unwrap();
-    client.batch_execute(&format!("PREPARE claim_activities AS {}", queries::CLAIM_ACTIVITIES)).await.unwrap();
-    let terminal = queries::purge_batch_roots(&[1, 2, 3, 4, 5]);
+    client.batch_execute(&format!("PREPARE claim_instance AS {}", *queries::CLAIM_INSTANCE)).await.unwrap();
+    client.batch_execute(&format!("PREPARE claim_activities AS {}", *queries::CLAIM_ACTIVITIES)).await.unwrap();
+    let terminal: Vec<i16> =
+        kiln_core::RuntimeStatus::ALL.iter().filter(|s| s.is_terminal()).map(|s| s.code() as i16).collect();
+    let terminal = queries::purge_batch_roots(&terminal);
     client.batch_execute(&format!("PREPARE purge_batch AS {terminal}")).await.unwrap();
     // EXPLAIN EXECUTE plans without running: nothing is claimed or locked.
     check(

@@ -359,7 +359,10 @@ fn check_history(id: &str, history: &[HistoryEvent]) {
 /// checks them, and compares what the store served with what `reopen` reads afterwards.
 async fn run_under_faults(tag: &str, store: Arc<dyn Store>, reopen: impl AsyncFnOnce() -> Arc<dyn Store>) {
     const JOBS: u64 = 60;
-    let faulty = Arc::new(FaultyStore::new(store, 80, 0x5EED_F417));
+    // Another schedule: KILN_FAULT_SEED=<u64>. The seed is printed so that a failure can be rerun.
+    let seed = std::env::var("KILN_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5EED_F417);
+    eprintln!("{tag}: KILN_FAULT_SEED={seed}");
+    let faulty = Arc::new(FaultyStore::new(store, 80, seed));
     let config = RuntimeConfig {
         lease_duration: Duration::from_secs(2),
         shutdown_grace: Duration::from_millis(200),
@@ -467,13 +470,19 @@ async fn postgres_every_job_completes_under_injected_store_faults() {
             return;
         }
     };
-    run_under_faults("postgres", store, async || {
-        Arc::new(kiln_postgres::PostgresStore::connect(options()).await.unwrap()) as Arc<dyn Store>
-    })
-    .await;
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-    let driver = tokio::spawn(connection);
-    client.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE")).await.unwrap();
-    drop(client);
-    let _ = driver.await;
+    // Dropped whether the test passes or fails.
+    struct DropSchema(String, String);
+    impl Drop for DropSchema {
+        fn drop(&mut self) {
+            let (url, schema) = (self.0.clone(), self.1.clone());
+            let _ = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                runtime.block_on(kiln_postgres::schema::drop_schema(&url, &schema))
+            })
+            .join();
+        }
+    }
+    let _guard = DropSchema(url.clone(), schema.clone());
+    let reopen = async || Arc::new(kiln_postgres::PostgresStore::connect(options()).await.unwrap()) as Arc<dyn Store>;
+    run_under_faults("postgres", store, reopen).await;
 }

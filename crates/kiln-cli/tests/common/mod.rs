@@ -93,6 +93,8 @@ impl Server {
 
     /// Starts a server with extra `args` (e.g. [`postgres_args`]) and waits until it is ready.
     pub fn start_with(dir: &Path, ports: (u16, u16), args: Vec<String>) -> Server {
+        // A log left by an earlier test on the same port is not this server's.
+        let _ = std::fs::remove_file(log_path(ports.0));
         let public = format!("http://127.0.0.1:{}", ports.0);
         let child = kiln_serve(dir, ports, &args);
         wait_ready(&public);
@@ -114,6 +116,11 @@ impl Server {
         self.child = kiln_serve(&self.dir, self.ports, &self.args);
         wait_ready(&self.public);
         self
+    }
+
+    /// What the server has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(log_path(self.ports.0)).unwrap_or_default()
     }
 
     /// Runs a `kiln` client command against the server's management listener.

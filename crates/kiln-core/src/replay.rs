@@ -97,6 +97,8 @@ pub struct ReplayState {
     open: BTreeMap<u64, OpenStep>,
     results: HashMap<Slot, Completion>,
     event_waiters: HashMap<String, VecDeque<u64>>,
+    /// Names of the events delivered to waits whose results were not taken yet.
+    delivered_events: HashMap<u64, String>,
     buffered_events: HashMap<String, VecDeque<(Payload, u64)>>,
     custom_status: Option<Payload>,
     custom_status_changed: bool,
@@ -122,6 +124,7 @@ impl ReplayState {
             open: BTreeMap::new(),
             results: HashMap::new(),
             event_waiters: HashMap::new(),
+            delivered_events: HashMap::new(),
             buffered_events: HashMap::new(),
             custom_status: None,
             custom_status_changed: false,
@@ -196,6 +199,7 @@ impl ReplayState {
                     Some(wait) => {
                         let completion = Completion { outcome: Outcome::Completed(input.clone()), position };
                         self.results.insert(Slot::Event(wait), completion);
+                        self.delivered_events.insert(wait, name.clone());
                         Ok(Applied::Poll)
                     }
                     None => {
@@ -331,7 +335,29 @@ impl ReplayState {
 
     /// Takes the result of a slot, if it has one.
     pub fn take(&mut self, slot: Slot) -> Option<Completion> {
+        if let Slot::Event(wait) = slot {
+            self.delivered_events.remove(&wait);
+        }
         self.results.remove(&slot)
+    }
+
+    /// Gives up a wait for an external event whose result the code will never take (its future
+    /// was dropped, e.g. after losing a `select2`): it stops waiting, and an event already handed
+    /// to it goes back to the buffer, in arrival order, for the next wait with that name. The code
+    /// drops its futures at the same points on every replay, so this is deterministic too.
+    pub fn abandon_event_wait(&mut self, slot: Slot) {
+        let Slot::Event(wait) = slot else { return };
+        if let Some(name) = self.delivered_events.remove(&wait) {
+            if let Some(Completion { outcome: Outcome::Completed(input), position }) = self.results.remove(&slot) {
+                let queue = self.buffered_events.entry(name).or_default();
+                let at = queue.partition_point(|(_, earlier)| *earlier < position);
+                queue.insert(at, (input, position));
+            }
+            return;
+        }
+        for waiters in self.event_waiters.values_mut() {
+            waiters.retain(|w| *w != wait);
+        }
     }
 
     /// The history position of a slot's result, if it has one (without taking it).

@@ -18,8 +18,10 @@ pub enum Either<A, B> {
     Right(B),
 }
 
-/// Waits for whichever of two steps finished first in history. The other is dropped (its
-/// result, if it arrives later, is ignored).
+/// Waits for whichever of two steps finished first in history. The other is dropped: a losing
+/// activity, timer or sub-orchestration's result is ignored when it arrives; a losing
+/// `wait_for_event` stops waiting, and an event that reached it anyway stays buffered for the
+/// next wait with that name.
 pub fn select2<A: DeserializeOwned, B: DeserializeOwned>(a: DurableFuture<A>, b: DurableFuture<B>) -> Select2<A, B> {
     Select2 { a, b }
 }

@@ -291,6 +291,16 @@ impl<T> DurableFuture<T> {
     }
 }
 
+impl<T> Drop for DurableFuture<T> {
+    /// A wait for an external event that ends without its result gives its place back (see
+    /// [`kiln_core::ReplayState::abandon_event_wait`]); other steps stay open until they finish.
+    fn drop(&mut self) {
+        if let Some(slot @ Slot::Event(_)) = self.slot {
+            self.inner.lock().abandon_event_wait(slot);
+        }
+    }
+}
+
 impl<T: DeserializeOwned> Future for DurableFuture<T> {
     type Output = Result<T, Failure>;
 

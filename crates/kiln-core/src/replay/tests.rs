@@ -166,3 +166,35 @@ fn replay_time_follows_orchestrator_started() {
     let seed = state.next_uuid_seed();
     assert_eq!(seed, "i_0_42_1");
 }
+
+fn raised(name: &str, input: &str) -> HistoryEvent {
+    ev(-1, EventKind::EventRaised { name: name.into(), input: Payload::from_json(input).unwrap() })
+}
+
+#[test]
+fn an_abandoned_event_wait_stops_waiting_and_the_next_wait_gets_the_event() {
+    let mut state = ReplayState::new("i", 0);
+    state.apply(&started(), true).unwrap();
+    let dead = state.wait_for_event("approval");
+    state.abandon_event_wait(dead);
+    assert!(state.waiting_on().is_empty(), "{:?}", state.waiting_on());
+    let live = state.wait_for_event("approval");
+    assert_eq!(state.apply(&raised("approval", "1"), true).unwrap(), Applied::Poll);
+    assert_eq!(state.take(live).unwrap().outcome, Outcome::Completed(Payload::from_json("1").unwrap()));
+    assert!(state.take(dead).is_none());
+}
+
+#[test]
+fn an_event_handed_to_a_wait_that_is_then_abandoned_is_buffered_again_in_arrival_order() {
+    let mut state = ReplayState::new("i", 0);
+    state.apply(&started(), true).unwrap();
+    let losing = state.wait_for_event("e");
+    state.apply(&raised("e", "1"), true).unwrap();
+    state.apply(&raised("e", "2"), true).unwrap();
+    state.abandon_event_wait(losing);
+    assert_eq!(state.unconsumed_events().len(), 2);
+    for expected in ["1", "2"] {
+        let next = state.wait_for_event("e");
+        assert_eq!(state.take(next).unwrap().outcome, Outcome::Completed(Payload::from_json(expected).unwrap()));
+    }
+}

@@ -101,6 +101,11 @@ pub(crate) async fn metrics(State(http): State<KilnHttp>) -> Response {
         ("kiln_turns_total", "Orchestration turns committed.", m.turns),
         ("kiln_turn_replays_total", "Turns that replayed history (execution cache misses).", m.replays),
         ("kiln_activity_duration_seconds_count", "Activities finished.", m.activities),
+        (
+            "kiln_unregistered_total",
+            "Work given back because its orchestration version or activity is not registered on this worker.",
+            m.unregistered,
+        ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
     }

@@ -27,6 +27,7 @@ pub struct Metrics {
     pub(crate) replays: AtomicU64,
     pub(crate) activities: AtomicU64,
     pub(crate) activity_millis: AtomicU64,
+    pub(crate) unregistered: AtomicU64,
     /// Moving average of instance durations (created → finished) per orchestration, in ms.
     durations: Mutex<HashMap<String, f64>>,
 }
@@ -45,6 +46,9 @@ pub struct MetricsSnapshot {
     pub activities: u64,
     /// Total time spent in activities, in milliseconds.
     pub activity_millis: u64,
+    /// Work given back because its orchestration version or activity is not registered on this
+    /// worker (it waits for a worker that has it: a deploy in progress, or a missing one).
+    pub unregistered: u64,
 }
 
 impl Metrics {
@@ -68,6 +72,7 @@ impl Metrics {
             replays: self.replays.load(Ordering::Relaxed),
             activities: self.activities.load(Ordering::Relaxed),
             activity_millis: self.activity_millis.load(Ordering::Relaxed),
+            unregistered: self.unregistered.load(Ordering::Relaxed),
         }
     }
 }

@@ -181,6 +181,7 @@ async fn plan_turn(rt: &Runtime, item: &OrchestrationWorkItem) -> Result<TurnPla
             version = instance.version,
             "orchestration version is not registered on this worker; the instance stays pending"
         );
+        rt.metrics.unregistered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return Ok(TurnPlan::Abandon(rt.config.unregistered_retry));
     };
     let mut execution = match rt.cache.take(&instance.instance_id) {
@@ -296,6 +297,13 @@ async fn rewind_turn(
     message: &InboxMessage,
 ) -> Result<TurnPlan, StoreError> {
     let Some(orchestration) = rt.registry.orchestration(&instance.name, &instance.version) else {
+        tracing::warn!(
+            instance_id = instance.instance_id,
+            name = instance.name,
+            version = instance.version,
+            "orchestration version is not registered on this worker; the rewind waits for one that has it"
+        );
+        rt.metrics.unregistered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return Ok(TurnPlan::Abandon(rt.config.unregistered_retry));
     };
     let reason = match &message.event.kind {

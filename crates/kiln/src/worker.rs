@@ -124,54 +124,61 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Runs one activity, renewing its lease meanwhile, and reports the result.
+/// Runs one activity, renewing its lease meanwhile, and reports the result. An activity that is
+/// not registered here is given back, uncounted, for a worker that has it (a rolling deploy).
 async fn run_activity(rt: &Runtime, mut item: ActivityWorkItem) {
     let activity = &item.activity;
     let started = Instant::now();
-    let outcome = if item.dequeue_count > rt.config.max_dequeue_count {
-        Err(FailureDetails::new(
+    let outcome = match rt.registry.activity(&activity.name) {
+        _ if item.dequeue_count > rt.config.max_dequeue_count => Err(FailureDetails::new(
             error_types::POISON,
             format!(
                 "activity '{}' was claimed {} times without completing; giving up",
                 activity.name,
                 item.dequeue_count - 1
             ),
-        ))
-    } else if let Some(function) = rt.registry.activity(&activity.name) {
-        tracing::debug!(
-            instance_id = activity.instance_id,
-            activity = activity.name,
-            key = format!("{}:{}:{}", activity.instance_id, activity.execution, activity.step),
-            delivery = item.dequeue_count,
-            "activity started"
-        );
-        let ctx = ActivityContext {
-            instance_id: activity.instance_id.clone(),
-            execution: activity.execution,
-            task_id: activity.step,
-            name: activity.name.clone(),
-            attempt: activity.attempt,
-            delivery: item.dequeue_count,
-        };
-        let run = CatchPanic::new(function(ctx, activity.input.clone()));
-        let renew_every = rt.config.lease_duration / 3;
-        tokio::pin!(run);
-        loop {
-            tokio::select! {
-                result = &mut run => break result.and_then(|r| r),
-                _ = tokio::time::sleep(renew_every) => {
-                    match rt.store.renew_activity_lease(&item, rt.config.lease_duration).await {
-                        Ok(lease) => item.lease = lease,
-                        Err(err) => tracing::warn!(instance_id = item.activity.instance_id, error = %err, "activity lease renewal failed"),
+        )),
+        None => {
+            tracing::warn!(
+                instance_id = activity.instance_id,
+                activity = activity.name,
+                "activity is not registered on this worker; it waits for one that has it"
+            );
+            rt.metrics.unregistered.fetch_add(1, Ordering::Relaxed);
+            let _ = rt.store.abandon_activity_work(&item, rt.config.unregistered_retry).await;
+            return;
+        }
+        Some(function) => {
+            tracing::debug!(
+                instance_id = activity.instance_id,
+                activity = activity.name,
+                key = format!("{}:{}:{}", activity.instance_id, activity.execution, activity.step),
+                delivery = item.dequeue_count,
+                "activity started"
+            );
+            let ctx = ActivityContext {
+                instance_id: activity.instance_id.clone(),
+                execution: activity.execution,
+                task_id: activity.step,
+                name: activity.name.clone(),
+                attempt: activity.attempt,
+                delivery: item.dequeue_count,
+            };
+            let run = CatchPanic::new(function(ctx, activity.input.clone()));
+            let renew_every = rt.config.lease_duration / 3;
+            tokio::pin!(run);
+            loop {
+                tokio::select! {
+                    result = &mut run => break result.and_then(|r| r),
+                    _ = tokio::time::sleep(renew_every) => {
+                        match rt.store.renew_activity_lease(&item, rt.config.lease_duration).await {
+                            Ok(lease) => item.lease = lease,
+                            Err(err) => tracing::warn!(instance_id = item.activity.instance_id, error = %err, "activity lease renewal failed"),
+                        }
                     }
                 }
             }
         }
-    } else {
-        Err(FailureDetails::new(
-            error_types::NOT_REGISTERED,
-            format!("activity '{}' is not registered on this worker", activity.name),
-        ))
     };
     let outcome = outcome.and_then(|output: Payload| match rt.config.limits.check("activity output", &output) {
         Ok(()) => Ok(output),

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{DEADLINE, TestKiln, output};
-use kiln::{Either, Failure, Kiln, OrchestrationContext, WaitingOn, select2};
+use kiln::{Either, Failure, Kiln, OrchestrationContext, Payload, RuntimeConfig, StartOptions, WaitingOn, select2};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -44,4 +44,83 @@ async fn a_wait_that_lost_a_race_gives_its_place_back() {
     assert_eq!(output["approval"], "yes", "{output}");
     assert!(output["reminders"].as_u64().unwrap() >= 3, "{output}");
     t.stop().await;
+}
+
+/// Settings that make a redelivery loop reach poison quickly if giving work back counted.
+fn impatient() -> RuntimeConfig {
+    RuntimeConfig {
+        max_dequeue_count: 2,
+        unregistered_retry: Duration::from_millis(20),
+        shutdown_grace: Duration::from_millis(200),
+        ..RuntimeConfig::default()
+    }
+}
+
+async fn start_on(builder: kiln::KilnBuilder, path: &std::path::Path) -> Kiln {
+    builder.config(impatient()).sqlite(path).start().await.unwrap()
+}
+
+async fn approve(ctx: OrchestrationContext, _: ()) -> Result<String, Failure> {
+    let who: String = ctx.wait_for_event("Approval").await?;
+    ctx.call_activity("stamp", &who).await
+}
+
+async fn stamp(_: kiln::ActivityContext, who: String) -> Result<String, Failure> {
+    Ok(format!("approved by {who}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_whose_version_is_not_deployed_here_waits_for_a_worker_that_has_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kiln.db");
+    let v2 = || Kiln::builder().orchestration_version("approve", "2", approve).activity("stamp", stamp);
+    let kiln = start_on(v2(), &path).await;
+    let options = StartOptions { instance_id: Some("deploy".into()), version: Some("2".into()) };
+    kiln.client().start_with("approve", Payload::null(), options).await.unwrap();
+    kiln.client().wait_until("deploy", DEADLINE, |r| !r.waiting_on.is_empty()).await.unwrap().unwrap();
+    kiln.shutdown().await;
+
+    // A rollback: this worker has only version 1. The event arrives; the instance is claimed
+    // and given back again and again, far past the poison limit, and must not fail.
+    let v1 = Kiln::builder().orchestration_version("approve", "1", approve).activity("stamp", stamp);
+    let old = start_on(v1, &path).await;
+    old.client().raise_event("deploy", "Approval", &"ada").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let record = old.client().status("deploy").await.unwrap().unwrap();
+    assert!(!record.status.is_terminal(), "{:?}: {:?}", record.status, record.failure);
+    assert!(old.metrics().unregistered > 2, "{:?}", old.metrics());
+    old.shutdown().await;
+
+    // Version 2 is back: the instance goes on from where it was.
+    let kiln = start_on(v2(), &path).await;
+    let done = kiln.client().wait_for_completion("deploy", DEADLINE).await.unwrap();
+    assert_eq!(output(&done), json!("approved by ada"));
+    kiln.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_activity_not_deployed_here_waits_for_a_worker_that_has_it() {
+    async fn stamp_once(ctx: OrchestrationContext, who: String) -> Result<String, Failure> {
+        ctx.call_activity("stamp", &who).await
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kiln.db");
+    // An old worker: the orchestration is there, its new activity is not.
+    let old = start_on(Kiln::builder().orchestration("stamp_once", stamp_once), &path).await;
+    let id = old.client().start("stamp_once", &"ada").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let record = old.client().status(&id).await.unwrap().unwrap();
+    assert!(!record.status.is_terminal(), "{:?}: {:?}", record.status, record.failure);
+    assert_eq!(
+        record.waiting_on,
+        vec![WaitingOn::Activity { name: "stamp".into(), attempt: 1, task_id: 0 }],
+        "still waiting on the activity"
+    );
+    assert!(old.metrics().unregistered > 2, "{:?}", old.metrics());
+    old.shutdown().await;
+
+    let new = start_on(Kiln::builder().orchestration("stamp_once", stamp_once).activity("stamp", stamp), &path).await;
+    let done = new.client().wait_for_completion(&id, DEADLINE).await.unwrap();
+    assert_eq!(output(&done), json!("approved by ada"));
+    new.shutdown().await;
 }

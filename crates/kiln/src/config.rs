@@ -22,8 +22,8 @@ pub struct RuntimeConfig {
     pub limits: PayloadLimits,
     /// How long shutdown waits for running activities before releasing them.
     pub shutdown_grace: Duration,
-    /// How long an instance whose orchestration version is not registered here waits before it
-    /// is offered again.
+    /// How long an instance whose orchestration version is not registered here, or an activity
+    /// whose function is not, waits before it is offered again.
     pub unregistered_retry: Duration,
 }
 

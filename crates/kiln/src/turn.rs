@@ -14,7 +14,7 @@ use kiln_core::{
 };
 use kiln_store::{
     FinishedActivity, HistoryUpdate, InboxMessage, InstanceRecord, NewActivity, NewInstance, NewSubOrchestration,
-    OrchestrationWorkItem, OutgoingMessage, StoreError, TurnCommit,
+    OrchestrationWorkItem, OutgoingMessage, StoreError, TurnCommit, UNSTORED_MESSAGE_ID,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -55,6 +55,13 @@ pub(crate) async fn run_turn(rt: &Runtime, item: OrchestrationWorkItem, finished
     };
     match plan {
         TurnPlan::Commit(mut commit, execution) => {
+            if finished.is_some() && !commit.consumed.contains(&UNSTORED_MESSAGE_ID) {
+                // The turn left the activity's result unprocessed (a suspend or rewind came in
+                // the same batch): committing would delete the activity with its result. Give
+                // the instance back; the caller stores the result as an ordinary message.
+                let _ = rt.store.abandon_orchestration_work(&instance_id, lease, Duration::ZERO).await;
+                return false;
+            }
             commit.finished_activities.extend(finished);
             // Cached before the commit: the instance may be claimed again the moment the commit
             // lands. The entry carries the post-commit history length, so it is only ever used

@@ -124,3 +124,47 @@ async fn an_activity_not_deployed_here_waits_for_a_worker_that_has_it() {
     assert_eq!(output(&done), json!("approved by ada"));
     new.shutdown().await;
 }
+
+/// Lets the `gated` activity finish (set by the test).
+static GATE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+async fn gated(_: kiln::ActivityContext, _: ()) -> Result<String, Failure> {
+    GATE.notified().await;
+    Ok("result".into())
+}
+
+async fn one_gated_step(ctx: OrchestrationContext, _: ()) -> Result<String, Failure> {
+    ctx.call_activity("gated", &()).await
+}
+
+/// Holds the only orchestration worker for a while (no real orchestration would block).
+async fn hog(_: OrchestrationContext, millis: u64) -> Result<(), Failure> {
+    std::thread::sleep(Duration::from_millis(millis));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_result_that_arrives_with_a_pending_suspend_is_kept_for_after_the_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = RuntimeConfig { orchestration_concurrency: 1, ..impatient() };
+    let builder = Kiln::builder()
+        .orchestration("one_gated_step", one_gated_step)
+        .orchestration("hog", hog)
+        .activity("gated", gated);
+    let kiln = builder.config(config).sqlite(dir.path().join("kiln.db")).start().await.unwrap();
+    let client = kiln.client();
+    let id = client.start("one_gated_step", &()).await.unwrap();
+    client.wait_until(&id, DEADLINE, |r| !r.waiting_on.is_empty()).await.unwrap().unwrap();
+    // With the only worker busy, the suspend waits in the inbox while the activity finishes:
+    // its result and the suspend meet in one turn, run by the activity's task.
+    let options = StartOptions { instance_id: Some("hog".into()), version: None };
+    client.start_with("hog", Payload::encode(&1_000u64).unwrap(), options).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    client.suspend(&id, Some("maintenance")).await.unwrap();
+    GATE.notify_one();
+    client.wait_until(&id, DEADLINE, |r| r.status == kiln::RuntimeStatus::Suspended).await.unwrap().unwrap();
+    client.resume(&id, None).await.unwrap();
+    let done = client.wait_for_completion(&id, DEADLINE).await.unwrap();
+    assert_eq!(output(&done), json!("result"));
+    kiln.shutdown().await;
+}

@@ -87,23 +87,35 @@ pub enum WriteOutcome {
 
 /// A change to the in-memory state, applied once the transaction is durable.
 pub enum Effect {
+    /// A message was put into an instance's inbox: queue it (held back until `visible_at`).
     Message {
+        /// The instance it is for.
         instance_id: String,
+        /// The message as stored.
         message: InboxMessage,
+        /// When it becomes visible (a timer's firing); `None`: at once.
         visible_at: Option<Timestamp>,
     },
+    /// An activity row was inserted: queue it for the activity workers.
     Activity(ActivityEntry),
+    /// A turn was committed: its lease ends and its consumed messages leave the queue.
     ReleaseInstance {
+        /// The instance whose turn it was.
         instance_id: String,
+        /// Inbox row ids the turn consumed.
         consumed: Vec<i64>,
+        /// Whether the turn left the instance suspended.
         suspended: bool,
     },
+    /// An activity row was deleted: its lease is forgotten.
     FinishActivity(i64),
+    /// Instances were deleted (purged, or replaced by a new start): everything queued for them goes.
     Forget(Vec<String>),
     /// The instance's row changed: its latest record is replaced (or dropped), then waiters are told.
     Changed(RecordChange),
 }
 
+/// Writes one operation's rows and records their effects; the caller owns the transaction.
 pub fn apply(conn: &Connection, op: &WriteOp, effects: &mut Vec<Effect>) -> StoreResult<WriteOutcome> {
     match op {
         WriteOp::CreateInstance(instance) => {
@@ -182,12 +194,14 @@ pub fn apply(conn: &Connection, op: &WriteOp, effects: &mut Vec<Effect>) -> Stor
     }
 }
 
+/// Whether an instance's row exists.
 fn instance_exists(conn: &Connection, instance_id: &str) -> StoreResult<bool> {
     conn.prepare_cached("SELECT 1 FROM instances WHERE instance_id = ?1")
         .and_then(|mut s| s.exists([instance_id]))
         .map_err(backend)
 }
 
+/// Puts a message into an instance's inbox.
 fn insert_message(
     conn: &Connection,
     instance_id: &str,
@@ -375,6 +389,7 @@ fn record_after_turn(turn: &TurnCommit, unchanged: Unchanged) -> InstanceRecord 
     }
 }
 
+/// Commits a turn to an existing instance: its row, then the rest of the turn (`write_turn`).
 fn commit_turn(conn: &Connection, turn: &TurnCommit, effects: &mut Vec<Effect>) -> StoreResult<()> {
     // The unchanged columns are read first: with them the commit knows the new record in full.
     // (A separate read is cheaper than `UPDATE … RETURNING`, which builds a temporary table.)
@@ -510,6 +525,7 @@ fn write_turn(conn: &Connection, turn: &TurnCommit, first_seq: u64, effects: &mu
     Ok(())
 }
 
+/// Deletes an instance's rows from every table.
 fn delete_rows(conn: &Connection, instance_id: &str) -> StoreResult<()> {
     for sql in [
         "DELETE FROM history WHERE instance_id = ?1",
@@ -522,6 +538,7 @@ fn delete_rows(conn: &Connection, instance_id: &str) -> StoreResult<()> {
     Ok(())
 }
 
+/// Up to [`PURGE_BATCH`] finished instances matching `filter`: top-level ones and orphaned children.
 fn select_purgeable(conn: &Connection, filter: &PurgeFilter) -> StoreResult<Vec<String>> {
     let statuses: Vec<i64> = if filter.statuses.is_empty() {
         RuntimeStatus::ALL.iter().filter(|s| s.is_terminal()).map(|s| s.code()).collect()

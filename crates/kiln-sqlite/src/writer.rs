@@ -5,6 +5,7 @@
 //! transaction (one fsync for many turns), each inside its own savepoint so one failing request
 //! does not undo the others. Only after `COMMIT` returns does it update the in-memory queues,
 //! wake workers and answer the callers: nothing is visible or acknowledged before it is durable.
+//! What each request writes, and which in-memory effects it leaves, is in `ops`.
 
 use crate::codec::store_error;
 use crate::ops::{Effect, WriteOp, WriteOutcome, apply};
@@ -40,6 +41,7 @@ pub fn run(mut conn: Connection, requests: Receiver<WriteRequest>, shared: Arc<S
     }
 }
 
+/// Writes one batch, then applies its effects, wakes workers and answers every request.
 fn write_batch(conn: &mut Connection, batch: Vec<WriteRequest>, shared: &Shared) {
     // Leases are checked and pinned before writing, so a lapsing lease cannot be handed to
     // another worker while its holder's commit is in flight.
@@ -210,6 +212,7 @@ fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
+/// Checks that a request's leases are still held and pins them for the commit.
 fn pin_lease(op: &WriteOp, shared: &Shared) -> StoreResult<()> {
     let mut queues = shared.lock_queues();
     match op {

@@ -9,7 +9,8 @@
 //!
 //! # Layout
 //! - [`store`]: opening, recovery and the `Store` implementation.
-//! - `writer`: the writer thread and its group commit.
+//! - `writer`: the writer thread and its group commit (batches, transactions, leases, effects).
+//! - `ops`: the SQL of each write and the in-memory effects it leaves for the writer to apply.
 //! - `checkpoint`: WAL checkpoints on their own thread.
 //! - `queue`: in-memory dispatch state.
 //! - `records`: the latest records of recently written instances, for status reads.
@@ -19,6 +20,7 @@
 
 mod checkpoint;
 mod codec;
+mod ops;
 mod queue;
 mod reads;
 mod records;

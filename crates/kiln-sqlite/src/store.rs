@@ -2,11 +2,12 @@
 
 use crate::checkpoint;
 use crate::codec::{backend, decode_event};
+use crate::ops::{ClaimTarget, PURGE_BATCH, WriteOp, WriteOutcome};
 use crate::queue::{ActivityEntry, Queues};
 use crate::reads::{self, Readers};
 use crate::schema::{MigrationError, migrate};
 use crate::shared::{Shared, now};
-use crate::writer::{self, ClaimTarget, PURGE_BATCH, WriteOp, WriteOutcome, WriteRequest};
+use crate::writer::{self, WriteRequest};
 use async_trait::async_trait;
 use kiln_core::{HistoryEvent, RuntimeStatus, Timestamp};
 use kiln_store::{

@@ -1,0 +1,594 @@
+//! The SQL of each write: what one [`WriteOp`] does inside the writer's transaction.
+//!
+//! Each operation checks what can refuse it before it writes, writes its rows, and records the
+//! [`Effect`]s those rows have on the in-memory state. The writer thread (`writer`) owns the
+//! transaction: it applies the effects only once the rows are durable, and drops them if not.
+
+use crate::codec::{backend, encode_event, encode_events, from_json, to_json, to_json_opt};
+use crate::queue::ActivityEntry;
+use crate::records::RecordChange;
+use crate::shared::now;
+use kiln_core::{
+    EventKind, FailureDetails, HistoryEvent, ParentInstance, Payload, RuntimeStatus, Timestamp, WaitingOn, error_types,
+};
+use kiln_store::{
+    IdempotencyKey, IdempotentStart, InboxMessage, InstanceRecord, Lease, NewActivity, NewInstance, PurgeFilter,
+    StoreError, StoreResult, TurnCommit,
+};
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// Most instances one purge request deletes (purges of many instances run in bounded batches).
+pub const PURGE_BATCH: usize = 500;
+
+/// A change to make durable.
+pub enum WriteOp {
+    /// Start (or replace) an instance.
+    CreateInstance(NewInstance),
+    /// Start an instance together with its first turn, already run.
+    CreateWithFirstTurn(NewInstance, Box<TurnCommit>),
+    /// Start an instance under an idempotency key.
+    CreateIdempotent(NewInstance, IdempotencyKey),
+    /// Put a message into an existing instance's inbox.
+    SendMessage {
+        /// Target.
+        instance_id: String,
+        /// The event.
+        event: HistoryEvent,
+    },
+    /// Commit an orchestration turn.
+    CommitTurn(Box<TurnCommit>),
+    /// Finish an activity and deliver its result.
+    CompleteActivity {
+        /// Activity row id.
+        id: i64,
+        /// The claim it ran under.
+        lease: Lease,
+        /// What it was.
+        activity: NewActivity,
+        /// `TaskCompleted` or `TaskFailed`.
+        event: HistoryEvent,
+    },
+    /// Purge one finished instance and its finished descendants.
+    PurgeInstance(String),
+    /// Purge up to [`PURGE_BATCH`] finished instances matching a filter.
+    PurgeBatch(PurgeFilter),
+    /// Count a claim of recovered work durably (poison detection across crashes).
+    MarkClaimed(ClaimTarget),
+    /// Write a row for the sake of writing: whether writes work (e.g. once a full disk has room).
+    Probe,
+    /// Store a setting unless present.
+    PutSettingIfAbsent {
+        /// Key.
+        key: String,
+        /// Value.
+        value: String,
+    },
+}
+
+/// Which work item a claim mark is for.
+pub enum ClaimTarget {
+    /// An instance's pending messages.
+    Instance(String),
+    /// An activity row.
+    Activity(i64),
+}
+
+/// What a write returns.
+pub enum WriteOutcome {
+    /// Nothing to report.
+    Done,
+    /// A count (purges).
+    Count(u64),
+    /// A value (settings).
+    Value(String),
+    /// What an idempotent start did.
+    Started(IdempotentStart),
+}
+
+/// A change to the in-memory state, applied once the transaction is durable.
+pub enum Effect {
+    /// A message was put into an instance's inbox: queue it (held back until `visible_at`).
+    Message {
+        /// The instance it is for.
+        instance_id: String,
+        /// The message as stored.
+        message: InboxMessage,
+        /// When it becomes visible (a timer's firing); `None`: at once.
+        visible_at: Option<Timestamp>,
+    },
+    /// An activity row was inserted: queue it for the activity workers.
+    Activity(ActivityEntry),
+    /// A turn was committed: its lease ends and its consumed messages leave the queue.
+    ReleaseInstance {
+        /// The instance whose turn it was.
+        instance_id: String,
+        /// Inbox row ids the turn consumed.
+        consumed: Vec<i64>,
+        /// Whether the turn left the instance suspended.
+        suspended: bool,
+    },
+    /// An activity row was deleted: its lease is forgotten.
+    FinishActivity(i64),
+    /// Instances were deleted (purged, or replaced by a new start): everything queued for them goes.
+    Forget(Vec<String>),
+    /// The instance's row changed: its latest record is replaced (or dropped), then waiters are told.
+    Changed(RecordChange),
+}
+
+/// Writes one operation's rows and records their effects; the caller owns the transaction.
+pub fn apply(conn: &Connection, op: &WriteOp, effects: &mut Vec<Effect>) -> StoreResult<WriteOutcome> {
+    match op {
+        WriteOp::CreateInstance(instance) => {
+            create_instance(conn, instance, effects)?;
+            Ok(WriteOutcome::Done)
+        }
+        WriteOp::CreateWithFirstTurn(instance, first_turn) => {
+            create_with_first_turn(conn, instance, first_turn, effects)?;
+            Ok(WriteOutcome::Done)
+        }
+        WriteOp::CreateIdempotent(instance, key) => {
+            create_idempotent(conn, instance, key, effects).map(WriteOutcome::Started)
+        }
+        WriteOp::SendMessage { instance_id, event } => {
+            if !instance_exists(conn, instance_id)? {
+                return Err(StoreError::NotFound(instance_id.clone()));
+            }
+            insert_message(conn, instance_id, None, event, None, effects)?;
+            Ok(WriteOutcome::Done)
+        }
+        WriteOp::CommitTurn(turn) => {
+            commit_turn(conn, turn, effects)?;
+            Ok(WriteOutcome::Done)
+        }
+        WriteOp::CompleteActivity { id, activity, event, .. } => {
+            conn.prepare_cached("DELETE FROM activities WHERE id = ?1")
+                .and_then(|mut s| s.execute([id]))
+                .map_err(backend)?;
+            effects.push(Effect::FinishActivity(*id));
+            if instance_exists(conn, &activity.instance_id)? {
+                insert_message(conn, &activity.instance_id, Some(activity.execution), event, None, effects)?;
+            }
+            Ok(WriteOutcome::Done)
+        }
+        WriteOp::PurgeInstance(instance_id) => {
+            let status: Option<i64> = conn
+                .prepare_cached("SELECT status FROM instances WHERE instance_id = ?1")
+                .and_then(|mut s| s.query_row([instance_id], |r| r.get(0)).optional())
+                .map_err(backend)?;
+            let status = status.ok_or_else(|| StoreError::NotFound(instance_id.clone()))?;
+            let status = RuntimeStatus::from_code(status).unwrap_or(RuntimeStatus::Running);
+            if !status.is_terminal() {
+                return Err(StoreError::NotTerminal(instance_id.clone(), status));
+            }
+            purge(conn, vec![instance_id.clone()], effects).map(WriteOutcome::Count)
+        }
+        WriteOp::PurgeBatch(filter) => {
+            let ids = select_purgeable(conn, filter)?;
+            purge(conn, ids, effects).map(WriteOutcome::Count)
+        }
+        WriteOp::MarkClaimed(target) => {
+            let updated = match target {
+                ClaimTarget::Instance(id) => conn
+                    .prepare_cached("UPDATE instances SET dequeue_count = dequeue_count + 1 WHERE instance_id = ?1")
+                    .and_then(|mut s| s.execute([id])),
+                ClaimTarget::Activity(id) => conn
+                    .prepare_cached("UPDATE activities SET dequeue_count = dequeue_count + 1 WHERE id = ?1")
+                    .and_then(|mut s| s.execute([id])),
+            };
+            updated.map_err(backend)?;
+            Ok(WriteOutcome::Done)
+        }
+        WriteOp::Probe => {
+            conn.prepare_cached("INSERT OR REPLACE INTO settings (key, value) VALUES ('kiln.probe', ?1)")
+                .and_then(|mut s| s.execute([now().0.to_string()]))
+                .map_err(backend)?;
+            Ok(WriteOutcome::Done)
+        }
+        WriteOp::PutSettingIfAbsent { key, value } => {
+            conn.execute("INSERT OR IGNORE INTO settings (key, value) VALUES (?1, ?2)", [key, value])
+                .map_err(backend)?;
+            let stored: String =
+                conn.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0)).map_err(backend)?;
+            Ok(WriteOutcome::Value(stored))
+        }
+    }
+}
+
+/// Whether an instance's row exists.
+fn instance_exists(conn: &Connection, instance_id: &str) -> StoreResult<bool> {
+    conn.prepare_cached("SELECT 1 FROM instances WHERE instance_id = ?1")
+        .and_then(|mut s| s.exists([instance_id]))
+        .map_err(backend)
+}
+
+/// Puts a message into an instance's inbox.
+fn insert_message(
+    conn: &Connection,
+    instance_id: &str,
+    execution: Option<u64>,
+    event: &HistoryEvent,
+    visible_at: Option<Timestamp>,
+    effects: &mut Vec<Effect>,
+) -> StoreResult<()> {
+    let encoded = encode_event(event)?;
+    conn.prepare_cached("INSERT INTO inbox (instance_id, execution, visible_at, event) VALUES (?1, ?2, ?3, ?4)")
+        .and_then(|mut s| {
+            s.execute(params![instance_id, execution.map(|e| e as i64), visible_at.map(|t| t.0), encoded])
+        })
+        .map_err(backend)?;
+    let message = InboxMessage { id: conn.last_insert_rowid(), execution, event: event.clone() };
+    effects.push(Effect::Message { instance_id: instance_id.to_owned(), message, visible_at });
+    Ok(())
+}
+
+/// Creates an instance; returns `AlreadyExists` when its id is held by an unfinished instance.
+fn create_instance(conn: &Connection, instance: &NewInstance, effects: &mut Vec<Effect>) -> StoreResult<()> {
+    let existing: Option<(i64, i64)> = conn
+        .prepare_cached("SELECT status, execution FROM instances WHERE instance_id = ?1")
+        .and_then(|mut s| s.query_row([&instance.instance_id], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+        .map_err(backend)?;
+    let mut execution = 0u64;
+    if let Some((status, previous)) = existing {
+        let status = RuntimeStatus::from_code(status).unwrap_or(RuntimeStatus::Running);
+        if !status.is_terminal() {
+            return Err(StoreError::AlreadyExists(instance.instance_id.clone(), status));
+        }
+        execution = previous as u64 + 1;
+        delete_rows(conn, &instance.instance_id)?;
+        effects.push(Effect::Forget(vec![instance.instance_id.clone()]));
+    }
+    let record = InstanceRecord {
+        instance_id: instance.instance_id.clone(),
+        name: instance.name.clone(),
+        version: instance.version.clone(),
+        execution,
+        status: RuntimeStatus::Pending,
+        input: instance.input.clone(),
+        output: None,
+        failure: None,
+        custom_status: None,
+        created_at: instance.created_at,
+        updated_at: instance.created_at,
+        waiting_on: Vec::new(),
+        parent: instance.parent.clone(),
+        history_len: 0,
+    };
+    insert_instance_row(conn, &record)?;
+    insert_message(conn, &instance.instance_id, Some(execution), &instance.started_event(), None, effects)?;
+    effects.push(Effect::Changed(RecordChange { instance_id: record.instance_id.clone(), record: Some(record) }));
+    Ok(())
+}
+
+/// Inserts an instance's row holding `record`.
+fn insert_instance_row(conn: &Connection, record: &InstanceRecord) -> StoreResult<()> {
+    let failure = to_json_opt(record.failure.as_ref())?;
+    let waiting_on = waiting_on_column(&record.waiting_on)?;
+    let parent = to_json_opt(record.parent.as_ref())?;
+    conn.prepare_cached(
+        "INSERT INTO instances (instance_id, name, version, execution, status, input, output, failure, \
+         custom_status, created_at, updated_at, waiting_on, parent, parent_instance_id, history_len) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            record.instance_id,
+            record.name,
+            record.version,
+            record.execution as i64,
+            record.status.code(),
+            record.input.as_str(),
+            record.output.as_ref().map(Payload::as_str),
+            failure,
+            record.custom_status.as_ref().map(Payload::as_str),
+            record.created_at.0,
+            record.updated_at.0,
+            waiting_on,
+            parent,
+            record.parent.as_ref().map(|p| p.instance_id.as_str()),
+            record.history_len as i64,
+        ])
+    })
+    .map_err(backend)?;
+    Ok(())
+}
+
+/// The `waiting_on` column: NULL when the instance waits for nothing.
+fn waiting_on_column(waiting_on: &[WaitingOn]) -> StoreResult<Option<String>> {
+    if waiting_on.is_empty() { Ok(None) } else { to_json(&waiting_on).map(Some) }
+}
+
+/// Creates an instance with its first turn, which consumed its `ExecutionStarted` already: the
+/// row is inserted as the turn leaves it.
+fn create_with_first_turn(
+    conn: &Connection,
+    instance: &NewInstance,
+    first_turn: &TurnCommit,
+    effects: &mut Vec<Effect>,
+) -> StoreResult<()> {
+    let existing: Option<i64> = conn
+        .prepare_cached("SELECT status FROM instances WHERE instance_id = ?1")
+        .and_then(|mut s| s.query_row([&instance.instance_id], |r| r.get(0)).optional())
+        .map_err(backend)?;
+    if let Some(status) = existing {
+        let status = RuntimeStatus::from_code(status).unwrap_or(RuntimeStatus::Running);
+        return Err(StoreError::AlreadyExists(instance.instance_id.clone(), status));
+    }
+    let record = record_after_turn(
+        first_turn,
+        Unchanged {
+            name: instance.name.clone(),
+            version: instance.version.clone(),
+            created_at: instance.created_at,
+            parent: instance.parent.clone(),
+            history_len: 0,
+        },
+    );
+    insert_instance_row(conn, &record)?;
+    write_turn(conn, first_turn, 0, effects)?;
+    effects.push(Effect::Changed(RecordChange { instance_id: record.instance_id.clone(), record: Some(record) }));
+    Ok(())
+}
+
+/// Creates an instance unless an unexpired key already started one.
+fn create_idempotent(
+    conn: &Connection,
+    instance: &NewInstance,
+    key: &IdempotencyKey,
+    effects: &mut Vec<Effect>,
+) -> StoreResult<IdempotentStart> {
+    conn.prepare_cached("DELETE FROM idempotency_keys WHERE expires_at <= ?1")
+        .and_then(|mut s| s.execute([instance.created_at.0]))
+        .map_err(backend)?;
+    let existing: Option<(String, String)> = conn
+        .prepare_cached("SELECT fingerprint, instance_id FROM idempotency_keys WHERE key = ?1")
+        .and_then(|mut s| s.query_row([&key.key], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+        .map_err(backend)?;
+    if let Some((fingerprint, instance_id)) = existing {
+        if fingerprint != key.fingerprint {
+            return Err(StoreError::IdempotencyKeyReused(key.key.clone()));
+        }
+        return Ok(IdempotentStart::Existing { instance_id });
+    }
+    create_instance(conn, instance, effects)?;
+    conn.prepare_cached(
+        "INSERT INTO idempotency_keys (key, fingerprint, instance_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .and_then(|mut s| s.execute(params![key.key, key.fingerprint, instance.instance_id, key.expires_at.0]))
+    .map_err(backend)?;
+    Ok(IdempotentStart::Created)
+}
+
+/// What a turn leaves as it was in an instance's row.
+struct Unchanged {
+    name: String,
+    version: String,
+    created_at: Timestamp,
+    parent: Option<ParentInstance>,
+    /// History length before the turn.
+    history_len: u64,
+}
+
+/// The instance's record after `turn`.
+fn record_after_turn(turn: &TurnCommit, unchanged: Unchanged) -> InstanceRecord {
+    let kept = if turn.history.replaces() { 0 } else { unchanged.history_len };
+    InstanceRecord {
+        instance_id: turn.instance_id.clone(),
+        name: unchanged.name,
+        version: unchanged.version,
+        execution: turn.execution,
+        status: turn.status,
+        input: turn.input.clone(),
+        output: turn.output.clone(),
+        failure: turn.failure.clone(),
+        custom_status: turn.custom_status.clone(),
+        created_at: unchanged.created_at,
+        updated_at: turn.now,
+        waiting_on: turn.waiting_on.clone(),
+        parent: unchanged.parent,
+        history_len: kept + turn.history.events().len() as u64,
+    }
+}
+
+/// Commits a turn to an existing instance: its row, then the rest of the turn (`write_turn`).
+fn commit_turn(conn: &Connection, turn: &TurnCommit, effects: &mut Vec<Effect>) -> StoreResult<()> {
+    // The unchanged columns are read first: with them the commit knows the new record in full.
+    // (A separate read is cheaper than `UPDATE … RETURNING`, which builds a temporary table.)
+    let unchanged = conn
+        .prepare_cached("SELECT name, version, created_at, parent, history_len FROM instances WHERE instance_id = ?1")
+        .and_then(|mut s| {
+            s.query_row([&turn.instance_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, Option<String>>(3)?, r.get::<_, i64>(4)?))
+            })
+            .optional()
+        })
+        .map_err(backend)?;
+    let (name, version, created_at, parent, history_len) =
+        unchanged.ok_or_else(|| StoreError::NotFound(turn.instance_id.clone()))?;
+    let unchanged = Unchanged {
+        name,
+        version,
+        created_at: Timestamp(created_at),
+        parent: parent.map(|p| from_json::<ParentInstance>(&p, "parent")).transpose()?,
+        history_len: history_len as u64,
+    };
+    let record = record_after_turn(turn, unchanged);
+    let failure = to_json_opt(record.failure.as_ref())?;
+    let waiting_on = waiting_on_column(&record.waiting_on)?;
+    if turn.history.replaces() {
+        conn.prepare_cached("DELETE FROM history WHERE instance_id = ?1")
+            .and_then(|mut s| s.execute([&turn.instance_id]))
+            .map_err(backend)?;
+    }
+    conn.prepare_cached(
+        "UPDATE instances SET execution = ?2, status = ?3, input = ?4, output = ?5, failure = ?6, \
+         custom_status = ?7, waiting_on = ?8, updated_at = ?9, dequeue_count = 0, history_len = ?10 \
+         WHERE instance_id = ?1",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            record.instance_id,
+            record.execution as i64,
+            record.status.code(),
+            record.input.as_str(),
+            record.output.as_ref().map(Payload::as_str),
+            failure,
+            record.custom_status.as_ref().map(Payload::as_str),
+            waiting_on,
+            record.updated_at.0,
+            record.history_len as i64,
+        ])
+    })
+    .map_err(backend)?;
+    write_turn(conn, turn, record.history_len - turn.history.events().len() as u64, effects)?;
+    effects.push(Effect::Changed(RecordChange { instance_id: record.instance_id.clone(), record: Some(record) }));
+    Ok(())
+}
+
+/// Writes what a turn did besides the instance's row: its history (from position `first_seq`),
+/// consumed messages, finished and new activities, children and outgoing messages.
+fn write_turn(conn: &Connection, turn: &TurnCommit, first_seq: u64, effects: &mut Vec<Effect>) -> StoreResult<()> {
+    let events = turn.history.events();
+    if !events.is_empty() {
+        // One row per turn, keyed by its first event's position.
+        let encoded = encode_events(events)?;
+        conn.prepare_cached("INSERT INTO history (instance_id, seq, event) VALUES (?1, ?2, ?3)")
+            .and_then(|mut s| s.execute(params![turn.instance_id, first_seq as i64, encoded]))
+            .map_err(backend)?;
+    }
+    {
+        let mut delete = conn.prepare_cached("DELETE FROM inbox WHERE id = ?1").map_err(backend)?;
+        for id in &turn.consumed {
+            delete.execute([id]).map_err(backend)?;
+        }
+    }
+    for finished in &turn.finished_activities {
+        conn.prepare_cached("DELETE FROM activities WHERE id = ?1")
+            .and_then(|mut s| s.execute([finished.id]))
+            .map_err(backend)?;
+        effects.push(Effect::FinishActivity(finished.id));
+    }
+    for activity in &turn.activities {
+        conn.prepare_cached(
+            "INSERT INTO activities (instance_id, execution, step, name, input, attempt) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                activity.instance_id,
+                activity.execution as i64,
+                activity.step as i64,
+                activity.name,
+                activity.input.as_str(),
+                activity.attempt
+            ])
+        })
+        .map_err(backend)?;
+        effects.push(Effect::Activity(ActivityEntry {
+            id: conn.last_insert_rowid(),
+            activity: activity.clone(),
+            dequeue_count: 0,
+            recovered: false,
+        }));
+    }
+    for child in &turn.sub_orchestrations {
+        let mut child_effects = Vec::new();
+        match create_instance(conn, &child.instance, &mut child_effects) {
+            Ok(()) => effects.append(&mut child_effects),
+            Err(StoreError::AlreadyExists(id, status)) => {
+                let Some(parent) = &child.instance.parent else {
+                    continue;
+                };
+                let failed = HistoryEvent::new(
+                    turn.now,
+                    EventKind::SubOrchestrationInstanceFailed {
+                        task_scheduled_id: parent.task_scheduled_id,
+                        failure_details: FailureDetails::new(
+                            error_types::ALREADY_EXISTS,
+                            format!("an instance with id '{id}' already exists and is {status}"),
+                        ),
+                    },
+                );
+                insert_message(conn, &turn.instance_id, Some(turn.execution), &failed, None, effects)?;
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    for message in &turn.messages {
+        if message.instance_id == turn.instance_id || instance_exists(conn, &message.instance_id)? {
+            insert_message(conn, &message.instance_id, message.execution, &message.event, message.visible_at, effects)?;
+        }
+    }
+    effects.push(Effect::ReleaseInstance {
+        instance_id: turn.instance_id.clone(),
+        consumed: turn.consumed.clone(),
+        suspended: turn.status == RuntimeStatus::Suspended,
+    });
+    Ok(())
+}
+
+/// Deletes an instance's rows from every table.
+fn delete_rows(conn: &Connection, instance_id: &str) -> StoreResult<()> {
+    for sql in [
+        "DELETE FROM history WHERE instance_id = ?1",
+        "DELETE FROM inbox WHERE instance_id = ?1",
+        "DELETE FROM activities WHERE instance_id = ?1",
+        "DELETE FROM instances WHERE instance_id = ?1",
+    ] {
+        conn.prepare_cached(sql).and_then(|mut s| s.execute([instance_id])).map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// Up to [`PURGE_BATCH`] finished instances matching `filter`: top-level ones and orphaned children.
+fn select_purgeable(conn: &Connection, filter: &PurgeFilter) -> StoreResult<Vec<String>> {
+    let statuses: Vec<i64> = if filter.statuses.is_empty() {
+        RuntimeStatus::ALL.iter().filter(|s| s.is_terminal()).map(|s| s.code()).collect()
+    } else {
+        filter.statuses.iter().filter(|s| s.is_terminal()).map(|s| s.code()).collect()
+    };
+    if statuses.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list = statuses.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+    // Top-level instances, and sub-orchestrations whose parent is gone (they were still running
+    // when it was purged): nobody is left to purge those with.
+    let sql = format!(
+        "SELECT instance_id FROM instances c WHERE status IN ({list}) AND created_at >= ?1 AND created_at <= ?2 \
+         AND (parent_instance_id IS NULL \
+           OR NOT EXISTS (SELECT 1 FROM instances p WHERE p.instance_id = c.parent_instance_id)) \
+         LIMIT {PURGE_BATCH}"
+    );
+    let from = filter.created_from.map_or(i64::MIN, |t| t.0);
+    let to = filter.created_to.map_or(i64::MAX, |t| t.0);
+    let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+    let ids = stmt.query_map([from, to], |r| r.get(0)).map_err(backend)?;
+    ids.collect::<Result<Vec<String>, _>>().map_err(backend)
+}
+
+/// Deletes instances and, recursively, their finished sub-orchestrations.
+fn purge(conn: &Connection, roots: Vec<String>, effects: &mut Vec<Effect>) -> StoreResult<u64> {
+    let mut pending = roots;
+    let mut deleted = Vec::new();
+    while let Some(id) = pending.pop() {
+        let children: Vec<(String, i64)> = {
+            let mut stmt = conn
+                .prepare_cached("SELECT instance_id, status FROM instances WHERE parent_instance_id = ?1")
+                .map_err(backend)?;
+            let rows = stmt.query_map([&id], |r| Ok((r.get(0)?, r.get(1)?))).map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)?
+        };
+        pending.extend(
+            children
+                .into_iter()
+                .filter(|(_, s)| RuntimeStatus::from_code(*s).is_some_and(RuntimeStatus::is_terminal))
+                .map(|(child, _)| child),
+        );
+        delete_rows(conn, &id)?;
+        deleted.push(id);
+    }
+    let count = deleted.len() as u64;
+    for id in &deleted {
+        effects.push(Effect::Changed(RecordChange { instance_id: id.clone(), record: None }));
+    }
+    effects.push(Effect::Forget(deleted));
+    Ok(count)
+}

@@ -40,6 +40,7 @@ pub(crate) async fn run_turn(rt: &Runtime, item: OrchestrationWorkItem, finished
     let instance_id = item.instance.instance_id.clone();
     let (name, created_at) = (item.instance.name.clone(), item.instance.created_at);
     let lease = item.lease;
+    let was_terminal = item.instance.status.is_terminal();
     let plan = match plan_turn(rt, &item).await {
         Ok(plan) => plan,
         Err(err @ StoreError::Unavailable(_)) => {
@@ -69,7 +70,8 @@ pub(crate) async fn run_turn(rt: &Runtime, item: OrchestrationWorkItem, finished
             if let Some(execution) = execution {
                 rt.cache.put(instance_id.clone(), execution);
             }
-            let ended = commit.status.is_terminal().then_some(commit.now);
+            // A finished instance's turn only drops late messages: it did not end it again.
+            let ended = (commit.status.is_terminal() && !was_terminal).then_some(commit.now);
             let (status, failure) = (commit.status, commit.failure.clone());
             match rt.store.commit_turn(*commit).await {
                 Ok(()) => {

@@ -168,3 +168,37 @@ async fn a_result_that_arrives_with_a_pending_suspend_is_kept_for_after_the_resu
     assert_eq!(output(&done), json!("result"));
     kiln.shutdown().await;
 }
+
+async fn slow(_: kiln::ActivityContext, _: ()) -> Result<(), Failure> {
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_result_for_a_finished_instance_does_not_count_as_it_finishing_again() {
+    async fn impatient_race(ctx: OrchestrationContext, _: ()) -> Result<(), Failure> {
+        // The timer wins; the activity's result arrives after the instance finished.
+        let _ = select2(ctx.call_activity::<_, ()>("slow", &()), ctx.sleep(Duration::from_millis(10))).await;
+        Ok(())
+    }
+    let t =
+        TestKiln::start(Kiln::builder().orchestration("impatient_race", impatient_race).activity("slow", slow)).await;
+    let id = t.client.start("impatient_race", &()).await.unwrap();
+    t.finish(&id).await;
+    // The worker records the duration just after its commit is visible.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let typical = loop {
+        if let Some(typical) = t.client.typical_duration("impatient_race") {
+            break typical;
+        }
+        assert!(std::time::Instant::now() < deadline, "the finish was never recorded");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let turns = t.client.metrics().turns;
+    while t.client.metrics().turns == turns {
+        assert!(std::time::Instant::now() < deadline, "the late result was never processed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(t.client.typical_duration("impatient_race"), Some(typical), "the late turn is not a second finish");
+    t.stop().await;
+}

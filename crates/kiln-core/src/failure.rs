@@ -51,4 +51,7 @@ pub mod error_types {
     pub const TERMINATED: &str = "Terminated";
     /// A sub-orchestration could not be created because its id was in use.
     pub const ALREADY_EXISTS: &str = "AlreadyExists";
+    /// The orchestration awaited something that is not a durable step (e.g. `tokio::time::sleep`),
+    /// so nothing could ever wake it.
+    pub const NON_DURABLE_AWAIT: &str = "NonDurableAwait";
 }

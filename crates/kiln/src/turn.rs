@@ -394,6 +394,15 @@ fn apply_events(
     if let Some(custom_status) = execution.state().take_changed_custom_status() {
         commit.custom_status = Some(custom_status);
     }
+    // Still running with nothing to wait for: the code awaits a future that is not a step, which
+    // nothing will ever poll again (the executor polls only when a step's result arrives).
+    if execution.outcome().is_none() && execution.state().waiting_on().is_empty() {
+        execution.fail(FailureDetails::new(
+            error_types::NON_DURABLE_AWAIT,
+            "the orchestration awaits something that is not a durable step and would wait forever; use \
+             ctx.sleep instead of a runtime's timer, and call I/O from activities (ctx.call_activity)",
+        ));
+    }
     match execution.outcome().cloned() {
         None => {
             carry_out(rt, instance, commit, actions, true);

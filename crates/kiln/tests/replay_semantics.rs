@@ -202,3 +202,20 @@ async fn a_late_result_for_a_finished_instance_does_not_count_as_it_finishing_ag
     assert_eq!(t.client.typical_duration("impatient_race"), Some(typical), "the late turn is not a second finish");
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awaiting_something_that_is_not_a_durable_step_fails_the_instance_with_a_reason() {
+    async fn runtime_sleep(ctx: OrchestrationContext, _: ()) -> Result<(), Failure> {
+        ctx.call_activity::<_, ()>("slow", &()).await?;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        Ok(())
+    }
+    let t = TestKiln::start(Kiln::builder().orchestration("runtime_sleep", runtime_sleep).activity("slow", slow)).await;
+    let id = t.client.start("runtime_sleep", &()).await.unwrap();
+    let done = t.finish(&id).await;
+    assert_eq!(done.status, kiln::RuntimeStatus::Failed);
+    let failure = done.failure.unwrap();
+    assert_eq!(failure.error_type, kiln::error_types::NON_DURABLE_AWAIT, "{failure:?}");
+    assert!(failure.error_message.contains("ctx.sleep"), "{failure:?}");
+    t.stop().await;
+}

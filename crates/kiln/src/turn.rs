@@ -139,9 +139,17 @@ async fn plan_turn(rt: &Runtime, item: &OrchestrationWorkItem) -> Result<TurnPla
     let instance = &item.instance;
     let mut commit = unchanged_commit(item, now);
     // Messages addressed to an earlier execution (late activity results, old timers) are dropped.
-    let (current, stale): (Vec<&InboxMessage>, Vec<&InboxMessage>) =
+    let (mut current, stale): (Vec<&InboxMessage>, Vec<&InboxMessage>) =
         item.messages.iter().partition(|m| m.execution.is_none_or(|e| e == instance.execution));
     commit.consumed.extend(stale.iter().map(|m| m.id));
+    // A new execution starts with its start, then the events its predecessor carried over
+    // (continue-as-new), then whatever arrived meanwhile: events keep their order across the
+    // restart. (The sort is stable, and a no-op in every other turn.)
+    current.sort_by_key(|m| match m.event.kind {
+        EventKind::ExecutionStarted { .. } => 0,
+        _ if is_carried_over(m, instance.execution) => 1,
+        _ => 2,
+    });
 
     if item.dequeue_count > rt.config.max_dequeue_count {
         commit.consumed.extend(current.iter().map(|m| m.id));
@@ -376,7 +384,13 @@ fn apply_events(
 ) {
     let now = commit.now;
     let mut appended = Vec::with_capacity(events.len() + 2);
+    // Events after the one that ended the execution: a continue-as-new may carry them over.
+    let mut unapplied = Vec::new();
     for event in std::iter::once(turn_started(now)).chain(events) {
+        if execution.outcome().is_some() {
+            unapplied.push(event);
+            continue;
+        }
         match execution.apply_new(&event) {
             Ok(true) => appended.push(event),
             Ok(false) => {}
@@ -448,13 +462,25 @@ fn apply_events(
             };
             commit.messages.push(to_self(instance, Some(next), HistoryEvent::new(now, restart), None));
             if preserve_unprocessed_events {
-                for (name, input) in execution.state().unconsumed_events() {
+                // Those the code did not take, then those it never saw, in arrival order.
+                let buffered = execution.state().unconsumed_events();
+                let unseen = unapplied.into_iter().filter_map(|event| match event.kind {
+                    EventKind::EventRaised { name, input } => Some((name, input)),
+                    _ => None,
+                });
+                for (name, input) in buffered.into_iter().chain(unseen) {
                     let raised = HistoryEvent::new(now, EventKind::EventRaised { name, input });
-                    commit.messages.push(to_self(instance, None, raised, None));
+                    commit.messages.push(to_self(instance, Some(next), raised, None));
                 }
             }
         }
     }
+}
+
+/// Whether a message is an event carried over from the previous execution by a continue-as-new:
+/// the only raised events addressed to one execution by number.
+fn is_carried_over(message: &InboxMessage, execution: u64) -> bool {
+    matches!(message.event.kind, EventKind::EventRaised { .. }) && message.execution == Some(execution)
 }
 
 fn to_self(

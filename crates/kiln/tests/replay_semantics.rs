@@ -219,3 +219,33 @@ async fn awaiting_something_that_is_not_a_durable_step_fails_the_instance_with_a
     assert!(failure.error_message.contains("ctx.sleep"), "{failure:?}");
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn continue_as_new_preserving_events_keeps_every_event_of_the_batch_in_order() {
+    /// Takes one `item` per execution and carries the list so far into the next.
+    async fn collect(ctx: OrchestrationContext, mut seen: Vec<u32>) -> Result<Vec<u32>, Failure> {
+        seen.push(ctx.wait_for_event("item").await?);
+        if seen.len() == 4 {
+            return Ok(seen);
+        }
+        ctx.continue_as_new_preserving_events(&seen).await
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = RuntimeConfig { orchestration_concurrency: 1, ..impatient() };
+    let builder = Kiln::builder().orchestration("collect", collect).orchestration("hog", hog);
+    let kiln = builder.config(config).sqlite(dir.path().join("kiln.db")).start().await.unwrap();
+    let client = kiln.client();
+    let options = StartOptions { instance_id: Some("collect".into()), version: None };
+    client.start_with("collect", Payload::encode(&Vec::<u32>::new()).unwrap(), options).await.unwrap();
+    client.wait_until("collect", DEADLINE, |r| !r.waiting_on.is_empty()).await.unwrap().unwrap();
+    // The only worker is busy: all four events land in the instance's next batch.
+    let options = StartOptions { instance_id: Some("hog".into()), version: None };
+    client.start_with("hog", Payload::encode(&500u64).unwrap(), options).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for n in 1..=4u32 {
+        client.raise_event("collect", "item", &n).await.unwrap();
+    }
+    let done = client.wait_for_completion("collect", DEADLINE).await.unwrap();
+    assert_eq!(output(&done), json!([1, 2, 3, 4]));
+    kiln.shutdown().await;
+}

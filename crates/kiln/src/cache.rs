@@ -3,8 +3,34 @@
 //! recently used entry is evicted, and an evicted instance simply replays on its next turn.
 
 use crate::executor::Execution;
+use kiln_core::Timestamp;
+use kiln_store::InstanceRecord;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+
+/// Which committed state of its instance a cached execution stands for. Every commit of a turn
+/// sets `updated_at` to the turn's time (and most change `history_len`); a rewind rewrites the
+/// history in a commit of its own; a purged and re-created instance has a new `created_at` while
+/// its execution numbers start again at 0. An execution is reused only if all four still match.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RecordStamp {
+    pub(crate) created_at: Timestamp,
+    pub(crate) execution: u64,
+    pub(crate) history_len: u64,
+    pub(crate) updated_at: Timestamp,
+}
+
+impl RecordStamp {
+    /// The stamp of a stored record.
+    pub(crate) fn of(record: &InstanceRecord) -> RecordStamp {
+        RecordStamp {
+            created_at: record.created_at,
+            execution: record.execution,
+            history_len: record.history_len,
+            updated_at: record.updated_at,
+        }
+    }
+}
 
 /// A bounded LRU map from instance id to its live execution.
 pub(crate) struct ExecutionCache {
@@ -33,6 +59,12 @@ impl ExecutionCache {
     /// Takes an instance's execution out of the cache (the turn owns it while it runs).
     pub(crate) fn take(&self, instance_id: &str) -> Option<Execution> {
         self.lock().entries.remove(instance_id).map(|(_, e)| e)
+    }
+
+    /// Takes an instance's execution out of the cache if it stands for exactly this record
+    /// (a stale one is dropped).
+    pub(crate) fn take_matching(&self, record: &InstanceRecord) -> Option<Execution> {
+        self.take(&record.instance_id).filter(|e| e.committed == Some(RecordStamp::of(record)))
     }
 
     /// Puts an execution back after a committed turn.

@@ -5,6 +5,7 @@
 //! resolve in history order. Polls use a no-op waker: orchestration code may only await Kiln's
 //! own durable futures, which are resolved by applying events, never by I/O.
 
+use crate::cache::RecordStamp;
 use crate::context::{ContextInner, OrchestrationContext};
 use crate::panic::poll_catching;
 use crate::registry::{ErasedFuture, OrchestrationFn};
@@ -18,10 +19,10 @@ pub(crate) struct Execution {
     orchestration: OrchestrationFn,
     future: Option<ErasedFuture>,
     outcome: Option<ExecutionOutcome>,
-    /// Execution (generation) number this future belongs to.
-    pub(crate) execution: u64,
-    /// Events of this execution applied and committed so far.
-    pub(crate) history_len: u64,
+    /// The instance record as the turn that last advanced this execution left it (set before
+    /// that turn's commit): the cache hands the execution only to a turn whose record is exactly
+    /// this one, i.e. that commit landed and nothing was written since.
+    pub(crate) committed: Option<RecordStamp>,
 }
 
 impl Execution {
@@ -38,7 +39,7 @@ impl Execution {
             name: name.to_owned(),
             fatal: Mutex::new(None),
         });
-        Execution { inner, orchestration, future: None, outcome: None, execution, history_len: 0 }
+        Execution { inner, orchestration, future: None, outcome: None, committed: None }
     }
 
     /// Replays stored history. No new actions may come out of it.
@@ -48,7 +49,6 @@ impl Execution {
             self.apply(event, false)?;
         }
         self.inner.lock().end_replay()?;
-        self.history_len = history.len() as u64;
         Ok(())
     }
 

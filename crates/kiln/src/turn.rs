@@ -5,6 +5,7 @@
 //! or by replaying stored history), applies the new events, and turns the resulting actions and
 //! outcome into history, outgoing work and the new instance state.
 
+use crate::cache::RecordStamp;
 use crate::executor::Execution;
 use crate::registry::OrchestrationFn;
 use crate::runtime::{Runtime, wall_clock};
@@ -201,9 +202,9 @@ async fn plan_turn(rt: &Runtime, item: &OrchestrationWorkItem) -> Result<TurnPla
         rt.metrics.unregistered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return Ok(TurnPlan::Abandon(rt.config.unregistered_retry));
     };
-    let mut execution = match rt.cache.take(&instance.instance_id) {
-        Some(cached) if cached.execution == instance.execution && cached.history_len == instance.history_len => cached,
-        _ => {
+    let mut execution = match rt.cache.take_matching(instance) {
+        Some(cached) => cached,
+        None => {
             if instance.history_len == 0 {
                 replayed(rt, instance, orchestration, &[])
             } else {
@@ -265,9 +266,9 @@ async fn terminate(
     commit: &mut TurnCommit,
     event: &HistoryEvent,
 ) -> Result<(), StoreError> {
-    let children = match rt.cache.take(&instance.instance_id) {
-        Some(execution) if execution.execution == instance.execution => execution.state().open_sub_orchestrations(),
-        _ => open_children(&rt.store.get_history(&instance.instance_id).await?),
+    let children = match rt.cache.take_matching(instance) {
+        Some(execution) => execution.state().open_sub_orchestrations(),
+        None => open_children(&rt.store.get_history(&instance.instance_id).await?),
     };
     for child in children {
         commit.messages.push(OutgoingMessage {
@@ -422,8 +423,12 @@ fn apply_events(
             carry_out(rt, instance, commit, actions, true);
             commit.status = if suspended { RuntimeStatus::Suspended } else { RuntimeStatus::Running };
             commit.waiting_on = execution.state().waiting_on();
-            execution.history_len =
-                base.as_ref().map_or(instance.history_len, |b| b.len() as u64) + appended.len() as u64;
+            execution.committed = Some(RecordStamp {
+                created_at: instance.created_at,
+                execution: instance.execution,
+                history_len: base.as_ref().map_or(instance.history_len, |b| b.len() as u64) + appended.len() as u64,
+                updated_at: now,
+            });
             commit.history = match base {
                 Some(mut base) => {
                     base.append(&mut appended);

@@ -249,3 +249,25 @@ async fn continue_as_new_preserving_events_keeps_every_event_of_the_batch_in_ord
     assert_eq!(output(&done), json!([1, 2, 3, 4]));
     kiln.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_execution_cache_still_serves_every_turn_of_a_busy_instance() {
+    async fn steps(ctx: OrchestrationContext, n: u32) -> Result<u32, Failure> {
+        let mut total = 0;
+        for i in 0..n {
+            total += ctx.call_activity::<_, u32>("double", &i).await?;
+        }
+        Ok(total)
+    }
+    async fn double(_: kiln::ActivityContext, n: u32) -> Result<u32, Failure> {
+        Ok(2 * n)
+    }
+    let t = TestKiln::start(Kiln::builder().orchestration("steps", steps).activity("double", double)).await;
+    for _ in 0..5 {
+        let id = t.client.start("steps", &5).await.unwrap();
+        assert_eq!(output(&t.finish(&id).await), json!(20));
+    }
+    // Each record the cache keys on is the one its own commit left: no turn had to replay.
+    assert_eq!(t.client.metrics().replays, 0, "{:?}", t.client.metrics());
+    t.stop().await;
+}

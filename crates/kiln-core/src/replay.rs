@@ -99,6 +99,8 @@ pub struct ReplayState {
     event_waiters: HashMap<String, VecDeque<u64>>,
     /// Names of the events delivered to waits whose results were not taken yet.
     delivered_events: HashMap<u64, String>,
+    /// An abandoned wait handed its event to another wait (see `take_handed_over`).
+    handed_over: bool,
     buffered_events: HashMap<String, VecDeque<(Payload, u64)>>,
     custom_status: Option<Payload>,
     custom_status_changed: bool,
@@ -125,6 +127,7 @@ impl ReplayState {
             results: HashMap::new(),
             event_waiters: HashMap::new(),
             delivered_events: HashMap::new(),
+            handed_over: false,
             buffered_events: HashMap::new(),
             custom_status: None,
             custom_status_changed: false,
@@ -327,6 +330,7 @@ impl ReplayState {
         match self.buffered_events.get_mut(name).and_then(VecDeque::pop_front) {
             Some((input, position)) => {
                 self.results.insert(slot, Completion { outcome: Outcome::Completed(input), position });
+                self.delivered_events.insert(self.next_event_wait - 1, name.to_owned());
             }
             None => self.event_waiters.entry(name.to_owned()).or_default().push_back(self.next_event_wait - 1),
         }
@@ -347,17 +351,35 @@ impl ReplayState {
     /// drops its futures at the same points on every replay, so this is deterministic too.
     pub fn abandon_event_wait(&mut self, slot: Slot) {
         let Slot::Event(wait) = slot else { return };
-        if let Some(name) = self.delivered_events.remove(&wait) {
-            if let Some(Completion { outcome: Outcome::Completed(input), position }) = self.results.remove(&slot) {
+        let Some(name) = self.delivered_events.remove(&wait) else {
+            for waiters in self.event_waiters.values_mut() {
+                waiters.retain(|w| *w != wait);
+            }
+            return;
+        };
+        let Some(Completion { outcome: Outcome::Completed(input), position }) = self.results.remove(&slot) else {
+            return;
+        };
+        // The oldest live wait for this name takes it, as it would have had the event come now;
+        // the code must then be polled again (see `take_handed_over`). Otherwise it is buffered.
+        match self.event_waiters.get_mut(&name).and_then(VecDeque::pop_front) {
+            Some(next) => {
+                self.results.insert(Slot::Event(next), Completion { outcome: Outcome::Completed(input), position });
+                self.delivered_events.insert(next, name);
+                self.handed_over = true;
+            }
+            None => {
                 let queue = self.buffered_events.entry(name).or_default();
                 let at = queue.partition_point(|(_, earlier)| *earlier < position);
                 queue.insert(at, (input, position));
             }
-            return;
         }
-        for waiters in self.event_waiters.values_mut() {
-            waiters.retain(|w| *w != wait);
-        }
+    }
+
+    /// Whether an abandoned wait handed its event to another wait since the last call (the code
+    /// has a result it has not seen yet and must be polled again).
+    pub fn take_handed_over(&mut self) -> bool {
+        std::mem::take(&mut self.handed_over)
     }
 
     /// The history position of a slot's result, if it has one (without taking it).

@@ -72,22 +72,27 @@ impl ExecutionCache {
         if self.capacity == 0 {
             return;
         }
+        // Dropping an execution runs the orchestration's drop code and takes its replay lock:
+        // evicted ones are dropped after the cache's lock is released.
+        let mut evicted = Vec::new();
         let mut inner = self.lock();
         inner.tick += 1;
         let tick = inner.tick;
         inner.order.push_back((tick, instance_id.clone()));
-        inner.entries.insert(instance_id, (tick, execution));
+        evicted.extend(inner.entries.insert(instance_id, (tick, execution)));
         while inner.entries.len() > self.capacity {
             let Some((tick, id)) = inner.order.pop_front() else {
                 break;
             };
             if inner.entries.get(&id).is_some_and(|(t, _)| *t == tick) {
-                inner.entries.remove(&id);
+                evicted.extend(inner.entries.remove(&id));
             }
         }
         if inner.order.len() > self.capacity.saturating_mul(4).max(64) {
             let CacheInner { entries, order, .. } = &mut *inner;
             order.retain(|(tick, id)| entries.get(id).is_some_and(|(t, _)| t == tick));
         }
+        drop(inner);
+        drop(evicted);
     }
 }

@@ -83,7 +83,12 @@ impl Execution {
             return Ok(());
         }
         let mut cx = Context::from_waker(Waker::noop());
-        let polled = poll_catching(future.as_mut(), &mut cx);
+        let mut polled = poll_catching(future.as_mut(), &mut cx);
+        // A wait the code dropped may have handed its event to another wait: poll until the
+        // code has seen every result it was given (the same on every replay).
+        while matches!(polled, Ok(Poll::Pending)) && self.inner.lock().take_handed_over() {
+            polled = poll_catching(future.as_mut(), &mut cx);
+        }
         if let Some(err) = self.inner.lock().take_code_error() {
             return Err(err);
         }
@@ -105,6 +110,11 @@ impl Execution {
             self.future = None;
         }
         Ok(())
+    }
+
+    /// Whether the execution started (its `ExecutionStarted` was applied).
+    pub(crate) fn started(&self) -> bool {
+        self.future.is_some() || self.outcome.is_some()
     }
 
     /// How the execution ended, if it did.

@@ -71,8 +71,10 @@ pub(crate) async fn run_turn(rt: &Runtime, item: OrchestrationWorkItem, finished
             if let Some(execution) = execution {
                 rt.cache.put(instance_id.clone(), execution);
             }
-            // A finished instance's turn only drops late messages: it did not end it again.
-            let ended = (commit.status.is_terminal() && !was_terminal).then_some(commit.now);
+            // A finished instance's turn that only drops late messages did not end it again (a
+            // rewind that finishes at once rewrites the history, and did).
+            let late_only = was_terminal && commit.history.events().is_empty();
+            let ended = (commit.status.is_terminal() && !late_only).then_some(commit.now);
             let (status, failure) = (commit.status, commit.failure.clone());
             match rt.store.commit_turn(*commit).await {
                 Ok(()) => {
@@ -152,6 +154,20 @@ async fn plan_turn(rt: &Runtime, item: &OrchestrationWorkItem) -> Result<TurnPla
         _ => 2,
     });
 
+    // Before the poison check: a finished instance must never be failed again.
+    if instance.status.is_terminal() {
+        let rewind = current.iter().find(|m| matches!(m.event.kind, EventKind::ExecutionRewound { .. }));
+        if let (Some(message), RuntimeStatus::Failed) = (rewind, instance.status) {
+            if item.dequeue_count <= rt.config.max_dequeue_count {
+                return rewind_turn(rt, instance, commit, message).await;
+            }
+            tracing::error!(instance_id = instance.instance_id, "the rewind kept failing; it is given up");
+        }
+        // A finished instance ignores whatever still arrives for it.
+        commit.consumed.extend(current.iter().map(|m| m.id));
+        return Ok(TurnPlan::Commit(Box::new(commit), None));
+    }
+
     if item.dequeue_count > rt.config.max_dequeue_count {
         commit.consumed.extend(current.iter().map(|m| m.id));
         let failure = FailureDetails::new(
@@ -159,16 +175,6 @@ async fn plan_turn(rt: &Runtime, item: &OrchestrationWorkItem) -> Result<TurnPla
             format!("the instance's work was claimed {} times without completing; giving up", item.dequeue_count - 1),
         );
         finish(&mut commit, instance, None, vec![turn_started(now)], ExecutionEnd::Failed(failure));
-        return Ok(TurnPlan::Commit(Box::new(commit), None));
-    }
-
-    if instance.status.is_terminal() {
-        let rewind = current.iter().find(|m| matches!(m.event.kind, EventKind::ExecutionRewound { .. }));
-        if let (Some(message), RuntimeStatus::Failed) = (rewind, instance.status) {
-            return rewind_turn(rt, instance, commit, message).await;
-        }
-        // A finished instance ignores whatever still arrives for it.
-        commit.consumed.extend(current.iter().map(|m| m.id));
         return Ok(TurnPlan::Commit(Box::new(commit), None));
     }
 
@@ -412,11 +418,15 @@ fn apply_events(
     // Still running with nothing to wait for: the code awaits a future that is not a step, which
     // nothing will ever poll again (the executor polls only when a step's result arrives).
     if execution.outcome().is_none() && execution.state().waiting_on().is_empty() {
-        execution.fail(FailureDetails::new(
-            error_types::NON_DURABLE_AWAIT,
-            "the orchestration awaits something that is not a durable step and would wait forever; use \
-             ctx.sleep instead of a runtime's timer, and call I/O from activities (ctx.call_activity)",
-        ));
+        execution.fail(if execution.started() {
+            FailureDetails::new(
+                error_types::NON_DURABLE_AWAIT,
+                "the orchestration awaits something that is not a durable step and would wait forever; use \
+                 ctx.sleep instead of a runtime's timer, and call I/O from activities (ctx.call_activity)",
+            )
+        } else {
+            FailureDetails::new(error_types::CORRUPTED_HISTORY, "the execution has no ExecutionStarted event")
+        });
     }
     match execution.outcome().cloned() {
         None => {
@@ -450,6 +460,9 @@ fn apply_events(
             finish(commit, instance, base, appended, ExecutionEnd::Failed(failure));
         }
         Some(ExecutionOutcome::ContinuedAsNew { input, preserve_unprocessed_events }) => {
+            let (unapplied_controls, unapplied): (Vec<_>, Vec<_>) = unapplied.into_iter().partition(|event| {
+                matches!(event.kind, EventKind::ExecutionSuspended { .. } | EventKind::ExecutionResumed { .. })
+            });
             carry_out(rt, instance, commit, actions, false);
             let next = instance.execution + 1;
             commit.history = HistoryUpdate::Replace(Vec::new());
@@ -477,6 +490,10 @@ fn apply_events(
                     let raised = HistoryEvent::new(now, EventKind::EventRaised { name, input });
                     commit.messages.push(to_self(instance, Some(next), raised, None));
                 }
+            }
+            // A suspend or resume the ended execution never saw holds for the next one.
+            for event in unapplied_controls {
+                commit.messages.push(to_self(instance, None, event, None));
             }
         }
     }

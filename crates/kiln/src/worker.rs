@@ -139,12 +139,17 @@ async fn run_activity(rt: &Runtime, mut item: ActivityWorkItem) {
             ),
         )),
         None => {
-            tracing::warn!(
-                instance_id = activity.instance_id,
-                activity = activity.name,
-                "activity is not registered on this worker; it waits for one that has it"
-            );
-            rt.metrics.unregistered.fetch_add(1, Ordering::Relaxed);
+            // Offered again every few seconds until a worker has it: logged at the 1st, 2nd,
+            // 4th, 8th… give-back of this process, counted every time.
+            let given_back = rt.metrics.unregistered.fetch_add(1, Ordering::Relaxed) + 1;
+            if given_back.is_power_of_two() {
+                tracing::warn!(
+                    instance_id = activity.instance_id,
+                    activity = activity.name,
+                    given_back,
+                    "activity is not registered on this worker; it waits for one that has it"
+                );
+            }
             let _ = rt.store.abandon_activity_work(&item, rt.config.unregistered_retry).await;
             return;
         }

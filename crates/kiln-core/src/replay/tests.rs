@@ -198,3 +198,30 @@ fn an_event_handed_to_a_wait_that_is_then_abandoned_is_buffered_again_in_arrival
         assert_eq!(state.take(next).unwrap().outcome, Outcome::Completed(Payload::from_json(expected).unwrap()));
     }
 }
+
+#[test]
+fn an_abandoned_wait_that_took_a_buffered_event_puts_it_back() {
+    let mut state = ReplayState::new("i", 0);
+    state.apply(&started(), true).unwrap();
+    state.apply(&raised("e", "1"), true).unwrap();
+    state.apply(&raised("e", "2"), true).unwrap();
+    let losing = state.wait_for_event("e");
+    state.abandon_event_wait(losing);
+    let next = state.wait_for_event("e");
+    assert_eq!(state.take(next).unwrap().outcome, Outcome::Completed(Payload::from_json("1").unwrap()));
+}
+
+#[test]
+fn an_abandoned_wait_hands_its_event_to_the_next_live_wait_in_order() {
+    let mut state = ReplayState::new("i", 0);
+    state.apply(&started(), true).unwrap();
+    let first = state.wait_for_event("x");
+    let second = state.wait_for_event("x");
+    state.apply(&raised("x", "1"), true).unwrap();
+    state.abandon_event_wait(first);
+    assert!(state.take_handed_over(), "the code must be polled again");
+    assert_eq!(state.take(second).unwrap().outcome, Outcome::Completed(Payload::from_json("1").unwrap()));
+    let third = state.wait_for_event("x");
+    state.apply(&raised("x", "2"), true).unwrap();
+    assert_eq!(state.take(third).unwrap().outcome, Outcome::Completed(Payload::from_json("2").unwrap()));
+}

@@ -95,7 +95,9 @@ impl OrchestrationContext {
         self.schedule_activity(name, input, 1)
     }
 
-    /// Calls an activity under a retry policy; waits between attempts are durable timers.
+    /// Calls an activity under a retry policy; waits between attempts are durable timers. The
+    /// first attempt is scheduled now, like any call; failures the policy does not retry
+    /// ([`RetryPolicy::retries`]) end the call at once.
     pub fn call_activity_with_retry<I: Serialize + ?Sized, O: DeserializeOwned + Send + 'static>(
         &self,
         name: &str,
@@ -108,15 +110,16 @@ impl OrchestrationContext {
         };
         let ctx = self.clone();
         let name = name.to_owned();
+        let first_attempt_at = ctx.current_time();
+        let mut call = ctx.schedule_payload::<O>(&name, payload.clone(), 1);
         Box::pin(async move {
-            let first_attempt_at = ctx.current_time();
             let mut attempt = 1;
             loop {
-                let failure = match ctx.schedule_payload::<O>(&name, payload.clone(), attempt).await {
+                let failure = match call.await {
                     Ok(output) => return Ok(output),
                     Err(failure) => failure,
                 };
-                if attempt >= policy.max_attempts {
+                if attempt >= policy.max_attempts || !policy.retries(&failure) {
                     return Err(failure);
                 }
                 let delay = policy.delay(attempt - 1);
@@ -131,6 +134,7 @@ impl OrchestrationContext {
                 }
                 ctx.create_timer(retry_at).await?;
                 attempt += 1;
+                call = ctx.schedule_payload::<O>(&name, payload.clone(), attempt);
             }
         })
     }

@@ -1,13 +1,21 @@
 //! Retry policies for activity calls. Each wait between attempts is a durable timer.
 
+use crate::Failure;
+use kiln_core::error_types;
 use std::time::Duration;
+
+/// Failures the engine reports that no rerun can fix: the input or output does not fit its limit
+/// or type, the activity is poison. A retry would only run the activity's side effects again.
+const NEVER_RETRIED: [&str; 3] = [error_types::PAYLOAD_TOO_LARGE, error_types::SERIALIZATION, error_types::POISON];
 
 /// How an activity call is retried, as in Durable Functions' `RetryOptions`.
 ///
 /// The delay before retry *n* (from 0) is
 /// `min(first_interval × backoff_coefficient^n, max_interval)`. Retries stop after
 /// `max_attempts`, or when the next attempt would start after `total_timeout` (measured from
-/// the first attempt, on the orchestration's replay-safe clock).
+/// the first attempt, on the orchestration's replay-safe clock). Failures whose error type is
+/// listed as non-retryable (as Temporal's `NonRetryableErrorTypes`), or that the engine knows a
+/// rerun cannot fix, end the call at once.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RetryPolicy {
     /// Attempts in total, including the first (at least 1).
@@ -20,6 +28,8 @@ pub struct RetryPolicy {
     pub max_interval: Duration,
     /// Give up when the next attempt would start later than this after the first.
     pub total_timeout: Option<Duration>,
+    /// Error types ([`Failure::error_type`]) that are not retried.
+    pub non_retryable_error_types: Vec<String>,
 }
 
 impl RetryPolicy {
@@ -31,6 +41,7 @@ impl RetryPolicy {
             backoff_coefficient: 1.0,
             max_interval: Duration::from_secs(6 * 24 * 3600),
             total_timeout: None,
+            non_retryable_error_types: Vec::new(),
         }
     }
 
@@ -50,6 +61,21 @@ impl RetryPolicy {
     pub fn with_total_timeout(mut self, timeout: Duration) -> RetryPolicy {
         self.total_timeout = Some(timeout);
         self
+    }
+
+    /// Sets the error types that are not retried (e.g. a validation failure of the activity's own).
+    pub fn with_non_retryable_error_types<S: Into<String>>(
+        mut self,
+        types: impl IntoIterator<Item = S>,
+    ) -> RetryPolicy {
+        self.non_retryable_error_types = types.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Whether a failed attempt may be retried (attempts and time allowing).
+    pub fn retries(&self, failure: &Failure) -> bool {
+        let error_type = failure.error_type();
+        !NEVER_RETRIED.contains(&error_type) && !self.non_retryable_error_types.iter().any(|t| t == error_type)
     }
 
     /// The wait before retry `n` (0 = the wait after the first attempt failed).

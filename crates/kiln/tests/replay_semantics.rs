@@ -282,3 +282,57 @@ async fn the_execution_cache_still_serves_every_turn_of_a_busy_instance() {
     assert_eq!(t.client.metrics().replays, 0, "{:?}", t.client.metrics());
     t.stop().await;
 }
+
+/// Runs of the `counted_failure` activity, by instance id.
+static FAILURE_RUNS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+async fn counted_failure(ctx: kiln::ActivityContext, error_type: String) -> Result<(), Failure> {
+    FAILURE_RUNS.lock().unwrap().push(ctx.instance_id().to_owned());
+    Err(Failure::typed(error_type, "no point trying again"))
+}
+
+fn runs_of(id: &str) -> usize {
+    FAILURE_RUNS.lock().unwrap().iter().filter(|run| *run == id).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_stop_at_failures_a_rerun_cannot_fix() {
+    async fn retried(ctx: OrchestrationContext, error_type: String) -> Result<(), Failure> {
+        let policy = kiln::RetryPolicy::new(5, Duration::from_millis(10)).with_non_retryable_error_types(["Invalid"]);
+        ctx.call_activity_with_retry("counted_failure", &error_type, policy).await
+    }
+    let t =
+        TestKiln::start(Kiln::builder().orchestration("retried", retried).activity("counted_failure", counted_failure))
+            .await;
+    let invalid = t.client.start("retried", &"Invalid").await.unwrap();
+    let too_large = t.client.start("retried", &kiln::error_types::PAYLOAD_TOO_LARGE).await.unwrap();
+    let passing = t.client.start("retried", &"Busy").await.unwrap();
+    for id in [&invalid, &too_large, &passing] {
+        assert_eq!(t.finish(id).await.status, kiln::RuntimeStatus::Failed);
+    }
+    assert_eq!(runs_of(&invalid), 1, "a type the policy names is not retried");
+    assert_eq!(runs_of(&too_large), 1, "an engine failure a rerun cannot fix is not retried");
+    assert_eq!(runs_of(&passing), 5, "any other failure is");
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_call_is_scheduled_when_it_is_made() {
+    async fn early(ctx: OrchestrationContext, _: ()) -> Result<String, Failure> {
+        let policy = kiln::RetryPolicy::new(2, Duration::from_millis(10));
+        // Made first, awaited second: its first attempt is step 0, like any call.
+        let retried = ctx.call_activity_with_retry::<_, String>("stamp", &"first", policy);
+        let plain: String = ctx.call_activity("stamp", &"second").await?;
+        Ok(format!("{} / {plain}", retried.await?))
+    }
+    let t = TestKiln::start(Kiln::builder().orchestration("early", early).activity("stamp", stamp)).await;
+    let id = t.client.start("early", &()).await.unwrap();
+    assert_eq!(output(&t.finish(&id).await), json!("approved by first / approved by second"));
+    let history = t.client.history(&id).await.unwrap();
+    let first = history.iter().find(|e| e.kind.name() == "TaskScheduled").unwrap();
+    assert!(
+        matches!(&first.kind, kiln::EventKind::TaskScheduled { input, .. } if input.as_str() == r#""first""#),
+        "{history:?}"
+    );
+    t.stop().await;
+}

@@ -244,15 +244,29 @@ impl ReplayState {
         is_new: bool,
         event: &HistoryEvent,
     ) -> Result<Applied, ReplayError> {
-        if self.open.remove(&step).is_none() {
+        // A result counts only for an open step of its own kind: an activity's result cannot
+        // resolve a timer (e.g. one sent by a purged run of an instance with the same id).
+        let fits = match self.open.get(&step) {
+            Some(OpenStep::Activity { .. }) => {
+                matches!(event.kind, EventKind::TaskCompleted { .. } | EventKind::TaskFailed { .. })
+            }
+            Some(OpenStep::Timer { .. }) => matches!(event.kind, EventKind::TimerFired { .. }),
+            Some(OpenStep::SubOrchestration { .. }) => matches!(
+                event.kind,
+                EventKind::SubOrchestrationInstanceCompleted { .. } | EventKind::SubOrchestrationInstanceFailed { .. }
+            ),
+            None => false,
+        };
+        if !fits {
             if is_new {
                 return Ok(Applied::Duplicate);
             }
             return Err(ReplayError::Corrupted(format!(
-                "{} for step {step}, which is not an open step",
+                "{} for step {step}, which is not an open step of that kind",
                 event.kind.name()
             )));
         }
+        self.open.remove(&step);
         self.results.insert(Slot::Step(step), Completion { outcome, position });
         Ok(Applied::Poll)
     }

@@ -435,6 +435,19 @@ impl Queues {
             Delayed::Activity(e) => !ids.contains(&e.activity.instance_id),
         });
         self.activities.retain(|e| !ids.contains(&e.activity.instance_id));
+        // A running activity of a purged instance can no longer report its result (it would
+        // reach a new instance with the same id): its lease is gone.
+        let leased: Vec<i64> = self
+            .leased_activities
+            .iter()
+            .filter(|(_, (_, entry))| ids.contains(&entry.activity.instance_id))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in leased {
+            if let Some((held, _)) = self.leased_activities.remove(&id) {
+                self.leases.remove(&(held.lease.expires_at, held.lease.token));
+            }
+        }
     }
 
     fn drop_if_idle(&mut self, instance_id: &str) {
@@ -526,6 +539,25 @@ mod tests {
         let again = q.claim_instance(Timestamp(10), 100).unwrap();
         assert!(again.recovered, "its next claim is still recorded durably");
         assert_eq!(again.dequeue_count, claimed.dequeue_count, "the unrecorded claim did not count");
+    }
+
+    #[test]
+    fn running_activities_of_a_purged_instance_lose_their_lease() {
+        let mut q = Queues::default();
+        let activity = NewActivity {
+            instance_id: "a".into(),
+            execution: 0,
+            step: 0,
+            name: "work".into(),
+            input: Payload::null(),
+            attempt: 1,
+        };
+        q.push_activity(ActivityEntry { id: 7, activity, dequeue_count: 0, recovered: false });
+        let (_, lease) = q.claim_activity(Timestamp(0), 100).unwrap();
+        q.forget_instances(&["a".to_owned()]);
+        assert!(!q.holds_activity(7, lease));
+        assert!(!q.pin_activity(7, lease), "its result cannot be committed");
+        assert_eq!(q.advance(Timestamp(1_000)), (0, 0), "nor is it handed out again");
     }
 
     #[test]

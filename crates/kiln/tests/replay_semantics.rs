@@ -336,3 +336,43 @@ async fn a_retried_call_is_scheduled_when_it_is_made() {
     );
     t.stop().await;
 }
+
+/// Lets the `held` activity finish (set by the test).
+static HELD: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+async fn held(_: kiln::ActivityContext, _: ()) -> Result<String, Failure> {
+    HELD.notified().await;
+    Ok("stale".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_from_a_purged_run_does_not_reach_a_new_instance_with_the_same_id() {
+    async fn leaves_one_running(ctx: OrchestrationContext, _: ()) -> Result<(), Failure> {
+        // The timer wins; the activity is still running when the instance finishes.
+        let _ = select2(ctx.call_activity::<_, String>("held", &()), ctx.sleep(Duration::from_millis(10))).await;
+        Ok(())
+    }
+    async fn sleeper(ctx: OrchestrationContext, _: ()) -> Result<String, Failure> {
+        ctx.sleep(Duration::from_millis(1_500)).await?;
+        Ok("slept".into())
+    }
+    let builder = Kiln::builder()
+        .orchestration("leaves_one_running", leaves_one_running)
+        .orchestration("sleeper", sleeper)
+        .activity("held", held);
+    let t = TestKiln::start(builder).await;
+    let reuse = || StartOptions { instance_id: Some("reuse".into()), version: None };
+    t.client.start_with("leaves_one_running", Payload::null(), reuse()).await.unwrap();
+    t.finish("reuse").await;
+    assert_eq!(t.client.purge("reuse").await.unwrap(), 1);
+    t.client.start_with("sleeper", Payload::null(), reuse()).await.unwrap();
+    t.waiting("reuse").await;
+    // The purged run's activity finishes now: its result (step 0 of execution 0) must not
+    // resolve the new run's step 0, a timer.
+    HELD.notify_one();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let record = t.client.status("reuse").await.unwrap().unwrap();
+    assert_eq!(record.status, kiln::RuntimeStatus::Running, "{:?}", record.output);
+    assert_eq!(output(&t.finish("reuse").await), json!("slept"));
+    t.stop().await;
+}

@@ -225,3 +225,15 @@ fn an_abandoned_wait_hands_its_event_to_the_next_live_wait_in_order() {
     state.apply(&raised("x", "2"), true).unwrap();
     assert_eq!(state.take(third).unwrap().outcome, Outcome::Completed(Payload::from_json("2").unwrap()));
 }
+
+#[test]
+fn a_result_resolves_only_an_open_step_of_its_own_kind() {
+    let mut state = ReplayState::new("i", 0);
+    state.apply(&started(), true).unwrap();
+    let timer = state.create_timer(Timestamp(5_000));
+    // An activity's result for step 0 (a timer here) is not this run's: ignored.
+    assert_eq!(state.apply(&completed(timer, "1"), true).unwrap(), Applied::Duplicate);
+    assert!(state.take(Slot::Step(timer)).is_none());
+    let fired = ev(-1, EventKind::TimerFired { timer_id: timer, fire_at: Timestamp(5_000) });
+    assert_eq!(state.apply(&fired, true).unwrap(), Applied::Poll);
+}

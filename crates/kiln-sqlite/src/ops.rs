@@ -141,11 +141,14 @@ pub fn apply(conn: &Connection, op: &WriteOp, effects: &mut Vec<Effect>) -> Stor
             Ok(WriteOutcome::Done)
         }
         WriteOp::CompleteActivity { id, activity, event, .. } => {
-            conn.prepare_cached("DELETE FROM activities WHERE id = ?1")
+            let deleted = conn
+                .prepare_cached("DELETE FROM activities WHERE id = ?1")
                 .and_then(|mut s| s.execute([id]))
                 .map_err(backend)?;
             effects.push(Effect::FinishActivity(*id));
-            if instance_exists(conn, &activity.instance_id)? {
+            // No row: its instance was purged (earlier in this very batch, perhaps, before the
+            // lease check could see it), and the result must not reach a new one with that id.
+            if deleted == 1 && instance_exists(conn, &activity.instance_id)? {
                 insert_message(conn, &activity.instance_id, Some(activity.execution), event, None, effects)?;
             }
             Ok(WriteOutcome::Done)

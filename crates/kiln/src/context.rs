@@ -95,9 +95,9 @@ impl OrchestrationContext {
         self.schedule_activity(name, input, 1)
     }
 
-    /// Calls an activity under a retry policy; waits between attempts are durable timers. The
-    /// first attempt is scheduled now, like any call; failures the policy does not retry
-    /// ([`RetryPolicy::retries`]) end the call at once.
+    /// Calls an activity under a retry policy; waits between attempts are durable timers.
+    /// Failures the policy does not retry ([`RetryPolicy::retries`]) end the call at once. The
+    /// first attempt is scheduled when the returned future is first polled.
     pub fn call_activity_with_retry<I: Serialize + ?Sized, O: DeserializeOwned + Send + 'static>(
         &self,
         name: &str,
@@ -110,10 +110,10 @@ impl OrchestrationContext {
         };
         let ctx = self.clone();
         let name = name.to_owned();
-        let first_attempt_at = ctx.current_time();
-        let mut call = ctx.schedule_payload::<O>(&name, payload.clone(), 1);
         Box::pin(async move {
+            let first_attempt_at = ctx.current_time();
             let mut attempt = 1;
+            let mut call = ctx.schedule_payload::<O>(&name, payload.clone(), attempt);
             loop {
                 let failure = match call.await {
                     Ok(output) => return Ok(output),

@@ -1,12 +1,7 @@
 //! Retry policies for activity calls. Each wait between attempts is a durable timer.
 
 use crate::Failure;
-use kiln_core::error_types;
 use std::time::Duration;
-
-/// Failures the engine reports that no rerun can fix: the input or output does not fit its limit
-/// or type, the activity is poison. A retry would only run the activity's side effects again.
-const NEVER_RETRIED: [&str; 3] = [error_types::PAYLOAD_TOO_LARGE, error_types::SERIALIZATION, error_types::POISON];
 
 /// How an activity call is retried, as in Durable Functions' `RetryOptions`.
 ///
@@ -14,8 +9,7 @@ const NEVER_RETRIED: [&str; 3] = [error_types::PAYLOAD_TOO_LARGE, error_types::S
 /// `min(first_interval × backoff_coefficient^n, max_interval)`. Retries stop after
 /// `max_attempts`, or when the next attempt would start after `total_timeout` (measured from
 /// the first attempt, on the orchestration's replay-safe clock). Failures whose error type is
-/// listed as non-retryable (as Temporal's `NonRetryableErrorTypes`), or that the engine knows a
-/// rerun cannot fix, end the call at once.
+/// listed as non-retryable (as Temporal's `NonRetryableErrorTypes`) end the call at once.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RetryPolicy {
     /// Attempts in total, including the first (at least 1).
@@ -72,10 +66,11 @@ impl RetryPolicy {
         self
     }
 
-    /// Whether a failed attempt may be retried (attempts and time allowing).
+    /// Whether a failed attempt may be retried (attempts and time allowing). Only types the
+    /// policy lists are not: the list is part of the orchestration's code, so histories recorded
+    /// under a policy replay under the same one.
     pub fn retries(&self, failure: &Failure) -> bool {
-        let error_type = failure.error_type();
-        !NEVER_RETRIED.contains(&error_type) && !self.non_retryable_error_types.iter().any(|t| t == error_type)
+        !self.non_retryable_error_types.iter().any(|t| t == failure.error_type())
     }
 
     /// The wait before retry `n` (0 = the wait after the first attempt failed).

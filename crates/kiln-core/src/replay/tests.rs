@@ -237,3 +237,13 @@ fn a_result_resolves_only_an_open_step_of_its_own_kind() {
     let fired = ev(-1, EventKind::TimerFired { timer_id: timer, fire_at: Timestamp(5_000) });
     assert_eq!(state.apply(&fired, true).unwrap(), Applied::Poll);
 }
+
+#[test]
+fn a_recorded_result_of_another_kind_still_replays_as_recorded() {
+    let mut state = ReplayState::new("i", 0);
+    state.begin_replay();
+    state.apply(&started(), false).unwrap();
+    let timer = state.create_timer(Timestamp(5_000));
+    state.apply(&ev(timer as i64, EventKind::TimerCreated { fire_at: Timestamp(5_000) }), false).unwrap();
+    assert_eq!(state.apply(&completed(timer, "null"), false).unwrap(), Applied::Poll);
+}

@@ -233,7 +233,7 @@ pub async fn write_turn(
     let (execution, status, output) =
         (commit.execution as i64, commit.status.code() as i16, commit.output.as_ref().map(Payload::as_str));
     let (custom_status, history_len) = (commit.custom_status.as_ref().map(Payload::as_str), first_seq + appended);
-    let update: [&(dyn ToSql + Sync); 10] = [
+    let update: [&(dyn ToSql + Sync); 11] = [
         id,
         &execution,
         &status,
@@ -244,6 +244,7 @@ pub async fn write_turn(
         &waiting_on,
         &commit.now.0,
         &history_len,
+        &commit.version,
     ];
     let history: [&(dyn ToSql + Sync); 3] = [id, &first_seq, &encoded];
     let consumed_params: [&(dyn ToSql + Sync); 2] = [id, &consumed];
@@ -265,7 +266,7 @@ pub async fn write_turn(
             shared,
             "UPDATE instances SET execution = $2, status = $3, input = $4, output = $5, failure = $6, \
              custom_status = $7, waiting_on = $8, updated_at = $9, dequeue_count = 0, lock_token = NULL, \
-             locked_until = NULL, history_len = $10 WHERE instance_id = $1",
+             locked_until = NULL, history_len = $10, version = $11 WHERE instance_id = $1",
             &update,
         ),
         skip_if(

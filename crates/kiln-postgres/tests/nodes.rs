@@ -39,6 +39,7 @@ async fn start_with_activities(store: &dyn Store, id: &str, count: u64) {
         consumed: item.messages.iter().map(|m| m.id).collect(),
         history: HistoryUpdate::Append(item.messages.iter().map(|m| m.event.clone()).collect()),
         execution: 0,
+        version: item.instance.version.clone(),
         input: Payload::null(),
         status: RuntimeStatus::Running,
         output: None,

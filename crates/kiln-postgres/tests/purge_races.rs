@@ -44,6 +44,7 @@ async fn finished_with_running_activity(store: &dyn Store, id: &str) -> kiln_sto
         consumed: item.messages.iter().map(|m| m.id).collect(),
         history: HistoryUpdate::Append(item.messages.iter().map(|m| m.event.clone()).collect()),
         execution: 0,
+        version: item.instance.version.clone(),
         input: Payload::null(),
         status: RuntimeStatus::Terminated,
         output: None,

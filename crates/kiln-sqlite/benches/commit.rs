@@ -50,6 +50,7 @@ async fn start_and_commit(store: &dyn Store) {
             consumed: item.messages.iter().map(|m| m.id).collect(),
             history: HistoryUpdate::Append(item.messages.iter().map(|m| m.event.clone()).collect()),
             execution: 0,
+            version: item.instance.version.clone(),
             input: item.instance.input.clone(),
             status: RuntimeStatus::Running,
             output: None,

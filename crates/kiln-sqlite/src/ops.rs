@@ -320,7 +320,6 @@ fn create_with_first_turn(
         first_turn,
         Unchanged {
             name: instance.name.clone(),
-            version: instance.version.clone(),
             created_at: instance.created_at,
             parent: instance.parent.clone(),
             history_len: 0,
@@ -364,7 +363,6 @@ fn create_idempotent(
 /// What a turn leaves as it was in an instance's row.
 struct Unchanged {
     name: String,
-    version: String,
     created_at: Timestamp,
     parent: Option<ParentInstance>,
     /// History length before the turn.
@@ -377,7 +375,7 @@ fn record_after_turn(turn: &TurnCommit, unchanged: Unchanged) -> InstanceRecord 
     InstanceRecord {
         instance_id: turn.instance_id.clone(),
         name: unchanged.name,
-        version: unchanged.version,
+        version: turn.version.clone(),
         execution: turn.execution,
         status: turn.status,
         input: turn.input.clone(),
@@ -397,19 +395,18 @@ fn commit_turn(conn: &Connection, turn: &TurnCommit, effects: &mut Vec<Effect>) 
     // The unchanged columns are read first: with them the commit knows the new record in full.
     // (A separate read is cheaper than `UPDATE … RETURNING`, which builds a temporary table.)
     let unchanged = conn
-        .prepare_cached("SELECT name, version, created_at, parent, history_len FROM instances WHERE instance_id = ?1")
+        .prepare_cached("SELECT name, created_at, parent, history_len FROM instances WHERE instance_id = ?1")
         .and_then(|mut s| {
             s.query_row([&turn.instance_id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, Option<String>>(3)?, r.get::<_, i64>(4)?))
+                Ok((r.get(0)?, r.get(1)?, r.get::<_, Option<String>>(2)?, r.get::<_, i64>(3)?))
             })
             .optional()
         })
         .map_err(backend)?;
-    let (name, version, created_at, parent, history_len) =
+    let (name, created_at, parent, history_len) =
         unchanged.ok_or_else(|| StoreError::NotFound(turn.instance_id.clone()))?;
     let unchanged = Unchanged {
         name,
-        version,
         created_at: Timestamp(created_at),
         parent: parent.map(|p| from_json::<ParentInstance>(&p, "parent")).transpose()?,
         history_len: history_len as u64,
@@ -424,8 +421,8 @@ fn commit_turn(conn: &Connection, turn: &TurnCommit, effects: &mut Vec<Effect>) 
     }
     conn.prepare_cached(
         "UPDATE instances SET execution = ?2, status = ?3, input = ?4, output = ?5, failure = ?6, \
-         custom_status = ?7, waiting_on = ?8, updated_at = ?9, dequeue_count = 0, history_len = ?10 \
-         WHERE instance_id = ?1",
+         custom_status = ?7, waiting_on = ?8, updated_at = ?9, dequeue_count = 0, history_len = ?10, \
+         version = ?11 WHERE instance_id = ?1",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -439,6 +436,7 @@ fn commit_turn(conn: &Connection, turn: &TurnCommit, effects: &mut Vec<Effect>) 
             waiting_on,
             record.updated_at.0,
             record.history_len as i64,
+            record.version,
         ])
     })
     .map_err(backend)?;

@@ -92,6 +92,7 @@ fn running_commit(item: &OrchestrationWorkItem) -> TurnCommit {
         consumed: item.messages.iter().map(|m| m.id).collect(),
         history: HistoryUpdate::Append(item.messages.iter().map(|m| m.event.clone()).collect()),
         execution: item.instance.execution,
+        version: item.instance.version.clone(),
         input: item.instance.input.clone(),
         status: RuntimeStatus::Running,
         output: None,

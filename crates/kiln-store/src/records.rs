@@ -230,6 +230,9 @@ pub struct TurnCommit {
     pub history: HistoryUpdate,
     /// Execution number after the turn.
     pub execution: u64,
+    /// Orchestration version after the turn: a child created without one (its orchestration
+    /// was not registered where its parent ran) takes the version its first turn ran.
+    pub version: String,
     /// Input of the execution after the turn.
     pub input: Payload,
     /// Status after the turn.

@@ -198,7 +198,7 @@ async fn plan_turn(rt: &Runtime, item: &OrchestrationWorkItem) -> Result<TurnPla
         events.push(message.event.clone());
     }
 
-    let Some(orchestration) = rt.registry.orchestration(&instance.name, &instance.version) else {
+    let Some((orchestration, version)) = orchestration_for(rt, instance) else {
         tracing::warn!(
             instance_id = instance.instance_id,
             name = instance.name,
@@ -208,6 +208,7 @@ async fn plan_turn(rt: &Runtime, item: &OrchestrationWorkItem) -> Result<TurnPla
         rt.metrics.unregistered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return Ok(TurnPlan::Abandon(rt.config.unregistered_retry));
     };
+    commit.version = version;
     let mut execution = match rt.cache.take_matching(instance) {
         Some(cached) => cached,
         None => {
@@ -239,6 +240,7 @@ fn unchanged_commit(item: &OrchestrationWorkItem, now: Timestamp) -> TurnCommit 
         consumed: Vec::new(),
         history: HistoryUpdate::Append(Vec::new()),
         execution: instance.execution,
+        version: instance.version.clone(),
         input: instance.input.clone(),
         status: instance.status,
         output: instance.output.clone(),
@@ -313,6 +315,17 @@ fn open_children(history: &[HistoryEvent]) -> Vec<String> {
     open.into_values().collect()
 }
 
+/// The orchestration function for an instance on this worker, and the version it runs. An
+/// instance created without a version (a child whose orchestration was not registered where
+/// its parent ran) takes this worker's default; the turn's commit pins it.
+fn orchestration_for(rt: &Runtime, instance: &InstanceRecord) -> Option<(OrchestrationFn, String)> {
+    let version = match instance.version.as_str() {
+        "" => rt.registry.default_version(&instance.name)?,
+        version => version,
+    };
+    Some((rt.registry.orchestration(&instance.name, version)?, version.to_owned()))
+}
+
 /// Rewinds a failed instance: its failed steps run again and it is running once more.
 async fn rewind_turn(
     rt: &Runtime,
@@ -320,7 +333,7 @@ async fn rewind_turn(
     mut commit: TurnCommit,
     message: &InboxMessage,
 ) -> Result<TurnPlan, StoreError> {
-    let Some(orchestration) = rt.registry.orchestration(&instance.name, &instance.version) else {
+    let Some((orchestration, version)) = orchestration_for(rt, instance) else {
         tracing::warn!(
             instance_id = instance.instance_id,
             name = instance.name,
@@ -330,6 +343,7 @@ async fn rewind_turn(
         rt.metrics.unregistered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return Ok(TurnPlan::Abandon(rt.config.unregistered_retry));
     };
+    commit.version = version;
     let reason = match &message.event.kind {
         EventKind::ExecutionRewound { reason } => reason.clone(),
         _ => None,
@@ -474,7 +488,7 @@ fn apply_events(
             commit.waiting_on = Vec::new();
             let restart = EventKind::ExecutionStarted {
                 name: instance.name.clone(),
-                version: instance.version.clone(),
+                version: commit.version.clone(),
                 input,
                 parent: instance.parent.clone(),
             };
@@ -540,42 +554,26 @@ fn carry_out(rt: &Runtime, instance: &InstanceRecord, commit: &mut TurnCommit, a
                 commit.messages.push(to_self(instance, Some(execution), fired, Some(fire_at)));
             }
             Action::CreateSubOrchestration { id, name, version, instance_id, input } => {
-                let version = if version.is_empty() {
-                    rt.registry.default_version(&name).map(str::to_owned)
-                } else {
-                    Some(version)
+                // Without a version: this worker's default, or, if the orchestration is not
+                // registered here, none yet — the worker that runs the child picks and pins it.
+                let version = match version.as_str() {
+                    "" => rt.registry.default_version(&name).map(str::to_owned).unwrap_or_default(),
+                    _ => version,
                 };
-                match version.filter(|v| rt.registry.has_version(&name, v)) {
-                    Some(version) => commit.sub_orchestrations.push(NewSubOrchestration {
-                        instance: NewInstance {
-                            instance_id,
-                            name,
-                            version,
-                            input,
-                            parent: Some(ParentInstance {
-                                instance_id: instance.instance_id.clone(),
-                                execution,
-                                task_scheduled_id: id,
-                            }),
-                            created_at: commit.now,
-                        },
-                    }),
-                    None => {
-                        let failed = EventKind::SubOrchestrationInstanceFailed {
+                commit.sub_orchestrations.push(NewSubOrchestration {
+                    instance: NewInstance {
+                        instance_id,
+                        name,
+                        version,
+                        input,
+                        parent: Some(ParentInstance {
+                            instance_id: instance.instance_id.clone(),
+                            execution,
                             task_scheduled_id: id,
-                            failure_details: FailureDetails::new(
-                                error_types::NOT_REGISTERED,
-                                format!("orchestration '{name}' is not registered"),
-                            ),
-                        };
-                        commit.messages.push(to_self(
-                            instance,
-                            Some(execution),
-                            HistoryEvent::new(commit.now, failed),
-                            None,
-                        ));
-                    }
-                }
+                        }),
+                        created_at: commit.now,
+                    },
+                });
             }
         }
     }

@@ -362,3 +362,38 @@ async fn a_result_from_a_purged_run_does_not_reach_a_new_instance_with_the_same_
     assert_eq!(output(&t.finish("reuse").await), json!("slept"));
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_whose_orchestration_is_not_on_the_parent_s_worker_waits_for_one_that_has_it() {
+    async fn parent(ctx: OrchestrationContext, _: ()) -> Result<String, Failure> {
+        ctx.call_sub_orchestration_with_id("child", "the-child", &"ada").await
+    }
+    async fn child(ctx: OrchestrationContext, who: String) -> Result<String, Failure> {
+        ctx.call_activity("stamp", &who).await
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kiln.db");
+    // This worker runs parents only.
+    let parents_only = start_on(Kiln::builder().orchestration("parent", parent), &path).await;
+    let id = parents_only.client().start("parent", &()).await.unwrap();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while parents_only.client().status("the-child").await.unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "the child was never created");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waiting = parents_only.client().status(&id).await.unwrap().unwrap();
+    assert_eq!(waiting.status, kiln::RuntimeStatus::Running, "{:?}", waiting.failure);
+    parents_only.shutdown().await;
+
+    // A worker that has the child (version "2" is its default) runs it and pins that version.
+    let builder = Kiln::builder()
+        .orchestration("parent", parent)
+        .orchestration_version("child", "2", child)
+        .activity("stamp", stamp);
+    let both = start_on(builder, &path).await;
+    let done = both.client().wait_for_completion(&id, DEADLINE).await.unwrap();
+    assert_eq!(output(&done), json!("approved by ada"));
+    assert_eq!(both.client().status("the-child").await.unwrap().unwrap().version, "2");
+    both.shutdown().await;
+}

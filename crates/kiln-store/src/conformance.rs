@@ -34,6 +34,7 @@ macro_rules! conformance_tests {
             start_is_handed_out_as_execution_started,
             unfinished_id_is_refused_and_finished_id_is_replaced,
             turn_commit_is_atomic,
+            a_turn_can_pin_the_version,
             lapsed_lease_cannot_commit,
             activity_result_reaches_its_instance,
             activities_are_claimed_in_batches,
@@ -163,6 +164,15 @@ pub async fn unfinished_id_is_refused_and_finished_id_is_replaced(store: &dyn St
     let record = store.get_instance("a").await.unwrap().unwrap();
     assert_eq!((record.status, record.execution, record.history_len), (RuntimeStatus::Pending, 1, 0));
     assert!(store.get_history("a").await.unwrap().is_empty());
+}
+
+pub async fn a_turn_can_pin_the_version(store: &dyn Store) {
+    start(store, "a").await;
+    let item = fetch(store).await;
+    let mut commit = running_commit(&item);
+    commit.version = "2".into();
+    store.commit_turn(commit).await.unwrap();
+    assert_eq!(store.get_instance("a").await.unwrap().unwrap().version, "2");
 }
 
 pub async fn turn_commit_is_atomic(store: &dyn Store) {

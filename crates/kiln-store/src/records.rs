@@ -172,6 +172,11 @@ pub struct ActivityWorkItem {
     pub dequeue_count: u32,
 }
 
+/// The version of a child created on a worker where its orchestration is not registered: the
+/// first worker that runs it takes its own default version, and that turn's commit pins it
+/// ([`TurnCommit::version`]). No orchestration may be registered under it.
+pub const UNPINNED_VERSION: &str = "*";
+
 /// The id of a message handed to a turn without being stored (an activity result taken
 /// directly, see [`Store::claim_with_activity_result`](crate::Store::claim_with_activity_result)):
 /// no inbox row has it, as stores number messages from 1.
@@ -230,8 +235,9 @@ pub struct TurnCommit {
     pub history: HistoryUpdate,
     /// Execution number after the turn.
     pub execution: u64,
-    /// Orchestration version after the turn: a child created without one (its orchestration
-    /// was not registered where its parent ran) takes the version its first turn ran.
+    /// Orchestration version after the turn: a child created [`UNPINNED_VERSION`] (its
+    /// orchestration was not registered where its parent ran) takes the version its first turn
+    /// ran; every other turn keeps the instance's.
     pub version: String,
     /// Input of the execution after the turn.
     pub input: Payload,

@@ -87,6 +87,9 @@ pub enum StartError {
     /// The SQLite database could not be opened.
     #[error(transparent)]
     Sqlite(#[from] OpenError),
+    /// An orchestration was registered under the version reserved for children not pinned yet.
+    #[error("orchestration '{0}' is registered under version '*', which is reserved")]
+    ReservedVersion(String),
 }
 
 /// Configures and starts a [`Kiln`] runtime.
@@ -160,6 +163,9 @@ impl KilnBuilder {
 
     /// Opens the store and starts the workers. Must be called inside a Tokio runtime.
     pub async fn start(self) -> Result<Kiln, StartError> {
+        if let Some(name) = self.registry.name_with_version(kiln_store::UNPINNED_VERSION) {
+            return Err(StartError::ReservedVersion(name.to_owned()));
+        }
         let store: Arc<dyn Store> = match (self.store, self.sqlite) {
             (Some(store), _) => store,
             (None, Some(options)) => Arc::new(SqliteStore::open(options)?),

@@ -93,6 +93,14 @@ impl Registry {
     }
 
     /// Names of the registered orchestrations, sorted.
+    /// An orchestration registered under `version`, if any.
+    pub(crate) fn name_with_version(&self, version: &str) -> Option<&str> {
+        self.orchestrations
+            .iter()
+            .find(|(_, versions)| versions.iter().any(|(v, _)| v == version))
+            .map(|(n, _)| n.as_str())
+    }
+
     pub(crate) fn orchestration_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.orchestrations.keys().cloned().collect();
         names.sort();

@@ -15,7 +15,7 @@ use kiln_core::{
 };
 use kiln_store::{
     FinishedActivity, HistoryUpdate, InboxMessage, InstanceRecord, NewActivity, NewInstance, NewSubOrchestration,
-    OrchestrationWorkItem, OutgoingMessage, StoreError, TurnCommit, UNSTORED_MESSAGE_ID,
+    OrchestrationWorkItem, OutgoingMessage, StoreError, TurnCommit, UNPINNED_VERSION, UNSTORED_MESSAGE_ID,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -316,11 +316,11 @@ fn open_children(history: &[HistoryEvent]) -> Vec<String> {
 }
 
 /// The orchestration function for an instance on this worker, and the version it runs. An
-/// instance created without a version (a child whose orchestration was not registered where
+/// instance created [`UNPINNED_VERSION`] (a child whose orchestration was not registered where
 /// its parent ran) takes this worker's default; the turn's commit pins it.
 fn orchestration_for(rt: &Runtime, instance: &InstanceRecord) -> Option<(OrchestrationFn, String)> {
     let version = match instance.version.as_str() {
-        "" => rt.registry.default_version(&instance.name)?,
+        UNPINNED_VERSION => rt.registry.default_version(&instance.name)?,
         version => version,
     };
     Some((rt.registry.orchestration(&instance.name, version)?, version.to_owned()))
@@ -557,7 +557,7 @@ fn carry_out(rt: &Runtime, instance: &InstanceRecord, commit: &mut TurnCommit, a
                 // Without a version: this worker's default, or, if the orchestration is not
                 // registered here, none yet — the worker that runs the child picks and pins it.
                 let version = match version.as_str() {
-                    "" => rt.registry.default_version(&name).map(str::to_owned).unwrap_or_default(),
+                    "" => rt.registry.default_version(&name).unwrap_or(UNPINNED_VERSION).to_owned(),
                     _ => version,
                 };
                 commit.sub_orchestrations.push(NewSubOrchestration {

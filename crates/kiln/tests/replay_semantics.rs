@@ -397,3 +397,35 @@ async fn a_child_whose_orchestration_is_not_on_the_parent_s_worker_waits_for_one
     assert_eq!(both.client().status("the-child").await.unwrap().unwrap().version, "2");
     both.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unversioned_instance_keeps_running_its_version_after_a_new_one_is_deployed() {
+    async fn v1(ctx: OrchestrationContext, _: ()) -> Result<String, Failure> {
+        let who: String = ctx.wait_for_event("Approval").await?;
+        Ok(format!("v1 for {who}"))
+    }
+    async fn v2(ctx: OrchestrationContext, _: ()) -> Result<String, Failure> {
+        ctx.sleep(Duration::from_millis(1)).await?;
+        Ok("v2".into())
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kiln.db");
+    let first = start_on(Kiln::builder().orchestration("order", v1), &path).await;
+    let id = first.client().start("order", &()).await.unwrap();
+    first.client().wait_until(&id, DEADLINE, |r| !r.waiting_on.is_empty()).await.unwrap().unwrap();
+    first.shutdown().await;
+    // Version "2" is the new default; the running instance (version "") stays on v1.
+    let second =
+        start_on(Kiln::builder().orchestration("order", v1).orchestration_version("order", "2", v2), &path).await;
+    second.client().raise_event(&id, "Approval", &"ada").await.unwrap();
+    let done = second.client().wait_for_completion(&id, DEADLINE).await.unwrap();
+    assert_eq!(output(&done), json!("v1 for ada"));
+    assert_eq!(done.version, "");
+    second.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_version_reserved_for_unpinned_children_cannot_be_registered() {
+    let started = Kiln::builder().orchestration_version("order", "*", approve).sqlite(":memory:").start().await;
+    assert!(matches!(started, Err(kiln::StartError::ReservedVersion(name)) if name == "order"));
+}

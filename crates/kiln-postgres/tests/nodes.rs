@@ -6,7 +6,7 @@ mod common;
 
 use kiln_core::{Payload, RuntimeStatus, Timestamp};
 use kiln_postgres::PostgresStore;
-use kiln_store::{ActivityWorkItem, HistoryUpdate, NewActivity, NewInstance, Store, TurnCommit};
+use kiln_store::{ActivityWorkItem, NewInstance, Store};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -33,34 +33,7 @@ async fn start_with_activities(store: &dyn Store, id: &str, count: u64) {
         created_at: now(),
     };
     let item = instance.first_work_item();
-    let turn = TurnCommit {
-        instance_id: id.to_owned(),
-        lease: item.lease,
-        consumed: item.messages.iter().map(|m| m.id).collect(),
-        history: HistoryUpdate::Append(item.messages.iter().map(|m| m.event.clone()).collect()),
-        execution: 0,
-        version: item.instance.version.clone(),
-        input: Payload::null(),
-        status: RuntimeStatus::Running,
-        output: None,
-        failure: None,
-        custom_status: None,
-        waiting_on: Vec::new(),
-        activities: (1..=count)
-            .map(|step| NewActivity {
-                instance_id: id.to_owned(),
-                execution: 0,
-                step,
-                name: "work".to_owned(),
-                input: Payload::null(),
-                attempt: 1,
-            })
-            .collect(),
-        messages: Vec::new(),
-        sub_orchestrations: Vec::new(),
-        finished_activities: Vec::new(),
-        now: now(),
-    };
+    let turn = common::turn_with_activities(&item, RuntimeStatus::Running, 1..=count, now());
     store.create_instance_with_first_turn(instance, turn).await.unwrap();
 }
 

@@ -7,7 +7,7 @@
 mod common;
 
 use kiln_core::{EventKind, HistoryEvent, Payload, RuntimeStatus, Timestamp};
-use kiln_store::{HistoryUpdate, NewActivity, NewInstance, Store, StoreError, TurnCommit};
+use kiln_store::{NewInstance, Store, StoreError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -38,32 +38,7 @@ fn raised() -> HistoryEvent {
 async fn finished_with_running_activity(store: &dyn Store, id: &str) -> kiln_store::ActivityWorkItem {
     store.create_instance(instance(id)).await.unwrap();
     let item = store.fetch_orchestration_work(LEASE, WAIT).await.unwrap().expect("the start");
-    let commit = TurnCommit {
-        instance_id: id.to_owned(),
-        lease: item.lease,
-        consumed: item.messages.iter().map(|m| m.id).collect(),
-        history: HistoryUpdate::Append(item.messages.iter().map(|m| m.event.clone()).collect()),
-        execution: 0,
-        version: item.instance.version.clone(),
-        input: Payload::null(),
-        status: RuntimeStatus::Terminated,
-        output: None,
-        failure: None,
-        custom_status: None,
-        waiting_on: Vec::new(),
-        activities: vec![NewActivity {
-            instance_id: id.to_owned(),
-            execution: 0,
-            step: 0,
-            name: "work".into(),
-            input: Payload::null(),
-            attempt: 1,
-        }],
-        messages: Vec::new(),
-        sub_orchestrations: Vec::new(),
-        finished_activities: Vec::new(),
-        now: now(),
-    };
+    let commit = common::turn_with_activities(&item, RuntimeStatus::Terminated, [0], now());
     store.commit_turn(commit).await.unwrap();
     store.fetch_activity_work(LEASE, WAIT, 1).await.unwrap().pop().expect("the activity")
 }

@@ -199,14 +199,7 @@ async fn plan_turn(rt: &Runtime, item: &OrchestrationWorkItem) -> Result<TurnPla
     }
 
     let Some((orchestration, version)) = orchestration_for(rt, instance) else {
-        tracing::warn!(
-            instance_id = instance.instance_id,
-            name = instance.name,
-            version = instance.version,
-            "orchestration version is not registered on this worker; the instance stays pending"
-        );
-        rt.metrics.unregistered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return Ok(TurnPlan::Abandon(rt.config.unregistered_retry));
+        return Ok(not_here(rt, instance, "the instance stays pending"));
     };
     commit.version = version;
     let mut execution = match rt.cache.take_matching(instance) {
@@ -326,6 +319,19 @@ fn orchestration_for(rt: &Runtime, instance: &InstanceRecord) -> Option<(Orchest
     Some((rt.registry.orchestration(&instance.name, version)?, version.to_owned()))
 }
 
+/// Gives back an instance whose orchestration version is not registered on this worker
+/// (uncounted: it waits for a worker that has it), logging `what` happens meanwhile.
+fn not_here(rt: &Runtime, instance: &InstanceRecord, what: &str) -> TurnPlan {
+    tracing::warn!(
+        instance_id = instance.instance_id,
+        name = instance.name,
+        version = instance.version,
+        "orchestration version is not registered on this worker; {what}"
+    );
+    rt.metrics.unregistered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    TurnPlan::Abandon(rt.config.unregistered_retry)
+}
+
 /// Rewinds a failed instance: its failed steps run again and it is running once more.
 async fn rewind_turn(
     rt: &Runtime,
@@ -334,14 +340,7 @@ async fn rewind_turn(
     message: &InboxMessage,
 ) -> Result<TurnPlan, StoreError> {
     let Some((orchestration, version)) = orchestration_for(rt, instance) else {
-        tracing::warn!(
-            instance_id = instance.instance_id,
-            name = instance.name,
-            version = instance.version,
-            "orchestration version is not registered on this worker; the rewind waits for one that has it"
-        );
-        rt.metrics.unregistered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return Ok(TurnPlan::Abandon(rt.config.unregistered_retry));
+        return Ok(not_here(rt, instance, "the rewind waits for a worker that has it"));
     };
     commit.version = version;
     let reason = match &message.event.kind {

@@ -1,8 +1,9 @@
 //! A fresh PostgreSQL store per test, in its own schema, dropped afterwards.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use kiln_core::{Payload, RuntimeStatus, Timestamp};
 use kiln_postgres::{PostgresOptions, PostgresStore};
-use kiln_store::Store;
+use kiln_store::{HistoryUpdate, NewActivity, OrchestrationWorkItem, Store, TurnCommit};
 use std::sync::Arc;
 
 /// The test database.
@@ -74,5 +75,45 @@ pub async fn fresh_store() -> Option<(Arc<dyn Store>, SchemaGuard)> {
             None
         }
         Err(err) => panic!("PostgreSQL is required (KILN_REQUIRE_POSTGRES=1) but not available: {err}"),
+    }
+}
+
+/// A turn of execution 0 that consumes `item`'s messages into history, ends in `status` and
+/// schedules the activities `steps` (named "work").
+pub fn turn_with_activities(
+    item: &OrchestrationWorkItem,
+    status: RuntimeStatus,
+    steps: impl IntoIterator<Item = u64>,
+    now: Timestamp,
+) -> TurnCommit {
+    let id = &item.instance.instance_id;
+    TurnCommit {
+        instance_id: id.clone(),
+        lease: item.lease,
+        consumed: item.messages.iter().map(|m| m.id).collect(),
+        history: HistoryUpdate::Append(item.messages.iter().map(|m| m.event.clone()).collect()),
+        execution: 0,
+        version: item.instance.version.clone(),
+        input: Payload::null(),
+        status,
+        output: None,
+        failure: None,
+        custom_status: None,
+        waiting_on: Vec::new(),
+        activities: steps
+            .into_iter()
+            .map(|step| NewActivity {
+                instance_id: id.clone(),
+                execution: 0,
+                step,
+                name: "work".to_owned(),
+                input: Payload::null(),
+                attempt: 1,
+            })
+            .collect(),
+        messages: Vec::new(),
+        sub_orchestrations: Vec::new(),
+        finished_activities: Vec::new(),
+        now,
     }
 }

@@ -429,3 +429,45 @@ async fn the_version_reserved_for_unpinned_children_cannot_be_registered() {
     let started = Kiln::builder().orchestration_version("order", "*", approve).sqlite(":memory:").start().await;
     assert!(matches!(started, Err(kiln::StartError::ReservedVersion(name)) if name == "order"));
 }
+
+/// Runs of `fails_first_time`, by instance id: the first fails, the others succeed.
+static FIRST_TIME: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+async fn fails_first_time(ctx: kiln::ActivityContext, _: ()) -> Result<String, Failure> {
+    let mut runs = FIRST_TIME.lock().unwrap();
+    let earlier = runs.iter().filter(|id| *id == ctx.instance_id()).count();
+    runs.push(ctx.instance_id().to_owned());
+    if earlier == 0 { Err(Failure::typed("Flaky", "first run fails")) } else { Ok("fixed".into()) }
+}
+
+async fn always_fails(_: kiln::ActivityContext, _: ()) -> Result<String, Failure> {
+    Err(Failure::typed("Declined", "always"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewind_reruns_the_failure_that_ended_the_instance_not_one_the_code_handled() {
+    async fn handles_one(ctx: OrchestrationContext, _: ()) -> Result<String, Failure> {
+        // Handled: the code falls back to another value and goes on.
+        let fallback = match ctx.call_activity::<_, String>("always_fails", &()).await {
+            Ok(value) => value,
+            Err(_) => ctx.call_activity::<_, String>("stamp", &"fallback").await?,
+        };
+        // Not handled: its failure fails the instance; a rewind runs it again.
+        let fixed: String = ctx.call_activity("fails_first_time", &()).await?;
+        Ok(format!("{fallback}, {fixed}"))
+    }
+    let builder = Kiln::builder()
+        .orchestration("handles_one", handles_one)
+        .activity("always_fails", always_fails)
+        .activity("fails_first_time", fails_first_time)
+        .activity("stamp", stamp);
+    let t = TestKiln::start(builder).await;
+    let id = t.client.start("handles_one", &()).await.unwrap();
+    assert_eq!(t.finish(&id).await.status, kiln::RuntimeStatus::Failed);
+    t.client.rewind(&id, Some("fixed the flake")).await.unwrap();
+    let done = t.client.wait_until(&id, DEADLINE, |r| r.status != kiln::RuntimeStatus::Failed).await.unwrap();
+    assert!(done.is_some(), "still failed after the rewind");
+    let done = t.finish(&id).await;
+    assert_eq!(output(&done), json!("approved by fallback, fixed"));
+    t.stop().await;
+}

@@ -2,9 +2,8 @@
 //!
 //! A rewind removes the final `ExecutionCompleted` and every failure that the orchestration did
 //! not retry (a failed attempt that a later attempt of the same activity follows is kept, so
-//! replay stays deterministic), except those the caller asks to keep (failures the code handled,
-//! which the runtime finds by replaying). The steps whose failures were removed are open again:
-//! their activities run again and failed sub-orchestrations are rewound in turn.
+//! replay stays deterministic). The steps whose failures were removed are open again: their
+//! activities run again and failed sub-orchestrations are rewound in turn.
 
 use crate::{EventKind, HistoryEvent, Payload, Timestamp};
 use std::collections::{HashMap, HashSet};
@@ -31,18 +30,10 @@ pub struct RewindPlan {
     pub rerun_activities: Vec<RerunActivity>,
     /// Failed sub-orchestrations to rewind.
     pub rewind_children: Vec<String>,
-    /// Positions (in the history given) of the failures removed, in history order.
-    pub removed_failures: Vec<usize>,
 }
 
-/// Plans the rewind of a failed execution's history, keeping the failures at the positions in
-/// `keep`.
-pub fn plan_rewind(
-    history: &[HistoryEvent],
-    now: Timestamp,
-    reason: Option<String>,
-    keep: &HashSet<usize>,
-) -> RewindPlan {
+/// Plans the rewind of a failed execution's history.
+pub fn plan_rewind(history: &[HistoryEvent], now: Timestamp, reason: Option<String>) -> RewindPlan {
     let mut scheduled: HashMap<u64, &EventKind> = HashMap::new();
     for event in history {
         if let (Ok(step), EventKind::TaskScheduled { .. } | EventKind::SubOrchestrationInstanceCreated { .. }) =
@@ -60,16 +51,10 @@ pub fn plan_rewind(
         })
         .collect();
 
-    let mut plan = RewindPlan {
-        history: Vec::new(),
-        rerun_activities: Vec::new(),
-        rewind_children: Vec::new(),
-        removed_failures: Vec::new(),
-    };
-    for (position, event) in history.iter().enumerate() {
+    let mut plan = RewindPlan { history: Vec::new(), rerun_activities: Vec::new(), rewind_children: Vec::new() };
+    for event in history {
         match &event.kind {
             EventKind::ExecutionCompleted { .. } => continue,
-            _ if keep.contains(&position) => {}
             EventKind::TaskFailed { task_scheduled_id, .. } => {
                 if let Some(EventKind::TaskScheduled { name, input, attempt }) = scheduled.get(task_scheduled_id)
                     && !attempts.contains(&(name.as_str(), attempt + 1))
@@ -80,7 +65,6 @@ pub fn plan_rewind(
                         input: input.clone(),
                         attempt: *attempt,
                     });
-                    plan.removed_failures.push(position);
                     continue;
                 }
             }
@@ -89,7 +73,6 @@ pub fn plan_rewind(
                     scheduled.get(task_scheduled_id)
                 {
                     plan.rewind_children.push(instance_id.clone());
-                    plan.removed_failures.push(position);
                     continue;
                 }
             }
@@ -137,14 +120,11 @@ mod tests {
                 },
             ),
         ];
-        let plan = plan_rewind(&history, Timestamp(9), Some("retry".into()), &HashSet::new());
+        let plan = plan_rewind(&history, Timestamp(9), Some("retry".into()));
         assert_eq!(plan.rerun_activities.len(), 1);
         assert_eq!(plan.rerun_activities[0].step, 2);
         assert_eq!(plan.history.len(), 7);
         assert!(plan.history.contains(&history[2]), "the retried failure stays");
         assert!(matches!(plan.history.last().map(|e| &e.kind), Some(EventKind::ExecutionRewound { .. })));
-        assert_eq!(plan.removed_failures, vec![6]);
-        let kept = plan_rewind(&history, Timestamp(9), None, &HashSet::from([6]));
-        assert!(kept.rerun_activities.is_empty() && kept.removed_failures.is_empty());
     }
 }

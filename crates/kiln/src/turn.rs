@@ -17,7 +17,7 @@ use kiln_store::{
     FinishedActivity, HistoryUpdate, InboxMessage, InstanceRecord, NewActivity, NewInstance, NewSubOrchestration,
     OrchestrationWorkItem, OutgoingMessage, StoreError, TurnCommit, UNPINNED_VERSION, UNSTORED_MESSAGE_ID,
 };
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// What to do with a claimed work item.
@@ -348,20 +348,7 @@ async fn rewind_turn(
         _ => None,
     };
     let history = rt.store.get_history(&instance.instance_id).await?;
-    // A failure the code handled (caught, then went on) cannot be undone: replayed without it,
-    // the code takes other steps than the history records. The earliest removed failure is
-    // kept until the rewound history replays.
-    let mut keep = HashSet::new();
-    let (plan, mut execution) = loop {
-        let plan = plan_rewind(&history, commit.now, reason.clone(), &keep);
-        let execution = replayed(rt, instance, orchestration.clone(), &plan.history);
-        let diverged = matches!(execution.outcome(),
-            Some(ExecutionOutcome::Failed(failure)) if failure.error_type == error_types::NON_DETERMINISM);
-        match plan.removed_failures.first() {
-            Some(&earliest) if diverged => keep.insert(earliest),
-            _ => break (plan, execution),
-        };
-    };
+    let plan = plan_rewind(&history, commit.now, reason);
     commit.consumed.push(message.id);
     commit.output = None;
     commit.failure = None;
@@ -383,6 +370,7 @@ async fn rewind_turn(
             visible_at: None,
         });
     }
+    let mut execution = replayed(rt, instance, orchestration, &plan.history);
     apply_events(rt, instance, &mut commit, &mut execution, Some(plan.history), Vec::new(), false);
     Ok(finished_plan(commit, execution))
 }

@@ -466,6 +466,12 @@ impl ReplayState {
         std::mem::take(&mut self.new_actions)
     }
 
+    /// True if the execution waits for no step and no event (what [`ReplayState::waiting_on`]
+    /// would list is empty), without building that list.
+    pub fn waits_for_nothing(&self) -> bool {
+        self.open.is_empty() && self.event_waiters.values().all(VecDeque::is_empty)
+    }
+
     /// What the execution waits for: open steps, then event waits.
     pub fn waiting_on(&self) -> Vec<WaitingOn> {
         let mut waiting: Vec<WaitingOn> = self

@@ -66,8 +66,8 @@ pub(crate) async fn run_turn(rt: &Runtime, item: OrchestrationWorkItem, finished
             }
             commit.finished_activities.extend(finished);
             // Cached before the commit: the instance may be claimed again the moment the commit
-            // lands. The entry carries the post-commit history length, so it is only ever used
-            // if the commit did land.
+            // lands. The entry is stamped with the record the commit leaves, so it is only ever
+            // used if the commit did land.
             if let Some(execution) = execution {
                 rt.cache.put(instance_id.clone(), execution);
             }
@@ -147,12 +147,14 @@ async fn plan_turn(rt: &Runtime, item: &OrchestrationWorkItem) -> Result<TurnPla
     commit.consumed.extend(stale.iter().map(|m| m.id));
     // A new execution starts with its start, then the events its predecessor carried over
     // (continue-as-new), then whatever arrived meanwhile: events keep their order across the
-    // restart. (The sort is stable, and a no-op in every other turn.)
-    current.sort_by_key(|m| match m.event.kind {
-        EventKind::ExecutionStarted { .. } => 0,
-        _ if is_carried_over(m, instance.execution) => 1,
-        _ => 2,
-    });
+    // restart. (Only a new execution's first turn has a start to put first.)
+    if current.iter().any(|m| matches!(m.event.kind, EventKind::ExecutionStarted { .. })) {
+        current.sort_by_key(|m| match m.event.kind {
+            EventKind::ExecutionStarted { .. } => 0,
+            _ if is_carried_over(m, instance.execution) => 1,
+            _ => 2,
+        });
+    }
 
     // Before the poison check: a finished instance must never be failed again.
     if instance.status.is_terminal() {
@@ -430,7 +432,7 @@ fn apply_events(
     }
     // Still running with nothing to wait for: the code awaits a future that is not a step, which
     // nothing will ever poll again (the executor polls only when a step's result arrives).
-    if execution.outcome().is_none() && execution.state().waiting_on().is_empty() {
+    if execution.outcome().is_none() && execution.state().waits_for_nothing() {
         execution.fail(if execution.started() {
             FailureDetails::new(
                 error_types::NON_DURABLE_AWAIT,

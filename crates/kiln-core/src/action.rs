@@ -85,6 +85,20 @@ impl Action {
         HistoryEvent { event_id: self.id() as i64, timestamp, kind }
     }
 
+    /// The action a recorded scheduling event stands for (the inverse of [`Action::to_event`]).
+    pub fn from_event(event: &HistoryEvent) -> Option<Action> {
+        let id = u64::try_from(event.event_id).ok()?;
+        Some(match event.kind.clone() {
+            EventKind::TaskScheduled { name, input, attempt } => Action::ScheduleTask { id, name, input, attempt },
+            EventKind::TimerCreated { fire_at } => Action::CreateTimer { id, fire_at },
+            EventKind::SubOrchestrationInstanceCreated { name, version, instance_id, input } => {
+                Action::CreateSubOrchestration { id, name, version, instance_id, input }
+            }
+            EventKind::EventSent { instance_id, name, input } => Action::SendEvent { id, instance_id, name, input },
+            _ => return None,
+        })
+    }
+
     /// True when the recorded scheduling event is the one this action would write.
     pub fn matches(&self, recorded: &EventKind) -> bool {
         match (self, recorded) {

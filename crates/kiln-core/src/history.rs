@@ -201,6 +201,18 @@ impl EventKind {
         }
     }
 
+    /// True for the result of a step: an activity's, a timer's or a sub-orchestration's.
+    pub fn is_step_result(&self) -> bool {
+        matches!(
+            self,
+            EventKind::TaskCompleted { .. }
+                | EventKind::TaskFailed { .. }
+                | EventKind::TimerFired { .. }
+                | EventKind::SubOrchestrationInstanceCompleted { .. }
+                | EventKind::SubOrchestrationInstanceFailed { .. }
+        )
+    }
+
     /// True for messages that a suspended instance still processes (resume and terminate).
     pub fn is_control(&self) -> bool {
         matches!(self, EventKind::ExecutionResumed { .. } | EventKind::ExecutionTerminated { .. })

@@ -72,6 +72,34 @@ pub enum ReplayError {
     Corrupted(String),
 }
 
+/// What one replay saw of the code's decisions, to plan a rewind: when the code took each step
+/// and when it took each failure (see [`crate::plan_rewind`]). Recorded only when asked for
+/// ([`ReplayState::trace_decisions`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DecisionTrace {
+    /// Every step the code took, in sequence order.
+    pub steps: Vec<TracedStep>,
+    /// When the code took the failure of a step (the tick), by step.
+    pub failures_taken: BTreeMap<u64, u64>,
+}
+
+/// When the code took a step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TracedStep {
+    /// The decision's tick: decisions (steps and failures taken) count up from 1 in the order the
+    /// code made them, within one poll too.
+    pub tick: u64,
+    /// History position (1-based) of the event being applied when the code took it.
+    pub position: u64,
+}
+
+impl DecisionTrace {
+    /// The next decision's tick (a slot's result can be taken only once, so this only grows).
+    fn tick(&self) -> u64 {
+        (self.steps.len() + self.failures_taken.len()) as u64 + 1
+    }
+}
+
 #[derive(Clone, Debug)]
 enum OpenStep {
     Activity { name: String, attempt: u32 },
@@ -107,6 +135,7 @@ pub struct ReplayState {
     continue_as_new: Option<(Payload, bool)>,
     uuid_counter: u64,
     code_error: Option<ReplayError>,
+    trace: Option<Box<DecisionTrace>>,
 }
 
 impl ReplayState {
@@ -134,7 +163,18 @@ impl ReplayState {
             continue_as_new: None,
             uuid_counter: 0,
             code_error: None,
+            trace: None,
         }
+    }
+
+    /// Records the code's decisions from now on (see [`DecisionTrace`]); a rewind asks for it.
+    pub fn trace_decisions(&mut self) {
+        self.trace = Some(Box::default());
+    }
+
+    /// The decisions recorded since [`ReplayState::trace_decisions`].
+    pub fn take_trace(&mut self) -> Option<DecisionTrace> {
+        self.trace.take().map(|trace| *trace)
     }
 
     /// Marks the start of old history: scheduling calls must now match recorded events.
@@ -289,6 +329,10 @@ impl ReplayState {
     fn take_step(&mut self, make: impl FnOnce(u64) -> Action) -> u64 {
         let step = self.next_step;
         self.next_step += 1;
+        if let Some(trace) = &mut self.trace {
+            let tick = trace.tick();
+            trace.steps.push(TracedStep { tick, position: self.position });
+        }
         let action = make(step);
         if self.replaying {
             self.unconfirmed.insert(step, action);
@@ -359,7 +403,19 @@ impl ReplayState {
         if let Slot::Event(wait) = slot {
             self.delivered_events.remove(&wait);
         }
-        self.results.remove(&slot)
+        let taken = self.results.remove(&slot);
+        if let (Some(trace), Slot::Step(step), Some(Completion { outcome: Outcome::Failed(_), .. })) =
+            (&mut self.trace, slot, &taken)
+        {
+            let tick = trace.tick();
+            trace.failures_taken.insert(step, tick);
+        }
+        taken
+    }
+
+    /// Whether a step was taken and has no result yet.
+    pub fn is_open(&self, step: u64) -> bool {
+        self.open.contains_key(&step)
     }
 
     /// Gives up a wait for an external event whose result the code will never take (its future

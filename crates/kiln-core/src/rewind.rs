@@ -1,130 +1,122 @@
 //! Rewind: turning the history of a failed execution back into a running one.
 //!
-//! A rewind removes the final `ExecutionCompleted` and every failure that the orchestration did
-//! not retry (a failed attempt that a later attempt of the same activity follows is kept, so
-//! replay stays deterministic). The steps whose failures were removed are open again: their
-//! activities run again and failed sub-orchestrations are rewound in turn.
+//! A rewind undoes the failures the code did not get past, and only those. A failure the code
+//! took and then went on from — it caught it, retried it, or took any further step — stays:
+//! replayed without it, the code would not take the steps history records after it. Which is
+//! which comes from one replay of the failed history with the code's decisions traced
+//! ([`DecisionTrace`]): a failure is undone if the code took no step after taking it, or never
+//! took it (a sibling that failed while the code awaited something else, or after it had failed).
+//!
+//! Steps the failing turn took were never carried out (an ended execution dispatches only the
+//! events it sent), so they are forgotten as if never taken — unless an event sent later in that
+//! turn pins their sequence numbers; those are kept and carried out now.
+//!
+//! The rewritten history has two parts. Events up to the one whose poll took the code's last
+//! remaining step replay as recorded. Results that came after it — and those that arrived while
+//! the instance was failed, which are kept after its end for this — are applied anew after the
+//! `ExecutionRewound` marker, so the code may take new steps on them.
 
-use crate::{EventKind, HistoryEvent, Payload, Timestamp};
-use std::collections::{HashMap, HashSet};
-
-/// An activity that must run again after a rewind.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RerunActivity {
-    /// Step sequence number.
-    pub step: u64,
-    /// Activity name.
-    pub name: String,
-    /// Activity input.
-    pub input: Payload,
-    /// Attempt number.
-    pub attempt: u32,
-}
+use crate::{Action, DecisionTrace, EventKind, HistoryEvent, Timestamp, TracedStep};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// What a rewind changes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RewindPlan {
-    /// The rewritten history, ending in `ExecutionRewound`.
+    /// The history that replays as recorded, ending in `ExecutionRewound`.
     pub history: Vec<HistoryEvent>,
-    /// Activities to dispatch again.
-    pub rerun_activities: Vec<RerunActivity>,
-    /// Failed sub-orchestrations to rewind.
-    pub rewind_children: Vec<String>,
+    /// Results to apply anew after it, in their order.
+    pub reapplied: Vec<HistoryEvent>,
+    /// Steps to carry out again if they are still open after the reapplied results: activities
+    /// whose failure was undone, and steps the failing turn kept but never carried out.
+    pub redo: Vec<Action>,
+    /// Sub-orchestrations whose failure was undone: each is rewound, or created again.
+    pub failed_children: Vec<Action>,
 }
 
-/// Plans the rewind of a failed execution's history.
-pub fn plan_rewind(history: &[HistoryEvent], now: Timestamp, reason: Option<String>) -> RewindPlan {
-    let mut scheduled: HashMap<u64, &EventKind> = HashMap::new();
-    for event in history {
-        if let (Ok(step), EventKind::TaskScheduled { .. } | EventKind::SubOrchestrationInstanceCreated { .. }) =
-            (u64::try_from(event.event_id), &event.kind)
-        {
-            scheduled.insert(step, &event.kind);
-        }
+/// A failed execution's history without its end (and the results kept after it): what a rewind
+/// replays to trace the code's decisions.
+pub fn rewind_body(history: &[HistoryEvent]) -> &[HistoryEvent] {
+    match history.iter().rposition(|e| matches!(e.kind, EventKind::ExecutionCompleted { .. })) {
+        Some(end) => &history[..end],
+        None => history,
     }
-    // (name, attempt) of every activity attempt, to tell retried failures from final ones.
-    let attempts: HashSet<(&str, u32)> = scheduled
-        .values()
-        .filter_map(|k| match k {
-            EventKind::TaskScheduled { name, attempt, .. } => Some((name.as_str(), *attempt)),
-            _ => None,
-        })
-        .collect();
+}
 
-    let mut plan = RewindPlan { history: Vec::new(), rerun_activities: Vec::new(), rewind_children: Vec::new() };
-    for event in history {
-        match &event.kind {
-            EventKind::ExecutionCompleted { .. } => continue,
-            EventKind::TaskFailed { task_scheduled_id, .. } => {
-                if let Some(EventKind::TaskScheduled { name, input, attempt }) = scheduled.get(task_scheduled_id)
-                    && !attempts.contains(&(name.as_str(), attempt + 1))
-                {
-                    plan.rerun_activities.push(RerunActivity {
-                        step: *task_scheduled_id,
-                        name: name.clone(),
-                        input: input.clone(),
-                        attempt: *attempt,
-                    });
-                    continue;
-                }
-            }
-            EventKind::SubOrchestrationInstanceFailed { task_scheduled_id, .. } => {
-                if let Some(EventKind::SubOrchestrationInstanceCreated { instance_id, .. }) =
-                    scheduled.get(task_scheduled_id)
-                {
-                    plan.rewind_children.push(instance_id.clone());
-                    continue;
-                }
-            }
-            _ => {}
+/// Plans the rewind of a failed execution's history, given the decisions the code made when
+/// [`rewind_body`] was replayed.
+pub fn plan_rewind(
+    history: &[HistoryEvent],
+    trace: &DecisionTrace,
+    now: Timestamp,
+    reason: Option<String>,
+) -> RewindPlan {
+    let body = rewind_body(history);
+    let kept_after_end = history.get(body.len() + 1..).unwrap_or_default();
+    let scheduled: BTreeMap<u64, Action> = body.iter().filter_map(Action::from_event).map(|a| (a.id(), a)).collect();
+
+    // The failing turn's steps, if the execution ended: forgotten above its last sent event,
+    // kept (and carried out now) below it.
+    let failing_turn = match body.len() < history.len() {
+        true => body.iter().rposition(|e| matches!(e.kind, EventKind::OrchestratorStarted)).unwrap_or(0),
+        false => body.len(),
+    };
+    let failing_turn_steps: Vec<&Action> = body[failing_turn..]
+        .iter()
+        .filter_map(|e| u64::try_from(e.event_id).ok())
+        .filter_map(|s| scheduled.get(&s))
+        .collect();
+    let last_sent = failing_turn_steps.iter().filter(|a| matches!(a, Action::SendEvent { .. })).map(|a| a.id()).max();
+    let (forgotten, never_carried_out): (BTreeSet<u64>, Vec<&Action>) = {
+        let undispatched = failing_turn_steps.iter().filter(|a| !matches!(a, Action::SendEvent { .. }));
+        let (below, above): (Vec<&Action>, Vec<&Action>) =
+            undispatched.partition(|a| last_sent.is_some_and(|s| a.id() < s));
+        (above.iter().map(|a| a.id()).collect(), below)
+    };
+
+    // The code's last remaining step: failures it took after it are undone.
+    let remaining_steps = forgotten.first().map_or(trace.steps.len() as u64, |first| *first);
+    let last = remaining_steps
+        .checked_sub(1)
+        .and_then(|step| trace.steps.get(usize::try_from(step).ok()?))
+        .copied()
+        .unwrap_or(TracedStep::default());
+    let undone = |step: &u64| trace.failures_taken.get(step).is_none_or(|taken| *taken > last.tick);
+
+    let mut plan =
+        RewindPlan { history: Vec::new(), reapplied: Vec::new(), redo: Vec::new(), failed_children: Vec::new() };
+    let undo = |step: u64, plan: &mut RewindPlan| match scheduled.get(&step) {
+        Some(action @ Action::ScheduleTask { .. }) => plan.redo.push(action.clone()),
+        Some(action @ Action::CreateSubOrchestration { .. }) => plan.failed_children.push(action.clone()),
+        _ => {}
+    };
+    for (index, event) in body.iter().enumerate() {
+        let position = index as u64 + 1;
+        if u64::try_from(event.event_id).is_ok_and(|step| forgotten.contains(&step)) {
+            continue;
         }
-        plan.history.push(event.clone());
+        match &event.kind {
+            EventKind::TaskFailed { task_scheduled_id: step, .. }
+            | EventKind::SubOrchestrationInstanceFailed { task_scheduled_id: step, .. }
+                if undone(step) && scheduled.contains_key(step) =>
+            {
+                undo(*step, &mut plan);
+            }
+            kind if kind.is_step_result() && position > last.position => plan.reapplied.push(event.clone()),
+            _ => plan.history.push(event.clone()),
+        }
     }
+    // Results that arrived after the end: failures among them were never taken either.
+    for event in kept_after_end.iter().filter(|e| e.kind.is_step_result()) {
+        match &event.kind {
+            EventKind::TaskFailed { task_scheduled_id: step, .. }
+            | EventKind::SubOrchestrationInstanceFailed { task_scheduled_id: step, .. } => undo(*step, &mut plan),
+            _ => plan.reapplied.push(event.clone()),
+        }
+    }
+    plan.redo.extend(never_carried_out.into_iter().cloned());
     plan.history.push(HistoryEvent::new(now, EventKind::ExecutionRewound { reason }));
     plan
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{FailureDetails, RuntimeStatus};
-
-    fn ev(id: i64, kind: EventKind) -> HistoryEvent {
-        HistoryEvent { event_id: id, timestamp: Timestamp(1), kind }
-    }
-
-    fn scheduled(name: &str, attempt: u32) -> EventKind {
-        EventKind::TaskScheduled { name: name.into(), input: Payload::null(), attempt }
-    }
-
-    fn failed(step: u64) -> EventKind {
-        EventKind::TaskFailed { task_scheduled_id: step, failure_details: FailureDetails::new("E", "boom") }
-    }
-
-    #[test]
-    fn removes_only_final_failures_and_the_completion() {
-        let history = vec![
-            ev(-1, EventKind::OrchestratorStarted),
-            ev(0, scheduled("flaky", 1)),
-            ev(-1, failed(0)),
-            ev(1, EventKind::TimerCreated { fire_at: Timestamp(5) }),
-            ev(-1, EventKind::TimerFired { timer_id: 1, fire_at: Timestamp(5) }),
-            ev(2, scheduled("flaky", 2)),
-            ev(-1, failed(2)),
-            ev(
-                -1,
-                EventKind::ExecutionCompleted {
-                    orchestration_status: RuntimeStatus::Failed,
-                    result: None,
-                    failure_details: Some(FailureDetails::new("E", "boom")),
-                },
-            ),
-        ];
-        let plan = plan_rewind(&history, Timestamp(9), Some("retry".into()));
-        assert_eq!(plan.rerun_activities.len(), 1);
-        assert_eq!(plan.rerun_activities[0].step, 2);
-        assert_eq!(plan.history.len(), 7);
-        assert!(plan.history.contains(&history[2]), "the retried failure stays");
-        assert!(matches!(plan.history.last().map(|e| &e.kind), Some(EventKind::ExecutionRewound { .. })));
-    }
-}
+mod tests;

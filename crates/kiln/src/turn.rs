@@ -11,7 +11,7 @@ use crate::registry::OrchestrationFn;
 use crate::runtime::{Runtime, wall_clock};
 use kiln_core::{
     Action, EventKind, ExecutionOutcome, FailureDetails, HistoryEvent, ParentInstance, Payload, ReplayError,
-    RuntimeStatus, Timestamp, error_types, plan_rewind,
+    RuntimeStatus, Timestamp, error_types, plan_rewind, rewind_body,
 };
 use kiln_store::{
     FinishedActivity, HistoryUpdate, InboxMessage, InstanceRecord, NewActivity, NewInstance, NewSubOrchestration,
@@ -71,9 +71,9 @@ pub(crate) async fn run_turn(rt: &Runtime, item: OrchestrationWorkItem, finished
             if let Some(execution) = execution {
                 rt.cache.put(instance_id.clone(), execution);
             }
-            // A finished instance's turn that only drops late messages did not end it again (a
-            // rewind that finishes at once rewrites the history, and did).
-            let late_only = was_terminal && commit.history.events().is_empty();
+            // A finished instance's turn that only drops or keeps late messages did not end it
+            // again (a rewind that finishes at once rewrites the history, and did).
+            let late_only = was_terminal && matches!(commit.history, HistoryUpdate::Append(_));
             let ended = (commit.status.is_terminal() && !late_only).then_some(commit.now);
             let (status, failure) = (commit.status, commit.failure.clone());
             match rt.store.commit_turn(*commit).await {
@@ -165,8 +165,14 @@ async fn plan_turn(rt: &Runtime, item: &OrchestrationWorkItem) -> Result<TurnPla
             }
             tracing::error!(instance_id = instance.instance_id, "the rewind kept failing; it is given up");
         }
-        // A finished instance ignores whatever still arrives for it.
+        // A finished instance ignores whatever still arrives for it, except that a failed one
+        // keeps the results of steps still running when it failed, after its end: a rewind
+        // reopens those steps, and nothing would complete them again.
         commit.consumed.extend(current.iter().map(|m| m.id));
+        if instance.status == RuntimeStatus::Failed {
+            let late = current.iter().filter(|m| m.event.kind.is_step_result()).map(|m| m.event.clone());
+            commit.history = HistoryUpdate::Append(late.collect());
+        }
         return Ok(TurnPlan::Commit(Box::new(commit), None));
     }
 
@@ -334,7 +340,9 @@ fn not_here(rt: &Runtime, instance: &InstanceRecord, what: &str) -> TurnPlan {
     TurnPlan::Abandon(rt.config.unregistered_retry)
 }
 
-/// Rewinds a failed instance: its failed steps run again and it is running once more.
+/// Rewinds a failed instance: the failures its code did not get past are undone, their steps
+/// run again, and it is running once more (see [`kiln_core::rewind`]). A history the current
+/// code does not replay cannot be rewound: the instance stays failed as it was.
 async fn rewind_turn(
     rt: &Runtime,
     instance: &InstanceRecord,
@@ -344,37 +352,98 @@ async fn rewind_turn(
     let Some((orchestration, version)) = orchestration_for(rt, instance) else {
         return Ok(not_here(rt, instance, "the rewind waits for a worker that has it"));
     };
-    commit.version = version;
+    commit.consumed.push(message.id);
     let reason = match &message.event.kind {
         EventKind::ExecutionRewound { reason } => reason.clone(),
         _ => None,
     };
     let history = rt.store.get_history(&instance.instance_id).await?;
-    let plan = plan_rewind(&history, commit.now, reason);
-    commit.consumed.push(message.id);
+    let new_execution = || {
+        Execution::new(
+            &instance.instance_id,
+            &instance.name,
+            instance.execution,
+            orchestration.clone(),
+            rt.config.limits,
+        )
+    };
+    // One replay of the failed history, tracing the code's decisions: which failures it got past.
+    let mut probe = new_execution();
+    probe.state().trace_decisions();
+    let traced = probe.replay(rewind_body(&history));
+    let (Ok(()), Some(trace)) = (traced, probe.state().take_trace()) else {
+        return Ok(not_rewound(instance, commit, "the current code does not replay its history"));
+    };
+    let plan = plan_rewind(&history, &trace, commit.now, reason);
+    let mut execution = new_execution();
+    if let Err(err) = execution.replay(&plan.history) {
+        return Ok(not_rewound(instance, commit, &err.to_string()));
+    }
+    let children = children_to_redo(rt, instance, plan.failed_children).await?;
+    commit.version = version;
     commit.output = None;
     commit.failure = None;
-    for rerun in &plan.rerun_activities {
-        commit.activities.push(NewActivity {
+    apply_events(rt, instance, &mut commit, &mut execution, Some(plan.history), plan.reapplied, false);
+    if commit.status.is_terminal() {
+        return Ok(finished_plan(commit, execution));
+    }
+    // What is still open and nothing will complete: carried out again.
+    let open = |action: &Action| execution.state().is_open(action.id());
+    let redo: Vec<Action> = plan.redo.into_iter().chain(children.recreate).filter(open).collect();
+    carry_out(rt, instance, &mut commit, redo, true);
+    for (step, child) in children.rewind {
+        if execution.state().is_open(step) {
+            let rewound = EventKind::ExecutionRewound { reason: Some("parent rewound".into()) };
+            commit.messages.push(OutgoingMessage {
+                instance_id: child,
+                execution: None,
+                event: HistoryEvent::new(commit.now, rewound),
+                visible_at: None,
+            });
+        }
+    }
+    Ok(finished_plan(commit, execution))
+}
+
+/// A rewind that cannot be done: the request is dropped and the instance stays as it was.
+fn not_rewound(instance: &InstanceRecord, commit: TurnCommit, why: &str) -> TurnPlan {
+    tracing::warn!(instance_id = instance.instance_id, why, "the instance cannot be rewound; it stays failed");
+    TurnPlan::Commit(Box::new(commit), None)
+}
+
+/// What a rewind does with the sub-orchestrations whose failure it undoes.
+struct ChildrenToRedo {
+    /// Children of this step that failed themselves: rewound (step, child id).
+    rewind: Vec<(u64, String)>,
+    /// Children terminated, purged or never created (the id was taken): created again.
+    recreate: Vec<Action>,
+}
+
+/// Sorts undone child failures: a child that is this step's own and failed is rewound in turn; a
+/// child of this step still running reports back by itself; any other (terminated, purged, or an
+/// unrelated instance that held the id) is created again, as when the step was first taken.
+async fn children_to_redo(
+    rt: &Runtime,
+    instance: &InstanceRecord,
+    failed_children: Vec<Action>,
+) -> Result<ChildrenToRedo, StoreError> {
+    let mut children = ChildrenToRedo { rewind: Vec::new(), recreate: Vec::new() };
+    for action in failed_children {
+        let Action::CreateSubOrchestration { id, instance_id, .. } = &action else { continue };
+        let ours = ParentInstance {
             instance_id: instance.instance_id.clone(),
             execution: instance.execution,
-            step: rerun.step,
-            name: rerun.name.clone(),
-            input: rerun.input.clone(),
-            attempt: rerun.attempt,
-        });
+            task_scheduled_id: *id,
+        };
+        match rt.store.get_instance(instance_id).await? {
+            Some(child) if child.parent.as_ref() == Some(&ours) && child.status == RuntimeStatus::Failed => {
+                children.rewind.push((*id, instance_id.clone()));
+            }
+            Some(child) if child.parent.as_ref() == Some(&ours) && !child.status.is_terminal() => {}
+            _ => children.recreate.push(action),
+        }
     }
-    for child in &plan.rewind_children {
-        commit.messages.push(OutgoingMessage {
-            instance_id: child.clone(),
-            execution: None,
-            event: HistoryEvent::new(commit.now, EventKind::ExecutionRewound { reason: Some("parent rewound".into()) }),
-            visible_at: None,
-        });
-    }
-    let mut execution = replayed(rt, instance, orchestration, &plan.history);
-    apply_events(rt, instance, &mut commit, &mut execution, Some(plan.history), Vec::new(), false);
-    Ok(finished_plan(commit, execution))
+    Ok(children)
 }
 
 /// A new execution of the instance with `history` replayed into it. A history the code does not

@@ -1,0 +1,254 @@
+//! Rewind on paths real applications hit (issue 12, item 6): failures the code handled, results
+//! that arrived while the instance was failed, steps the failing turn never ran, and children
+//! that failed for other reasons than their own code. Each test failed before its fix, or says
+//! it is a guard.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{DEADLINE, TestKiln, failure_message, output};
+use kiln::{ActivityContext, Failure, Kiln, OrchestrationContext, RuntimeStatus, StartOptions};
+use kiln_core::{EventKind, Payload};
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Every activity run: (instance id, key).
+static RUNS: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+/// Keys whose `fallible` activity succeeds (set by the tests: "the bug was fixed").
+static FIXED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+fn ran(ctx: &ActivityContext, key: &str) {
+    RUNS.lock().unwrap().push((ctx.instance_id().to_owned(), key.to_owned()));
+}
+
+fn runs(key: &str) -> usize {
+    RUNS.lock().unwrap().iter().filter(|(_, k)| k == key).count()
+}
+
+fn fix(key: &str) {
+    FIXED.lock().unwrap().insert(key.to_owned());
+}
+
+/// Fails until its key is fixed; then returns the key.
+async fn fallible(ctx: ActivityContext, key: String) -> Result<String, Failure> {
+    ran(&ctx, &key);
+    if FIXED.lock().unwrap().contains(&key) { Ok(key) } else { Err(Failure::new(format!("{key} is down"))) }
+}
+
+/// Returns its key after a while.
+async fn slow(ctx: ActivityContext, key: String) -> Result<String, Failure> {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ran(&ctx, &key);
+    Ok(key)
+}
+
+/// Returns its key.
+async fn ok(ctx: ActivityContext, key: String) -> Result<String, Failure> {
+    ran(&ctx, &key);
+    Ok(key)
+}
+
+fn builder() -> kiln::KilnBuilder {
+    Kiln::builder()
+        .activity("fallible", fallible)
+        .activity("slow", slow)
+        .activity("ok", ok)
+        .orchestration("handled_then_unhandled", handled_then_unhandled)
+        .orchestration("awaits_out_of_order", awaits_out_of_order)
+        .orchestration("sibling_outlives_the_failure", sibling_outlives_the_failure)
+        .orchestration("cleans_up_without_waiting", cleans_up_without_waiting)
+        .orchestration("calls_child", calls_child)
+        .orchestration("calls_child_with_id", calls_child_with_id)
+        .orchestration("waits_for_go", waits_for_go)
+        .orchestration("child_calls_fallible", child_calls_fallible)
+        .orchestration("gives_up_on_go", gives_up_on_go)
+}
+
+async fn rewind_and_finish(t: &TestKiln, id: &str) -> kiln::InstanceRecord {
+    t.client.rewind(id, Some("fixed")).await.unwrap();
+    let done = t.client.wait_until(id, DEADLINE, |r| r.status == RuntimeStatus::Completed).await.unwrap();
+    match done {
+        Some(done) => done,
+        None => panic!("the rewound instance did not complete: {:?}", t.client.history(id).await),
+    }
+}
+
+async fn handled_then_unhandled(ctx: OrchestrationContext, tag: String) -> Result<String, Failure> {
+    let first = ctx.call_activity::<_, String>("fallible", &format!("{tag}-never")).await;
+    let note = if first.is_err() { "recovered" } else { "first worked" };
+    let second: String = ctx.call_activity("fallible", &format!("{tag}-second")).await?;
+    Ok(format!("{note}, {second}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_the_code_handled_stays_and_only_the_unhandled_step_runs_again() {
+    let t = TestKiln::start(builder()).await;
+    let id = t.client.start("handled_then_unhandled", &"t1").await.unwrap();
+    assert_eq!(failure_message(&t.finish(&id).await), "t1-second is down");
+    fix("t1-second");
+    // Before: both failures were undone; replay then met a step the code no longer took.
+    let done = rewind_and_finish(&t, &id).await;
+    assert_eq!(output(&done), "recovered, t1-second");
+    assert_eq!((runs("t1-never"), runs("t1-second")), (1, 2));
+    t.stop().await;
+}
+
+async fn awaits_out_of_order(ctx: OrchestrationContext, tag: String) -> Result<String, Failure> {
+    let a = ctx.call_activity::<_, String>("fallible", &format!("{tag}-a"));
+    let b: String = ctx.call_activity("slow", &format!("{tag}-b")).await?;
+    let c: String = ctx.call_activity("ok", &format!("{tag}-c")).await?;
+    let a = a.await?;
+    Ok(format!("{a} {b} {c}"))
+}
+
+/// Guard: the failure that arrives first in history is the one the code takes last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_failure_undone_is_the_one_the_code_took_last_whatever_order_results_came_in() {
+    let t = TestKiln::start(builder()).await;
+    let id = t.client.start("awaits_out_of_order", &"t2").await.unwrap();
+    assert_eq!(failure_message(&t.finish(&id).await), "t2-a is down");
+    fix("t2-a");
+    assert_eq!(output(&rewind_and_finish(&t, &id).await), "t2-a t2-b t2-c");
+    assert_eq!((runs("t2-a"), runs("t2-b"), runs("t2-c")), (2, 1, 1));
+    t.stop().await;
+}
+
+async fn sibling_outlives_the_failure(ctx: OrchestrationContext, tag: String) -> Result<String, Failure> {
+    let slow = ctx.call_activity::<_, String>("slow", &format!("{tag}-slow"));
+    let quick: String = ctx.call_activity("fallible", &format!("{tag}-quick")).await?;
+    let slow = slow.await?;
+    Ok(format!("{quick} {slow}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_that_arrives_while_the_instance_is_failed_is_kept_for_a_rewind() {
+    let t = TestKiln::start(builder()).await;
+    let id = t.client.start("sibling_outlives_the_failure", &"t3").await.unwrap();
+    assert_eq!(failure_message(&t.finish(&id).await), "t3-quick is down");
+    // The slow sibling finishes after the failure; its result is kept after the end.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let history = t.client.history(&id).await.unwrap();
+        if matches!(history.last().map(|e| &e.kind), Some(EventKind::TaskCompleted { .. })) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the late result was dropped: {history:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(t.finish(&id).await.status, RuntimeStatus::Failed, "keeping it did not change the instance");
+    fix("t3-quick");
+    // Before: the rewind reopened the slow step, and nothing would ever complete it.
+    assert_eq!(output(&rewind_and_finish(&t, &id).await), "t3-quick t3-slow");
+    assert_eq!((runs("t3-quick"), runs("t3-slow")), (2, 1));
+    t.stop().await;
+}
+
+async fn cleans_up_without_waiting(ctx: OrchestrationContext, tag: String) -> Result<String, Failure> {
+    match ctx.call_activity::<_, String>("fallible", &format!("{tag}-a")).await {
+        Ok(a) => Ok(a),
+        Err(failure) => {
+            // Taken, never awaited: the execution ends in this turn, so it never runs.
+            let _cleanup = ctx.call_activity::<_, String>("ok", &format!("{tag}-cleanup"));
+            Err(failure)
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_the_failing_turn_took_but_never_ran_is_forgotten() {
+    let t = TestKiln::start(builder()).await;
+    let id = t.client.start("cleans_up_without_waiting", &"t4").await.unwrap();
+    assert_eq!(failure_message(&t.finish(&id).await), "t4-a is down");
+    fix("t4-a");
+    // Before: the failure was undone but the cleanup step stayed; replay did not take it.
+    assert_eq!(output(&rewind_and_finish(&t, &id).await), "t4-a");
+    assert_eq!((runs("t4-a"), runs("t4-cleanup")), (2, 0));
+    t.stop().await;
+}
+
+async fn waits_for_go(ctx: OrchestrationContext, _: ()) -> Result<String, Failure> {
+    let go: String = ctx.wait_for_event("go").await?;
+    Ok(format!("child got {go}"))
+}
+
+async fn calls_child(ctx: OrchestrationContext, name: String) -> Result<String, Failure> {
+    ctx.call_sub_orchestration(&name, &()).await
+}
+
+async fn child_for(t: &TestKiln, parent: &str) -> String {
+    let child = format!("{parent}:0:0");
+    t.waiting(&child).await;
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewinding_a_parent_whose_child_was_terminated_runs_the_child_again() {
+    let t = TestKiln::start(builder()).await;
+    let id = t.client.start("calls_child", &"waits_for_go").await.unwrap();
+    let child = child_for(&t, &id).await;
+    t.client.terminate(&child, Some("by hand")).await.unwrap();
+    assert_eq!(t.finish(&id).await.status, RuntimeStatus::Failed);
+    // Before: the terminated child was sent a rewind it ignores; the parent waited forever.
+    t.client.rewind(&id, None).await.unwrap();
+    t.client.wait_until(&child, DEADLINE, |r| r.status == RuntimeStatus::Running).await.unwrap().unwrap();
+    t.waiting(&child).await;
+    t.client.raise_event(&child, "go", &"green").await.unwrap();
+    let done = t.client.wait_until(&id, DEADLINE, |r| r.status.is_terminal()).await.unwrap().unwrap();
+    assert_eq!(output(&done), "child got green");
+    t.stop().await;
+}
+
+async fn child_calls_fallible(ctx: OrchestrationContext, _: ()) -> Result<String, Failure> {
+    ctx.call_activity("fallible", &"t6-child").await
+}
+
+/// Guard: a child that failed itself is rewound, not created again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_that_failed_itself_is_rewound_in_place() {
+    let t = TestKiln::start(builder()).await;
+    let id = t.client.start("calls_child", &"child_calls_fallible").await.unwrap();
+    assert_eq!(t.finish(&id).await.status, RuntimeStatus::Failed);
+    let child = t.finish(&format!("{id}:0:0")).await;
+    fix("t6-child");
+    assert_eq!(output(&rewind_and_finish(&t, &id).await), "t6-child");
+    let rewound = t.finish(&child.instance_id).await;
+    assert_eq!(rewound.created_at, child.created_at, "the same child, rewound");
+    assert_eq!(runs("t6-child"), 2);
+    t.stop().await;
+}
+
+async fn gives_up_on_go(ctx: OrchestrationContext, _: ()) -> Result<String, Failure> {
+    let _: String = ctx.wait_for_event("go").await?;
+    Err(Failure::new("the bystander gave up"))
+}
+
+async fn calls_child_with_id(ctx: OrchestrationContext, child_id: String) -> Result<String, Failure> {
+    ctx.call_sub_orchestration_with_id("ok_child", &child_id, &()).await
+}
+
+async fn ok_child(_: OrchestrationContext, _: ()) -> Result<String, Failure> {
+    Ok("our child ran".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewinding_a_parent_whose_child_id_was_taken_never_rewinds_the_other_instance() {
+    let t = TestKiln::start(builder().orchestration("ok_child", ok_child)).await;
+    let options = StartOptions { instance_id: Some("taken-7".into()), ..StartOptions::default() };
+    t.client.start_with("gives_up_on_go", Payload::null(), options).await.unwrap();
+    t.waiting("taken-7").await;
+    let id = t.client.start("calls_child_with_id", &"taken-7").await.unwrap();
+    let failed = t.finish(&id).await;
+    assert_eq!(failed.failure.as_ref().unwrap().error_type, "AlreadyExists", "{failed:?}");
+    // The unrelated instance fails on its own; the parent's rewind must not rewind it.
+    t.client.raise_event("taken-7", "go", &"now").await.unwrap();
+    assert_eq!(failure_message(&t.finish("taken-7").await), "the bystander gave up");
+    t.client.rewind(&id, None).await.unwrap();
+    let done = t.client.wait_until(&id, DEADLINE, |r| r.status == RuntimeStatus::Completed).await.unwrap();
+    // Before: the bystander was rewound (it failed again at once) and the parent waited forever.
+    assert_eq!(output(&done.expect("the parent completes")), "our child ran");
+    let child = t.finish("taken-7").await;
+    assert_eq!((child.name.as_str(), child.status), ("ok_child", RuntimeStatus::Completed), "created anew");
+    t.stop().await;
+}

@@ -460,6 +460,11 @@ impl ReplayState {
         self.results.get(&slot).map(|c| c.position)
     }
 
+    /// A slot's result, if it has one, without taking it.
+    pub fn peek(&self, slot: Slot) -> Option<&Completion> {
+        self.results.get(&slot)
+    }
+
     /// Records a custom status; it is saved with the turn.
     pub fn set_custom_status(&mut self, status: Payload) {
         self.custom_status = Some(status);

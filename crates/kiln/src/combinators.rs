@@ -3,7 +3,6 @@
 //! That keeps replays deterministic.
 
 use crate::context::DurableFuture;
-use crate::failure::Failure;
 use serde::de::DeserializeOwned;
 use std::future::Future;
 use std::pin::Pin;
@@ -18,52 +17,80 @@ pub enum Either<A, B> {
     Right(B),
 }
 
+/// A future of one durable result that combinators can race in history order: a step
+/// ([`DurableFuture`]) or an activity call under a retry policy ([`RetryCall`](crate::RetryCall)).
+pub trait DurableStep: Future + Unpin {
+    /// The history position of the result that resolves this future, once it has one.
+    fn completed_at(&self) -> Option<u64>;
+}
+
+impl<T: DeserializeOwned> DurableStep for DurableFuture<T> {
+    fn completed_at(&self) -> Option<u64> {
+        DurableFuture::completed_at(self)
+    }
+}
+
+/// Polls a future that has no result yet, so that one made of several steps (a retried call)
+/// takes its next step; a plain step without a result stays pending.
+fn advance<F: DurableStep>(future: &mut F, cx: &mut Context<'_>) {
+    if future.completed_at().is_none() {
+        // Pending by construction: without a resolving result nothing can resolve it.
+        let _ = Pin::new(future).poll(cx);
+    }
+}
+
 /// Waits for whichever of two steps finished first in history. The other is dropped: a losing
 /// activity, timer or sub-orchestration's result is ignored when it arrives; a losing
 /// `wait_for_event` stops waiting, and an event that reached it anyway stays buffered for the
 /// next wait with that name.
-pub fn select2<A: DeserializeOwned, B: DeserializeOwned>(a: DurableFuture<A>, b: DurableFuture<B>) -> Select2<A, B> {
+pub fn select2<A: DurableStep, B: DurableStep>(a: A, b: B) -> Select2<A, B> {
     Select2 { a, b }
 }
 
 /// Future returned by [`select2`].
 pub struct Select2<A, B> {
-    a: DurableFuture<A>,
-    b: DurableFuture<B>,
+    a: A,
+    b: B,
 }
 
-impl<A: DeserializeOwned, B: DeserializeOwned> Future for Select2<A, B> {
-    type Output = Either<Result<A, Failure>, Result<B, Failure>>;
+impl<A: DurableStep, B: DurableStep> Future for Select2<A, B> {
+    type Output = Either<A::Output, B::Output>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let first = match (self.a.completed_at(), self.b.completed_at()) {
+        let this = &mut *self;
+        advance(&mut this.a, cx);
+        advance(&mut this.b, cx);
+        let first = match (this.a.completed_at(), this.b.completed_at()) {
             (Some(a), Some(b)) => a <= b,
             (Some(_), None) => true,
             (None, Some(_)) => false,
             (None, None) => return Poll::Pending,
         };
         if first {
-            Pin::new(&mut self.a).poll(cx).map(Either::Left)
+            Pin::new(&mut this.a).poll(cx).map(Either::Left)
         } else {
-            Pin::new(&mut self.b).poll(cx).map(Either::Right)
+            Pin::new(&mut this.b).poll(cx).map(Either::Right)
         }
     }
 }
 
 /// Waits for the first of many steps in history order; returns its index and result.
-pub fn select_all<T: DeserializeOwned>(futures: Vec<DurableFuture<T>>) -> SelectAll<T> {
+pub fn select_all<F: DurableStep>(futures: Vec<F>) -> SelectAll<F> {
     SelectAll { futures }
 }
 
 /// Future returned by [`select_all`].
-pub struct SelectAll<T> {
-    futures: Vec<DurableFuture<T>>,
+pub struct SelectAll<F> {
+    futures: Vec<F>,
 }
 
-impl<T: DeserializeOwned> Future for SelectAll<T> {
-    type Output = (usize, Result<T, Failure>);
+impl<F: DurableStep> Future for SelectAll<F> {
+    type Output = (usize, F::Output);
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        for future in &mut self.futures {
+            advance(future, cx);
+        }
         let winner = self
             .futures
             .iter()

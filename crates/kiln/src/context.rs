@@ -5,7 +5,7 @@
 //! ([`DurableFuture`]) resolve from results that replay delivers in history order.
 
 use crate::failure::Failure;
-use crate::retry::RetryPolicy;
+use crate::retry::{RetryCall, RetryPolicy};
 use kiln_core::{FailureDetails, Outcome, Payload, PayloadLimits, ReplayState, Slot, Timestamp, error_types};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -96,47 +96,20 @@ impl OrchestrationContext {
     }
 
     /// Calls an activity under a retry policy; waits between attempts are durable timers.
-    /// Failures the policy does not retry ([`RetryPolicy::retries`]) end the call at once. The
-    /// first attempt is scheduled when the returned future is first polled.
-    pub fn call_activity_with_retry<I: Serialize + ?Sized, O: DeserializeOwned + Send + 'static>(
+    /// Failures the policy does not retry ([`RetryPolicy::retries`]) end the call at once. Like
+    /// every step, the first attempt is scheduled now; the call can be raced with [`select2`].
+    ///
+    /// [`select2`]: crate::select2
+    pub fn call_activity_with_retry<I: Serialize + ?Sized, O: DeserializeOwned>(
         &self,
         name: &str,
         input: &I,
         policy: RetryPolicy,
-    ) -> Pin<Box<dyn Future<Output = Result<O, Failure>> + Send>> {
-        let payload = match self.encode_payload("activity input", input) {
-            Ok(p) => p,
-            Err(failure) => return Box::pin(std::future::ready(Err(failure))),
-        };
-        let ctx = self.clone();
-        let name = name.to_owned();
-        Box::pin(async move {
-            let first_attempt_at = ctx.current_time();
-            let mut attempt = 1;
-            let mut call = ctx.schedule_payload::<O>(&name, payload.clone(), attempt);
-            loop {
-                let failure = match call.await {
-                    Ok(output) => return Ok(output),
-                    Err(failure) => failure,
-                };
-                if attempt >= policy.max_attempts || !policy.retries(&failure) {
-                    return Err(failure);
-                }
-                let delay = policy.delay(attempt - 1);
-                let retry_at = ctx.current_time().plus_millis(millis(delay));
-                if let Some(timeout) = policy.total_timeout
-                    && retry_at > first_attempt_at.plus_millis(millis(timeout))
-                {
-                    return Err(Failure::typed(
-                        error_types::RETRY_TIMEOUT,
-                        format!("retry timeout elapsed after attempt {attempt}: {failure}"),
-                    ));
-                }
-                ctx.create_timer(retry_at).await?;
-                attempt += 1;
-                call = ctx.schedule_payload::<O>(&name, payload.clone(), attempt);
-            }
-        })
+    ) -> RetryCall<O> {
+        match self.encode_payload("activity input", input) {
+            Ok(payload) => RetryCall::start(self, name, payload, policy),
+            Err(failure) => RetryCall::failed(self, failure),
+        }
     }
 
     fn schedule_activity<I: Serialize + ?Sized, O: DeserializeOwned>(
@@ -151,7 +124,12 @@ impl OrchestrationContext {
         }
     }
 
-    fn schedule_payload<O: DeserializeOwned>(&self, name: &str, input: Payload, attempt: u32) -> DurableFuture<O> {
+    pub(crate) fn schedule_payload<O: DeserializeOwned>(
+        &self,
+        name: &str,
+        input: Payload,
+        attempt: u32,
+    ) -> DurableFuture<O> {
         let step = self.inner.lock().schedule_activity(name, input, attempt);
         DurableFuture::new(self, Slot::Step(step), format!("activity '{name}'"))
     }
@@ -256,7 +234,8 @@ impl OrchestrationContext {
     }
 }
 
-fn millis(duration: Duration) -> i64 {
+/// A duration in whole milliseconds, saturating.
+pub(crate) fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -275,7 +254,7 @@ impl<T> DurableFuture<T> {
         DurableFuture { inner: Arc::clone(&ctx.inner), slot: Some(slot), immediate: None, what, _output: PhantomData }
     }
 
-    fn failed(ctx: &OrchestrationContext, failure: Failure) -> DurableFuture<T> {
+    pub(crate) fn failed(ctx: &OrchestrationContext, failure: Failure) -> DurableFuture<T> {
         DurableFuture {
             inner: Arc::clone(&ctx.inner),
             slot: None,
@@ -291,6 +270,20 @@ impl<T> DurableFuture<T> {
         match self.slot {
             Some(slot) => self.inner.lock().position_of(slot),
             None => self.immediate.as_ref().map(|_| 0),
+        }
+    }
+}
+
+impl<T> DurableFuture<T> {
+    /// The step's result, once it has one, without taking it: its history position, and the
+    /// failure's error type if it failed.
+    pub(crate) fn peek(&self) -> Option<(u64, Option<String>)> {
+        match self.slot {
+            Some(slot) => self.inner.lock().peek(slot).map(|completion| match &completion.outcome {
+                Outcome::Completed(_) => (completion.position, None),
+                Outcome::Failed(details) => (completion.position, Some(details.error_type.clone())),
+            }),
+            None => self.immediate.as_ref().map(|failure| (0, Some(failure.error_type().to_owned()))),
         }
     }
 }

@@ -55,11 +55,11 @@ mod worker;
 
 pub use activity::ActivityContext;
 pub use client::{ClientError, KilnClient, StartOptions};
-pub use combinators::{Either, join_all, join2, select_all, select2};
+pub use combinators::{DurableStep, Either, join_all, join2, select_all, select2};
 pub use config::RuntimeConfig;
 pub use context::{DurableFuture, OrchestrationContext};
 pub use failure::Failure;
-pub use retry::RetryPolicy;
+pub use retry::{RetryCall, RetryPolicy};
 pub use runtime::MetricsSnapshot;
 
 pub use kiln_core::{

@@ -1,7 +1,21 @@
-//! Retry policies for activity calls. Each wait between attempts is a durable timer.
+//! Retry policies for activity calls, and [`RetryCall`], the call that follows one. Each wait
+//! between attempts is a durable timer.
 
 use crate::Failure;
+use crate::combinators::DurableStep;
+use crate::context::{DurableFuture, OrchestrationContext, millis};
+use kiln_core::{Payload, Timestamp, error_types};
+use serde::de::DeserializeOwned;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+/// Failures no attempt can fix, never retried whatever the policy says: the activity is not
+/// registered anywhere it ran, its output is too large, or its output does not decode into the
+/// type the orchestration asked for. Retrying would only run its side effects again.
+const NEVER_RETRIED: [&str; 3] =
+    [error_types::NOT_REGISTERED, error_types::PAYLOAD_TOO_LARGE, error_types::SERIALIZATION];
 
 /// How an activity call is retried, as in Durable Functions' `RetryOptions`.
 ///
@@ -9,7 +23,8 @@ use std::time::Duration;
 /// `min(first_interval × backoff_coefficient^n, max_interval)`. Retries stop after
 /// `max_attempts`, or when the next attempt would start after `total_timeout` (measured from
 /// the first attempt, on the orchestration's replay-safe clock). Failures whose error type is
-/// listed as non-retryable (as Temporal's `NonRetryableErrorTypes`) end the call at once.
+/// listed as non-retryable (as Temporal's `NonRetryableErrorTypes`) end the call at once, and so
+/// do failures no attempt can fix (`NotRegistered`, `PayloadTooLarge`, `SerializationError`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct RetryPolicy {
     /// Attempts in total, including the first (at least 1).
@@ -66,11 +81,15 @@ impl RetryPolicy {
         self
     }
 
-    /// Whether a failed attempt may be retried (attempts and time allowing). Only types the
-    /// policy lists are not: the list is part of the orchestration's code, so histories recorded
-    /// under a policy replay under the same one.
+    /// Whether a failed attempt may be retried (attempts and time allowing): not if the policy
+    /// lists its type, nor if no attempt can fix it. Both lists are part of the orchestration's
+    /// code, so histories recorded under a policy replay under the same one.
     pub fn retries(&self, failure: &Failure) -> bool {
-        !self.non_retryable_error_types.iter().any(|t| t == failure.error_type())
+        self.retries_type(failure.error_type())
+    }
+
+    fn retries_type(&self, error_type: &str) -> bool {
+        !NEVER_RETRIED.contains(&error_type) && !self.non_retryable_error_types.iter().any(|t| t == error_type)
     }
 
     /// The wait before retry `n` (0 = the wait after the first attempt failed).
@@ -79,6 +98,141 @@ impl RetryPolicy {
         let millis = self.first_interval.as_millis() as f64 * factor;
         let capped = millis.min(self.max_interval.as_millis() as f64);
         Duration::from_millis(if capped.is_finite() { capped as u64 } else { u64::MAX })
+    }
+}
+
+/// An activity call under a [`RetryPolicy`] (from
+/// [`OrchestrationContext::call_activity_with_retry`]). Its first attempt is scheduled when it is
+/// created; it resolves with the first success or the failure that ends the retries, and races in
+/// [`select2`](crate::select2) by the history position of that result.
+pub struct RetryCall<O> {
+    ctx: OrchestrationContext,
+    name: String,
+    input: Payload,
+    policy: RetryPolicy,
+    first_attempt_at: Timestamp,
+    attempt: u32,
+    state: RetryState<O>,
+}
+
+enum RetryState<O> {
+    /// The current attempt runs.
+    Running(DurableFuture<O>),
+    /// Waiting for the timer before the next attempt.
+    Backoff(DurableFuture<()>),
+    /// Resolved (or failed before any attempt).
+    Done(Option<Failure>),
+}
+
+impl<O: DeserializeOwned> RetryCall<O> {
+    pub(crate) fn start(ctx: &OrchestrationContext, name: &str, input: Payload, policy: RetryPolicy) -> RetryCall<O> {
+        let first = ctx.schedule_payload(name, input.clone(), 1);
+        RetryCall {
+            ctx: ctx.clone(),
+            name: name.to_owned(),
+            input,
+            policy,
+            first_attempt_at: ctx.current_time(),
+            attempt: 1,
+            state: RetryState::Running(first),
+        }
+    }
+
+    pub(crate) fn failed(ctx: &OrchestrationContext, failure: Failure) -> RetryCall<O> {
+        RetryCall {
+            ctx: ctx.clone(),
+            name: String::new(),
+            input: Payload::null(),
+            policy: RetryPolicy::new(1, Duration::ZERO),
+            first_attempt_at: ctx.current_time(),
+            attempt: 1,
+            state: RetryState::Done(Some(failure)),
+        }
+    }
+
+    /// When the next attempt starts after a failure of `error_type`, or why the call ends there:
+    /// `None` if the type is not retried or no attempt is left, `Some(Err)` if the total timeout
+    /// would be exceeded.
+    fn next_attempt_at(&self, error_type: &str) -> Option<Result<Timestamp, ()>> {
+        if self.attempt >= self.policy.max_attempts || !self.policy.retries_type(error_type) {
+            return None;
+        }
+        let delay = self.policy.delay(self.attempt - 1);
+        let retry_at = self.ctx.current_time().plus_millis(millis(delay));
+        match self.policy.total_timeout {
+            Some(timeout) if retry_at > self.first_attempt_at.plus_millis(millis(timeout)) => Some(Err(())),
+            _ => Some(Ok(retry_at)),
+        }
+    }
+}
+
+impl<O: DeserializeOwned> DurableStep for RetryCall<O> {
+    /// The history position of the result that resolves the call: a success, or a failure that
+    /// is not retried. `None` while attempts are running or waiting.
+    fn completed_at(&self) -> Option<u64> {
+        match &self.state {
+            RetryState::Running(call) => match call.peek()? {
+                (position, None) => Some(position),
+                (position, Some(error_type)) => {
+                    matches!(self.next_attempt_at(&error_type), None | Some(Err(()))).then_some(position)
+                }
+            },
+            RetryState::Backoff(_) => None,
+            RetryState::Done(failure) => failure.as_ref().map(|_| 0),
+        }
+    }
+}
+
+impl<O: DeserializeOwned> Future for RetryCall<O> {
+    type Output = Result<O, Failure>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        loop {
+            match &mut this.state {
+                RetryState::Running(call) => {
+                    let failure = match Pin::new(call).poll(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Ok(output)) => {
+                            this.state = RetryState::Done(None);
+                            return Poll::Ready(Ok(output));
+                        }
+                        Poll::Ready(Err(failure)) => failure,
+                    };
+                    let retry_at = match this.next_attempt_at(failure.error_type()) {
+                        Some(Ok(retry_at)) => retry_at,
+                        Some(Err(())) => {
+                            this.state = RetryState::Done(None);
+                            return Poll::Ready(Err(Failure::typed(
+                                error_types::RETRY_TIMEOUT,
+                                format!("retry timeout elapsed after attempt {}: {failure}", this.attempt),
+                            )));
+                        }
+                        None => {
+                            this.state = RetryState::Done(None);
+                            return Poll::Ready(Err(failure));
+                        }
+                    };
+                    this.state = RetryState::Backoff(this.ctx.create_timer(retry_at));
+                }
+                RetryState::Backoff(timer) => match Pin::new(timer).poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(failure)) => {
+                        this.state = RetryState::Done(None);
+                        return Poll::Ready(Err(failure));
+                    }
+                    Poll::Ready(Ok(())) => {
+                        this.attempt += 1;
+                        let next = this.ctx.schedule_payload(&this.name, this.input.clone(), this.attempt);
+                        this.state = RetryState::Running(next);
+                    }
+                },
+                RetryState::Done(failure) => match failure.take() {
+                    Some(failure) => return Poll::Ready(Err(failure)),
+                    None => return Poll::Pending,
+                },
+            }
+        }
     }
 }
 

@@ -429,3 +429,75 @@ async fn the_version_reserved_for_unpinned_children_cannot_be_registered() {
     let started = Kiln::builder().orchestration_version("order", "*", approve).sqlite(":memory:").start().await;
     assert!(matches!(started, Err(kiln::StartError::ReservedVersion(name)) if name == "order"));
 }
+
+/// Runs of `fails_twice`, by key.
+static FLAKY_RUNS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Fails the first two times it runs for a key.
+async fn fails_twice(_: kiln::ActivityContext, key: String) -> Result<String, Failure> {
+    let mut runs = FLAKY_RUNS.lock().unwrap();
+    runs.push(key.clone());
+    let n = runs.iter().filter(|k| **k == key).count();
+    if n < 3 { Err(Failure::new(format!("attempt {n} failed"))) } else { Ok(format!("{key} ok after {n}")) }
+}
+
+fn flaky_runs(key: &str) -> usize {
+    FLAKY_RUNS.lock().unwrap().iter().filter(|k| *k == key).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_call_is_a_step_when_called_and_races_in_select2() {
+    async fn raced(ctx: OrchestrationContext, key: String) -> Result<String, Failure> {
+        let policy = kiln::RetryPolicy::new(3, Duration::from_millis(20));
+        let call = ctx.call_activity_with_retry::<_, String>("fails_twice", &key, policy);
+        match select2(call, ctx.sleep(Duration::from_secs(60))).await {
+            Either::Left(result) => result,
+            Either::Right(_) => Err(Failure::new("the deadline passed first")),
+        }
+    }
+    async fn called_then_slept(ctx: OrchestrationContext, key: String) -> Result<String, Failure> {
+        let policy = kiln::RetryPolicy::new(3, Duration::from_millis(20));
+        let call = ctx.call_activity_with_retry::<_, String>("fails_twice", &key, policy);
+        ctx.sleep(Duration::from_millis(50)).await?;
+        call.await
+    }
+    let t = TestKiln::start(
+        Kiln::builder()
+            .orchestration("raced", raced)
+            .orchestration("called_then_slept", called_then_slept)
+            .activity("fails_twice", fails_twice),
+    )
+    .await;
+    let raced_id = t.client.start("raced", &"raced").await.unwrap();
+    assert_eq!(output(&t.finish(&raced_id).await), "raced ok after 3");
+    let slept = t.client.start("called_then_slept", &"slept").await.unwrap();
+    assert_eq!(output(&t.finish(&slept).await), "slept ok after 3");
+    // Before: the first attempt was scheduled at the first await, after the timer.
+    let history = t.client.history(&slept).await.unwrap();
+    let first_step = history.iter().find(|e| e.event_id == 0).map(|e| e.kind.name());
+    assert_eq!(first_step, Some("TaskScheduled"), "{history:?}");
+    assert_eq!(flaky_runs("raced") + flaky_runs("slept"), 6);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_no_attempt_can_fix_is_not_retried() {
+    async fn wants_a_number(ctx: OrchestrationContext, _: ()) -> Result<u64, Failure> {
+        let policy = kiln::RetryPolicy::new(4, Duration::from_millis(10));
+        ctx.call_activity_with_retry("counted_text", &(), policy).await
+    }
+    async fn counted_text(ctx: kiln::ActivityContext, _: ()) -> Result<String, Failure> {
+        FAILURE_RUNS.lock().unwrap().push(ctx.instance_id().to_owned());
+        Ok("not a number".into())
+    }
+    let t = TestKiln::start(
+        Kiln::builder().orchestration("wants_a_number", wants_a_number).activity("counted_text", counted_text),
+    )
+    .await;
+    let id = t.client.start("wants_a_number", &()).await.unwrap();
+    let failed = t.finish(&id).await;
+    assert_eq!(failed.failure.as_ref().map(|f| f.error_type.as_str()), Some("SerializationError"), "{failed:?}");
+    // Before: every attempt ran the activity again for an output that can never decode.
+    assert_eq!(runs_of(&id), 1);
+    t.stop().await;
+}

@@ -12,9 +12,11 @@
 //! turn pins their sequence numbers; those are kept and carried out now.
 //!
 //! The rewritten history has two parts. Events up to the one whose poll took the code's last
-//! remaining step replay as recorded. Results that came after it — and those that arrived while
-//! the instance was failed, which are kept after its end for this — are applied anew after the
-//! `ExecutionRewound` marker, so the code may take new steps on them.
+//! remaining step replay as recorded. What reached the code after it — step results and external
+//! events, in their order, and the step results that arrived while the instance was failed, which
+//! are kept after its end for this — is applied anew after the `ExecutionRewound` marker, so the
+//! code may take new steps on it. (External events raised while the instance was failed are not
+//! kept: as in Durable Functions, a finished instance drops them.)
 
 use crate::{Action, DecisionTrace, EventKind, HistoryEvent, Timestamp, TracedStep};
 use std::collections::{BTreeMap, BTreeSet};
@@ -56,9 +58,10 @@ pub fn plan_rewind(
 
     // The failing turn's steps, if the execution ended: forgotten above its last sent event,
     // kept (and carried out now) below it.
-    let failing_turn = match body.len() < history.len() {
-        true => body.iter().rposition(|e| matches!(e.kind, EventKind::OrchestratorStarted)).unwrap_or(0),
-        false => body.len(),
+    let failing_turn = if body.len() < history.len() {
+        body.iter().rposition(|e| matches!(e.kind, EventKind::OrchestratorStarted)).unwrap_or(0)
+    } else {
+        body.len()
     };
     let failing_turn_steps: Vec<&Action> = body[failing_turn..]
         .iter()
@@ -84,10 +87,17 @@ pub fn plan_rewind(
 
     let mut plan =
         RewindPlan { history: Vec::new(), reapplied: Vec::new(), redo: Vec::new(), failed_children: Vec::new() };
-    let undo = |step: u64, plan: &mut RewindPlan| match scheduled.get(&step) {
-        Some(action @ Action::ScheduleTask { .. }) => plan.redo.push(action.clone()),
-        Some(action @ Action::CreateSubOrchestration { .. }) => plan.failed_children.push(action.clone()),
-        _ => {}
+    // Undone steps, once each (a step may have failed twice: a duplicate run kept after the end).
+    let mut undone_steps = BTreeSet::new();
+    let mut undo = |step: u64, plan: &mut RewindPlan| {
+        if !undone_steps.insert(step) {
+            return;
+        }
+        match scheduled.get(&step) {
+            Some(action @ Action::ScheduleTask { .. }) => plan.redo.push(action.clone()),
+            Some(action @ Action::CreateSubOrchestration { .. }) => plan.failed_children.push(action.clone()),
+            _ => {}
+        }
     };
     for (index, event) in body.iter().enumerate() {
         let position = index as u64 + 1;
@@ -101,7 +111,7 @@ pub fn plan_rewind(
             {
                 undo(*step, &mut plan);
             }
-            kind if kind.is_step_result() && position > last.position => plan.reapplied.push(event.clone()),
+            kind if delivers(kind) && position > last.position => plan.reapplied.push(event.clone()),
             _ => plan.history.push(event.clone()),
         }
     }
@@ -116,6 +126,11 @@ pub fn plan_rewind(
     plan.redo.extend(never_carried_out.into_iter().cloned());
     plan.history.push(HistoryEvent::new(now, EventKind::ExecutionRewound { reason }));
     plan
+}
+
+/// Whether an event hands the code something: a step's result or an external event.
+fn delivers(kind: &EventKind) -> bool {
+    kind.is_step_result() || matches!(kind, EventKind::EventRaised { .. })
 }
 
 #[cfg(test)]

@@ -158,21 +158,22 @@ async fn plan_turn(rt: &Runtime, item: &OrchestrationWorkItem) -> Result<TurnPla
 
     // Before the poison check: a finished instance must never be failed again.
     if instance.status.is_terminal() {
-        let rewind = current.iter().find(|m| matches!(m.event.kind, EventKind::ExecutionRewound { .. }));
-        if let (Some(message), RuntimeStatus::Failed) = (rewind, instance.status) {
-            if item.dequeue_count <= rt.config.max_dequeue_count {
-                return rewind_turn(rt, instance, commit, message).await;
-            }
-            tracing::error!(instance_id = instance.instance_id, "the rewind kept failing; it is given up");
-        }
         // A finished instance ignores whatever still arrives for it, except that a failed one
         // keeps the results of steps still running when it failed, after its end: a rewind
         // reopens those steps, and nothing would complete them again.
-        commit.consumed.extend(current.iter().map(|m| m.id));
-        if instance.status == RuntimeStatus::Failed {
-            let late = current.iter().filter(|m| m.event.kind.is_step_result()).map(|m| m.event.clone());
-            commit.history = HistoryUpdate::Append(late.collect());
+        let late: Vec<&InboxMessage> = match instance.status {
+            RuntimeStatus::Failed => current.iter().copied().filter(|m| m.event.kind.is_step_result()).collect(),
+            _ => Vec::new(),
+        };
+        let rewind = current.iter().find(|m| matches!(m.event.kind, EventKind::ExecutionRewound { .. }));
+        if let (Some(message), RuntimeStatus::Failed) = (rewind, instance.status) {
+            if item.dequeue_count <= rt.config.max_dequeue_count {
+                return rewind_turn(rt, instance, commit, message, &late).await;
+            }
+            tracing::error!(instance_id = instance.instance_id, "the rewind kept failing; it is given up");
         }
+        commit.consumed.extend(current.iter().map(|m| m.id));
+        commit.history = HistoryUpdate::Append(late.iter().map(|m| m.event.clone()).collect());
         return Ok(TurnPlan::Commit(Box::new(commit), None));
     }
 
@@ -182,7 +183,8 @@ async fn plan_turn(rt: &Runtime, item: &OrchestrationWorkItem) -> Result<TurnPla
             error_types::POISON,
             format!("the instance's work was claimed {} times without completing; giving up", item.dequeue_count - 1),
         );
-        finish(&mut commit, instance, None, vec![turn_started(now)], ExecutionEnd::Failed(failure));
+        let results = current.iter().filter(|m| m.event.kind.is_step_result()).map(|m| m.event.clone()).collect();
+        finish(&mut commit, instance, None, vec![turn_started(now)], ExecutionEnd::Failed(failure), results);
         return Ok(TurnPlan::Commit(Box::new(commit), None));
     }
 
@@ -294,7 +296,8 @@ async fn terminate(
         EventKind::ExecutionTerminated { reason } => reason.clone(),
         _ => None,
     };
-    finish(commit, instance, None, vec![turn_started(commit.now), event.clone()], ExecutionEnd::Terminated(reason));
+    let end = ExecutionEnd::Terminated(reason);
+    finish(commit, instance, None, vec![turn_started(commit.now), event.clone()], end, Vec::new());
     Ok(())
 }
 
@@ -341,24 +344,31 @@ fn not_here(rt: &Runtime, instance: &InstanceRecord, what: &str) -> TurnPlan {
 }
 
 /// Rewinds a failed instance: the failures its code did not get past are undone, their steps
-/// run again, and it is running once more (see [`kiln_core::rewind`]). A history the current
-/// code does not replay cannot be rewound: the instance stays failed as it was.
+/// run again, and it is running once more (see [`kiln_core::rewind`]). `late` are step results
+/// that came in the same batch (kept after the end, as when they come before it). A rewind that
+/// cannot be done — the current code does not replay the history, or fails again at once —
+/// leaves the instance failed as it was.
 async fn rewind_turn(
     rt: &Runtime,
     instance: &InstanceRecord,
     mut commit: TurnCommit,
     message: &InboxMessage,
+    late: &[&InboxMessage],
 ) -> Result<TurnPlan, StoreError> {
     let Some((orchestration, version)) = orchestration_for(rt, instance) else {
         return Ok(not_here(rt, instance, "the rewind waits for a worker that has it"));
     };
     commit.consumed.push(message.id);
+    commit.consumed.extend(late.iter().map(|m| m.id));
+    let late: Vec<HistoryEvent> = late.iter().map(|m| m.event.clone()).collect();
     let reason = match &message.event.kind {
         EventKind::ExecutionRewound { reason } => reason.clone(),
         _ => None,
     };
-    let history = rt.store.get_history(&instance.instance_id).await?;
+    let mut history = rt.store.get_history(&instance.instance_id).await?;
+    history.extend(late.iter().cloned());
     let new_execution = || {
+        rt.metrics.replays.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Execution::new(
             &instance.instance_id,
             &instance.name,
@@ -370,22 +380,32 @@ async fn rewind_turn(
     // One replay of the failed history, tracing the code's decisions: which failures it got past.
     let mut probe = new_execution();
     probe.state().trace_decisions();
-    let traced = probe.replay(rewind_body(&history));
-    let (Ok(()), Some(trace)) = (traced, probe.state().take_trace()) else {
-        return Ok(not_rewound(instance, commit, "the current code does not replay its history"));
+    if let Err(err) = probe.replay(rewind_body(&history)) {
+        return Ok(not_rewound(instance, commit, late, &format!("the current code does not replay it: {err}")));
+    }
+    let Some(trace) = probe.state().take_trace() else {
+        return Ok(not_rewound(instance, commit, late, "its replay was not traced"));
     };
     let plan = plan_rewind(&history, &trace, commit.now, reason);
     let mut execution = new_execution();
     if let Err(err) = execution.replay(&plan.history) {
-        return Ok(not_rewound(instance, commit, &err.to_string()));
+        return Ok(not_rewound(instance, commit, late, &format!("the rewound history does not replay: {err}")));
     }
     let children = children_to_redo(rt, instance, plan.failed_children).await?;
+    let unchanged = commit.clone();
     commit.version = version;
     commit.output = None;
     commit.failure = None;
     apply_events(rt, instance, &mut commit, &mut execution, Some(plan.history), plan.reapplied, false);
-    if commit.status.is_terminal() {
-        return Ok(finished_plan(commit, execution));
+    match execution.outcome() {
+        // Undoing the failures changed nothing: the code fails again at once. Committing would
+        // only drop the failures it undid (a later rewind could not redo them).
+        Some(ExecutionOutcome::Failed(failure)) => {
+            return Ok(not_rewound(instance, unchanged, late, &format!("it fails again at once: {failure}")));
+        }
+        // Ended (completed, or continued as new) on results it kept: nothing to carry out.
+        Some(_) => return Ok(finished_plan(commit, execution)),
+        None => {}
     }
     // What is still open and nothing will complete: carried out again.
     let open = |action: &Action| execution.state().is_open(action.id());
@@ -405,9 +425,11 @@ async fn rewind_turn(
     Ok(finished_plan(commit, execution))
 }
 
-/// A rewind that cannot be done: the request is dropped and the instance stays as it was.
-fn not_rewound(instance: &InstanceRecord, commit: TurnCommit, why: &str) -> TurnPlan {
+/// A rewind that cannot be done: the request is dropped (results that came with it are kept)
+/// and the instance stays failed as it was.
+fn not_rewound(instance: &InstanceRecord, mut commit: TurnCommit, late: Vec<HistoryEvent>, why: &str) -> TurnPlan {
     tracing::warn!(instance_id = instance.instance_id, why, "the instance cannot be rewound; it stays failed");
+    commit.history = HistoryUpdate::Append(late);
     TurnPlan::Commit(Box::new(commit), None)
 }
 
@@ -420,8 +442,10 @@ struct ChildrenToRedo {
 }
 
 /// Sorts undone child failures: a child that is this step's own and failed is rewound in turn; a
-/// child of this step still running reports back by itself; any other (terminated, purged, or an
-/// unrelated instance that held the id) is created again, as when the step was first taken.
+/// child of this step still running (or already completed, its result on the way) reports back
+/// by itself; any other (terminated, purged, or an instance that held the id) is created again,
+/// as when the step was first taken — which, as then, replaces a finished holder of the id and
+/// fails the step with `AlreadyExists` if the holder is still running.
 async fn children_to_redo(
     rt: &Runtime,
     instance: &InstanceRecord,
@@ -439,7 +463,9 @@ async fn children_to_redo(
             Some(child) if child.parent.as_ref() == Some(&ours) && child.status == RuntimeStatus::Failed => {
                 children.rewind.push((*id, instance_id.clone()));
             }
-            Some(child) if child.parent.as_ref() == Some(&ours) && !child.status.is_terminal() => {}
+            Some(child)
+                if child.parent.as_ref() == Some(&ours)
+                    && (!child.status.is_terminal() || child.status == RuntimeStatus::Completed) => {}
             _ => children.recreate.push(action),
         }
     }
@@ -485,10 +511,7 @@ fn apply_events(
         match execution.apply_new(&event) {
             Ok(true) => appended.push(event),
             Ok(false) => {}
-            Err(err) => {
-                execution.fail(replay_failure(&err));
-                break;
-            }
+            Err(err) => execution.fail(replay_failure(&err)),
         }
     }
     if appended.is_empty() {
@@ -537,11 +560,13 @@ fn apply_events(
                 Ok(()) => ExecutionEnd::Completed(output),
                 Err(err) => ExecutionEnd::Failed(FailureDetails::new(error_types::PAYLOAD_TOO_LARGE, err.to_string())),
             };
-            finish(commit, instance, base, appended, end);
+            finish(commit, instance, base, appended, end, Vec::new());
         }
         Some(ExecutionOutcome::Failed(failure)) => {
             carry_out(rt, instance, commit, actions, false);
-            finish(commit, instance, base, appended, ExecutionEnd::Failed(failure));
+            // Results the ended execution never saw are kept for a rewind, as later ones are.
+            let results = unapplied.into_iter().filter(|e| e.kind.is_step_result()).collect();
+            finish(commit, instance, base, appended, ExecutionEnd::Failed(failure), results);
         }
         Some(ExecutionOutcome::ContinuedAsNew { input, preserve_unprocessed_events }) => {
             let (unapplied_controls, unapplied): (Vec<_>, Vec<_>) = unapplied.into_iter().partition(|event| {
@@ -650,12 +675,14 @@ fn carry_out(rt: &Runtime, instance: &InstanceRecord, commit: &mut TurnCommit, a
 }
 
 /// Ends the execution: final history events, status, output, and the parent's notification.
+/// `after_end` is recorded after the end (step results a failed execution keeps for a rewind).
 fn finish(
     commit: &mut TurnCommit,
     instance: &InstanceRecord,
     base: Option<Vec<HistoryEvent>>,
     mut appended: Vec<HistoryEvent>,
     end: ExecutionEnd,
+    mut after_end: Vec<HistoryEvent>,
 ) {
     let now = commit.now;
     commit.waiting_on = Vec::new();
@@ -701,6 +728,7 @@ fn finish(
         };
         appended.push(HistoryEvent::new(now, completed));
     }
+    appended.append(&mut after_end);
     commit.status = status;
     commit.output = output;
     commit.failure = failure;

@@ -64,6 +64,10 @@ fn builder() -> kiln::KilnBuilder {
         .orchestration("waits_for_go", waits_for_go)
         .orchestration("child_calls_fallible", child_calls_fallible)
         .orchestration("gives_up_on_go", gives_up_on_go)
+        .orchestration("both_slow", both_slow)
+        .orchestration("tells_then_fails", tells_then_fails)
+        .activity("slow_fallible", slow_fallible)
+        .activity("slower", slower)
 }
 
 async fn rewind_and_finish(t: &TestKiln, id: &str) -> kiln::InstanceRecord {
@@ -250,5 +254,84 @@ async fn rewinding_a_parent_whose_child_id_was_taken_never_rewinds_the_other_ins
     assert_eq!(output(&done.expect("the parent completes")), "our child ran");
     let child = t.finish("taken-7").await;
     assert_eq!((child.name.as_str(), child.status), ("ok_child", RuntimeStatus::Completed), "created anew");
+    t.stop().await;
+}
+
+/// `fallible`, after a while.
+async fn slow_fallible(ctx: ActivityContext, key: String) -> Result<String, Failure> {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fallible(ctx, key).await
+}
+
+/// `slow`, twice as slow.
+async fn slower(ctx: ActivityContext, key: String) -> Result<String, Failure> {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    slow(ctx, key).await
+}
+
+async fn both_slow(ctx: OrchestrationContext, tag: String) -> Result<String, Failure> {
+    let slow = ctx.call_activity::<_, String>("slower", &format!("{tag}-slow"));
+    let failing: String = ctx.call_activity("slow_fallible", &format!("{tag}-failing")).await?;
+    Ok(format!("{failing} {}", slow.await?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_in_the_same_batch_as_the_failure_is_kept_for_a_rewind() {
+    let t = TestKiln::start(builder()).await;
+    let id = t.client.start("both_slow", &"t8").await.unwrap();
+    // Suspended, the instance holds both results back; resumed, it takes them in one batch, the
+    // failure first.
+    t.client.suspend(&id, None).await.unwrap();
+    t.reach(&id, RuntimeStatus::Suspended).await;
+    while runs("t8-slow") + runs("t8-failing") < 2 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    t.client.resume(&id, None).await.unwrap();
+    assert_eq!(failure_message(&t.finish(&id).await), "t8-failing is down");
+    let history = t.client.history(&id).await.unwrap();
+    let end = history.iter().position(|e| matches!(e.kind, EventKind::ExecutionCompleted { .. })).unwrap();
+    // Before: the failing turn consumed the sibling's result and recorded nothing of it.
+    assert!(
+        history[end..].iter().any(|e| matches!(e.kind, EventKind::TaskCompleted { task_scheduled_id: 0, .. })),
+        "{history:?}"
+    );
+    fix("t8-failing");
+    assert_eq!(output(&rewind_and_finish(&t, &id).await), "t8-failing t8-slow");
+    assert_eq!((runs("t8-failing"), runs("t8-slow")), (2, 1));
+    t.stop().await;
+}
+
+async fn tells_then_fails(ctx: OrchestrationContext, tag: String) -> Result<String, Failure> {
+    match ctx.call_activity::<_, String>("fallible", &format!("{tag}-a")).await {
+        Ok(a) => Ok(a),
+        Err(failure) => {
+            // An effect that cannot be taken back: the failure stays.
+            ctx.send_event("somewhere-else", "failed", &tag);
+            Err(failure)
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewind_after_which_the_code_fails_again_at_once_leaves_the_instance_as_it_was() {
+    let t = TestKiln::start(builder()).await;
+    let id = t.client.start("tells_then_fails", &"t9").await.unwrap();
+    let failed = t.finish(&id).await;
+    let history = t.client.history(&id).await.unwrap();
+    fix("t9-a");
+    let turns = t.client.metrics().turns;
+    t.client.rewind(&id, None).await.unwrap();
+    // The rewind's turn commits (its message consumed) without changing anything.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while t.client.metrics().turns == turns {
+        assert!(tokio::time::Instant::now() < deadline, "the rewind's turn never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = t.finish(&id).await;
+    // Before: the rewrite was committed: the undone failure was gone, the instance failed again.
+    assert_eq!((after.status, &after.failure), (failed.status, &failed.failure));
+    assert_eq!(t.client.history(&id).await.unwrap(), history, "the history is untouched");
+    assert_eq!(runs("t9-a"), 1);
     t.stop().await;
 }

@@ -137,8 +137,25 @@ fn steps_the_failing_turn_never_carried_out_are_forgotten() {
 fn an_event_sent_by_the_failing_turn_pins_its_earlier_steps() {
     let history = Written::new().start().schedule(0, "a").turn().fail(0).schedule(1, "cleanup").send(2).end().0;
     let plan = plan_rewind(&history, &trace(&[(1, 2), (3, 5), (4, 5)], &[(0, 2)]), Timestamp(9), None);
-    assert_eq!(names(&plan.redo), ["call_activity('cleanup')"], "kept, so carried out now");
+    assert_eq!(names(&plan.redo), ["call_activity('cleanup')"], "kept: carried out if the code goes on");
     assert!(plan.history.contains(&history[4]), "the code sent an event after a's failure: it stays");
+}
+
+#[test]
+fn events_raised_after_the_code_s_last_step_are_applied_anew_in_their_order() {
+    let raised = EventKind::EventRaised { name: "cancel".into(), input: Payload::null() };
+    let history =
+        Written::new().start().schedule(0, "x").schedule(1, "a").turn().complete(0).push(-1, raised).fail(1).end().0;
+    let plan = plan_rewind(&history, &trace(&[(1, 2), (2, 2)], &[(1, 4)]), Timestamp(9), None);
+    assert_eq!(kinds(&plan.reapplied), ["TaskCompleted", "EventRaised"]);
+    assert_eq!(names(&plan.redo), ["call_activity('a')"]);
+}
+
+#[test]
+fn a_step_that_failed_twice_is_redone_once() {
+    let history = Written::new().start().schedule(0, "a").turn().fail(0).end().fail(0).0;
+    let plan = plan_rewind(&history, &trace(&[(1, 2)], &[(0, 2)]), Timestamp(9), None);
+    assert_eq!(names(&plan.redo), ["call_activity('a')"]);
 }
 
 #[test]

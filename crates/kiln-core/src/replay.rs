@@ -81,6 +81,9 @@ pub struct DecisionTrace {
     pub steps: Vec<TracedStep>,
     /// When the code took the failure of a step (the tick), by step.
     pub failures_taken: BTreeMap<u64, u64>,
+    /// When the code dropped a step without taking its result (the tick), by step: e.g. the
+    /// loser of a `select2`, or any step still open when the code returned.
+    pub dropped_steps: BTreeMap<u64, u64>,
 }
 
 /// When the code took a step.
@@ -94,9 +97,10 @@ pub struct TracedStep {
 }
 
 impl DecisionTrace {
-    /// The next decision's tick (a slot's result can be taken only once, so this only grows).
+    /// The next decision's tick (a step is taken, and its result taken or dropped, only once,
+    /// so this only grows).
     fn tick(&self) -> u64 {
-        (self.steps.len() + self.failures_taken.len()) as u64 + 1
+        (self.steps.len() + self.failures_taken.len() + self.dropped_steps.len()) as u64 + 1
     }
 }
 
@@ -416,6 +420,15 @@ impl ReplayState {
     /// Whether a step was taken and has no result yet.
     pub fn is_open(&self, step: u64) -> bool {
         self.open.contains_key(&step)
+    }
+
+    /// Notes that the code dropped a step's future without taking its result: nothing awaits
+    /// the step any more (a rewind does not run it again).
+    pub fn abandon_step(&mut self, step: u64) {
+        if let Some(trace) = &mut self.trace {
+            let tick = trace.tick();
+            trace.dropped_steps.entry(step).or_insert(tick);
+        }
     }
 
     /// Gives up a wait for an external event whose result the code will never take (its future

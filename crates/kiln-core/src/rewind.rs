@@ -5,7 +5,8 @@
 //! replayed without it, the code would not take the steps history records after it. Which is
 //! which comes from one replay of the failed history with the code's decisions traced
 //! ([`DecisionTrace`]): a failure is undone if the code took no step after taking it, or never
-//! took it (a sibling that failed while the code awaited something else, or after it had failed).
+//! took it (a sibling that failed while the code awaited something else, or after it had failed)
+//! and did not drop its step and go on without it (the loser of a `select2` stays as it ended).
 //!
 //! Steps the failing turn took were never carried out (an ended execution dispatches only the
 //! events it sent), so they are forgotten as if never taken — unless an event sent later in that
@@ -83,7 +84,13 @@ pub fn plan_rewind(
         .and_then(|step| trace.steps.get(usize::try_from(step).ok()?))
         .copied()
         .unwrap_or(TracedStep::default());
-    let undone = |step: &u64| trace.failures_taken.get(step).is_none_or(|taken| *taken > last.tick);
+    // A failure the code never took is undone unless the code dropped its step and went on
+    // without it (dropped as the code returned is not that).
+    let undone = |step: &u64| match (trace.failures_taken.get(step), trace.dropped_steps.get(step)) {
+        (Some(taken), _) => *taken > last.tick,
+        (None, Some(dropped)) => *dropped > last.tick,
+        (None, None) => true,
+    };
 
     let mut plan =
         RewindPlan { history: Vec::new(), reapplied: Vec::new(), redo: Vec::new(), failed_children: Vec::new() };
@@ -119,7 +126,11 @@ pub fn plan_rewind(
     for event in kept_after_end.iter().filter(|e| e.kind.is_step_result()) {
         match &event.kind {
             EventKind::TaskFailed { task_scheduled_id: step, .. }
-            | EventKind::SubOrchestrationInstanceFailed { task_scheduled_id: step, .. } => undo(*step, &mut plan),
+            | EventKind::SubOrchestrationInstanceFailed { task_scheduled_id: step, .. } => {
+                if undone(step) {
+                    undo(*step, &mut plan);
+                }
+            }
             _ => plan.reapplied.push(event.clone()),
         }
     }

@@ -290,10 +290,13 @@ impl<T> DurableFuture<T> {
 
 impl<T> Drop for DurableFuture<T> {
     /// A wait for an external event that ends without its result gives its place back (see
-    /// [`kiln_core::ReplayState::abandon_event_wait`]); other steps stay open until they finish.
+    /// [`kiln_core::ReplayState::abandon_event_wait`]); other steps stay open until they finish,
+    /// noted as abandoned ([`kiln_core::ReplayState::abandon_step`]).
     fn drop(&mut self) {
-        if let Some(slot @ Slot::Event(_)) = self.slot {
-            self.inner.lock().abandon_event_wait(slot);
+        match self.slot {
+            Some(slot @ Slot::Event(_)) => self.inner.lock().abandon_event_wait(slot),
+            Some(Slot::Step(step)) => self.inner.lock().abandon_step(step),
+            None => {}
         }
     }
 }

@@ -7,7 +7,7 @@
 mod common;
 
 use common::{DEADLINE, TestKiln, failure_message, output};
-use kiln::{ActivityContext, Failure, Kiln, OrchestrationContext, RuntimeStatus, StartOptions};
+use kiln::{ActivityContext, Either, Failure, Kiln, OrchestrationContext, RuntimeStatus, StartOptions, select2};
 use kiln_core::{EventKind, Payload};
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -68,6 +68,12 @@ fn builder() -> kiln::KilnBuilder {
         .orchestration("tells_then_fails", tells_then_fails)
         .activity("slow_fallible", slow_fallible)
         .activity("slower", slower)
+        .orchestration("races_then_fails", races_then_fails)
+}
+
+/// Waits longer than the slowest activity takes, so that a wrong re-run would have counted.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(800)).await;
 }
 
 async fn rewind_and_finish(t: &TestKiln, id: &str) -> kiln::InstanceRecord {
@@ -115,6 +121,7 @@ async fn the_failure_undone_is_the_one_the_code_took_last_whatever_order_results
     assert_eq!(failure_message(&t.finish(&id).await), "t2-a is down");
     fix("t2-a");
     assert_eq!(output(&rewind_and_finish(&t, &id).await), "t2-a t2-b t2-c");
+    settle().await;
     assert_eq!((runs("t2-a"), runs("t2-b"), runs("t2-c")), (2, 1, 1));
     t.stop().await;
 }
@@ -126,25 +133,31 @@ async fn sibling_outlives_the_failure(ctx: OrchestrationContext, tag: String) ->
     Ok(format!("{quick} {slow}"))
 }
 
+/// Waits until a failed instance's history ends with a result kept after its end.
+async fn result_kept(t: &TestKiln, id: &str) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let history = t.client.history(id).await.unwrap();
+        if history.last().is_some_and(|e| e.kind.is_step_result()) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the late result was dropped: {history:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_that_arrives_while_the_instance_is_failed_is_kept_for_a_rewind() {
     let t = TestKiln::start(builder()).await;
     let id = t.client.start("sibling_outlives_the_failure", &"t3").await.unwrap();
     assert_eq!(failure_message(&t.finish(&id).await), "t3-quick is down");
     // The slow sibling finishes after the failure; its result is kept after the end.
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let history = t.client.history(&id).await.unwrap();
-        if matches!(history.last().map(|e| &e.kind), Some(EventKind::TaskCompleted { .. })) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the late result was dropped: {history:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    result_kept(&t, &id).await;
     assert_eq!(t.finish(&id).await.status, RuntimeStatus::Failed, "keeping it did not change the instance");
     fix("t3-quick");
     // Before: the rewind reopened the slow step, and nothing would ever complete it.
     assert_eq!(output(&rewind_and_finish(&t, &id).await), "t3-quick t3-slow");
+    settle().await;
     assert_eq!((runs("t3-quick"), runs("t3-slow")), (2, 1));
     t.stop().await;
 }
@@ -168,6 +181,7 @@ async fn a_step_the_failing_turn_took_but_never_ran_is_forgotten() {
     fix("t4-a");
     // Before: the failure was undone but the cleanup step stayed; replay did not take it.
     assert_eq!(output(&rewind_and_finish(&t, &id).await), "t4-a");
+    settle().await;
     assert_eq!((runs("t4-a"), runs("t4-cleanup")), (2, 0));
     t.stop().await;
 }
@@ -298,6 +312,7 @@ async fn a_result_in_the_same_batch_as_the_failure_is_kept_for_a_rewind() {
     );
     fix("t8-failing");
     assert_eq!(output(&rewind_and_finish(&t, &id).await), "t8-failing t8-slow");
+    settle().await;
     assert_eq!((runs("t8-failing"), runs("t8-slow")), (2, 1));
     t.stop().await;
 }
@@ -333,5 +348,28 @@ async fn a_rewind_after_which_the_code_fails_again_at_once_leaves_the_instance_a
     assert_eq!((after.status, &after.failure), (failed.status, &failed.failure));
     assert_eq!(t.client.history(&id).await.unwrap(), history, "the history is untouched");
     assert_eq!(runs("t9-a"), 1);
+    t.stop().await;
+}
+
+async fn races_then_fails(ctx: OrchestrationContext, tag: String) -> Result<String, Failure> {
+    let loser = ctx.call_activity::<_, String>("slow_fallible", &format!("{tag}-loser"));
+    let winner = ctx.call_activity::<_, String>("ok", &format!("{tag}-winner"));
+    if let Either::Left(_) = select2(loser, winner).await {
+        return Err(Failure::new("the slow one won"));
+    }
+    ctx.call_activity("fallible", &format!("{tag}-c")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_the_code_dropped_and_went_on_without_is_not_run_again() {
+    let t = TestKiln::start(builder()).await;
+    let id = t.client.start("races_then_fails", &"t10").await.unwrap();
+    assert_eq!(failure_message(&t.finish(&id).await), "t10-c is down");
+    // The select2 loser fails later; its failure is kept, but nothing awaits that step.
+    result_kept(&t, &id).await;
+    fix("t10-c");
+    assert_eq!(output(&rewind_and_finish(&t, &id).await), "t10-c");
+    settle().await;
+    assert_eq!((runs("t10-loser"), runs("t10-winner"), runs("t10-c")), (1, 1, 2));
     t.stop().await;
 }

@@ -1,5 +1,6 @@
 use super::*;
 use crate::{FailureDetails, Payload, RuntimeStatus};
+use std::collections::BTreeMap;
 
 /// A history written out event by event: `at(n)` is the position (1-based) of the n-th event.
 struct Written(Vec<HistoryEvent>);
@@ -65,6 +66,7 @@ fn trace(steps: &[(u64, u64)], failures_taken: &[(u64, u64)]) -> DecisionTrace {
     DecisionTrace {
         steps: steps.iter().map(|&(tick, position)| TracedStep { tick, position }).collect(),
         failures_taken: failures_taken.iter().copied().collect(),
+        dropped_steps: BTreeMap::new(),
     }
 }
 
@@ -201,4 +203,31 @@ fn a_retried_failure_stays() {
         vec![Action::ScheduleTask { id: 2, name: "flaky".into(), input: Payload::null(), attempt: 2 }]
     );
     assert!(plan.history.contains(&history[4]), "the first attempt's failure stays");
+}
+
+#[test]
+fn a_step_the_code_dropped_is_not_run_again() {
+    // select2(loser, b): b wins; the loser fails later (in the body and after the end); c fails.
+    let history = Written::new()
+        .start()
+        .schedule(0, "loser")
+        .schedule(1, "b")
+        .turn()
+        .complete(1)
+        .schedule(2, "c")
+        .turn()
+        .fail(0)
+        .fail(2)
+        .end()
+        .fail(0)
+        .0;
+    // Dropped at tick 3 (before c was taken at 4), c's failure taken at 5.
+    let mut traced = trace(&[(1, 2), (2, 2), (4, 6)], &[(2, 5)]);
+    traced.dropped_steps.insert(0, 3);
+    let plan = plan_rewind(&history, &traced, Timestamp(9), None);
+    assert_eq!(names(&plan.redo), ["call_activity('c')"]);
+    // Dropped only as the code returned (after its last step): run again.
+    traced.dropped_steps.insert(0, 6);
+    let plan = plan_rewind(&history, &traced, Timestamp(9), None);
+    assert_eq!(names(&plan.redo), ["call_activity('loser')", "call_activity('c')"]);
 }

@@ -17,6 +17,7 @@ fn stored_history(steps: u64) -> Vec<String> {
             version: String::new(),
             input: input.clone(),
             parent: None,
+            features: kiln_core::features::CURRENT,
         },
     )];
     for step in 0..steps {

@@ -21,6 +21,21 @@ pub struct HistoryEvent {
     pub kind: EventKind,
 }
 
+/// Replay behaviours an execution was started under. Each is recorded in the execution's
+/// `ExecutionStarted`, so that a history written by an older Kiln keeps replaying the way it was
+/// recorded after an upgrade changes the behaviour (as Temporal's SDK flags do).
+pub mod features {
+    /// `call_activity_with_retry` schedules its first attempt when it is called (before: at its
+    /// first poll), and a retried call whose output does not decode is not retried.
+    pub const EAGER_RETRY: u32 = 1;
+    /// The behaviours new executions get.
+    pub const CURRENT: u32 = EAGER_RETRY;
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
+}
+
 impl HistoryEvent {
     /// An event that is not a scheduling event (`EventId = -1`).
     pub fn new(timestamp: Timestamp, kind: EventKind) -> HistoryEvent {
@@ -57,6 +72,10 @@ pub enum EventKind {
         /// Set when this is a sub-orchestration.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         parent: Option<ParentInstance>,
+        /// The replay behaviours the execution runs under ([`features`]); 0 in histories written
+        /// before there were any.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        features: u32,
     },
     /// The execution ended.
     ExecutionCompleted {

@@ -28,7 +28,7 @@ pub mod waiting;
 
 pub use action::{Action, ExecutionOutcome};
 pub use failure::{FailureDetails, error_types};
-pub use history::{EventKind, HistoryEvent, ParentInstance};
+pub use history::{EventKind, HistoryEvent, ParentInstance, features};
 pub use ids::{InvalidInstanceId, MAX_INSTANCE_ID_LEN, validate_instance_id};
 pub use payload::{Payload, PayloadLimits, PayloadTooLarge};
 pub use replay::{Applied, Completion, DecisionTrace, Outcome, ReplayError, ReplayState, Slot, TracedStep};

@@ -140,6 +140,8 @@ pub struct ReplayState {
     uuid_counter: u64,
     code_error: Option<ReplayError>,
     trace: Option<Box<DecisionTrace>>,
+    /// The replay behaviours of this execution ([`crate::features`]), from its `ExecutionStarted`.
+    features: u32,
 }
 
 impl ReplayState {
@@ -168,7 +170,13 @@ impl ReplayState {
             uuid_counter: 0,
             code_error: None,
             trace: None,
+            features: 0,
         }
+    }
+
+    /// Whether this execution runs with a replay behaviour ([`crate::features`]).
+    pub fn has_feature(&self, feature: u32) -> bool {
+        self.features & feature != 0
     }
 
     /// Records the code's decisions from now on (see [`DecisionTrace`]); a rewind asks for it.
@@ -211,11 +219,12 @@ impl ReplayState {
                 self.current_time = event.timestamp;
                 Ok(Applied::Nothing)
             }
-            EventKind::ExecutionStarted { input, .. } => {
+            EventKind::ExecutionStarted { input, features, .. } => {
                 if self.started {
                     return Err(ReplayError::Corrupted("a second ExecutionStarted in one execution".into()));
                 }
                 self.started = true;
+                self.features = *features;
                 if self.current_time == Timestamp(0) {
                     self.current_time = event.timestamp;
                 }

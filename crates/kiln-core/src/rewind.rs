@@ -14,10 +14,11 @@
 //!
 //! The rewritten history has two parts. Events up to the one whose poll took the code's last
 //! remaining step replay as recorded. What reached the code after it — step results and external
-//! events, in their order, and the step results that arrived while the instance was failed, which
-//! are kept after its end for this — is applied anew after the `ExecutionRewound` marker, so the
-//! code may take new steps on it. (External events raised while the instance was failed are not
-//! kept: as in Durable Functions, a finished instance drops them.)
+//! events, in their order — and what is kept after the end for this (the failing batch's events
+//! the code never saw, and step results that arrived while the instance was failed) is applied
+//! anew after the `ExecutionRewound` marker, so the code may take new steps on it. (External
+//! events raised while the instance was failed are not kept: as in Durable Functions, a finished
+//! instance drops them.)
 
 use crate::{Action, DecisionTrace, EventKind, HistoryEvent, Timestamp, TracedStep};
 use std::collections::{BTreeMap, BTreeSet};
@@ -122,8 +123,9 @@ pub fn plan_rewind(
             _ => plan.history.push(event.clone()),
         }
     }
-    // Results that arrived after the end: failures among them were never taken either.
-    for event in kept_after_end.iter().filter(|e| e.kind.is_step_result()) {
+    // What was kept after the end (step results, and events of the failing batch): failures
+    // among them were never taken either.
+    for event in kept_after_end.iter().filter(|e| delivers(&e.kind)) {
         match &event.kind {
             EventKind::TaskFailed { task_scheduled_id: step, .. }
             | EventKind::SubOrchestrationInstanceFailed { task_scheduled_id: step, .. } => {

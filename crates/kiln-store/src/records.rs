@@ -31,6 +31,7 @@ impl NewInstance {
                 version: self.version.clone(),
                 input: self.input.clone(),
                 parent: self.parent.clone(),
+                features: kiln_core::features::CURRENT,
             },
         )
     }

@@ -19,10 +19,18 @@ pub enum Either<A, B> {
 
 /// A future of one durable result that combinators can race in history order: a step
 /// ([`DurableFuture`]) or an activity call under a retry policy ([`RetryCall`](crate::RetryCall)).
-pub trait DurableStep: Future + Unpin {
+/// Sealed: only Kiln's own futures know where in history they resolve.
+pub trait DurableStep: Future + Unpin + sealed::Sealed {
     /// The history position of the result that resolves this future, once it has one.
     fn completed_at(&self) -> Option<u64>;
 }
+
+pub(crate) mod sealed {
+    /// Keeps [`super::DurableStep`] to Kiln's own futures.
+    pub trait Sealed {}
+}
+
+impl<T> sealed::Sealed for DurableFuture<T> {}
 
 impl<T: DeserializeOwned> DurableStep for DurableFuture<T> {
     fn completed_at(&self) -> Option<u64> {
@@ -30,13 +38,13 @@ impl<T: DeserializeOwned> DurableStep for DurableFuture<T> {
     }
 }
 
-/// Polls a future that has no result yet, so that one made of several steps (a retried call)
-/// takes its next step; a plain step without a result stays pending.
+/// Polls a future that has no resolving result yet, so that one made of several steps (a retried
+/// call) takes its next step; a plain step without a result stays pending. Combinators advance
+/// their futures only while the race is undecided: a loser takes no further step.
 fn advance<F: DurableStep>(future: &mut F, cx: &mut Context<'_>) {
-    if future.completed_at().is_none() {
-        // Pending by construction: without a resolving result nothing can resolve it.
-        let _ = Pin::new(future).poll(cx);
-    }
+    // Pending by construction: without a resolving result nothing can resolve it, and a step it
+    // takes now has no result yet.
+    let _ = Pin::new(future).poll(cx);
 }
 
 /// Waits for whichever of two steps finished first in history. The other is dropped: a losing
@@ -58,8 +66,10 @@ impl<A: DurableStep, B: DurableStep> Future for Select2<A, B> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        advance(&mut this.a, cx);
-        advance(&mut this.b, cx);
+        if this.a.completed_at().is_none() && this.b.completed_at().is_none() {
+            advance(&mut this.a, cx);
+            advance(&mut this.b, cx);
+        }
         let first = match (this.a.completed_at(), this.b.completed_at()) {
             (Some(a), Some(b)) => a <= b,
             (Some(_), None) => true,
@@ -88,8 +98,8 @@ impl<F: DurableStep> Future for SelectAll<F> {
     type Output = (usize, F::Output);
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        for future in &mut self.futures {
-            advance(future, cx);
+        if self.futures.iter().all(|f| f.completed_at().is_none()) {
+            self.futures.iter_mut().for_each(|f| advance(f, cx));
         }
         let winner = self
             .futures

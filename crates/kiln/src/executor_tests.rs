@@ -43,6 +43,7 @@ fn started(input: &str) -> Vec<HistoryEvent> {
                 version: String::new(),
                 input: json(input),
                 parent: None,
+                features: kiln_core::features::CURRENT,
             },
         ),
     ]
@@ -250,4 +251,33 @@ fn replay_safe_values_are_stable_across_replays() {
     let (replayed, live) = (run(true), run(false));
     assert_eq!(replayed.replace("true", "?"), live.replace("false", "?"));
     assert!(replayed.contains(",1000,true"), "{replayed}");
+}
+
+async fn retry_then_other(ctx: OrchestrationContext, _: ()) -> Result<Vec<String>, Failure> {
+    let retried = ctx.call_activity_with_retry("r", &(), crate::RetryPolicy::new(2, std::time::Duration::ZERO));
+    let b: String = ctx.call_activity("b", &()).await?;
+    Ok(vec![b, retried.await?])
+}
+
+#[test]
+fn histories_recorded_before_eager_retry_replay_as_recorded() {
+    // Recorded by a Kiln without the feature: the retried call's first attempt went out at its
+    // first poll, after "b".
+    let mut history = started("null");
+    if let EventKind::ExecutionStarted { features, .. } = &mut history[1].kind {
+        *features = 0;
+    }
+    history.extend([scheduled(0, "b"), completed(0, r#""b""#), scheduled(1, "r"), completed(1, r#""r""#)]);
+    let mut exec = execution(retry_then_other);
+    exec.replay(&history).unwrap();
+    assert_eq!(outcome_json(&exec), r#"["b","r"]"#);
+
+    // A new execution takes the retried call first.
+    let mut exec = execution(retry_then_other);
+    exec.replay(&[]).unwrap();
+    for event in started("null") {
+        exec.apply_new(&event).unwrap();
+    }
+    let names: Vec<String> = exec.state().take_new_actions().iter().map(Action::describe).collect();
+    assert_eq!(names, ["call_activity('r')", "call_activity('b')"]);
 }

@@ -4,18 +4,12 @@
 use crate::Failure;
 use crate::combinators::DurableStep;
 use crate::context::{DurableFuture, OrchestrationContext, millis};
-use kiln_core::{Payload, Timestamp, error_types};
+use kiln_core::{Payload, Timestamp, error_types, features};
 use serde::de::DeserializeOwned;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
-
-/// Failures no attempt can fix, never retried whatever the policy says: the activity is not
-/// registered anywhere it ran, its output is too large, or its output does not decode into the
-/// type the orchestration asked for. Retrying would only run its side effects again.
-const NEVER_RETRIED: [&str; 3] =
-    [error_types::NOT_REGISTERED, error_types::PAYLOAD_TOO_LARGE, error_types::SERIALIZATION];
 
 /// How an activity call is retried, as in Durable Functions' `RetryOptions`.
 ///
@@ -24,7 +18,8 @@ const NEVER_RETRIED: [&str; 3] =
 /// `max_attempts`, or when the next attempt would start after `total_timeout` (measured from
 /// the first attempt, on the orchestration's replay-safe clock). Failures whose error type is
 /// listed as non-retryable (as Temporal's `NonRetryableErrorTypes`) end the call at once, and so
-/// do failures no attempt can fix (`NotRegistered`, `PayloadTooLarge`, `SerializationError`).
+/// does an output that does not decode into the type the orchestration asked for (another attempt
+/// would only run the activity's side effects again).
 #[derive(Clone, Debug, PartialEq)]
 pub struct RetryPolicy {
     /// Attempts in total, including the first (at least 1).
@@ -82,14 +77,14 @@ impl RetryPolicy {
     }
 
     /// Whether a failed attempt may be retried (attempts and time allowing): not if the policy
-    /// lists its type, nor if no attempt can fix it. Both lists are part of the orchestration's
-    /// code, so histories recorded under a policy replay under the same one.
+    /// lists its type. The list is part of the orchestration's code, so histories recorded under
+    /// a policy replay under the same one.
     pub fn retries(&self, failure: &Failure) -> bool {
         self.retries_type(failure.error_type())
     }
 
     fn retries_type(&self, error_type: &str) -> bool {
-        !NEVER_RETRIED.contains(&error_type) && !self.non_retryable_error_types.iter().any(|t| t == error_type)
+        !self.non_retryable_error_types.iter().any(|t| t == error_type)
     }
 
     /// The wait before retry `n` (0 = the wait after the first attempt failed).
@@ -103,8 +98,9 @@ impl RetryPolicy {
 
 /// An activity call under a [`RetryPolicy`] (from
 /// [`OrchestrationContext::call_activity_with_retry`]). Its first attempt is scheduled when it is
-/// created; it resolves with the first success or the failure that ends the retries, and races in
-/// [`select2`](crate::select2) by the history position of that result.
+/// created (in executions started before [`features::EAGER_RETRY`], at its first poll, as they
+/// were recorded); it resolves with the first success or the failure that ends the retries, and
+/// races in [`select2`](crate::select2) by the history position of that result.
 pub struct RetryCall<O> {
     ctx: OrchestrationContext,
     name: String,
@@ -112,10 +108,14 @@ pub struct RetryCall<O> {
     policy: RetryPolicy,
     first_attempt_at: Timestamp,
     attempt: u32,
+    /// The execution runs under [`features::EAGER_RETRY`].
+    eager: bool,
     state: RetryState<O>,
 }
 
 enum RetryState<O> {
+    /// Not scheduled yet (executions recorded before [`features::EAGER_RETRY`]).
+    NotStarted,
     /// The current attempt runs.
     Running(DurableFuture<O>),
     /// Waiting for the timer before the next attempt.
@@ -126,16 +126,29 @@ enum RetryState<O> {
 
 impl<O: DeserializeOwned> RetryCall<O> {
     pub(crate) fn start(ctx: &OrchestrationContext, name: &str, input: Payload, policy: RetryPolicy) -> RetryCall<O> {
-        let first = ctx.schedule_payload(name, input.clone(), 1);
-        RetryCall {
+        let eager = ctx.inner.lock().has_feature(features::EAGER_RETRY);
+        let mut call = RetryCall {
             ctx: ctx.clone(),
             name: name.to_owned(),
             input,
             policy,
             first_attempt_at: ctx.current_time(),
             attempt: 1,
-            state: RetryState::Running(first),
+            eager,
+            state: RetryState::NotStarted,
+        };
+        if eager {
+            call.schedule_attempt();
         }
+        call
+    }
+
+    fn schedule_attempt(&mut self) {
+        if self.attempt == 1 {
+            // The total timeout runs from the first attempt.
+            self.first_attempt_at = self.ctx.current_time();
+        }
+        self.state = RetryState::Running(self.ctx.schedule_payload(&self.name, self.input.clone(), self.attempt));
     }
 
     pub(crate) fn failed(ctx: &OrchestrationContext, failure: Failure) -> RetryCall<O> {
@@ -146,6 +159,7 @@ impl<O: DeserializeOwned> RetryCall<O> {
             policy: RetryPolicy::new(1, Duration::ZERO),
             first_attempt_at: ctx.current_time(),
             attempt: 1,
+            eager: true,
             state: RetryState::Done(Some(failure)),
         }
     }
@@ -166,18 +180,21 @@ impl<O: DeserializeOwned> RetryCall<O> {
     }
 }
 
+impl<O> crate::combinators::sealed::Sealed for RetryCall<O> {}
+
 impl<O: DeserializeOwned> DurableStep for RetryCall<O> {
     /// The history position of the result that resolves the call: a success, or a failure that
     /// is not retried. `None` while attempts are running or waiting.
     fn completed_at(&self) -> Option<u64> {
         match &self.state {
+            RetryState::NotStarted | RetryState::Backoff(_) => None,
             RetryState::Running(call) => match call.peek()? {
+                // A success ends it (and, under EAGER_RETRY, so does an output that does not decode).
                 (position, None) => Some(position),
                 (position, Some(error_type)) => {
                     matches!(self.next_attempt_at(&error_type), None | Some(Err(()))).then_some(position)
                 }
             },
-            RetryState::Backoff(_) => None,
             RetryState::Done(failure) => failure.as_ref().map(|_| 0),
         }
     }
@@ -190,12 +207,19 @@ impl<O: DeserializeOwned> Future for RetryCall<O> {
         let this = &mut *self;
         loop {
             match &mut this.state {
+                RetryState::NotStarted => this.schedule_attempt(),
                 RetryState::Running(call) => {
+                    // A completed attempt whose output does not decode is final (EAGER_RETRY).
+                    let completed = this.eager && call.peek().is_some_and(|(_, failed)| failed.is_none());
                     let failure = match Pin::new(call).poll(cx) {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(Ok(output)) => {
                             this.state = RetryState::Done(None);
                             return Poll::Ready(Ok(output));
+                        }
+                        Poll::Ready(Err(failure)) if completed => {
+                            this.state = RetryState::Done(None);
+                            return Poll::Ready(Err(failure));
                         }
                         Poll::Ready(Err(failure)) => failure,
                     };
@@ -223,8 +247,7 @@ impl<O: DeserializeOwned> Future for RetryCall<O> {
                     }
                     Poll::Ready(Ok(())) => {
                         this.attempt += 1;
-                        let next = this.ctx.schedule_payload(&this.name, this.input.clone(), this.attempt);
-                        this.state = RetryState::Running(next);
+                        this.schedule_attempt();
                     }
                 },
                 RetryState::Done(failure) => match failure.take() {

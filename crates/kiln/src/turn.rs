@@ -171,6 +171,7 @@ async fn plan_turn(rt: &Runtime, item: &OrchestrationWorkItem) -> Result<TurnPla
                 return rewind_turn(rt, instance, commit, message, &late).await;
             }
             tracing::error!(instance_id = instance.instance_id, "the rewind kept failing; it is given up");
+            report_failure_again(instance, &mut commit);
         }
         commit.consumed.extend(current.iter().map(|m| m.id));
         commit.history = HistoryUpdate::Append(late.iter().map(|m| m.event.clone()).collect());
@@ -183,7 +184,7 @@ async fn plan_turn(rt: &Runtime, item: &OrchestrationWorkItem) -> Result<TurnPla
             error_types::POISON,
             format!("the instance's work was claimed {} times without completing; giving up", item.dequeue_count - 1),
         );
-        let results = current.iter().filter(|m| m.event.kind.is_step_result()).map(|m| m.event.clone()).collect();
+        let results = current.iter().filter(|m| kept_for_rewind(&m.event.kind)).map(|m| m.event.clone()).collect();
         finish(&mut commit, instance, None, vec![turn_started(now)], ExecutionEnd::Failed(failure), results);
         return Ok(TurnPlan::Commit(Box::new(commit), None));
     }
@@ -226,6 +227,12 @@ async fn plan_turn(rt: &Runtime, item: &OrchestrationWorkItem) -> Result<TurnPla
     };
     apply_events(rt, instance, &mut commit, &mut execution, None, events, suspended);
     Ok(finished_plan(commit, execution))
+}
+
+/// Whether an event of the batch that failed an execution is kept after its end for a rewind:
+/// step results and external events (they reached the instance while it ran).
+fn kept_for_rewind(kind: &EventKind) -> bool {
+    kind.is_step_result() || matches!(kind, EventKind::EventRaised { .. })
 }
 
 /// Keeps the execution for the cache unless the turn ended it.
@@ -391,21 +398,26 @@ async fn rewind_turn(
     if let Err(err) = execution.replay(&plan.history) {
         return Ok(not_rewound(instance, commit, late, &format!("the rewound history does not replay: {err}")));
     }
-    let children = children_to_redo(rt, instance, plan.failed_children).await?;
+    let children = children_to_redo(rt, instance, plan.failed_children, commit.now).await?;
     let unchanged = commit.clone();
     commit.version = version;
     commit.output = None;
     commit.failure = None;
-    apply_events(rt, instance, &mut commit, &mut execution, Some(plan.history), plan.reapplied, false);
-    match execution.outcome() {
+    let mut reapplied = plan.reapplied;
+    reapplied.extend(children.reports);
+    apply_events(rt, instance, &mut commit, &mut execution, Some(plan.history), reapplied, false);
+    match commit.status {
         // Undoing the failures changed nothing: the code fails again at once. Committing would
         // only drop the failures it undid (a later rewind could not redo them).
-        Some(ExecutionOutcome::Failed(failure)) => {
+        RuntimeStatus::Failed => {
+            let failure = commit.failure.as_ref().map(ToString::to_string).unwrap_or_default();
             return Ok(not_rewound(instance, unchanged, late, &format!("it fails again at once: {failure}")));
         }
         // Ended (completed, or continued as new) on results it kept: nothing to carry out.
-        Some(_) => return Ok(finished_plan(commit, execution)),
-        None => {}
+        status if status.is_terminal() || status == RuntimeStatus::ContinuedAsNew => {
+            return Ok(finished_plan(commit, execution));
+        }
+        _ => {}
     }
     // What is still open and nothing will complete: carried out again.
     let open = |action: &Action| execution.state().is_open(action.id());
@@ -430,7 +442,25 @@ async fn rewind_turn(
 fn not_rewound(instance: &InstanceRecord, mut commit: TurnCommit, late: Vec<HistoryEvent>, why: &str) -> TurnPlan {
     tracing::warn!(instance_id = instance.instance_id, why, "the instance cannot be rewound; it stays failed");
     commit.history = HistoryUpdate::Append(late);
+    report_failure_again(instance, &mut commit);
     TurnPlan::Commit(Box::new(commit), None)
+}
+
+/// Tells the parent of a failed child whose rewind was not done that it is still failed: the
+/// parent's own rewind reopened its step and waits for the child's answer. (A parent not
+/// waiting for it drops the message as a duplicate.)
+fn report_failure_again(instance: &InstanceRecord, commit: &mut TurnCommit) {
+    let (Some(parent), Some(failure)) = (&instance.parent, &instance.failure) else { return };
+    let failed = EventKind::SubOrchestrationInstanceFailed {
+        task_scheduled_id: parent.task_scheduled_id,
+        failure_details: failure.clone(),
+    };
+    commit.messages.push(OutgoingMessage {
+        instance_id: parent.instance_id.clone(),
+        execution: Some(parent.execution),
+        event: HistoryEvent::new(commit.now, failed),
+        visible_at: None,
+    });
 }
 
 /// What a rewind does with the sub-orchestrations whose failure it undoes.
@@ -439,19 +469,23 @@ struct ChildrenToRedo {
     rewind: Vec<(u64, String)>,
     /// Children terminated, purged or never created (the id was taken): created again.
     recreate: Vec<Action>,
+    /// The results of children of ours that completed (their own report may have been dropped
+    /// while the step was closed): applied with the rewind.
+    reports: Vec<HistoryEvent>,
 }
 
-/// Sorts undone child failures: a child that is this step's own and failed is rewound in turn; a
-/// child of this step still running (or already completed, its result on the way) reports back
-/// by itself; any other (terminated, purged, or an instance that held the id) is created again,
+/// Sorts undone child failures: a child that is this step's own and failed is rewound in turn; one
+/// that completed (rewound by hand) hands over its result; one still running reports back by
+/// itself; any other (terminated, purged, or an instance that held the id) is created again,
 /// as when the step was first taken — which, as then, replaces a finished holder of the id and
 /// fails the step with `AlreadyExists` if the holder is still running.
 async fn children_to_redo(
     rt: &Runtime,
     instance: &InstanceRecord,
     failed_children: Vec<Action>,
+    now: Timestamp,
 ) -> Result<ChildrenToRedo, StoreError> {
-    let mut children = ChildrenToRedo { rewind: Vec::new(), recreate: Vec::new() };
+    let mut children = ChildrenToRedo { rewind: Vec::new(), recreate: Vec::new(), reports: Vec::new() };
     for action in failed_children {
         let Action::CreateSubOrchestration { id, instance_id, .. } = &action else { continue };
         let ours = ParentInstance {
@@ -463,9 +497,12 @@ async fn children_to_redo(
             Some(child) if child.parent.as_ref() == Some(&ours) && child.status == RuntimeStatus::Failed => {
                 children.rewind.push((*id, instance_id.clone()));
             }
-            Some(child)
-                if child.parent.as_ref() == Some(&ours)
-                    && (!child.status.is_terminal() || child.status == RuntimeStatus::Completed) => {}
+            Some(child) if child.parent.as_ref() == Some(&ours) && child.status == RuntimeStatus::Completed => {
+                let result = child.output.unwrap_or_else(Payload::null);
+                let completed = EventKind::SubOrchestrationInstanceCompleted { task_scheduled_id: *id, result };
+                children.reports.push(HistoryEvent::new(now, completed));
+            }
+            Some(child) if child.parent.as_ref() == Some(&ours) && !child.status.is_terminal() => {}
             _ => children.recreate.push(action),
         }
     }
@@ -565,7 +602,7 @@ fn apply_events(
         Some(ExecutionOutcome::Failed(failure)) => {
             carry_out(rt, instance, commit, actions, false);
             // Results the ended execution never saw are kept for a rewind, as later ones are.
-            let results = unapplied.into_iter().filter(|e| e.kind.is_step_result()).collect();
+            let results = unapplied.into_iter().filter(|e| kept_for_rewind(&e.kind)).collect();
             finish(commit, instance, base, appended, ExecutionEnd::Failed(failure), results);
         }
         Some(ExecutionOutcome::ContinuedAsNew { input, preserve_unprocessed_events }) => {
@@ -586,6 +623,7 @@ fn apply_events(
                 version: commit.version.clone(),
                 input,
                 parent: instance.parent.clone(),
+                features: kiln_core::features::CURRENT,
             };
             commit.messages.push(to_self(instance, Some(next), HistoryEvent::new(now, restart), None));
             if preserve_unprocessed_events {

@@ -69,6 +69,8 @@ fn builder() -> kiln::KilnBuilder {
         .activity("slow_fallible", slow_fallible)
         .activity("slower", slower)
         .orchestration("races_then_fails", races_then_fails)
+        .orchestration("child_with_its_own_bug", child_with_its_own_bug)
+        .orchestration("then_waits_for_go", then_waits_for_go)
 }
 
 /// Waits longer than the slowest activity takes, so that a wrong re-run would have counted.
@@ -335,6 +337,8 @@ async fn a_rewind_after_which_the_code_fails_again_at_once_leaves_the_instance_a
     let failed = t.finish(&id).await;
     let history = t.client.history(&id).await.unwrap();
     fix("t9-a");
+    // The failing turn counts itself just after its commit: let it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let turns = t.client.metrics().turns;
     t.client.rewind(&id, None).await.unwrap();
     // The rewind's turn commits (its message consumed) without changing anything.
@@ -347,6 +351,7 @@ async fn a_rewind_after_which_the_code_fails_again_at_once_leaves_the_instance_a
     // Before: the rewrite was committed: the undone failure was gone, the instance failed again.
     assert_eq!((after.status, &after.failure), (failed.status, &failed.failure));
     assert_eq!(t.client.history(&id).await.unwrap(), history, "the history is untouched");
+    settle().await;
     assert_eq!(runs("t9-a"), 1);
     t.stop().await;
 }
@@ -371,5 +376,54 @@ async fn a_step_the_code_dropped_and_went_on_without_is_not_run_again() {
     assert_eq!(output(&rewind_and_finish(&t, &id).await), "t10-c");
     settle().await;
     assert_eq!((runs("t10-loser"), runs("t10-winner"), runs("t10-c")), (1, 1, 2));
+    t.stop().await;
+}
+
+async fn child_with_its_own_bug(ctx: OrchestrationContext, _: ()) -> Result<String, Failure> {
+    let _: String = ctx.call_activity("ok", &"t11-child-step").await?;
+    Err(Failure::new("the child's own bug"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_whose_child_cannot_be_rewound_fails_again_instead_of_waiting_forever() {
+    let t = TestKiln::start(builder()).await;
+    let id = t.client.start("calls_child", &"child_with_its_own_bug").await.unwrap();
+    let failed = t.finish(&id).await;
+    assert_eq!(failed.status, RuntimeStatus::Failed);
+    t.client.rewind(&id, None).await.unwrap();
+    // The child's rewind changes nothing (its code fails again at once); it says so to the parent.
+    let again = t
+        .client
+        .wait_until(&id, DEADLINE, |r| r.status == RuntimeStatus::Failed && r.updated_at != failed.updated_at)
+        .await
+        .unwrap();
+    let again = again.unwrap_or_else(|| panic!("the parent waits forever on its child"));
+    assert_eq!(again.failure.as_ref().map(|f| f.error_message.as_str()), Some("the child's own bug"));
+    t.stop().await;
+}
+
+async fn then_waits_for_go(ctx: OrchestrationContext, tag: String) -> Result<String, Failure> {
+    let a: String = ctx.call_activity("slow_fallible", &format!("{tag}-a")).await?;
+    let go: String = ctx.wait_for_event("go").await?;
+    Ok(format!("{a} {go}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_raised_in_the_same_batch_as_the_failure_is_kept_for_a_rewind() {
+    let t = TestKiln::start(builder()).await;
+    let id = t.client.start("then_waits_for_go", &"t12").await.unwrap();
+    // Suspended, the instance holds back the failure and the event; resumed, it takes both.
+    t.client.suspend(&id, None).await.unwrap();
+    t.reach(&id, RuntimeStatus::Suspended).await;
+    while runs("t12-a") < 1 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    t.client.raise_event(&id, "go", &"green").await.unwrap();
+    t.client.resume(&id, None).await.unwrap();
+    assert_eq!(failure_message(&t.finish(&id).await), "t12-a is down");
+    fix("t12-a");
+    // Before: the event was consumed with the failing batch; the rewound instance waited for it.
+    assert_eq!(output(&rewind_and_finish(&t, &id).await), "t12-a green");
     t.stop().await;
 }

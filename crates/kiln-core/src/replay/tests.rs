@@ -11,7 +11,13 @@ fn ev(id: i64, kind: EventKind) -> HistoryEvent {
 fn started() -> HistoryEvent {
     ev(
         -1,
-        EventKind::ExecutionStarted { name: "o".into(), version: String::new(), input: Payload::null(), parent: None },
+        EventKind::ExecutionStarted {
+            name: "o".into(),
+            version: String::new(),
+            input: Payload::null(),
+            parent: None,
+            features: crate::features::CURRENT,
+        },
     )
 }
 

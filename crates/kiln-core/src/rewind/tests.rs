@@ -27,6 +27,7 @@ impl Written {
                 version: String::new(),
                 input: Payload::null(),
                 parent: None,
+                features: crate::features::CURRENT,
             },
         )
     }

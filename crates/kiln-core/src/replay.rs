@@ -612,4 +612,4 @@ fn describe_recorded(kind: &EventKind) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

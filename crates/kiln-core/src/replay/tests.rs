@@ -9,16 +9,18 @@ fn ev(id: i64, kind: EventKind) -> HistoryEvent {
 }
 
 fn started() -> HistoryEvent {
-    ev(
-        -1,
-        EventKind::ExecutionStarted {
-            name: "o".into(),
-            version: String::new(),
-            input: Payload::null(),
-            parent: None,
-            features: crate::features::CURRENT,
-        },
-    )
+    ev(-1, started_kind())
+}
+
+/// The `ExecutionStarted` of a test orchestration "o" with a null input (shared with the rewind tests).
+pub(crate) fn started_kind() -> EventKind {
+    EventKind::ExecutionStarted {
+        name: "o".into(),
+        version: String::new(),
+        input: Payload::null(),
+        parent: None,
+        features: crate::features::CURRENT,
+    }
 }
 
 fn scheduled(step: i64, name: &str) -> HistoryEvent {

@@ -20,16 +20,7 @@ impl Written {
     }
 
     fn start(self) -> Written {
-        self.turn().push(
-            -1,
-            EventKind::ExecutionStarted {
-                name: "o".into(),
-                version: String::new(),
-                input: Payload::null(),
-                parent: None,
-                features: crate::features::CURRENT,
-            },
-        )
+        self.turn().push(-1, crate::replay::tests::started_kind())
     }
 
     fn schedule(self, step: i64, name: &str) -> Written {

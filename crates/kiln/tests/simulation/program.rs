@@ -1,0 +1,257 @@
+//! The simulated workload: a seed generates small *programs* (plain serde values), and one
+//! registered orchestration, [`interpret`], runs any program deterministically. Because we wrote
+//! the interpreter, the output a program must end with ([`expected_output`]) and the activity
+//! side effects it must leave ([`expected_effects`]) are pure functions of the program.
+//!
+//! Keys: every step of every generation (continue-as-new) of every program has a key
+//! `{tag}/g{generation}/s{step}`; activities record one side effect per run under it (retried
+//! attempts add `#{attempt}`, fan-out branches `:{branch}`), a child program's tag is its step's
+//! key, and a reminder step waits for the event named by its key.
+
+use crate::rng::Rng;
+use kiln::{ActivityContext, Either, Failure, OrchestrationContext, RetryPolicy, join_all, select2};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// One simulated tick: every long timer in a program lasts exactly this long, and the driver
+/// moves the clock by a little more than this only when nothing else can happen.
+pub const TICK: Duration = Duration::from_secs(3600);
+/// Short timers (sleeps, retry delays) fire in real time.
+const SHORT: Duration = Duration::from_millis(10);
+/// The error message of the activity that always fails.
+const DELIBERATE: &str = "deliberate failure";
+
+/// A generated program: its steps run in order, `restarts` more times through continue-as-new.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Program {
+    /// Unique per started instance (and per child): the prefix of every key.
+    pub tag: String,
+    /// The steps.
+    pub steps: Vec<Step>,
+    /// How many more generations follow through continue-as-new.
+    pub restarts: u32,
+    /// This generation.
+    pub generation: u32,
+    /// Outputs of earlier generations, carried over.
+    pub carried: Vec<Value>,
+}
+
+/// One step of a program.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op")]
+pub enum Step {
+    /// An activity returning `2n + 1`.
+    Work { n: u64 },
+    /// An activity that fails; the program catches the failure.
+    Fail { n: u64 },
+    /// An activity failing its first `failures` attempts, called with enough retries.
+    Retry { n: u64, failures: u32 },
+    /// A short durable timer.
+    Sleep,
+    /// A one-tick durable timer.
+    LongSleep,
+    /// Waits for its event raced against a one-tick reminder timer, in a loop; the driver raises
+    /// the event once `reminders` reminders have fired.
+    Reminder { reminders: u32 },
+    /// Activities in parallel, joined.
+    FanOut { ns: Vec<u64> },
+    /// A sub-orchestration running `program` (its tag is replaced by this step's key).
+    Child { program: Box<Program> },
+    /// Waits for an event nobody raises (the driver terminates such an instance).
+    Block,
+}
+
+/// What an activity is called with.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Call {
+    key: String,
+    n: u64,
+    failures: u32,
+}
+
+/// Runs of each activity, by key: the side effect the invariants count.
+static EFFECTS: Mutex<BTreeMap<String, u32>> = Mutex::new(BTreeMap::new());
+
+fn record(key: String) {
+    *EFFECTS.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default() += 1;
+}
+
+/// Takes the side effects recorded so far (one seed's).
+pub fn take_effects() -> BTreeMap<String, u32> {
+    std::mem::take(&mut *EFFECTS.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// The activity of [`Step::Work`] and [`Step::FanOut`].
+pub async fn work(_ctx: ActivityContext, call: Call) -> Result<u64, Failure> {
+    record(call.key);
+    Ok(call.n * 2 + 1)
+}
+
+/// The activity of [`Step::Fail`].
+pub async fn fail(_ctx: ActivityContext, call: Call) -> Result<u64, Failure> {
+    record(call.key);
+    Err(Failure::typed("Deliberate", DELIBERATE))
+}
+
+/// The activity of [`Step::Retry`]: fails attempts up to `failures`.
+pub async fn flaky(ctx: ActivityContext, call: Call) -> Result<u64, Failure> {
+    record(format!("{}#{}", call.key, ctx.attempt()));
+    if ctx.attempt() <= call.failures { Err(Failure::typed("Flaky", "not yet")) } else { Ok(call.n * 2 + 1) }
+}
+
+/// An orchestration that does nothing: the driver starts one to wake idle workers after it
+/// moved the clock (their waits are real-time).
+pub async fn nudge(_ctx: OrchestrationContext, _: Value) -> Result<u32, Failure> {
+    Ok(0)
+}
+
+fn key(tag: &str, generation: u32, step: usize) -> String {
+    format!("{tag}/g{generation}/s{step}")
+}
+
+/// The custom status a reminder step shows while it waits: which event, after how many reminders.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Waiting {
+    /// The event name.
+    pub event: String,
+    /// Reminders fired so far.
+    pub reminders: u32,
+}
+
+/// The one orchestration: runs `program` step by step.
+pub async fn interpret(ctx: OrchestrationContext, program: Program) -> Result<Vec<Value>, Failure> {
+    let mut out = program.carried.clone();
+    for (step, what) in program.steps.iter().enumerate() {
+        let key = key(&program.tag, program.generation, step);
+        let call = |n: u64, failures: u32| Call { key: key.clone(), n, failures };
+        let value = match what {
+            Step::Work { n } => json!(ctx.call_activity::<_, u64>("work", &call(*n, 0)).await?),
+            Step::Fail { n } => match ctx.call_activity::<_, u64>("fail", &call(*n, 0)).await {
+                Ok(v) => json!(v),
+                Err(failure) => json!(format!("caught: {}", failure.message())),
+            },
+            Step::Retry { n, failures } => {
+                let policy = RetryPolicy::new(failures + 1, SHORT);
+                json!(ctx.call_activity_with_retry::<_, u64>("flaky", &call(*n, *failures), policy).await?)
+            }
+            Step::Sleep => {
+                ctx.sleep(SHORT).await?;
+                json!("slept")
+            }
+            Step::LongSleep => {
+                ctx.sleep(TICK).await?;
+                json!("woke")
+            }
+            Step::Reminder { .. } => {
+                let mut reminders = 0;
+                loop {
+                    ctx.set_custom_status(&Waiting { event: key.clone(), reminders });
+                    match select2(ctx.wait_for_event::<String>(&key), ctx.sleep(TICK)).await {
+                        Either::Left(event) => break json!({ "event": event?, "reminders": reminders }),
+                        Either::Right(fired) => fired.map(|()| reminders += 1)?,
+                    }
+                }
+            }
+            Step::FanOut { ns } => {
+                let calls = ns.iter().enumerate().map(|(branch, n)| {
+                    let call = Call { key: format!("{key}:{branch}"), n: *n, failures: 0 };
+                    ctx.call_activity::<_, u64>("work", &call)
+                });
+                let results = join_all(calls.collect()).await;
+                Value::Array(results.into_iter().map(|r| r.map(|v| json!(v))).collect::<Result<_, _>>()?)
+            }
+            Step::Child { program } => {
+                let child = Program { tag: key.clone(), ..(**program).clone() };
+                Value::Array(ctx.call_sub_orchestration::<_, Vec<Value>>("interp", &child).await?)
+            }
+            Step::Block => json!(ctx.wait_for_event::<String>(&format!("{key}/never")).await?),
+        };
+        out.push(value);
+    }
+    if program.restarts > 0 {
+        let next =
+            Program { restarts: program.restarts - 1, generation: program.generation + 1, carried: out, ..program };
+        return ctx.continue_as_new(&next).await;
+    }
+    Ok(out)
+}
+
+/// The output `program` must end with, or `None` if it never ends by itself ([`Step::Block`]).
+pub fn expected_output(program: &Program) -> Option<Value> {
+    let mut out = program.carried.clone();
+    for generation in program.generation..=program.generation + program.restarts {
+        for (step, what) in program.steps.iter().enumerate() {
+            let key = key(&program.tag, generation, step);
+            out.push(match what {
+                Step::Work { n } | Step::Retry { n, .. } => json!(n * 2 + 1),
+                Step::Fail { .. } => json!(format!("caught: {DELIBERATE}")),
+                Step::Sleep => json!("slept"),
+                Step::LongSleep => json!("woke"),
+                Step::Reminder { reminders } => json!({ "event": key, "reminders": reminders }),
+                Step::FanOut { ns } => json!(ns.iter().map(|n| n * 2 + 1).collect::<Vec<_>>()),
+                Step::Child { program } => expected_output(&Program { tag: key, ..(**program).clone() })?,
+                Step::Block => return None,
+            });
+        }
+    }
+    Some(Value::Array(out))
+}
+
+/// Everything a program's run must have done: side-effect keys, and reminder events with the
+/// reminders to let fire before raising each.
+#[derive(Debug, Default)]
+pub struct Expectations {
+    /// Keys every one of which must have run at least once.
+    pub effects: BTreeSet<String>,
+    /// Event name → reminders that fire before the driver raises it.
+    pub events: BTreeMap<String, u32>,
+}
+
+/// Adds what `program` must do (up to a [`Step::Block`]) to `into`.
+pub fn expect(program: &Program, into: &mut Expectations) {
+    for generation in program.generation..=program.generation + program.restarts {
+        for (step, what) in program.steps.iter().enumerate() {
+            let key = key(&program.tag, generation, step);
+            match what {
+                Step::Work { .. } | Step::Fail { .. } => {
+                    into.effects.insert(key);
+                }
+                Step::Retry { failures, .. } => {
+                    into.effects.extend((1..=failures + 1).map(|attempt| format!("{key}#{attempt}")));
+                }
+                Step::FanOut { ns } => into.effects.extend((0..ns.len()).map(|branch| format!("{key}:{branch}"))),
+                Step::Reminder { reminders } => {
+                    into.events.insert(key, *reminders);
+                }
+                Step::Child { program } => expect(&Program { tag: key, ..(**program).clone() }, into),
+                Step::Sleep | Step::LongSleep => {}
+                Step::Block => return,
+            }
+        }
+    }
+}
+
+/// A random program of one to four steps; children nest at most `depth` deep.
+pub fn generate(rng: &mut Rng, tag: String, depth: u32) -> Program {
+    let steps = (0..1 + rng.below(4)).map(|_| generate_step(rng, depth)).collect();
+    let restarts = if depth > 0 && rng.chance(150) { 1 + rng.below(2) as u32 } else { 0 };
+    Program { tag, steps, restarts, generation: 0, carried: Vec::new() }
+}
+
+fn generate_step(rng: &mut Rng, depth: u32) -> Step {
+    let n = rng.below(1000);
+    match rng.below(100) {
+        0..30 => Step::Work { n },
+        30..38 => Step::Fail { n },
+        38..50 => Step::Retry { n, failures: 1 + rng.below(2) as u32 },
+        50..58 => Step::Sleep,
+        58..66 => Step::LongSleep,
+        66..82 => Step::Reminder { reminders: rng.below(3) as u32 },
+        82..92 => Step::FanOut { ns: (0..2 + rng.below(3)).map(|_| rng.below(1000)).collect() },
+        _ if depth > 0 => Step::Child { program: Box::new(generate(rng, String::new(), depth - 1)) },
+        _ => Step::Work { n },
+    }
+}

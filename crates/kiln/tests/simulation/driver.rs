@@ -61,6 +61,8 @@ struct Driver<'a> {
     suspended: bool,
     resumed: bool,
     reused: bool,
+    /// Rewinds sent, by instance.
+    rewinds: BTreeMap<String, u32>,
     log: Vec<String>,
     began: Instant,
     /// What the records looked like, since when.
@@ -89,6 +91,7 @@ pub fn run(seed: u64, backend: &Backend, plan: &Plan) -> Result<Observed, String
         suspended: false,
         resumed: false,
         reused: false,
+        rewinds: BTreeMap::new(),
         log: Vec::new(),
         began: Instant::now(),
         fingerprint: (Vec::new(), Instant::now()),
@@ -279,11 +282,26 @@ impl Driver<'_> {
 
     /// Sends the client operation due now, if any (one per quiet moment).
     fn client_operation(&mut self, records: &BTreeMap<String, InstanceRecord>) -> Result<bool, String> {
+        for (index, start) in self.plan.starts.iter().enumerate() {
+            let program = match &self.plan.reuse {
+                Some(reuse) if reuse.of == index && self.reused => &reuse.program,
+                _ => &start.program,
+            };
+            let failed = records.get(&start.id).is_some_and(|r| r.status == RuntimeStatus::Failed);
+            let done = self.rewinds.get(&start.id).copied().unwrap_or(0);
+            if failed && done < Plan::rewinds(program) {
+                self.node(0).call("rewind", async |c| tolerate(c.rewind(&start.id, Some("simulated")).await))?;
+                self.rewinds.insert(start.id.clone(), done + 1);
+                self.note(format!("rewound {}", start.id));
+                return Ok(true);
+            }
+        }
         if let Some((blocker, at)) = &self.plan.blocker
             && !self.terminated
             && self.tick >= *at
         {
-            self.node(0).call("terminate", async |c| c.terminate(&blocker.id, Some("simulated")).await)?;
+            let terminate = async |c: &KilnClient| tolerate(c.terminate(&blocker.id, Some("simulated")).await);
+            self.node(0).call("terminate", terminate)?;
             self.terminated = true;
             self.note(format!("terminated {}", blocker.id));
             return Ok(true);
@@ -310,7 +328,7 @@ impl Driver<'_> {
             && !self.reused
         {
             let start = &self.plan.starts[reuse.of];
-            if let Some(record) = records.get(&start.id).filter(|r| r.status.is_terminal()) {
+            if let Some(record) = records.get(&start.id).filter(|r| r.status == RuntimeStatus::Completed) {
                 let history = self.node(0).call("history", async |c| c.history(&start.id).await)?;
                 self.observed.replaced.push(Snapshot {
                     record: record.clone(),
@@ -410,7 +428,7 @@ fn family(records: &BTreeMap<String, InstanceRecord>, id: &str) -> Vec<String> {
     ids
 }
 
-/// Suspend and resume may have been done by an attempt whose answer a fault hid.
+/// Terminate, suspend, resume and rewind may have been done by an attempt whose answer a fault hid.
 fn tolerate(result: Result<(), ClientError>) -> Result<(), ClientError> {
     match result {
         Err(ClientError::Store(err)) => Err(ClientError::Store(err)),

@@ -3,7 +3,7 @@
 //! in, with no shutdown) and start a fresh one on the same database.
 
 use crate::common::faulty_store::{Fault, FaultyStore};
-use crate::program::{fail, flaky, interpret, nudge, work};
+use crate::program::{fail, fail_once, flaky, interpret, nudge, work};
 use kiln::{ClientError, Kiln, KilnClient, RuntimeConfig, Store};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -100,6 +100,7 @@ impl Node {
                 .activity("work", work)
                 .activity("fail", fail)
                 .activity("flaky", flaky)
+                .activity("fail_once", fail_once)
                 .start()
                 .await
                 .map_err(|e| format!("start: {e}"))?;

@@ -57,13 +57,13 @@ pub struct Plan {
 
 impl Plan {
     /// The plan of `seed` for `nodes` nodes.
-    pub fn new(seed: u64, nodes: usize) -> Plan {
+    pub fn new(seed: u64, nodes: usize, rewind: bool) -> Plan {
         let mut rng = Rng::new(seed);
         let count = 2 + rng.below(4) as usize;
         let starts: Vec<Start> = (0..count)
             .map(|i| {
                 let id = format!("s{seed}-i{i}");
-                let program = generate(&mut rng, format!("{id}.0"), 2);
+                let program = generate(&mut rng, format!("{id}.0"), 2, rewind);
                 Start { id, program, via: rng.below(nodes as u64) as usize }
             })
             .collect();
@@ -79,7 +79,7 @@ impl Plan {
         });
         let reuse = rng.chance(300).then(|| {
             let of = rng.below(count as u64) as usize;
-            let program = generate(&mut rng, format!("{}.1", starts[of].id), 1);
+            let program = generate(&mut rng, format!("{}.1", starts[of].id), 1, rewind);
             Reuse { of, program, purge: rng.chance(500) }
         });
         let faults = if rng.chance(400) {
@@ -93,6 +93,13 @@ impl Plan {
         };
         let cache = if rng.chance(300) { 0 } else { 1000 };
         Plan { starts, blocker, suspend, reuse, faults, cache }
+    }
+
+    /// The rewinds `program` may need (one per step that fails once).
+    pub fn rewinds(program: &Program) -> u32 {
+        let mut one = Expectations::default();
+        expect(program, &mut one);
+        one.rewinds
     }
 
     /// What all of the plan's programs must do.

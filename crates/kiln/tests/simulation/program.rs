@@ -12,7 +12,7 @@ use crate::rng::Rng;
 use kiln::{ActivityContext, Either, Failure, OrchestrationContext, RetryPolicy, join_all, select2};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -62,6 +62,9 @@ pub enum Step {
     Child { program: Box<Program> },
     /// Waits for an event nobody raises (the driver terminates such an instance).
     Block,
+    /// An activity that fails (unhandled: the instance fails) the first time it runs and returns
+    /// `2n + 1` after that: the driver rewinds the instance (only with `KILN_SIM_REWIND=1`).
+    FailOnce { n: u64 },
 }
 
 /// What an activity is called with.
@@ -75,8 +78,12 @@ pub struct Call {
 /// Runs of each activity, by key: the side effect the invariants count.
 static EFFECTS: Mutex<BTreeMap<String, u32>> = Mutex::new(BTreeMap::new());
 
-fn record(key: String) {
-    *EFFECTS.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default() += 1;
+/// Records one run of `key`; returns how many runs there were before.
+fn record(key: String) -> u32 {
+    let mut effects = EFFECTS.lock().unwrap_or_else(|p| p.into_inner());
+    let runs = effects.entry(key).or_default();
+    *runs += 1;
+    *runs - 1
 }
 
 /// Takes the side effects recorded so far (one seed's).
@@ -94,6 +101,14 @@ pub async fn work(_ctx: ActivityContext, call: Call) -> Result<u64, Failure> {
 pub async fn fail(_ctx: ActivityContext, call: Call) -> Result<u64, Failure> {
     record(call.key);
     Err(Failure::typed("Deliberate", DELIBERATE))
+}
+
+/// The activity of [`Step::FailOnce`].
+pub async fn fail_once(_ctx: ActivityContext, call: Call) -> Result<u64, Failure> {
+    match record(call.key) {
+        0 => Err(Failure::typed("FailOnce", "the first run fails")),
+        _ => Ok(call.n * 2 + 1),
+    }
 }
 
 /// The activity of [`Step::Retry`]: fails attempts up to `failures`.
@@ -129,6 +144,7 @@ pub async fn interpret(ctx: OrchestrationContext, program: Program) -> Result<Ve
         let call = |n: u64, failures: u32| Call { key: key.clone(), n, failures };
         let value = match what {
             Step::Work { n } => json!(ctx.call_activity::<_, u64>("work", &call(*n, 0)).await?),
+            Step::FailOnce { n } => json!(ctx.call_activity::<_, u64>("fail_once", &call(*n, 0)).await?),
             Step::Fail { n } => match ctx.call_activity::<_, u64>("fail", &call(*n, 0)).await {
                 Ok(v) => json!(v),
                 Err(failure) => json!(format!("caught: {}", failure.message())),
@@ -186,7 +202,7 @@ pub fn expected_output(program: &Program) -> Option<Value> {
         for (step, what) in program.steps.iter().enumerate() {
             let key = key(&program.tag, generation, step);
             out.push(match what {
-                Step::Work { n } | Step::Retry { n, .. } => json!(n * 2 + 1),
+                Step::Work { n } | Step::Retry { n, .. } | Step::FailOnce { n } => json!(n * 2 + 1),
                 Step::Fail { .. } => json!(format!("caught: {DELIBERATE}")),
                 Step::Sleep => json!("slept"),
                 Step::LongSleep => json!("woke"),
@@ -204,8 +220,10 @@ pub fn expected_output(program: &Program) -> Option<Value> {
 /// reminders to let fire before raising each.
 #[derive(Debug, Default)]
 pub struct Expectations {
-    /// Keys every one of which must have run at least once.
-    pub effects: BTreeSet<String>,
+    /// Every key that must run, with how many times it runs without faults.
+    pub effects: BTreeMap<String, u32>,
+    /// Rewinds each top-level instance needs at most (its steps that fail once).
+    pub rewinds: u32,
     /// Event name → reminders that fire before the driver raises it.
     pub events: BTreeMap<String, u32>,
 }
@@ -217,12 +235,18 @@ pub fn expect(program: &Program, into: &mut Expectations) {
             let key = key(&program.tag, generation, step);
             match what {
                 Step::Work { .. } | Step::Fail { .. } => {
-                    into.effects.insert(key);
+                    into.effects.insert(key, 1);
+                }
+                Step::FailOnce { .. } => {
+                    into.effects.insert(key, 2);
+                    into.rewinds += 1;
                 }
                 Step::Retry { failures, .. } => {
-                    into.effects.extend((1..=failures + 1).map(|attempt| format!("{key}#{attempt}")));
+                    into.effects.extend((1..=failures + 1).map(|attempt| (format!("{key}#{attempt}"), 1)));
                 }
-                Step::FanOut { ns } => into.effects.extend((0..ns.len()).map(|branch| format!("{key}:{branch}"))),
+                Step::FanOut { ns } => {
+                    into.effects.extend((0..ns.len()).map(|branch| (format!("{key}:{branch}"), 1)));
+                }
                 Step::Reminder { reminders } => {
                     into.events.insert(key, *reminders);
                 }
@@ -234,15 +258,19 @@ pub fn expect(program: &Program, into: &mut Expectations) {
     }
 }
 
-/// A random program of one to four steps; children nest at most `depth` deep.
-pub fn generate(rng: &mut Rng, tag: String, depth: u32) -> Program {
-    let steps = (0..1 + rng.below(4)).map(|_| generate_step(rng, depth)).collect();
+/// A random program of one to four steps; children nest at most `depth` deep. With `rewind`,
+/// some steps fail once (see [`Step::FailOnce`]).
+pub fn generate(rng: &mut Rng, tag: String, depth: u32, rewind: bool) -> Program {
+    let steps = (0..1 + rng.below(4)).map(|_| generate_step(rng, depth, rewind)).collect();
     let restarts = if depth > 0 && rng.chance(150) { 1 + rng.below(2) as u32 } else { 0 };
     Program { tag, steps, restarts, generation: 0, carried: Vec::new() }
 }
 
-fn generate_step(rng: &mut Rng, depth: u32) -> Step {
+fn generate_step(rng: &mut Rng, depth: u32, rewind: bool) -> Step {
     let n = rng.below(1000);
+    if rewind && rng.chance(100) {
+        return Step::FailOnce { n };
+    }
     match rng.below(100) {
         0..30 => Step::Work { n },
         30..38 => Step::Fail { n },
@@ -251,7 +279,7 @@ fn generate_step(rng: &mut Rng, depth: u32) -> Step {
         58..66 => Step::LongSleep,
         66..82 => Step::Reminder { reminders: rng.below(3) as u32 },
         82..92 => Step::FanOut { ns: (0..2 + rng.below(3)).map(|_| rng.below(1000)).collect() },
-        _ if depth > 0 => Step::Child { program: Box::new(generate(rng, String::new(), depth - 1)) },
+        _ if depth > 0 => Step::Child { program: Box::new(generate(rng, String::new(), depth - 1, rewind)) },
         _ => Step::Work { n },
     }
 }

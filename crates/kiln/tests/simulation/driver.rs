@@ -63,6 +63,8 @@ struct Driver<'a> {
     reused: bool,
     /// Rewinds sent, by instance.
     rewinds: BTreeMap<String, u32>,
+    /// Instances rewound, with their record's update time then (until it changes).
+    rewinding: BTreeMap<String, kiln::Timestamp>,
     log: Vec<String>,
     began: Instant,
     /// What the records looked like, since when.
@@ -92,6 +94,7 @@ pub fn run(seed: u64, backend: &Backend, plan: &Plan) -> Result<Observed, String
         resumed: false,
         reused: false,
         rewinds: BTreeMap::new(),
+        rewinding: BTreeMap::new(),
         log: Vec::new(),
         began: Instant::now(),
         fingerprint: (Vec::new(), Instant::now()),
@@ -195,6 +198,10 @@ impl Driver<'_> {
         let mut busy = Vec::new();
         for record in records.values() {
             let id = &record.instance_id;
+            if self.rewinding.get(id).is_some_and(|at| *at == record.updated_at) {
+                busy.push(format!("{id}: rewind on its way"));
+                continue;
+            }
             match record.status {
                 status if status.is_terminal() => continue,
                 RuntimeStatus::Suspended => continue,
@@ -291,6 +298,7 @@ impl Driver<'_> {
             let done = self.rewinds.get(&start.id).copied().unwrap_or(0);
             if failed && done < Plan::rewinds(program) {
                 self.node(0).call("rewind", async |c| tolerate(c.rewind(&start.id, Some("simulated")).await))?;
+                self.rewinding.insert(start.id.clone(), records[&start.id].updated_at);
                 self.rewinds.insert(start.id.clone(), done + 1);
                 self.note(format!("rewound {}", start.id));
                 return Ok(true);

@@ -91,12 +91,13 @@ pub fn check(plan: &Plan, observed: &Observed) -> Vec<String> {
             _ => &start.program,
         };
         match observed.finals.get(&start.id) {
-            Some((record, _)) => check_output(&start.id, record, program, &mut errors),
+            Some((record, history)) => check_output(&start.id, record, history, program, &mut errors),
             None => errors.push(format!("{}: accepted but missing at the end", start.id)),
         }
     }
     for snapshot in &observed.replaced {
-        check_output(&snapshot.record.instance_id, &snapshot.record, &snapshot.program, &mut errors);
+        let id = &snapshot.record.instance_id;
+        check_output(id, &snapshot.record, &snapshot.history, &snapshot.program, &mut errors);
         check_history(&snapshot.record.instance_id, &snapshot.history, observed, &mut errors);
     }
     if let Some((blocker, _)) = &plan.blocker {
@@ -112,13 +113,21 @@ pub fn check(plan: &Plan, observed: &Observed) -> Vec<String> {
     errors
 }
 
-fn check_output(id: &str, record: &InstanceRecord, program: &Program, errors: &mut Vec<String>) {
+fn check_output(
+    id: &str,
+    record: &InstanceRecord,
+    history: &[HistoryEvent],
+    program: &Program,
+    errors: &mut Vec<String>,
+) {
     let Some(expected) = expected_output(program) else { return };
     let output: Option<Value> = record.output.as_ref().and_then(|p| serde_json::from_str(p.as_str()).ok());
     if record.status != RuntimeStatus::Completed || output.as_ref() != Some(&expected) {
         errors.push(format!(
-            "{id}: ended {} with output {output:?} (failure {:?}), expected {expected}",
-            record.status, record.failure
+            "{id}: ended {} with output {output:?} (failure {:?}), expected {expected}; history: {}",
+            record.status,
+            record.failure,
+            describe(history)
         ));
     }
 }
@@ -183,4 +192,20 @@ fn check_effects(observed: &Observed, errors: &mut Vec<String>) {
             Some(_) => {}
         }
     }
+}
+
+/// A history in one line: each event's id, kind and the step it answers.
+fn describe(history: &[HistoryEvent]) -> String {
+    let line = |e: &HistoryEvent| match &e.kind {
+        EventKind::TaskScheduled { name, .. } => format!("{} TaskScheduled({name})", e.event_id),
+        EventKind::TaskCompleted { task_scheduled_id: s, .. } => format!("TaskCompleted({s})"),
+        EventKind::TaskFailed { task_scheduled_id: s, .. } => format!("TaskFailed({s})"),
+        EventKind::TimerFired { timer_id: s, .. } => format!("TimerFired({s})"),
+        EventKind::SubOrchestrationInstanceCompleted { task_scheduled_id: s, .. } => format!("SubCompleted({s})"),
+        EventKind::SubOrchestrationInstanceFailed { task_scheduled_id: s, .. } => format!("SubFailed({s})"),
+        EventKind::EventRaised { name, .. } => format!("EventRaised({name})"),
+        kind if e.event_id >= 0 => format!("{} {}", e.event_id, kind.name()),
+        kind => kind.name().to_owned(),
+    };
+    history.iter().map(line).collect::<Vec<_>>().join(", ")
 }

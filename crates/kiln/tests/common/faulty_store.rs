@@ -23,6 +23,9 @@ pub enum Fault {
     FailAfter,
     /// The call waits a few milliseconds first.
     Delay,
+    /// A claim that waits for work does not hear that work arrived: it waits out its whole
+    /// wait, then looks (only with [`FaultyStore::lose_notifications`]).
+    LostNotification,
 }
 
 /// A store that injects faults into every call that writes or claims, at a rate in per mille,
@@ -31,6 +34,10 @@ pub struct FaultyStore {
     /// The store underneath.
     pub inner: Arc<dyn Store>,
     per_mille: u64,
+    /// Whether the first calls at each point get each fault in turn.
+    each_kind_first: bool,
+    /// Per mille of waiting claims that miss their wake-up (0 unless set).
+    deaf_per_mille: AtomicU64,
     /// Faults are injected only while this is set.
     pub enabled: AtomicBool,
     state: AtomicU64,
@@ -45,10 +52,34 @@ impl FaultyStore {
             inner,
             per_mille,
             enabled: AtomicBool::new(true),
+            each_kind_first: true,
+            deaf_per_mille: AtomicU64::new(0),
             state: AtomicU64::new(seed),
             calls: Mutex::default(),
             injected: Mutex::default(),
         }
+    }
+
+    /// Draws every fault at random, without giving the first calls at each point each kind in
+    /// turn (which makes every run start with back-offs).
+    pub fn at_random(mut self) -> FaultyStore {
+        self.each_kind_first = false;
+        self
+    }
+
+    /// Makes about `per_mille` of the claims that wait for work miss their wake-up.
+    pub fn lose_notifications(&self, per_mille: u64) {
+        self.deaf_per_mille.store(per_mille, Ordering::Relaxed);
+    }
+
+    /// Whether this claim of `point` misses its wake-up (and counts it if so).
+    fn deaf(&self, point: &'static str) -> bool {
+        let per_mille = self.deaf_per_mille.load(Ordering::Relaxed);
+        if per_mille == 0 || !self.enabled.load(Ordering::Relaxed) || self.next() % 1000 >= per_mille {
+            return false;
+        }
+        *self.injected.lock().unwrap().entry((point, Fault::LostNotification)).or_default() += 1;
+        true
     }
 
     /// splitmix64: good enough to spread faults over calls, and dependency-free.
@@ -70,9 +101,9 @@ impl FaultyStore {
         let call = calls.entry(point).or_default();
         *call += 1;
         let roll = match *call {
-            1 => 0,
-            2 => 1,
-            3 => 2,
+            1 if self.each_kind_first => 0,
+            2 if self.each_kind_first => 1,
+            3 if self.each_kind_first => 2,
             _ => self.next() % 1000,
         };
         drop(calls);
@@ -106,7 +137,8 @@ impl FaultyStore {
     ) -> StoreResult<T> {
         let injected = || StoreError::Unavailable(format!("injected fault at {point}"));
         match self.roll(point, after_allowed) {
-            None => call.await,
+            // `roll` never draws a lost notification (see `deaf`).
+            None | Some(Fault::LostNotification) => call.await,
             Some(Fault::FailBefore) => Err(injected()),
             Some(Fault::FailAfter) => {
                 let _ = call.await;
@@ -149,7 +181,12 @@ impl Store for FaultyStore {
         wait: Duration,
     ) -> StoreResult<Option<OrchestrationWorkItem>> {
         // A claim whose answer is lost leaves a lease nobody holds: it lapses and counts.
-        self.write("fetch_orchestration_work", self.inner.fetch_orchestration_work(lease_for, wait)).await
+        let point = "fetch_orchestration_work";
+        if self.deaf(point) {
+            tokio::time::sleep(wait).await;
+            return self.write(point, self.inner.fetch_orchestration_work(lease_for, Duration::ZERO)).await;
+        }
+        self.write(point, self.inner.fetch_orchestration_work(lease_for, wait)).await
     }
 
     async fn commit_turn(&self, commit: TurnCommit) -> StoreResult<()> {
@@ -172,7 +209,12 @@ impl Store for FaultyStore {
         wait: Duration,
         max: usize,
     ) -> StoreResult<Vec<ActivityWorkItem>> {
-        self.write("fetch_activity_work", self.inner.fetch_activity_work(lease_for, wait, max)).await
+        let point = "fetch_activity_work";
+        if self.deaf(point) {
+            tokio::time::sleep(wait).await;
+            return self.write(point, self.inner.fetch_activity_work(lease_for, Duration::ZERO, max)).await;
+        }
+        self.write(point, self.inner.fetch_activity_work(lease_for, wait, max)).await
     }
 
     fn takes_first_turns(&self) -> bool {

@@ -22,7 +22,7 @@ const MAX_TICKS: u32 = 40;
 /// A timer due sooner than this is a short one: it fires in real time.
 const SHORT_TIMER_MILLIS: i64 = 60_000;
 /// Nothing moving for this long in a run with faults means work waits for a lease to lapse.
-const STALL: Duration = Duration::from_millis(150);
+const STALL: Duration = Duration::from_millis(100);
 
 /// The versions each node registers: on PostgreSQL the second node lacks the newest version, so
 /// instances started on the first node can only run there.
@@ -31,6 +31,7 @@ fn node_specs(backend: &Backend, plan: &Plan, seed: u64) -> Vec<NodeSpec> {
         versions,
         per_mille: plan.faults.store_per_mille,
         fault_seed: seed.wrapping_mul(31).wrapping_add(n),
+        lost_notifications: plan.faults.lost_notifications,
         cache: plan.cache,
     };
     match backend {
@@ -100,7 +101,8 @@ pub fn run(seed: u64, backend: &Backend, plan: &Plan) -> Result<Observed, String
         fingerprint: (Vec::new(), Instant::now()),
         planned_faults: plan.faults.store_per_mille > 0
             || plan.faults.crash_at.is_some()
-            || !plan.faults.lease_expiries.is_empty(),
+            || !plan.faults.lease_expiries.is_empty()
+            || plan.faults.lost_notifications > 0,
     };
     take_effects();
     let result = driver.drive();

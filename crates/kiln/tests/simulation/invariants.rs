@@ -8,7 +8,7 @@
 //! - no result was applied twice (each step of a history answered at most once, and only steps
 //!   that were scheduled);
 //! - every activity ran, none ran that no program calls, and one ran more than once only in a
-//!   run with an injected fault (counted by side effect).
+//!   run with an injected fault that can cause it (counted by side effect).
 
 use crate::common::faulty_store::Fault;
 use crate::plan::Plan;
@@ -55,17 +55,27 @@ impl Observed {
         }
     }
 
-    /// True if any fault was injected (only then may an activity run twice).
+    /// True if a fault was injected that can make an activity run again: a crash, a lease
+    /// expiry, a claim of activities or a report of a result whose success went unheard, or a
+    /// lease renewal or release that failed.
     pub fn faulted(&self) -> bool {
-        self.crashes > 0 || self.lease_expiries > 0 || self.injected.values().any(|&n| n > 0)
+        let rerun_points = ["fetch_activity_work", "complete_activity", "claim_with_activity_result"];
+        let can_rerun = |(point, fault): &(&str, Fault)| match *point {
+            "renew_activity_lease" | "abandon_activity_work" => true,
+            point => *fault == Fault::FailAfter && rerun_points.contains(&point),
+        };
+        self.crashes > 0 || self.lease_expiries > 0 || self.injected.iter().any(|(key, &n)| n > 0 && can_rerun(key))
     }
 
     /// One line on what happened.
     pub fn summary(&self) -> String {
-        let store: u32 = self.injected.values().sum();
+        let count = |lost: bool| -> u32 {
+            self.injected.iter().filter(|((_, f), _)| (*f == Fault::LostNotification) == lost).map(|(_, n)| n).sum()
+        };
+        let (store, lost) = (count(false), count(true));
         let reruns: u32 = self.effects.values().map(|n| n - 1).sum();
         format!(
-            "{} instances, {} activity runs ({reruns} reruns); faults: {store} store, {} crashes, {} lease expiries",
+            "{} instances, {} activity runs ({reruns} reruns); faults: {store} store, {lost} lost wake-ups, {} crashes, {} lease expiries",
             self.finals.len(),
             self.effects.values().sum::<u32>(),
             self.crashes,

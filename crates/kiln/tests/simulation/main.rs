@@ -81,7 +81,7 @@ fn run_seeds(test: &str, default: u64, backend: impl Fn(u64) -> (Backend, Box<dy
 
 #[test]
 fn sqlite() {
-    run_seeds("sqlite", 120, |_| {
+    run_seeds("sqlite", 200, |_| {
         let dir = tempfile::tempdir().unwrap();
         let backend = Backend::Sqlite(dir.path().join("kiln.db"));
         (backend, Box::new(move || drop(dir)))

@@ -3,7 +3,7 @@
 //! in, with no shutdown) and start a fresh one on the same database.
 
 use crate::common::faulty_store::{Fault, FaultyStore};
-use crate::program::{fail, fail_once, flaky, interpret, nudge, work};
+use crate::program::{fail, fail_once, flaky, interpret, nudge, slow_work, work};
 use kiln::{ClientError, Kiln, KilnClient, RuntimeConfig, Store};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -57,6 +57,8 @@ pub struct NodeSpec {
     pub per_mille: u64,
     /// Seed of the fault schedule.
     pub fault_seed: u64,
+    /// Per mille of waiting claims that miss their wake-up.
+    pub lost_notifications: u64,
     /// Execution cache capacity (0: every turn replays).
     pub cache: usize,
 }
@@ -81,7 +83,8 @@ impl Node {
             .map_err(|e| format!("tokio: {e}"))?;
         let (kiln, faulty, inner) = rt.block_on(async {
             let inner = backend.open().await?;
-            let faulty = Arc::new(FaultyStore::new(Arc::clone(&inner), spec.per_mille, spec.fault_seed));
+            let faulty = Arc::new(FaultyStore::new(Arc::clone(&inner), spec.per_mille, spec.fault_seed).at_random());
+            faulty.lose_notifications(spec.lost_notifications);
             let config = RuntimeConfig {
                 orchestration_concurrency: 4,
                 activity_concurrency: 8,
@@ -98,6 +101,7 @@ impl Node {
             let kiln = builder
                 .orchestration("nudge", nudge)
                 .activity("work", work)
+                .activity("slow_work", slow_work)
                 .activity("fail", fail)
                 .activity("flaky", flaky)
                 .activity("fail_once", fail_once)

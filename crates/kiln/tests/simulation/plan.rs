@@ -36,6 +36,8 @@ pub struct Faults {
     pub crash_at: Option<u32>,
     /// Move the clock past the lease at these busy polls (running activities lose their claim).
     pub lease_expiries: Vec<u32>,
+    /// Per mille of waiting claims that miss their wake-up.
+    pub lost_notifications: u64,
 }
 
 /// Everything a seed decides.
@@ -89,6 +91,7 @@ impl Plan {
                 store_per_mille: if rng.chance(300) { 0 } else { 10 + rng.below(50) },
                 crash_at: rng.chance(400).then(|| 1 + rng.below(40) as u32),
                 lease_expiries: (0..rng.below(3)).map(|_| 1 + rng.below(40) as u32).collect(),
+                lost_notifications: if rng.chance(250) { 20 + rng.below(80) } else { 0 },
             }
         };
         let cache = if rng.chance(300) { 0 } else { 1000 };

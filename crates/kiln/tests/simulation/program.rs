@@ -21,6 +21,8 @@ use std::time::Duration;
 pub const TICK: Duration = Duration::from_secs(3600);
 /// Short timers (sleeps, retry delays) fire in real time.
 const SHORT: Duration = Duration::from_millis(10);
+/// How long a slow activity takes (real time).
+const SLOW: Duration = Duration::from_millis(25);
 /// The error message of the activity that always fails.
 const DELIBERATE: &str = "deliberate failure";
 
@@ -45,6 +47,8 @@ pub struct Program {
 pub enum Step {
     /// An activity returning `2n + 1`.
     Work { n: u64 },
+    /// The same, taking a few milliseconds (so crashes and lease expiries catch it running).
+    SlowWork { n: u64 },
     /// An activity that fails; the program catches the failure.
     Fail { n: u64 },
     /// An activity failing its first `failures` attempts, called with enough retries.
@@ -97,6 +101,13 @@ pub async fn work(_ctx: ActivityContext, call: Call) -> Result<u64, Failure> {
     Ok(call.n * 2 + 1)
 }
 
+/// The activity of [`Step::SlowWork`].
+pub async fn slow_work(_ctx: ActivityContext, call: Call) -> Result<u64, Failure> {
+    tokio::time::sleep(SLOW).await;
+    record(call.key);
+    Ok(call.n * 2 + 1)
+}
+
 /// The activity of [`Step::Fail`].
 pub async fn fail(_ctx: ActivityContext, call: Call) -> Result<u64, Failure> {
     record(call.key);
@@ -144,6 +155,7 @@ pub async fn interpret(ctx: OrchestrationContext, program: Program) -> Result<Ve
         let call = |n: u64, failures: u32| Call { key: key.clone(), n, failures };
         let value = match what {
             Step::Work { n } => json!(ctx.call_activity::<_, u64>("work", &call(*n, 0)).await?),
+            Step::SlowWork { n } => json!(ctx.call_activity::<_, u64>("slow_work", &call(*n, 0)).await?),
             Step::FailOnce { n } => json!(ctx.call_activity::<_, u64>("fail_once", &call(*n, 0)).await?),
             Step::Fail { n } => match ctx.call_activity::<_, u64>("fail", &call(*n, 0)).await {
                 Ok(v) => json!(v),
@@ -202,7 +214,9 @@ pub fn expected_output(program: &Program) -> Option<Value> {
         for (step, what) in program.steps.iter().enumerate() {
             let key = key(&program.tag, generation, step);
             out.push(match what {
-                Step::Work { n } | Step::Retry { n, .. } | Step::FailOnce { n } => json!(n * 2 + 1),
+                Step::Work { n } | Step::SlowWork { n } | Step::Retry { n, .. } | Step::FailOnce { n } => {
+                    json!(n * 2 + 1)
+                }
                 Step::Fail { .. } => json!(format!("caught: {DELIBERATE}")),
                 Step::Sleep => json!("slept"),
                 Step::LongSleep => json!("woke"),
@@ -234,7 +248,7 @@ pub fn expect(program: &Program, into: &mut Expectations) {
         for (step, what) in program.steps.iter().enumerate() {
             let key = key(&program.tag, generation, step);
             match what {
-                Step::Work { .. } | Step::Fail { .. } => {
+                Step::Work { .. } | Step::SlowWork { .. } | Step::Fail { .. } => {
                     into.effects.insert(key, 1);
                 }
                 Step::FailOnce { .. } => {
@@ -272,7 +286,8 @@ fn generate_step(rng: &mut Rng, depth: u32, rewind: bool) -> Step {
         return Step::FailOnce { n };
     }
     match rng.below(100) {
-        0..30 => Step::Work { n },
+        0..20 => Step::Work { n },
+        20..30 => Step::SlowWork { n },
         30..38 => Step::Fail { n },
         38..50 => Step::Retry { n, failures: 1 + rng.below(2) as u32 },
         50..58 => Step::Sleep,

@@ -108,8 +108,12 @@ pub fn run(seed: u64, backend: &Backend, plan: &Plan) -> Result<Observed, String
     let result = driver.drive();
     driver.observed.effects = take_effects();
     let result = result.and_then(|()| driver.collect());
-    for node in driver.nodes.iter_mut().filter_map(Option::take) {
-        node.stop();
+    for index in 0..driver.nodes.len() {
+        if let Some(node) = driver.nodes[index].take() {
+            let metrics = node.metrics();
+            driver.note(format!("node {index}: {metrics:?}"));
+            node.stop();
+        }
     }
     driver.note("stopped".to_owned());
     let log = driver.log.join("\n  ");
@@ -131,8 +135,9 @@ impl Driver<'_> {
     }
 
     fn drive(&mut self) -> Result<(), String> {
-        let mut starts: Vec<&Start> = self.plan.starts.iter().collect();
-        starts.extend(self.plan.blocker.as_ref().map(|(s, _)| s));
+        let plan = self.plan;
+        let mut starts: Vec<&Start> = plan.starts.iter().collect();
+        starts.extend(plan.blocker.as_ref().map(|(s, _)| s));
         for start in starts {
             self.start(start.via, &start.id, &start.program)?;
         }
@@ -371,7 +376,10 @@ impl Driver<'_> {
 
     /// Starts `program` as `id`, until the store takes it (an injected fault may hide that it
     /// did: then the stored input tells).
-    fn start(&self, via: usize, id: &str, program: &Program) -> Result<(), String> {
+    fn start(&mut self, via: usize, id: &str, program: &Program) -> Result<(), String> {
+        // It is pinned to the default version of the node it is started through.
+        let version = self.specs[via].versions.last().copied().unwrap_or_default();
+        self.observed.versions.insert(program.tag.clone(), version.to_owned());
         let input = Payload::encode(program).map_err(|e| e.to_string())?;
         let node = self.node(via);
         let deadline = Instant::now() + Duration::from_secs(10);

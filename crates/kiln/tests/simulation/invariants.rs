@@ -2,7 +2,8 @@
 //! - every accepted start reached a terminal status (the driver fails a run that does not
 //!   settle: an instance stuck with nothing scheduled);
 //! - outputs equal the pure function of the program (a fault-free run's), the blocker is
-//!   Terminated, and an instance whose id was reused had its own output before;
+//!   Terminated, an instance whose id was reused had its own output before, and each instance
+//!   kept the version it was started on;
 //! - every raised event was delivered once (the output shows it consumed at its step; history
 //!   holds it once, or more only if the driver re-sent it after an injected fault);
 //! - no result was applied twice (each step of a history answered at most once, and only steps
@@ -41,6 +42,8 @@ pub struct Observed {
     pub expectations: Expectations,
     /// Store faults injected, by call point and kind.
     pub injected: BTreeMap<(&'static str, Fault), u32>,
+    /// The version each top-level program (by tag) must be pinned to.
+    pub versions: BTreeMap<String, String>,
     /// Node crashes.
     pub crashes: u32,
     /// Clock jumps past the lease while work ran.
@@ -101,13 +104,17 @@ pub fn check(plan: &Plan, observed: &Observed) -> Vec<String> {
             _ => &start.program,
         };
         match observed.finals.get(&start.id) {
-            Some((record, history)) => check_output(&start.id, record, history, program, &mut errors),
+            Some((record, history)) => {
+                check_output(&start.id, record, history, program, &mut errors);
+                check_version(record, program, observed, &mut errors);
+            }
             None => errors.push(format!("{}: accepted but missing at the end", start.id)),
         }
     }
     for snapshot in &observed.replaced {
         let id = &snapshot.record.instance_id;
         check_output(id, &snapshot.record, &snapshot.history, &snapshot.program, &mut errors);
+        check_version(&snapshot.record, &snapshot.program, observed, &mut errors);
         check_history(&snapshot.record.instance_id, &snapshot.history, observed, &mut errors);
     }
     if let Some((blocker, _)) = &plan.blocker {
@@ -139,6 +146,15 @@ fn check_output(
             record.failure,
             describe(history)
         ));
+    }
+}
+
+/// An instance keeps the version it started on, whichever node ran it.
+fn check_version(record: &InstanceRecord, program: &Program, observed: &Observed, errors: &mut Vec<String>) {
+    if let Some(expected) = observed.versions.get(&program.tag)
+        && *expected != record.version
+    {
+        errors.push(format!("{}: runs version '{}', started on '{expected}'", record.instance_id, record.version));
     }
 }
 

@@ -140,6 +140,11 @@ impl Node {
         self.faulty.injected()
     }
 
+    /// The node's work counters.
+    pub fn metrics(&self) -> kiln::MetricsSnapshot {
+        self.kiln.metrics()
+    }
+
     /// Stops injecting faults (for the checks after a run).
     pub fn calm(&self) {
         self.faulty.enabled.store(false, std::sync::atomic::Ordering::Relaxed);

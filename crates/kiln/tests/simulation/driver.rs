@@ -228,6 +228,9 @@ impl Driver<'_> {
                             busy.push(format!("{id}: child {instance_id} finished"));
                         }
                     }
+                    WaitingOn::Event { name } if self.expectations.echoes.contains(name) => {
+                        busy.push(format!("{id}: its own event {name} on its way"));
+                    }
                     WaitingOn::Event { name } => {
                         let Some(&reminders) = self.expectations.events.get(name) else { continue };
                         if self.raised.contains(name) {

@@ -12,7 +12,7 @@ use crate::rng::Rng;
 use kiln::{ActivityContext, Either, Failure, OrchestrationContext, RetryPolicy, join_all, select2};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -62,8 +62,15 @@ pub enum Step {
     Reminder { reminders: u32 },
     /// Activities in parallel, joined.
     FanOut { ns: Vec<u64> },
-    /// A sub-orchestration running `program` (its tag is replaced by this step's key).
-    Child { program: Box<Program> },
+    /// A sub-orchestration running `program` (its tag is replaced by this step's key), with an
+    /// id derived by the runtime or, if `named`, chosen by the program.
+    Child {
+        program: Box<Program>,
+        #[serde(default)]
+        named: bool,
+    },
+    /// Sends an event to its own instance and waits for it.
+    Echo,
     /// Waits for an event nobody raises (the driver terminates such an instance).
     Block,
     /// An activity that fails (unhandled: the instance fails) the first time it runs and returns
@@ -191,9 +198,19 @@ pub async fn interpret(ctx: OrchestrationContext, program: Program) -> Result<Ve
                 let results = join_all(calls.collect()).await;
                 Value::Array(results.into_iter().map(|r| r.map(|v| json!(v))).collect::<Result<_, _>>()?)
             }
-            Step::Child { program } => {
+            Step::Child { program, named } => {
                 let child = Program { tag: key.clone(), ..(**program).clone() };
-                Value::Array(ctx.call_sub_orchestration::<_, Vec<Value>>("interp", &child).await?)
+                let output = if *named {
+                    let id = format!("{}~child", key.replace('/', "_"));
+                    ctx.call_sub_orchestration_with_id::<_, Vec<Value>>("interp", &id, &child).await?
+                } else {
+                    ctx.call_sub_orchestration::<_, Vec<Value>>("interp", &child).await?
+                };
+                Value::Array(output)
+            }
+            Step::Echo => {
+                ctx.send_event(&ctx.instance_id(), &key, &key);
+                json!({ "echo": ctx.wait_for_event::<String>(&key).await? })
             }
             Step::Block => json!(ctx.wait_for_event::<String>(&format!("{key}/never")).await?),
         };
@@ -222,7 +239,8 @@ pub fn expected_output(program: &Program) -> Option<Value> {
                 Step::LongSleep => json!("woke"),
                 Step::Reminder { reminders } => json!({ "event": key, "reminders": reminders }),
                 Step::FanOut { ns } => json!(ns.iter().map(|n| n * 2 + 1).collect::<Vec<_>>()),
-                Step::Child { program } => expected_output(&Program { tag: key, ..(**program).clone() })?,
+                Step::Child { program, .. } => expected_output(&Program { tag: key, ..(**program).clone() })?,
+                Step::Echo => json!({ "echo": key }),
                 Step::Block => return None,
             });
         }
@@ -236,6 +254,8 @@ pub fn expected_output(program: &Program) -> Option<Value> {
 pub struct Expectations {
     /// Every key that must run, with how many times it runs without faults.
     pub effects: BTreeMap<String, u32>,
+    /// Events instances send themselves (always on their way while waited for).
+    pub echoes: BTreeSet<String>,
     /// Rewinds each top-level instance needs at most (its steps that fail once).
     pub rewinds: u32,
     /// Event name → reminders that fire before the driver raises it.
@@ -264,7 +284,10 @@ pub fn expect(program: &Program, into: &mut Expectations) {
                 Step::Reminder { reminders } => {
                     into.events.insert(key, *reminders);
                 }
-                Step::Child { program } => expect(&Program { tag: key, ..(**program).clone() }, into),
+                Step::Child { program, .. } => expect(&Program { tag: key, ..(**program).clone() }, into),
+                Step::Echo => {
+                    into.echoes.insert(key);
+                }
                 Step::Sleep | Step::LongSleep => {}
                 Step::Block => return,
             }
@@ -286,15 +309,19 @@ fn generate_step(rng: &mut Rng, depth: u32, rewind: bool) -> Step {
         return Step::FailOnce { n };
     }
     match rng.below(100) {
-        0..20 => Step::Work { n },
-        20..30 => Step::SlowWork { n },
-        30..38 => Step::Fail { n },
-        38..50 => Step::Retry { n, failures: 1 + rng.below(2) as u32 },
-        50..58 => Step::Sleep,
-        58..66 => Step::LongSleep,
-        66..82 => Step::Reminder { reminders: rng.below(3) as u32 },
-        82..92 => Step::FanOut { ns: (0..2 + rng.below(3)).map(|_| rng.below(1000)).collect() },
-        _ if depth > 0 => Step::Child { program: Box::new(generate(rng, String::new(), depth - 1, rewind)) },
+        0..18 => Step::Work { n },
+        18..28 => Step::SlowWork { n },
+        28..36 => Step::Fail { n },
+        36..47 => Step::Retry { n, failures: 1 + rng.below(2) as u32 },
+        47..54 => Step::Sleep,
+        54..61 => Step::LongSleep,
+        61..76 => Step::Reminder { reminders: rng.below(3) as u32 },
+        76..84 => Step::FanOut { ns: (0..2 + rng.below(3)).map(|_| rng.below(1000)).collect() },
+        84..90 => Step::Echo,
+        _ if depth > 0 => {
+            let program = Box::new(generate(rng, String::new(), depth - 1, rewind));
+            Step::Child { program, named: rng.chance(500) }
+        }
         _ => Step::Work { n },
     }
 }

@@ -10,7 +10,7 @@
 use crate::invariants::{Observed, Snapshot};
 use crate::nodes::{Backend, LEASE, Node, NodeSpec};
 use crate::plan::{Plan, Start};
-use crate::program::{Expectations, Program, TICK, Waiting, take_effects};
+use crate::program::{Expectations, Program, TICK, Waiting, open_gate, passed_gate, take_effects};
 use kiln::{ClientError, InstanceQuery, InstanceRecord, KilnClient, Payload, RuntimeStatus, StartOptions, WaitingOn};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -62,6 +62,9 @@ struct Driver<'a> {
     suspended: bool,
     resumed: bool,
     reused: bool,
+    /// Held activities seen, by idempotency key: the tick they were first seen at, and whether
+    /// their gate is open.
+    gates: BTreeMap<String, (u32, bool)>,
     /// Rewinds sent, by instance.
     rewinds: BTreeMap<String, u32>,
     /// Instances rewound, with their record's update time then (until it changes).
@@ -95,6 +98,7 @@ pub fn run(seed: u64, backend: &Backend, plan: &Plan) -> Result<Observed, String
         resumed: false,
         reused: false,
         rewinds: BTreeMap::new(),
+        gates: BTreeMap::new(),
         rewinding: BTreeMap::new(),
         log: Vec::new(),
         began: Instant::now(),
@@ -156,7 +160,7 @@ impl Driver<'_> {
                 std::thread::sleep(Duration::from_millis(2));
                 continue;
             }
-            if self.client_operation(&records)? {
+            if self.open_gates() || self.client_operation(&records)? {
                 continue;
             }
             let all_started = self.plan.starts.iter().all(|s| records.contains_key(&s.id));
@@ -202,7 +206,10 @@ impl Driver<'_> {
     /// events that are due on the way.
     fn busy(&mut self, records: &BTreeMap<String, InstanceRecord>) -> Result<Vec<String>, String> {
         let now = kiln_core::time::now();
-        let mut busy = Vec::new();
+        let mut busy: Vec<String> = (self.gates.iter())
+            .filter(|(gate, (_, open))| *open && !passed_gate(gate))
+            .map(|(gate, _)| format!("held activity {gate} let go"))
+            .collect();
         for record in records.values() {
             let id = &record.instance_id;
             if self.rewinding.get(id).is_some_and(|at| *at == record.updated_at) {
@@ -218,6 +225,13 @@ impl Driver<'_> {
             }
             for waiting in &record.waiting_on {
                 match waiting {
+                    WaitingOn::Activity { name, task_id, .. } if name == "held" => {
+                        // Held at its gate until the timer it races has won (a tick later).
+                        let gate = format!("{id}:{}:{task_id}", record.execution);
+                        if self.gates.entry(gate).or_insert((self.tick, false)).1 {
+                            busy.push(format!("{id}: late result of held activity {task_id} on its way"));
+                        }
+                    }
                     WaitingOn::Activity { name, .. } => busy.push(format!("{id}: activity {name}")),
                     WaitingOn::Timer { fire_at, .. } if fire_at.millis() < now.millis() + SHORT_TIMER_MILLIS => {
                         busy.push(format!("{id}: timer due at {fire_at}"));
@@ -251,6 +265,20 @@ impl Driver<'_> {
             }
         }
         Ok(busy)
+    }
+
+    /// Opens the gates of held activities first seen before this tick: the timers they race
+    /// have won, and the instances have taken that in (the driver is at a quiet moment).
+    fn open_gates(&mut self) -> bool {
+        let tick = self.tick;
+        let due: Vec<String> =
+            self.gates.iter().filter(|(_, (seen, open))| *seen < tick && !open).map(|(g, _)| g.clone()).collect();
+        for gate in &due {
+            open_gate(gate.clone());
+            self.gates.insert(gate.clone(), (tick, true));
+            self.note(format!("let held activity {gate} go"));
+        }
+        !due.is_empty()
     }
 
     /// Crashes and lease expiries due at this busy poll.

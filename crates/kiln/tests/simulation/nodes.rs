@@ -3,7 +3,7 @@
 //! in, with no shutdown) and start a fresh one on the same database.
 
 use crate::common::faulty_store::{Fault, FaultyStore};
-use crate::program::{fail, fail_once, flaky, interpret, nudge, slow_work, work};
+use crate::program::{fail, fail_once, flaky, held, interpret, nudge, slow_work, work};
 use kiln::{ClientError, Kiln, KilnClient, RuntimeConfig, Store};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -102,6 +102,7 @@ impl Node {
                 .orchestration("nudge", nudge)
                 .activity("work", work)
                 .activity("slow_work", slow_work)
+                .activity("held", held)
                 .activity("fail", fail)
                 .activity("flaky", flaky)
                 .activity("fail_once", fail_once)

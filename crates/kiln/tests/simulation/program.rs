@@ -71,6 +71,10 @@ pub enum Step {
     },
     /// Sends an event to its own instance and waits for it.
     Echo,
+    /// An activity raced against a one-tick timer. If `wins`, a quick activity (it wins: the
+    /// driver moves the clock only when no activity runs); else one held at a gate until the
+    /// timer has won, whose late result the orchestration must ignore.
+    Timeout { n: u64, wins: bool },
     /// Waits for an event nobody raises (the driver terminates such an instance).
     Block,
     /// An activity that fails (unhandled: the instance fails) the first time it runs and returns
@@ -112,6 +116,32 @@ pub async fn work(_ctx: ActivityContext, call: Call) -> Result<u64, Failure> {
 pub async fn slow_work(_ctx: ActivityContext, call: Call) -> Result<u64, Failure> {
     tokio::time::sleep(SLOW).await;
     record(call.key);
+    Ok(call.n * 2 + 1)
+}
+
+/// Gates of held activities the driver opened, by idempotency key.
+static OPEN_GATES: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+/// Held activities that went through their open gate, by idempotency key.
+static PASSED_GATES: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// Opens the gate of the held activity with this idempotency key.
+pub fn open_gate(key: String) {
+    OPEN_GATES.lock().unwrap_or_else(|p| p.into_inner()).insert(key);
+}
+
+/// Whether the held activity with this idempotency key went through its gate.
+pub fn passed_gate(key: &str) -> bool {
+    PASSED_GATES.lock().unwrap_or_else(|p| p.into_inner()).contains(key)
+}
+
+/// The activity of a losing [`Step::Timeout`]: held until the driver opens its gate.
+pub async fn held(ctx: ActivityContext, call: Call) -> Result<u64, Failure> {
+    let key = ctx.idempotency_key();
+    while !OPEN_GATES.lock().unwrap_or_else(|p| p.into_inner()).contains(&key) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    record(call.key);
+    PASSED_GATES.lock().unwrap_or_else(|p| p.into_inner()).insert(key);
     Ok(call.n * 2 + 1)
 }
 
@@ -208,6 +238,13 @@ pub async fn interpret(ctx: OrchestrationContext, program: Program) -> Result<Ve
                 };
                 Value::Array(output)
             }
+            Step::Timeout { n, wins } => {
+                let activity = ctx.call_activity::<_, u64>(if *wins { "work" } else { "held" }, &call(*n, 0));
+                match select2(activity, ctx.sleep(TICK)).await {
+                    Either::Left(result) => json!(result?),
+                    Either::Right(fired) => fired.map(|()| json!("timed out"))?,
+                }
+            }
             Step::Echo => {
                 ctx.send_event(&ctx.instance_id(), &key, &key);
                 json!({ "echo": ctx.wait_for_event::<String>(&key).await? })
@@ -241,6 +278,8 @@ pub fn expected_output(program: &Program) -> Option<Value> {
                 Step::FanOut { ns } => json!(ns.iter().map(|n| n * 2 + 1).collect::<Vec<_>>()),
                 Step::Child { program, .. } => expected_output(&Program { tag: key, ..(**program).clone() })?,
                 Step::Echo => json!({ "echo": key }),
+                Step::Timeout { n, wins: true } => json!(n * 2 + 1),
+                Step::Timeout { wins: false, .. } => json!("timed out"),
                 Step::Block => return None,
             });
         }
@@ -268,8 +307,13 @@ pub fn expect(program: &Program, into: &mut Expectations) {
         for (step, what) in program.steps.iter().enumerate() {
             let key = key(&program.tag, generation, step);
             match what {
-                Step::Work { .. } | Step::SlowWork { .. } | Step::Fail { .. } => {
+                Step::Work { .. } | Step::SlowWork { .. } | Step::Fail { .. } | Step::Timeout { wins: true, .. } => {
                     into.effects.insert(key, 1);
+                }
+                Step::Timeout { wins: false, .. } => {
+                    // Held across clock moves, its claim lapses at each: it may be handed out
+                    // again as often (its late results are checked in history, not counted here).
+                    into.effects.insert(key, u32::MAX);
                 }
                 Step::FailOnce { .. } => {
                     into.effects.insert(key, 2);
@@ -317,7 +361,8 @@ fn generate_step(rng: &mut Rng, depth: u32, rewind: bool) -> Step {
         54..61 => Step::LongSleep,
         61..76 => Step::Reminder { reminders: rng.below(3) as u32 },
         76..84 => Step::FanOut { ns: (0..2 + rng.below(3)).map(|_| rng.below(1000)).collect() },
-        84..90 => Step::Echo,
+        84..88 => Step::Echo,
+        88..92 => Step::Timeout { n, wins: rng.chance(400) },
         _ if depth > 0 => {
             let program = Box::new(generate(rng, String::new(), depth - 1, rewind));
             Step::Child { program, named: rng.chance(500) }

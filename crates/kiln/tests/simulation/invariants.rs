@@ -221,7 +221,7 @@ fn check_effects(observed: &Observed, errors: &mut Vec<String>) {
 }
 
 /// A history in one line: each event's id, kind and the step it answers.
-fn describe(history: &[HistoryEvent]) -> String {
+pub fn describe(history: &[HistoryEvent]) -> String {
     let line = |e: &HistoryEvent| match &e.kind {
         EventKind::TaskScheduled { name, .. } => format!("{} TaskScheduled({name})", e.event_id),
         EventKind::TaskCompleted { task_scheduled_id: s, .. } => format!("TaskCompleted({s})"),

@@ -7,7 +7,8 @@
 //! - `nodes`: runtimes that can be crashed and restarted; `driver`: one run; `invariants`.
 //!
 //! `KILN_SIM_SEED=N` runs one seed; `KILN_SIM_SEEDS=N` runs N seeds from `KILN_SIM_FIRST_SEED`
-//! (default 1); `KILN_SIM_REWIND=1` adds steps that fail once and are rewound. A failing seed prints the command that reruns it. The clock is process-wide, so
+//! (default 1); `KILN_SIM_REWIND=1` adds steps that fail once and are rewound, and
+//! `KILN_SIM_MIXED_VERSIONS=1` takes the newest version off PostgreSQL's second node. A failing seed prints the command that reruns it. The clock is process-wide, so
 //! the tests here take turns.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -49,7 +50,12 @@ fn run_seeds(test: &str, default: u64, backend: impl Fn(u64) -> (Backend, Box<dy
     let seeds = seeds(default);
     // Rewind workloads stay off by default while rewind is reworked (issue 12 item 6).
     let rewind = std::env::var("KILN_SIM_REWIND").is_ok_and(|v| v == "1");
-    let rerun_env = if rewind { " KILN_SIM_REWIND=1" } else { "" };
+    let mut rerun_env = String::new();
+    for switch in ["KILN_SIM_REWIND", "KILN_SIM_MIXED_VERSIONS"] {
+        if std::env::var(switch).is_ok_and(|v| v == "1") {
+            rerun_env += &format!(" {switch}=1");
+        }
+    }
     let mut failed = Vec::new();
     for &seed in &seeds {
         let (backend, cleanup) = backend(seed);
@@ -98,7 +104,7 @@ fn postgres() {
         eprintln!("skipped: PostgreSQL at {url} is not available ({err}); set KILN_REQUIRE_POSTGRES=1 to fail instead");
         return;
     }
-    run_seeds("postgres", 15, |seed| {
+    run_seeds("postgres", 50, |seed| {
         let schema = format!("kiln_sim_{seed}_{}", uuid::Uuid::new_v4().simple());
         let backend = Backend::Postgres { url: url.clone(), schema: schema.clone() };
         let url = url.clone();

@@ -6,8 +6,8 @@
 //!   kept the version it was started on;
 //! - every raised event was delivered once (the output shows it consumed at its step; history
 //!   holds it once, or more only if the driver re-sent it after an injected fault);
-//! - no result was applied twice (each step of a history answered at most once, and only steps
-//!   that were scheduled);
+//! - no result was applied twice (each step of a history answered at most once, only by a result
+//!   of its kind, and only if it was scheduled);
 //! - every activity ran, none ran that no program calls, and one ran more than once only in a
 //!   run with an injected fault that can cause it (counted by side effect).
 
@@ -164,34 +164,47 @@ fn check_history(id: &str, history: &[HistoryEvent], observed: &Observed, errors
     if starts != 1 {
         errors.push(format!("{id}: {starts} ExecutionStarted events"));
     }
-    let mut scheduled = BTreeSet::new();
+    // Step → what kind of step it is ("task", "timer", "child").
+    let mut scheduled = BTreeMap::new();
     let mut answered = BTreeSet::new();
     let mut events: BTreeMap<&str, u32> = BTreeMap::new();
     for event in history {
         let answer = match &event.kind {
-            EventKind::TaskScheduled { .. }
-            | EventKind::TimerCreated { .. }
-            | EventKind::SubOrchestrationInstanceCreated { .. } => {
-                scheduled.insert(event.event_id);
+            EventKind::TaskScheduled { .. } => {
+                scheduled.insert(event.event_id, "task");
+                None
+            }
+            EventKind::TimerCreated { .. } => {
+                scheduled.insert(event.event_id, "timer");
+                None
+            }
+            EventKind::SubOrchestrationInstanceCreated { .. } => {
+                scheduled.insert(event.event_id, "child");
                 None
             }
             EventKind::TaskCompleted { task_scheduled_id: step, .. }
-            | EventKind::TaskFailed { task_scheduled_id: step, .. }
-            | EventKind::TimerFired { timer_id: step, .. }
-            | EventKind::SubOrchestrationInstanceCompleted { task_scheduled_id: step, .. }
-            | EventKind::SubOrchestrationInstanceFailed { task_scheduled_id: step, .. } => Some(*step as i64),
+            | EventKind::TaskFailed { task_scheduled_id: step, .. } => Some((*step as i64, "task")),
+            EventKind::TimerFired { timer_id: step, .. } => Some((*step as i64, "timer")),
+            EventKind::SubOrchestrationInstanceCompleted { task_scheduled_id: step, .. }
+            | EventKind::SubOrchestrationInstanceFailed { task_scheduled_id: step, .. } => {
+                Some((*step as i64, "child"))
+            }
             EventKind::EventRaised { name, .. } => {
                 *events.entry(name).or_default() += 1;
                 None
             }
             _ => None,
         };
-        if let Some(step) = answer {
+        if let Some((step, kind)) = answer {
             if !answered.insert(step) {
                 errors.push(format!("{id}: step {step} answered twice (a result applied twice)"));
             }
-            if !scheduled.contains(&step) {
-                errors.push(format!("{id}: step {step} answered but never scheduled"));
+            match scheduled.get(&step) {
+                None => errors.push(format!("{id}: step {step} answered by a {kind} result but never scheduled")),
+                Some(&what) if what != kind => {
+                    errors.push(format!("{id}: step {step} is a {what} but was answered by a {kind} result"));
+                }
+                Some(_) => {}
             }
         }
     }

@@ -8,7 +8,8 @@
 //!
 //! `KILN_SIM_SEED=N` runs one seed; `KILN_SIM_SEEDS=N` runs N seeds from `KILN_SIM_FIRST_SEED`
 //! (default 1); `KILN_SIM_REWIND=1` adds steps that fail once and are rewound, and
-//! `KILN_SIM_MIXED_VERSIONS=1` takes the newest version off PostgreSQL's second node. A failing seed prints the command that reruns it. The clock is process-wide, so
+//! `KILN_SIM_MIXED_VERSIONS=1` takes the newest version off PostgreSQL's second node, and
+//! `KILN_SIM_ORPHANS=1` reuses ids while a child of the old instance still runs. A failing seed prints the command that reruns it. The clock is process-wide, so
 //! the tests here take turns.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -49,17 +50,18 @@ fn run_seeds(test: &str, default: u64, backend: impl Fn(u64) -> (Backend, Box<dy
     let began = Instant::now();
     let seeds = seeds(default);
     // Rewind workloads stay off by default while rewind is reworked (issue 12 item 6).
-    let rewind = std::env::var("KILN_SIM_REWIND").is_ok_and(|v| v == "1");
+    let switch = |name: &str| std::env::var(name).is_ok_and(|v| v == "1");
+    let (rewind, orphans) = (switch("KILN_SIM_REWIND"), switch("KILN_SIM_ORPHANS"));
     let mut rerun_env = String::new();
-    for switch in ["KILN_SIM_REWIND", "KILN_SIM_MIXED_VERSIONS"] {
-        if std::env::var(switch).is_ok_and(|v| v == "1") {
-            rerun_env += &format!(" {switch}=1");
+    for name in ["KILN_SIM_REWIND", "KILN_SIM_MIXED_VERSIONS", "KILN_SIM_ORPHANS"] {
+        if switch(name) {
+            rerun_env += &format!(" {name}=1");
         }
     }
     let mut failed = Vec::new();
     for &seed in &seeds {
         let (backend, cleanup) = backend(seed);
-        let plan = Plan::new(seed, driver::node_count(&backend), rewind);
+        let plan = Plan::new(seed, driver::node_count(&backend), rewind, orphans);
         let started = Instant::now();
         let result = driver::run(seed, &backend, &plan);
         cleanup();

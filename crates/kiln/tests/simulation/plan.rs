@@ -58,11 +58,12 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The plan of `seed` for `nodes` nodes.
-    pub fn new(seed: u64, nodes: usize, rewind: bool) -> Plan {
+    /// The plan of `seed` for `nodes` nodes. With `rewind`, some steps fail once and are rewound; with `orphans`, the instance whose id
+    /// is reused ends with a child that loses a race and still runs when the id is reused.
+    pub fn new(seed: u64, nodes: usize, rewind: bool, orphans: bool) -> Plan {
         let mut rng = Rng::new(seed);
         let count = 2 + rng.below(4) as usize;
-        let starts: Vec<Start> = (0..count)
+        let mut starts: Vec<Start> = (0..count)
             .map(|i| {
                 let id = format!("s{seed}-i{i}");
                 let program = generate(&mut rng, format!("{id}.0"), 2, rewind);
@@ -81,7 +82,14 @@ impl Plan {
         });
         let reuse = rng.chance(300).then(|| {
             let of = rng.below(count as u64) as usize;
-            let program = generate(&mut rng, format!("{}.1", starts[of].id), 1, rewind);
+            let mut program = generate(&mut rng, format!("{}.1", starts[of].id), 1, rewind);
+            if orphans {
+                // The new instance repeats the old one's steps: its own losing child has the same
+                // step number as the old one's, which is still running.
+                starts[of].program.steps.push(Step::ChildRace { n: 5, wins: false });
+                program.steps = starts[of].program.steps.clone();
+                program.restarts = starts[of].program.restarts;
+            }
             Reuse { of, program, purge: rng.chance(500) }
         });
         let faults = if rng.chance(400) {

@@ -71,6 +71,10 @@ pub enum Step {
     },
     /// Sends an event to its own instance and waits for it.
     Echo,
+    /// A sub-orchestration raced against a one-tick timer. If `wins`, a quick one (it wins);
+    /// else one that sleeps two ticks: the timer wins, and the child's output, arriving a tick
+    /// later, must be ignored.
+    ChildRace { n: u64, wins: bool },
     /// An activity raced against a one-tick timer. If `wins`, a quick activity (it wins: the
     /// driver moves the clock only when no activity runs); else one held at a gate until the
     /// timer has won, whose late result the orchestration must ignore.
@@ -127,6 +131,15 @@ static PASSED_GATES: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 /// Opens the gate of the held activity with this idempotency key.
 pub fn open_gate(key: String) {
     OPEN_GATES.lock().unwrap_or_else(|p| p.into_inner()).insert(key);
+}
+
+/// Closes every gate of instance `id` and of its sub-orchestrations (whose derived ids start
+/// with it): a new instance under a reused id has the same idempotency keys as the old one.
+pub fn close_gates(id: &str) {
+    let prefix = format!("{id}:");
+    for gates in [&OPEN_GATES, &PASSED_GATES] {
+        gates.lock().unwrap_or_else(|p| p.into_inner()).retain(|key| !key.starts_with(&prefix));
+    }
 }
 
 /// Whether the held activity with this idempotency key went through its gate.
@@ -245,6 +258,14 @@ pub async fn interpret(ctx: OrchestrationContext, program: Program) -> Result<Ve
                     Either::Right(fired) => fired.map(|()| json!("timed out"))?,
                 }
             }
+            Step::ChildRace { n, wins } => {
+                let child = Program { tag: key.clone(), ..race_child(*n, *wins) };
+                let call = ctx.call_sub_orchestration::<_, Vec<Value>>("interp", &child);
+                match select2(call, ctx.sleep(TICK)).await {
+                    Either::Left(output) => Value::Array(output?),
+                    Either::Right(fired) => fired.map(|()| json!("child timed out"))?,
+                }
+            }
             Step::Echo => {
                 ctx.send_event(&ctx.instance_id(), &key, &key);
                 json!({ "echo": ctx.wait_for_event::<String>(&key).await? })
@@ -278,6 +299,8 @@ pub fn expected_output(program: &Program) -> Option<Value> {
                 Step::FanOut { ns } => json!(ns.iter().map(|n| n * 2 + 1).collect::<Vec<_>>()),
                 Step::Child { program, .. } => expected_output(&Program { tag: key, ..(**program).clone() })?,
                 Step::Echo => json!({ "echo": key }),
+                Step::ChildRace { n, wins: true } => expected_output(&Program { tag: key, ..race_child(*n, true) })?,
+                Step::ChildRace { wins: false, .. } => json!("child timed out"),
                 Step::Timeout { n, wins: true } => json!(n * 2 + 1),
                 Step::Timeout { wins: false, .. } => json!("timed out"),
                 Step::Block => return None,
@@ -332,11 +355,18 @@ pub fn expect(program: &Program, into: &mut Expectations) {
                 Step::Echo => {
                     into.echoes.insert(key);
                 }
+                Step::ChildRace { n, wins } => expect(&Program { tag: key, ..race_child(*n, *wins) }, into),
                 Step::Sleep | Step::LongSleep => {}
                 Step::Block => return,
             }
         }
     }
+}
+
+/// The child of a [`Step::ChildRace`] (its tag is set by the caller).
+fn race_child(n: u64, wins: bool) -> Program {
+    let steps = if wins { vec![Step::Work { n }] } else { vec![Step::LongSleep, Step::LongSleep, Step::Work { n }] };
+    Program { tag: String::new(), steps, restarts: 0, generation: 0, carried: Vec::new() }
 }
 
 /// A random program of one to four steps; children nest at most `depth` deep. With `rewind`,
@@ -363,6 +393,7 @@ fn generate_step(rng: &mut Rng, depth: u32, rewind: bool) -> Step {
         76..84 => Step::FanOut { ns: (0..2 + rng.below(3)).map(|_| rng.below(1000)).collect() },
         84..88 => Step::Echo,
         88..92 => Step::Timeout { n, wins: rng.chance(400) },
+        92..95 => Step::ChildRace { n, wins: rng.chance(400) },
         _ if depth > 0 => {
             let program = Box::new(generate(rng, String::new(), depth - 1, rewind));
             Step::Child { program, named: rng.chance(500) }

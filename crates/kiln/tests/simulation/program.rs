@@ -125,8 +125,6 @@ pub async fn slow_work(_ctx: ActivityContext, call: Call) -> Result<u64, Failure
 
 /// Gates of held activities the driver opened, by idempotency key.
 static OPEN_GATES: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
-/// Held activities that went through their open gate, by idempotency key.
-static PASSED_GATES: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
 /// Opens the gate of the held activity with this idempotency key.
 pub fn open_gate(key: String) {
@@ -137,24 +135,31 @@ pub fn open_gate(key: String) {
 /// with it): a new instance under a reused id has the same idempotency keys as the old one.
 pub fn close_gates(id: &str) {
     let prefix = format!("{id}:");
-    for gates in [&OPEN_GATES, &PASSED_GATES] {
-        gates.lock().unwrap_or_else(|p| p.into_inner()).retain(|key| !key.starts_with(&prefix));
-    }
+    OPEN_GATES.lock().unwrap_or_else(|p| p.into_inner()).retain(|key| !key.starts_with(&prefix));
+    LATEST_DELIVERY.lock().unwrap_or_else(|p| p.into_inner()).retain(|key, _| !key.starts_with(&prefix));
 }
 
-/// Whether the held activity with this idempotency key went through its gate.
-pub fn passed_gate(key: &str) -> bool {
-    PASSED_GATES.lock().unwrap_or_else(|p| p.into_inner()).contains(key)
-}
+/// The latest delivery of each held activity, by idempotency key.
+static LATEST_DELIVERY: Mutex<BTreeMap<String, u32>> = Mutex::new(BTreeMap::new());
 
-/// The activity of a losing [`Step::Timeout`]: held until the driver opens its gate.
+/// The activity of a losing [`Step::Timeout`]: held until the driver opens its gate. A delivery
+/// whose claim lapsed (a later one started) gives up, so that lapsed deliveries do not fill
+/// every activity slot while they wait; its result must be refused.
 pub async fn held(ctx: ActivityContext, call: Call) -> Result<u64, Failure> {
-    let key = ctx.idempotency_key();
+    let (key, mine) = (ctx.idempotency_key(), ctx.delivery());
+    let latest = || LATEST_DELIVERY.lock().unwrap_or_else(|p| p.into_inner());
+    {
+        let mut latest = latest();
+        let newest = latest.entry(key.clone()).or_insert(mine);
+        *newest = (*newest).max(mine);
+    }
     while !OPEN_GATES.lock().unwrap_or_else(|p| p.into_inner()).contains(&key) {
+        if latest().get(&key).is_some_and(|&newest| newest > mine) {
+            return Err(Failure::typed("Superseded", "a later delivery took over"));
+        }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     record(call.key);
-    PASSED_GATES.lock().unwrap_or_else(|p| p.into_inner()).insert(key);
     Ok(call.n * 2 + 1)
 }
 
@@ -316,6 +321,8 @@ pub fn expected_output(program: &Program) -> Option<Value> {
 pub struct Expectations {
     /// Every key that must run, with how many times it runs without faults.
     pub effects: BTreeMap<String, u32>,
+    /// Keys that may run any number of times, none included.
+    pub optional: BTreeSet<String>,
     /// Events instances send themselves (always on their way while waited for).
     pub echoes: BTreeSet<String>,
     /// Rewinds each top-level instance needs at most (its steps that fail once).
@@ -335,8 +342,9 @@ pub fn expect(program: &Program, into: &mut Expectations) {
                 }
                 Step::Timeout { wins: false, .. } => {
                     // Held across clock moves, its claim lapses at each: it may be handed out
-                    // again as often (its late results are checked in history, not counted here).
-                    into.effects.insert(key, u32::MAX);
+                    // again as often, or dropped once its instance has ended (its late results
+                    // are checked in history, not counted here).
+                    into.optional.insert(key);
                 }
                 Step::FailOnce { .. } => {
                     into.effects.insert(key, 2);

@@ -74,6 +74,8 @@ struct Driver<'a> {
     gates: BTreeMap<String, (u32, bool)>,
     /// Rewinds sent, by instance.
     rewinds: BTreeMap<String, u32>,
+    /// An instance sent a suspension (true) or resumption (false) not taken in yet.
+    awaiting: Option<(String, bool)>,
     /// Reuse an id while a child of its instance still runs (`KILN_SIM_ORPHANS=1`).
     orphans: bool,
     /// Instances rewound, with their record's update time then (until it changes).
@@ -109,6 +111,7 @@ pub fn run(seed: u64, backend: &Backend, plan: &Plan) -> Result<Observed, String
         rewinds: BTreeMap::new(),
         gates: BTreeMap::new(),
         rewinding: BTreeMap::new(),
+        awaiting: None,
         orphans: std::env::var("KILN_SIM_ORPHANS").is_ok_and(|v| v == "1"),
         log: Vec::new(),
         began: Instant::now(),
@@ -170,7 +173,7 @@ impl Driver<'_> {
                 std::thread::sleep(Duration::from_millis(2));
                 continue;
             }
-            if self.open_gates() || self.client_operation(&records)? {
+            if self.open_gates(&records) || self.client_operation(&records)? {
                 continue;
             }
             let all_started = self.plan.starts.iter().all(|s| records.contains_key(&s.id));
@@ -179,7 +182,11 @@ impl Driver<'_> {
                 return Ok(());
             }
             if self.tick >= MAX_TICKS || Instant::now() > deadline {
-                return Err(self.stuck(&records, &["nothing moves although the clock does".to_owned()]));
+                let waiting = format!(
+                    "nothing moves although the clock does (terminated {}, suspended {}, resumed {}, reused {})",
+                    self.terminated, self.suspended, self.resumed, self.reused
+                );
+                return Err(self.stuck(&records, &[waiting]));
             }
             kiln_core::time::advance_clock(TICK + Duration::from_secs(1));
             self.tick += 1;
@@ -217,6 +224,17 @@ impl Driver<'_> {
     fn busy(&mut self, records: &BTreeMap<String, InstanceRecord>) -> Result<Vec<String>, String> {
         let now = kiln_core::time::now();
         let mut busy = Vec::new();
+        // A suspension or resumption on its way: a timer that fires meanwhile would be taken in
+        // on one side of it or the other, and a reminder counted or not.
+        if let Some((id, suspend)) = &self.awaiting {
+            let status = records.get(id).map(|r| r.status);
+            let arrived = status.is_none_or(|s| s.is_terminal() || (s == RuntimeStatus::Suspended) == *suspend);
+            if arrived {
+                self.awaiting = None;
+            } else {
+                busy.push(format!("{id}: suspension or resumption on its way"));
+            }
+        }
         for record in records.values() {
             let id = &record.instance_id;
             if self.rewinding.get(id).is_some_and(|at| *at == record.updated_at) {
@@ -275,11 +293,18 @@ impl Driver<'_> {
     }
 
     /// Opens the gates of held activities first seen before this tick: the timers they race
-    /// have won, and the instances have taken that in (the driver is at a quiet moment).
-    fn open_gates(&mut self) -> bool {
+    /// have won, and the instances have taken that in (the driver is at a quiet moment) — unless
+    /// an instance is suspended (it takes the timer in only once resumed).
+    fn open_gates(&mut self, records: &BTreeMap<String, InstanceRecord>) -> bool {
         let tick = self.tick;
-        let due: Vec<String> =
-            self.gates.iter().filter(|(_, (seen, open))| *seen < tick && !open).map(|(g, _)| g.clone()).collect();
+        let suspended = |gate: &str| {
+            let id = gate.rsplitn(3, ':').nth(2).unwrap_or(gate);
+            records.get(id).is_some_and(|r| r.status == RuntimeStatus::Suspended)
+        };
+        let due: Vec<String> = (self.gates.iter())
+            .filter(|(gate, (seen, open))| *seen < tick && !open && !suspended(gate))
+            .map(|(g, _)| g.clone())
+            .collect();
         for gate in &due {
             open_gate(gate.clone());
             self.gates.insert(gate.clone(), (tick, true));
@@ -367,12 +392,14 @@ impl Driver<'_> {
                 if running {
                     self.node(0).call("suspend", async |c| tolerate(c.suspend(id, Some("simulated")).await))?;
                     self.note(format!("suspended {id}"));
+                    self.awaiting = Some((id.clone(), true));
                     return Ok(true);
                 }
                 self.resumed = true;
             } else if self.suspended && !self.resumed && self.tick >= resume_at {
                 self.node(0).call("resume", async |c| tolerate(c.resume(id, Some("simulated")).await))?;
                 self.resumed = true;
+                self.awaiting = Some((id.clone(), false));
                 self.note(format!("resumed {id}"));
                 return Ok(true);
             }
@@ -386,7 +413,11 @@ impl Driver<'_> {
             // instance (an open engine issue): by default the driver waits for the whole family.
             let settled = |id: &String| records.get(id).is_some_and(|r| r.status.is_terminal());
             let ready = self.orphans || members.iter().all(settled);
-            if let Some(record) = records.get(&start.id).filter(|r| ready && r.status == RuntimeStatus::Completed) {
+            // (A failed instance is rewound first, if its program plans that.)
+            let rewinding = self.rewinds.get(&start.id).copied().unwrap_or(0) < Plan::rewinds(&start.program);
+            let finished =
+                |r: &&InstanceRecord| r.status == RuntimeStatus::Completed || (r.status.is_terminal() && !rewinding);
+            if let Some(record) = records.get(&start.id).filter(|r| ready && finished(r)) {
                 let history = self.node(0).call("history", async |c| c.history(&start.id).await)?;
                 self.observed.replaced.push(Snapshot {
                     record: record.clone(),

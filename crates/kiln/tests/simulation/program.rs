@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// One simulated tick: every long timer in a program lasts exactly this long, and the driver
@@ -139,22 +140,23 @@ pub fn close_gates(id: &str) {
     LATEST_DELIVERY.lock().unwrap_or_else(|p| p.into_inner()).retain(|key, _| !key.starts_with(&prefix));
 }
 
-/// The latest delivery of each held activity, by idempotency key.
-static LATEST_DELIVERY: Mutex<BTreeMap<String, u32>> = Mutex::new(BTreeMap::new());
+/// The latest delivery of each held activity to start, by idempotency key.
+static LATEST_DELIVERY: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+/// Numbers deliveries of held activities in the order they start.
+static DELIVERIES: AtomicU64 = AtomicU64::new(0);
 
 /// The activity of a losing [`Step::Timeout`]: held until the driver opens its gate. A delivery
-/// whose claim lapsed (a later one started) gives up, so that lapsed deliveries do not fill
-/// every activity slot while they wait; its result must be refused.
+/// that another one started after (it can only have been handed out again because this one's
+/// claim lapsed) gives up, so that lapsed deliveries do not fill every activity slot while they
+/// wait; its result must be refused. (Deliveries are told apart by start order: dequeue counts
+/// need not grow across a crash.)
 pub async fn held(ctx: ActivityContext, call: Call) -> Result<u64, Failure> {
-    let (key, mine) = (ctx.idempotency_key(), ctx.delivery());
+    let key = ctx.idempotency_key();
+    let mine = DELIVERIES.fetch_add(1, Ordering::Relaxed);
     let latest = || LATEST_DELIVERY.lock().unwrap_or_else(|p| p.into_inner());
-    {
-        let mut latest = latest();
-        let newest = latest.entry(key.clone()).or_insert(mine);
-        *newest = (*newest).max(mine);
-    }
+    latest().insert(key.clone(), mine);
     while !OPEN_GATES.lock().unwrap_or_else(|p| p.into_inner()).contains(&key) {
-        if latest().get(&key).is_some_and(|&newest| newest > mine) {
+        if latest().get(&key).is_some_and(|&newest| newest != mine) {
             return Err(Failure::typed("Superseded", "a later delivery took over"));
         }
         tokio::time::sleep(Duration::from_millis(2)).await;

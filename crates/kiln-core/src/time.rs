@@ -1,11 +1,36 @@
-//! Timestamps: milliseconds since the Unix epoch, in UTC.
+//! Timestamps: milliseconds since the Unix epoch, in UTC, and the one wall clock.
 //!
-//! The core never reads a clock; the runtime stamps each turn (`OrchestratorStarted`) and the
+//! Replay never reads a clock; the runtime stamps each turn (`OrchestratorStarted`) and the
 //! orchestration sees that stamp as its replay-safe "now". Formatting lives here so the HTTP layer
 //! and the store agree on one representation.
+//!
+//! [`now`] is the clock every edge (runtime, stores, HTTP) reads. It lives here, in the lowest
+//! crate, so that there is exactly one: the deterministic simulation moves it forward with
+//! [`advance_clock`] to fire durable timers and expire leases without waiting.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Milliseconds added to the system time by [`advance_clock`] (0 outside tests).
+static CLOCK_OFFSET_MILLIS: AtomicI64 = AtomicI64::new(0);
+
+/// The wall clock as a [`Timestamp`]: the system time plus whatever tests advanced it by.
+/// One relaxed load on top of the system call: it is read on every claim and commit.
+pub fn now() -> Timestamp {
+    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    Timestamp(millis.saturating_add(CLOCK_OFFSET_MILLIS.load(Ordering::Relaxed)))
+}
+
+/// Moves [`now`] forward by `by` for the whole process (never backward). For tests only: the
+/// simulation uses it to fire durable timers and expire leases at once. Every runtime and store
+/// in the process sees the jump, so tests that use it must not run beside others.
+#[doc(hidden)]
+pub fn advance_clock(by: Duration) {
+    let millis = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+    CLOCK_OFFSET_MILLIS.fetch_add(millis, Ordering::Relaxed);
+}
 
 /// A point in time: whole milliseconds since 1970-01-01T00:00:00Z.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

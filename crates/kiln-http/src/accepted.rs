@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use kiln::{Payload, StartOptions, Timestamp};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Longest `Idempotency-Key` accepted.
 const MAX_KEY_LEN: usize = 255;
@@ -65,8 +65,9 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// The wall clock (the one in `kiln-core`, which tests can move forward).
 pub(crate) fn now() -> Timestamp {
-    Timestamp(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64))
+    kiln_core::time::now()
 }
 
 impl KilnHttp {

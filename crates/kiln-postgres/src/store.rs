@@ -22,7 +22,7 @@ use kiln_store::{
     TurnCommit, UNSTORED_MESSAGE_ID,
 };
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
@@ -86,9 +86,9 @@ pub struct PostgresStore {
     listener: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// The wall clock as a [`Timestamp`].
+/// The wall clock as a [`Timestamp`] (the one in `kiln-core`, which tests can move forward).
 pub(crate) fn now() -> Timestamp {
-    Timestamp(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64))
+    kiln_core::time::now()
 }
 
 fn millis(duration: Duration) -> i64 {

@@ -6,7 +6,6 @@ use kiln_core::Timestamp;
 use kiln_store::StatusWatchers;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
 /// What the handle and the writer thread share.
@@ -55,8 +54,7 @@ impl Shared {
     }
 }
 
-/// The wall clock as a [`Timestamp`].
+/// The wall clock as a [`Timestamp`] (the one in `kiln-core`, which tests can move forward).
 pub fn now() -> Timestamp {
-    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-    Timestamp(millis)
+    kiln_core::time::now()
 }

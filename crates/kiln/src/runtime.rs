@@ -9,7 +9,7 @@ use kiln_store::Store;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Shared runtime state.
 pub(crate) struct Runtime {
@@ -86,6 +86,5 @@ impl Runtime {
 
 /// The wall clock as a [`Timestamp`] (the runtime's only clock; orchestrations see turn stamps).
 pub(crate) fn wall_clock() -> Timestamp {
-    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-    Timestamp(millis)
+    kiln_core::time::now()
 }

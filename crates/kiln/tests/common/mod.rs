@@ -1,6 +1,8 @@
 //! Helpers shared by the runtime's integration tests.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod faulty_store;
+
 use kiln::{InstanceRecord, Kiln, KilnBuilder, KilnClient, RuntimeConfig, RuntimeStatus};
 use std::path::{Path, PathBuf};
 use std::time::Duration;

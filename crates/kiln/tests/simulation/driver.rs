@@ -10,7 +10,7 @@
 use crate::invariants::{Observed, Snapshot};
 use crate::nodes::{Backend, LEASE, Node, NodeSpec};
 use crate::plan::{Plan, Start};
-use crate::program::{Expectations, Program, TICK, Waiting, close_gates, open_gate, take_effects};
+use crate::program::{Expectations, Program, TICK, Waiting, close_gates, open_gate, reset_gates, take_effects};
 use kiln::{ClientError, InstanceQuery, InstanceRecord, KilnClient, Payload, RuntimeStatus, StartOptions, WaitingOn};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -122,6 +122,7 @@ pub fn run(seed: u64, backend: &Backend, plan: &Plan) -> Result<Observed, String
             || plan.faults.lost_notifications > 0,
     };
     take_effects();
+    reset_gates();
     let result = driver.drive();
     driver.observed.effects = take_effects();
     let result = result.and_then(|()| driver.collect());

@@ -140,6 +140,13 @@ pub fn close_gates(id: &str) {
     LATEST_DELIVERY.lock().unwrap_or_else(|p| p.into_inner()).retain(|key, _| !key.starts_with(&prefix));
 }
 
+/// Forgets every gate: each run starts with its held activities held (seeds number their
+/// instances alike, so one backend's run would otherwise find another's gates open).
+pub fn reset_gates() {
+    OPEN_GATES.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    LATEST_DELIVERY.lock().unwrap_or_else(|p| p.into_inner()).clear();
+}
+
 /// The latest delivery of each held activity to start, by idempotency key.
 static LATEST_DELIVERY: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
 /// Numbers deliveries of held activities in the order they start.

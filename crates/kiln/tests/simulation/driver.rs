@@ -78,8 +78,8 @@ struct Driver<'a> {
     awaiting: Option<(String, bool)>,
     /// Reuse an id while a child of its instance still runs (`KILN_SIM_ORPHANS=1`).
     orphans: bool,
-    /// Instances rewound, with their record's update time then (until it changes).
-    rewinding: BTreeMap<String, kiln::Timestamp>,
+    /// Instances rewound and not seen so yet, with how often their history had been rewound.
+    rewinding: BTreeMap<String, usize>,
     log: Vec<String>,
     began: Instant,
     /// What the records looked like, since when.
@@ -238,9 +238,16 @@ impl Driver<'_> {
         }
         for record in records.values() {
             let id = &record.instance_id;
-            if self.rewinding.get(id).is_some_and(|at| *at == record.updated_at) {
-                busy.push(format!("{id}: rewind on its way"));
-                continue;
+            // A rewind is on its way while the instance is failed and its history has no new
+            // ExecutionRewound (a failed instance's record also changes as late results are kept).
+            if let Some(&before) = self.rewinding.get(id) {
+                let arrived = record.status != RuntimeStatus::Failed
+                    || rewinds_in(&self.node(0).call("history", async |c| c.history(id).await)?) != before;
+                if !arrived {
+                    busy.push(format!("{id}: rewind on its way"));
+                    continue;
+                }
+                self.rewinding.remove(id);
             }
             match record.status {
                 status if status.is_terminal() => continue,
@@ -368,8 +375,9 @@ impl Driver<'_> {
             let failed = records.get(&start.id).is_some_and(|r| r.status == RuntimeStatus::Failed);
             let done = self.rewinds.get(&start.id).copied().unwrap_or(0);
             if failed && done < Plan::rewinds(program) {
+                let history = self.node(0).call("history", async |c| c.history(&start.id).await)?;
                 self.node(0).call("rewind", async |c| tolerate(c.rewind(&start.id, Some("simulated")).await))?;
-                self.rewinding.insert(start.id.clone(), records[&start.id].updated_at);
+                self.rewinding.insert(start.id.clone(), rewinds_in(&history));
                 self.rewinds.insert(start.id.clone(), done + 1);
                 self.note(format!("rewound {}", start.id));
                 return Ok(true);
@@ -415,7 +423,8 @@ impl Driver<'_> {
             let settled = |id: &String| records.get(id).is_some_and(|r| r.status.is_terminal());
             let ready = self.orphans || members.iter().all(settled);
             // (A failed instance is rewound first, if its program plans that.)
-            let rewinding = self.rewinds.get(&start.id).copied().unwrap_or(0) < Plan::rewinds(&start.program);
+            let rewinding = self.rewinds.get(&start.id).copied().unwrap_or(0) < Plan::rewinds(&start.program)
+                || self.rewinding.contains_key(&start.id);
             let finished =
                 |r: &&InstanceRecord| r.status == RuntimeStatus::Completed || (r.status.is_terminal() && !rewinding);
             if let Some(record) = records.get(&start.id).filter(|r| ready && finished(r)) {
@@ -441,6 +450,8 @@ impl Driver<'_> {
                     }
                 }
                 close_gates(&start.id);
+                // The new instance under the id gets its own rewinds.
+                self.rewinds.remove(&start.id);
                 let prefix = format!("{}:", start.id);
                 self.gates.retain(|gate, _| !gate.starts_with(&prefix));
                 self.start(start.via, &start.id, &reuse.program)?;
@@ -544,4 +555,9 @@ fn tolerate(result: Result<(), ClientError>) -> Result<(), ClientError> {
         Err(ClientError::Store(err)) => Err(ClientError::Store(err)),
         _ => Ok(()),
     }
+}
+
+/// How many times a history was rewound.
+fn rewinds_in(history: &[kiln_core::HistoryEvent]) -> usize {
+    history.iter().filter(|e| matches!(e.kind, kiln_core::EventKind::ExecutionRewound { .. })).count()
 }

@@ -232,6 +232,11 @@ impl EventKind {
         )
     }
 
+    /// True for what hands the code something: a step's result or an external event.
+    pub fn delivers_to_code(&self) -> bool {
+        self.is_step_result() || matches!(self, EventKind::EventRaised { .. })
+    }
+
     /// True for messages that a suspended instance still processes (resume and terminate).
     pub fn is_control(&self) -> bool {
         matches!(self, EventKind::ExecutionResumed { .. } | EventKind::ExecutionTerminated { .. })

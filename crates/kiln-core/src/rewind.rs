@@ -119,13 +119,13 @@ pub fn plan_rewind(
             {
                 undo(*step, &mut plan);
             }
-            kind if delivers(kind) && position > last.position => plan.reapplied.push(event.clone()),
+            kind if kind.delivers_to_code() && position > last.position => plan.reapplied.push(event.clone()),
             _ => plan.history.push(event.clone()),
         }
     }
     // What was kept after the end (step results, and events of the failing batch): failures
     // among them were never taken either.
-    for event in kept_after_end.iter().filter(|e| delivers(&e.kind)) {
+    for event in kept_after_end.iter().filter(|e| e.kind.delivers_to_code()) {
         match &event.kind {
             EventKind::TaskFailed { task_scheduled_id: step, .. }
             | EventKind::SubOrchestrationInstanceFailed { task_scheduled_id: step, .. } => {
@@ -139,11 +139,6 @@ pub fn plan_rewind(
     plan.redo.extend(never_carried_out.into_iter().cloned());
     plan.history.push(HistoryEvent::new(now, EventKind::ExecutionRewound { reason }));
     plan
-}
-
-/// Whether an event hands the code something: a step's result or an external event.
-fn delivers(kind: &EventKind) -> bool {
-    kind.is_step_result() || matches!(kind, EventKind::EventRaised { .. })
 }
 
 #[cfg(test)]

@@ -184,7 +184,7 @@ async fn plan_turn(rt: &Runtime, item: &OrchestrationWorkItem) -> Result<TurnPla
             error_types::POISON,
             format!("the instance's work was claimed {} times without completing; giving up", item.dequeue_count - 1),
         );
-        let results = current.iter().filter(|m| kept_for_rewind(&m.event.kind)).map(|m| m.event.clone()).collect();
+        let results = current.iter().filter(|m| m.event.kind.delivers_to_code()).map(|m| m.event.clone()).collect();
         finish(&mut commit, instance, None, vec![turn_started(now)], ExecutionEnd::Failed(failure), results);
         return Ok(TurnPlan::Commit(Box::new(commit), None));
     }
@@ -227,12 +227,6 @@ async fn plan_turn(rt: &Runtime, item: &OrchestrationWorkItem) -> Result<TurnPla
     };
     apply_events(rt, instance, &mut commit, &mut execution, None, events, suspended);
     Ok(finished_plan(commit, execution))
-}
-
-/// Whether an event of the batch that failed an execution is kept after its end for a rewind:
-/// step results and external events (they reached the instance while it ran).
-fn kept_for_rewind(kind: &EventKind) -> bool {
-    kind.is_step_result() || matches!(kind, EventKind::EventRaised { .. })
 }
 
 /// Keeps the execution for the cache unless the turn ended it.
@@ -455,12 +449,7 @@ fn report_failure_again(instance: &InstanceRecord, commit: &mut TurnCommit) {
         task_scheduled_id: parent.task_scheduled_id,
         failure_details: failure.clone(),
     };
-    commit.messages.push(OutgoingMessage {
-        instance_id: parent.instance_id.clone(),
-        execution: Some(parent.execution),
-        event: HistoryEvent::new(commit.now, failed),
-        visible_at: None,
-    });
+    commit.messages.push(to_parent(parent, HistoryEvent::new(commit.now, failed)));
 }
 
 /// What a rewind does with the sub-orchestrations whose failure it undoes.
@@ -602,7 +591,7 @@ fn apply_events(
         Some(ExecutionOutcome::Failed(failure)) => {
             carry_out(rt, instance, commit, actions, false);
             // Results the ended execution never saw are kept for a rewind, as later ones are.
-            let results = unapplied.into_iter().filter(|e| kept_for_rewind(&e.kind)).collect();
+            let results = unapplied.into_iter().filter(|e| e.kind.delivers_to_code()).collect();
             finish(commit, instance, base, appended, ExecutionEnd::Failed(failure), results);
         }
         Some(ExecutionOutcome::ContinuedAsNew { input, preserve_unprocessed_events }) => {
@@ -650,6 +639,16 @@ fn apply_events(
 /// the only raised events addressed to one execution by number.
 fn is_carried_over(message: &InboxMessage, execution: u64) -> bool {
     matches!(message.event.kind, EventKind::EventRaised { .. }) && message.execution == Some(execution)
+}
+
+/// A message to the execution of the parent that started this instance.
+fn to_parent(parent: &ParentInstance, event: HistoryEvent) -> OutgoingMessage {
+    OutgoingMessage {
+        instance_id: parent.instance_id.clone(),
+        execution: Some(parent.execution),
+        event,
+        visible_at: None,
+    }
 }
 
 fn to_self(
@@ -771,12 +770,7 @@ fn finish(
     commit.output = output;
     commit.failure = failure;
     if let (Some(parent), Some(event)) = (&instance.parent, parent_event) {
-        commit.messages.push(OutgoingMessage {
-            instance_id: parent.instance_id.clone(),
-            execution: Some(parent.execution),
-            event: HistoryEvent::new(now, event),
-            visible_at: None,
-        });
+        commit.messages.push(to_parent(parent, HistoryEvent::new(now, event)));
     }
     commit.history = match base {
         Some(mut base) => {

@@ -25,12 +25,24 @@ pub const NEW_LEASE_TOKEN: &str = "(((random() * 2147483647)::bigint << 32) | (n
 /// Timers a day away are never read. Each candidate skips instances that are leased,
 /// suspended (unless the message is a control one) or locked by another claim; the loser's
 /// lock ends with the statement.
-pub static CLAIM_INSTANCE: LazyLock<String> = LazyLock::new(|| {
+pub static CLAIM_INSTANCE: LazyLock<String> = LazyLock::new(|| claim_instance(""));
+
+/// [`CLAIM_INSTANCE`] for a node that cannot run some orchestration versions: `$3` and `$4`
+/// are their names and versions, pairwise. Their instances are left to other nodes, except for
+/// a terminate, which needs no code (other control messages are rare enough to read).
+pub static CLAIM_INSTANCE_SKIPPING: LazyLock<String> = LazyLock::new(|| {
+    claim_instance(
+        " AND ((m.control AND (m.event::jsonb ->> 'EventType') = 'ExecutionTerminated') \
+           OR (i.name, i.version) NOT IN (SELECT * FROM unnest($3::text[], $4::text[])))",
+    )
+});
+
+fn claim_instance(skipping: &str) -> String {
     let candidate = |order: &str, visible: &str| {
         format!(
             "SELECT m.id, i.instance_id FROM inbox m JOIN instances i ON i.instance_id = m.instance_id \
              WHERE {visible} AND (i.locked_until IS NULL OR i.locked_until < $1) \
-               AND (i.status <> {suspended} OR m.control) \
+               AND (i.status <> {suspended} OR m.control){skipping} \
              ORDER BY {order} LIMIT 1 FOR NO KEY UPDATE OF i SKIP LOCKED",
             suspended = RuntimeStatus::Suspended.code(),
         )
@@ -47,7 +59,7 @@ pub static CLAIM_INSTANCE: LazyLock<String> = LazyLock::new(|| {
         due = candidate("m.visible_at", "m.visible_at <= $1"),
         columns = crate::rows::QUALIFIED_INSTANCE_COLUMNS,
     )
-});
+}
 
 /// Leases up to `$3` activities that may run at `$1` (now, ms), until `$2`.
 ///
@@ -55,20 +67,26 @@ pub static CLAIM_INSTANCE: LazyLock<String> = LazyLock::new(|| {
 /// (`activities_unleased`, by id; those waiting out a retry delay are skipped there) and leases
 /// that lapsed (`activities_by_lease_expiry`, a range that ends at `now`). Leased activities
 /// are never read. The oldest `$3` of both are taken; the others' locks end with the statement.
-pub static CLAIM_ACTIVITIES: LazyLock<String> = LazyLock::new(|| {
+pub static CLAIM_ACTIVITIES: LazyLock<String> = LazyLock::new(|| claim_activities(""));
+
+/// [`CLAIM_ACTIVITIES`] for a node that cannot run some activities: `$4` holds their names.
+pub static CLAIM_ACTIVITIES_SKIPPING: LazyLock<String> =
+    LazyLock::new(|| claim_activities(" AND name <> ALL($4::text[])"));
+
+fn claim_activities(skipping: &str) -> String {
     format!(
         "WITH unleased AS (SELECT id FROM activities \
-       WHERE lock_token IS NULL AND (visible_at IS NULL OR visible_at <= $1) \
+       WHERE lock_token IS NULL AND (visible_at IS NULL OR visible_at <= $1){skipping} \
        ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED), \
      lapsed AS (SELECT id FROM activities \
-       WHERE lock_token IS NOT NULL AND locked_until < $1 AND (visible_at IS NULL OR visible_at <= $1) \
+       WHERE lock_token IS NOT NULL AND locked_until < $1 AND (visible_at IS NULL OR visible_at <= $1){skipping} \
        ORDER BY locked_until LIMIT $3 FOR UPDATE SKIP LOCKED) \
      UPDATE activities SET lock_token = {NEW_LEASE_TOKEN}, locked_until = $2, \
        dequeue_count = dequeue_count + 1 \
      WHERE id IN (SELECT id FROM (SELECT id FROM unleased UNION ALL SELECT id FROM lapsed) c ORDER BY id LIMIT $3) \
      RETURNING id, instance_id, execution, step, name, input, attempt, dequeue_count, lock_token, locked_until"
     )
-});
+}
 
 /// Locks up to `$3` instances for one purge batch: statuses `statuses` (terminal codes), created
 /// in `[$1, $2]`, and either top-level or orphaned — a sub-orchestration whose parent is gone (it

@@ -19,7 +19,7 @@ use kiln_core::{HistoryEvent, RuntimeStatus, Timestamp};
 use kiln_store::{
     ActivityWorkItem, IdempotencyKey, IdempotentStart, InboxMessage, InstancePage, InstanceQuery, InstanceRecord,
     Lease, NewInstance, OrchestrationWorkItem, PageCursor, PurgeFilter, StatusWatchers, Store, StoreError, StoreResult,
-    TurnCommit, UNSTORED_MESSAGE_ID,
+    TurnCommit, UNSTORED_MESSAGE_ID, Unrunnable,
 };
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -84,6 +84,38 @@ pub struct PostgresStore {
     /// When the activity dispatcher last looked in the activities table unprompted.
     activity_looks: TableLooks,
     listener: Mutex<Option<JoinHandle<()>>>,
+    /// Work this node's runtime cannot run, which its claims leave to other nodes.
+    skipped: Mutex<Skipped>,
+}
+
+/// What this node's claims skip (see [`Store::skip_in_claims`]), as the skipping statements'
+/// array parameters.
+#[derive(Debug, Default)]
+struct Skipped {
+    orchestration_names: Vec<String>,
+    orchestration_versions: Vec<String>,
+    activities: Vec<String>,
+}
+
+/// Locks a mutex whose holders cannot leave it half-changed (a poisoned lock is safe to recover).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Skipped {
+    fn add(&mut self, work: &Unrunnable) {
+        match work {
+            Unrunnable::Orchestration { name, version } => {
+                let known = self.orchestration_names.iter().zip(&self.orchestration_versions);
+                if !known.into_iter().any(|(n, v)| n == name && v == version) {
+                    self.orchestration_names.push(name.clone());
+                    self.orchestration_versions.push(version.clone());
+                }
+            }
+            Unrunnable::Activity { name } if !self.activities.contains(name) => self.activities.push(name.clone()),
+            Unrunnable::Activity { .. } => {}
+        }
+    }
 }
 
 /// The wall clock as a [`Timestamp`] (the one in `kiln-core`, which tests can move forward).
@@ -139,6 +171,7 @@ impl PostgresStore {
             activity_looks: TableLooks::default(),
             looks: TableLooks::default(),
             listener: Mutex::new(Some(listener)),
+            skipped: Mutex::default(),
         })
     }
 
@@ -226,9 +259,14 @@ impl PostgresStore {
         }
         let client = self.lease_client().await?;
         let at = now().0;
-        let rows = cached::query(&client, &queries::CLAIM_ACTIVITIES, &[&at, &(at + millis(lease_for)), &(max as i64)])
-            .await
-            .map_err(backend)?;
+        let (until, max_rows) = (at + millis(lease_for), max as i64);
+        let skipped = lock(&self.skipped).activities.clone();
+        let rows = if skipped.is_empty() {
+            cached::query(&client, &queries::CLAIM_ACTIVITIES, &[&at, &until, &max_rows]).await
+        } else {
+            cached::query(&client, &queries::CLAIM_ACTIVITIES_SKIPPING, &[&at, &until, &max_rows, &skipped]).await
+        }
+        .map_err(backend)?;
         if rows.len() == max {
             // There may be more: look again.
             self.wakers.activities_in_table();
@@ -272,9 +310,17 @@ impl PostgresStore {
     async fn try_claim_instance(&self, lease_for: Duration) -> StoreResult<Option<OrchestrationWorkItem>> {
         let client = self.lease_client().await?;
         let at = now().0;
-        let sql: &str = &queries::CLAIM_INSTANCE;
-        let Some(row) = cached::query_opt(&client, sql, &[&at, &(at + millis(lease_for))]).await.map_err(backend)?
-        else {
+        let until = at + millis(lease_for);
+        let (names, versions) = {
+            let skipped = lock(&self.skipped);
+            (skipped.orchestration_names.clone(), skipped.orchestration_versions.clone())
+        };
+        let row = if names.is_empty() {
+            cached::query_opt(&client, &queries::CLAIM_INSTANCE, &[&at, &until]).await
+        } else {
+            cached::query_opt(&client, &queries::CLAIM_INSTANCE_SKIPPING, &[&at, &until, &names, &versions]).await
+        };
+        let Some(row) = row.map_err(backend)? else {
             return Ok(None);
         };
         claimed_work(&client, &row, at).await.map(Some)
@@ -479,7 +525,19 @@ impl Store for PostgresStore {
         )
         .await
         .map_err(backend)?;
-        if updated == 0 { Err(StoreError::LeaseLost(instance_id.to_owned())) } else { Ok(()) }
+        if updated == 0 {
+            return Err(StoreError::LeaseLost(instance_id.to_owned()));
+        }
+        if retry_after.is_zero() {
+            // Given back for another node (see `skip_in_claims`): tell them now.
+            self.publish(&["w".to_owned()], None).await;
+        }
+        Ok(())
+    }
+
+    fn skip_in_claims(&self, work: &Unrunnable) -> bool {
+        lock(&self.skipped).add(work);
+        true
     }
 
     async fn fetch_activity_work(
@@ -586,8 +644,13 @@ impl Store for PostgresStore {
         if updated == 0 {
             return Err(StoreError::LeaseLost(item.activity.instance_id.clone()));
         }
-        // Back in the table: this node's dispatcher looks there (other nodes on their fallback look).
-        self.wakers.activities_in_table();
+        if retry_after.is_zero() {
+            // Given back for another node (see `skip_in_claims`): tell every node to look.
+            self.publish(&["a".to_owned()], None).await;
+        } else {
+            // Back in the table: this node's dispatcher looks there (other nodes on their fallback look).
+            self.wakers.activities_in_table();
+        }
         Ok(())
     }
 
@@ -776,7 +839,7 @@ impl Store for PostgresStore {
                 }
             }
         }
-        if let Some(listener) = self.listener.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(listener) = lock(&self.listener).take() {
             listener.abort();
         }
         self.pool.close();

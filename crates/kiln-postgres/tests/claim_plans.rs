@@ -81,6 +81,10 @@ async fn claims_and_purge_batches_use_the_indexes_of_ready_rows() {
     let lease = at + 30_000;
     client.batch_execute(&format!("PREPARE claim_instance AS {}", *queries::CLAIM_INSTANCE)).await.unwrap();
     client.batch_execute(&format!("PREPARE claim_activities AS {}", *queries::CLAIM_ACTIVITIES)).await.unwrap();
+    let skipping = queries::CLAIM_INSTANCE_SKIPPING.as_str();
+    client.batch_execute(&format!("PREPARE claim_instance_skipping AS {skipping}")).await.unwrap();
+    let skipping = queries::CLAIM_ACTIVITIES_SKIPPING.as_str();
+    client.batch_execute(&format!("PREPARE claim_activities_skipping AS {skipping}")).await.unwrap();
     let terminal: Vec<i16> =
         kiln_core::RuntimeStatus::ALL.iter().filter(|s| s.is_terminal()).map(|s| s.code() as i16).collect();
     let terminal = queries::purge_batch_roots(&terminal);
@@ -98,6 +102,23 @@ async fn claims_and_purge_batches_use_the_indexes_of_ready_rows() {
         &client,
         "claim_activities",
         &format!("{at}, {lease}, 16"),
+        &["activities_unleased", "activities_by_lease_expiry"],
+        &[],
+    )
+    .await;
+    // A node in a rolling deploy, skipping what it cannot run: the same indexes.
+    check(
+        &client,
+        "claim_instance_skipping",
+        &format!("{at}, {lease}, ARRAY['orch'], ARRAY['2']"),
+        &["inbox_immediate", "inbox_by_visibility"],
+        &["inbox_pkey"],
+    )
+    .await;
+    check(
+        &client,
+        "claim_activities_skipping",
+        &format!("{at}, {lease}, 16, ARRAY['work']"),
         &["activities_unleased", "activities_by_lease_expiry"],
         &[],
     )

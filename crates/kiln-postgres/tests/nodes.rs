@@ -6,7 +6,7 @@ mod common;
 
 use kiln_core::{Payload, RuntimeStatus, Timestamp};
 use kiln_postgres::PostgresStore;
-use kiln_store::{ActivityWorkItem, NewInstance, Store};
+use kiln_store::{ActivityWorkItem, NewInstance, Store, Unrunnable};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -128,4 +128,64 @@ async fn local_claims_are_handed_out_with_a_fresh_lease() {
     assert!(left > 2_500, "handed out with {left} ms of lease left");
     let renewed = store.renew_activity_lease(&taken[0], lease).await;
     assert!(renewed.is_ok(), "the renewed claim is the one held: {renewed:?}");
+}
+
+/// A rolling deploy: a node that cannot run an orchestration version or an activity leaves it
+/// to the nodes that can. Its claims skip that work from then on, so it can give it back at
+/// once; given back with a delay instead, the work was hidden from every node meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_leaves_the_work_it_cannot_run_to_the_others() {
+    let Some((_store, _guard)) = common::fresh_store().await else { return };
+    let options = common::fresh_options();
+    let _cleanup = common::SchemaGuard::new(options.schema.as_deref().unwrap_or_default());
+    let old = PostgresStore::connect(options.clone()).await.unwrap();
+    let new = PostgresStore::connect(options.clone()).await.unwrap();
+    let create = |id: &str, version: &str| NewInstance {
+        instance_id: id.to_owned(),
+        name: "orch".to_owned(),
+        version: version.to_owned(),
+        input: Payload::null(),
+        parent: None,
+        created_at: now(),
+    };
+    old.create_instance(create("on-v2", "2")).await.unwrap();
+
+    // The old node claims it once, finds version 2 missing and gives it back at once.
+    let claimed = old.fetch_orchestration_work(LEASE, WAIT).await.unwrap().expect("the start");
+    let v2 = Unrunnable::Orchestration { name: "orch".into(), version: "2".into() };
+    assert!(old.skip_in_claims(&v2), "a shared store skips what its node cannot run");
+    old.abandon_orchestration_work("on-v2", claimed.lease, Duration::ZERO).await.unwrap();
+    old.create_instance(create("on-v1", "1")).await.unwrap();
+    let taken = old.fetch_orchestration_work(LEASE, WAIT).await.unwrap().expect("version 1");
+    assert_eq!(taken.instance.instance_id, "on-v1");
+    assert!(old.fetch_orchestration_work(LEASE, NO_WAIT).await.unwrap().is_none(), "version 2 is skipped");
+    let taken = new.fetch_orchestration_work(LEASE, WAIT).await.unwrap().expect("version 2 on the new node");
+    assert_eq!(taken.instance.instance_id, "on-v2");
+    assert_eq!(taken.dequeue_count, 1, "giving back did not count");
+
+    // A resume needs the code (the events it lets through run): it is left to the new node.
+    old.create_instance(create("resumed", "2")).await.unwrap();
+    let resume = kiln_core::EventKind::ExecutionResumed { reason: None };
+    old.send_message("resumed", kiln_core::HistoryEvent::new(now(), resume)).await.unwrap();
+    assert!(old.fetch_orchestration_work(LEASE, NO_WAIT).await.unwrap().is_none(), "the resume is skipped");
+    let taken = new.fetch_orchestration_work(LEASE, WAIT).await.unwrap().expect("the resume on the new node");
+    assert_eq!(taken.instance.instance_id, "resumed");
+
+    // A terminate needs no code: the skipping node still takes it.
+    old.create_instance(create("stopped", "2")).await.unwrap();
+    let stop = kiln_core::EventKind::ExecutionTerminated { reason: None };
+    old.send_message("stopped", kiln_core::HistoryEvent::new(now(), stop)).await.unwrap();
+    let taken = old.fetch_orchestration_work(LEASE, WAIT).await.unwrap().expect("the terminate");
+    assert_eq!(taken.instance.instance_id, "stopped");
+
+    // An activity the old node has not registered, claimed by its own turn.
+    start_with_activity(&old, "new-activity").await;
+    let item = old.fetch_activity_work(LEASE, WAIT, 8).await.unwrap().pop().expect("claimed locally");
+    assert!(old.skip_in_claims(&Unrunnable::Activity { name: "work".into() }));
+    old.abandon_activity_work(&item, Duration::ZERO).await.unwrap();
+    assert!(old.fetch_activity_work(LEASE, Duration::from_millis(1_100), 8).await.unwrap().is_empty());
+    let taken = new.fetch_activity_work(LEASE, WAIT, 8).await.unwrap();
+    assert_eq!(ids(&taken), ["new-activity"]);
+    old.shutdown().await;
+    new.shutdown().await;
 }

@@ -178,6 +178,25 @@ pub struct ActivityWorkItem {
 /// ([`TurnCommit::version`]). No orchestration may be registered under it.
 pub const UNPINNED_VERSION: &str = "*";
 
+/// Work a node cannot run because it has not registered it (a rolling deploy): see
+/// [`Store::skip_in_claims`](crate::Store::skip_in_claims).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Unrunnable {
+    /// Instances of this orchestration name and pinned version ([`UNPINNED_VERSION`] for
+    /// unpinned children of a name with no default version here).
+    Orchestration {
+        /// Orchestration name.
+        name: String,
+        /// Its version as stored with the instance.
+        version: String,
+    },
+    /// Activities of this name.
+    Activity {
+        /// Activity name.
+        name: String,
+    },
+}
+
 /// The id of a message handed to a turn without being stored (an activity result taken
 /// directly, see [`Store::claim_with_activity_result`](crate::Store::claim_with_activity_result)):
 /// no inbox row has it, as stores number messages from 1.

@@ -2,7 +2,7 @@
 
 use crate::{
     ActivityWorkItem, IdempotencyKey, IdempotentStart, InstancePage, InstanceQuery, InstanceRecord, Lease, NewInstance,
-    OrchestrationWorkItem, PurgeFilter, StatusWatchers, StoreError, TurnCommit,
+    OrchestrationWorkItem, PurgeFilter, StatusWatchers, StoreError, TurnCommit, Unrunnable,
 };
 use async_trait::async_trait;
 use kiln_core::HistoryEvent;
@@ -57,6 +57,18 @@ pub trait Store: Send + Sync + 'static {
         lease: Lease,
         retry_after: Duration,
     ) -> StoreResult<()>;
+
+    /// Tells the store that the runtime claiming through it cannot run `work` (it has not
+    /// registered it). Returns whether this store's claims skip such work from now on, so that
+    /// the runtime can give it back at once for another node that has it. A store that shares
+    /// work between nodes must skip it: given back with a delay instead, it would be hidden from
+    /// the nodes that can run it. A store that one process owns has no other node to leave it
+    /// to and may decline (the default): the runtime then gives the work back after a delay, so
+    /// as not to claim it again and again.
+    fn skip_in_claims(&self, work: &Unrunnable) -> bool {
+        let _ = work;
+        false
+    }
 
     /// Claims up to `max` activities to run (one round trip for a batch), waiting up to `wait`
     /// for at least one; empty when the wait ends with none queued.

@@ -15,7 +15,7 @@ use kiln_core::{
 };
 use kiln_store::{
     FinishedActivity, HistoryUpdate, InboxMessage, InstanceRecord, NewActivity, NewInstance, NewSubOrchestration,
-    OrchestrationWorkItem, OutgoingMessage, StoreError, TurnCommit, UNPINNED_VERSION, UNSTORED_MESSAGE_ID,
+    OrchestrationWorkItem, OutgoingMessage, StoreError, TurnCommit, UNPINNED_VERSION, UNSTORED_MESSAGE_ID, Unrunnable,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -332,7 +332,9 @@ fn orchestration_for(rt: &Runtime, instance: &InstanceRecord) -> Option<(Orchest
 }
 
 /// Gives back an instance whose orchestration version is not registered on this worker
-/// (uncounted: it waits for a worker that has it), logging `what` happens meanwhile.
+/// (uncounted: it waits for a worker that has it), logging `what` happens meanwhile. When the
+/// store's claims skip it from now on, it is given back at once, for another node; otherwise
+/// (a store one process owns) after a delay.
 fn not_here(rt: &Runtime, instance: &InstanceRecord, what: &str) -> TurnPlan {
     tracing::warn!(
         instance_id = instance.instance_id,
@@ -341,7 +343,9 @@ fn not_here(rt: &Runtime, instance: &InstanceRecord, what: &str) -> TurnPlan {
         "orchestration version is not registered on this worker; {what}"
     );
     rt.metrics.unregistered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    TurnPlan::Abandon(rt.config.unregistered_retry)
+    let unrunnable = Unrunnable::Orchestration { name: instance.name.clone(), version: instance.version.clone() };
+    let skipped = rt.store.skip_in_claims(&unrunnable);
+    TurnPlan::Abandon(if skipped { Duration::ZERO } else { rt.config.unregistered_retry })
 }
 
 /// Rewinds a failed instance: the failures its code did not get past are undone, their steps

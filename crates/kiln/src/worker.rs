@@ -7,7 +7,7 @@ use crate::panic::CatchPanic;
 use crate::runtime::Runtime;
 use crate::turn::run_turn;
 use kiln_core::{EventKind, FailureDetails, HistoryEvent, Payload, error_types};
-use kiln_store::{ActivityWorkItem, FinishedActivity, StoreError};
+use kiln_store::{ActivityWorkItem, FinishedActivity, StoreError, Unrunnable};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -150,7 +150,12 @@ async fn run_activity(rt: &Runtime, mut item: ActivityWorkItem) {
                     "activity is not registered on this worker; it waits for one that has it"
                 );
             }
-            let _ = rt.store.abandon_activity_work(&item, rt.config.unregistered_retry).await;
+            // Given back at once when this store's claims skip it from now on (for another
+            // node); otherwise after a delay.
+            let unrunnable = Unrunnable::Activity { name: activity.name.clone() };
+            let retry =
+                if rt.store.skip_in_claims(&unrunnable) { Duration::ZERO } else { rt.config.unregistered_retry };
+            let _ = rt.store.abandon_activity_work(&item, retry).await;
             return;
         }
         Some(function) => {

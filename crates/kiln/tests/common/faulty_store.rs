@@ -7,7 +7,7 @@ use kiln::{RuntimeStatus, Store, StoreError};
 use kiln_core::HistoryEvent;
 use kiln_store::{
     ActivityWorkItem, IdempotencyKey, IdempotentStart, InstancePage, InstanceQuery, InstanceRecord, Lease, NewInstance,
-    OrchestrationWorkItem, PurgeFilter, StatusWatchers, StoreResult, TurnCommit,
+    OrchestrationWorkItem, PurgeFilter, StatusWatchers, StoreResult, TurnCommit, Unrunnable,
 };
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -219,6 +219,10 @@ impl Store for FaultyStore {
 
     fn takes_first_turns(&self) -> bool {
         self.inner.takes_first_turns()
+    }
+
+    fn skip_in_claims(&self, work: &Unrunnable) -> bool {
+        self.inner.skip_in_claims(work)
     }
 
     async fn create_instance_with_first_turn(&self, instance: NewInstance, first_turn: TurnCommit) -> StoreResult<()> {

@@ -7,10 +7,11 @@
 //! - `nodes`: runtimes that can be crashed and restarted; `driver`: one run; `invariants`.
 //!
 //! `KILN_SIM_SEED=N` runs one seed; `KILN_SIM_SEEDS=N` runs N seeds from `KILN_SIM_FIRST_SEED`
-//! (default 1); `KILN_SIM_REWIND=1` adds steps that fail once and are rewound, and
-//! `KILN_SIM_MIXED_VERSIONS=1` takes the newest version off PostgreSQL's second node, and
-//! `KILN_SIM_ORPHANS=1` reuses ids while a child of the old instance still runs. A failing seed prints the command that reruns it. The clock is process-wide, so
-//! the tests here take turns.
+//! (default 1); `KILN_SIM_REWIND=1` adds steps that fail once and are rewound;
+//! `KILN_SIM_MIXED_VERSIONS=1` (`=0`) takes the newest version off PostgreSQL's second node in
+//! every seed (in none; by default in odd seeds); `KILN_SIM_ORPHANS=1` reuses ids while a child
+//! of the old instance still runs. A failing seed prints the command that reruns it. The clock
+//! is process-wide, so the tests here take turns.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../common/mod.rs"]
@@ -54,8 +55,8 @@ fn run_seeds(test: &str, default: u64, backend: impl Fn(u64) -> (Backend, Box<dy
     let (rewind, orphans) = (switch("KILN_SIM_REWIND"), switch("KILN_SIM_ORPHANS"));
     let mut rerun_env = String::new();
     for name in ["KILN_SIM_REWIND", "KILN_SIM_MIXED_VERSIONS", "KILN_SIM_ORPHANS"] {
-        if switch(name) {
-            rerun_env += &format!(" {name}=1");
+        if let Ok(value) = std::env::var(name) {
+            rerun_env += &format!(" {name}={value}");
         }
     }
     let mut failed = Vec::new();

@@ -91,7 +91,7 @@ async fn delete_instance_rows(tx: &impl GenericClient, instance_id: &str) -> Sto
 
 /// Creates an instance inside a transaction; `AlreadyExists` if an unfinished one has the id.
 pub async fn create_instance_tx(tx: &impl GenericClient, instance: &NewInstance) -> StoreResult<()> {
-    let mut execution = 0u64;
+    let mut execution = instance.execution;
     if let Some((status, previous)) = instance_status(tx, &instance.instance_id, RowLock::Update).await? {
         if !status.is_terminal() {
             return Err(StoreError::AlreadyExists(instance.instance_id.clone(), status));

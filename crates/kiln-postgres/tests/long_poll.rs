@@ -18,6 +18,7 @@ async fn a_waiter_sees_a_change_whose_notification_was_lost() {
         input: Payload::null(),
         parent: None,
         created_at: Timestamp(1),
+        execution: 0,
     };
     store.create_instance(instance).await.unwrap();
     let mut subscription = store.watchers().subscribe("quiet");

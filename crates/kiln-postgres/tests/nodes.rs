@@ -31,6 +31,7 @@ async fn start_with_activities(store: &dyn Store, id: &str, count: u64) {
         input: Payload::null(),
         parent: None,
         created_at: now(),
+        execution: 0,
     };
     let item = instance.first_work_item();
     let turn = common::turn_with_activities(&item, RuntimeStatus::Running, 1..=count, now());
@@ -147,6 +148,7 @@ async fn a_node_leaves_the_work_it_cannot_run_to_the_others() {
         input: Payload::null(),
         parent: None,
         created_at: now(),
+        execution: 0,
     };
     old.create_instance(create("on-v2", "2")).await.unwrap();
 

@@ -68,6 +68,7 @@ async fn pages_neither_skip_nor_repeat_under_a_non_c_collation() {
             input: Payload::null(),
             parent: None,
             created_at,
+            execution: 0,
         };
         store.create_instance(instance).await.unwrap();
     }

@@ -26,6 +26,7 @@ fn instance(id: &str) -> NewInstance {
         input: Payload::null(),
         parent: None,
         created_at: now(),
+        execution: 0,
     }
 }
 

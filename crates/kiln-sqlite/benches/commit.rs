@@ -27,6 +27,7 @@ async fn start_and_commit(store: &dyn Store) {
         input,
         parent: None,
         created_at: now,
+        execution: 0,
     };
     store.create_instance(instance).await.unwrap();
     let item = loop {

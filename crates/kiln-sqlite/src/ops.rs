@@ -230,7 +230,7 @@ fn create_instance(conn: &Connection, instance: &NewInstance, effects: &mut Vec<
         .prepare_cached("SELECT status, execution FROM instances WHERE instance_id = ?1")
         .and_then(|mut s| s.query_row([&instance.instance_id], |r| Ok((r.get(0)?, r.get(1)?))).optional())
         .map_err(backend)?;
-    let mut execution = 0u64;
+    let mut execution = instance.execution;
     if let Some((status, previous)) = existing {
         let status = RuntimeStatus::from_code(status).unwrap_or(RuntimeStatus::Running);
         if !status.is_terminal() {

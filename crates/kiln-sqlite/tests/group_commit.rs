@@ -20,6 +20,7 @@ fn instance(id: &str) -> NewInstance {
         input: Payload::null(),
         parent: None,
         created_at: now(),
+        execution: 0,
     }
 }
 

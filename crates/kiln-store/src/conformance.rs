@@ -33,6 +33,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@each $factory;
             start_is_handed_out_as_execution_started,
             unfinished_id_is_refused_and_finished_id_is_replaced,
+            each_creation_starts_at_its_own_execution_number,
             turn_commit_is_atomic,
             a_turn_can_pin_the_version,
             lapsed_lease_cannot_commit,
@@ -82,6 +83,7 @@ fn new_instance(id: &str, created_at: Timestamp) -> NewInstance {
         input: Payload::from_json(r#"{"n":1}"#).unwrap(),
         parent: None,
         created_at,
+        execution: 0,
     }
 }
 
@@ -164,6 +166,23 @@ pub async fn unfinished_id_is_refused_and_finished_id_is_replaced(store: &dyn St
     let record = store.get_instance("a").await.unwrap().unwrap();
     assert_eq!((record.status, record.execution, record.history_len), (RuntimeStatus::Pending, 1, 0));
     assert!(store.get_history("a").await.unwrap().is_empty());
+}
+
+pub async fn each_creation_starts_at_its_own_execution_number(store: &dyn Store) {
+    let numbered = |execution| NewInstance { execution, ..new_instance("a", now()) };
+    store.create_instance(numbered(41)).await.unwrap();
+    let item = fetch(store).await;
+    assert_eq!((item.instance.execution, item.messages[0].execution), (41, Some(41)));
+    store.commit_turn(completed(running_commit(&item))).await.unwrap();
+    // Over a finished instance: its numbers go on.
+    store.create_instance(numbered(7)).await.unwrap();
+    let item = fetch(store).await;
+    assert_eq!((item.instance.execution, item.messages[0].execution), (42, Some(42)));
+    store.commit_turn(completed(running_commit(&item))).await.unwrap();
+    // After a purge: the new number.
+    store.purge_instance("a").await.unwrap();
+    store.create_instance(numbered(7)).await.unwrap();
+    assert_eq!(fetch(store).await.instance.execution, 7);
 }
 
 pub async fn a_turn_can_pin_the_version(store: &dyn Store) {

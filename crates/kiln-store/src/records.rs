@@ -19,6 +19,13 @@ pub struct NewInstance {
     pub parent: Option<ParentInstance>,
     /// When it was accepted.
     pub created_at: Timestamp,
+    /// Its first execution's number, unless it replaces a finished instance (whose execution
+    /// number it then continues). Each creation takes a fresh, random one, so that a run
+    /// created under the id of a purged one never shares an execution number with it: what is
+    /// still in flight for the old run (an activity result, a child's answer, another node's
+    /// cached execution) cannot be taken for the new run's, and derived child ids and activity
+    /// idempotency keys (both built from the execution number) differ.
+    pub execution: u64,
 }
 
 impl NewInstance {
@@ -45,7 +52,7 @@ impl NewInstance {
             instance_id: self.instance_id.clone(),
             name: self.name.clone(),
             version: self.version.clone(),
-            execution: 0,
+            execution: self.execution,
             status: RuntimeStatus::Pending,
             input: self.input.clone(),
             output: None,
@@ -57,7 +64,8 @@ impl NewInstance {
             parent: self.parent.clone(),
             history_len: 0,
         };
-        let started = InboxMessage { id: UNSTORED_MESSAGE_ID, execution: Some(0), event: self.started_event() };
+        let started =
+            InboxMessage { id: UNSTORED_MESSAGE_ID, execution: Some(self.execution), event: self.started_event() };
         let lease = Lease { token: 0, expires_at: self.created_at };
         OrchestrationWorkItem { instance, messages: vec![started], lease, dequeue_count: 1 }
     }
@@ -72,7 +80,9 @@ pub struct InstanceRecord {
     pub name: String,
     /// Orchestration version.
     pub version: String,
-    /// Execution (generation) number; grows with continue-as-new and with restarts of the same id.
+    /// Execution (generation) number: a creation starts at an arbitrary one (unique to it, see
+    /// [`NewInstance::execution`]); it grows by one with continue-as-new and with restarts of the
+    /// same id.
     pub execution: u64,
     /// Runtime status.
     pub status: RuntimeStatus,

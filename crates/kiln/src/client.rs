@@ -1,7 +1,7 @@
 //! [`KilnClient`]: start, query, signal and manage instances in-process. The HTTP layer is a thin
 //! shell around it.
 
-use crate::runtime::{Runtime, wall_clock};
+use crate::runtime::{Runtime, new_run_execution, wall_clock};
 use kiln_core::{
     EventKind, HistoryEvent, InvalidInstanceId, Payload, PayloadTooLarge, RuntimeStatus, validate_instance_id,
 };
@@ -187,7 +187,15 @@ impl KilnClient {
             // Time-ordered (UUIDv7): new instances land next to each other in the stores' indexes.
             None => uuid::Uuid::now_v7().simple().to_string(),
         };
-        Ok(NewInstance { instance_id, name: name.to_owned(), version, input, parent: None, created_at: wall_clock() })
+        Ok(NewInstance {
+            instance_id,
+            name: name.to_owned(),
+            version,
+            input,
+            parent: None,
+            created_at: wall_clock(),
+            execution: new_run_execution(),
+        })
     }
 
     /// How long instances of this orchestration have typically taken (a moving average of the

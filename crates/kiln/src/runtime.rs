@@ -88,3 +88,10 @@ impl Runtime {
 pub(crate) fn wall_clock() -> Timestamp {
     kiln_core::time::now()
 }
+
+/// A new run's first execution number (see [`kiln_store::NewInstance::execution`]): 40 random
+/// bits, so numbers stay exact in JSON and a purged run's numbers are never met again in
+/// practice.
+pub(crate) fn new_run_execution() -> u64 {
+    uuid::Uuid::new_v4().as_u64_pair().0 >> 24
+}

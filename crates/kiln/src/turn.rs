@@ -8,7 +8,7 @@
 use crate::cache::RecordStamp;
 use crate::executor::Execution;
 use crate::registry::OrchestrationFn;
-use crate::runtime::{Runtime, wall_clock};
+use crate::runtime::{Runtime, new_run_execution, wall_clock};
 use kiln_core::{
     Action, EventKind, ExecutionOutcome, FailureDetails, HistoryEvent, ParentInstance, Payload, ReplayError,
     RuntimeStatus, Timestamp, error_types, plan_rewind, rewind_body,
@@ -708,6 +708,7 @@ fn carry_out(rt: &Runtime, instance: &InstanceRecord, commit: &mut TurnCommit, a
                             task_scheduled_id: id,
                         }),
                         created_at: commit.now,
+                        execution: new_run_execution(),
                     },
                 });
             }

@@ -363,6 +363,50 @@ async fn a_result_from_a_purged_run_does_not_reach_a_new_instance_with_the_same_
     t.stop().await;
 }
 
+/// An id reused after a purge while a child of the purged run still runs: the new run's child
+/// gets an id of its own (it was derived from execution number 0 in both runs, so the new run
+/// failed with `AlreadyExists`), and the old child's answer does not reach the new run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_created_under_a_purged_run_s_id_is_not_confused_with_it() {
+    async fn waits_for_a_child(ctx: OrchestrationContext, patient: bool) -> Result<String, Failure> {
+        let child = ctx.call_sub_orchestration::<_, String>("waits_for_go", &());
+        if patient {
+            return child.await;
+        }
+        // The timer wins; the child is still running when its parent finishes.
+        let _ = select2(child, ctx.sleep(Duration::from_millis(10))).await;
+        Ok("left its child".into())
+    }
+    async fn waits_for_go(ctx: OrchestrationContext, _: ()) -> Result<String, Failure> {
+        ctx.wait_for_event("go").await
+    }
+    let builder = Kiln::builder()
+        .orchestration("waits_for_a_child", waits_for_a_child)
+        .orchestration("waits_for_go", waits_for_go);
+    let t = TestKiln::start(builder).await;
+    let reuse = || StartOptions { instance_id: Some("family".into()), version: None };
+    t.client.start_with("waits_for_a_child", Payload::from_json("false").unwrap(), reuse()).await.unwrap();
+    let first = t.finish("family").await;
+    let old_child = format!("family:{}:0", first.execution);
+    t.waiting(&old_child).await;
+    assert_eq!(t.client.purge("family").await.unwrap(), 1, "only the finished parent is purged");
+
+    t.client.start_with("waits_for_a_child", Payload::from_json("true").unwrap(), reuse()).await.unwrap();
+    let second = t.waiting("family").await;
+    assert_ne!(second.execution, first.execution, "a new run, a new execution number");
+    let new_child = format!("family:{}:0", second.execution);
+    t.waiting(&new_child).await;
+    // The old child answers its parent's (purged) run: the new run must not take it.
+    t.client.raise_event(&old_child, "go", &"old").await.unwrap();
+    assert_eq!(output(&t.finish(&old_child).await), json!("old"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let record = t.client.status("family").await.unwrap().unwrap();
+    assert_eq!(record.status, kiln::RuntimeStatus::Running, "{:?}", record.output);
+    t.client.raise_event(&new_child, "go", &"new").await.unwrap();
+    assert_eq!(output(&t.finish("family").await), json!("new"));
+    t.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_whose_orchestration_is_not_on_the_parent_s_worker_waits_for_one_that_has_it() {
     async fn parent(ctx: OrchestrationContext, _: ()) -> Result<String, Failure> {

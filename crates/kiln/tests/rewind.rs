@@ -197,8 +197,14 @@ async fn calls_child(ctx: OrchestrationContext, name: String) -> Result<String, 
     ctx.call_sub_orchestration(&name, &()).await
 }
 
+/// The id of `parent`'s first child (derived from its execution number and step 0).
+async fn first_child_of(t: &TestKiln, parent: &str) -> String {
+    let execution = t.client.status(parent).await.unwrap().expect("the parent").execution;
+    format!("{parent}:{execution}:0")
+}
+
 async fn child_for(t: &TestKiln, parent: &str) -> String {
-    let child = format!("{parent}:0:0");
+    let child = first_child_of(t, parent).await;
     t.waiting(&child).await;
     child
 }
@@ -230,7 +236,7 @@ async fn a_child_that_failed_itself_is_rewound_in_place() {
     let t = TestKiln::start(builder()).await;
     let id = t.client.start("calls_child", &"child_calls_fallible").await.unwrap();
     assert_eq!(t.finish(&id).await.status, RuntimeStatus::Failed);
-    let child = t.finish(&format!("{id}:0:0")).await;
+    let child = t.finish(&first_child_of(&t, &id).await).await;
     fix("t6-child");
     assert_eq!(output(&rewind_and_finish(&t, &id).await), "t6-child");
     let rewound = t.finish(&child.instance_id).await;

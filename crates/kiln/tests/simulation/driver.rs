@@ -45,11 +45,7 @@ fn node_specs(backend: &Backend, plan: &Plan, seed: u64) -> Vec<NodeSpec> {
 
 /// Whether a PostgreSQL seed runs its second node without the newest version.
 fn mixed_versions(seed: u64) -> bool {
-    match std::env::var("KILN_SIM_MIXED_VERSIONS").as_deref() {
-        Ok("1") => true,
-        Ok("0") => false,
-        _ => seed % 2 == 1,
-    }
+    crate::switch("KILN_SIM_MIXED_VERSIONS", seed % 2 == 1)
 }
 
 /// How many nodes a backend runs.
@@ -81,8 +77,6 @@ struct Driver<'a> {
     rewinds: BTreeMap<String, u32>,
     /// An instance sent a suspension (true) or resumption (false) not taken in yet.
     awaiting: Option<(String, bool)>,
-    /// Reuse an id while a child of its instance still runs (`KILN_SIM_ORPHANS=1`).
-    orphans: bool,
     /// Instances rewound and not seen so yet, with how often their history had been rewound.
     rewinding: BTreeMap<String, usize>,
     log: Vec<String>,
@@ -117,7 +111,6 @@ pub fn run(seed: u64, backend: &Backend, plan: &Plan) -> Result<Observed, String
         gates: BTreeMap::new(),
         rewinding: BTreeMap::new(),
         awaiting: None,
-        orphans: std::env::var("KILN_SIM_ORPHANS").is_ok_and(|v| v == "1"),
         log: Vec::new(),
         began: Instant::now(),
         fingerprint: (Vec::new(), Instant::now()),
@@ -423,10 +416,10 @@ impl Driver<'_> {
         {
             let start = &self.plan.starts[reuse.of];
             let members = family(records, &start.id);
-            // A child still running when its parent's id is reused completes into the new
-            // instance (an open engine issue): by default the driver waits for the whole family.
+            // With orphans planned, the id is reused while a child of the old instance still
+            // runs; otherwise once the whole family has finished.
             let settled = |id: &String| records.get(id).is_some_and(|r| r.status.is_terminal());
-            let ready = self.orphans || members.iter().all(settled);
+            let ready = self.plan.orphans || members.iter().all(settled);
             // (A failed instance is rewound first, if its program plans that.)
             let rewinding = self.rewinds.get(&start.id).copied().unwrap_or(0) < Plan::rewinds(&start.program)
                 || self.rewinding.contains_key(&start.id);

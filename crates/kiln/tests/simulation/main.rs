@@ -7,11 +7,12 @@
 //! - `nodes`: runtimes that can be crashed and restarted; `driver`: one run; `invariants`.
 //!
 //! `KILN_SIM_SEED=N` runs one seed; `KILN_SIM_SEEDS=N` runs N seeds from `KILN_SIM_FIRST_SEED`
-//! (default 1); `KILN_SIM_REWIND=1` adds steps that fail once and are rewound;
-//! `KILN_SIM_MIXED_VERSIONS=1` (`=0`) takes the newest version off PostgreSQL's second node in
-//! every seed (in none; by default in odd seeds); `KILN_SIM_ORPHANS=1` reuses ids while a child
-//! of the old instance still runs. A failing seed prints the command that reruns it. The clock
-//! is process-wide, so the tests here take turns.
+//! (default 1). Workload switches, each `=1` for every seed and `=0` for none:
+//! `KILN_SIM_REWIND` adds steps that fail once and are rewound (off by default);
+//! `KILN_SIM_MIXED_VERSIONS` takes the newest version off PostgreSQL's second node (by default
+//! in odd seeds); `KILN_SIM_ORPHANS` reuses ids while a child of the old instance still runs (by
+//! default in even seeds). A failing seed prints the command that reruns it. The clock is
+//! process-wide, so the tests here take turns.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../common/mod.rs"]
@@ -45,14 +46,21 @@ fn seeds(default: u64) -> Vec<u64> {
     (first..first + env_u64("KILN_SIM_SEEDS").unwrap_or(default)).collect()
 }
 
+/// A workload switch: on with `{name}=1`, off with `{name}=0`, else `default`.
+fn switch(name: &str, default: bool) -> bool {
+    match std::env::var(name).as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => default,
+    }
+}
+
 /// Runs every seed on a backend made by `backend`; fails listing every failing seed.
 fn run_seeds(test: &str, default: u64, backend: impl Fn(u64) -> (Backend, Box<dyn FnOnce()>)) {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let began = Instant::now();
     let seeds = seeds(default);
-    // Rewind workloads stay off by default while rewind is reworked (issue 12 item 6).
-    let switch = |name: &str| std::env::var(name).is_ok_and(|v| v == "1");
-    let (rewind, orphans) = (switch("KILN_SIM_REWIND"), switch("KILN_SIM_ORPHANS"));
+    let rewind = switch("KILN_SIM_REWIND", false);
     let mut rerun_env = String::new();
     for name in ["KILN_SIM_REWIND", "KILN_SIM_MIXED_VERSIONS", "KILN_SIM_ORPHANS"] {
         if let Ok(value) = std::env::var(name) {
@@ -62,6 +70,7 @@ fn run_seeds(test: &str, default: u64, backend: impl Fn(u64) -> (Backend, Box<dy
     let mut failed = Vec::new();
     for &seed in &seeds {
         let (backend, cleanup) = backend(seed);
+        let orphans = switch("KILN_SIM_ORPHANS", seed % 2 == 0);
         let plan = Plan::new(seed, driver::node_count(&backend), rewind, orphans);
         let started = Instant::now();
         let result = driver::run(seed, &backend, &plan);

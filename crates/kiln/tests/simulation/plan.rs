@@ -55,6 +55,8 @@ pub struct Plan {
     pub faults: Faults,
     /// Execution cache capacity (0 makes every turn replay its history).
     pub cache: usize,
+    /// The reused id is reused while a child of its old instance still runs.
+    pub orphans: bool,
 }
 
 impl Plan {
@@ -103,7 +105,7 @@ impl Plan {
             }
         };
         let cache = if rng.chance(300) { 0 } else { 1000 };
-        Plan { starts, blocker, suspend, reuse, faults, cache }
+        Plan { starts, blocker, suspend, reuse, faults, cache, orphans }
     }
 
     /// The rewinds `program` may need (one per step that fails once).

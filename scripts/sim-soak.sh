@@ -2,8 +2,8 @@
 # Soak for the deterministic simulation (docs/architecture.md, "How we test: deterministic
 # simulation"): thousands of seeds, release build. A failing seed prints the command that reruns
 # it alone. Env: SEEDS (3000, on SQLite), PG_SEEDS (300; 0 skips PostgreSQL), FIRST (the first
-# seed; random unless set, and printed), KILN_TEST_DATABASE_URL, KILN_SIM_REWIND (1 adds the
-# rewind workloads, off by default while rewind is reworked).
+# seed; random unless set, and printed), KILN_TEST_DATABASE_URL, and the workload switches
+# KILN_SIM_REWIND, KILN_SIM_MIXED_VERSIONS and KILN_SIM_ORPHANS (1 in every seed, 0 in none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEEDS=${SEEDS:-3000}

@@ -9,9 +9,11 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 /// Which committed state of its instance a cached execution stands for. Every commit of a turn
-/// sets `updated_at` to the turn's time (and most change `history_len`); a rewind rewrites the
-/// history in a commit of its own; a purged and re-created instance has a new `created_at` while
-/// its execution numbers start again at 0. An execution is reused only if all four still match.
+/// sets `updated_at` to the turn's time, which is strictly later than the previous commit's
+/// even within one millisecond (so a rewind, which rewrites the history in a commit of its own,
+/// changes it even when the history keeps its length); a purged and re-created instance has a
+/// new `created_at` and new execution numbers. An execution is reused only if all four still
+/// match.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct RecordStamp {
     pub(crate) created_at: Timestamp,

@@ -138,7 +138,9 @@ pub(crate) async fn first_turn(rt: &Runtime, instance: &NewInstance) -> Option<T
 }
 
 async fn plan_turn(rt: &Runtime, item: &OrchestrationWorkItem) -> Result<TurnPlan, StoreError> {
-    let now = wall_clock();
+    // Strictly after the last commit's stamp, even within one millisecond: the stamp is part of
+    // the version the execution cache checks (see `RecordStamp`), so every commit must change it.
+    let now = wall_clock().max(Timestamp(item.instance.updated_at.0 + 1));
     let instance = &item.instance;
     let mut commit = unchanged_commit(item, now);
     // Messages addressed to an earlier execution (late activity results, old timers) are dropped.

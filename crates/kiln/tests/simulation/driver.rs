@@ -77,8 +77,9 @@ struct Driver<'a> {
     rewinds: BTreeMap<String, u32>,
     /// An instance sent a suspension (true) or resumption (false) not taken in yet.
     awaiting: Option<(String, bool)>,
-    /// Instances rewound and not seen so yet, with how often their history had been rewound.
-    rewinding: BTreeMap<String, usize>,
+    /// Instances rewound and not seen so yet, with their execution and how often its history
+    /// had been rewound.
+    rewinding: BTreeMap<String, (u64, usize)>,
     log: Vec<String>,
     began: Instant,
     /// What the records looked like, since when.
@@ -236,12 +237,17 @@ impl Driver<'_> {
         }
         for record in records.values() {
             let id = &record.instance_id;
-            // A rewind is on its way while the instance is failed and its history has no new
-            // ExecutionRewound (a failed instance's record also changes as late results are kept).
-            if let Some(&before) = self.rewinding.get(id) {
-                let arrived = record.status != RuntimeStatus::Failed
-                    || rewinds_in(&self.node(0).call("history", async |c| c.history(id).await)?) != before;
-                if !arrived {
+            // A rewind is on its way while the instance is failed in the same execution and its
+            // history has no new ExecutionRewound (a failed instance's record also changes as
+            // late results are kept; once rewound, it may continue as new, or fail again at
+            // once). A history read now may be newer than `record`: a rewind seen only there is
+            // taken in, but this poll stays busy, so that the next one sees the record after it.
+            if let Some(&(execution, before)) = self.rewinding.get(id) {
+                if record.status == RuntimeStatus::Failed && record.execution == execution {
+                    let history = self.node(0).call("history", async |c| c.history(id).await)?;
+                    if rewinds_in(&history) != before {
+                        self.rewinding.remove(id);
+                    }
                     busy.push(format!("{id}: rewind on its way"));
                     continue;
                 }
@@ -370,12 +376,14 @@ impl Driver<'_> {
                 Some(reuse) if reuse.of == index && self.reused => &reuse.program,
                 _ => &start.program,
             };
-            let failed = records.get(&start.id).is_some_and(|r| r.status == RuntimeStatus::Failed);
+            let failed = records.get(&start.id).filter(|r| r.status == RuntimeStatus::Failed);
             let done = self.rewinds.get(&start.id).copied().unwrap_or(0);
-            if failed && done < Plan::rewinds(program) {
+            if let Some(record) = failed
+                && done < Plan::rewinds(program)
+            {
                 let history = self.node(0).call("history", async |c| c.history(&start.id).await)?;
                 self.node(0).call("rewind", async |c| tolerate(c.rewind(&start.id, Some("simulated")).await))?;
-                self.rewinding.insert(start.id.clone(), rewinds_in(&history));
+                self.rewinding.insert(start.id.clone(), (record.execution, rewinds_in(&history)));
                 self.rewinds.insert(start.id.clone(), done + 1);
                 self.note(format!("rewound {}", start.id));
                 return Ok(true);

@@ -8,7 +8,7 @@
 //!
 //! `KILN_SIM_SEED=N` runs one seed; `KILN_SIM_SEEDS=N` runs N seeds from `KILN_SIM_FIRST_SEED`
 //! (default 1). Workload switches, each `=1` for every seed and `=0` for none:
-//! `KILN_SIM_REWIND` adds steps that fail once and are rewound (off by default);
+//! `KILN_SIM_REWIND` adds steps that fail once and are rewound (on by default);
 //! `KILN_SIM_MIXED_VERSIONS` takes the newest version off PostgreSQL's second node (by default
 //! in odd seeds); `KILN_SIM_ORPHANS` reuses ids while a child of the old instance still runs (by
 //! default in even seeds). A failing seed prints the command that reruns it. The clock is
@@ -60,7 +60,7 @@ fn run_seeds(test: &str, default: u64, backend: impl Fn(u64) -> (Backend, Box<dy
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let began = Instant::now();
     let seeds = seeds(default);
-    let rewind = switch("KILN_SIM_REWIND", false);
+    let rewind = switch("KILN_SIM_REWIND", true);
     let mut rerun_env = String::new();
     for name in ["KILN_SIM_REWIND", "KILN_SIM_MIXED_VERSIONS", "KILN_SIM_ORPHANS"] {
         if let Ok(value) = std::env::var(name) {

@@ -11,6 +11,7 @@ use crate::invariants::{Observed, Snapshot};
 use crate::nodes::{Backend, LEASE, Node, NodeSpec};
 use crate::plan::{Plan, Start};
 use crate::program::{Expectations, Program, TICK, Waiting, close_gates, open_gate, reset_gates, take_effects};
+use crate::samples::APPROVAL_EVENT;
 use kiln::{ClientError, InstanceQuery, InstanceRecord, KilnClient, Payload, RuntimeStatus, StartOptions, WaitingOn};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -23,6 +24,9 @@ const MAX_TICKS: u32 = 40;
 const SHORT_TIMER_MILLIS: i64 = 60_000;
 /// Nothing moving for this long in a run with faults means work waits for a lease to lapse.
 const STALL: Duration = Duration::from_millis(100);
+/// [`STALL`] in a run with samples, whose activities work for up to 0.7 s in real time: less
+/// would lapse their leases again and again until they are failed as poison.
+const SAMPLES_STALL: Duration = Duration::from_millis(1_500);
 
 /// The versions each node registers. On PostgreSQL, in odd seeds (all with
 /// `KILN_SIM_MIXED_VERSIONS=1`, none with `=0`) the second node lacks the newest version — a
@@ -158,6 +162,10 @@ impl Driver<'_> {
         for start in starts {
             self.start(start.via, &start.id, &start.program)?;
         }
+        for (n, sample) in plan.samples.iter().enumerate() {
+            let input = Payload::encode(&sample.input).map_err(|e| e.to_string())?;
+            self.start_named(n % self.nodes.len(), &sample.id, sample.name, input)?;
+        }
         self.note("started".to_owned());
         let deadline = Instant::now() + RUN_DEADLINE;
         loop {
@@ -176,7 +184,8 @@ impl Driver<'_> {
             if self.open_gates(&records) || self.client_operation(&records)? {
                 continue;
             }
-            let all_started = self.plan.starts.iter().all(|s| records.contains_key(&s.id));
+            let all_started = self.plan.starts.iter().all(|s| records.contains_key(&s.id))
+                && self.plan.samples.iter().all(|s| records.contains_key(&s.id));
             if all_started && self.operations_done() && records.values().all(|r| r.status.is_terminal()) {
                 self.note("settled".to_owned());
                 return Ok(());
@@ -279,6 +288,23 @@ impl Driver<'_> {
                             busy.push(format!("{id}: child {instance_id} finished"));
                         }
                     }
+                    WaitingOn::Event { name } if name == APPROVAL_EVENT => {
+                        let decision = self.plan.samples.iter().find(|s| s.id == *id).and_then(|s| s.approval.as_ref());
+                        let Some(decision) = decision else { continue };
+                        let key = format!("{id}/{name}");
+                        if self.raised.contains(&key) {
+                            busy.push(format!("{id}: event {name} on its way"));
+                            continue;
+                        }
+                        let raise = async |c: &KilnClient| match c.raise_event(id, name, decision).await {
+                            Err(ClientError::Finished { .. }) => Ok(()),
+                            other => other,
+                        };
+                        self.node(0).call("raise", raise)?;
+                        self.raised.insert(key);
+                        self.note(format!("raised {name} to {id}"));
+                        busy.push(format!("{id}: event {name} raised"));
+                    }
                     WaitingOn::Event { name } if self.expectations.echoes.contains(name) => {
                         busy.push(format!("{id}: its own event {name} on its way"));
                     }
@@ -355,7 +381,9 @@ impl Driver<'_> {
             records.values().map(|r| (r.instance_id.clone(), r.status, r.history_len, r.updated_at)).collect();
         if fingerprint != self.fingerprint.0 {
             self.fingerprint = (fingerprint, Instant::now());
-        } else if self.planned_faults && self.fingerprint.1.elapsed() > STALL {
+        } else if self.planned_faults
+            && self.fingerprint.1.elapsed() > if self.plan.samples.is_empty() { STALL } else { SAMPLES_STALL }
+        {
             kiln_core::time::advance_clock(LEASE + Duration::from_secs(1));
             self.observed.lease_expiries += 1;
             self.fingerprint.1 = Instant::now();
@@ -476,11 +504,16 @@ impl Driver<'_> {
         let version = self.specs[via].versions.last().copied().unwrap_or_default();
         self.observed.versions.insert(program.tag.clone(), version.to_owned());
         let input = Payload::encode(program).map_err(|e| e.to_string())?;
+        self.start_named(via, id, "interp", input)
+    }
+
+    /// Starts orchestration `name` as `id` with `input`, until the store takes it.
+    fn start_named(&self, via: usize, id: &str, name: &str, input: Payload) -> Result<(), String> {
         let node = self.node(via);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let options = StartOptions { instance_id: Some(id.to_owned()), version: None };
-            let started = node.once(async |c| c.start_with("interp", input.clone(), options).await);
+            let started = node.once(async |c| c.start_with(name, input.clone(), options).await);
             match started {
                 Ok(_) => return Ok(()),
                 Err(ClientError::Store(_) | ClientError::AlreadyExists { .. }) if Instant::now() < deadline => {

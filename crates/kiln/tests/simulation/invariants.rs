@@ -1,6 +1,7 @@
 //! The invariants checked after every run, each against what the plan says must happen:
 //! - every accepted start reached a terminal status (the driver fails a run that does not
 //!   settle: an instance stuck with nothing scheduled);
+//! - each sample instance ended as its sample promises (its output, or its failure's type);
 //! - outputs equal the pure function of the program (a fault-free run's), the blocker is
 //!   Terminated, an instance whose id was reused had its own output before, and each instance
 //!   kept the version it was started on;
@@ -14,6 +15,7 @@
 use crate::common::faulty_store::Fault;
 use crate::plan::Plan;
 use crate::program::{Expectations, Program, expected_output};
+use crate::samples::{Outcome, SampleStart};
 use kiln::{EventKind, HistoryEvent, InstanceRecord, RuntimeStatus};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -117,6 +119,12 @@ pub fn check(plan: &Plan, observed: &Observed) -> Vec<String> {
         check_version(&snapshot.record, &snapshot.program, observed, &mut errors);
         check_history(&snapshot.record.instance_id, &snapshot.history, observed, &mut errors);
     }
+    for sample in &plan.samples {
+        match observed.finals.get(&sample.id) {
+            Some((record, history)) => check_sample(sample, record, history, &mut errors),
+            None => errors.push(format!("{}: accepted but missing at the end", sample.id)),
+        }
+    }
     if let Some((blocker, _)) = &plan.blocker {
         let status = observed.finals.get(&blocker.id).map(|(r, _)| r.status);
         if status != Some(RuntimeStatus::Terminated) {
@@ -144,6 +152,29 @@ fn check_output(
             "{id}: ended {} with output {output:?} (failure {:?}), expected {expected}; history: {}",
             record.status,
             record.failure,
+            describe(history)
+        ));
+    }
+}
+
+/// A sample instance ends as its sample promises.
+fn check_sample(sample: &SampleStart, record: &InstanceRecord, history: &[HistoryEvent], errors: &mut Vec<String>) {
+    let output: Option<Value> = record.output.as_ref().and_then(|p| serde_json::from_str(p.as_str()).ok());
+    let ended_as_expected = match &sample.expected {
+        Outcome::Output(expected) => record.status == RuntimeStatus::Completed && output.as_ref() == Some(expected),
+        Outcome::Failure(error_type) => {
+            record.status == RuntimeStatus::Failed
+                && record.failure.as_ref().is_some_and(|f| f.error_type == *error_type)
+        }
+    };
+    if !ended_as_expected {
+        errors.push(format!(
+            "{} ({}): ended {} with output {output:?} (failure {:?}), expected {:?}; history: {}",
+            sample.id,
+            sample.name,
+            record.status,
+            record.failure,
+            sample.expected,
             describe(history)
         ));
     }

@@ -2,7 +2,8 @@
 //! faults, with invariants checked after every run (see "How we test: deterministic simulation"
 //! in `docs/architecture.md`).
 //!
-//! - `program`: generated programs and the one orchestration that interprets them;
+//! - `program`: generated programs and the one orchestration that interprets them; `samples`:
+//!   the samples, compiled in from `examples/src`;
 //! - `plan`: what a seed decides (programs, client operations, faults);
 //! - `nodes`: runtimes that can be crashed and restarted; `driver`: one run; `invariants`.
 //!
@@ -23,6 +24,7 @@ mod nodes;
 mod plan;
 mod program;
 mod rng;
+mod samples;
 
 use nodes::Backend;
 use plan::Plan;

@@ -98,7 +98,7 @@ impl Node {
             for version in &spec.versions {
                 builder = builder.orchestration_version("interp", version, interpret);
             }
-            let kiln = builder
+            let kiln = crate::samples::register(builder)
                 .orchestration("nudge", nudge)
                 .activity("work", work)
                 .activity("slow_work", slow_work)

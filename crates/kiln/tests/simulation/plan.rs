@@ -3,6 +3,7 @@
 
 use crate::program::{Expectations, Program, Step, expect, generate};
 use crate::rng::Rng;
+use crate::samples::{self, SampleStart};
 
 /// One top-level instance to start.
 #[derive(Clone, Debug)]
@@ -57,6 +58,8 @@ pub struct Plan {
     pub cache: usize,
     /// The reused id is reused while a child of its old instance still runs.
     pub orphans: bool,
+    /// Sample instances to start at the beginning.
+    pub samples: Vec<SampleStart>,
 }
 
 impl Plan {
@@ -105,7 +108,7 @@ impl Plan {
             }
         };
         let cache = if rng.chance(300) { 0 } else { 1000 };
-        Plan { starts, blocker, suspend, reuse, faults, cache, orphans }
+        Plan { starts, blocker, suspend, reuse, faults, cache, orphans, samples: samples::plan(seed) }
     }
 
     /// The rewinds `program` may need (one per step that fails once).

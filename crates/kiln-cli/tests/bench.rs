@@ -2,6 +2,8 @@
 //! with its JSON report checked.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use serde_json::Value;
 use std::process::Command;
 
@@ -56,27 +58,13 @@ fn the_callers_kiln_settings_do_not_reach_the_benched_servers() {
 #[test]
 fn a_server_without_the_workloads_is_named_in_the_error() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let management = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--management-listen", &format!("127.0.0.1:{management}")])
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
+    // Ready means answering `/readyz` (an open port may still be another test's server).
+    let server = common::Server::start(dir.path(), (common::free_port(), common::free_port()));
+    let output = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["bench", "--target", &server.public, "--count", "1"])
+        .output()
         .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let output =
-        Command::new(env!("CARGO_BIN_EXE_kiln")).args(["bench", "--target", &url, "--count", "1"]).output().unwrap();
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--bench-workloads"), "{stderr}");

@@ -29,12 +29,18 @@ pub static CLAIM_INSTANCE: LazyLock<String> = LazyLock::new(|| claim_instance(""
 
 /// [`CLAIM_INSTANCE`] for a node that cannot run some orchestration versions: `$3` and `$4`
 /// are their names and versions, pairwise. Their instances are left to other nodes, except for
-/// a terminate, which needs no code (other control messages are rare enough to read).
+/// what needs no code: a terminate, and a finished instance's messages other than a rewind.
+///
+/// The event's kind is matched in its JSON text (a `"` inside a JSON string is escaped, so only
+/// the tag itself matches): parsing it as `jsonb` would fail on a `\u0000` in a reason.
 pub static CLAIM_INSTANCE_SKIPPING: LazyLock<String> = LazyLock::new(|| {
-    claim_instance(
-        " AND ((m.control AND (m.event::jsonb ->> 'EventType') = 'ExecutionTerminated') \
+    let terminal = RuntimeStatus::ALL.iter().filter(|s| s.is_terminal()).map(|s| s.code().to_string());
+    claim_instance(&format!(
+        " AND ((m.control AND m.event LIKE '%\"EventType\":\"ExecutionTerminated\"%') \
+           OR (i.status IN ({terminal}) AND m.event NOT LIKE '%\"EventType\":\"ExecutionRewound\"%') \
            OR (i.name, i.version) NOT IN (SELECT * FROM unnest($3::text[], $4::text[])))",
-    )
+        terminal = terminal.collect::<Vec<_>>().join(", "),
+    ))
 });
 
 fn claim_instance(skipping: &str) -> String {

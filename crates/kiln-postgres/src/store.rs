@@ -217,9 +217,12 @@ impl PostgresStore {
         }
     }
 
-    /// Until when a turn committing now claims its new activities for this node.
-    fn local_claim_until(&self) -> i64 {
-        now().0 + self.local.lease_millis()
+    /// Until when a turn committing now claims its new activities for this node; `None` (all
+    /// left in the table, for every node) when this node skips one of them.
+    fn local_claim_until(&self, commit: &TurnCommit) -> Option<i64> {
+        let skipped = &lock(&self.skipped).activities;
+        let runnable = !commit.activities.iter().any(|activity| skipped.contains(&activity.name));
+        runnable.then(|| now().0 + self.local.lease_millis())
     }
 
     /// Hands a committed turn's claimed activities to this node's dispatchers.
@@ -398,7 +401,7 @@ impl Store for PostgresStore {
         let mut client = self.client().await?;
         let mut tx = client.transaction().await.map_err(backend)?;
         insert_instance_row(&tx, &instance, 0).await?;
-        let written = write_turn(&mut tx, &first_turn, 0, Some(self.local_claim_until())).await?;
+        let written = write_turn(&mut tx, &first_turn, 0, self.local_claim_until(&first_turn)).await?;
         tx.commit().await.map_err(backend)?;
         drop(client);
         self.dispatch_locally(written.claimed);
@@ -501,7 +504,7 @@ impl Store for PostgresStore {
         let Some(history_len) = history_len.map(|row| row.get::<_, i64>(2) as u64) else {
             return Err(StoreError::LeaseLost(id.clone()));
         };
-        let written = write_turn(&mut tx, &commit, history_len, Some(self.local_claim_until())).await?;
+        let written = write_turn(&mut tx, &commit, history_len, self.local_claim_until(&commit)).await?;
         tx.commit().await.map_err(backend)?;
         drop(client);
         self.dispatch_locally(written.claimed);

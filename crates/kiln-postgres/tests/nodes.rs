@@ -4,7 +4,7 @@
 
 mod common;
 
-use kiln_core::{Payload, RuntimeStatus, Timestamp};
+use kiln_core::{EventKind, HistoryEvent, Payload, RuntimeStatus, Timestamp};
 use kiln_postgres::PostgresStore;
 use kiln_store::{ActivityWorkItem, NewInstance, Store, Unrunnable};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -22,17 +22,22 @@ async fn start_with_activity(store: &dyn Store, id: &str) {
     start_with_activities(store, id, 1).await;
 }
 
-/// Starts `id` with a first turn that schedules `count` activities.
-async fn start_with_activities(store: &dyn Store, id: &str, count: u64) {
-    let instance = NewInstance {
+/// A new instance `id` of orchestration `orch` at `version`.
+fn new_instance(id: &str, version: &str) -> NewInstance {
+    NewInstance {
         instance_id: id.to_owned(),
         name: "orch".to_owned(),
-        version: String::new(),
+        version: version.to_owned(),
         input: Payload::null(),
         parent: None,
         created_at: now(),
         execution: 0,
-    };
+    }
+}
+
+/// Starts `id` with a first turn that schedules `count` activities.
+async fn start_with_activities(store: &dyn Store, id: &str, count: u64) {
+    let instance = new_instance(id, "");
     let item = instance.first_work_item();
     let turn = common::turn_with_activities(&item, RuntimeStatus::Running, 1..=count, now());
     store.create_instance_with_first_turn(instance, turn).await.unwrap();
@@ -141,23 +146,14 @@ async fn a_node_leaves_the_work_it_cannot_run_to_the_others() {
     let _cleanup = common::SchemaGuard::new(options.schema.as_deref().unwrap_or_default());
     let old = PostgresStore::connect(options.clone()).await.unwrap();
     let new = PostgresStore::connect(options.clone()).await.unwrap();
-    let create = |id: &str, version: &str| NewInstance {
-        instance_id: id.to_owned(),
-        name: "orch".to_owned(),
-        version: version.to_owned(),
-        input: Payload::null(),
-        parent: None,
-        created_at: now(),
-        execution: 0,
-    };
-    old.create_instance(create("on-v2", "2")).await.unwrap();
+    old.create_instance(new_instance("on-v2", "2")).await.unwrap();
 
     // The old node claims it once, finds version 2 missing and gives it back at once.
     let claimed = old.fetch_orchestration_work(LEASE, WAIT).await.unwrap().expect("the start");
     let v2 = Unrunnable::Orchestration { name: "orch".into(), version: "2".into() };
     assert!(old.skip_in_claims(&v2), "a shared store skips what its node cannot run");
     old.abandon_orchestration_work("on-v2", claimed.lease, Duration::ZERO).await.unwrap();
-    old.create_instance(create("on-v1", "1")).await.unwrap();
+    old.create_instance(new_instance("on-v1", "1")).await.unwrap();
     let taken = old.fetch_orchestration_work(LEASE, WAIT).await.unwrap().expect("version 1");
     assert_eq!(taken.instance.instance_id, "on-v1");
     assert!(old.fetch_orchestration_work(LEASE, NO_WAIT).await.unwrap().is_none(), "version 2 is skipped");
@@ -166,17 +162,17 @@ async fn a_node_leaves_the_work_it_cannot_run_to_the_others() {
     assert_eq!(taken.dequeue_count, 1, "giving back did not count");
 
     // A resume needs the code (the events it lets through run): it is left to the new node.
-    old.create_instance(create("resumed", "2")).await.unwrap();
-    let resume = kiln_core::EventKind::ExecutionResumed { reason: None };
-    old.send_message("resumed", kiln_core::HistoryEvent::new(now(), resume)).await.unwrap();
+    old.create_instance(new_instance("resumed", "2")).await.unwrap();
+    let resume = EventKind::ExecutionResumed { reason: None };
+    old.send_message("resumed", HistoryEvent::new(now(), resume)).await.unwrap();
     assert!(old.fetch_orchestration_work(LEASE, NO_WAIT).await.unwrap().is_none(), "the resume is skipped");
     let taken = new.fetch_orchestration_work(LEASE, WAIT).await.unwrap().expect("the resume on the new node");
     assert_eq!(taken.instance.instance_id, "resumed");
 
     // A terminate needs no code: the skipping node still takes it.
-    old.create_instance(create("stopped", "2")).await.unwrap();
-    let stop = kiln_core::EventKind::ExecutionTerminated { reason: None };
-    old.send_message("stopped", kiln_core::HistoryEvent::new(now(), stop)).await.unwrap();
+    old.create_instance(new_instance("stopped", "2")).await.unwrap();
+    let stop = EventKind::ExecutionTerminated { reason: None };
+    old.send_message("stopped", HistoryEvent::new(now(), stop)).await.unwrap();
     let taken = old.fetch_orchestration_work(LEASE, WAIT).await.unwrap().expect("the terminate");
     assert_eq!(taken.instance.instance_id, "stopped");
 
@@ -188,6 +184,36 @@ async fn a_node_leaves_the_work_it_cannot_run_to_the_others() {
     assert!(old.fetch_activity_work(LEASE, Duration::from_millis(1_100), 8).await.unwrap().is_empty());
     let taken = new.fetch_activity_work(LEASE, WAIT, 8).await.unwrap();
     assert_eq!(ids(&taken), ["new-activity"]);
+    // From then on, the old node's turns leave such activities in the table.
+    start_with_activity(&old, "scheduled-after").await;
+    assert!(old.fetch_activity_work(LEASE, Duration::from_millis(1_100), 8).await.unwrap().is_empty());
+    let taken = new.fetch_activity_work(LEASE, WAIT, 8).await.unwrap();
+    assert_eq!(ids(&taken), ["scheduled-after"]);
+
+    // What a skipped instance's reason holds does not break the claim (a NUL is valid JSON text,
+    // but not valid `jsonb`).
+    old.create_instance(new_instance("nul", "2")).await.unwrap();
+    let resume = EventKind::ExecutionResumed { reason: Some("\0".into()) };
+    old.send_message("nul", HistoryEvent::new(now(), resume)).await.unwrap();
+    assert!(old.fetch_orchestration_work(LEASE, NO_WAIT).await.unwrap().is_none());
+    let taken = new.fetch_orchestration_work(LEASE, WAIT).await.unwrap().expect("the NUL one on the new node");
+    assert_eq!(taken.instance.instance_id, "nul");
+
+    // A finished instance's messages need no code: the skipping node takes them. A rewind of a
+    // failed one does: it is left to the new node.
+    for (id, status) in [("done", RuntimeStatus::Completed), ("failed", RuntimeStatus::Failed)] {
+        new.create_instance(new_instance(id, "2")).await.unwrap();
+        let item = new.fetch_orchestration_work(LEASE, WAIT).await.unwrap().expect("its start");
+        new.commit_turn(common::turn_with_activities(&item, status, [], now())).await.unwrap();
+    }
+    let late = EventKind::EventRaised { name: "late".into(), input: Payload::null() };
+    old.send_message("done", HistoryEvent::new(now(), late)).await.unwrap();
+    let taken = old.fetch_orchestration_work(LEASE, WAIT).await.unwrap().expect("the finished instance's event");
+    assert_eq!(taken.instance.instance_id, "done");
+    old.send_message("failed", HistoryEvent::new(now(), EventKind::ExecutionRewound { reason: None })).await.unwrap();
+    assert!(old.fetch_orchestration_work(LEASE, NO_WAIT).await.unwrap().is_none(), "the rewind is skipped");
+    let taken = new.fetch_orchestration_work(LEASE, WAIT).await.unwrap().expect("the rewind on the new node");
+    assert_eq!(taken.instance.instance_id, "failed");
     old.shutdown().await;
     new.shutdown().await;
 }

@@ -20,8 +20,9 @@ pub struct NewInstance {
     /// When it was accepted.
     pub created_at: Timestamp,
     /// Its first execution's number, unless it replaces a finished instance (whose execution
-    /// number it then continues). Each creation takes a fresh, random one, so that a run
-    /// created under the id of a purged one never shares an execution number with it: what is
+    /// number it then continues). Each creation takes a fresh, random one (40 bits), so that a
+    /// run created under the id of a purged one does not, in practice, share an execution
+    /// number with it: what is
     /// still in flight for the old run (an activity result, a child's answer, another node's
     /// cached execution) cannot be taken for the new run's, and derived child ids and activity
     /// idempotency keys (both built from the execution number) differ.
@@ -80,7 +81,7 @@ pub struct InstanceRecord {
     pub name: String,
     /// Orchestration version.
     pub version: String,
-    /// Execution (generation) number: a creation starts at an arbitrary one (unique to it, see
+    /// Execution (generation) number: a creation starts at a random one (see
     /// [`NewInstance::execution`]); it grows by one with continue-as-new and with restarts of the
     /// same id.
     pub execution: u64,

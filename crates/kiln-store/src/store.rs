@@ -64,7 +64,9 @@ pub trait Store: Send + Sync + 'static {
     /// work between nodes must skip it: given back with a delay instead, it would be hidden from
     /// the nodes that can run it. A store that one process owns has no other node to leave it
     /// to and may decline (the default): the runtime then gives the work back after a delay, so
-    /// as not to claim it again and again.
+    /// as not to claim it again and again. What needs no code stays claimable: a terminate, and a
+    /// finished instance's messages other than a rewind. The skipping is per store object, so
+    /// one store object serves one runtime (one registry).
     fn skip_in_claims(&self, work: &Unrunnable) -> bool {
         let _ = work;
         false

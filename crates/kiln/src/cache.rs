@@ -9,11 +9,12 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 /// Which committed state of its instance a cached execution stands for. Every commit of a turn
-/// sets `updated_at` to the turn's time, which is strictly later than the previous commit's
-/// even within one millisecond (so a rewind, which rewrites the history in a commit of its own,
-/// changes it even when the history keeps its length); a purged and re-created instance has a
-/// new `created_at` and new execution numbers. An execution is reused only if all four still
-/// match.
+/// sets `updated_at` to the turn's time, which differs from the previous commit's even within
+/// one millisecond (so a rewind, which rewrites the history in a commit of its own, changes it
+/// even when the history keeps its length); a purged and re-created instance has a new
+/// `created_at` and new execution numbers. An execution is reused only if all four still match.
+/// (Not a true revision: with clocks that disagree, a commit could repeat an older commit's time
+/// and history length exactly — a counter in the record would rule that out too.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct RecordStamp {
     pub(crate) created_at: Timestamp,

@@ -1,6 +1,6 @@
 //! One orchestration turn: from a claimed work item to one atomic [`TurnCommit`].
 //!
-//! The turn sorts the inbox (messages of earlier executions are dropped, messages held back
+//! The turn sorts the inbox (messages of other executions are dropped, messages held back
 //! while suspended stay), handles terminate and rewind, gets a live execution (from the cache,
 //! or by replaying stored history), applies the new events, and turns the resulting actions and
 //! outcome into history, outgoing work and the new instance state.
@@ -138,12 +138,15 @@ pub(crate) async fn first_turn(rt: &Runtime, instance: &NewInstance) -> Option<T
 }
 
 async fn plan_turn(rt: &Runtime, item: &OrchestrationWorkItem) -> Result<TurnPlan, StoreError> {
-    // Strictly after the last commit's stamp, even within one millisecond: the stamp is part of
-    // the version the execution cache checks (see `RecordStamp`), so every commit must change it.
-    let now = wall_clock().max(Timestamp(item.instance.updated_at.0 + 1));
+    // Never the last commit's stamp, even within one millisecond: the stamp is part of the
+    // version the execution cache checks (see `RecordStamp`), so every commit must change it.
+    // (Not "at least one later": a node whose clock runs ahead would drag every later turn's
+    // time, and the timers they set, along with it.)
+    let wall = wall_clock();
+    let now = if wall == item.instance.updated_at { Timestamp(wall.0 + 1) } else { wall };
     let instance = &item.instance;
     let mut commit = unchanged_commit(item, now);
-    // Messages addressed to an earlier execution (late activity results, old timers) are dropped.
+    // Messages addressed to another execution (late activity results, old timers, a purged run's) are dropped.
     let (mut current, stale): (Vec<&InboxMessage>, Vec<&InboxMessage>) =
         item.messages.iter().partition(|m| m.execution.is_none_or(|e| e == instance.execution));
     commit.consumed.extend(stale.iter().map(|m| m.id));
@@ -168,14 +171,26 @@ async fn plan_turn(rt: &Runtime, item: &OrchestrationWorkItem) -> Result<TurnPla
             _ => Vec::new(),
         };
         let rewind = current.iter().find(|m| matches!(m.event.kind, EventKind::ExecutionRewound { .. }));
+        // A rewind whose code is not here waits for a worker that has it; what else came in is
+        // handled here as always (it needs no code), so that claims which skip the instance
+        // leave nothing but the rewind to the other nodes.
+        let mut left_for_others = None;
         if let (Some(message), RuntimeStatus::Failed) = (rewind, instance.status) {
-            if item.dequeue_count <= rt.config.max_dequeue_count {
-                return rewind_turn(rt, instance, commit, message, &late).await;
+            match orchestration_for(rt, instance) {
+                None if !leave_to_others(rt, instance, "the rewind waits for a worker that has it") => {
+                    return Ok(TurnPlan::Abandon(rt.config.unregistered_retry));
+                }
+                None => left_for_others = Some(message.id),
+                Some(code) if item.dequeue_count <= rt.config.max_dequeue_count => {
+                    return rewind_turn(rt, instance, code, commit, message, &late).await;
+                }
+                Some(_) => {
+                    tracing::error!(instance_id = instance.instance_id, "the rewind kept failing; it is given up");
+                    report_failure_again(instance, &mut commit);
+                }
             }
-            tracing::error!(instance_id = instance.instance_id, "the rewind kept failing; it is given up");
-            report_failure_again(instance, &mut commit);
         }
-        commit.consumed.extend(current.iter().map(|m| m.id));
+        commit.consumed.extend(current.iter().map(|m| m.id).filter(|id| Some(*id) != left_for_others));
         commit.history = HistoryUpdate::Append(late.iter().map(|m| m.event.clone()).collect());
         return Ok(TurnPlan::Commit(Box::new(commit), None));
     }
@@ -334,10 +349,17 @@ fn orchestration_for(rt: &Runtime, instance: &InstanceRecord) -> Option<(Orchest
 }
 
 /// Gives back an instance whose orchestration version is not registered on this worker
-/// (uncounted: it waits for a worker that has it), logging `what` happens meanwhile. When the
-/// store's claims skip it from now on, it is given back at once, for another node; otherwise
-/// (a store one process owns) after a delay.
+/// (uncounted: it waits for a worker that has it), logging `what` happens meanwhile: at once when
+/// the store's claims skip it from now on (for another node), otherwise (a store one process
+/// owns) after a delay.
 fn not_here(rt: &Runtime, instance: &InstanceRecord, what: &str) -> TurnPlan {
+    let skipped = leave_to_others(rt, instance, what);
+    TurnPlan::Abandon(if skipped { Duration::ZERO } else { rt.config.unregistered_retry })
+}
+
+/// Logs and counts that an instance's orchestration version is not registered on this worker,
+/// and asks the store to leave its instances to other nodes; returns whether it will.
+fn leave_to_others(rt: &Runtime, instance: &InstanceRecord, what: &str) -> bool {
     tracing::warn!(
         instance_id = instance.instance_id,
         name = instance.name,
@@ -346,8 +368,7 @@ fn not_here(rt: &Runtime, instance: &InstanceRecord, what: &str) -> TurnPlan {
     );
     rt.metrics.unregistered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let unrunnable = Unrunnable::Orchestration { name: instance.name.clone(), version: instance.version.clone() };
-    let skipped = rt.store.skip_in_claims(&unrunnable);
-    TurnPlan::Abandon(if skipped { Duration::ZERO } else { rt.config.unregistered_retry })
+    rt.store.skip_in_claims(&unrunnable)
 }
 
 /// Rewinds a failed instance: the failures its code did not get past are undone, their steps
@@ -358,13 +379,11 @@ fn not_here(rt: &Runtime, instance: &InstanceRecord, what: &str) -> TurnPlan {
 async fn rewind_turn(
     rt: &Runtime,
     instance: &InstanceRecord,
+    (orchestration, version): (OrchestrationFn, String),
     mut commit: TurnCommit,
     message: &InboxMessage,
     late: &[&InboxMessage],
 ) -> Result<TurnPlan, StoreError> {
-    let Some((orchestration, version)) = orchestration_for(rt, instance) else {
-        return Ok(not_here(rt, instance, "the rewind waits for a worker that has it"));
-    };
     commit.consumed.push(message.id);
     commit.consumed.extend(late.iter().map(|m| m.id));
     let late: Vec<HistoryEvent> = late.iter().map(|m| m.event.clone()).collect();

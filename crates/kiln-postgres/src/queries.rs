@@ -29,17 +29,22 @@ pub static CLAIM_INSTANCE: LazyLock<String> = LazyLock::new(|| claim_instance(""
 
 /// [`CLAIM_INSTANCE`] for a node that cannot run some orchestration versions: `$3` and `$4`
 /// are their names and versions, pairwise. Their instances are left to other nodes, except for
-/// what needs no code: a terminate, and a finished instance's messages other than a rewind.
+/// what needs no code: a terminate of an unfinished instance, and a finished instance's
+/// messages — unless it failed and a rewind waits in its inbox (the rewound code is to get
+/// whatever came after the rewind).
 ///
 /// The event's kind is matched in its JSON text (a `"` inside a JSON string is escaped, so only
 /// the tag itself matches): parsing it as `jsonb` would fail on a `\u0000` in a reason.
 pub static CLAIM_INSTANCE_SKIPPING: LazyLock<String> = LazyLock::new(|| {
     let terminal = RuntimeStatus::ALL.iter().filter(|s| s.is_terminal()).map(|s| s.code().to_string());
     claim_instance(&format!(
-        " AND ((m.control AND m.event LIKE '%\"EventType\":\"ExecutionTerminated\"%') \
-           OR (i.status IN ({terminal}) AND m.event NOT LIKE '%\"EventType\":\"ExecutionRewound\"%') \
+        " AND ((i.status NOT IN ({terminal}) AND m.control AND m.execution IS NULL \
+             AND m.event LIKE '%\"EventType\":\"ExecutionTerminated\"%') \
+           OR (i.status IN ({terminal}) AND NOT (i.status = {failed} AND EXISTS (SELECT 1 FROM inbox r \
+             WHERE r.instance_id = i.instance_id AND r.event LIKE '%\"EventType\":\"ExecutionRewound\"%'))) \
            OR (i.name, i.version) NOT IN (SELECT * FROM unnest($3::text[], $4::text[])))",
         terminal = terminal.collect::<Vec<_>>().join(", "),
+        failed = RuntimeStatus::Failed.code(),
     ))
 });
 

@@ -358,19 +358,37 @@ impl Store for PostgresStore {
     ) -> StoreResult<Option<OrchestrationWorkItem>> {
         let client = self.lease_client().await?;
         let at = now().0;
-        // Only an idle, unsuspended instance, and only while this claim on the activity holds.
+        // Only an idle, unsuspended instance this node can run, and only while this claim on the
+        // activity holds.
+        let (names, versions) = {
+            let skipped = lock(&self.skipped);
+            (skipped.orchestration_names.clone(), skipped.orchestration_versions.clone())
+        };
+        let skipping = match names.is_empty() {
+            true => "",
+            false => "AND (name, version) NOT IN (SELECT * FROM unnest($6::text[], $7::text[]))",
+        };
         let sql = format!(
             "UPDATE instances SET lock_token = {token}, locked_until = $3, \
                dequeue_count = dequeue_count + 1 \
              WHERE instance_id = $1 AND (locked_until IS NULL OR locked_until < $2) AND status <> {suspended} \
                AND EXISTS (SELECT 1 FROM activities WHERE id = $4 AND lock_token = $5 AND locked_until >= $2) \
+               {skipping} \
              RETURNING {INSTANCE_COLUMNS}, lock_token, locked_until, dequeue_count",
             token = queries::NEW_LEASE_TOKEN,
             suspended = RuntimeStatus::Suspended.code()
         );
-        let params: [&(dyn ToSql + Sync); 5] =
-            [&item.activity.instance_id, &at, &(at + millis(lease_for)), &item.id, &(item.lease.token as i64)];
-        let Some(row) = cached::query_opt(&client, &sql, &params).await.map_err(backend)? else {
+        let params: [&(dyn ToSql + Sync); 7] = [
+            &item.activity.instance_id,
+            &at,
+            &(at + millis(lease_for)),
+            &item.id,
+            &(item.lease.token as i64),
+            &names,
+            &versions,
+        ];
+        let params = if names.is_empty() { &params[..5] } else { &params[..] };
+        let Some(row) = cached::query_opt(&client, &sql, params).await.map_err(backend)? else {
             return Ok(None);
         };
         let mut work = match claimed_work(&client, &row, at).await {

@@ -200,7 +200,8 @@ async fn a_node_leaves_the_work_it_cannot_run_to_the_others() {
     assert_eq!(taken.instance.instance_id, "nul");
 
     // A finished instance's messages need no code: the skipping node takes them. A rewind of a
-    // failed one does: it is left to the new node.
+    // failed one does, and so does what comes after it (for the rewound code): the instance is
+    // left to the new node.
     for (id, status) in [("done", RuntimeStatus::Completed), ("failed", RuntimeStatus::Failed)] {
         new.create_instance(new_instance(id, "2")).await.unwrap();
         let item = new.fetch_orchestration_work(LEASE, WAIT).await.unwrap().expect("its start");
@@ -211,9 +212,12 @@ async fn a_node_leaves_the_work_it_cannot_run_to_the_others() {
     let taken = old.fetch_orchestration_work(LEASE, WAIT).await.unwrap().expect("the finished instance's event");
     assert_eq!(taken.instance.instance_id, "done");
     old.send_message("failed", HistoryEvent::new(now(), EventKind::ExecutionRewound { reason: None })).await.unwrap();
+    let after = EventKind::EventRaised { name: "approval".into(), input: Payload::null() };
+    old.send_message("failed", HistoryEvent::new(now(), after)).await.unwrap();
     assert!(old.fetch_orchestration_work(LEASE, NO_WAIT).await.unwrap().is_none(), "the rewind is skipped");
     let taken = new.fetch_orchestration_work(LEASE, WAIT).await.unwrap().expect("the rewind on the new node");
     assert_eq!(taken.instance.instance_id, "failed");
+    assert_eq!(taken.messages.len(), 2, "the rewind and the event after it");
     old.shutdown().await;
     new.shutdown().await;
 }

@@ -171,26 +171,19 @@ async fn plan_turn(rt: &Runtime, item: &OrchestrationWorkItem) -> Result<TurnPla
             _ => Vec::new(),
         };
         let rewind = current.iter().find(|m| matches!(m.event.kind, EventKind::ExecutionRewound { .. }));
-        // A rewind whose code is not here waits for a worker that has it; what else came in is
-        // handled here as always (it needs no code), so that claims which skip the instance
-        // leave nothing but the rewind to the other nodes.
-        let mut left_for_others = None;
         if let (Some(message), RuntimeStatus::Failed) = (rewind, instance.status) {
-            match orchestration_for(rt, instance) {
-                None if !leave_to_others(rt, instance, "the rewind waits for a worker that has it") => {
-                    return Ok(TurnPlan::Abandon(rt.config.unregistered_retry));
-                }
-                None => left_for_others = Some(message.id),
-                Some(code) if item.dequeue_count <= rt.config.max_dequeue_count => {
-                    return rewind_turn(rt, instance, code, commit, message, &late).await;
-                }
-                Some(_) => {
-                    tracing::error!(instance_id = instance.instance_id, "the rewind kept failing; it is given up");
-                    report_failure_again(instance, &mut commit);
-                }
+            // Without the code here, the whole batch waits for a worker that has it: what came
+            // after the rewind is for the rewound code.
+            let Some(code) = orchestration_for(rt, instance) else {
+                return Ok(not_here(rt, instance, "the rewind waits for a worker that has it"));
+            };
+            if item.dequeue_count <= rt.config.max_dequeue_count {
+                return rewind_turn(rt, instance, code, commit, message, &late).await;
             }
+            tracing::error!(instance_id = instance.instance_id, "the rewind kept failing; it is given up");
+            report_failure_again(instance, &mut commit);
         }
-        commit.consumed.extend(current.iter().map(|m| m.id).filter(|id| Some(*id) != left_for_others));
+        commit.consumed.extend(current.iter().map(|m| m.id));
         commit.history = HistoryUpdate::Append(late.iter().map(|m| m.event.clone()).collect());
         return Ok(TurnPlan::Commit(Box::new(commit), None));
     }
@@ -353,13 +346,6 @@ fn orchestration_for(rt: &Runtime, instance: &InstanceRecord) -> Option<(Orchest
 /// the store's claims skip it from now on (for another node), otherwise (a store one process
 /// owns) after a delay.
 fn not_here(rt: &Runtime, instance: &InstanceRecord, what: &str) -> TurnPlan {
-    let skipped = leave_to_others(rt, instance, what);
-    TurnPlan::Abandon(if skipped { Duration::ZERO } else { rt.config.unregistered_retry })
-}
-
-/// Logs and counts that an instance's orchestration version is not registered on this worker,
-/// and asks the store to leave its instances to other nodes; returns whether it will.
-fn leave_to_others(rt: &Runtime, instance: &InstanceRecord, what: &str) -> bool {
     tracing::warn!(
         instance_id = instance.instance_id,
         name = instance.name,
@@ -368,7 +354,8 @@ fn leave_to_others(rt: &Runtime, instance: &InstanceRecord, what: &str) -> bool 
     );
     rt.metrics.unregistered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let unrunnable = Unrunnable::Orchestration { name: instance.name.clone(), version: instance.version.clone() };
-    rt.store.skip_in_claims(&unrunnable)
+    let skipped = rt.store.skip_in_claims(&unrunnable);
+    TurnPlan::Abandon(if skipped { Duration::ZERO } else { rt.config.unregistered_retry })
 }
 
 /// Rewinds a failed instance: the failures its code did not get past are undone, their steps

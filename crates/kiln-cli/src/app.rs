@@ -162,7 +162,7 @@ impl App {
         match &cli.command {
             Command::Serve { config, settings } => {
                 let config = config::load(config.as_deref(), (**settings).clone())?;
-                init_logging(&config.log);
+                crate::logging::init(&config.log);
                 let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
                 runtime.block_on(serve::run(&self, config))?;
                 Ok(true)
@@ -198,14 +198,6 @@ fn starter_operation() -> utoipa::openapi::path::Operation {
         .response("413", Response::new("Body too large"))
         .response("415", Response::new("Not application/json"))
         .build()
-}
-
-/// Logs to stderr, unless the application installed a subscriber of its own.
-fn init_logging(filter: &str) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let colors = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(colors).with_writer(std::io::stderr).try_init();
 }
 
 #[derive(Parser)]

@@ -6,12 +6,14 @@
 //! - `app`: [`App`] and its command-line grammar.
 //! - `serve`: the runtime behind the public and loopback management listeners, until a signal.
 //! - `config`: `serve`'s settings from `kiln.toml`, `KILN_*` and flags, validated.
+//! - `logging`: the log format, with client-controlled values escaped.
 //! - `remote`: the client commands, against a running server's management API.
 //! - `bench`: the load generator, and the workloads `serve --bench-workloads` adds.
 
 mod app;
 mod bench;
 mod config;
+mod logging;
 mod remote;
 mod serve;
 

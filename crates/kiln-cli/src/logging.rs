@@ -1,0 +1,94 @@
+//! What `kiln serve` logs, and how: the compact format for people, on stderr, with every control
+//! character of a logged value escaped. Values often come from clients (an instance id, an event
+//! name, a failure message that quotes an input); a raw newline in one could forge a log line,
+//! and terminal escapes could rewrite what an operator sees.
+
+use std::fmt::{self, Write};
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::fmt::format::{DefaultFields, Writer};
+
+/// Logs to stderr at `filter` (an `EnvFilter` directive; `info` if it does not parse), unless
+/// the application installed a subscriber of its own.
+pub fn init(filter: &str) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let colors = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .fmt_fields(EscapedFields)
+        .with_env_filter(filter)
+        .with_ansi(colors)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The default field format (the message, then `name=value` pairs), with control characters
+/// (newlines, tabs, escapes, C1 codes) and Unicode line separators in it written as escapes:
+/// one event is always one line.
+pub struct EscapedFields;
+
+impl<'writer> FormatFields<'writer> for EscapedFields {
+    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'writer>, fields: R) -> fmt::Result {
+        let mut raw = String::new();
+        DefaultFields::new().format_fields(Writer::new(&mut raw), fields)?;
+        write_escaped(&mut writer, &raw)
+    }
+}
+
+/// Writes `text` with its control characters escaped (`\n`, `\r`, `\t`, else `\u{…}`).
+fn write_escaped(out: &mut impl Write, text: &str) -> fmt::Result {
+    for ch in text.chars() {
+        match ch {
+            '\n' => out.write_str("\\n")?,
+            '\r' => out.write_str("\\r")?,
+            '\t' => out.write_str("\\t")?,
+            ch if ch.is_control() || ch == '\u{2028}' || ch == '\u{2029}' => write!(out, "\\u{{{:x}}}", ch as u32)?,
+            ch => out.write_char(ch)?,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Collects what the subscriber writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_client_string_cannot_forge_a_log_line() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .fmt_fields(EscapedFields)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let forged = "x\n2026-11-26T00:00:00.000000Z  INFO kiln: all good\r\x1b[2K\u{85}\u{2028}";
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("request", event = forged);
+            let _entered = span.enter();
+            tracing::warn!(operation = %forged, name = forged, "unknown operation {forged}");
+        });
+        let bytes = captured.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let logged = String::from_utf8(bytes).unwrap_or_default();
+        assert_eq!(logged.matches('\n').count(), 1, "one event, one line: {logged:?}");
+        assert!(!logged.contains('\r') && !logged.contains('\x1b') && !logged.contains('\u{85}'), "{logged:?}");
+        assert!(!logged.contains('\u{2028}'), "{logged:?}");
+        assert_eq!(logged.matches("x\\n2026").count(), 4, "message, span and both fields, escaped: {logged}");
+    }
+}

@@ -29,7 +29,10 @@ pub mod waiting;
 pub use action::{Action, ExecutionOutcome};
 pub use failure::{FailureDetails, error_types};
 pub use history::{EventKind, HistoryEvent, ParentInstance, features};
-pub use ids::{InvalidInstanceId, MAX_INSTANCE_ID_LEN, validate_instance_id};
+pub use ids::{
+    InvalidEventName, InvalidInstanceId, MAX_EVENT_NAME_LEN, MAX_INSTANCE_ID_LEN, validate_event_name,
+    validate_instance_id,
+};
 pub use payload::{Payload, PayloadLimits, PayloadTooLarge};
 pub use replay::{Applied, Completion, DecisionTrace, Outcome, ReplayError, ReplayState, Slot, TracedStep};
 pub use rewind::{RewindPlan, plan_rewind, rewind_body};

@@ -24,7 +24,9 @@ impl Payload {
     /// Wraps text after checking that it is one JSON value.
     pub fn from_json(text: impl Into<String>) -> Result<Payload, serde_json::Error> {
         let text = text.into();
-        serde_json::from_str::<serde::de::IgnoredAny>(&text)?;
+        // Parsed in full, not skimmed: skimming accepts what no orchestration could decode
+        // later (nesting past serde_json's depth limit of 128, a lone UTF-16 surrogate).
+        serde_json::from_str::<serde_json::Value>(&text)?;
         Ok(Payload(text))
     }
 
@@ -149,6 +151,14 @@ mod tests {
     fn validates_and_limits() {
         assert!(Payload::from_json("{\"a\":1}").is_ok());
         assert!(Payload::from_json("{\"a\":").is_err());
+        assert!(Payload::from_json("[1] x").is_err(), "one value, nothing after it");
+        // What no orchestration could decode later is refused at once.
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(Payload::from_json(deep).is_err(), "nested past the depth limit");
+        assert!(Payload::from_json(r#""\ud800""#).is_err(), "a lone surrogate");
+        assert!(Payload::from_json(r#""\ud83d\ude00""#).is_ok(), "a surrogate pair");
+        let nested = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        assert!(Payload::from_json(nested).is_ok(), "ordinary nesting");
         let limits = PayloadLimits { max_payload_bytes: 4, max_custom_status_bytes: 2 };
         assert!(limits.check("input", &Payload::null()).is_ok());
         let err = limits.check_custom_status(&Payload::null()).unwrap_err();

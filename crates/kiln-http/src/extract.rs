@@ -53,10 +53,19 @@ impl<S: Send + Sync, T: DeserializeOwned + garde::Validate<Context = ()>> FromRe
     }
 }
 
-/// Parses JSON, naming the path of the offending field on a type mismatch.
+/// Parses JSON, naming the path of the offending field on a type mismatch. One JSON value and
+/// nothing after it (but whitespace).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+    let value = deserialize(&mut deserializer)?;
+    deserializer.end().map_err(|err| Problem::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {err}")))?;
+    Ok(value)
+}
+
+fn deserialize<'de, T: DeserializeOwned>(
+    deserializer: &mut serde_json::Deserializer<serde_json::de::SliceRead<'de>>,
+) -> Result<T, Problem> {
+    serde_path_to_error::deserialize(deserializer).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
         if !matches!(inner.classify(), serde_json::error::Category::Data) {
@@ -71,4 +80,17 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
         };
         Problem::validation(vec![FieldError { field, message }])
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_json_value_and_nothing_after_it() {
+        assert_eq!(parse_json::<Vec<u32>>(b" [1, 2] \n").ok(), Some(vec![1, 2]));
+        let trailing = parse_json::<Vec<u32>>(b"[1, 2] {\"more\": true}").unwrap_err();
+        assert_eq!(axum::response::IntoResponse::into_response(trailing).status(), StatusCode::BAD_REQUEST);
+        assert!(parse_json::<String>(br#""\ud800""#).is_err(), "a lone surrogate");
+    }
 }

@@ -113,6 +113,7 @@ impl From<ClientError> for Problem {
             ClientError::AlreadyExists { .. } | ClientError::WrongState { .. } => StatusCode::CONFLICT,
             ClientError::UnknownOrchestration { .. }
             | ClientError::InvalidInstanceId(_)
+            | ClientError::InvalidEventName(_)
             | ClientError::InvalidPayload { .. } => StatusCode::BAD_REQUEST,
             ClientError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ClientError::Finished { .. } => StatusCode::GONE,

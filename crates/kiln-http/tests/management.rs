@@ -67,6 +67,17 @@ async fn start_errors_use_df_codes_with_message_fields() {
     assert!(unknown.body["ExceptionMessage"].as_str().unwrap().contains("'nope' is not registered"));
     app.manage("POST", "/orchestrators/echo", Some("{broken")).await.assert_problem(400);
     app.manage("POST", "/orchestrators/echo/a%40b%3Fc", Some("{}")).await.assert_problem(400);
+    // Refused at the edge, not failed later (issue 13, item 8): trailing bytes, nesting past the
+    // depth limit, a lone surrogate, ids whose links change meaning when paths are normalised.
+    app.manage("POST", "/orchestrators/echo", Some("{} {}")).await.assert_problem(400);
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    app.manage("POST", "/orchestrators/echo", Some(&deep)).await.assert_problem(400);
+    app.manage("POST", "/orchestrators/echo", Some(r#""\ud800""#)).await.assert_problem(400);
+    for dots in ["%2E", "%2E%2E"] {
+        let refused = app.manage("POST", &format!("/orchestrators/echo/{dots}"), Some("{}")).await;
+        refused.assert_problem(400);
+        assert!(refused.body["detail"].as_str().unwrap_or_default().contains("'.' or '..'"), "{:?}", refused.body);
+    }
     start(&app, "wait_event/dup", "{}").await;
     let duplicate = app.manage("POST", "/orchestrators/wait_event/dup", Some("{}")).await;
     duplicate.assert_problem(409);
@@ -195,6 +206,14 @@ async fn raise_event_checks_instance_state_and_content() {
     app.call(&app.management, text).await.assert_problem(400);
     app.manage("POST", &format!("/instances/{id}/raiseEvent/go"), Some("{not json")).await.assert_problem(400);
     app.manage("POST", "/instances/nope/raiseEvent/go", Some("1")).await.assert_problem(404);
+    // Event names with a NUL, a line break, or 5,000 characters; data nested past the limit.
+    for name in ["a%00b".to_owned(), "a%0D%0Ab".to_owned(), "x".repeat(5_000)] {
+        let refused = app.manage("POST", &format!("/instances/{id}/raiseEvent/{name}"), Some("1")).await;
+        refused.assert_problem(400);
+        assert!(refused.body["detail"].as_str().unwrap_or_default().contains("event name"), "{:?}", refused.body);
+    }
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    app.manage("POST", &format!("/instances/{id}/raiseEvent/go"), Some(&deep)).await.assert_problem(400);
     let ok = app.manage("POST", &format!("/instances/{id}/raiseEvent/go"), Some(r#""hi""#)).await;
     assert_eq!(ok.status, 202);
     app.finish(&id).await;

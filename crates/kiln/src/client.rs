@@ -3,7 +3,8 @@
 
 use crate::runtime::{Runtime, new_run_execution, wall_clock};
 use kiln_core::{
-    EventKind, HistoryEvent, InvalidInstanceId, Payload, PayloadTooLarge, RuntimeStatus, validate_instance_id,
+    EventKind, HistoryEvent, InvalidEventName, InvalidInstanceId, Payload, PayloadTooLarge, RuntimeStatus,
+    validate_event_name, validate_instance_id,
 };
 use kiln_store::{
     IdempotencyKey, IdempotentStart, InstancePage, InstanceQuery, InstanceRecord, NewInstance, PurgeFilter, StoreError,
@@ -39,6 +40,9 @@ pub enum ClientError {
     /// The instance id breaks the id rules.
     #[error(transparent)]
     InvalidInstanceId(#[from] InvalidInstanceId),
+    /// The name of an event raised from outside breaks the name rules.
+    #[error(transparent)]
+    InvalidEventName(#[from] InvalidEventName),
     /// A payload could not be encoded as JSON.
     #[error("{what} is not valid JSON: {message}")]
     InvalidPayload {
@@ -287,6 +291,7 @@ impl KilnClient {
 
     /// Raises an external event with JSON data. `Finished` if the instance has finished.
     pub async fn raise_event_payload(&self, instance_id: &str, name: &str, data: Payload) -> Result<(), ClientError> {
+        validate_event_name(name)?;
         self.rt.config.limits.check("event data", &data)?;
         self.require(instance_id, "receive events", |_| true).await?;
         self.send(instance_id, EventKind::EventRaised { name: name.to_owned(), input: data }).await

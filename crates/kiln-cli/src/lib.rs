@@ -18,3 +18,4 @@ mod remote;
 mod serve;
 
 pub use app::App;
+pub use logging::EscapedFields;

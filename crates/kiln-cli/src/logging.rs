@@ -4,27 +4,44 @@
 //! and terminal escapes could rewrite what an operator sees.
 
 use std::fmt::{self, Write};
+use tracing_subscriber::EnvFilter;
 use tracing_subscriber::field::RecordFields;
-use tracing_subscriber::fmt::FormatFields;
-use tracing_subscriber::fmt::format::{DefaultFields, Writer};
+use tracing_subscriber::fmt::format::{DefaultFields, Format, Writer};
+use tracing_subscriber::fmt::{FormatFields, SubscriberBuilder};
 
 /// Logs to stderr at `filter` (an `EnvFilter` directive; `info` if it does not parse), unless
-/// the application installed a subscriber of its own.
+/// the application installed a subscriber of its own; panics are logged the same way.
 pub fn init(filter: &str) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let colors = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
-        .fmt_fields(EscapedFields)
-        .with_env_filter(filter)
-        .with_ansi(colors)
-        .with_writer(std::io::stderr)
-        .try_init();
+    if builder(filter, colors).with_writer(std::io::stderr).try_init().is_ok() {
+        // The default hook prints a panic's message (which may quote a client's input) raw.
+        std::panic::set_hook(Box::new(log_panic));
+    }
+}
+
+/// The subscriber `kiln serve` logs with, before its writer is chosen.
+fn builder(filter: &str, colors: bool) -> SubscriberBuilder<EscapedFields, Format, EnvFilter> {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().fmt_fields(EscapedFields).with_env_filter(filter).with_ansi(colors)
+}
+
+/// Logs a panic as an error event, so that its message is escaped like every logged value.
+fn log_panic(info: &std::panic::PanicHookInfo<'_>) {
+    let payload = info.payload();
+    let message = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)");
+    let location = info.location().map(ToString::to_string).unwrap_or_default();
+    let thread = std::thread::current().name().unwrap_or("unnamed").to_owned();
+    tracing::error!(panic = message, location, thread, "a thread panicked");
 }
 
 /// The default field format (the message, then `name=value` pairs), with control characters
-/// (newlines, tabs, escapes, C1 codes) and Unicode line separators in it written as escapes:
-/// one event is always one line.
+/// (newlines, tabs, escapes, C1 codes), Unicode line separators and bidirectional formatting
+/// characters in it written as escapes, and backslashes doubled (so an escape in the log always
+/// stands for the character): one event is always one line that reads as it is stored.
 pub struct EscapedFields;
 
 impl<'writer> FormatFields<'writer> for EscapedFields {
@@ -39,14 +56,21 @@ impl<'writer> FormatFields<'writer> for EscapedFields {
 fn write_escaped(out: &mut impl Write, text: &str) -> fmt::Result {
     for ch in text.chars() {
         match ch {
+            '\\' => out.write_str("\\\\")?,
             '\n' => out.write_str("\\n")?,
             '\r' => out.write_str("\\r")?,
             '\t' => out.write_str("\\t")?,
-            ch if ch.is_control() || ch == '\u{2028}' || ch == '\u{2029}' => write!(out, "\\u{{{:x}}}", ch as u32)?,
+            ch if ch.is_control() || is_layout_control(ch) => write!(out, "\\u{{{:x}}}", ch as u32)?,
             ch => out.write_char(ch)?,
         }
     }
     Ok(())
+}
+
+/// Line and paragraph separators, and the bidirectional marks, embeddings, overrides and
+/// isolates that can make a line read differently from what it holds.
+fn is_layout_control(ch: char) -> bool {
+    matches!(ch, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 #[cfg(test)]
@@ -73,12 +97,8 @@ mod tests {
     fn a_client_string_cannot_forge_a_log_line() {
         let captured = Captured::default();
         let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .fmt_fields(EscapedFields)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        let forged = "x\n2026-11-26T00:00:00.000000Z  INFO kiln: all good\r\x1b[2K\u{85}\u{2028}";
+        let subscriber = builder("info", false).with_writer(move || writer.clone()).finish();
+        let forged = "x\n2026-11-26T00:00:00.000000Z  INFO kiln: all good\r\x1b[2K\u{85}\u{2028}\u{202e}";
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!("request", event = forged);
             let _entered = span.enter();
@@ -88,7 +108,10 @@ mod tests {
         let logged = String::from_utf8(bytes).unwrap_or_default();
         assert_eq!(logged.matches('\n').count(), 1, "one event, one line: {logged:?}");
         assert!(!logged.contains('\r') && !logged.contains('\x1b') && !logged.contains('\u{85}'), "{logged:?}");
-        assert!(!logged.contains('\u{2028}'), "{logged:?}");
-        assert_eq!(logged.matches("x\\n2026").count(), 4, "message, span and both fields, escaped: {logged}");
+        assert!(!logged.contains('\u{2028}') && !logged.contains('\u{202e}'), "{logged:?}");
+        // Display values and the message come raw, Debug values (quoted) already escaped by
+        // tracing: each is escaped once more, so every escape stands for what was logged.
+        assert_eq!(logged.matches("x\\n2026").count(), 2, "message and display field: {logged}");
+        assert_eq!(logged.matches("x\\\\n2026").count(), 2, "span and debug field: {logged}");
     }
 }

@@ -24,9 +24,9 @@ impl Payload {
     /// Wraps text after checking that it is one JSON value.
     pub fn from_json(text: impl Into<String>) -> Result<Payload, serde_json::Error> {
         let text = text.into();
-        // Parsed in full, not skimmed: skimming accepts what no orchestration could decode
+        // Walked in full, not skimmed: skimming accepts what no orchestration could decode
         // later (nesting past serde_json's depth limit of 128, a lone UTF-16 surrogate).
-        serde_json::from_str::<serde_json::Value>(&text)?;
+        serde_json::from_str::<FullyParsed>(&text)?;
         Ok(Payload(text))
     }
 
@@ -130,6 +130,58 @@ fn check(what: &'static str, payload: &Payload, limit: usize) -> Result<(), Payl
     if payload.len() > limit { Err(PayloadTooLarge { what, size: payload.len(), limit }) } else { Ok(()) }
 }
 
+/// Any JSON value, walked as a typed decode would walk it (every string decoded, serde_json's
+/// depth limit applied) and then forgotten: no tree is built.
+struct FullyParsed;
+
+impl<'de> Deserialize<'de> for FullyParsed {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(FullyParsed)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for FullyParsed {
+    type Value = FullyParsed;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<FullyParsed, E> {
+        Ok(FullyParsed)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<FullyParsed, E> {
+        Ok(FullyParsed)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<FullyParsed, E> {
+        Ok(FullyParsed)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<FullyParsed, E> {
+        Ok(FullyParsed)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<FullyParsed, E> {
+        Ok(FullyParsed)
+    }
+
+    fn visit_unit<E>(self) -> Result<FullyParsed, E> {
+        Ok(FullyParsed)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<FullyParsed, A::Error> {
+        while seq.next_element::<FullyParsed>()?.is_some() {}
+        Ok(FullyParsed)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<FullyParsed, A::Error> {
+        while map.next_entry::<FullyParsed, FullyParsed>()?.is_some() {}
+        Ok(FullyParsed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +211,9 @@ mod tests {
         assert!(Payload::from_json(r#""\ud83d\ude00""#).is_ok(), "a surrogate pair");
         let nested = format!("{}{}", "[".repeat(100), "]".repeat(100));
         assert!(Payload::from_json(nested).is_ok(), "ordinary nesting");
+        let every_kind = r#"{"a":[1,-2,3.5,true,null,"s\u00e9"],"\ud83d\ude00":{"b":{}}}"#;
+        assert!(Payload::from_json(every_kind).is_ok(), "every kind of value");
+        assert!(Payload::from_json(r#"{"\udc00":1}"#).is_err(), "a lone surrogate in a key");
         let limits = PayloadLimits { max_payload_bytes: 4, max_custom_status_bytes: 2 };
         assert!(limits.check("input", &Payload::null()).is_ok());
         let err = limits.check_custom_status(&Payload::null()).unwrap_err();

@@ -97,6 +97,12 @@ struct Skipped {
     activities: Vec<String>,
 }
 
+/// Whether an id (or id prefix) holds a NUL, which PostgreSQL text cannot: no instance has such
+/// an id (creation validates ids), so lookups answer "absent" instead of a backend error.
+fn unstorable(id: &str) -> bool {
+    id.contains('\0')
+}
+
 /// Locks a mutex whose holders cannot leave it half-changed (a poisoned lock is safe to recover).
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -465,6 +471,9 @@ impl Store for PostgresStore {
     }
 
     async fn send_message(&self, instance_id: &str, event: HistoryEvent) -> StoreResult<()> {
+        if unstorable(instance_id) {
+            return Err(StoreError::NotFound(instance_id.to_owned()));
+        }
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(backend)?;
         if instance_status(&tx, instance_id, RowLock::KeyShare).await?.is_none() {
@@ -676,6 +685,9 @@ impl Store for PostgresStore {
     }
 
     async fn get_instance(&self, instance_id: &str) -> StoreResult<Option<InstanceRecord>> {
+        if unstorable(instance_id) {
+            return Ok(None);
+        }
         let client = self.client().await?;
         let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = $1");
         cached::query_opt(&client, &sql, &[&instance_id])
@@ -687,6 +699,9 @@ impl Store for PostgresStore {
     }
 
     async fn get_history(&self, instance_id: &str) -> StoreResult<Vec<HistoryEvent>> {
+        if unstorable(instance_id) {
+            return Ok(Vec::new());
+        }
         let client = self.client().await?;
         let rows =
             cached::query(&client, "SELECT event FROM history WHERE instance_id = $1 ORDER BY seq", &[&instance_id])
@@ -696,6 +711,9 @@ impl Store for PostgresStore {
     }
 
     async fn list_instances(&self, query: &InstanceQuery) -> StoreResult<InstancePage> {
+        if query.instance_id_prefix.as_deref().is_some_and(unstorable) {
+            return Ok(InstancePage { instances: Vec::new(), next: None });
+        }
         let mut sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE TRUE");
         let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
         if !query.statuses.is_empty() {
@@ -757,6 +775,9 @@ impl Store for PostgresStore {
     }
 
     async fn purge_instance(&self, instance_id: &str) -> StoreResult<u64> {
+        if unstorable(instance_id) {
+            return Err(StoreError::NotFound(instance_id.to_owned()));
+        }
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(backend)?;
         let (status, _) = instance_status(&tx, instance_id, RowLock::Update)

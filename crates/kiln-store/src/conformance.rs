@@ -45,6 +45,7 @@ macro_rules! conformance_tests {
             messages_arriving_during_a_turn_come_next,
             suspended_instance_wakes_only_for_control_messages,
             message_to_unknown_instance_is_not_found,
+            ids_no_instance_can_have_are_absent,
             list_filters_and_keyset_pages,
             purge_cascades_and_refuses_unfinished,
             bulk_purge_takes_children_whose_parent_is_gone,
@@ -357,6 +358,18 @@ pub async fn suspended_instance_wakes_only_for_control_messages(store: &dyn Stor
 pub async fn message_to_unknown_instance_is_not_found(store: &dyn Store) {
     assert!(matches!(store.send_message("ghost", raised("x")).await, Err(StoreError::NotFound(_))));
     assert!(store.get_instance("ghost").await.unwrap().is_none());
+}
+
+/// Ids come from clients (URL paths); one with a NUL names no instance (creation refuses it), on
+/// every backend — PostgreSQL text cannot hold it, and must not answer with a backend error.
+pub async fn ids_no_instance_can_have_are_absent(store: &dyn Store) {
+    let id = "a\0b";
+    assert!(store.get_instance(id).await.unwrap().is_none());
+    assert!(store.get_history(id).await.unwrap().is_empty());
+    assert!(matches!(store.send_message(id, raised("e")).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(store.purge_instance(id).await, Err(StoreError::NotFound(_))));
+    let query = InstanceQuery { instance_id_prefix: Some(id.to_owned()), ..InstanceQuery::default() };
+    assert!(store.list_instances(&query).await.unwrap().instances.is_empty());
 }
 
 pub async fn list_filters_and_keyset_pages(store: &dyn Store) {

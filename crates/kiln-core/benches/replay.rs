@@ -42,7 +42,8 @@ fn replay(rows: &[String]) -> u64 {
     for row in rows {
         let event: HistoryEvent = serde_json::from_str(row).unwrap();
         if let EventKind::TaskScheduled { .. } = event.kind {
-            next_step = state.schedule_activity("echo", Payload::from_json(r#"{"customer":"c-1"}"#).unwrap(), 1) + 1;
+            let input = Payload::from_trusted(r#"{"customer":"c-1"}"#.to_owned());
+            next_step = state.schedule_activity("echo", input, 1) + 1;
         }
         state.apply(&event, false).unwrap();
         if next_step > 0 && state.take(Slot::Step(next_step - 1)).is_some() {

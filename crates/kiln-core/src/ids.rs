@@ -38,6 +38,10 @@ pub enum InvalidEventName {
     /// The name contains a control character (a NUL, a line break…).
     #[error("event name must not contain control characters (found {0:?})")]
     ControlCharacter(char),
+    /// The name is `.` or `..`, whose links (`sendEventPostUri`) change meaning when clients
+    /// normalise paths.
+    #[error("event name must not be '.' or '..'")]
+    DotSegment,
 }
 
 /// Checks the name of an external event raised from outside.
@@ -49,10 +53,13 @@ pub fn validate_event_name(name: &str) -> Result<(), InvalidEventName> {
     if len > MAX_EVENT_NAME_LEN {
         return Err(InvalidEventName::TooLong(len));
     }
-    match name.chars().find(|c| c.is_control()) {
-        Some(c) => Err(InvalidEventName::ControlCharacter(c)),
-        None => Ok(()),
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Err(InvalidEventName::ControlCharacter(c));
     }
+    if name == "." || name == ".." {
+        return Err(InvalidEventName::DotSegment);
+    }
+    Ok(())
 }
 
 /// Checks a caller-chosen instance id against Durable Functions' rules.
@@ -100,5 +107,6 @@ mod tests {
         assert_eq!(validate_event_name("a\0b"), Err(InvalidEventName::ControlCharacter('\0')));
         assert_eq!(validate_event_name("a\r\nb"), Err(InvalidEventName::ControlCharacter('\r')));
         assert_eq!(validate_event_name(&"x".repeat(5_000)), Err(InvalidEventName::TooLong(5_000)));
+        assert_eq!(validate_event_name(".."), Err(InvalidEventName::DotSegment));
     }
 }

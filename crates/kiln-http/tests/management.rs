@@ -218,6 +218,9 @@ async fn raise_event_checks_instance_state_and_content() {
     assert_eq!(ok.status, 202);
     app.finish(&id).await;
     app.manage("POST", &format!("/instances/{id}/raiseEvent/go"), Some("1")).await.assert_problem(410);
+    // A name that can never be raised is refused first, whatever the instance's state.
+    app.manage("POST", &format!("/instances/{id}/raiseEvent/%2E%2E"), Some("1")).await.assert_problem(400);
+    app.manage("POST", "/instances/nope/raiseEvent/a%00b", Some("1")).await.assert_problem(400);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -189,8 +189,15 @@ impl OrchestrationContext {
         DurableFuture::new(self, slot, format!("event '{name}'"))
     }
 
-    /// Sends an event to another instance (fire and forget).
+    /// Sends an event to another instance (fire and forget). A target id or event name that
+    /// breaks the rules a client's would have to follow fails this instance.
     pub fn send_event<T: Serialize + ?Sized>(&self, instance_id: &str, name: &str, data: &T) {
+        if let Err(err) = kiln_core::validate_instance_id(instance_id) {
+            return self.inner.fail(Failure::typed("InvalidInstanceId", err.to_string()).into_details());
+        }
+        if let Err(err) = kiln_core::validate_event_name(name) {
+            return self.inner.fail(Failure::typed("InvalidEventName", err.to_string()).into_details());
+        }
         match self.encode_payload("event data", data) {
             Ok(payload) => self.inner.lock().send_event(instance_id, name, payload),
             Err(failure) => self.inner.fail(failure.into_details()),

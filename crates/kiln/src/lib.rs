@@ -64,6 +64,7 @@ pub use runtime::MetricsSnapshot;
 
 pub use kiln_core::{
     EventKind, FailureDetails, HistoryEvent, Payload, PayloadLimits, RuntimeStatus, Timestamp, WaitingOn, error_types,
+    validate_event_name,
 };
 pub use kiln_sqlite::{OpenError, SqliteOptions, SqliteStore, Synchronous};
 pub use kiln_store::{InstancePage, InstanceQuery, InstanceRecord, PageCursor, PurgeFilter, Store, StoreError};

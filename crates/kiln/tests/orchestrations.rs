@@ -544,3 +544,18 @@ async fn status_reads_served_from_memory_equal_the_stored_rows() {
     }
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_sent_under_a_name_no_client_could_raise_fails_the_sender() {
+    async fn sends(ctx: OrchestrationContext, name: String) -> Result<(), Failure> {
+        ctx.send_event("elsewhere", &name, &());
+        Ok(())
+    }
+    let t = TestKiln::start(Kiln::builder().orchestration("sends", sends)).await;
+    for name in ["line\r\nbreak", ""] {
+        let id = t.client.start("sends", &name).await.unwrap();
+        let message = failure_message(&t.finish(&id).await);
+        assert!(message.contains("event name"), "{message}");
+    }
+    t.stop().await;
+}

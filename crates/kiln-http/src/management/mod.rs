@@ -417,13 +417,15 @@ async fn purge_many(State(http): State<KilnHttp>, query: QueryParams) -> Result<
     request_body(content = Object, content_type = "application/json", description = "The event data (any JSON)"),
     responses(
         (status = 202, description = "Delivered (buffered until the orchestration waits for it)"),
-        (status = 400, description = "Not application/json, or invalid JSON", content_type = "application/problem+json"),
+        (status = 400, description = "Invalid event name, not application/json, or invalid JSON", content_type = "application/problem+json"),
         (status = 404, description = "Unknown instance", content_type = "application/problem+json"),
         (status = 410, description = "The instance has finished", content_type = "application/problem+json"),
     )
 )]
 async fn raise_event(State(http): State<KilnHttp>, path: PathParams, request: Request) -> Result<Response, Problem> {
     let id = path.get("id");
+    // A name that can never be raised is refused before anything is read.
+    kiln::validate_event_name(path.get("event")).map_err(|e| df(ClientError::from(e)))?;
     let record = existing(&http, id).await?;
     if record.status.is_terminal() {
         return Err(df(ClientError::Finished {

@@ -27,6 +27,7 @@ mod pool;
 pub mod queries;
 mod rows;
 pub mod schema;
+mod skipped;
 pub mod store;
 mod tx;
 

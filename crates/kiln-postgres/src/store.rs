@@ -8,6 +8,7 @@ use crate::pool::{bound_waits, build_pool, check_schema_name};
 use crate::queries;
 use crate::rows::{self, INSTANCE_COLUMNS, backend};
 use crate::schema::{MigrationError, create_schema, migrate};
+use crate::skipped::SkipList;
 use crate::tx::{
     RowLock, claimed_work, create_instance_tx, insert_instance_row, insert_message, instance_status, purge_tx,
     terminal_codes, write_turn,
@@ -85,43 +86,13 @@ pub struct PostgresStore {
     activity_looks: TableLooks,
     listener: Mutex<Option<JoinHandle<()>>>,
     /// Work this node's runtime cannot run, which its claims leave to other nodes.
-    skipped: Mutex<Skipped>,
-}
-
-/// What this node's claims skip (see [`Store::skip_in_claims`]), as the skipping statements'
-/// array parameters.
-#[derive(Debug, Default)]
-struct Skipped {
-    orchestration_names: Vec<String>,
-    orchestration_versions: Vec<String>,
-    activities: Vec<String>,
+    skipped: SkipList,
 }
 
 /// Whether an id (or id prefix) holds a NUL, which PostgreSQL text cannot: no instance has such
 /// an id (creation validates ids), so lookups answer "absent" instead of a backend error.
 fn unstorable(id: &str) -> bool {
     id.contains('\0')
-}
-
-/// Locks a mutex whose holders cannot leave it half-changed (a poisoned lock is safe to recover).
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-impl Skipped {
-    fn add(&mut self, work: &Unrunnable) {
-        match work {
-            Unrunnable::Orchestration { name, version } => {
-                let known = self.orchestration_names.iter().zip(&self.orchestration_versions);
-                if !known.into_iter().any(|(n, v)| n == name && v == version) {
-                    self.orchestration_names.push(name.clone());
-                    self.orchestration_versions.push(version.clone());
-                }
-            }
-            Unrunnable::Activity { name } if !self.activities.contains(name) => self.activities.push(name.clone()),
-            Unrunnable::Activity { .. } => {}
-        }
-    }
 }
 
 /// The wall clock as a [`Timestamp`] (the one in `kiln-core`, which tests can move forward).
@@ -177,7 +148,7 @@ impl PostgresStore {
             activity_looks: TableLooks::default(),
             looks: TableLooks::default(),
             listener: Mutex::new(Some(listener)),
-            skipped: Mutex::default(),
+            skipped: SkipList::default(),
         })
     }
 
@@ -226,8 +197,7 @@ impl PostgresStore {
     /// Until when a turn committing now claims its new activities for this node; `None` (all
     /// left in the table, for every node) when this node skips one of them.
     fn local_claim_until(&self, commit: &TurnCommit) -> Option<i64> {
-        let skipped = &lock(&self.skipped).activities;
-        let runnable = !commit.activities.iter().any(|activity| skipped.contains(&activity.name));
+        let runnable = !self.skipped.schedules_skipped_activity(commit);
         runnable.then(|| now().0 + self.local.lease_millis())
     }
 
@@ -269,7 +239,7 @@ impl PostgresStore {
         let client = self.lease_client().await?;
         let at = now().0;
         let (until, max_rows) = (at + millis(lease_for), max as i64);
-        let skipped = lock(&self.skipped).activities.clone();
+        let skipped = self.skipped.activities();
         let rows = if skipped.is_empty() {
             cached::query(&client, &queries::CLAIM_ACTIVITIES, &[&at, &until, &max_rows]).await
         } else {
@@ -320,10 +290,7 @@ impl PostgresStore {
         let client = self.lease_client().await?;
         let at = now().0;
         let until = at + millis(lease_for);
-        let (names, versions) = {
-            let skipped = lock(&self.skipped);
-            (skipped.orchestration_names.clone(), skipped.orchestration_versions.clone())
-        };
+        let (names, versions) = self.skipped.orchestrations();
         let row = if names.is_empty() {
             cached::query_opt(&client, &queries::CLAIM_INSTANCE, &[&at, &until]).await
         } else {
@@ -366,10 +333,7 @@ impl Store for PostgresStore {
         let at = now().0;
         // Only an idle, unsuspended instance this node can run, and only while this claim on the
         // activity holds.
-        let (names, versions) = {
-            let skipped = lock(&self.skipped);
-            (skipped.orchestration_names.clone(), skipped.orchestration_versions.clone())
-        };
+        let (names, versions) = self.skipped.orchestrations();
         let skipping = match names.is_empty() {
             true => "",
             false => "AND (name, version) NOT IN (SELECT * FROM unnest($6::text[], $7::text[]))",
@@ -566,7 +530,7 @@ impl Store for PostgresStore {
     }
 
     fn skip_in_claims(&self, work: &Unrunnable) -> bool {
-        lock(&self.skipped).add(work);
+        self.skipped.add(work);
         true
     }
 
@@ -881,7 +845,7 @@ impl Store for PostgresStore {
                 }
             }
         }
-        if let Some(listener) = lock(&self.listener).take() {
+        if let Some(listener) = self.listener.lock().unwrap_or_else(|p| p.into_inner()).take() {
             listener.abort();
         }
         self.pool.close();

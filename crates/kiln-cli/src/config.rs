@@ -2,6 +2,7 @@
 //! and flags (in rising precedence), validated before anything starts.
 
 use anyhow::{Context, bail};
+use kiln_http::hosts::HostAllowList;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,10 @@ pub struct ServeSettings {
     /// Base URL for links when behind a reverse proxy (e.g. `https://api.example.com`).
     #[arg(long, env = "KILN_PUBLIC_BASE_URL")]
     pub public_base_url: Option<String>,
+    /// Hosts (`name` or `name:port`) whose `Host` header may shape links when there is no
+    /// public base URL, besides loopback names and the listen address.
+    #[arg(long = "allowed-host", env = "KILN_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Option<Vec<String>>,
     /// Management system key (generated once and kept in the database when not set).
     #[arg(long, env = "KILN_SYSTEM_KEY", hide_env_values = true)]
     pub system_key: Option<String>,
@@ -71,6 +76,7 @@ pub struct ServeConfig {
     pub database_url: Option<String>,
     pub database_schema: Option<String>,
     pub public_base_url: Option<String>,
+    pub allowed_hosts: Vec<String>,
     pub system_key: Option<String>,
     pub token_secret: Option<String>,
     pub key_file: PathBuf,
@@ -93,6 +99,7 @@ impl ServeSettings {
             database_url: self.database_url.or(lower.database_url),
             database_schema: self.database_schema.or(lower.database_schema),
             public_base_url: self.public_base_url.or(lower.public_base_url),
+            allowed_hosts: self.allowed_hosts.or(lower.allowed_hosts),
             system_key: self.system_key.or(lower.system_key),
             token_secret: self.token_secret.or(lower.token_secret),
             key_file: self.key_file.or(lower.key_file),
@@ -124,6 +131,7 @@ pub fn load(config_file: Option<&Path>, overrides: ServeSettings) -> anyhow::Res
         database_url: s.database_url,
         database_schema: s.database_schema,
         public_base_url: s.public_base_url,
+        allowed_hosts: s.allowed_hosts.unwrap_or_default(),
         system_key: s.system_key,
         token_secret: s.token_secret,
         key_file: s.key_file.unwrap_or_else(|| PathBuf::from("kiln.key")),
@@ -160,6 +168,9 @@ impl ServeConfig {
         {
             bail!("public_base_url must be an absolute http(s) URL, not '{url}'");
         }
+        if let Some(host) = self.allowed_hosts.iter().find(|h| !HostAllowList::is_valid_entry(h)) {
+            bail!("allowed_hosts entries must be 'name' or 'name:port', not '{host}'");
+        }
         if let Some(key) = &self.system_key
             && key.len() < 16
         {
@@ -195,6 +206,8 @@ mod tests {
         assert_eq!((config.listen.port(), config.database), (9000, PathBuf::from("b.db")));
         let public = ServeSettings { management_listen: Some("0.0.0.0:7072".parse().unwrap()), ..Default::default() };
         assert!(load(Some(&file), public).unwrap_err().to_string().contains("not a loopback address"));
+        let bad_host = ServeSettings { allowed_hosts: Some(vec!["evil.example/x".into()]), ..Default::default() };
+        assert!(load(Some(&file), bad_host).unwrap_err().to_string().contains("allowed_hosts"));
         std::fs::write(&file, "lisen = 1\n").unwrap();
         assert!(load(Some(&file), ServeSettings::default()).is_err(), "unknown keys are refused");
     }

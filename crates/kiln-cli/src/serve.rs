@@ -36,6 +36,7 @@ pub async fn run(app: &App, config: ServeConfig) -> anyhow::Result<()> {
     let kiln = builder.start().await.with_context(|| format!("cannot open the store {store_name}"))?;
     let options = HttpOptions {
         public_base_url: config.public_base_url.clone(),
+        allowed_hosts: config.allowed_hosts.clone(),
         fallback_base_url: format!("http://{}", config.listen),
         token_ttl: config.token_ttl,
         idempotency_retention: config.idempotency_retention,
@@ -56,6 +57,13 @@ pub async fn run(app: &App, config: ServeConfig) -> anyhow::Result<()> {
         starters = starters.merge(workloads::starters());
     }
     print_banner(app.name(), &store_name, starter_paths, &config);
+    if !config.listen.ip().is_loopback() && config.public_base_url.is_none() && config.allowed_hosts.is_empty() {
+        tracing::warn!(
+            listen = %config.listen,
+            "links (Location, statusQueryGetUri) name the listen address for any Host but loopback names: \
+             set public_base_url or allowed_hosts to the name clients use"
+        );
+    }
     let _ = std::io::stdout().flush();
 
     let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -11,7 +11,7 @@ use crate::token::Scopes;
 use crate::{KilnHttp, retry_after, urls};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use kiln::{Payload, StartOptions, Timestamp};
+use kiln::{Payload, StartOptions, Started, Timestamp};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
@@ -83,16 +83,16 @@ impl KilnHttp {
             .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, format!("input is not valid JSON: {e}")))?;
         let start = StartOptions { instance_id: options.instance_id, version: None };
         let client = self.client();
-        let instance_id = match idempotency_key(headers)? {
+        let Started { instance_id, created_at } = match idempotency_key(headers)? {
             Some(key) => {
                 let _guard = self.enter(&key)?;
                 let fingerprint = fingerprint(orchestration, &payload);
                 let retention = self.options().idempotency_retention;
                 client.start_idempotent(orchestration, payload, start, &key, &fingerprint, retention).await?.0
             }
-            None => client.start_with(orchestration, payload, start).await?,
+            None => client.start_instance(orchestration, payload, start).await?,
         };
-        let status_url = self.status_url(headers, &instance_id, options.scopes);
+        let status_url = self.status_url(headers, &instance_id, created_at, options.scopes);
         let retry = retry_after::retry_after_seconds(client.typical_duration(orchestration), Duration::ZERO);
         let body = AcceptedBody {
             status: "accepted",
@@ -111,12 +111,13 @@ impl KilnHttp {
         Ok(response)
     }
 
-    /// The absolute status monitor URL for an instance, with a fresh token.
-    pub fn status_url(&self, headers: &HeaderMap, instance_id: &str, scopes: Scopes) -> String {
+    /// The absolute status monitor URL for the instance `instance_id` created at `created_at`,
+    /// with a fresh token.
+    pub fn status_url(&self, headers: &HeaderMap, instance_id: &str, created_at: Timestamp, scopes: Scopes) -> String {
         let options = self.options();
-        let base = urls::base_url(options.public_base_url.as_deref(), &options.fallback_base_url, headers);
+        let base = self.link_base(headers);
         let expires = now().plus_millis(i64::try_from(options.token_ttl.as_millis()).unwrap_or(i64::MAX));
-        let token = self.inner.tokens.sign(instance_id, scopes, expires);
+        let token = self.inner.tokens.sign(instance_id, created_at, scopes, expires);
         format!("{base}/api/status/{}?token={}", urls::encode_component(instance_id), urls::encode_component(&token))
     }
 

@@ -9,12 +9,14 @@
 //!
 //! # Layout
 //! - [`problem`]: RFC 9457 errors (the only place errors become responses); [`extract`]: body
-//!   extractors; [`token`]: per-instance HMAC tokens; [`urls`]: absolute URLs;
+//!   extractors; [`token`]: per-instance HMAC tokens; [`urls`]: absolute URLs; [`hosts`]: which
+//!   `Host`s may shape them, and the loopback listener's guard against browsers;
 //!   [`retry_after`]: adaptive polling advice.
 //! - `accepted` (starters), `status` (the monitor), `management` (DF API), `ops`, `openapi`.
 
 mod accepted;
 pub mod extract;
+pub mod hosts;
 mod management;
 mod openapi;
 mod ops;
@@ -27,10 +29,12 @@ pub mod urls;
 
 pub use accepted::{AcceptOptions, AcceptedBody};
 pub use problem::{FieldError, Problem};
-pub use token::{Scope, Scopes, TokenSigner};
+pub use token::{Grant, Scope, Scopes, TokenSigner};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::HeaderMap;
+use hosts::HostAllowList;
 use kiln::{ClientError, KilnClient};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -44,9 +48,13 @@ const SYSTEM_KEY_SETTING: &str = "http.system_key";
 /// HTTP settings.
 #[derive(Clone, Debug)]
 pub struct HttpOptions {
-    /// Public base URL for links (e.g. behind a reverse proxy); otherwise the request's `Host`.
+    /// Public base URL for links (e.g. behind a reverse proxy); otherwise the request's `Host`
+    /// when it is allowed.
     pub public_base_url: Option<String>,
-    /// Base URL used when a request has no usable `Host` header.
+    /// Hosts (`name` or `name:port`) besides loopback names and the fallback's that may shape
+    /// links when there is no public base URL.
+    pub allowed_hosts: Vec<String>,
+    /// Base URL used when a request's `Host` is missing or not allowed (the listen address).
     pub fallback_base_url: String,
     /// How long status tokens stay valid.
     pub token_ttl: Duration,
@@ -67,6 +75,7 @@ impl Default for HttpOptions {
     fn default() -> Self {
         HttpOptions {
             public_base_url: None,
+            allowed_hosts: Vec::new(),
             fallback_base_url: "http://127.0.0.1:7071".to_owned(),
             token_ttl: Duration::from_secs(7 * 24 * 3600),
             idempotency_retention: Duration::from_secs(24 * 3600),
@@ -89,6 +98,7 @@ struct Inner {
     options: HttpOptions,
     system_key: String,
     tokens: TokenSigner,
+    hosts: HostAllowList,
     /// Idempotency keys whose first request is still being processed.
     in_flight: Mutex<HashSet<String>>,
     metrics: ops::HttpMetrics,
@@ -107,6 +117,7 @@ impl KilnHttp {
         };
         let inner = Inner {
             client,
+            hosts: HostAllowList::new(&options.allowed_hosts, &options.fallback_base_url),
             tokens: TokenSigner::new(token_secret.into_bytes()),
             system_key,
             options,
@@ -131,6 +142,12 @@ impl KilnHttp {
         &self.inner.options
     }
 
+    /// The scheme and authority this request's links start with (see [`urls::base_url`]).
+    pub fn link_base(&self, headers: &HeaderMap) -> String {
+        let options = &self.inner.options;
+        urls::base_url(options.public_base_url.as_deref(), &options.fallback_base_url, &self.inner.hosts, headers)
+    }
+
     /// The router for the public listener: the application's `starters` (documented by
     /// `starters_doc`), the status monitor, the key-protected management API, the operations
     /// endpoints, `/openapi.json` and `/docs`.
@@ -152,7 +169,7 @@ impl KilnHttp {
             .nest("/runtime/webhooks/durabletask", management::routes())
             .nest("/durabletask", management::routes())
             .merge(ops::health_routes());
-        self.finish(routes)
+        self.finish(routes).layer(axum::middleware::from_fn(hosts::refuse_browsers_from_elsewhere))
     }
 
     fn finish(&self, routes: Router<KilnHttp>) -> Router {

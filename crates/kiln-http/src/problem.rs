@@ -64,6 +64,18 @@ impl Problem {
         Problem { retry_after: Some(UNAVAILABLE_RETRY_AFTER), ..Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail) }
     }
 
+    /// `500` (or another server error `status`) for an error whose text may name internals: the
+    /// text is logged under a fresh error id, and only the id is sent (`errorId`), so an operator
+    /// can find the log line a client reports.
+    pub fn internal(status: StatusCode, error: &dyn std::fmt::Display) -> Problem {
+        let error_id = uuid::Uuid::new_v4().simple().to_string();
+        tracing::error!(%status, error_id, %error, "request failed");
+        let detail = format!("internal error {error_id}; the server log has the details");
+        let mut problem = Problem::new(status, detail);
+        problem.extensions.insert("errorId".into(), Value::String(error_id));
+        problem
+    }
+
     /// Adds Durable Functions' `Message`/`ExceptionMessage` fields.
     pub fn for_durable_functions(mut self) -> Problem {
         self.durable_functions = true;
@@ -128,10 +140,7 @@ impl From<ClientError> for Problem {
                 tracing::warn!(error = %err, "request refused: the store is unavailable");
                 Problem::unavailable()
             }
-            StatusCode::INTERNAL_SERVER_ERROR => {
-                tracing::error!(error = %err, "request failed");
-                Problem::new(status, "internal error; the server log has the details")
-            }
+            StatusCode::INTERNAL_SERVER_ERROR => Problem::internal(status, &err),
             _ => Problem::new(status, err.to_string()),
         }
     }
@@ -160,8 +169,25 @@ pub(crate) async fn errors_as_problems(request: Request, next: Next) -> Response
     };
     if status.is_server_error() {
         // It may name internals (e.g. a missing extension's type): logged, not sent.
-        tracing::error!(%status, error = text, "request failed");
-        return Problem::new(status, "internal error; the server log has the details").into_response();
+        return Problem::internal(status, &text).into_response();
     }
     Problem::new(status, text).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_server_error_sends_an_error_id_and_no_backend_text() {
+        let backend = ClientError::Store(StoreError::Backend("relation kiln_secret_table does not exist".into()));
+        let response = Problem::from(backend).into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let bytes = axum::body::to_bytes(response.into_body(), 4_096).await.unwrap_or_default();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let error_id = body["errorId"].as_str().unwrap_or_default();
+        assert_eq!(error_id.len(), 32, "{body}");
+        assert!(body["detail"].as_str().is_some_and(|d| d.contains(error_id)), "{body}");
+        assert!(!String::from_utf8_lossy(&bytes).contains("kiln_secret_table"), "{body}");
+    }
 }

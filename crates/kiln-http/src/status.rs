@@ -7,7 +7,7 @@
 use crate::accepted::now;
 use crate::params::{PathParams, QueryParams};
 use crate::problem::Problem;
-use crate::token::{Scope, Scopes};
+use crate::token::{Grant, Scope};
 use crate::{KilnHttp, retry_after};
 use axum::Router;
 use axum::extract::State;
@@ -158,21 +158,20 @@ fn preferred_wait(headers: &HeaderMap) -> Option<u64> {
         .map(|seconds| seconds.min(MAX_WAIT_SECONDS))
 }
 
-/// The instance, if the token grants `scope` on it (otherwise the same 404 as an unknown id).
-/// With `wait`, its state as soon as it finishes, or after `wait`: the wait subscribes before
-/// its first read, so an instance that has finished costs one read and a change is never missed.
+/// The instance and what the token grants, if it grants `scope` on this run of the instance
+/// (otherwise the same 404 as an unknown id). With `wait`, its state as soon as it finishes, or
+/// after `wait`: the wait subscribes before its first read, so an instance that has finished
+/// costs one read and a change is never missed.
 async fn authorized(
     http: &KilnHttp,
     id: &str,
     query: &QueryParams,
     scope: Scope,
     wait: Option<Duration>,
-) -> Result<InstanceRecord, Problem> {
+) -> Result<(InstanceRecord, Grant), Problem> {
     let unknown = || Problem::not_found(format!("no instance '{id}' (or the token does not grant access to it)"));
     let token = query.get("token").ok_or_else(unknown)?;
-    if !http.inner.tokens.verify(token, id, scope, now()) {
-        return Err(unknown());
-    }
+    let grant = http.inner.tokens.verify(token, id, scope, now()).ok_or_else(unknown)?;
     let record = match wait {
         None => http.client().status(id).await?,
         Some(wait) => match http.client().wait_until(id, wait, |r| r.status.is_terminal()).await {
@@ -183,7 +182,8 @@ async fn authorized(
             Err(other) => return Err(other.into()),
         },
     };
-    record.ok_or_else(unknown)
+    // An instance created later under the same id is not the one the token was issued for.
+    record.filter(|r| r.created_at == grant.created_at).map(|r| (r, grant)).ok_or_else(unknown)
 }
 
 /// Reads an instance's status.
@@ -214,7 +214,7 @@ pub(crate) async fn get_status(
 ) -> Result<Response, Problem> {
     let id = path.get("id");
     let wait = preferred_wait(&headers);
-    let record = authorized(&http, id, &query, Scope::Read, wait.map(Duration::from_secs)).await?;
+    let (record, grant) = authorized(&http, id, &query, Scope::Read, wait.map(Duration::from_secs)).await?;
     let tag = etag(&record);
     let terminal = record.status.is_terminal();
     let code = if !terminal {
@@ -246,11 +246,9 @@ pub(crate) async fn get_status(
         let age = Duration::from_millis(u64::try_from(now().millis() - record.created_at.millis()).unwrap_or(0));
         let retry = retry_after::retry_after_seconds(http.client().typical_duration(&record.name), age);
         out.insert(header::RETRY_AFTER, HeaderValue::from(retry));
-        let scopes = Scopes {
-            read: true,
-            cancel: query.get("token").is_some_and(|t| http.inner.tokens.verify(t, id, Scope::Cancel, now())),
-        };
-        if let Ok(location) = HeaderValue::from_str(&http.status_url(&headers, id, scopes)) {
+        // The next poll's token grants what this one did, no more.
+        let location = http.status_url(&headers, id, record.created_at, grant.scopes);
+        if let Ok(location) = HeaderValue::from_str(&location) {
             out.insert(header::LOCATION, location);
         }
     }
@@ -279,11 +277,13 @@ pub(crate) async fn cancel(
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let id = path.get("id");
-    authorized(&http, id, &query, Scope::Cancel, None).await?;
+    let (_, grant) = authorized(&http, id, &query, Scope::Cancel, None).await?;
     http.client().terminate(id, Some("canceled by the client")).await?;
     let record = http.client().status(id).await?.ok_or_else(|| Problem::not_found(format!("no instance '{id}'")))?;
     let mut response = (StatusCode::ACCEPTED, axum::Json(monitor(&record))).into_response();
-    if let Ok(location) = HeaderValue::from_str(&http.status_url(&headers, id, Scopes::ALL)) {
+    // The answer's link grants what the caller's token did, no more.
+    let location = http.status_url(&headers, id, grant.created_at, grant.scopes);
+    if let Ok(location) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)

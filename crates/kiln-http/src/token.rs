@@ -1,8 +1,13 @@
-//! Per-instance status tokens: an HMAC over the instance id, the granted scopes and an expiry.
+//! Per-instance status tokens: an HMAC over the instance id, its creation time, the granted
+//! scopes and an expiry.
 //!
 //! A status URL carries its token in `?token=`. Whoever holds the URL can read (and, with the
-//! `cancel` scope, cancel) that one instance and nothing else. A wrong, foreign or expired token
-//! is treated exactly like an unknown instance.
+//! `cancel` scope, cancel) that one instance and nothing else — not another instance created
+//! later under the same id (its creation time differs). A wrong, foreign or expired token is
+//! treated exactly like an unknown instance.
+//!
+//! Format: `{expires}.{scopes}.{created}.{tag}` (expiry in Unix seconds, creation in Unix
+//! milliseconds, tag base64url).
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -45,12 +50,25 @@ impl Scopes {
         }
     }
 
+    fn decode(code: &str) -> Scopes {
+        Scopes { read: code.contains('r'), cancel: code.contains('c') }
+    }
+
     fn allows(code: &str, needed: Scope) -> bool {
         match needed {
             Scope::Read => code.contains('r'),
             Scope::Cancel => code.contains('c'),
         }
     }
+}
+
+/// What a verified token grants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// Its scopes.
+    pub scopes: Scopes,
+    /// The creation time of the instance it was issued for.
+    pub created_at: Timestamp,
 }
 
 /// Signs and verifies status tokens with one secret.
@@ -71,36 +89,40 @@ impl TokenSigner {
         TokenSigner { secret: secret.into() }
     }
 
-    fn mac(&self, instance_id: &str, expires: i64, scopes: &str) -> HmacSha256 {
+    fn mac(&self, instance_id: &str, created: i64, expires: i64, scopes: &str) -> HmacSha256 {
         // HMAC accepts keys of any length, so this cannot fail.
         let mut mac = HmacSha256::new_from_slice(&self.secret).unwrap_or_else(|_| unreachable!("HMAC takes any key"));
-        mac.update(instance_id.as_bytes());
-        mac.update(b"\0");
-        mac.update(expires.to_string().as_bytes());
-        mac.update(b"\0");
-        mac.update(scopes.as_bytes());
+        for (n, part) in [instance_id, &created.to_string(), &expires.to_string(), scopes].into_iter().enumerate() {
+            if n > 0 {
+                mac.update(b"\0");
+            }
+            mac.update(part.as_bytes());
+        }
         mac
     }
 
-    /// A token for `instance_id` with `scopes`, valid until `expires_at` (second precision).
-    pub fn sign(&self, instance_id: &str, scopes: Scopes, expires_at: Timestamp) -> String {
+    /// A token for the instance `instance_id` created at `created_at`, with `scopes`, valid
+    /// until `expires_at` (second precision).
+    pub fn sign(&self, instance_id: &str, created_at: Timestamp, scopes: Scopes, expires_at: Timestamp) -> String {
         let expires = expires_at.millis().div_euclid(1000);
+        let created = created_at.millis();
         let code = scopes.encode();
-        let tag = self.mac(instance_id, expires, code).finalize().into_bytes();
-        format!("{expires}.{code}.{}", URL_SAFE_NO_PAD.encode(tag))
+        let tag = self.mac(instance_id, created, expires, code).finalize().into_bytes();
+        format!("{expires}.{code}.{created}.{}", URL_SAFE_NO_PAD.encode(tag))
     }
 
-    /// True if `token` was issued for `instance_id`, grants `needed` and has not expired.
-    pub fn verify(&self, token: &str, instance_id: &str, needed: Scope, now: Timestamp) -> bool {
-        let mut parts = token.splitn(3, '.');
-        let (Some(expires), Some(code), Some(tag)) = (parts.next(), parts.next(), parts.next()) else {
-            return false;
-        };
-        let Ok(expires) = expires.parse::<i64>() else { return false };
-        let Ok(tag) = URL_SAFE_NO_PAD.decode(tag) else { return false };
+    /// What `token` grants, if it was issued for `instance_id`, grants `needed` and has not
+    /// expired. The caller must still check [`Grant::created_at`] against the instance it reads.
+    pub fn verify(&self, token: &str, instance_id: &str, needed: Scope, now: Timestamp) -> Option<Grant> {
+        let mut parts = token.splitn(4, '.');
+        let (expires, code, created, tag) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let expires = expires.parse::<i64>().ok()?;
+        let created = created.parse::<i64>().ok()?;
+        let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
         // `verify_slice` compares in constant time.
-        let authentic = self.mac(instance_id, expires, code).verify_slice(&tag).is_ok();
-        authentic && expires.saturating_mul(1000) > now.millis() && Scopes::allows(code, needed)
+        let authentic = self.mac(instance_id, created, expires, code).verify_slice(&tag).is_ok();
+        let valid = authentic && expires.saturating_mul(1000) > now.millis() && Scopes::allows(code, needed);
+        valid.then(|| Grant { scopes: Scopes::decode(code), created_at: Timestamp(created) })
     }
 }
 
@@ -109,17 +131,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tokens_bind_instance_scope_and_expiry() {
+    fn tokens_bind_instance_creation_scope_and_expiry() {
         let signer = TokenSigner::new(b"0123456789abcdef0123456789abcdef".to_vec());
         let now = Timestamp(1_000_000);
-        let token = signer.sign("a", Scopes::READ, now.plus_millis(60_000));
-        assert!(signer.verify(&token, "a", Scope::Read, now));
-        assert!(!signer.verify(&token, "a", Scope::Cancel, now), "scope not granted");
-        assert!(!signer.verify(&token, "b", Scope::Read, now), "foreign instance");
-        assert!(!signer.verify(&token, "a", Scope::Read, now.plus_millis(61_000)), "expired");
-        assert!(!TokenSigner::new(b"other".to_vec()).verify(&token, "a", Scope::Read, now), "other secret");
-        assert!(!signer.verify("garbage", "a", Scope::Read, now));
+        let created = Timestamp(999_123);
+        let token = signer.sign("a", created, Scopes::READ, now.plus_millis(60_000));
+        assert_eq!(
+            signer.verify(&token, "a", Scope::Read, now),
+            Some(Grant { scopes: Scopes::READ, created_at: created })
+        );
+        assert!(signer.verify(&token, "a", Scope::Cancel, now).is_none(), "scope not granted");
+        assert!(signer.verify(&token, "b", Scope::Read, now).is_none(), "foreign instance");
+        assert!(signer.verify(&token, "a", Scope::Read, now.plus_millis(61_000)).is_none(), "expired");
+        assert!(TokenSigner::new(b"other".to_vec()).verify(&token, "a", Scope::Read, now).is_none(), "other secret");
+        assert!(signer.verify("garbage", "a", Scope::Read, now).is_none());
         let forged = token.replace(".r.", ".rc.");
-        assert!(!signer.verify(&forged, "a", Scope::Cancel, now), "scopes are signed");
+        assert!(signer.verify(&forged, "a", Scope::Cancel, now).is_none(), "scopes are signed");
+        let moved = token.replace(".999123.", ".999124.");
+        assert!(signer.verify(&moved, "a", Scope::Read, now).is_none(), "the creation is signed");
     }
 }

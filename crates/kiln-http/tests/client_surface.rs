@@ -37,6 +37,29 @@ async fn public_base_url_is_used_for_links() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_nobody_vouched_for_does_not_shape_links() {
+    let app = TestApp::start().await;
+    // A waiting instance, so that its status answers with a Location too.
+    let poisoned = request("POST", "/api/wait", Some("1"), &[("host", "attacker.example")]);
+    let reply = app.call(&app.public, poisoned).await;
+    assert_eq!(reply.status, 202, "{}", reply.raw);
+    let fallback = &app.http.options().fallback_base_url;
+    for link in [
+        reply.header("location"),
+        reply.header("operation-location"),
+        reply.body["statusQueryGetUri"].as_str().unwrap(),
+    ] {
+        assert!(link.starts_with(&format!("{fallback}/api/status/")), "{link}");
+    }
+    let status = app
+        .call(&app.public, request("GET", &path_of(reply.header("location")), None, &[("host", "attacker.example")]))
+        .await;
+    assert!(status.header("location").starts_with(fallback.as_str()), "{}", status.header("location"));
+    let local = request("POST", "/api/echo", Some("1"), &[("host", "localhost:7071")]);
+    assert!(app.call(&app.public, local).await.header("location").starts_with("http://localhost:7071/api/status/"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_instances_answer_202_with_polling_headers_and_waiting_on() {
     let app = TestApp::start().await;
     let accepted = app.start_via("wait", "{}").await;
@@ -120,7 +143,8 @@ async fn unknown_purged_and_badly_tokened_instances_are_all_404() {
     let other_id = other.body["id"].as_str().unwrap().to_owned();
     let token = |url: &str| url.split_once("token=").unwrap().1.to_owned();
     let signer = TokenSigner::new(TOKEN_SECRET.as_bytes().to_vec());
-    let expired = signer.sign(&id, Scopes::ALL, Timestamp(1_000));
+    let created = app.kiln.client().status(&id).await.unwrap().unwrap().created_at;
+    let expired = signer.sign(&id, created, Scopes::ALL, Timestamp(1_000));
     for uri in [
         format!("/api/status/{id}"),
         format!("/api/status/{id}?token=garbage"),
@@ -134,6 +158,38 @@ async fn unknown_purged_and_badly_tokened_instances_are_all_404() {
     app.finish(&other_id).await;
     app.kiln.client().purge(&id).await.unwrap();
     app.public("GET", &path_of(first.header("location")), None).await.assert_problem(404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_for_one_run_of_an_id_not_for_a_later_one() {
+    let app = TestApp::start().await;
+    let first = app.start_via("echo", "1").await;
+    let id = first.body["id"].as_str().unwrap().to_owned();
+    app.finish(&id).await;
+    let old = path_of(first.header("location"));
+    assert_eq!(app.public("GET", &old, None).await.status, 200);
+    // The id is taken again (the finished instance is replaced) by someone else.
+    let again = format!("/orchestrators/wait_event/{id}");
+    assert_eq!(app.manage("POST", &again, Some("{}")).await.status, 202);
+    app.started(&id).await;
+    app.public("GET", &old, None).await.assert_problem(404);
+    app.public("DELETE", &old, None).await.assert_problem(404);
+    let record = app.kiln.client().status(&id).await.unwrap().unwrap();
+    assert_eq!(record.status, kiln::RuntimeStatus::Running, "the new run was not canceled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_answer_grants_no_more_than_the_token_it_answers() {
+    let app = TestApp::start().await;
+    let accepted = app.start_via("wait", "{}").await;
+    let id = accepted.body["id"].as_str().unwrap().to_owned();
+    let created = app.kiln.client().status(&id).await.unwrap().unwrap().created_at;
+    let signer = TokenSigner::new(TOKEN_SECRET.as_bytes().to_vec());
+    let cancel_only = Scopes { read: false, cancel: true };
+    let token = signer.sign(&id, created, cancel_only, Timestamp(4_000_000_000_000));
+    let canceled = app.public("DELETE", &format!("/api/status/{id}?token={token}"), None).await;
+    assert_eq!(canceled.status, 202, "{}", canceled.raw);
+    app.public("GET", &path_of(canceled.header("location")), None).await.assert_problem(404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

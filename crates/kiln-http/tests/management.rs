@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{SYSTEM_KEY, TestApp, request};
+use common::{LOOPBACK_HOST, SYSTEM_KEY, TestApp, request};
 use serde_json::{Value, json};
 
 const BASE: &str = "/runtime/webhooks/durabletask";
@@ -53,7 +53,7 @@ async fn start_returns_the_check_status_payload() {
     assert_eq!(keys.len(), 8);
     assert_eq!(payload["id"], "my-id");
     let status_uri = payload["statusQueryGetUri"].as_str().unwrap();
-    assert_eq!(status_uri, format!("http://kiln.test{BASE}/instances/my-id?taskHub=H&connection=C"));
+    assert_eq!(status_uri, format!("http://{LOOPBACK_HOST}{BASE}/instances/my-id?taskHub=H&connection=C"));
     assert_eq!(reply.header("location"), status_uri);
     assert!(payload["sendEventPostUri"].as_str().unwrap().contains("/raiseEvent/{eventName}?"));
     assert!(payload["terminatePostUri"].as_str().unwrap().contains("/terminate?reason={text}&"));
@@ -89,7 +89,7 @@ async fn start_errors_use_df_codes_with_message_fields() {
                 "POST",
                 &format!("{BASE}/orchestrators/echo"),
                 None,
-                &[("content-type", "application/octet-stream")],
+                &[("content-type", "application/octet-stream"), ("host", LOOPBACK_HOST)],
             ),
         )
         .await;
@@ -175,7 +175,12 @@ async fn list_filters_and_pages_with_continuation_tokens() {
     let mut token = String::new();
     loop {
         let uri = format!("{BASE}/instances?top=2&runtimeStatus=Completed&instanceIdPrefix=job-");
-        let reply = app.call(&app.management, request("GET", &uri, None, &[("x-ms-continuation-token", &token)])).await;
+        let reply = app
+            .call(
+                &app.management,
+                request("GET", &uri, None, &[("x-ms-continuation-token", &token), ("host", LOOPBACK_HOST)]),
+            )
+            .await;
         assert_eq!(reply.status, 200);
         seen.extend(reply.body.as_array().unwrap().iter().map(|s| s["instanceId"].as_str().unwrap().to_owned()));
         token = reply.header("x-ms-continuation-token").to_owned();
@@ -191,7 +196,12 @@ async fn list_filters_and_pages_with_continuation_tokens() {
     app.manage("GET", "/instances?runtimeStatus=Sleeping", None).await.assert_problem(400);
     app.manage("GET", "/instances?createdTimeFrom=yesterday", None).await.assert_problem(400);
     app.manage("GET", "/instances?top=0", None).await.assert_problem(400);
-    let bad = request("GET", &format!("{BASE}/instances?top=1"), None, &[("x-ms-continuation-token", "!!")]);
+    let bad = request(
+        "GET",
+        &format!("{BASE}/instances?top=1"),
+        None,
+        &[("x-ms-continuation-token", "!!"), ("host", LOOPBACK_HOST)],
+    );
     app.call(&app.management, bad).await.assert_problem(400);
 }
 
@@ -200,10 +210,8 @@ async fn raise_event_checks_instance_state_and_content() {
     let app = TestApp::start().await;
     let id = start(&app, "wait_event", "{}").await;
     let path = format!("{BASE}/instances/{id}/raiseEvent/go");
-    let text = request("POST", &path, Some("1"), &[("content-type", "text/plain")]);
-    let mut text = text;
-    text.headers_mut().insert("content-type", "text/plain".parse().unwrap());
-    app.call(&app.management, text).await.assert_problem(400);
+    let text = request("POST", &format!("{path}?code={SYSTEM_KEY}"), Some("1"), &[("content-type", "text/plain")]);
+    app.call(&app.public, text).await.assert_problem(400);
     app.manage("POST", &format!("/instances/{id}/raiseEvent/go"), Some("{not json")).await.assert_problem(400);
     app.manage("POST", "/instances/nope/raiseEvent/go", Some("1")).await.assert_problem(404);
     // Event names with a NUL, a line break, or 5,000 characters; data nested past the limit.
@@ -294,4 +302,39 @@ async fn purge_one_and_many() {
     app.manage("DELETE", "/instances?createdTimeFrom=2000-01-01T00:00:00Z&runtimeStatus=Completed", None)
         .await
         .assert_problem(404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loopback_listener_serves_no_browser_page_from_elsewhere() {
+    let app = TestApp::start().await;
+    let victim = start(&app, "wait_event", "{}").await;
+    let start_path = format!("{BASE}/orchestrators/wait_event/chosen-by-attacker");
+    let attacks = [
+        // A "simple" cross-site form post: text/plain body, foreign Origin.
+        request(
+            "POST",
+            &start_path,
+            Some("{}"),
+            &[("host", LOOPBACK_HOST), ("origin", "http://evil.example"), ("content-type", "text/plain")],
+        ),
+        // The same without an Origin (older browsers, some redirects): the body type gives it away.
+        request("POST", &start_path, Some("{}"), &[("host", LOOPBACK_HOST), ("content-type", "text/plain")]),
+        request(
+            "POST",
+            &format!("{BASE}/instances/{victim}/terminate"),
+            None,
+            &[("host", LOOPBACK_HOST), ("sec-fetch-site", "cross-site")],
+        ),
+        // DNS rebinding: same-origin to the browser, but the Host is the attacker's name.
+        request("GET", &format!("{BASE}/instances"), None, &[("host", "evil.example:7072")]),
+        request("DELETE", &format!("{BASE}/instances/{victim}"), None, &[("host", "evil.example:7072")]),
+    ];
+    for attack in attacks {
+        let described = format!("{} {} {:?}", attack.method(), attack.uri(), attack.headers());
+        let reply = app.call(&app.management, attack).await;
+        assert!([403, 415].contains(&reply.status.as_u16()), "{described}: {}", reply.raw);
+        reply.assert_problem(reply.status.as_u16());
+    }
+    app.manage("GET", "/instances/chosen-by-attacker", None).await.assert_problem(404);
+    assert_eq!(app.manage("GET", &format!("/instances/{victim}"), None).await.body["runtimeStatus"], "Running");
 }

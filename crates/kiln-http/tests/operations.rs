@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{TestApp, request};
+use common::{LOOPBACK_HOST, TestApp, request};
 use kiln_http::HttpOptions;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -12,7 +12,10 @@ async fn health_readiness_and_metrics() {
     assert_eq!(app.public("GET", "/healthz", None).await.body["status"], "ok");
     assert_eq!(app.public("GET", "/readyz", None).await.body["status"], "ready");
     assert_eq!(app.manage("GET", "/instances", None).await.status, 200);
-    assert_eq!(app.call(&app.management, request("GET", "/healthz", None, &[])).await.status, 200);
+    assert_eq!(
+        app.call(&app.management, request("GET", "/healthz", None, &[("host", LOOPBACK_HOST)])).await.status,
+        200
+    );
     let id = app.start_via("echo", "1").await.body["id"].as_str().unwrap().to_owned();
     app.finish(&id).await;
     let metrics = app.public("GET", "/metrics", None).await;
@@ -75,5 +78,6 @@ async fn unknown_routes_wrong_methods_and_big_bodies_are_problems() {
     let big = format!("\"{}\"", "x".repeat(4_096));
     app.public("POST", "/api/echo", Some(&big)).await.assert_problem(413);
     app.manage("POST", "/orchestrators/echo", Some(&big)).await.assert_problem(413);
-    app.call(&app.management, request("GET", "/nothing", None, &[])).await.assert_problem(404);
+    let nothing = request("GET", "/nothing", None, &[("host", LOOPBACK_HOST)]);
+    app.call(&app.management, nothing).await.assert_problem(404);
 }

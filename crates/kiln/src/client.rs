@@ -3,7 +3,7 @@
 
 use crate::runtime::{Runtime, new_run_execution, wall_clock};
 use kiln_core::{
-    EventKind, HistoryEvent, InvalidEventName, InvalidInstanceId, Payload, PayloadTooLarge, RuntimeStatus,
+    EventKind, HistoryEvent, InvalidEventName, InvalidInstanceId, Payload, PayloadTooLarge, RuntimeStatus, Timestamp,
     validate_event_name, validate_instance_id,
 };
 use kiln_store::{
@@ -97,6 +97,16 @@ impl From<StoreError> for ClientError {
     }
 }
 
+/// An instance a start created (or, for a repeated idempotent start, found).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Started {
+    /// Its id.
+    pub instance_id: String,
+    /// When it was created: an id reused after the instance finished (or was purged) gets a new
+    /// creation, so this tells the runs of one id apart.
+    pub created_at: Timestamp,
+}
+
 /// Options for starting an instance.
 #[derive(Clone, Debug, Default)]
 pub struct StartOptions {
@@ -126,9 +136,20 @@ impl KilnClient {
 
     /// Starts an orchestration with a JSON input and options; returns the instance id.
     pub async fn start_with(&self, name: &str, input: Payload, options: StartOptions) -> Result<String, ClientError> {
+        Ok(self.start_instance(name, input, options).await?.instance_id)
+    }
+
+    /// Starts an orchestration with a JSON input and options; returns the instance id and
+    /// creation time (which tells this run apart from another created later under the same id).
+    pub async fn start_instance(
+        &self,
+        name: &str,
+        input: Payload,
+        options: StartOptions,
+    ) -> Result<Started, ClientError> {
         let generated_id = options.instance_id.is_none();
         let instance = self.new_instance(name, input, options)?;
-        let instance_id = instance.instance_id.clone();
+        let started = Started { instance_id: instance.instance_id.clone(), created_at: instance.created_at };
         // A fresh id cannot clash with a stored instance, so its first turn can run now and be
         // written with the instance in one commit. (A caller's id may replace a finished
         // instance, which the store does while creating it; that takes the ordinary path.)
@@ -138,19 +159,20 @@ impl KilnClient {
         {
             let created = self.rt.store.create_instance_with_first_turn(instance, first_turn).await;
             if created.is_err() {
-                self.rt.cache.take(&instance_id);
+                self.rt.cache.take(&started.instance_id);
             }
             created?;
             self.rt.metrics.turns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Ok(instance_id);
+            return Ok(started);
         }
         self.rt.store.create_instance(instance).await?;
-        Ok(instance_id)
+        Ok(started)
     }
 
     /// Starts an orchestration unless `key` already started one for the same request (same
-    /// `fingerprint`) within `retention`. Returns the instance id and whether it was created now;
-    /// a reuse of the key with another fingerprint gives `IdempotencyKeyReused`.
+    /// `fingerprint`) within `retention`. Returns the instance and whether it was created now;
+    /// a reuse of the key with another fingerprint gives `IdempotencyKeyReused`, and `NotFound`
+    /// if the instance the key started has been purged since.
     pub async fn start_idempotent(
         &self,
         name: &str,
@@ -159,14 +181,17 @@ impl KilnClient {
         key: &str,
         fingerprint: &str,
         retention: Duration,
-    ) -> Result<(String, bool), ClientError> {
+    ) -> Result<(Started, bool), ClientError> {
         let instance = self.new_instance(name, input, options)?;
-        let instance_id = instance.instance_id.clone();
+        let started = Started { instance_id: instance.instance_id.clone(), created_at: instance.created_at };
         let expires_at = instance.created_at.plus_millis(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
         let key = IdempotencyKey { key: key.to_owned(), fingerprint: fingerprint.to_owned(), expires_at };
         match self.rt.store.create_instance_idempotent(instance, key).await? {
-            IdempotentStart::Created => Ok((instance_id, true)),
-            IdempotentStart::Existing { instance_id } => Ok((instance_id, false)),
+            IdempotentStart::Created => Ok((started, true)),
+            IdempotentStart::Existing { instance_id } => {
+                let record = self.status(&instance_id).await?.ok_or(ClientError::NotFound(instance_id))?;
+                Ok((Started { instance_id: record.instance_id, created_at: record.created_at }, false))
+            }
         }
     }
 

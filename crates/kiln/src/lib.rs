@@ -54,7 +54,7 @@ mod turn;
 mod worker;
 
 pub use activity::ActivityContext;
-pub use client::{ClientError, KilnClient, StartOptions};
+pub use client::{ClientError, KilnClient, StartOptions, Started};
 pub use combinators::{DurableStep, Either, join_all, join2, select_all, select2};
 pub use config::RuntimeConfig;
 pub use context::{DurableFuture, OrchestrationContext};

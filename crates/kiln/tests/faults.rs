@@ -68,7 +68,7 @@ async fn start_until_accepted(client: &kiln::KilnClient, tag: &str, n: u64) -> S
             client
                 .start_idempotent("workflow", input.clone(), options, &key, "same", Duration::from_secs(3600))
                 .await
-                .map(|(id, _)| id)
+                .map(|(started, _)| started.instance_id)
         } else {
             client.start_with("workflow", input.clone(), StartOptions::default()).await
         };

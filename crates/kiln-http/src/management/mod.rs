@@ -12,7 +12,6 @@ use crate::accepted::now;
 use crate::extract::Body;
 use crate::params::{PathParams, QueryParams};
 use crate::problem::Problem;
-use crate::urls::base_url;
 use axum::Router;
 use axum::extract::{OriginalUri, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -94,8 +93,7 @@ fn links(http: &KilnHttp, uri: &OriginalUri, headers: &HeaderMap, query: &QueryP
         .filter_map(|marker| path.find(marker))
         .min()
         .map_or(path, |i| &path[..i]);
-    let options = http.options();
-    let base = format!("{}{prefix}", base_url(options.public_base_url.as_deref(), &options.fallback_base_url, headers));
+    let base = format!("{}{prefix}", http.link_base(headers));
     let mut suffix = format!(
         "taskHub={}&connection={}",
         query.get("taskHub").unwrap_or("kiln"),
@@ -280,8 +278,7 @@ async fn status(
     };
     let mut response = status_response(&record, &query, history);
     if !record.status.is_terminal() {
-        let options = http.options();
-        let base = base_url(options.public_base_url.as_deref(), &options.fallback_base_url, &headers);
+        let base = http.link_base(&headers);
         if let Ok(location) = HeaderValue::from_str(&format!("{base}{}", uri.0)) {
             response.headers_mut().insert(header::LOCATION, location);
         }

@@ -15,6 +15,10 @@ use std::time::Duration;
 use tower::ServiceExt;
 
 pub const SYSTEM_KEY: &str = "test-system-key-0123456789";
+/// The `Host` of requests to the public router (allowed to shape links).
+pub const TEST_HOST: &str = "kiln.test";
+/// The `Host` of requests to the loopback management router.
+pub const LOOPBACK_HOST: &str = "localhost:7072";
 pub const TOKEN_SECRET: &str = "test-token-secret-0123456789abcdef";
 
 async fn echo_activity(_: ActivityContext, input: Value) -> Result<Value, Failure> {
@@ -111,6 +115,9 @@ impl TestApp {
             .start()
             .await
             .unwrap();
+        if options.allowed_hosts.is_empty() {
+            options.allowed_hosts = vec![TEST_HOST.to_owned()];
+        }
         options.system_key = Some(SYSTEM_KEY.to_owned());
         options.token_secret = Some(TOKEN_SECRET.to_owned());
         let http = KilnHttp::new(kiln.client(), options).await.unwrap();
@@ -137,7 +144,8 @@ impl TestApp {
 
     /// A request to the loopback management router (no key).
     pub async fn manage(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
-        self.call(&self.management, request(method, &format!("/runtime/webhooks/durabletask{path}"), body, &[])).await
+        let uri = format!("/runtime/webhooks/durabletask{path}");
+        self.call(&self.management, request(method, &uri, body, &[("host", LOOPBACK_HOST)])).await
     }
 
     /// Starts through a test starter; returns the reply.
@@ -156,10 +164,13 @@ impl TestApp {
     }
 }
 
-/// A JSON request (body optional) with extra headers.
+/// A JSON request (body optional) with extra headers (`Host` is [`TEST_HOST`] unless given).
 pub fn request(method: &str, uri: &str, body: Option<&str>, headers: &[(&str, &str)]) -> Request<Body> {
-    let mut builder = Request::builder().method(method).uri(uri).header("host", "kiln.test");
-    if body.is_some() {
+    let mut builder = Request::builder().method(method).uri(uri);
+    if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("host")) {
+        builder = builder.header("host", TEST_HOST);
+    }
+    if body.is_some() && !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("content-type")) {
         builder = builder.header("content-type", "application/json");
     }
     for (name, value) in headers {

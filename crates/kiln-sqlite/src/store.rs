@@ -112,8 +112,10 @@ impl SqliteStore {
     pub fn open(options: SqliteOptions) -> Result<SqliteStore, OpenError> {
         let path = options.path.clone();
         let lock = lock_file(&path)?;
+        create_owner_only(&path)?;
         let mut conn = open_connection(&path, options.synchronous, false)?;
         migrate(&mut conn).map_err(|source| OpenError::Migration { path: path.clone(), source })?;
+        tighten_permissions(&path)?;
         let checkpoint_conn = open_connection(&path, options.synchronous, false)?;
         let (doorbell, rings) = std::sync::mpsc::sync_channel(1);
         checkpoint::watch_wal(&mut conn, doorbell)
@@ -231,6 +233,37 @@ impl SqliteStore {
 enum WorkKind {
     Orchestration,
     Activity,
+}
+
+/// Creates a new database file readable by its owner only: it holds every instance's inputs and
+/// outputs and the HTTP layer's secrets (SQLite gives the WAL and `-shm` files the database
+/// file's mode). An existing file is left as it is.
+fn create_owner_only(path: &Path) -> Result<(), OpenError> {
+    let mut options = File::options();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path).map(drop).map_err(|source| OpenError::Io { path: path.to_owned(), source })
+}
+
+/// Takes group and other permissions off a database (and its WAL and `-shm` files) that an
+/// earlier version created readable by others.
+fn tighten_permissions(path: &Path) -> Result<(), OpenError> {
+    #[cfg(unix)]
+    for suffix in ["", "-wal", "-shm"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let file = PathBuf::from(file);
+        let Ok(metadata) = std::fs::metadata(&file) else { continue };
+        if metadata.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                .map_err(|source| OpenError::Io { path: file.clone(), source })?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 fn lock_file(path: &Path) -> Result<File, OpenError> {

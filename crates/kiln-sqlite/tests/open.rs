@@ -53,3 +53,28 @@ fn reopening_after_close_keeps_the_schema() {
     drop(open(&path).unwrap());
     drop(open(&path).unwrap());
 }
+
+#[cfg(unix)]
+#[test]
+fn database_files_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kiln.db");
+    let store = open(&path).unwrap();
+    for file in ["kiln.db", "kiln.db-wal", "kiln.db-shm"] {
+        assert_eq!(mode(&dir.path().join(file)), 0o600, "{file}");
+    }
+    drop(store);
+    // A database an earlier version left readable by others is tightened.
+    for file in ["kiln.db", "kiln.db-wal", "kiln.db-shm"] {
+        let file = dir.path().join(file);
+        if file.exists() {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    }
+    let _store = open(&path).unwrap();
+    for file in ["kiln.db", "kiln.db-wal", "kiln.db-shm"] {
+        assert_eq!(mode(&dir.path().join(file)), 0o600, "{file}");
+    }
+}

@@ -168,6 +168,9 @@ impl PostgresStore {
     /// transaction's pre-commit until its commit is flushed, which would serialize every turn
     /// behind one fsync. A notification lost in a crash is covered by the fallback poll.
     ///
+    /// Call it holding no connection: it takes one from the lease pool, and callers that each
+    /// held one while waiting for another would deadlock both pools until their wait timeout.
+    ///
     /// After a turn of `turn_of`, `w` is added when messages wait in its inbox: they arrived
     /// during the turn and woke workers that could not claim the leased instance, so someone
     /// must look again now that the lease is released. The check rides on the same statement.
@@ -319,6 +322,7 @@ impl Store for PostgresStore {
         create_instance_tx(&tx, &instance).await?;
         let notes = vec!["w".to_owned(), format!("s:{}", instance.instance_id)];
         tx.commit().await.map_err(backend)?;
+        drop(client);
         self.publish(&notes, None).await;
         Ok(())
     }
@@ -430,6 +434,7 @@ impl Store for PostgresStore {
         .map_err(backend)?;
         let notes = vec!["w".to_owned(), format!("s:{}", instance.instance_id)];
         tx.commit().await.map_err(backend)?;
+        drop(client);
         self.publish(&notes, None).await;
         Ok(IdempotentStart::Created)
     }
@@ -446,6 +451,7 @@ impl Store for PostgresStore {
         insert_message(&tx, instance_id, None, &event, None).await?;
         let notes = vec!["w".to_owned()];
         tx.commit().await.map_err(backend)?;
+        drop(client);
         self.publish(&notes, None).await;
         Ok(())
     }
@@ -519,6 +525,7 @@ impl Store for PostgresStore {
         )
         .await
         .map_err(backend)?;
+        drop(client);
         if updated == 0 {
             return Err(StoreError::LeaseLost(instance_id.to_owned()));
         }
@@ -621,6 +628,7 @@ impl Store for PostgresStore {
         }
         let notes = vec!["w".to_owned()];
         tx.commit().await.map_err(backend)?;
+        drop(client);
         self.publish(&notes, None).await;
         Ok(())
     }
@@ -635,6 +643,7 @@ impl Store for PostgresStore {
         )
         .await
         .map_err(backend)?;
+        drop(client);
         if updated == 0 {
             return Err(StoreError::LeaseLost(item.activity.instance_id.clone()));
         }

@@ -221,3 +221,28 @@ async fn a_node_leaves_the_work_it_cannot_run_to_the_others() {
     old.shutdown().await;
     new.shutdown().await;
 }
+
+/// Work given back for other nodes, many items at once (a rolling deploy), with the smallest
+/// pools: each give-back tells the other nodes after its update. Told while still holding its
+/// connection, the give-backs took every lease connection and waited for one more, stalling the
+/// node (and every commit waiting to notify) for the pool's whole wait timeout of 5 s, and the
+/// notifications were lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_give_backs_at_once_do_not_starve_the_connection_pools() {
+    let Some((store, _guard)) = common::fresh_store().await else { return };
+    start_with_activities(store.as_ref(), "wide", 8).await;
+    let items = store.fetch_activity_work(LEASE, WAIT, 8).await.unwrap();
+    assert_eq!(items.len(), 8);
+    let began = std::time::Instant::now();
+    let mut give_backs = tokio::task::JoinSet::new();
+    for item in items {
+        let store = std::sync::Arc::clone(&store);
+        give_backs.spawn(async move { store.abandon_activity_work(&item, Duration::ZERO).await });
+    }
+    while let Some(given_back) = give_backs.join_next().await {
+        given_back.unwrap().unwrap();
+    }
+    // Milliseconds when nothing waits; a deadlock lasts the pool's wait timeout (5 s).
+    let took = began.elapsed();
+    assert!(took < Duration::from_millis(2_500), "8 give-backs took {took:?}");
+}

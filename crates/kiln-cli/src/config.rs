@@ -53,6 +53,17 @@ pub struct ServeSettings {
     /// Largest request body, in bytes.
     #[arg(long, env = "KILN_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Most connections the public listener keeps open (more get `503`); default 10,000, cut
+    /// to fit the open-file limit.
+    #[arg(long, env = "KILN_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Longest a client may take to send a request's headers (or, on an idle keep-alive
+    /// connection, to start its next request), and pause while sending a body, in seconds.
+    #[arg(long, env = "KILN_READ_TIMEOUT_SECONDS")]
+    pub read_timeout_seconds: Option<u64>,
+    /// Most `Prefer: wait` long polls held open at once (beyond it, polls are answered at once).
+    #[arg(long, env = "KILN_MAX_LONG_POLLS")]
+    pub max_long_polls: Option<usize>,
     /// Page size of management list requests without `top` (default: everything in one page).
     #[arg(long, env = "KILN_LIST_PAGE_SIZE")]
     pub list_page_size: Option<usize>,
@@ -83,6 +94,9 @@ pub struct ServeConfig {
     pub idempotency_retention: Duration,
     pub token_ttl: Duration,
     pub max_body_bytes: usize,
+    pub max_connections: Option<usize>,
+    pub read_timeout: Duration,
+    pub max_long_polls: usize,
     pub list_page_size: Option<usize>,
     pub lease: Duration,
     pub log: String,
@@ -106,6 +120,9 @@ impl ServeSettings {
             idempotency_retention_hours: self.idempotency_retention_hours.or(lower.idempotency_retention_hours),
             token_ttl_hours: self.token_ttl_hours.or(lower.token_ttl_hours),
             max_body_bytes: self.max_body_bytes.or(lower.max_body_bytes),
+            max_connections: self.max_connections.or(lower.max_connections),
+            read_timeout_seconds: self.read_timeout_seconds.or(lower.read_timeout_seconds),
+            max_long_polls: self.max_long_polls.or(lower.max_long_polls),
             list_page_size: self.list_page_size.or(lower.list_page_size),
             lease_seconds: self.lease_seconds.or(lower.lease_seconds),
             log: self.log.or(lower.log),
@@ -138,6 +155,9 @@ pub fn load(config_file: Option<&Path>, overrides: ServeSettings) -> anyhow::Res
         idempotency_retention: hours(s.idempotency_retention_hours.unwrap_or(24)),
         token_ttl: hours(s.token_ttl_hours.unwrap_or(24 * 7)),
         max_body_bytes: s.max_body_bytes.unwrap_or(2 << 20),
+        max_connections: s.max_connections,
+        read_timeout: Duration::from_secs(s.read_timeout_seconds.unwrap_or(30)),
+        max_long_polls: s.max_long_polls.unwrap_or(1_024),
         list_page_size: s.list_page_size,
         lease: Duration::from_secs(s.lease_seconds.unwrap_or(30)),
         log: s.log.unwrap_or_else(|| "info".to_owned()),
@@ -178,6 +198,9 @@ impl ServeConfig {
         }
         if self.lease < Duration::from_secs(1) {
             bail!("lease_seconds must be at least 1");
+        }
+        if self.max_connections == Some(0) || self.read_timeout.is_zero() {
+            bail!("max_connections and read_timeout_seconds must be at least 1");
         }
         if self.list_page_size == Some(0) {
             bail!("list_page_size must be at least 1");

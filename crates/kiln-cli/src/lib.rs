@@ -13,6 +13,7 @@
 mod app;
 mod bench;
 mod config;
+mod listener;
 mod logging;
 mod remote;
 mod serve;

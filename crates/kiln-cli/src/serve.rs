@@ -4,6 +4,7 @@
 use crate::App;
 use crate::bench::workloads;
 use crate::config::ServeConfig;
+use crate::listener::{self, ConnectionLimits};
 use anyhow::Context;
 
 use kiln_http::{HttpOptions, KilnHttp};
@@ -43,6 +44,7 @@ pub async fn run(app: &App, config: ServeConfig) -> anyhow::Result<()> {
         max_body_bytes: config.max_body_bytes,
         system_key: config.system_key.clone(),
         token_secret: config.token_secret.clone(),
+        max_long_polls: config.max_long_polls,
         list_page_size: config.list_page_size,
     };
     let http = KilnHttp::new(kiln.client(), options).await.context("cannot set up the HTTP layer")?;
@@ -67,9 +69,16 @@ pub async fn run(app: &App, config: ServeConfig) -> anyhow::Result<()> {
     let _ = std::io::stdout().flush();
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let public_server = axum::serve(public, http.public_router(starters, starters_doc))
-        .with_graceful_shutdown(wait_for(stopped.clone()));
-    let management_server = axum::serve(management, http.management_router()).with_graceful_shutdown(wait_for(stopped));
+    let (public_cap, management_cap) = listener::connection_caps(config.max_connections);
+    let limits = |max_connections| ConnectionLimits {
+        max_connections,
+        header_read_timeout: config.read_timeout,
+        body_read_timeout: config.read_timeout,
+    };
+    let public_router = http.public_router(starters, starters_doc);
+    let public_server = listener::serve(public, public_router, limits(public_cap), wait_for(stopped.clone()));
+    let management_router = http.management_router();
+    let management_server = listener::serve(management, management_router, limits(management_cap), wait_for(stopped));
     let signals = async move {
         shutdown_signal().await;
         tracing::info!("shutting down: draining requests and work");

@@ -21,6 +21,23 @@ impl<S: Send + Sync> FromRequest<S> for Body {
     }
 }
 
+/// Middleware: `413` for a body announced (`Content-Length`) larger than `max_body_bytes`,
+/// before anything reads it — so a client sending `Expect: 100-continue` is refused at once
+/// instead of being told to send it.
+pub(crate) async fn refuse_announced_oversize(
+    axum::extract::State(http): axum::extract::State<crate::KilnHttp>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let max = http.options().max_body_bytes;
+    let announced = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > max as u64) {
+        let detail = format!("the request body is larger than the limit of {max} bytes");
+        return axum::response::IntoResponse::into_response(Problem::new(StatusCode::PAYLOAD_TOO_LARGE, detail));
+    }
+    next.run(request).await
+}
+
 /// True if the request says its body is JSON (`application/json`, any parameters).
 pub fn is_json(req: &Request) -> bool {
     req.headers()

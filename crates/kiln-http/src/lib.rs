@@ -66,6 +66,8 @@ pub struct HttpOptions {
     pub system_key: Option<String>,
     /// The token-signing secret; generated once and stored when `None`.
     pub token_secret: Option<String>,
+    /// Most `Prefer: wait` long polls held open at once; beyond it, polls are answered at once.
+    pub max_long_polls: usize,
     /// Page size of a management list request without `top`; `None` returns every match in one
     /// response (Durable Functions' Python client does not follow continuation tokens).
     pub list_page_size: Option<usize>,
@@ -82,6 +84,7 @@ impl Default for HttpOptions {
             max_body_bytes: 2 << 20,
             system_key: None,
             token_secret: None,
+            max_long_polls: 1_024,
             list_page_size: None,
         }
     }
@@ -99,6 +102,8 @@ struct Inner {
     system_key: String,
     tokens: TokenSigner,
     hosts: HostAllowList,
+    /// Permits for `Prefer: wait` long polls.
+    long_polls: Arc<tokio::sync::Semaphore>,
     /// Idempotency keys whose first request is still being processed.
     in_flight: Mutex<HashSet<String>>,
     metrics: ops::HttpMetrics,
@@ -118,6 +123,7 @@ impl KilnHttp {
         let inner = Inner {
             client,
             hosts: HostAllowList::new(&options.allowed_hosts, &options.fallback_base_url),
+            long_polls: Arc::new(tokio::sync::Semaphore::new(options.max_long_polls)),
             tokens: TokenSigner::new(token_secret.into_bytes()),
             system_key,
             options,
@@ -177,6 +183,7 @@ impl KilnHttp {
             .fallback(ops::not_found)
             .method_not_allowed_fallback(ops::method_not_allowed)
             .layer(DefaultBodyLimit::max(self.inner.options.max_body_bytes))
+            .layer(axum::middleware::from_fn_with_state(self.clone(), extract::refuse_announced_oversize))
             .layer(axum::middleware::from_fn(problem::errors_as_problems))
             .layer(axum::middleware::from_fn_with_state(self.clone(), ops::count_requests))
             .with_state(self.clone())

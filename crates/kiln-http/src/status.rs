@@ -18,6 +18,7 @@ use kiln::{ClientError, InstanceRecord, RuntimeStatus, WaitingOn};
 use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Longest `Prefer: wait=N` honoured, in seconds.
@@ -213,7 +214,10 @@ pub(crate) async fn get_status(
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let id = path.get("id");
-    let wait = preferred_wait(&headers);
+    // Beyond the cap on open long polls, a poll is answered at once (without Preference-Applied).
+    let permit = || Arc::clone(&http.inner.long_polls).try_acquire_owned().ok();
+    let long_poll = preferred_wait(&headers).and_then(|wait| Some((wait, permit()?)));
+    let wait = long_poll.as_ref().map(|&(wait, _)| wait);
     let (record, grant) = authorized(&http, id, &query, Scope::Read, wait.map(Duration::from_secs)).await?;
     let tag = etag(&record);
     let terminal = record.status.is_terminal();

@@ -235,6 +235,30 @@ async fn prefer_wait_answers_the_moment_the_instance_finishes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_beyond_the_cap_are_answered_at_once() {
+    let app = TestApp::with_options(HttpOptions { max_long_polls: 1, ..HttpOptions::default() }).await;
+    let accepted = app.start_via("wait", "{}").await;
+    let path = path_of(accepted.header("location"));
+    let held = {
+        let (public, path) = (app.public.clone(), path.clone());
+        tokio::spawn(async move {
+            let request = request("GET", &path, None, &[("prefer", "wait=3")]);
+            tower::ServiceExt::oneshot(public, request).await.unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let reply = app.call(&app.public, request("GET", &path, None, &[("prefer", "wait=3")])).await;
+    assert_eq!(reply.status, 202);
+    assert_eq!(reply.header("preference-applied"), "", "not held: the one long poll allowed is open");
+    assert!(started.elapsed() < Duration::from_secs(2), "answered at once");
+    let first = held.await.unwrap();
+    assert_eq!(first.headers().get("preference-applied").unwrap(), "wait=3");
+    let again = app.call(&app.public, request("GET", &path, None, &[("prefer", "wait=1")])).await;
+    assert_eq!(again.header("preference-applied"), "wait=1", "the permit came back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_keys_replay_refuse_and_validate() {
     let app = TestApp::start().await;
     let send = |body: &'static str, key: &'static str| {

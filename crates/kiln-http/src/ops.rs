@@ -106,6 +106,11 @@ pub(crate) async fn metrics(State(http): State<KilnHttp>) -> Response {
             "Work given back because its orchestration version or activity is not registered on this worker.",
             m.unregistered,
         ),
+        (
+            "kiln_activities_canceled_total",
+            "Running activities canceled: their instance was terminated, or their lease was lost.",
+            m.canceled,
+        ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
     }

@@ -60,6 +60,11 @@ impl LocalActivities {
         (taken, !queue.is_empty())
     }
 
+    /// Drops the queued claims of an instance that was terminated (their rows are gone).
+    pub fn withdraw(&self, instance_id: &str) {
+        self.lock().retain(|item| item.activity.instance_id != instance_id);
+    }
+
     /// Guards `items` taken from the queue (or claimed for this node) until they are handed
     /// out: dropped on the way — an error, or the caller's future cancelled at shutdown — they
     /// go back to the queue, which shutdown hands back to the table.

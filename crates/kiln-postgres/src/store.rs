@@ -256,14 +256,14 @@ impl PostgresStore {
         rows.iter().map(rows::activity_work_item).collect()
     }
 
-    /// Renews, before they are handed out, the leases of claims that have used up a third of
-    /// their time (claimed locally a while ago): an activity must not start with too little
-    /// lease left to reach its first renewal. Claims no longer held are dropped from `items`;
-    /// on an error `items` is left as it was.
+    /// Renews, before they are handed out, the leases of claims that waited in this node's
+    /// queue for over a second: an activity must start with a whole lease ahead of it, and not
+    /// at all if it is no longer held (its instance was terminated meanwhile, on any node).
+    /// Claims no longer held are dropped from `items`; on an error `items` is left as it was.
     async fn renew_lapsing(&self, items: &mut Vec<ActivityWorkItem>, lease_for: Duration) -> StoreResult<()> {
         let at = now().0;
         let lease_ms = millis(lease_for);
-        let lapsing = |item: &ActivityWorkItem| item.lease.expires_at.0 - at < lease_ms * 2 / 3;
+        let lapsing = |item: &ActivityWorkItem| item.lease.expires_at.0 - at < lease_ms - QUEUED_BEFORE_RENEWAL_MS;
         let (ids, tokens): (Vec<i64>, Vec<i64>) =
             items.iter().filter(|item| lapsing(item)).map(|item| (item.id, item.lease.token as i64)).unzip();
         if ids.is_empty() {
@@ -313,6 +313,10 @@ impl PostgresStore {
         row.try_get(0).map_err(backend)
     }
 }
+
+/// How long a claim may wait in this node's queue and still be handed out without checking
+/// (and renewing) it first.
+const QUEUED_BEFORE_RENEWAL_MS: i64 = 1_000;
 
 #[async_trait]
 impl Store for PostgresStore {
@@ -504,6 +508,9 @@ impl Store for PostgresStore {
         let written = write_turn(&mut tx, &commit, history_len, self.local_claim_until(&commit)).await?;
         tx.commit().await.map_err(backend)?;
         drop(client);
+        if commit.status == RuntimeStatus::Terminated {
+            self.local.withdraw(id);
+        }
         self.dispatch_locally(written.claimed);
         self.publish(&written.notes, Some(id)).await;
         Ok(())

@@ -327,6 +327,11 @@ pub async fn write_turn(
         return Err(StoreError::LeaseLost(format!("an activity of {id}")));
     }
     let claimed = inserted.map_err(backend)?.iter().map(rows::activity_work_item).collect::<StoreResult<Vec<_>>>()?;
+    if commit.status == RuntimeStatus::Terminated {
+        // A terminated instance runs no more activities: queued ones never start, running ones
+        // lose their lease (and are canceled when they next renew it).
+        cached::execute(&*tx, "DELETE FROM activities WHERE instance_id = $1", &[id]).await.map_err(backend)?;
+    }
     let mut notes = vec![format!("s:{id}")];
     if !commit.activities.is_empty() && claimed.is_empty() {
         notes.push("a".to_owned());

@@ -111,6 +111,8 @@ pub enum Effect {
     FinishActivity(i64),
     /// Instances were deleted (purged, or replaced by a new start): everything queued for them goes.
     Forget(Vec<String>),
+    /// An instance was terminated: its activities' rows were deleted, queued or running.
+    WithdrawActivities(String),
     /// The instance's row changed: its latest record is replaced (or dropped), then waiters are told.
     Changed(RecordChange),
 }
@@ -489,6 +491,14 @@ fn write_turn(conn: &Connection, turn: &TurnCommit, first_seq: u64, effects: &mu
             dequeue_count: 0,
             recovered: false,
         }));
+    }
+    if turn.status == RuntimeStatus::Terminated {
+        // A terminated instance runs no more activities: queued ones never start, running ones
+        // lose their lease (and are canceled when they next renew it).
+        conn.prepare_cached("DELETE FROM activities WHERE instance_id = ?1")
+            .and_then(|mut s| s.execute([&turn.instance_id]))
+            .map_err(backend)?;
+        effects.push(Effect::WithdrawActivities(turn.instance_id.clone()));
     }
     for child in &turn.sub_orchestrations {
         let mut child_effects = Vec::new();

@@ -432,15 +432,22 @@ impl Queues {
         }
         self.delayed.retain(|_, d| match d {
             Delayed::Message(id, _) | Delayed::InstanceRetry(id) => !ids.contains(id),
-            Delayed::Activity(e) => !ids.contains(&e.activity.instance_id),
+            Delayed::Activity(_) => true,
         });
-        self.activities.retain(|e| !ids.contains(&e.activity.instance_id));
-        // A running activity of a purged instance can no longer report its result (it would
-        // reach a new instance with the same id): its lease is gone.
+        for id in ids {
+            self.withdraw_activities(id);
+        }
+    }
+
+    /// Forgets an instance's activities, queued, delayed or leased (after it was terminated or
+    /// purged): a running one can no longer renew its lease or report its result.
+    pub fn withdraw_activities(&mut self, instance_id: &str) {
+        self.delayed.retain(|_, d| !matches!(d, Delayed::Activity(e) if e.activity.instance_id == instance_id));
+        self.activities.retain(|e| e.activity.instance_id != instance_id);
         let leased: Vec<i64> = self
             .leased_activities
             .iter()
-            .filter(|(_, (_, entry))| ids.contains(&entry.activity.instance_id))
+            .filter(|(_, (_, entry))| entry.activity.instance_id == instance_id)
             .map(|(id, _)| *id)
             .collect();
         for id in leased {

@@ -100,6 +100,7 @@ fn write_batch(conn: &mut Connection, batch: Vec<WriteRequest>, shared: &Shared)
                             }
                             Effect::FinishActivity(id) => queues.finish_activity(id),
                             Effect::Forget(ids) => queues.forget_instances(&ids),
+                            Effect::WithdrawActivities(id) => queues.withdraw_activities(&id),
                             Effect::Changed(change) => changes.push(change),
                         }
                     }

@@ -39,6 +39,7 @@ macro_rules! conformance_tests {
             lapsed_lease_cannot_commit,
             activity_result_reaches_its_instance,
             activities_are_claimed_in_batches,
+            terminating_an_instance_withdraws_its_activities,
             activity_result_can_go_straight_into_a_turn,
             instance_and_first_turn_are_one_commit,
             timers_wait_until_due,
@@ -253,6 +254,32 @@ pub async fn activities_are_claimed_in_batches(store: &dyn Store) {
     steps.sort_unstable();
     assert_eq!(steps, vec![0, 1, 2], "each activity is handed out once");
     assert!(store.fetch_activity_work(LEASE, NO_WAIT, 5).await.unwrap().is_empty());
+}
+
+/// A terminated instance runs no more activities. The turn that ends it takes them all in its
+/// commit: a running one can neither renew its lease nor store its result, and a queued one is
+/// never handed out — so none of them comes back after a restart either. (A completed
+/// instance's activities, e.g. a race's loser, are left to finish.)
+pub async fn terminating_an_instance_withdraws_its_activities(store: &dyn Store) {
+    start(store, "a").await;
+    let item = fetch(store).await;
+    let mut commit = running_commit(&item);
+    commit.activities.extend((0..3).map(activity));
+    store.commit_turn(commit).await.unwrap();
+    let running = store.fetch_activity_work(LEASE, WAIT, 1).await.unwrap().pop().unwrap();
+    let terminate = HistoryEvent::new(now(), EventKind::ExecutionTerminated { reason: None });
+    store.send_message("a", terminate).await.unwrap();
+    let item = fetch(store).await;
+    let mut commit = running_commit(&item);
+    commit.status = RuntimeStatus::Terminated;
+    store.commit_turn(commit).await.unwrap();
+    let renewed = store.renew_activity_lease(&running, LEASE).await;
+    assert!(matches!(renewed, Err(StoreError::LeaseLost(_))), "a running activity loses its lease: {renewed:?}");
+    let done = HistoryEvent::new(now(), EventKind::TaskCompleted { task_scheduled_id: 0, result: Payload::null() });
+    let stored = store.complete_activity(&running, done).await;
+    assert!(matches!(stored, Err(StoreError::LeaseLost(_))), "its result is not stored: {stored:?}");
+    let queued = store.fetch_activity_work(LEASE, Duration::from_millis(300), 5).await.unwrap();
+    assert!(queued.is_empty(), "queued activities never start: {queued:?}");
 }
 
 /// Stores that hand an activity's result straight to a turn do so only for an idle instance,

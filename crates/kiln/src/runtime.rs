@@ -18,6 +18,7 @@ pub(crate) struct Runtime {
     pub(crate) config: RuntimeConfig,
     pub(crate) cache: ExecutionCache,
     pub(crate) metrics: Metrics,
+    pub(crate) running: crate::worker::RunningActivities,
 }
 
 /// Counters of the runtime's work since start.
@@ -28,6 +29,7 @@ pub struct Metrics {
     pub(crate) activities: AtomicU64,
     pub(crate) activity_millis: AtomicU64,
     pub(crate) unregistered: AtomicU64,
+    pub(crate) canceled: AtomicU64,
     /// Moving average of instance durations (created → finished) per orchestration, in ms.
     durations: Mutex<HashMap<String, f64>>,
 }
@@ -49,6 +51,9 @@ pub struct MetricsSnapshot {
     /// Work given back because its orchestration version or activity is not registered on this
     /// worker (it waits for a worker that has it: a deploy in progress, or a missing one).
     pub unregistered: u64,
+    /// Running activities canceled because their instance was terminated or their lease was
+    /// lost (another worker runs them).
+    pub canceled: u64,
 }
 
 impl Metrics {
@@ -73,6 +78,7 @@ impl Metrics {
             activities: self.activities.load(Ordering::Relaxed),
             activity_millis: self.activity_millis.load(Ordering::Relaxed),
             unregistered: self.unregistered.load(Ordering::Relaxed),
+            canceled: self.canceled.load(Ordering::Relaxed),
         }
     }
 }
@@ -80,7 +86,7 @@ impl Metrics {
 impl Runtime {
     pub(crate) fn new(store: Arc<dyn Store>, registry: Registry, config: RuntimeConfig) -> Runtime {
         let cache = ExecutionCache::new(config.cache_capacity);
-        Runtime { store, registry, config, cache, metrics: Metrics::default() }
+        Runtime { store, registry, config, cache, metrics: Metrics::default(), running: Default::default() }
     }
 }
 

@@ -79,6 +79,11 @@ pub(crate) async fn run_turn(rt: &Runtime, item: OrchestrationWorkItem, finished
             match rt.store.commit_turn(*commit).await {
                 Ok(()) => {
                     rt.metrics.turns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if status == RuntimeStatus::Terminated {
+                        // The commit withdrew its activities: stop the ones running here now
+                        // (elsewhere, they stop when they next renew their lease).
+                        rt.running.cancel(&instance_id);
+                    }
                     if let Some(ended) = ended {
                         let millis = u64::try_from(ended.millis() - created_at.millis()).unwrap_or(0);
                         rt.metrics.record_duration(&name, Duration::from_millis(millis));

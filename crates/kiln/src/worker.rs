@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
 /// Longest a fetch waits before the loop checks again (bounds how late a new lease expiry is seen).
@@ -120,8 +120,64 @@ pub(crate) async fn activity_dispatcher(rt: Arc<Runtime>, mut shutdown: watch::R
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The map is only inserted into and removed from; a panic cannot leave it half-changed.
+    // The maps are only inserted into and removed from; a panic cannot leave them half-changed.
     mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The activities running in this process, by instance: terminating an instance here cancels
+/// its running activities at once.
+#[derive(Default)]
+pub(crate) struct RunningActivities {
+    by_instance: Mutex<HashMap<String, HashMap<i64, Arc<Notify>>>>,
+}
+
+impl RunningActivities {
+    /// Registers a running activity; its cancellation is signalled on the returned `Notify`
+    /// until the guard is dropped.
+    fn start<'a>(&'a self, instance_id: &'a str, id: i64) -> (Arc<Notify>, Running<'a>) {
+        let canceled = Arc::new(Notify::new());
+        lock(&self.by_instance).entry(instance_id.to_owned()).or_default().insert(id, Arc::clone(&canceled));
+        (canceled, Running { activities: self, instance_id, id })
+    }
+
+    /// Cancels the instance's running activities.
+    pub(crate) fn cancel(&self, instance_id: &str) {
+        if let Some(running) = lock(&self.by_instance).get(instance_id) {
+            running.values().for_each(|canceled| canceled.notify_one());
+        }
+    }
+}
+
+/// A registered running activity (see [`RunningActivities::start`]).
+struct Running<'a> {
+    activities: &'a RunningActivities,
+    instance_id: &'a str,
+    id: i64,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let mut by_instance = lock(&self.activities.by_instance);
+        if let Some(running) = by_instance.get_mut(self.instance_id) {
+            running.remove(&self.id);
+            if running.is_empty() {
+                by_instance.remove(self.instance_id);
+            }
+        }
+    }
+}
+
+/// Logs and counts an activity whose future was dropped before it finished.
+fn canceled(rt: &Runtime, item: &ActivityWorkItem, why: &str) {
+    rt.metrics.canceled.fetch_add(1, Ordering::Relaxed);
+    let activity = &item.activity;
+    tracing::info!(
+        instance_id = activity.instance_id,
+        activity = activity.name,
+        key = format!("{}:{}:{}", activity.instance_id, activity.execution, activity.step),
+        attempt = activity.attempt,
+        "activity canceled: {why}"
+    );
 }
 
 /// Runs one activity, renewing its lease meanwhile, and reports the result. An activity that is
@@ -174,15 +230,24 @@ async fn run_activity(rt: &Runtime, mut item: ActivityWorkItem) {
                 attempt: activity.attempt,
                 delivery: item.dequeue_count,
             };
+            let instance_id = activity.instance_id.clone();
+            let (cancel, _running) = rt.running.start(&instance_id, item.id);
             let run = CatchPanic::new(function(ctx, activity.input.clone()));
             let renew_every = rt.config.lease_duration / 3;
             tokio::pin!(run);
+            // Returning drops the activity's future: it stops at its next await.
             loop {
                 tokio::select! {
                     result = &mut run => break result.and_then(|r| r),
+                    () = cancel.notified() => return canceled(rt, &item, "its instance was terminated"),
                     _ = tokio::time::sleep(renew_every) => {
                         match rt.store.renew_activity_lease(&item, rt.config.lease_duration).await {
                             Ok(lease) => item.lease = lease,
+                            // Withdrawn (its instance was terminated) or taken over after a
+                            // lapse: its result could not be stored.
+                            Err(StoreError::LeaseLost(_)) => {
+                                return canceled(rt, &item, "its lease is gone (its instance was terminated, or it lapsed)");
+                            }
                             Err(err) => tracing::warn!(instance_id = item.activity.instance_id, error = %err, "activity lease renewal failed"),
                         }
                     }

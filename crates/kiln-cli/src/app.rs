@@ -10,7 +10,6 @@ use kiln_http::KilnHttp;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 use utoipa::openapi::path::{HttpMethod, OperationBuilder};
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::{Content, ObjectBuilder, Response};
@@ -142,8 +141,15 @@ impl App {
 
     /// A runtime builder with every registration applied and the runtime's settings, its
     /// claims lasting `lease`.
-    pub(crate) fn runtime_builder(&self, lease: Duration) -> KilnBuilder {
-        let config = RuntimeConfig { lease_duration: lease, ..self.runtime.clone() };
+    pub(crate) fn runtime_builder(&self, serve: &config::ServeConfig) -> KilnBuilder {
+        let mut config = RuntimeConfig { lease_duration: serve.lease, ..self.runtime.clone() };
+        if let Some(concurrency) = serve.activity_concurrency {
+            config.activity_concurrency = concurrency;
+        }
+        if let Some(limit) = serve.activity_limit_per_name {
+            config.activity_limit_per_name = Some(limit);
+        }
+        config.activity_limits.extend(serve.activity_limits.clone());
         self.registrations.iter().fold(Kiln::builder(), |builder, register| register(builder)).config(config)
     }
 

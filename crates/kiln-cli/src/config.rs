@@ -70,6 +70,16 @@ pub struct ServeSettings {
     /// How long a node's claim on work lasts before other nodes may take it over, in seconds.
     #[arg(long, env = "KILN_LEASE_SECONDS")]
     pub lease_seconds: Option<u64>,
+    /// Activities running at once on this node (default 256).
+    #[arg(long, env = "KILN_ACTIVITY_CONCURRENCY")]
+    pub activity_concurrency: Option<usize>,
+    /// Most activities of one name running at once (default: three quarters of
+    /// `activity_concurrency`, so one kind of work cannot take every slot).
+    #[arg(long, env = "KILN_ACTIVITY_LIMIT_PER_NAME")]
+    pub activity_limit_per_name: Option<usize>,
+    /// Limits of particular activity names (`kiln.toml` only: `[activity_limits]`).
+    #[arg(skip)]
+    pub activity_limits: Option<std::collections::HashMap<String, usize>>,
     /// Log filter (e.g. `info`, `kiln=debug`).
     #[arg(long, env = "KILN_LOG")]
     pub log: Option<String>,
@@ -99,6 +109,9 @@ pub struct ServeConfig {
     pub max_long_polls: usize,
     pub list_page_size: Option<usize>,
     pub lease: Duration,
+    pub activity_concurrency: Option<usize>,
+    pub activity_limit_per_name: Option<usize>,
+    pub activity_limits: std::collections::HashMap<String, usize>,
     pub log: String,
     pub bench_workloads: bool,
 }
@@ -125,6 +138,9 @@ impl ServeSettings {
             max_long_polls: self.max_long_polls.or(lower.max_long_polls),
             list_page_size: self.list_page_size.or(lower.list_page_size),
             lease_seconds: self.lease_seconds.or(lower.lease_seconds),
+            activity_concurrency: self.activity_concurrency.or(lower.activity_concurrency),
+            activity_limit_per_name: self.activity_limit_per_name.or(lower.activity_limit_per_name),
+            activity_limits: self.activity_limits.or(lower.activity_limits),
             log: self.log.or(lower.log),
             bench_workloads: self.bench_workloads.or(lower.bench_workloads),
         }
@@ -160,6 +176,9 @@ pub fn load(config_file: Option<&Path>, overrides: ServeSettings) -> anyhow::Res
         max_long_polls: s.max_long_polls.unwrap_or(1_024),
         list_page_size: s.list_page_size,
         lease: Duration::from_secs(s.lease_seconds.unwrap_or(30)),
+        activity_concurrency: s.activity_concurrency,
+        activity_limit_per_name: s.activity_limit_per_name,
+        activity_limits: s.activity_limits.unwrap_or_default(),
         log: s.log.unwrap_or_else(|| "info".to_owned()),
         bench_workloads: s.bench_workloads.unwrap_or(false),
     };
@@ -202,6 +221,12 @@ impl ServeConfig {
         if self.max_connections == Some(0) || self.read_timeout.is_zero() {
             bail!("max_connections and read_timeout_seconds must be at least 1");
         }
+        if self.activity_concurrency == Some(0) || self.activity_limit_per_name == Some(0) {
+            bail!("activity_concurrency and activity_limit_per_name must be at least 1");
+        }
+        if let Some((name, _)) = self.activity_limits.iter().find(|&(_, &limit)| limit == 0) {
+            bail!("activity_limits.{name} must be at least 1");
+        }
         if self.list_page_size == Some(0) {
             bail!("list_page_size must be at least 1");
         }
@@ -231,6 +256,11 @@ mod tests {
         assert!(load(Some(&file), public).unwrap_err().to_string().contains("not a loopback address"));
         let bad_host = ServeSettings { allowed_hosts: Some(vec!["evil.example/x".into()]), ..Default::default() };
         assert!(load(Some(&file), bad_host).unwrap_err().to_string().contains("allowed_hosts"));
+        std::fs::write(&file, "activity_limit_per_name = 8\n[activity_limits]\nreport = 2\n").unwrap();
+        let limits = load(Some(&file), ServeSettings::default()).unwrap();
+        assert_eq!((limits.activity_limit_per_name, limits.activity_limits.get("report")), (Some(8), Some(&2)));
+        std::fs::write(&file, "[activity_limits]\nreport = 0\n").unwrap();
+        assert!(load(Some(&file), ServeSettings::default()).is_err(), "a zero limit is refused");
         std::fs::write(&file, "lisen = 1\n").unwrap();
         assert!(load(Some(&file), ServeSettings::default()).is_err(), "unknown keys are refused");
     }

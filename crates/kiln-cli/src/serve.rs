@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 
 /// Runs until SIGINT or SIGTERM, then drains in-flight requests and work.
 pub async fn run(app: &App, config: ServeConfig) -> anyhow::Result<()> {
-    let mut builder = app.runtime_builder(config.lease);
+    let mut builder = app.runtime_builder(&config);
     if config.bench_workloads {
         builder = workloads::register(builder);
     }

@@ -47,17 +47,28 @@ impl LocalActivities {
     }
 
     /// Up to `max` queued activities whose lease still holds at `now` (lapsing ones are dropped:
-    /// any node claims them from the table); the second value says whether more are queued.
-    pub fn take(&self, max: usize, now: i64) -> (Vec<ActivityWorkItem>, bool) {
+    /// any node claims them from the table) and whose name is not `excluded` (those stay
+    /// queued); the second value says whether more are queued.
+    pub fn take(&self, max: usize, now: i64, excluded: &[String]) -> (Vec<ActivityWorkItem>, bool) {
         let mut queue = self.lock();
         let mut taken = Vec::new();
+        let mut passed_over = Vec::new();
         while taken.len() < max {
             let Some(item) = queue.pop_front() else { break };
-            if item.lease.expires_at.0 - now >= MIN_LEASE_LEFT_MILLIS {
+            if item.lease.expires_at.0 - now < MIN_LEASE_LEFT_MILLIS {
+                continue;
+            }
+            if excluded.contains(&item.activity.name) {
+                passed_over.push(item);
+            } else {
                 taken.push(item);
             }
         }
-        (taken, !queue.is_empty())
+        let more = !queue.is_empty() && queue.iter().any(|item| !excluded.contains(&item.activity.name));
+        for item in passed_over.into_iter().rev() {
+            queue.push_front(item);
+        }
+        (taken, more)
     }
 
     /// Drops the queued claims of an instance that was terminated (their rows are gone).
@@ -126,10 +137,10 @@ mod tests {
     fn takes_in_order_and_drops_lapsing_claims() {
         let local = LocalActivities::default();
         local.push(vec![item(1, 10_000), item(2, 500), item(3, 10_000), item(4, 10_000)]);
-        let (taken, more) = local.take(2, 0);
+        let (taken, more) = local.take(2, 0, &[]);
         assert_eq!(taken.iter().map(|i| i.id).collect::<Vec<_>>(), vec![1, 3], "2 was about to lapse");
         assert!(more);
-        let (taken, more) = local.take(10, 0);
+        let (taken, more) = local.take(10, 0, &[]);
         assert_eq!(taken.iter().map(|i| i.id).collect::<Vec<_>>(), vec![4]);
         assert!(!more);
     }
@@ -138,9 +149,9 @@ mod tests {
     fn claims_dropped_on_the_way_go_back_to_the_queue() {
         let local = LocalActivities::default();
         local.push(vec![item(1, 10_000)]);
-        let (taken, _) = local.take(1, 0);
+        let (taken, _) = local.take(1, 0, &[]);
         drop(local.guard(taken));
-        let (taken, _) = local.take(1, 0);
+        let (taken, _) = local.take(1, 0, &[]);
         assert_eq!(local.guard(taken).hand_out().len(), 1, "put back, then handed out");
         assert!(local.drain().is_empty());
     }

@@ -234,15 +234,22 @@ impl PostgresStore {
         }
     }
 
-    /// Claims up to `max` unclaimed activities from the table.
-    async fn claim_from_table(&self, lease_for: Duration, max: usize) -> StoreResult<Vec<ActivityWorkItem>> {
+    /// Claims up to `max` unclaimed activities from the table, none of them named in `excluded`
+    /// or skipped by this node.
+    async fn claim_from_table(
+        &self,
+        lease_for: Duration,
+        max: usize,
+        excluded: &[String],
+    ) -> StoreResult<Vec<ActivityWorkItem>> {
         if max == 0 {
             return Ok(Vec::new());
         }
         let client = self.lease_client().await?;
         let at = now().0;
         let (until, max_rows) = (at + millis(lease_for), max as i64);
-        let skipped = self.skipped.activities();
+        let mut skipped = self.skipped.activities();
+        skipped.extend(excluded.iter().cloned());
         let rows = if skipped.is_empty() {
             cached::query(&client, &queries::CLAIM_ACTIVITIES, &[&at, &until, &max_rows]).await
         } else {
@@ -553,6 +560,7 @@ impl Store for PostgresStore {
         lease_for: Duration,
         wait: Duration,
         max: usize,
+        excluded: &[String],
     ) -> StoreResult<Vec<ActivityWorkItem>> {
         let deadline = tokio::time::Instant::now() + wait;
         let max = max.max(1);
@@ -564,13 +572,13 @@ impl Store for PostgresStore {
             // a slot free for what it finds.
             let look = self.wakers.take_activities_in_table()
                 || self.activity_looks.unprompted_look(now().0, millis(FALLBACK_POLL));
-            let (own, mut more) = self.local.take(if look { max - 1 } else { max }, now().0);
+            let (own, mut more) = self.local.take(if look { max - 1 } else { max }, now().0, excluded);
             let mut taken = self.local.guard(own);
             if look {
-                taken.items.extend(self.claim_from_table(lease_for, max - taken.items.len()).await?);
+                taken.items.extend(self.claim_from_table(lease_for, max - taken.items.len(), excluded).await?);
                 if taken.items.len() < max {
                     // The table had less than the kept slot: fill it from this node's own claims.
-                    let (own, more_own) = self.local.take(max - taken.items.len(), now().0);
+                    let (own, more_own) = self.local.take(max - taken.items.len(), now().0, excluded);
                     taken.items.extend(own);
                     more = more_own;
                 }

@@ -54,25 +54,25 @@ async fn a_turns_activities_run_on_its_node_until_it_stops_or_its_lease_lapses()
     // Claimed by the node that ran the turn: the other node, looking in the table (as every node
     // does once it starts), finds nothing to do.
     start_with_activity(&first, "kept").await;
-    assert!(second.fetch_activity_work(LEASE, NO_WAIT, 8).await.unwrap().is_empty());
-    let taken = first.fetch_activity_work(LEASE, NO_WAIT, 8).await.unwrap();
+    assert!(second.fetch_activity_work(LEASE, NO_WAIT, 8, &[]).await.unwrap().is_empty());
+    let taken = first.fetch_activity_work(LEASE, NO_WAIT, 8, &[]).await.unwrap();
     assert_eq!(ids(&taken), ["kept"]);
 
     // Handed back, and the other nodes told, when the node stops.
     start_with_activity(&first, "handed_back").await;
     first.shutdown().await;
-    let taken = second.fetch_activity_work(LEASE, WAIT, 8).await.unwrap();
+    let taken = second.fetch_activity_work(LEASE, WAIT, 8, &[]).await.unwrap();
     assert_eq!(ids(&taken), ["handed_back"]);
     assert_eq!(taken[0].dequeue_count, 1, "a claim that never ran is not counted");
 
     // A node that dies keeps its claims only until their lease lapses: the other node's
     // fallback look (every second) finds the activity still leased, then free.
     let dying = PostgresStore::connect(options).await.unwrap();
-    dying.fetch_activity_work(Duration::from_millis(1_500), NO_WAIT, 1).await.unwrap();
+    dying.fetch_activity_work(Duration::from_millis(1_500), NO_WAIT, 1, &[]).await.unwrap();
     start_with_activity(&dying, "lapsed").await;
     drop(dying);
-    assert!(second.fetch_activity_work(LEASE, Duration::from_millis(1_100), 8).await.unwrap().is_empty());
-    let taken = second.fetch_activity_work(LEASE, WAIT, 8).await.unwrap();
+    assert!(second.fetch_activity_work(LEASE, Duration::from_millis(1_100), 8, &[]).await.unwrap().is_empty());
+    let taken = second.fetch_activity_work(LEASE, WAIT, 8, &[]).await.unwrap();
     assert_eq!(ids(&taken), ["lapsed"]);
     second.shutdown().await;
 }
@@ -91,7 +91,7 @@ async fn a_node_busy_with_its_own_work_still_takes_work_from_the_table() {
     let _cleanup = common::SchemaGuard::new(options.schema.as_deref().unwrap_or_default());
     let busy = PostgresStore::connect(options.clone()).await.unwrap();
     let dying = PostgresStore::connect(options.clone()).await.unwrap();
-    dying.fetch_activity_work(Duration::from_millis(1_000), NO_WAIT, 1).await.unwrap();
+    dying.fetch_activity_work(Duration::from_millis(1_000), NO_WAIT, 1, &[]).await.unwrap();
     start_with_activity(&dying, "orphan").await;
     drop(dying);
     start_with_activities(&busy, "fanout", 1_000).await;
@@ -100,7 +100,7 @@ async fn a_node_busy_with_its_own_work_still_takes_work_from_the_table() {
     let (mut orphan, mut fanned_out) = (false, 0);
     for n in 0.. {
         start_with_activity(&busy, &format!("local-{n}")).await;
-        for item in busy.fetch_activity_work(LEASE, WAIT, 8).await.unwrap() {
+        for item in busy.fetch_activity_work(LEASE, WAIT, 8, &[]).await.unwrap() {
             match item.activity.instance_id.as_str() {
                 "orphan" => orphan = true,
                 "fanout" => fanned_out += 1,
@@ -124,11 +124,11 @@ async fn a_node_busy_with_its_own_work_still_takes_work_from_the_table() {
 async fn local_claims_are_handed_out_with_a_fresh_lease() {
     let Some((store, _guard)) = common::fresh_store().await else { return };
     let lease = Duration::from_millis(3_000);
-    store.fetch_activity_work(lease, NO_WAIT, 1).await.unwrap();
+    store.fetch_activity_work(lease, NO_WAIT, 1, &[]).await.unwrap();
     start_with_activity(store.as_ref(), "waited").await;
     // Let the claim age past a third of its lease while nobody takes it.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let taken = store.fetch_activity_work(lease, NO_WAIT, 1).await.unwrap();
+    let taken = store.fetch_activity_work(lease, NO_WAIT, 1, &[]).await.unwrap();
     assert_eq!(ids(&taken), ["waited"]);
     let left = taken[0].lease.expires_at.0 - now().0;
     assert!(left > 2_500, "handed out with {left} ms of lease left");
@@ -178,16 +178,16 @@ async fn a_node_leaves_the_work_it_cannot_run_to_the_others() {
 
     // An activity the old node has not registered, claimed by its own turn.
     start_with_activity(&old, "new-activity").await;
-    let item = old.fetch_activity_work(LEASE, WAIT, 8).await.unwrap().pop().expect("claimed locally");
+    let item = old.fetch_activity_work(LEASE, WAIT, 8, &[]).await.unwrap().pop().expect("claimed locally");
     assert!(old.skip_in_claims(&Unrunnable::Activity { name: "work".into() }));
     old.abandon_activity_work(&item, Duration::ZERO).await.unwrap();
-    assert!(old.fetch_activity_work(LEASE, Duration::from_millis(1_100), 8).await.unwrap().is_empty());
-    let taken = new.fetch_activity_work(LEASE, WAIT, 8).await.unwrap();
+    assert!(old.fetch_activity_work(LEASE, Duration::from_millis(1_100), 8, &[]).await.unwrap().is_empty());
+    let taken = new.fetch_activity_work(LEASE, WAIT, 8, &[]).await.unwrap();
     assert_eq!(ids(&taken), ["new-activity"]);
     // From then on, the old node's turns leave such activities in the table.
     start_with_activity(&old, "scheduled-after").await;
-    assert!(old.fetch_activity_work(LEASE, Duration::from_millis(1_100), 8).await.unwrap().is_empty());
-    let taken = new.fetch_activity_work(LEASE, WAIT, 8).await.unwrap();
+    assert!(old.fetch_activity_work(LEASE, Duration::from_millis(1_100), 8, &[]).await.unwrap().is_empty());
+    let taken = new.fetch_activity_work(LEASE, WAIT, 8, &[]).await.unwrap();
     assert_eq!(ids(&taken), ["scheduled-after"]);
 
     // What a skipped instance's reason holds does not break the claim (a NUL is valid JSON text,
@@ -231,7 +231,7 @@ async fn a_node_leaves_the_work_it_cannot_run_to_the_others() {
 async fn many_give_backs_at_once_do_not_starve_the_connection_pools() {
     let Some((store, _guard)) = common::fresh_store().await else { return };
     start_with_activities(store.as_ref(), "wide", 8).await;
-    let items = store.fetch_activity_work(LEASE, WAIT, 8).await.unwrap();
+    let items = store.fetch_activity_work(LEASE, WAIT, 8, &[]).await.unwrap();
     assert_eq!(items.len(), 8);
     let began = std::time::Instant::now();
     let mut give_backs = tokio::task::JoinSet::new();
@@ -245,4 +245,24 @@ async fn many_give_backs_at_once_do_not_starve_the_connection_pools() {
     // Milliseconds when nothing waits; a deadlock lasts the pool's wait timeout (5 s).
     let took = began.elapsed();
     assert!(took < Duration::from_millis(2_500), "8 give-backs took {took:?}");
+}
+
+/// A name excluded from claims (its concurrency limit is reached on the claiming node) is passed
+/// over in the table too, and claimed once it is no longer excluded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_claims_pass_over_excluded_names() {
+    let Some((_store, _guard)) = common::fresh_store().await else { return };
+    let options = common::fresh_options();
+    let _cleanup = common::SchemaGuard::new(options.schema.as_deref().unwrap_or_default());
+    let scheduling = PostgresStore::connect(options.clone()).await.unwrap();
+    let claiming = PostgresStore::connect(options).await.unwrap();
+    start_with_activities(&scheduling, "limited", 2).await;
+    // The scheduling node's turn claimed them for itself: it gives them back to the table.
+    for item in scheduling.fetch_activity_work(LEASE, WAIT, 8, &[]).await.unwrap() {
+        scheduling.abandon_activity_work(&item, Duration::ZERO).await.unwrap();
+    }
+    let busy = ["work".to_owned()];
+    assert!(claiming.fetch_activity_work(LEASE, Duration::from_millis(1_100), 8, &busy).await.unwrap().is_empty());
+    let taken = claiming.fetch_activity_work(LEASE, WAIT, 8, &[]).await.unwrap();
+    assert_eq!(ids(&taken), ["limited", "limited"]);
 }

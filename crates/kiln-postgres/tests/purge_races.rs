@@ -41,7 +41,7 @@ async fn finished_with_running_activity(store: &dyn Store, id: &str) -> kiln_sto
     let item = store.fetch_orchestration_work(LEASE, WAIT).await.unwrap().expect("the start");
     let commit = common::turn_with_activities(&item, RuntimeStatus::Terminated, [0], now());
     store.commit_turn(commit).await.unwrap();
-    store.fetch_activity_work(LEASE, WAIT, 1).await.unwrap().pop().expect("the activity")
+    store.fetch_activity_work(LEASE, WAIT, 1, &[]).await.unwrap().pop().expect("the activity")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

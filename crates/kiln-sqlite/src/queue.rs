@@ -78,6 +78,10 @@ pub struct Queues {
     delayed: BTreeMap<(Timestamp, u64), Delayed>,
     leases: BTreeMap<(Timestamp, u64), LeaseTarget>,
     activities: VecDeque<ActivityEntry>,
+    /// Activities a claim passed over because their name was excluded (its concurrency limit
+    /// was reached), by name, in queue order; back at the front once a claim no longer
+    /// excludes the name. Each entry moves at most once per such spell.
+    held_back: HashMap<String, VecDeque<ActivityEntry>>,
     leased_activities: HashMap<i64, (HeldLease, ActivityEntry)>,
     next_token: u64,
 }
@@ -266,9 +270,21 @@ impl Queues {
         self.leased_activities.get(&id).is_some_and(|(held, _)| held.lease.token == lease.token && !held.pinned)
     }
 
-    /// Claims the next activity.
-    pub fn claim_activity(&mut self, now: Timestamp, lease_ms: i64) -> Option<(ActivityEntry, Lease)> {
-        let mut entry = self.activities.pop_front()?;
+    /// Claims the next activity whose name is not `excluded` (passing over, and holding back,
+    /// the ones that are).
+    pub fn claim_activity(
+        &mut self,
+        now: Timestamp,
+        lease_ms: i64,
+        excluded: &[String],
+    ) -> Option<(ActivityEntry, Lease)> {
+        let mut entry = loop {
+            let entry = self.activities.pop_front()?;
+            if !excluded.contains(&entry.activity.name) {
+                break entry;
+            }
+            self.held_back.entry(entry.activity.name.clone()).or_default().push_back(entry);
+        };
         entry.dequeue_count += 1;
         let lease = Lease { token: self.token(), expires_at: now.plus_millis(lease_ms) };
         self.leases.insert((lease.expires_at, lease.token), LeaseTarget::Activity(entry.id));
@@ -277,6 +293,22 @@ impl Queues {
             (HeldLease { lease, pinned: false }, ActivityEntry { recovered: false, ..entry.clone() }),
         );
         Some((entry, lease))
+    }
+
+    /// Puts the activities held back for names no longer `excluded` at the front of the queue,
+    /// in their order (they were queued before anything behind them).
+    pub fn release_held_back(&mut self, excluded: &[String]) {
+        if self.held_back.is_empty() {
+            return;
+        }
+        let released: Vec<String> = self.held_back.keys().filter(|name| !excluded.contains(name)).cloned().collect();
+        for name in released {
+            if let Some(entries) = self.held_back.remove(&name) {
+                for entry in entries.into_iter().rev() {
+                    self.activities.push_front(entry);
+                }
+            }
+        }
     }
 
     /// Pins an instance lease for a commit; false if it is not held with this token.
@@ -444,6 +476,10 @@ impl Queues {
     pub fn withdraw_activities(&mut self, instance_id: &str) {
         self.delayed.retain(|_, d| !matches!(d, Delayed::Activity(e) if e.activity.instance_id == instance_id));
         self.activities.retain(|e| e.activity.instance_id != instance_id);
+        for held in self.held_back.values_mut() {
+            held.retain(|e| e.activity.instance_id != instance_id);
+        }
+        self.held_back.retain(|_, held| !held.is_empty());
         let leased: Vec<i64> = self
             .leased_activities
             .iter()
@@ -524,14 +560,14 @@ mod tests {
             dequeue_count: 0,
             recovered: false,
         });
-        let (_, lease) = q.claim_activity(Timestamp(0), 100).unwrap();
+        let (_, lease) = q.claim_activity(Timestamp(0), 100, &[]).unwrap();
         assert!(q.pin_activity(7, lease));
         q.unpin_activity(7, lease);
         assert!(q.holds_activity(7, lease), "the activity keeps its lease and its result");
         assert!(q.renew_activity(7, lease, Timestamp(90), 100).is_some());
         assert!(q.abandon_activity(7, lease, Timestamp(0)));
         q.advance(Timestamp(0));
-        assert_eq!(q.claim_activity(Timestamp(0), 100).unwrap().0.dequeue_count, 1);
+        assert_eq!(q.claim_activity(Timestamp(0), 100, &[]).unwrap().0.dequeue_count, 1);
     }
 
     #[test]
@@ -560,7 +596,7 @@ mod tests {
             attempt: 1,
         };
         q.push_activity(ActivityEntry { id: 7, activity, dequeue_count: 0, recovered: false });
-        let (_, lease) = q.claim_activity(Timestamp(0), 100).unwrap();
+        let (_, lease) = q.claim_activity(Timestamp(0), 100, &[]).unwrap();
         q.forget_instances(&["a".to_owned()]);
         assert!(!q.holds_activity(7, lease));
         assert!(!q.pin_activity(7, lease), "its result cannot be committed");

@@ -511,9 +511,13 @@ impl Store for SqliteStore {
         lease_for: Duration,
         wait: Duration,
         max: usize,
+        excluded: &[String],
     ) -> StoreResult<Vec<ActivityWorkItem>> {
+        self.shared.lock_queues().release_held_back(excluded);
         let claim = |queues: &mut Queues, at| {
-            std::iter::from_fn(|| queues.claim_activity(at, lease_millis(lease_for))).take(max.max(1)).collect()
+            std::iter::from_fn(|| queues.claim_activity(at, lease_millis(lease_for), excluded))
+                .take(max.max(1))
+                .collect()
         };
         let claimed: Vec<(ActivityEntry, Lease)> = self.claim_next(WorkKind::Activity, wait, claim).await;
         let mut items = Vec::with_capacity(claimed.len());

@@ -40,6 +40,7 @@ macro_rules! conformance_tests {
             activity_result_reaches_its_instance,
             activities_are_claimed_in_batches,
             terminating_an_instance_withdraws_its_activities,
+            claims_pass_over_excluded_names,
             activity_result_can_go_straight_into_a_turn,
             instance_and_first_turn_are_one_commit,
             timers_wait_until_due,
@@ -209,7 +210,7 @@ pub async fn turn_commit_is_atomic(store: &dyn Store) {
     assert_eq!(record.history_len, 1);
     assert_eq!(store.get_history("a").await.unwrap().len(), 1);
     let activity =
-        store.fetch_activity_work(LEASE, WAIT, 1).await.unwrap().pop().expect("activity queued by the commit");
+        store.fetch_activity_work(LEASE, WAIT, 1, &[]).await.unwrap().pop().expect("activity queued by the commit");
     assert_eq!(activity.activity.name, "work");
     assert_no_work(store, "consumed messages are gone").await;
 }
@@ -229,7 +230,7 @@ pub async fn activity_result_reaches_its_instance(store: &dyn Store) {
     let mut commit = running_commit(&item);
     commit.activities.push(activity(3));
     store.commit_turn(commit).await.unwrap();
-    let activity = store.fetch_activity_work(LEASE, WAIT, 1).await.unwrap().pop().unwrap();
+    let activity = store.fetch_activity_work(LEASE, WAIT, 1, &[]).await.unwrap().pop().unwrap();
     let lease = store.renew_activity_lease(&activity, LEASE).await.unwrap();
     assert_eq!(lease.token, activity.lease.token);
     let done = HistoryEvent::new(now(), EventKind::TaskCompleted { task_scheduled_id: 3, result: Payload::null() });
@@ -247,13 +248,13 @@ pub async fn activities_are_claimed_in_batches(store: &dyn Store) {
     let mut commit = running_commit(&item);
     commit.activities.extend((0..3).map(activity));
     store.commit_turn(commit).await.unwrap();
-    let first = store.fetch_activity_work(LEASE, WAIT, 2).await.unwrap();
-    let rest = store.fetch_activity_work(LEASE, WAIT, 5).await.unwrap();
+    let first = store.fetch_activity_work(LEASE, WAIT, 2, &[]).await.unwrap();
+    let rest = store.fetch_activity_work(LEASE, WAIT, 5, &[]).await.unwrap();
     assert_eq!((first.len(), rest.len()), (2, 1), "a batch takes at most `max`, and what is left comes next");
     let mut steps: Vec<u64> = first.iter().chain(&rest).map(|a| a.activity.step).collect();
     steps.sort_unstable();
     assert_eq!(steps, vec![0, 1, 2], "each activity is handed out once");
-    assert!(store.fetch_activity_work(LEASE, NO_WAIT, 5).await.unwrap().is_empty());
+    assert!(store.fetch_activity_work(LEASE, NO_WAIT, 5, &[]).await.unwrap().is_empty());
 }
 
 /// A terminated instance runs no more activities. The turn that ends it takes them all in its
@@ -266,7 +267,7 @@ pub async fn terminating_an_instance_withdraws_its_activities(store: &dyn Store)
     let mut commit = running_commit(&item);
     commit.activities.extend((0..3).map(activity));
     store.commit_turn(commit).await.unwrap();
-    let running = store.fetch_activity_work(LEASE, WAIT, 1).await.unwrap().pop().unwrap();
+    let running = store.fetch_activity_work(LEASE, WAIT, 1, &[]).await.unwrap().pop().unwrap();
     let terminate = HistoryEvent::new(now(), EventKind::ExecutionTerminated { reason: None });
     store.send_message("a", terminate).await.unwrap();
     let item = fetch(store).await;
@@ -278,8 +279,27 @@ pub async fn terminating_an_instance_withdraws_its_activities(store: &dyn Store)
     let done = HistoryEvent::new(now(), EventKind::TaskCompleted { task_scheduled_id: 0, result: Payload::null() });
     let stored = store.complete_activity(&running, done).await;
     assert!(matches!(stored, Err(StoreError::LeaseLost(_))), "its result is not stored: {stored:?}");
-    let queued = store.fetch_activity_work(LEASE, Duration::from_millis(300), 5).await.unwrap();
+    let queued = store.fetch_activity_work(LEASE, Duration::from_millis(300), 5, &[]).await.unwrap();
     assert!(queued.is_empty(), "queued activities never start: {queued:?}");
+}
+
+/// Activities of a name at its concurrency limit wait, unclaimed and in order, while the others
+/// are claimed past them.
+pub async fn claims_pass_over_excluded_names(store: &dyn Store) {
+    start(store, "a").await;
+    let item = fetch(store).await;
+    let mut commit = running_commit(&item);
+    let named = |step, name: &str| NewActivity { name: name.into(), ..activity(step) };
+    commit.activities.extend([named(0, "busy"), named(1, "busy"), named(2, "free")]);
+    store.commit_turn(commit).await.unwrap();
+    let busy = ["busy".to_owned()];
+    let first = store.fetch_activity_work(LEASE, WAIT, 5, &busy).await.unwrap();
+    assert_eq!(first.iter().map(|a| a.activity.step).collect::<Vec<_>>(), vec![2], "only the free name");
+    assert!(store.fetch_activity_work(LEASE, NO_WAIT, 5, &busy).await.unwrap().is_empty());
+    let mut rest: Vec<u64> =
+        store.fetch_activity_work(LEASE, WAIT, 5, &[]).await.unwrap().iter().map(|a| a.activity.step).collect();
+    rest.sort_unstable();
+    assert_eq!(rest, vec![0, 1], "claimed once the name is no longer excluded");
 }
 
 /// Stores that hand an activity's result straight to a turn do so only for an idle instance,
@@ -290,7 +310,7 @@ pub async fn activity_result_can_go_straight_into_a_turn(store: &dyn Store) {
     let mut commit = running_commit(&item);
     commit.activities.push(activity(0));
     store.commit_turn(commit).await.unwrap();
-    let activity = store.fetch_activity_work(LEASE, WAIT, 1).await.unwrap().pop().unwrap();
+    let activity = store.fetch_activity_work(LEASE, WAIT, 1, &[]).await.unwrap().pop().unwrap();
     let done = HistoryEvent::new(now(), EventKind::TaskCompleted { task_scheduled_id: 0, result: Payload::null() });
 
     store.send_message("a", raised("meanwhile")).await.unwrap();
@@ -315,7 +335,7 @@ pub async fn activity_result_can_go_straight_into_a_turn(store: &dyn Store) {
         "the activity was finished by the turn"
     );
     assert_no_work(store, "nothing is left to do").await;
-    assert!(store.fetch_activity_work(LEASE, NO_WAIT, 1).await.unwrap().is_empty());
+    assert!(store.fetch_activity_work(LEASE, NO_WAIT, 1, &[]).await.unwrap().is_empty());
 }
 
 /// An instance created with its first turn is never handed out for that turn again.
@@ -335,7 +355,7 @@ pub async fn instance_and_first_turn_are_one_commit(store: &dyn Store) {
     assert_eq!((stored.status, stored.history_len), (RuntimeStatus::Running, 1));
     assert_eq!(store.get_history("a").await.unwrap(), vec![started]);
     assert_no_work(store, "the first turn was committed with the instance").await;
-    assert_eq!(store.fetch_activity_work(LEASE, WAIT, 1).await.unwrap().len(), 1, "its activity is queued");
+    assert_eq!(store.fetch_activity_work(LEASE, WAIT, 1, &[]).await.unwrap().len(), 1, "its activity is queued");
     let again = store.create_instance_with_first_turn(instance, running_commit(&item)).await;
     assert!(matches!(again, Err(StoreError::AlreadyExists(..))), "an id is never replaced this way");
 }
@@ -552,9 +572,9 @@ pub async fn abandoned_work_comes_back(store: &dyn Store) {
     let mut commit = running_commit(&again);
     commit.activities.push(activity(0));
     store.commit_turn(commit).await.unwrap();
-    let activity = store.fetch_activity_work(LEASE, WAIT, 1).await.unwrap().pop().unwrap();
+    let activity = store.fetch_activity_work(LEASE, WAIT, 1, &[]).await.unwrap().pop().unwrap();
     store.abandon_activity_work(&activity, Duration::ZERO).await.unwrap();
-    let again = store.fetch_activity_work(LEASE, WAIT, 1).await.unwrap().pop().unwrap();
+    let again = store.fetch_activity_work(LEASE, WAIT, 1, &[]).await.unwrap().pop().unwrap();
     assert_eq!((again.id, again.dequeue_count), (activity.id, activity.dequeue_count), "given back, not failed");
 }
 

@@ -73,12 +73,15 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Claims up to `max` activities to run (one round trip for a batch), waiting up to `wait`
-    /// for at least one; empty when the wait ends with none queued.
+    /// for at least one; empty when the wait ends with none queued. No activity named in
+    /// `excluded` is claimed (its concurrency limit is reached): such activities wait their
+    /// turn without holding back the others.
     async fn fetch_activity_work(
         &self,
         lease_for: Duration,
         wait: Duration,
         max: usize,
+        excluded: &[String],
     ) -> StoreResult<Vec<ActivityWorkItem>>;
 
     /// Whether [`Store::create_instance_with_first_turn`] writes an instance and its first turn

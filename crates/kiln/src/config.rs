@@ -1,6 +1,7 @@
 //! Runtime configuration.
 
 use kiln_core::PayloadLimits;
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// How the runtime dispatches and protects work. The defaults suit one node.
@@ -11,6 +12,12 @@ pub struct RuntimeConfig {
     pub orchestration_concurrency: usize,
     /// Activities running at once.
     pub activity_concurrency: usize,
+    /// Most activities of one name running at once, unless [`RuntimeConfig::activity_limits`]
+    /// names it; `None`: three quarters of `activity_concurrency`, so that one kind of work
+    /// cannot take every slot. Activities over their limit wait in the store, unclaimed.
+    pub activity_limit_per_name: Option<usize>,
+    /// Limits of particular activity names (overriding the per-name default).
+    pub activity_limits: HashMap<String, usize>,
     /// How long a claim on a work item lasts before another worker may take it over. Running
     /// activities renew theirs.
     pub lease_duration: Duration,
@@ -27,11 +34,21 @@ pub struct RuntimeConfig {
     pub unregistered_retry: Duration,
 }
 
+impl RuntimeConfig {
+    /// How many activities named `name` may run at once.
+    pub fn activity_limit(&self, name: &str) -> usize {
+        let default = self.activity_limit_per_name.unwrap_or(self.activity_concurrency * 3 / 4);
+        self.activity_limits.get(name).copied().unwrap_or(default).max(1)
+    }
+}
+
 impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
             orchestration_concurrency: 64,
             activity_concurrency: 256,
+            activity_limit_per_name: None,
+            activity_limits: HashMap::new(),
             lease_duration: Duration::from_secs(30),
             cache_capacity: 10_000,
             max_dequeue_count: 10,

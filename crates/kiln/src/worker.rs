@@ -2,6 +2,7 @@
 //! runs activities under a concurrency limit, renews their leases and reports their results.
 //! Both wait on the store for work (no fixed-interval polling) and stop on the shutdown signal.
 
+use crate::RuntimeConfig;
 use crate::activity::ActivityContext;
 use crate::panic::CatchPanic;
 use crate::runtime::Runtime;
@@ -22,6 +23,9 @@ const ERROR_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(5);
 /// Most activities claimed in one store round trip.
 const MAX_ACTIVITY_BATCH: usize = 64;
+/// When an activity claimed beyond its name's limit (more of it in one batch than it had
+/// slots left) is offered again.
+const OVER_LIMIT_RETRY: Duration = Duration::from_millis(250);
 
 /// Backoff while the store keeps failing (e.g. its database is unreachable), so that many
 /// workers neither hammer it nor flood the log.
@@ -64,9 +68,11 @@ pub(crate) async fn orchestration_worker(rt: Arc<Runtime>, mut shutdown: watch::
 }
 
 /// Claims and runs activities until shutdown, then lets running ones finish within the grace
-/// period and releases the rest.
+/// period and releases the rest. Claims skip the names whose limit is reached (see
+/// [`NameLimits`]).
 pub(crate) async fn activity_dispatcher(rt: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) {
     let permits = Arc::new(Semaphore::new(rt.config.activity_concurrency.max(1)));
+    let limits = Arc::new(NameLimits::default());
     let running: Arc<Mutex<HashMap<i64, ActivityWorkItem>>> = Arc::default();
     let mut tasks = JoinSet::new();
     let mut backoff = Backoff(None);
@@ -85,8 +91,12 @@ pub(crate) async fn activity_dispatcher(rt: Arc<Runtime>, mut shutdown: watch::R
         {
             batch.push(permit);
         }
+        let excluded = limits.saturated(&rt.config);
+        let fetch = rt.store.fetch_activity_work(rt.config.lease_duration, FETCH_WAIT, batch.len(), &excluded);
         let fetched = tokio::select! {
-            fetched = rt.store.fetch_activity_work(rt.config.lease_duration, FETCH_WAIT, batch.len()) => fetched,
+            fetched = fetch => fetched,
+            // A name's slot came free: claim again without excluding it.
+            () = limits.freed.notified(), if !excluded.is_empty() => continue,
             _ = shutdown.changed() => break,
         };
         while tasks.try_join_next().is_some() {}
@@ -94,6 +104,11 @@ pub(crate) async fn activity_dispatcher(rt: Arc<Runtime>, mut shutdown: watch::R
             Ok(items) => {
                 backoff.succeeded();
                 for (item, permit) in items.into_iter().zip(batch) {
+                    let Some(slot) = limits.try_start(&rt.config, &item.activity.name) else {
+                        // More of one name in the batch than it had slots left: back for later.
+                        let _ = rt.store.abandon_activity_work(&item, OVER_LIMIT_RETRY).await;
+                        continue;
+                    };
                     lock(&running).insert(item.id, item.clone());
                     let rt = Arc::clone(&rt);
                     let running = Arc::clone(&running);
@@ -101,7 +116,7 @@ pub(crate) async fn activity_dispatcher(rt: Arc<Runtime>, mut shutdown: watch::R
                         let id = item.id;
                         run_activity(&rt, item).await;
                         lock(&running).remove(&id);
-                        drop(permit);
+                        drop((slot, permit));
                     });
                 }
             }
@@ -115,6 +130,58 @@ pub(crate) async fn activity_dispatcher(rt: Arc<Runtime>, mut shutdown: watch::R
         let unfinished: Vec<ActivityWorkItem> = lock(&running).drain().map(|(_, item)| item).collect();
         for item in unfinished {
             let _ = rt.store.abandon_activity_work(&item, Duration::ZERO).await;
+        }
+    }
+}
+
+/// Running activities by name, against their limits ([`RuntimeConfig::activity_limit`]).
+#[derive(Default)]
+struct NameLimits {
+    running: Mutex<HashMap<String, usize>>,
+    /// Signalled when a name at its limit gets a slot back.
+    freed: Notify,
+}
+
+impl NameLimits {
+    /// The names at their limit.
+    fn saturated(&self, config: &RuntimeConfig) -> Vec<String> {
+        let running = lock(&self.running);
+        running.iter().filter(|&(name, &n)| n >= config.activity_limit(name)).map(|(name, _)| name.clone()).collect()
+    }
+
+    /// A slot for an activity named `name`, unless its limit is reached.
+    fn try_start(self: &Arc<Self>, config: &RuntimeConfig, name: &str) -> Option<NameSlot> {
+        let limit = config.activity_limit(name);
+        let mut running = lock(&self.running);
+        let count = running.entry(name.to_owned()).or_default();
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(NameSlot { limits: Arc::clone(self), name: name.to_owned(), limit })
+    }
+}
+
+/// One running activity's slot of its name (see [`NameLimits::try_start`]).
+struct NameSlot {
+    limits: Arc<NameLimits>,
+    name: String,
+    limit: usize,
+}
+
+impl Drop for NameSlot {
+    fn drop(&mut self) {
+        let mut running = lock(&self.limits.running);
+        let Some(count) = running.get_mut(&self.name) else { return };
+        let was_full = *count >= self.limit;
+        *count -= 1;
+        if *count == 0 {
+            running.remove(&self.name);
+        }
+        drop(running);
+        if was_full {
+            // Claims may have excluded the name: they look again.
+            self.limits.freed.notify_one();
         }
     }
 }

@@ -208,13 +208,14 @@ impl Store for FaultyStore {
         lease_for: Duration,
         wait: Duration,
         max: usize,
+        excluded: &[String],
     ) -> StoreResult<Vec<ActivityWorkItem>> {
         let point = "fetch_activity_work";
         if self.deaf(point) {
             tokio::time::sleep(wait).await;
-            return self.write(point, self.inner.fetch_activity_work(lease_for, Duration::ZERO, max)).await;
+            return self.write(point, self.inner.fetch_activity_work(lease_for, Duration::ZERO, max, excluded)).await;
         }
-        self.write(point, self.inner.fetch_activity_work(lease_for, wait, max)).await
+        self.write(point, self.inner.fetch_activity_work(lease_for, wait, max, excluded)).await
     }
 
     fn takes_first_turns(&self) -> bool {

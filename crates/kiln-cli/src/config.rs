@@ -61,6 +61,10 @@ pub struct ServeSettings {
     /// connection, to start its next request), and pause while sending a body, in seconds.
     #[arg(long, env = "KILN_READ_TIMEOUT_SECONDS")]
     pub read_timeout_seconds: Option<u64>,
+    /// A bearer token `/metrics` on the public listener requires (the loopback listener serves
+    /// it without); open when not set.
+    #[arg(long, env = "KILN_METRICS_KEY", hide_env_values = true)]
+    pub metrics_key: Option<String>,
     /// Most `Prefer: wait` long polls held open at once (beyond it, polls are answered at once).
     #[arg(long, env = "KILN_MAX_LONG_POLLS")]
     pub max_long_polls: Option<usize>,
@@ -107,6 +111,7 @@ pub struct ServeConfig {
     pub max_connections: Option<usize>,
     pub read_timeout: Duration,
     pub max_long_polls: usize,
+    pub metrics_key: Option<String>,
     pub list_page_size: Option<usize>,
     pub lease: Duration,
     pub activity_concurrency: Option<usize>,
@@ -136,6 +141,7 @@ impl ServeSettings {
             max_connections: self.max_connections.or(lower.max_connections),
             read_timeout_seconds: self.read_timeout_seconds.or(lower.read_timeout_seconds),
             max_long_polls: self.max_long_polls.or(lower.max_long_polls),
+            metrics_key: self.metrics_key.or(lower.metrics_key),
             list_page_size: self.list_page_size.or(lower.list_page_size),
             lease_seconds: self.lease_seconds.or(lower.lease_seconds),
             activity_concurrency: self.activity_concurrency.or(lower.activity_concurrency),
@@ -174,6 +180,7 @@ pub fn load(config_file: Option<&Path>, overrides: ServeSettings) -> anyhow::Res
         max_connections: s.max_connections,
         read_timeout: Duration::from_secs(s.read_timeout_seconds.unwrap_or(30)),
         max_long_polls: s.max_long_polls.unwrap_or(1_024),
+        metrics_key: s.metrics_key,
         list_page_size: s.list_page_size,
         lease: Duration::from_secs(s.lease_seconds.unwrap_or(30)),
         activity_concurrency: s.activity_concurrency,
@@ -214,6 +221,11 @@ impl ServeConfig {
             && key.len() < 16
         {
             bail!("system_key must be at least 16 characters");
+        }
+        if let Some(key) = &self.metrics_key
+            && key.len() < 16
+        {
+            bail!("metrics_key must be at least 16 characters");
         }
         if self.lease < Duration::from_secs(1) {
             bail!("lease_seconds must be at least 1");

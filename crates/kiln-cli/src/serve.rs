@@ -45,6 +45,7 @@ pub async fn run(app: &App, config: ServeConfig) -> anyhow::Result<()> {
         system_key: config.system_key.clone(),
         token_secret: config.token_secret.clone(),
         max_long_polls: config.max_long_polls,
+        metrics_key: config.metrics_key.clone(),
         list_page_size: config.list_page_size,
     };
     let http = KilnHttp::new(kiln.client(), options).await.context("cannot set up the HTTP layer")?;

@@ -66,6 +66,9 @@ pub struct HttpOptions {
     pub system_key: Option<String>,
     /// The token-signing secret; generated once and stored when `None`.
     pub token_secret: Option<String>,
+    /// A bearer token `/metrics` on the public listener requires (a scraper needs no more than
+    /// that); open when `None`. The loopback listener serves `/metrics` without it.
+    pub metrics_key: Option<String>,
     /// Most `Prefer: wait` long polls held open at once; beyond it, polls are answered at once.
     pub max_long_polls: usize,
     /// Page size of a management list request without `top`; `None` returns every match in one
@@ -85,6 +88,7 @@ impl Default for HttpOptions {
             system_key: None,
             token_secret: None,
             max_long_polls: 1_024,
+            metrics_key: None,
             list_page_size: None,
         }
     }
@@ -107,6 +111,7 @@ struct Inner {
     /// Idempotency keys whose first request is still being processed.
     in_flight: Mutex<HashSet<String>>,
     metrics: ops::HttpMetrics,
+    instance_counts: ops::InstanceCounts,
 }
 
 impl KilnHttp {
@@ -129,6 +134,7 @@ impl KilnHttp {
             options,
             in_flight: Mutex::new(HashSet::new()),
             metrics: ops::HttpMetrics::default(),
+            instance_counts: ops::InstanceCounts::default(),
         };
         Ok(KilnHttp { inner: Arc::new(inner) })
     }
@@ -163,18 +169,20 @@ impl KilnHttp {
         let routes = starters
             .merge(status::routes())
             .nest("/runtime/webhooks/durabletask", management)
-            .merge(ops::routes())
+            .merge(ops::health_routes())
+            .merge(ops::metrics_routes(self, true))
             .merge(openapi::routes(openapi::document(starters_doc)));
         self.finish(routes)
     }
 
     /// The router for the loopback management listener: the management API without a key (what
-    /// Durable Functions' client libraries call as `rpcBaseUrl`), plus health checks.
+    /// Durable Functions' client libraries call as `rpcBaseUrl`), health checks and `/metrics`.
     pub fn management_router(&self) -> Router {
         let routes = Router::new()
             .nest("/runtime/webhooks/durabletask", management::routes())
             .nest("/durabletask", management::routes())
-            .merge(ops::health_routes());
+            .merge(ops::health_routes())
+            .merge(ops::metrics_routes(self, false));
         self.finish(routes).layer(axum::middleware::from_fn(hosts::refuse_browsers_from_elsewhere))
     }
 

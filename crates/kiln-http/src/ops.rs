@@ -9,10 +9,12 @@ use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use kiln::RuntimeStatus;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// HTTP request counts by route template and status code.
 #[derive(Debug, Default)]
@@ -20,8 +22,63 @@ pub(crate) struct HttpMetrics {
     requests: Mutex<BTreeMap<String, BTreeMap<u16, u64>>>,
 }
 
-pub(crate) fn routes() -> Router<KilnHttp> {
-    health_routes().route("/metrics", get(metrics))
+/// `/metrics`, behind `HttpOptions::metrics_key` when `keyed` and a key is configured.
+pub(crate) fn metrics_routes(http: &KilnHttp, keyed: bool) -> Router<KilnHttp> {
+    let route = Router::new().route("/metrics", get(metrics));
+    match keyed && http.options().metrics_key.is_some() {
+        true => route.layer(axum::middleware::from_fn_with_state(http.clone(), require_metrics_key)),
+        false => route,
+    }
+}
+
+/// `401` unless the request carries `Authorization: Bearer <metrics_key>`.
+async fn require_metrics_key(State(http): State<KilnHttp>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let expected = http.options().metrics_key.as_deref().unwrap_or_default();
+    match presented {
+        Some(key) if crate::management::constant_time_eq(key.as_bytes(), expected.as_bytes()) => {
+            next.run(request).await
+        }
+        _ => {
+            let mut response =
+                Problem::new(StatusCode::UNAUTHORIZED, "/metrics needs the metrics key as a bearer token")
+                    .into_response();
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+        }
+    }
+}
+
+/// How long instance counts are reused across scrapes: counting reads every instance.
+const INSTANCE_COUNTS_TTL: Duration = Duration::from_secs(10);
+
+/// Instance counts by status.
+type Counts = Vec<(RuntimeStatus, u64)>;
+
+/// Instance counts by status, shared by the scrapes of [`INSTANCE_COUNTS_TTL`]: concurrent
+/// scrapes wait for one count instead of each running their own.
+#[derive(Default)]
+pub(crate) struct InstanceCounts {
+    latest: tokio::sync::Mutex<Option<(Instant, Counts)>>,
+}
+
+impl InstanceCounts {
+    async fn get(&self, client: &kiln::KilnClient) -> Option<Counts> {
+        let mut latest = self.latest.lock().await;
+        if let Some((at, counts)) = latest.as_ref()
+            && at.elapsed() < INSTANCE_COUNTS_TTL
+        {
+            return Some(counts.clone());
+        }
+        let counts = client.count_by_status().await.ok()?;
+        *latest = Some((Instant::now(), counts.clone()));
+        Some(counts)
+    }
 }
 
 pub(crate) fn health_routes() -> Router<KilnHttp> {
@@ -89,9 +146,9 @@ pub(crate) async fn metrics(State(http): State<KilnHttp>) -> Response {
             }
         }
     }
-    let _ = writeln!(out, "# HELP kiln_instances Instances by runtime status.");
+    let _ = writeln!(out, "# HELP kiln_instances Instances by runtime status (counted at most every 10 s).");
     let _ = writeln!(out, "# TYPE kiln_instances gauge");
-    if let Ok(counts) = http.client().count_by_status().await {
+    if let Some(counts) = http.inner.instance_counts.get(http.client()).await {
         for (status, count) in counts {
             let _ = writeln!(out, "kiln_instances{{status=\"{status}\"}} {count}");
         }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{LOOPBACK_HOST, TestApp, request};
+use common::{LOOPBACK_HOST, SYSTEM_KEY, TestApp, request};
 use kiln_http::HttpOptions;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,6 +31,26 @@ async fn health_readiness_and_metrics() {
         assert!(metrics.raw.contains(line), "missing {line} in\n{}", metrics.raw);
     }
     assert!(metrics.raw.contains("kiln_turns_total "));
+    // Counting reads every instance: scrapes within 10 s share one count.
+    let later = app.start_via("echo", "2").await.body["id"].as_str().unwrap().to_owned();
+    app.finish(&later).await;
+    let again = app.public("GET", "/metrics", None).await;
+    assert!(again.raw.contains("kiln_instances{status=\"Completed\"} 1"), "{}", again.raw);
+    let loopback = app.call(&app.management, request("GET", "/metrics", None, &[("host", LOOPBACK_HOST)])).await;
+    assert_eq!(loopback.status, 200, "the loopback listener serves /metrics too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_require_a_key_of_their_own() {
+    let key = "metrics-key-0123456789";
+    let app = TestApp::with_options(HttpOptions { metrics_key: Some(key.to_owned()), ..HttpOptions::default() }).await;
+    let open = app.public("GET", "/metrics", None).await;
+    open.assert_problem(401);
+    assert_eq!(open.header("www-authenticate"), "Bearer");
+    let system = request("GET", "/metrics", None, &[("authorization", &format!("Bearer {SYSTEM_KEY}"))]);
+    app.call(&app.public, system).await.assert_problem(401);
+    let keyed = request("GET", "/metrics", None, &[("authorization", &format!("Bearer {key}"))]);
+    assert_eq!(app.call(&app.public, keyed).await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

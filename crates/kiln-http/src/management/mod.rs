@@ -72,7 +72,7 @@ pub(crate) async fn require_system_key(
 }
 
 /// Compares without an early exit, so timing does not reveal how much of a key matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 

@@ -65,6 +65,18 @@ pub struct ServeSettings {
     /// it without); open when not set.
     #[arg(long, env = "KILN_METRICS_KEY", hide_env_values = true)]
     pub metrics_key: Option<String>,
+    /// Requests per second each client may make to the starters, sustained (`429` beyond);
+    /// unlimited when not set.
+    #[arg(long, env = "KILN_STARTER_RATE_PER_SECOND")]
+    pub starter_rate_per_second: Option<f64>,
+    /// Requests a client may make to the starters at once after a quiet spell (default: the
+    /// rate per second, at least 1).
+    #[arg(long, env = "KILN_STARTER_BURST")]
+    pub starter_burst: Option<u32>,
+    /// Whether a trusted reverse proxy's `X-Forwarded-For` entry names the client for rate
+    /// limits (otherwise: the connection's peer).
+    #[arg(long, env = "KILN_TRUST_FORWARDED_FOR", num_args = 0..=1, default_missing_value = "true")]
+    pub trust_forwarded_for: Option<bool>,
     /// Most `Prefer: wait` long polls held open at once (beyond it, polls are answered at once).
     #[arg(long, env = "KILN_MAX_LONG_POLLS")]
     pub max_long_polls: Option<usize>,
@@ -111,6 +123,8 @@ pub struct ServeConfig {
     pub max_connections: Option<usize>,
     pub read_timeout: Duration,
     pub max_long_polls: usize,
+    pub starter_rate_limit: Option<kiln_http::RateLimit>,
+    pub trust_forwarded_for: bool,
     pub metrics_key: Option<String>,
     pub list_page_size: Option<usize>,
     pub lease: Duration,
@@ -141,6 +155,9 @@ impl ServeSettings {
             max_connections: self.max_connections.or(lower.max_connections),
             read_timeout_seconds: self.read_timeout_seconds.or(lower.read_timeout_seconds),
             max_long_polls: self.max_long_polls.or(lower.max_long_polls),
+            starter_rate_per_second: self.starter_rate_per_second.or(lower.starter_rate_per_second),
+            starter_burst: self.starter_burst.or(lower.starter_burst),
+            trust_forwarded_for: self.trust_forwarded_for.or(lower.trust_forwarded_for),
             metrics_key: self.metrics_key.or(lower.metrics_key),
             list_page_size: self.list_page_size.or(lower.list_page_size),
             lease_seconds: self.lease_seconds.or(lower.lease_seconds),
@@ -180,6 +197,11 @@ pub fn load(config_file: Option<&Path>, overrides: ServeSettings) -> anyhow::Res
         max_connections: s.max_connections,
         read_timeout: Duration::from_secs(s.read_timeout_seconds.unwrap_or(30)),
         max_long_polls: s.max_long_polls.unwrap_or(1_024),
+        starter_rate_limit: s.starter_rate_per_second.map(|per_second| kiln_http::RateLimit {
+            per_second,
+            burst: s.starter_burst.unwrap_or_else(|| per_second.ceil().clamp(1.0, f64::from(u32::MAX)) as u32),
+        }),
+        trust_forwarded_for: s.trust_forwarded_for.unwrap_or(false),
         metrics_key: s.metrics_key,
         list_page_size: s.list_page_size,
         lease: Duration::from_secs(s.lease_seconds.unwrap_or(30)),
@@ -238,6 +260,11 @@ impl ServeConfig {
         }
         if let Some((name, _)) = self.activity_limits.iter().find(|&(_, &limit)| limit == 0) {
             bail!("activity_limits.{name} must be at least 1");
+        }
+        if let Some(limit) = self.starter_rate_limit
+            && !(limit.per_second.is_finite() && limit.per_second > 0.0 && limit.burst >= 1)
+        {
+            bail!("starter_rate_per_second must be a positive number and starter_burst at least 1");
         }
         if self.list_page_size == Some(0) {
             bail!("list_page_size must be at least 1");

@@ -83,7 +83,7 @@ pub async fn serve(
     http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -102,7 +102,8 @@ pub async fn serve(
         let router = router.clone();
         let body_timeout = limits.body_read_timeout;
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-            let request = request.map(|body| Body::new(PausingBody::new(body, body_timeout)));
+            let mut request = request.map(|body| Body::new(PausingBody::new(body, body_timeout)));
+            request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
             tower::ServiceExt::oneshot(router.clone(), request)
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));

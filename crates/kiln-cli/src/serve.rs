@@ -45,6 +45,8 @@ pub async fn run(app: &App, config: ServeConfig) -> anyhow::Result<()> {
         system_key: config.system_key.clone(),
         token_secret: config.token_secret.clone(),
         max_long_polls: config.max_long_polls,
+        starter_rate_limit: config.starter_rate_limit,
+        trust_forwarded_for: config.trust_forwarded_for,
         metrics_key: config.metrics_key.clone(),
         list_page_size: config.list_page_size,
     };

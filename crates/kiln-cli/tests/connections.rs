@@ -134,3 +134,23 @@ fn an_announced_oversized_body_is_refused_before_it_is_sent() {
         .unwrap();
     assert_eq!(small.status(), 202);
 }
+
+/// Starters are rate-limited per client address (the connection's peer, as the listener sees it).
+#[test]
+fn starters_are_rate_limited_per_client_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = (free_port(), free_port());
+    let _server =
+        serve_with_file_limit(dir.path(), ports, 1024, &["--starter-rate-per-second", "0.2", "--starter-burst", "1"]);
+    let start = || {
+        agent()
+            .post(format!("http://127.0.0.1:{}/api/jobs/reports", ports.0))
+            .header("content-type", "application/json")
+            .send(r#"{"customer_id":"c-1","delay_seconds":0}"#)
+            .unwrap()
+    };
+    assert_eq!(start().status(), 202);
+    let limited = start();
+    assert_eq!(limited.status(), 429);
+    assert_eq!(limited.headers().get("retry-after").unwrap(), "5");
+}

@@ -22,6 +22,7 @@ mod openapi;
 mod ops;
 mod params;
 pub mod problem;
+pub mod rate_limit;
 pub mod retry_after;
 mod status;
 pub mod token;
@@ -29,6 +30,7 @@ pub mod urls;
 
 pub use accepted::{AcceptOptions, AcceptedBody};
 pub use problem::{FieldError, Problem};
+pub use rate_limit::RateLimit;
 pub use token::{Grant, Scope, Scopes, TokenSigner};
 
 use axum::Router;
@@ -69,6 +71,11 @@ pub struct HttpOptions {
     /// A bearer token `/metrics` on the public listener requires (a scraper needs no more than
     /// that); open when `None`. The loopback listener serves `/metrics` without it.
     pub metrics_key: Option<String>,
+    /// Requests each client may make to the starters (`429` beyond); unlimited when `None`.
+    pub starter_rate_limit: Option<RateLimit>,
+    /// Whether the rightmost `X-Forwarded-For` address (appended by a trusted reverse proxy)
+    /// names the client for rate limits, instead of the connection's peer.
+    pub trust_forwarded_for: bool,
     /// Most `Prefer: wait` long polls held open at once; beyond it, polls are answered at once.
     pub max_long_polls: usize,
     /// Page size of a management list request without `top`; `None` returns every match in one
@@ -87,6 +94,8 @@ impl Default for HttpOptions {
             max_body_bytes: 2 << 20,
             system_key: None,
             token_secret: None,
+            starter_rate_limit: None,
+            trust_forwarded_for: false,
             max_long_polls: 1_024,
             metrics_key: None,
             list_page_size: None,
@@ -106,6 +115,8 @@ struct Inner {
     system_key: String,
     tokens: TokenSigner,
     hosts: HostAllowList,
+    /// Token buckets of the starters' clients, when they are rate-limited.
+    starter_limiter: Option<rate_limit::RateLimiter>,
     /// Permits for `Prefer: wait` long polls.
     long_polls: Arc<tokio::sync::Semaphore>,
     /// Idempotency keys whose first request is still being processed.
@@ -128,6 +139,7 @@ impl KilnHttp {
         let inner = Inner {
             client,
             hosts: HostAllowList::new(&options.allowed_hosts, &options.fallback_base_url),
+            starter_limiter: options.starter_rate_limit.map(rate_limit::RateLimiter::new),
             long_polls: Arc::new(tokio::sync::Semaphore::new(options.max_long_polls)),
             tokens: TokenSigner::new(token_secret.into_bytes()),
             system_key,
@@ -166,6 +178,10 @@ impl KilnHttp {
     pub fn public_router(&self, starters: Router<KilnHttp>, starters_doc: utoipa::openapi::OpenApi) -> Router {
         let management = management::routes()
             .layer(axum::middleware::from_fn_with_state(self.clone(), management::require_system_key));
+        let starters = match self.inner.starter_limiter {
+            Some(_) => starters.layer(axum::middleware::from_fn_with_state(self.clone(), rate_limit::limit_starters)),
+            None => starters,
+        };
         let routes = starters
             .merge(status::routes())
             .nest("/runtime/webhooks/durabletask", management)

@@ -76,6 +76,12 @@ impl Problem {
         problem
     }
 
+    /// Adds `Retry-After` (seconds) to the response.
+    pub fn retry_after(mut self, seconds: u64) -> Problem {
+        self.retry_after = Some(seconds);
+        self
+    }
+
     /// Adds Durable Functions' `Message`/`ExceptionMessage` fields.
     pub fn for_durable_functions(mut self) -> Problem {
         self.durable_functions = true;

@@ -259,6 +259,27 @@ async fn long_polls_beyond_the_cap_are_answered_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starters_are_rate_limited_per_client() {
+    let limit = kiln_http::RateLimit { per_second: 0.5, burst: 2 };
+    let app = TestApp::with_options(HttpOptions { starter_rate_limit: Some(limit), ..HttpOptions::default() }).await;
+    let from = |client: [u8; 4]| {
+        let mut request = request("POST", "/api/echo", Some("1"), &[]);
+        request.extensions_mut().insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((client, 5000))));
+        request
+    };
+    let first = app.call(&app.public, from([10, 0, 0, 1])).await;
+    assert_eq!(first.status, 202);
+    assert_eq!(app.call(&app.public, from([10, 0, 0, 1])).await.status, 202);
+    let limited = app.call(&app.public, from([10, 0, 0, 1])).await;
+    limited.assert_problem(429);
+    assert_eq!(limited.header("retry-after"), "2");
+    assert_eq!(app.call(&app.public, from([10, 0, 0, 2])).await.status, 202, "another client is not limited");
+    // Polling is not starting: the status monitor is not limited.
+    let poll = app.public("GET", &path_of(first.header("location")), None).await;
+    assert!(poll.status == 200 || poll.status == 202, "{}", poll.raw);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_keys_replay_refuse_and_validate() {
     let app = TestApp::start().await;
     let send = |body: &'static str, key: &'static str| {

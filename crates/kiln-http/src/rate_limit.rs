@@ -1,0 +1,125 @@
+//! Rate limits on the starters, per client: a token bucket per client address (`429` with
+//! `Retry-After` when it is empty). Behind a reverse proxy, the client is the address the proxy
+//! appended to `X-Forwarded-For` (only when the operator says the proxy is trusted).
+
+use crate::KilnHttp;
+use crate::problem::Problem;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How many requests a client may make: `per_second` sustained, `burst` at once.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RateLimit {
+    /// Requests per second, sustained.
+    pub per_second: f64,
+    /// Requests allowed at once after a quiet spell.
+    pub burst: u32,
+}
+
+/// Buckets kept before idle (full) ones are dropped; dropping a full bucket changes nothing.
+const MAX_TRACKED_CLIENTS: usize = 100_000;
+
+/// The token buckets of every client seen recently.
+#[derive(Debug)]
+pub(crate) struct RateLimiter {
+    limit: RateLimit,
+    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl RateLimiter {
+    pub(crate) fn new(limit: RateLimit) -> RateLimiter {
+        RateLimiter { limit, buckets: Mutex::new(HashMap::new()) }
+    }
+
+    /// Takes a token for `client` at `now`, or says how long until one is available.
+    fn take(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
+        let RateLimit { per_second, burst } = self.limit;
+        let burst = f64::from(burst.max(1));
+        let refill =
+            |bucket: &Bucket| (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * per_second).min(burst);
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() >= MAX_TRACKED_CLIENTS && !buckets.contains_key(&client) {
+            buckets.retain(|_, bucket| refill(bucket) < burst);
+        }
+        let bucket = buckets.entry(client).or_insert(Bucket { tokens: burst, at: now });
+        let tokens = refill(bucket);
+        if tokens >= 1.0 {
+            *bucket = Bucket { tokens: tokens - 1.0, at: now };
+            Ok(())
+        } else {
+            *bucket = Bucket { tokens, at: now };
+            Err(Duration::from_secs_f64((1.0 - tokens) / per_second.max(f64::MIN_POSITIVE)))
+        }
+    }
+}
+
+/// Who a request comes from: the rightmost `X-Forwarded-For` address when the proxy is
+/// trusted (what the proxy itself saw), else the connection's peer.
+fn client_address(request: &Request, trust_forwarded_for: bool) -> IpAddr {
+    let forwarded = || rightmost_forwarded_for(request.headers());
+    let peer = || request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(peer)| peer.ip());
+    trust_forwarded_for.then(forwarded).flatten().or_else(peer).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
+
+fn rightmost_forwarded_for(headers: &HeaderMap) -> Option<IpAddr> {
+    let last = headers.get_all("x-forwarded-for").iter().next_back()?;
+    last.to_str().ok()?.rsplit(',').next()?.trim().parse().ok()
+}
+
+/// Middleware of the starters: `429` problem+json with `Retry-After` when the client's bucket
+/// is empty.
+pub(crate) async fn limit_starters(State(http): State<KilnHttp>, request: Request, next: Next) -> Response {
+    let Some(limiter) = &http.inner.starter_limiter else { return next.run(request).await };
+    let client = client_address(&request, http.options().trust_forwarded_for);
+    match limiter.take(client, Instant::now()) {
+        Ok(()) => next.run(request).await,
+        Err(wait) => {
+            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+            let detail = format!("too many requests from this client; retry in {seconds} s");
+            Problem::new(StatusCode::TOO_MANY_REQUESTS, detail).retry_after(seconds).into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_its_rate() {
+        let limiter = RateLimiter::new(RateLimit { per_second: 2.0, burst: 3 });
+        let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        let start = Instant::now();
+        for _ in 0..3 {
+            assert!(limiter.take(a, start).is_ok());
+        }
+        let wait = limiter.take(a, start).unwrap_err();
+        assert!((Duration::from_millis(490)..=Duration::from_millis(510)).contains(&wait), "{wait:?}");
+        assert!(limiter.take(b, start).is_ok(), "another client has its own bucket");
+        assert!(limiter.take(a, start + Duration::from_millis(500)).is_ok(), "refilled at 2/s");
+        assert!(limiter.take(a, start + Duration::from_millis(500)).is_err());
+    }
+
+    #[test]
+    fn the_proxy_s_own_entry_names_the_client_only_when_trusted() {
+        let mut request = Request::new(axum::body::Body::empty());
+        request
+            .headers_mut()
+            .insert("x-forwarded-for", "6.6.6.6, 203.0.113.9".parse().unwrap_or_else(|_| unreachable!()));
+        request.extensions_mut().insert(ConnectInfo(SocketAddr::from(([10, 0, 0, 1], 4000))));
+        assert_eq!(client_address(&request, true), IpAddr::from([203, 0, 113, 9]));
+        assert_eq!(client_address(&request, false), IpAddr::from([10, 0, 0, 1]));
+    }
+}

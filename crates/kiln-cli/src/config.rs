@@ -41,6 +41,10 @@ pub struct ServeSettings {
     /// Secret that signs status tokens (generated once and kept in the database when not set).
     #[arg(long, env = "KILN_TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: Option<String>,
+    /// Earlier token secrets still accepted for verification (comma-separated), during a
+    /// rotation, until the tokens they signed have expired.
+    #[arg(long, env = "KILN_PREVIOUS_TOKEN_SECRETS", hide_env_values = true, value_delimiter = ',')]
+    pub previous_token_secrets: Option<Vec<String>>,
     /// Where to write the system key for local tools (mode 0600).
     #[arg(long, env = "KILN_KEY_FILE")]
     pub key_file: Option<PathBuf>,
@@ -116,6 +120,7 @@ pub struct ServeConfig {
     pub allowed_hosts: Vec<String>,
     pub system_key: Option<String>,
     pub token_secret: Option<String>,
+    pub previous_token_secrets: Vec<String>,
     pub key_file: PathBuf,
     pub idempotency_retention: Duration,
     pub token_ttl: Duration,
@@ -148,6 +153,7 @@ impl ServeSettings {
             allowed_hosts: self.allowed_hosts.or(lower.allowed_hosts),
             system_key: self.system_key.or(lower.system_key),
             token_secret: self.token_secret.or(lower.token_secret),
+            previous_token_secrets: self.previous_token_secrets.or(lower.previous_token_secrets),
             key_file: self.key_file.or(lower.key_file),
             idempotency_retention_hours: self.idempotency_retention_hours.or(lower.idempotency_retention_hours),
             token_ttl_hours: self.token_ttl_hours.or(lower.token_ttl_hours),
@@ -190,6 +196,7 @@ pub fn load(config_file: Option<&Path>, overrides: ServeSettings) -> anyhow::Res
         allowed_hosts: s.allowed_hosts.unwrap_or_default(),
         system_key: s.system_key,
         token_secret: s.token_secret,
+        previous_token_secrets: s.previous_token_secrets.unwrap_or_default(),
         key_file: s.key_file.unwrap_or_else(|| PathBuf::from("kiln.key")),
         idempotency_retention: hours(s.idempotency_retention_hours.unwrap_or(24)),
         token_ttl: hours(s.token_ttl_hours.unwrap_or(24 * 7)),

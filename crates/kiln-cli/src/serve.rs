@@ -44,6 +44,7 @@ pub async fn run(app: &App, config: ServeConfig) -> anyhow::Result<()> {
         max_body_bytes: config.max_body_bytes,
         system_key: config.system_key.clone(),
         token_secret: config.token_secret.clone(),
+        previous_token_secrets: config.previous_token_secrets.clone(),
         max_long_polls: config.max_long_polls,
         starter_rate_limit: config.starter_rate_limit,
         trust_forwarded_for: config.trust_forwarded_for,

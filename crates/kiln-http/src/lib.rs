@@ -68,6 +68,9 @@ pub struct HttpOptions {
     pub system_key: Option<String>,
     /// The token-signing secret; generated once and stored when `None`.
     pub token_secret: Option<String>,
+    /// Earlier token secrets still accepted (not used to sign): during a rotation, until the
+    /// tokens they signed have expired (`token_ttl`).
+    pub previous_token_secrets: Vec<String>,
     /// A bearer token `/metrics` on the public listener requires (a scraper needs no more than
     /// that); open when `None`. The loopback listener serves `/metrics` without it.
     pub metrics_key: Option<String>,
@@ -94,6 +97,7 @@ impl Default for HttpOptions {
             max_body_bytes: 2 << 20,
             system_key: None,
             token_secret: None,
+            previous_token_secrets: Vec::new(),
             starter_rate_limit: None,
             trust_forwarded_for: false,
             max_long_polls: 1_024,
@@ -141,7 +145,8 @@ impl KilnHttp {
             hosts: HostAllowList::new(&options.allowed_hosts, &options.fallback_base_url),
             starter_limiter: options.starter_rate_limit.map(rate_limit::RateLimiter::new),
             long_polls: Arc::new(tokio::sync::Semaphore::new(options.max_long_polls)),
-            tokens: TokenSigner::new(token_secret.into_bytes()),
+            tokens: TokenSigner::new(token_secret.into_bytes())
+                .with_previous(options.previous_token_secrets.iter().map(|s| s.clone().into_bytes())),
             system_key,
             options,
             in_flight: Mutex::new(HashSet::new()),

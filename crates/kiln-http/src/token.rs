@@ -71,10 +71,12 @@ pub struct Grant {
     pub created_at: Timestamp,
 }
 
-/// Signs and verifies status tokens with one secret.
+/// Signs status tokens with one secret and verifies them with it or with earlier secrets still
+/// honoured during a rotation.
 #[derive(Clone)]
 pub struct TokenSigner {
     secret: Vec<u8>,
+    previous: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for TokenSigner {
@@ -86,12 +88,19 @@ impl std::fmt::Debug for TokenSigner {
 impl TokenSigner {
     /// A signer with this secret (at least 32 bytes recommended).
     pub fn new(secret: impl Into<Vec<u8>>) -> TokenSigner {
-        TokenSigner { secret: secret.into() }
+        TokenSigner { secret: secret.into(), previous: Vec::new() }
     }
 
-    fn mac(&self, instance_id: &str, created: i64, expires: i64, scopes: &str) -> HmacSha256 {
+    /// Also accepts tokens signed with `previous` secrets (a rotation: keep the old secret here
+    /// until the tokens it signed have expired).
+    pub fn with_previous(mut self, previous: impl IntoIterator<Item = Vec<u8>>) -> TokenSigner {
+        self.previous.extend(previous);
+        self
+    }
+
+    fn mac(secret: &[u8], instance_id: &str, created: i64, expires: i64, scopes: &str) -> HmacSha256 {
         // HMAC accepts keys of any length, so this cannot fail.
-        let mut mac = HmacSha256::new_from_slice(&self.secret).unwrap_or_else(|_| unreachable!("HMAC takes any key"));
+        let mut mac = HmacSha256::new_from_slice(secret).unwrap_or_else(|_| unreachable!("HMAC takes any key"));
         for (n, part) in [instance_id, &created.to_string(), &expires.to_string(), scopes].into_iter().enumerate() {
             if n > 0 {
                 mac.update(b"\0");
@@ -107,7 +116,7 @@ impl TokenSigner {
         let expires = expires_at.millis().div_euclid(1000);
         let created = created_at.millis();
         let code = scopes.encode();
-        let tag = self.mac(instance_id, created, expires, code).finalize().into_bytes();
+        let tag = TokenSigner::mac(&self.secret, instance_id, created, expires, code).finalize().into_bytes();
         format!("{expires}.{code}.{created}.{}", URL_SAFE_NO_PAD.encode(tag))
     }
 
@@ -120,7 +129,9 @@ impl TokenSigner {
         let created = created.parse::<i64>().ok()?;
         let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
         // `verify_slice` compares in constant time.
-        let authentic = self.mac(instance_id, created, expires, code).verify_slice(&tag).is_ok();
+        let authentic = std::iter::once(&self.secret)
+            .chain(&self.previous)
+            .any(|secret| TokenSigner::mac(secret, instance_id, created, expires, code).verify_slice(&tag).is_ok());
         let valid = authentic && expires.saturating_mul(1000) > now.millis() && Scopes::allows(code, needed);
         valid.then(|| Grant { scopes: Scopes::decode(code), created_at: Timestamp(created) })
     }
@@ -149,5 +160,10 @@ mod tests {
         assert!(signer.verify(&forged, "a", Scope::Cancel, now).is_none(), "scopes are signed");
         let moved = token.replace(".999123.", ".999124.");
         assert!(signer.verify(&moved, "a", Scope::Read, now).is_none(), "the creation is signed");
+        // A rotation: the new secret signs, the old one still verifies.
+        let rotated = TokenSigner::new(b"new".to_vec()).with_previous([b"0123456789abcdef0123456789abcdef".to_vec()]);
+        assert!(rotated.verify(&token, "a", Scope::Read, now).is_some(), "an old token still works");
+        let fresh = rotated.sign("a", created, Scopes::READ, now.plus_millis(60_000));
+        assert!(signer.verify(&fresh, "a", Scope::Read, now).is_none(), "new tokens use the new secret");
     }
 }

@@ -4,9 +4,10 @@
 //! and terminal escapes could rewrite what an operator sees.
 
 use std::fmt::{self, Write};
+use tracing::field::{Field, Visit};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::field::RecordFields;
-use tracing_subscriber::fmt::format::{DefaultFields, Format, Writer};
+use tracing_subscriber::fmt::format::{Format, Writer};
 use tracing_subscriber::fmt::{FormatFields, SubscriberBuilder};
 
 /// Logs to stderr at `filter` (an `EnvFilter` directive; `info` if it does not parse), unless
@@ -38,17 +39,59 @@ fn log_panic(info: &std::panic::PanicHookInfo<'_>) {
     tracing::error!(panic = message, location, thread, "a thread panicked");
 }
 
-/// The default field format (the message, then `name=value` pairs), with control characters
-/// (newlines, tabs, escapes, C1 codes), Unicode line separators and bidirectional formatting
-/// characters in it written as escapes, and backslashes doubled (so an escape in the log always
-/// stands for the character): one event is always one line that reads as it is stored.
+/// The default field format (the message, then `name=value` pairs), made safe for values that
+/// come from clients: control characters (newlines, tabs, escapes, C1 codes), Unicode line
+/// separators and bidirectional formatting characters are written as escapes and backslashes
+/// doubled (so one event is always one line, and an escape in the log always stands for the
+/// character); a value with a space, `=` or `"` is quoted (with `\"` inside), so that it cannot
+/// pass for more fields.
 pub struct EscapedFields;
 
 impl<'writer> FormatFields<'writer> for EscapedFields {
     fn format_fields<R: RecordFields>(&self, mut writer: Writer<'writer>, fields: R) -> fmt::Result {
-        let mut raw = String::new();
-        DefaultFields::new().format_fields(Writer::new(&mut raw), fields)?;
-        write_escaped(&mut writer, &raw)
+        let mut visitor = EscapingVisitor { out: String::new(), result: Ok(()) };
+        fields.record(&mut visitor);
+        visitor.result?;
+        writer.write_str(&visitor.out)
+    }
+}
+
+/// Writes each field of an event or span as [`EscapedFields`] describes.
+struct EscapingVisitor {
+    out: String,
+    result: fmt::Result,
+}
+
+impl EscapingVisitor {
+    fn field(&mut self, field: &Field, value: &str) {
+        if self.result.is_err() {
+            return;
+        }
+        if !self.out.is_empty() {
+            self.out.push(' ');
+        }
+        self.result = if field.name() == "message" {
+            write_escaped(&mut self.out, value)
+        } else {
+            // Field names are identifiers in the source, not client input.
+            self.out.push_str(field.name());
+            self.out.push('=');
+            if value.is_empty() || value.contains([' ', '=', '"']) {
+                write_quoted(&mut self.out, value)
+            } else {
+                write_escaped(&mut self.out, value)
+            }
+        };
+    }
+}
+
+impl Visit for EscapingVisitor {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.field(field, value);
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.field(field, &format!("{value:?}"));
     }
 }
 
@@ -65,6 +108,21 @@ fn write_escaped(out: &mut impl Write, text: &str) -> fmt::Result {
         }
     }
     Ok(())
+}
+
+/// Writes `text` in double quotes, escaped as by [`write_escaped`] and with `\"` for a quote.
+fn write_quoted(out: &mut impl Write, text: &str) -> fmt::Result {
+    out.write_char('"')?;
+    for part in text.split_inclusive('"') {
+        match part.strip_suffix('"') {
+            Some(before) => {
+                write_escaped(out, before)?;
+                out.write_str("\\\"")?;
+            }
+            None => write_escaped(out, part)?,
+        }
+    }
+    out.write_char('"')
 }
 
 /// Line and paragraph separators, and the bidirectional marks, embeddings, overrides and
@@ -109,9 +167,25 @@ mod tests {
         assert_eq!(logged.matches('\n').count(), 1, "one event, one line: {logged:?}");
         assert!(!logged.contains('\r') && !logged.contains('\x1b') && !logged.contains('\u{85}'), "{logged:?}");
         assert!(!logged.contains('\u{2028}') && !logged.contains('\u{202e}'), "{logged:?}");
-        // Display values and the message come raw, Debug values (quoted) already escaped by
-        // tracing: each is escaped once more, so every escape stands for what was logged.
-        assert_eq!(logged.matches("x\\n2026").count(), 2, "message and display field: {logged}");
-        assert_eq!(logged.matches("x\\\\n2026").count(), 2, "span and debug field: {logged}");
+        // The message, the span's field and both event fields, each escaped once.
+        assert_eq!(logged.matches("x\\n2026").count(), 4, "{logged}");
+    }
+
+    #[test]
+    fn a_client_string_cannot_pass_for_more_fields() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = builder("info", false).with_writer(move || writer.clone()).finish();
+        let forged = "x\" status=200 admin=\"yes";
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(operation = %forged, name = forged, plain = "ok", "unknown operation");
+        });
+        let bytes = captured.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let logged = String::from_utf8(bytes).unwrap_or_default();
+        let quoted = r#""x\" status=200 admin=\"yes""#;
+        assert!(logged.contains(&format!("operation={quoted} name={quoted} plain=ok")), "{logged}");
+        // Outside quotes, nothing of the value is left to read as a field.
+        let outside: String = logged.replace(quoted, "").replace("unknown operation", "");
+        assert!(!outside.contains("status") && !outside.contains("admin"), "{logged}");
     }
 }

@@ -95,10 +95,15 @@ fn a_node_paused_past_its_leases_loses_its_work_to_the_other_and_its_late_result
     let finished: BTreeMap<String, Vec<Value>> = jobs.keys().map(|id| (id.clone(), history(&other, id))).collect();
 
     // The paused node wakes with stale leases, activities that finish late and turns in flight:
-    // each of its activities reports a result its lease no longer covers, and is refused.
+    // each of its activities either reports a result its lease no longer covers, and is
+    // refused, or — if its lease renewal comes first — is canceled as its lease is gone.
     signal(&paused, "-CONT");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while paused.log().matches("activity finished after its lease lapsed").count() < JOBS {
+    let refused = |log: &str| {
+        log.matches("activity finished after its lease lapsed").count()
+            + log.matches("activity canceled: its lease is gone").count()
+    };
+    while refused(&paused.log()) < JOBS {
         assert!(Instant::now() < deadline, "the woken node did not report its late results: {}", paused.log());
         std::thread::sleep(Duration::from_millis(100));
     }

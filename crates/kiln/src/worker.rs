@@ -234,17 +234,39 @@ impl Drop for Running<'_> {
     }
 }
 
+/// Why a running activity's future was dropped before it finished.
+enum Cancellation {
+    /// Its instance was terminated by a turn this process committed.
+    Terminated,
+    /// Its lease renewal found the lease gone: withdrawn (its instance was terminated
+    /// elsewhere) or lapsed and taken over by another worker.
+    LeaseGone,
+}
+
 /// Logs and counts an activity whose future was dropped before it finished.
-fn canceled(rt: &Runtime, item: &ActivityWorkItem, why: &str) {
+fn canceled(rt: &Runtime, item: &ActivityWorkItem, why: Cancellation) {
     rt.metrics.canceled.fetch_add(1, Ordering::Relaxed);
     let activity = &item.activity;
-    tracing::info!(
-        instance_id = activity.instance_id,
-        activity = activity.name,
-        key = format!("{}:{}:{}", activity.instance_id, activity.execution, activity.step),
-        attempt = activity.attempt,
-        "activity canceled: {why}"
-    );
+    let key = format!("{}:{}:{}", activity.instance_id, activity.execution, activity.step);
+    let (id, name, attempt) = (&activity.instance_id, &activity.name, activity.attempt);
+    match why {
+        Cancellation::Terminated => {
+            tracing::info!(
+                instance_id = id,
+                activity = name,
+                key,
+                attempt,
+                "activity canceled: its instance was terminated"
+            );
+        }
+        Cancellation::LeaseGone => tracing::warn!(
+            instance_id = id,
+            activity = name,
+            key,
+            attempt,
+            "activity canceled: its lease is gone (its instance was terminated, or the lease lapsed and another worker runs it)"
+        ),
+    }
 }
 
 /// Runs one activity, renewing its lease meanwhile, and reports the result. An activity that is
@@ -306,14 +328,14 @@ async fn run_activity(rt: &Runtime, mut item: ActivityWorkItem) {
             loop {
                 tokio::select! {
                     result = &mut run => break result.and_then(|r| r),
-                    () = cancel.notified() => return canceled(rt, &item, "its instance was terminated"),
+                    () = cancel.notified() => return canceled(rt, &item, Cancellation::Terminated),
                     _ = tokio::time::sleep(renew_every) => {
                         match rt.store.renew_activity_lease(&item, rt.config.lease_duration).await {
                             Ok(lease) => item.lease = lease,
                             // Withdrawn (its instance was terminated) or taken over after a
                             // lapse: its result could not be stored.
                             Err(StoreError::LeaseLost(_)) => {
-                                return canceled(rt, &item, "its lease is gone (its instance was terminated, or it lapsed)");
+                                return canceled(rt, &item, Cancellation::LeaseGone);
                             }
                             Err(err) => tracing::warn!(instance_id = item.activity.instance_id, error = %err, "activity lease renewal failed"),
                         }

@@ -249,10 +249,16 @@ def main():
         status, body = manage(shared_port, "GET", f"/instances/{victim}")
         if status not in (200, 202) or body.get("runtimeStatus") != "Running":
             failures.append(f"the victim was changed: {status} {body}")
+        # The attacks reached Kiln (they are not merely blocked by the browser): each was refused
+        # and logged.
+        with open(os.path.join(workdir, "serve.log"), encoding="utf-8", errors="replace") as log:
+            refused = log.read().count("request on the loopback listener refused")
+        if refused < len(rebound) + 6:
+            failures.append(f"only {refused} refusals logged for {len(rebound)} rebinding and 6 cross-site requests")
         if failures:
             print("\n".join(["FAIL:"] + failures))
             sys.exit(1)
-        print(f"ok: {len(rebound)} rebinding requests and 6 cross-site requests refused; the victim is untouched")
+        print(f"ok: {len(rebound)} rebinding and 6 cross-site requests reached Kiln and were refused ({refused} logged); the victim is untouched")
     finally:
         for process in processes:
             process.kill()

@@ -66,6 +66,9 @@ fn raise_open_file_limit() -> Option<u64> {
     limit.current.or(Some(u64::MAX))
 }
 
+/// Most connections beyond the cap being answered `503` at once.
+const MAX_SHEDDING: usize = 64;
+
 /// How long the accept loop pauses after an accept error (e.g. out of file descriptors), so
 /// that it does not spin while the condition lasts.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
@@ -78,6 +81,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let shedding = Arc::new(Semaphore::new(MAX_SHEDDING));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
@@ -95,7 +99,14 @@ pub async fn serve(
             },
         };
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            tokio::spawn(shed(stream));
+            // Answering takes a file descriptor for up to a second: beyond a few at once, the
+            // connection is just closed.
+            if let Ok(answering) = Arc::clone(&shedding).try_acquire_owned() {
+                tokio::spawn(async move {
+                    shed(stream).await;
+                    drop(answering);
+                });
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -118,11 +129,16 @@ pub async fn serve(
     Ok(())
 }
 
-/// Answers a connection beyond the cap with `503` and closes it.
+/// Answers a connection beyond the cap with `503` and closes it. What the client has sent so
+/// far is read first (without waiting for more): closing with unread input would reset the
+/// connection, and the client might not see the answer.
 async fn shed(mut stream: tokio::net::TcpStream) {
     let answer = async {
         stream.write_all(shed_response().as_bytes()).await?;
-        stream.shutdown().await
+        stream.shutdown().await?;
+        let mut sink = [0; 4096];
+        while stream.try_read(&mut sink).is_ok_and(|read| read > 0) {}
+        Ok::<_, std::io::Error>(())
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
 }

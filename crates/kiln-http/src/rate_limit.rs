@@ -29,8 +29,18 @@ const MAX_TRACKED_CLIENTS: usize = 100_000;
 #[derive(Debug)]
 pub(crate) struct RateLimiter {
     limit: RateLimit,
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+    buckets: Mutex<Buckets>,
 }
+
+#[derive(Debug, Default)]
+struct Buckets {
+    by_client: HashMap<IpAddr, Bucket>,
+    /// When the map, full, was last swept of idle buckets (at most once a second).
+    swept_at: Option<Instant>,
+}
+
+/// Where clients beyond [`MAX_TRACKED_CLIENTS`] share one bucket until idle ones are swept.
+const OVERFLOW: IpAddr = IpAddr::V4(Ipv4Addr::BROADCAST);
 
 #[derive(Clone, Copy, Debug)]
 struct Bucket {
@@ -40,7 +50,7 @@ struct Bucket {
 
 impl RateLimiter {
     pub(crate) fn new(limit: RateLimit) -> RateLimiter {
-        RateLimiter { limit, buckets: Mutex::new(HashMap::new()) }
+        RateLimiter { limit, buckets: Mutex::new(Buckets::default()) }
     }
 
     /// Takes a token for `client` at `now`, or says how long until one is available.
@@ -50,27 +60,47 @@ impl RateLimiter {
         let refill =
             |bucket: &Bucket| (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * per_second).min(burst);
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() >= MAX_TRACKED_CLIENTS && !buckets.contains_key(&client) {
-            buckets.retain(|_, bucket| refill(bucket) < burst);
+        let Buckets { by_client, swept_at } = &mut *buckets;
+        let mut client = client;
+        if by_client.len() >= MAX_TRACKED_CLIENTS && !by_client.contains_key(&client) {
+            if swept_at.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1)) {
+                by_client.retain(|_, bucket| refill(bucket) < burst);
+                *swept_at = Some(now);
+            }
+            if by_client.len() >= MAX_TRACKED_CLIENTS {
+                client = OVERFLOW;
+            }
         }
-        let bucket = buckets.entry(client).or_insert(Bucket { tokens: burst, at: now });
+        let bucket = by_client.entry(client).or_insert(Bucket { tokens: burst, at: now });
         let tokens = refill(bucket);
         if tokens >= 1.0 {
             *bucket = Bucket { tokens: tokens - 1.0, at: now };
             Ok(())
         } else {
             *bucket = Bucket { tokens, at: now };
-            Err(Duration::from_secs_f64((1.0 - tokens) / per_second.max(f64::MIN_POSITIVE)))
+            let wait = (1.0 - tokens) / per_second;
+            Err(Duration::try_from_secs_f64(wait).unwrap_or(Duration::MAX))
         }
     }
 }
 
 /// Who a request comes from: the rightmost `X-Forwarded-For` address when the proxy is
-/// trusted (what the proxy itself saw), else the connection's peer.
+/// trusted (what the proxy itself saw), else the connection's peer; an IPv6 client by its /64
+/// (one host usually holds a whole /64).
 fn client_address(request: &Request, trust_forwarded_for: bool) -> IpAddr {
     let forwarded = || rightmost_forwarded_for(request.headers());
     let peer = || request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(peer)| peer.ip());
-    trust_forwarded_for.then(forwarded).flatten().or_else(peer).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    let address = trust_forwarded_for.then(forwarded).flatten().or_else(peer).unwrap_or_else(|| {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!("requests carry no peer address (ConnectInfo): every client shares one rate-limit bucket");
+        });
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    });
+    match address {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        other => other,
+    }
 }
 
 fn rightmost_forwarded_for(headers: &HeaderMap) -> Option<IpAddr> {
@@ -113,6 +143,14 @@ mod tests {
     }
 
     #[test]
+    fn a_tiny_rate_does_not_overflow_the_wait() {
+        let limiter = RateLimiter::new(RateLimit { per_second: 1e-20, burst: 1 });
+        let client = IpAddr::from([10, 0, 0, 1]);
+        assert!(limiter.take(client, Instant::now()).is_ok());
+        assert_eq!(limiter.take(client, Instant::now()), Err(Duration::MAX));
+    }
+
+    #[test]
     fn the_proxy_s_own_entry_names_the_client_only_when_trusted() {
         let mut request = Request::new(axum::body::Body::empty());
         request
@@ -121,5 +159,8 @@ mod tests {
         request.extensions_mut().insert(ConnectInfo(SocketAddr::from(([10, 0, 0, 1], 4000))));
         assert_eq!(client_address(&request, true), IpAddr::from([203, 0, 113, 9]));
         assert_eq!(client_address(&request, false), IpAddr::from([10, 0, 0, 1]));
+        request.headers_mut().insert("x-forwarded-for", "2001:db8::1:2:3:4".parse().unwrap_or_else(|_| unreachable!()));
+        let v6: IpAddr = "2001:db8::".parse().unwrap_or_else(|_| unreachable!());
+        assert_eq!(client_address(&request, true), v6, "an IPv6 client is its /64");
     }
 }

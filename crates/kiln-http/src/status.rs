@@ -184,7 +184,8 @@ async fn authorized(
         },
     };
     // An instance created later under the same id is not the one the token was issued for.
-    record.filter(|r| r.created_at == grant.created_at).map(|r| (r, grant)).ok_or_else(unknown)
+    // (A token of the earlier format is bound to no run.)
+    record.filter(|r| grant.created_at.is_none_or(|c| r.created_at == c)).map(|r| (r, grant)).ok_or_else(unknown)
 }
 
 /// Reads an instance's status.
@@ -286,7 +287,7 @@ pub(crate) async fn cancel(
     let record = http.client().status(id).await?.ok_or_else(|| Problem::not_found(format!("no instance '{id}'")))?;
     let mut response = (StatusCode::ACCEPTED, axum::Json(monitor(&record))).into_response();
     // The answer's link grants what the caller's token did, no more.
-    let location = http.status_url(&headers, id, grant.created_at, grant.scopes);
+    let location = http.status_url(&headers, id, record.created_at, grant.scopes);
     if let Ok(location) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, location);
     }

@@ -7,7 +7,9 @@
 //! treated exactly like an unknown instance.
 //!
 //! Format: `{expires}.{scopes}.{created}.{tag}` (expiry in Unix seconds, creation in Unix
-//! milliseconds, tag base64url).
+//! milliseconds, tag base64url). Tokens of the earlier format `{expires}.{scopes}.{tag}`, not
+//! bound to a run, are still honoured until they expire, so that status URLs handed out before
+//! an upgrade (and by nodes not upgraded yet) keep working.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -67,8 +69,9 @@ impl Scopes {
 pub struct Grant {
     /// Its scopes.
     pub scopes: Scopes,
-    /// The creation time of the instance it was issued for.
-    pub created_at: Timestamp,
+    /// The creation time of the instance it was issued for (`None` for a token of the earlier
+    /// format, which is not bound to one run).
+    pub created_at: Option<Timestamp>,
 }
 
 /// Signs status tokens with one secret and verifies them with it or with earlier secrets still
@@ -98,10 +101,11 @@ impl TokenSigner {
         self
     }
 
-    fn mac(secret: &[u8], instance_id: &str, created: i64, expires: i64, scopes: &str) -> HmacSha256 {
+    /// The MAC over `parts`, separated by NULs.
+    fn mac(secret: &[u8], parts: &[&str]) -> HmacSha256 {
         // HMAC accepts keys of any length, so this cannot fail.
         let mut mac = HmacSha256::new_from_slice(secret).unwrap_or_else(|_| unreachable!("HMAC takes any key"));
-        for (n, part) in [instance_id, &created.to_string(), &expires.to_string(), scopes].into_iter().enumerate() {
+        for (n, part) in parts.iter().enumerate() {
             if n > 0 {
                 mac.update(b"\0");
             }
@@ -116,24 +120,38 @@ impl TokenSigner {
         let expires = expires_at.millis().div_euclid(1000);
         let created = created_at.millis();
         let code = scopes.encode();
-        let tag = TokenSigner::mac(&self.secret, instance_id, created, expires, code).finalize().into_bytes();
+        let parts = [instance_id, &created.to_string(), &expires.to_string(), code];
+        let tag = TokenSigner::mac(&self.secret, &parts).finalize().into_bytes();
         format!("{expires}.{code}.{created}.{}", URL_SAFE_NO_PAD.encode(tag))
     }
 
     /// What `token` grants, if it was issued for `instance_id`, grants `needed` and has not
     /// expired. The caller must still check [`Grant::created_at`] against the instance it reads.
     pub fn verify(&self, token: &str, instance_id: &str, needed: Scope, now: Timestamp) -> Option<Grant> {
-        let mut parts = token.splitn(4, '.');
-        let (expires, code, created, tag) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        let expires = expires.parse::<i64>().ok()?;
-        let created = created.parse::<i64>().ok()?;
+        let fields: Vec<&str> = token.splitn(5, '.').collect();
+        let (expires_text, code, created, tag) = match fields[..] {
+            [expires, code, created, tag] => (expires, code, Some(created), tag),
+            [expires, code, tag] => (expires, code, None, tag),
+            _ => return None,
+        };
+        let expires = expires_text.parse::<i64>().ok()?;
+        let created = match created {
+            Some(text) => Some(text.parse::<i64>().ok()?),
+            None => None,
+        };
         let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
+        let created_text = created.map(|c| c.to_string());
+        let expires_text = expires.to_string();
+        let parts: Vec<&str> = match &created_text {
+            Some(created) => vec![instance_id, created, &expires_text, code],
+            None => vec![instance_id, &expires_text, code],
+        };
         // `verify_slice` compares in constant time.
         let authentic = std::iter::once(&self.secret)
             .chain(&self.previous)
-            .any(|secret| TokenSigner::mac(secret, instance_id, created, expires, code).verify_slice(&tag).is_ok());
+            .any(|secret| TokenSigner::mac(secret, &parts).verify_slice(&tag).is_ok());
         let valid = authentic && expires.saturating_mul(1000) > now.millis() && Scopes::allows(code, needed);
-        valid.then(|| Grant { scopes: Scopes::decode(code), created_at: Timestamp(created) })
+        valid.then(|| Grant { scopes: Scopes::decode(code), created_at: created.map(Timestamp) })
     }
 }
 
@@ -149,7 +167,7 @@ mod tests {
         let token = signer.sign("a", created, Scopes::READ, now.plus_millis(60_000));
         assert_eq!(
             signer.verify(&token, "a", Scope::Read, now),
-            Some(Grant { scopes: Scopes::READ, created_at: created })
+            Some(Grant { scopes: Scopes::READ, created_at: Some(created) })
         );
         assert!(signer.verify(&token, "a", Scope::Cancel, now).is_none(), "scope not granted");
         assert!(signer.verify(&token, "b", Scope::Read, now).is_none(), "foreign instance");
@@ -160,6 +178,15 @@ mod tests {
         assert!(signer.verify(&forged, "a", Scope::Cancel, now).is_none(), "scopes are signed");
         let moved = token.replace(".999123.", ".999124.");
         assert!(signer.verify(&moved, "a", Scope::Read, now).is_none(), "the creation is signed");
+        // A token of the earlier format (no creation) is honoured, bound to no run.
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let expires = now.plus_millis(60_000).millis() / 1000;
+        let tag = TokenSigner::mac(secret, &["a", &expires.to_string(), "r"]).finalize().into_bytes();
+        let legacy = format!("{expires}.r.{}", URL_SAFE_NO_PAD.encode(tag));
+        let grant = Grant { scopes: Scopes::READ, created_at: None };
+        assert_eq!(signer.verify(&legacy, "a", Scope::Read, now), Some(grant));
+        assert!(signer.verify(&legacy, "b", Scope::Read, now).is_none());
+        assert!(signer.verify(&format!("{token}.x"), "a", Scope::Read, now).is_none(), "five parts");
         // A rotation: the new secret signs, the old one still verifies.
         let rotated = TokenSigner::new(b"new".to_vec()).with_previous([b"0123456789abcdef0123456789abcdef".to_vec()]);
         assert!(rotated.verify(&token, "a", Scope::Read, now).is_some(), "an old token still works");

@@ -862,6 +862,7 @@ impl Store for PostgresStore {
                 &[&ids, &tokens],
             )
             .await;
+            drop(client);
             match released {
                 Ok(_) => self.publish(&["a".to_owned()], None).await,
                 Err(err) => {

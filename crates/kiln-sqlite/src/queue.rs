@@ -79,8 +79,8 @@ pub struct Queues {
     leases: BTreeMap<(Timestamp, u64), LeaseTarget>,
     activities: VecDeque<ActivityEntry>,
     /// Activities a claim passed over because their name was excluded (its concurrency limit
-    /// was reached), by name, in queue order; back at the front once a claim no longer
-    /// excludes the name. Each entry moves at most once per such spell.
+    /// was reached), by name, in queue order. Each entry is moved here at most once; claims that
+    /// do not exclude its name take it from here first (it is older than the queue's entries).
     held_back: HashMap<String, VecDeque<ActivityEntry>>,
     leased_activities: HashMap<i64, (HeldLease, ActivityEntry)>,
     next_token: u64,
@@ -278,12 +278,15 @@ impl Queues {
         lease_ms: i64,
         excluded: &[String],
     ) -> Option<(ActivityEntry, Lease)> {
-        let mut entry = loop {
-            let entry = self.activities.pop_front()?;
-            if !excluded.contains(&entry.activity.name) {
-                break entry;
-            }
-            self.held_back.entry(entry.activity.name.clone()).or_default().push_back(entry);
+        let mut entry = match self.take_held_back(excluded) {
+            Some(entry) => entry,
+            None => loop {
+                let entry = self.activities.pop_front()?;
+                if !excluded.contains(&entry.activity.name) {
+                    break entry;
+                }
+                self.held_back.entry(entry.activity.name.clone()).or_default().push_back(entry);
+            },
         };
         entry.dequeue_count += 1;
         let lease = Lease { token: self.token(), expires_at: now.plus_millis(lease_ms) };
@@ -295,20 +298,21 @@ impl Queues {
         Some((entry, lease))
     }
 
-    /// Puts the activities held back for names no longer `excluded` at the front of the queue,
-    /// in their order (they were queued before anything behind them).
-    pub fn release_held_back(&mut self, excluded: &[String]) {
-        if self.held_back.is_empty() {
-            return;
+    /// The oldest held-back activity whose name is not `excluded` (one look per held-back name).
+    fn take_held_back(&mut self, excluded: &[String]) -> Option<ActivityEntry> {
+        let name = self
+            .held_back
+            .iter()
+            .filter(|(name, _)| !excluded.contains(name))
+            .filter_map(|(name, entries)| Some((entries.front()?.id, name)))
+            .min()
+            .map(|(_, name)| name.clone())?;
+        let entries = self.held_back.get_mut(&name)?;
+        let entry = entries.pop_front();
+        if entries.is_empty() {
+            self.held_back.remove(&name);
         }
-        let released: Vec<String> = self.held_back.keys().filter(|name| !excluded.contains(name)).cloned().collect();
-        for name in released {
-            if let Some(entries) = self.held_back.remove(&name) {
-                for entry in entries.into_iter().rev() {
-                    self.activities.push_front(entry);
-                }
-            }
-        }
+        entry
     }
 
     /// Pins an instance lease for a commit; false if it is not held with this token.

@@ -513,7 +513,6 @@ impl Store for SqliteStore {
         max: usize,
         excluded: &[String],
     ) -> StoreResult<Vec<ActivityWorkItem>> {
-        self.shared.lock_queues().release_held_back(excluded);
         let claim = |queues: &mut Queues, at| {
             std::iter::from_fn(|| queues.claim_activity(at, lease_millis(lease_for), excluded))
                 .take(max.max(1))

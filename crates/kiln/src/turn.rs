@@ -75,14 +75,14 @@ pub(crate) async fn run_turn(rt: &Runtime, item: OrchestrationWorkItem, finished
             // again (a rewind that finishes at once rewrites the history, and did).
             let late_only = was_terminal && matches!(commit.history, HistoryUpdate::Append(_));
             let ended = (commit.status.is_terminal() && !late_only).then_some(commit.now);
-            let (status, failure) = (commit.status, commit.failure.clone());
+            let (status, failure, execution) = (commit.status, commit.failure.clone(), commit.execution);
             match rt.store.commit_turn(*commit).await {
                 Ok(()) => {
                     rt.metrics.turns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if status == RuntimeStatus::Terminated {
                         // The commit withdrew its activities: stop the ones running here now
                         // (elsewhere, they stop when they next renew their lease).
-                        rt.running.cancel(&instance_id);
+                        rt.running.cancel(&instance_id, execution);
                     }
                     if let Some(ended) = ended {
                         let millis = u64::try_from(ended.millis() - created_at.millis()).unwrap_or(0);

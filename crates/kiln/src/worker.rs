@@ -23,9 +23,12 @@ const ERROR_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(5);
 /// Most activities claimed in one store round trip.
 const MAX_ACTIVITY_BATCH: usize = 64;
-/// When an activity claimed beyond its name's limit (more of it in one batch than it had
-/// slots left) is offered again.
+/// When an activity claimed beyond its name's limit (a name not running yet, claimed more
+/// times in one batch than its limit) is offered again.
 const OVER_LIMIT_RETRY: Duration = Duration::from_millis(250);
+/// Longest a fetch waits while some name is at its limit, so that a slot coming free is soon
+/// used.
+const SATURATED_FETCH_WAIT: Duration = Duration::from_millis(100);
 
 /// Backoff while the store keeps failing (e.g. its database is unreachable), so that many
 /// workers neither hammer it nor flood the log.
@@ -91,12 +94,16 @@ pub(crate) async fn activity_dispatcher(rt: Arc<Runtime>, mut shutdown: watch::R
         {
             batch.push(permit);
         }
-        let excluded = limits.saturated(&rt.config);
-        let fetch = rt.store.fetch_activity_work(rt.config.lease_duration, FETCH_WAIT, batch.len(), &excluded);
+        // Names at their limit are not claimed; a name close to it caps the batch, so that a
+        // batch does not bring more of it than it has slots for. While some name is at its
+        // limit, the fetch waits only briefly: a slot coming free is seen soon. (The fetch is
+        // never dropped for that: one dropped mid-claim would strand what it claimed.)
+        let ClaimPlan { excluded, headroom } = limits.plan(&rt.config);
+        batch.truncate(headroom.max(1));
+        let wait = if excluded.is_empty() { FETCH_WAIT } else { SATURATED_FETCH_WAIT };
+        let fetch = rt.store.fetch_activity_work(rt.config.lease_duration, wait, batch.len(), &excluded);
         let fetched = tokio::select! {
             fetched = fetch => fetched,
-            // A name's slot came free: claim again without excluding it.
-            () = limits.freed.notified(), if !excluded.is_empty() => continue,
             _ = shutdown.changed() => break,
         };
         while tasks.try_join_next().is_some() {}
@@ -105,7 +112,7 @@ pub(crate) async fn activity_dispatcher(rt: Arc<Runtime>, mut shutdown: watch::R
                 backoff.succeeded();
                 for (item, permit) in items.into_iter().zip(batch) {
                     let Some(slot) = limits.try_start(&rt.config, &item.activity.name) else {
-                        // More of one name in the batch than it had slots left: back for later.
+                        // A name not running before came more times than its limit: back for later.
                         let _ = rt.store.abandon_activity_work(&item, OVER_LIMIT_RETRY).await;
                         continue;
                     };
@@ -138,15 +145,28 @@ pub(crate) async fn activity_dispatcher(rt: Arc<Runtime>, mut shutdown: watch::R
 #[derive(Default)]
 struct NameLimits {
     running: Mutex<HashMap<String, usize>>,
-    /// Signalled when a name at its limit gets a slot back.
-    freed: Notify,
+}
+
+/// What the next claim may take (see [`NameLimits::plan`]).
+struct ClaimPlan {
+    /// Names at their limit.
+    excluded: Vec<String>,
+    /// Most activities one claim may bring without any running name going over its limit.
+    headroom: usize,
 }
 
 impl NameLimits {
-    /// The names at their limit.
-    fn saturated(&self, config: &RuntimeConfig) -> Vec<String> {
+    /// The names the next claim must pass over, and how many activities it may take.
+    fn plan(&self, config: &RuntimeConfig) -> ClaimPlan {
         let running = lock(&self.running);
-        running.iter().filter(|&(name, &n)| n >= config.activity_limit(name)).map(|(name, _)| name.clone()).collect()
+        let mut plan = ClaimPlan { excluded: Vec::new(), headroom: usize::MAX };
+        for (name, &count) in running.iter() {
+            match config.activity_limit(name).saturating_sub(count) {
+                0 => plan.excluded.push(name.clone()),
+                left => plan.headroom = plan.headroom.min(left),
+            }
+        }
+        plan
     }
 
     /// A slot for an activity named `name`, unless its limit is reached.
@@ -158,7 +178,7 @@ impl NameLimits {
             return None;
         }
         *count += 1;
-        Some(NameSlot { limits: Arc::clone(self), name: name.to_owned(), limit })
+        Some(NameSlot { limits: Arc::clone(self), name: name.to_owned() })
     }
 }
 
@@ -166,22 +186,15 @@ impl NameLimits {
 struct NameSlot {
     limits: Arc<NameLimits>,
     name: String,
-    limit: usize,
 }
 
 impl Drop for NameSlot {
     fn drop(&mut self) {
         let mut running = lock(&self.limits.running);
         let Some(count) = running.get_mut(&self.name) else { return };
-        let was_full = *count >= self.limit;
         *count -= 1;
         if *count == 0 {
             running.remove(&self.name);
-        }
-        drop(running);
-        if was_full {
-            // Claims may have excluded the name: they look again.
-            self.limits.freed.notify_one();
         }
     }
 }
@@ -195,22 +208,28 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// its running activities at once.
 #[derive(Default)]
 pub(crate) struct RunningActivities {
-    by_instance: Mutex<HashMap<String, HashMap<i64, Arc<Notify>>>>,
+    by_instance: Mutex<HashMap<String, RunningOfInstance>>,
 }
 
+/// An instance's running activities, by work item id: each one's execution and cancellation
+/// signal.
+type RunningOfInstance = HashMap<i64, (u64, Arc<Notify>)>;
+
 impl RunningActivities {
-    /// Registers a running activity; its cancellation is signalled on the returned `Notify`
-    /// until the guard is dropped.
-    fn start<'a>(&'a self, instance_id: &'a str, id: i64) -> (Arc<Notify>, Running<'a>) {
+    /// Registers a running activity of `execution`; its cancellation is signalled on the
+    /// returned `Notify` until the guard is dropped.
+    fn start<'a>(&'a self, instance_id: &'a str, id: i64, execution: u64) -> (Arc<Notify>, Running<'a>) {
         let canceled = Arc::new(Notify::new());
-        lock(&self.by_instance).entry(instance_id.to_owned()).or_default().insert(id, Arc::clone(&canceled));
-        (canceled, Running { activities: self, instance_id, id })
+        let entry = (execution, Arc::clone(&canceled));
+        lock(&self.by_instance).entry(instance_id.to_owned()).or_default().insert(id, entry);
+        (Arc::clone(&canceled), Running { activities: self, instance_id, id, canceled })
     }
 
-    /// Cancels the instance's running activities.
-    pub(crate) fn cancel(&self, instance_id: &str) {
+    /// Cancels the running activities of the instance's `execution` (a run created later under
+    /// the same id has other execution numbers, so its activities are left alone).
+    pub(crate) fn cancel(&self, instance_id: &str, execution: u64) {
         if let Some(running) = lock(&self.by_instance).get(instance_id) {
-            running.values().for_each(|canceled| canceled.notify_one());
+            running.values().filter(|(of, _)| *of == execution).for_each(|(_, canceled)| canceled.notify_one());
         }
     }
 }
@@ -220,13 +239,18 @@ struct Running<'a> {
     activities: &'a RunningActivities,
     instance_id: &'a str,
     id: i64,
+    /// Its own signal: an entry registered since for the same work item (claimed again after
+    /// its lease lapsed) is not this one's to remove.
+    canceled: Arc<Notify>,
 }
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
         let mut by_instance = lock(&self.activities.by_instance);
         if let Some(running) = by_instance.get_mut(self.instance_id) {
-            running.remove(&self.id);
+            if running.get(&self.id).is_some_and(|(_, canceled)| Arc::ptr_eq(canceled, &self.canceled)) {
+                running.remove(&self.id);
+            }
             if running.is_empty() {
                 by_instance.remove(self.instance_id);
             }
@@ -320,7 +344,7 @@ async fn run_activity(rt: &Runtime, mut item: ActivityWorkItem) {
                 delivery: item.dequeue_count,
             };
             let instance_id = activity.instance_id.clone();
-            let (cancel, _running) = rt.running.start(&instance_id, item.id);
+            let (cancel, _running) = rt.running.start(&instance_id, item.id, activity.execution);
             let run = CatchPanic::new(function(ctx, activity.input.clone()));
             let renew_every = rt.config.lease_duration / 3;
             tokio::pin!(run);
@@ -402,5 +426,34 @@ async fn report_result(rt: &Runtime, mut item: ActivityWorkItem, event: HistoryE
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn signalled(canceled: &Notify) -> bool {
+        tokio::time::timeout(Duration::from_millis(10), canceled.notified()).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_terminate_cancels_its_own_run_s_activities_only() {
+        let running = RunningActivities::default();
+        let (old_run, _a) = running.start("job", 1, 5);
+        let (new_run, _b) = running.start("job", 2, 6);
+        running.cancel("job", 5);
+        assert!(signalled(&old_run).await);
+        assert!(!signalled(&new_run).await, "a later run under the same id is left alone");
+    }
+
+    #[tokio::test]
+    async fn an_old_claim_ending_does_not_unregister_a_newer_one() {
+        let running = RunningActivities::default();
+        let (_, old) = running.start("job", 1, 5);
+        let (newer, _newer_guard) = running.start("job", 1, 5);
+        drop(old);
+        running.cancel("job", 5);
+        assert!(signalled(&newer).await, "still registered, so still canceled");
     }
 }

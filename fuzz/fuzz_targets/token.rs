@@ -2,6 +2,7 @@
 #![no_main]
 
 #[path = "../targets/mod.rs"]
+#[allow(dead_code)] // each target uses one of the shared bodies
 mod targets;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::token(data));

@@ -54,7 +54,7 @@ pub fn history(data: &[u8]) {
 /// The management API's query parsing (Durable Functions' list, status and purge queries): any
 /// path and query under the management prefix gets an answer below 500.
 pub fn management_query(data: &[u8]) {
-    let (runtime, router) = management();
+    let (runtime, router, _) = management();
     let text = String::from_utf8_lossy(data);
     let (path, query) = text.split_once('?').unwrap_or(("instances", &text));
     let encode = |part: &str| -> String {
@@ -89,15 +89,16 @@ pub fn management_query(data: &[u8]) {
     }
 }
 
-/// One Kiln (an empty SQLite database) and its loopback management router, for every input.
-fn management() -> &'static (tokio::runtime::Runtime, axum::Router) {
-    static SHARED: OnceLock<(tokio::runtime::Runtime, axum::Router)> = OnceLock::new();
+/// One Kiln (an empty SQLite database) and its loopback management router, for every input
+/// (kept for the whole process).
+fn management() -> &'static (tokio::runtime::Runtime, axum::Router, Kiln) {
+    static SHARED: OnceLock<(tokio::runtime::Runtime, axum::Router, Kiln)> = OnceLock::new();
     SHARED.get_or_init(|| {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build();
         let runtime = runtime.unwrap_or_else(|e| panic!("tokio: {e}"));
         let dir = std::env::temp_dir().join(format!("kiln-fuzz-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-        let router = runtime.block_on(async {
+        let (router, kiln) = runtime.block_on(async {
             async fn echo(
                 _: kiln::OrchestrationContext,
                 input: serde_json::Value,
@@ -108,10 +109,8 @@ fn management() -> &'static (tokio::runtime::Runtime, axum::Router) {
             let kiln = kiln.unwrap_or_else(|e| panic!("kiln: {e}"));
             let options = HttpOptions { system_key: Some("fuzz-system-key-0123".into()), ..HttpOptions::default() };
             let http = KilnHttp::new(kiln.client(), options).await.unwrap_or_else(|e| panic!("http: {e}"));
-            // Kept running for the whole process.
-            std::mem::forget(kiln);
-            http.management_router()
+            (http.management_router(), kiln)
         });
-        (runtime, router)
+        (runtime, router, kiln)
     })
 }

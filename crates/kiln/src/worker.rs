@@ -76,7 +76,6 @@ pub(crate) async fn orchestration_worker(rt: Arc<Runtime>, mut shutdown: watch::
 pub(crate) async fn activity_dispatcher(rt: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) {
     let permits = Arc::new(Semaphore::new(rt.config.activity_concurrency.max(1)));
     let limits = Arc::new(NameLimits::default());
-    let running: Arc<Mutex<HashMap<i64, ActivityWorkItem>>> = Arc::default();
     let mut tasks = JoinSet::new();
     let mut backoff = Backoff(None);
     while !*shutdown.borrow() {
@@ -116,13 +115,14 @@ pub(crate) async fn activity_dispatcher(rt: Arc<Runtime>, mut shutdown: watch::R
                         let _ = rt.store.abandon_activity_work(&item, OVER_LIMIT_RETRY).await;
                         continue;
                     };
-                    lock(&running).insert(item.id, item.clone());
+                    // Registered until it ends; an activity aborted at shutdown stays registered,
+                    // to be handed back.
+                    let cancel = rt.running.start(&item);
                     let rt = Arc::clone(&rt);
-                    let running = Arc::clone(&running);
                     tasks.spawn(async move {
-                        let id = item.id;
-                        run_activity(&rt, item).await;
-                        lock(&running).remove(&id);
+                        let (instance_id, id) = (item.activity.instance_id.clone(), item.id);
+                        run_activity(&rt, item, &cancel).await;
+                        rt.running.finish(&instance_id, id, &cancel);
                         drop((slot, permit));
                     });
                 }
@@ -134,8 +134,7 @@ pub(crate) async fn activity_dispatcher(rt: Arc<Runtime>, mut shutdown: watch::R
         tokio::time::timeout(rt.config.shutdown_grace, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tasks.abort_all();
-        let unfinished: Vec<ActivityWorkItem> = lock(&running).drain().map(|(_, item)| item).collect();
-        for item in unfinished {
+        for item in rt.running.drain() {
             let _ = rt.store.abandon_activity_work(&item, Duration::ZERO).await;
         }
     }
@@ -173,11 +172,13 @@ impl NameLimits {
     fn try_start(self: &Arc<Self>, config: &RuntimeConfig, name: &str) -> Option<NameSlot> {
         let limit = config.activity_limit(name);
         let mut running = lock(&self.running);
-        let count = running.entry(name.to_owned()).or_default();
-        if *count >= limit {
-            return None;
+        match running.get_mut(name) {
+            Some(count) if *count >= limit => return None,
+            Some(count) => *count += 1,
+            None => {
+                running.insert(name.to_owned(), 1);
+            }
         }
-        *count += 1;
         Some(NameSlot { limits: Arc::clone(self), name: name.to_owned() })
     }
 }
@@ -205,56 +206,59 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The activities running in this process, by instance: terminating an instance here cancels
-/// its running activities at once.
+/// its running activities at once, and shutdown hands back the ones it had to abort.
 #[derive(Default)]
 pub(crate) struct RunningActivities {
     by_instance: Mutex<HashMap<String, RunningOfInstance>>,
 }
 
-/// An instance's running activities, by work item id: each one's execution and cancellation
-/// signal.
-type RunningOfInstance = HashMap<i64, (u64, Arc<Notify>)>;
+/// An instance's running activities, by work item id.
+type RunningOfInstance = HashMap<i64, RunningActivity>;
+
+/// One running activity: its claim and its cancellation signal.
+struct RunningActivity {
+    item: ActivityWorkItem,
+    canceled: Arc<Notify>,
+}
 
 impl RunningActivities {
-    /// Registers a running activity of `execution`; its cancellation is signalled on the
-    /// returned `Notify` until the guard is dropped.
-    fn start<'a>(&'a self, instance_id: &'a str, id: i64, execution: u64) -> (Arc<Notify>, Running<'a>) {
+    /// Registers a running activity until [`RunningActivities::finish`]; its cancellation is
+    /// signalled on the returned `Notify`.
+    fn start(&self, item: &ActivityWorkItem) -> Arc<Notify> {
         let canceled = Arc::new(Notify::new());
-        let entry = (execution, Arc::clone(&canceled));
-        lock(&self.by_instance).entry(instance_id.to_owned()).or_default().insert(id, entry);
-        (Arc::clone(&canceled), Running { activities: self, instance_id, id, canceled })
+        let entry = RunningActivity { item: item.clone(), canceled: Arc::clone(&canceled) };
+        lock(&self.by_instance).entry(item.activity.instance_id.clone()).or_default().insert(item.id, entry);
+        canceled
+    }
+
+    /// Unregisters the activity that `canceled` was handed out for (an entry registered since
+    /// for the same work item, claimed again after its lease lapsed, is not this one's).
+    fn finish(&self, instance_id: &str, id: i64, canceled: &Arc<Notify>) {
+        let mut by_instance = lock(&self.by_instance);
+        if let Some(running) = by_instance.get_mut(instance_id) {
+            if running.get(&id).is_some_and(|entry| Arc::ptr_eq(&entry.canceled, canceled)) {
+                running.remove(&id);
+            }
+            if running.is_empty() {
+                by_instance.remove(instance_id);
+            }
+        }
     }
 
     /// Cancels the running activities of the instance's `execution` (a run created later under
     /// the same id has other execution numbers, so its activities are left alone).
     pub(crate) fn cancel(&self, instance_id: &str, execution: u64) {
         if let Some(running) = lock(&self.by_instance).get(instance_id) {
-            running.values().filter(|(of, _)| *of == execution).for_each(|(_, canceled)| canceled.notify_one());
+            running
+                .values()
+                .filter(|entry| entry.item.activity.execution == execution)
+                .for_each(|entry| entry.canceled.notify_one());
         }
     }
-}
 
-/// A registered running activity (see [`RunningActivities::start`]).
-struct Running<'a> {
-    activities: &'a RunningActivities,
-    instance_id: &'a str,
-    id: i64,
-    /// Its own signal: an entry registered since for the same work item (claimed again after
-    /// its lease lapsed) is not this one's to remove.
-    canceled: Arc<Notify>,
-}
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        let mut by_instance = lock(&self.activities.by_instance);
-        if let Some(running) = by_instance.get_mut(self.instance_id) {
-            if running.get(&self.id).is_some_and(|(_, canceled)| Arc::ptr_eq(canceled, &self.canceled)) {
-                running.remove(&self.id);
-            }
-            if running.is_empty() {
-                by_instance.remove(self.instance_id);
-            }
-        }
+    /// Unregisters every activity still registered (at shutdown, after aborting them).
+    fn drain(&self) -> Vec<ActivityWorkItem> {
+        lock(&self.by_instance).drain().flat_map(|(_, running)| running.into_values().map(|entry| entry.item)).collect()
     }
 }
 
@@ -295,7 +299,7 @@ fn canceled(rt: &Runtime, item: &ActivityWorkItem, why: Cancellation) {
 
 /// Runs one activity, renewing its lease meanwhile, and reports the result. An activity that is
 /// not registered here is given back, uncounted, for a worker that has it (a rolling deploy).
-async fn run_activity(rt: &Runtime, mut item: ActivityWorkItem) {
+async fn run_activity(rt: &Runtime, mut item: ActivityWorkItem, cancel: &Notify) {
     let activity = &item.activity;
     let started = Instant::now();
     let outcome = match rt.registry.activity(&activity.name) {
@@ -343,8 +347,6 @@ async fn run_activity(rt: &Runtime, mut item: ActivityWorkItem) {
                 attempt: activity.attempt,
                 delivery: item.dequeue_count,
             };
-            let instance_id = activity.instance_id.clone();
-            let (cancel, _running) = rt.running.start(&instance_id, item.id, activity.execution);
             let run = CatchPanic::new(function(ctx, activity.input.clone()));
             let renew_every = rt.config.lease_duration / 3;
             tokio::pin!(run);
@@ -437,11 +439,24 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(10), canceled.notified()).await.is_ok()
     }
 
+    fn claim(id: i64, execution: u64) -> ActivityWorkItem {
+        let activity = kiln_store::NewActivity {
+            instance_id: "job".into(),
+            execution,
+            step: 0,
+            name: "work".into(),
+            input: Payload::null(),
+            attempt: 1,
+        };
+        let lease = kiln_store::Lease { token: 1, expires_at: kiln_core::Timestamp(0) };
+        ActivityWorkItem { id, activity, lease, dequeue_count: 1 }
+    }
+
     #[tokio::test]
     async fn a_terminate_cancels_its_own_run_s_activities_only() {
         let running = RunningActivities::default();
-        let (old_run, _a) = running.start("job", 1, 5);
-        let (new_run, _b) = running.start("job", 2, 6);
+        let old_run = running.start(&claim(1, 5));
+        let new_run = running.start(&claim(2, 6));
         running.cancel("job", 5);
         assert!(signalled(&old_run).await);
         assert!(!signalled(&new_run).await, "a later run under the same id is left alone");
@@ -450,9 +465,9 @@ mod tests {
     #[tokio::test]
     async fn an_old_claim_ending_does_not_unregister_a_newer_one() {
         let running = RunningActivities::default();
-        let (_, old) = running.start("job", 1, 5);
-        let (newer, _newer_guard) = running.start("job", 1, 5);
-        drop(old);
+        let old = running.start(&claim(1, 5));
+        let newer = running.start(&claim(1, 5));
+        running.finish("job", 1, &old);
         running.cancel("job", 5);
         assert!(signalled(&newer).await, "still registered, so still canceled");
     }

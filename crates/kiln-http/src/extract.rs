@@ -4,7 +4,7 @@
 use crate::problem::{FieldError, Problem};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::DeserializeOwned;
 
 /// The raw body, with the size limit turned into a 413 problem.
@@ -40,11 +40,13 @@ pub(crate) async fn refuse_announced_oversize(
 
 /// True if the request says its body is JSON (`application/json`, any parameters).
 pub fn is_json(req: &Request) -> bool {
-    req.headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+    media_type(req.headers()).is_some_and(|media| media == "application/json")
+}
+
+/// The media type `Content-Type` declares, lower case, without parameters.
+pub(crate) fn media_type(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    Some(value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
 }
 
 /// A JSON body deserialized into `T` and checked with `garde`.

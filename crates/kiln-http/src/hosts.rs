@@ -126,8 +126,7 @@ fn check_local(headers: &HeaderMap, has_body: bool) -> Result<(), Problem> {
 
 /// `application/json` or any `+json` type, with or without parameters.
 fn is_json(headers: &HeaderMap) -> bool {
-    let value = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let essence = crate::extract::media_type(headers).unwrap_or_default();
     essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 

@@ -128,24 +128,18 @@ impl TokenSigner {
     /// What `token` grants, if it was issued for `instance_id`, grants `needed` and has not
     /// expired. The caller must still check [`Grant::created_at`] against the instance it reads.
     pub fn verify(&self, token: &str, instance_id: &str, needed: Scope, now: Timestamp) -> Option<Grant> {
-        let fields: Vec<&str> = token.splitn(5, '.').collect();
-        let (expires_text, code, created, tag) = match fields[..] {
-            [expires, code, created, tag] => (expires, code, Some(created), tag),
-            [expires, code, tag] => (expires, code, None, tag),
+        let mut fields = token.split('.');
+        let (expires, code) = (fields.next()?.parse::<i64>().ok()?, fields.next()?);
+        let (created, tag) = match fields.collect::<Vec<_>>()[..] {
+            [created, tag] => (Some(created.parse::<i64>().ok()?), tag),
+            [tag] => (None, tag),
             _ => return None,
         };
-        let expires = expires_text.parse::<i64>().ok()?;
-        let created = match created {
-            Some(text) => Some(text.parse::<i64>().ok()?),
-            None => None,
-        };
         let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
-        let created_text = created.map(|c| c.to_string());
-        let expires_text = expires.to_string();
-        let parts: Vec<&str> = match &created_text {
-            Some(created) => vec![instance_id, created, &expires_text, code],
-            None => vec![instance_id, &expires_text, code],
-        };
+        // The MAC covers the numbers as signed (canonical text), the creation only when present.
+        let (created_text, expires_text) = (created.map(|c| c.to_string()), expires.to_string());
+        let parts: Vec<&str> =
+            std::iter::once(instance_id).chain(created_text.as_deref()).chain([expires_text.as_str(), code]).collect();
         // `verify_slice` compares in constant time.
         let authentic = std::iter::once(&self.secret)
             .chain(&self.previous)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds hello-app as the README says and drives it as a user would: one greeting (202 with a
 # status URL, then the final 200 with {"greeting":"Hello, Ada!"}), an invalid name (400
-# problem), the `list` client command, and a tiny `bench`.
+# problem), the `list` client command, and a tiny `bench`; then serves it again with its starter
+# protected by kiln.example.toml and an API key made by `hello-app keys new-api-key`.
 set -euo pipefail
 cd "$(dirname "$0")"
 export CARGO_TARGET_DIR="$PWD/target"
@@ -12,9 +13,19 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 public="127.0.0.1:$(free_port)"
 management="127.0.0.1:$(free_port)"
 work="$(mktemp -d)"
-(cd "$work" && KILN_LOG=warn exec "$app" serve --listen "$public" --management-listen "$management" \
-    >"$work/serve.log" 2>&1) &
-server=$!
+server=""
+# Serves hello-app from $work with the given extra arguments, and waits until it is ready.
+serve() {
+    (cd "$work" && KILN_LOG=warn exec "$app" serve --listen "$public" --management-listen "$management" "$@" \
+        >"$work/serve.log" 2>&1) &
+    server=$!
+    for _ in $(seq 1 200); do
+        curl -fsS "http://$public/readyz" >/dev/null 2>&1 && return 0
+        kill -0 "$server" 2>/dev/null || fail "serve exited"
+        sleep 0.05
+    done
+    curl -fsS "http://$public/readyz" >/dev/null || fail "serve did not become ready"
+}
 finish() {
     local status=$?
     kill "$server" 2>/dev/null || true
@@ -25,12 +36,7 @@ finish() {
 trap finish EXIT
 fail() { echo "hello-app smoke test: $*" >&2; exit 1; }
 
-for _ in $(seq 1 200); do
-    curl -fsS "http://$public/readyz" >/dev/null 2>&1 && break
-    kill -0 "$server" 2>/dev/null || fail "serve exited"
-    sleep 0.05
-done
-curl -fsS "http://$public/readyz" >/dev/null || fail "serve did not become ready"
+serve
 
 accepted="$(curl -sS -X POST "http://$public/api/greetings" -H 'content-type: application/json' -d '{"name": "Ada"}' \
     -w '\n%{http_code}')"
@@ -50,4 +56,22 @@ invalid="$(curl -sS -o /dev/null -w '%{http_code} %{content_type}' -X POST "http
 
 "$app" --url "http://$management" list | grep -q "^$id	Completed	greet	" || fail "list does not show $id"
 "$app" bench --workload hello --count 5 --concurrency 1 >/dev/null || fail "bench failed"
-echo "hello-app: a greeting went through end to end, an invalid one got its 400, list and bench work"
+
+# The same starter, protected: kiln.example.toml asks for an API key granting greetings:start.
+kill "$server" && wait "$server" 2>/dev/null || true
+made="$("$app" keys new-api-key greeter --scope greetings:start)"
+key="$(grep -o 'kiln_[A-Za-z0-9_-]*' <<<"$made" | head -n1)"
+line="$(grep -A1 'Add this line' <<<"$made" | tail -n1)"
+other_key_made="$("$app" keys new-api-key reader2)"
+other_key="$(grep -o 'kiln_[A-Za-z0-9_-]*' <<<"$other_key_made" | head -n1)"
+other_line="$(grep -A1 'Add this line' <<<"$other_key_made" | tail -n1)"
+KILN_API_KEYS="$line;$other_line" serve --config "$PWD/kiln.example.toml"
+greet() { curl -sS -o /dev/null -w '%{http_code}' -X POST "http://$public/api/greetings" \
+    -H 'content-type: application/json' -d '{"name": "Ada"}' "$@"; }
+[ "$(greet)" = 401 ] || fail "no key: expected 401"
+[ "$(greet -H "x-api-key: kiln_wrong")" = 401 ] || fail "a wrong key: expected 401"
+[ "$(greet -H "x-api-key: $other_key")" = 403 ] || fail "a key without the scope: expected 403"
+[ "$(greet -H "x-api-key: $key")" = 202 ] || fail "the key: expected 202"
+[ "$(greet -H "authorization: Bearer $key")" = 202 ] || fail "the key as a bearer token: expected 202"
+echo "hello-app: a greeting went through end to end, an invalid one got its 400, list and bench work;" \
+    "protected, the starter refused no key (401), a wrong key (401) and a key without its scope (403)"

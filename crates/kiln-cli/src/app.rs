@@ -174,6 +174,12 @@ impl App {
                 Ok(true)
             }
             Command::Bench(args) => bench::run(args).map(|()| true),
+            Command::Keys(KeysCommand::NewApiKey { name, scopes }) => {
+                let (key, line) = kiln_http::auth::api_keys::new_api_key(name, scopes).map_err(anyhow::Error::msg)?;
+                println!("API key (shown once; give it to the caller, keep it nowhere else):\n  {key}\n");
+                println!("Add this line to the api_keys_file (or KILN_API_KEYS):\n  {line}");
+                Ok(true)
+            }
             Command::Start { name, input, id, wait } => remote().start(name, input, id.as_deref(), *wait),
             Command::Status { id } => remote().status(id).map(|()| true),
             Command::List { statuses, prefix } => remote().list(statuses, prefix.as_deref()).map(|()| true),
@@ -231,6 +237,9 @@ enum Command {
     },
     /// Load running servers and report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Make credentials for the starters.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Start an orchestration.
     Start {
         /// Orchestration name.
@@ -291,6 +300,18 @@ enum Command {
         /// With --created-before: only these statuses (repeatable).
         #[arg(long = "status")]
         statuses: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a new random API key; prints the key once and the hashed line to list it by.
+    NewApiKey {
+        /// Who the key is for (a name for logs and rate limits).
+        name: String,
+        /// A scope the key grants (repeatable).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
     },
 }
 

@@ -1,6 +1,7 @@
 //! `kiln serve` configuration: one typed struct from `kiln.toml`, `KILN_*` environment variables
 //! and flags (in rising precedence), validated before anything starts.
 
+use crate::starter_auth::{self, AccessKind, AuthSecrets, StarterAuthSettings};
 use anyhow::{Context, bail};
 use kiln_http::hosts::HostAllowList;
 use serde::Deserialize;
@@ -69,8 +70,21 @@ pub struct ServeSettings {
     /// it without); open when not set.
     #[arg(long, env = "KILN_METRICS_KEY", hide_env_values = true)]
     pub metrics_key: Option<String>,
-    /// Requests per second each client may make to the starters, sustained (`429` beyond);
-    /// unlimited when not set.
+    /// Who may call the starters (`kiln.toml` only: `[starter_auth]`, see `docs/security.md`).
+    #[arg(skip)]
+    pub starter_auth: Option<StarterAuthSettings>,
+    /// What starters without a `[starter_auth]` route rule take (over the file's `access`).
+    #[arg(long, env = "KILN_STARTER_ACCESS", value_enum)]
+    pub starter_access: Option<AccessKind>,
+    /// API keys the starters accept, besides `api_keys_file`: lines (or `;`-separated entries)
+    /// of `NAME sha256:HEX [SCOPES]`, as `keys new-api-key` prints them.
+    #[arg(long, env = "KILN_API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<String>,
+    /// Shared HS256 secret for JWT bearer tokens (needs `[starter_auth.jwt]`).
+    #[arg(long, env = "KILN_JWT_HMAC_SECRET", hide_env_values = true)]
+    pub jwt_hmac_secret: Option<String>,
+    /// Requests per second each client (an authenticated caller, else an address) may make to
+    /// the starters, sustained (`429` beyond); unlimited when not set.
     #[arg(long, env = "KILN_STARTER_RATE_PER_SECOND")]
     pub starter_rate_per_second: Option<f64>,
     /// Requests a client may make to the starters at once after a quiet spell (default: the
@@ -128,6 +142,7 @@ pub struct ServeConfig {
     pub max_connections: Option<usize>,
     pub read_timeout: Duration,
     pub max_long_polls: usize,
+    pub starter_auth: kiln_http::StarterAuth,
     pub starter_rate_limit: Option<kiln_http::RateLimit>,
     pub trust_forwarded_for: bool,
     pub metrics_key: Option<String>,
@@ -161,6 +176,10 @@ impl ServeSettings {
             max_connections: self.max_connections.or(lower.max_connections),
             read_timeout_seconds: self.read_timeout_seconds.or(lower.read_timeout_seconds),
             max_long_polls: self.max_long_polls.or(lower.max_long_polls),
+            starter_auth: self.starter_auth.or(lower.starter_auth),
+            starter_access: self.starter_access.or(lower.starter_access),
+            api_keys: self.api_keys.or(lower.api_keys),
+            jwt_hmac_secret: self.jwt_hmac_secret.or(lower.jwt_hmac_secret),
             starter_rate_per_second: self.starter_rate_per_second.or(lower.starter_rate_per_second),
             starter_burst: self.starter_burst.or(lower.starter_burst),
             trust_forwarded_for: self.trust_forwarded_for.or(lower.trust_forwarded_for),
@@ -204,6 +223,10 @@ pub fn load(config_file: Option<&Path>, overrides: ServeSettings) -> anyhow::Res
         max_connections: s.max_connections,
         read_timeout: Duration::from_secs(s.read_timeout_seconds.unwrap_or(30)),
         max_long_polls: s.max_long_polls.unwrap_or(1_024),
+        starter_auth: starter_auth::build(
+            s.starter_auth.unwrap_or_default(),
+            AuthSecrets { access: s.starter_access, api_keys: s.api_keys, jwt_hmac_secret: s.jwt_hmac_secret },
+        )?,
         starter_rate_limit: s.starter_rate_per_second.map(|per_second| kiln_http::RateLimit {
             per_second,
             burst: s.starter_burst.unwrap_or_else(|| per_second.ceil().clamp(1.0, f64::from(u32::MAX)) as u32),

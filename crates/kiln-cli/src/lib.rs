@@ -5,7 +5,8 @@
 //! # Layout
 //! - `app`: [`App`] and its command-line grammar.
 //! - `serve`: the runtime behind the public and loopback management listeners, until a signal.
-//! - `config`: `serve`'s settings from `kiln.toml`, `KILN_*` and flags, validated.
+//! - `config`: `serve`'s settings from `kiln.toml`, `KILN_*` and flags, validated;
+//!   `starter_auth`: its `[starter_auth]` section (API keys, JWTs, rules per route).
 //! - `logging`: the log format, with client-controlled values escaped.
 //! - `remote`: the client commands, against a running server's management API.
 //! - `bench`: the load generator, and the workloads `serve --bench-workloads` adds.
@@ -17,6 +18,7 @@ mod listener;
 mod logging;
 mod remote;
 mod serve;
+mod starter_auth;
 
 pub use app::App;
 pub use logging::EscapedFields;

@@ -7,7 +7,7 @@ use crate::config::ServeConfig;
 use crate::listener::{self, ConnectionLimits};
 use anyhow::Context;
 
-use kiln_http::{HttpOptions, KilnHttp};
+use kiln_http::{Access, HttpOptions, KilnHttp};
 use kiln_postgres::{PostgresOptions, PostgresStore};
 use std::io::Write;
 use std::sync::Arc;
@@ -46,6 +46,7 @@ pub async fn run(app: &App, config: ServeConfig) -> anyhow::Result<()> {
         token_secret: config.token_secret.clone(),
         previous_token_secrets: config.previous_token_secrets.clone(),
         max_long_polls: config.max_long_polls,
+        starter_auth: config.starter_auth.clone(),
         starter_rate_limit: config.starter_rate_limit,
         trust_forwarded_for: config.trust_forwarded_for,
         metrics_key: config.metrics_key.clone(),
@@ -63,6 +64,7 @@ pub async fn run(app: &App, config: ServeConfig) -> anyhow::Result<()> {
         starters = starters.merge(workloads::starters());
     }
     print_banner(app.name(), &store_name, starter_paths, &config);
+    warn_of_open_starters(app.name(), starter_paths, &config);
     if !config.listen.ip().is_loopback() && config.public_base_url.is_none() && config.allowed_hosts.is_empty() {
         tracing::warn!(
             listen = %config.listen,
@@ -98,9 +100,20 @@ pub async fn run(app: &App, config: ServeConfig) -> anyhow::Result<()> {
 /// Says where everything is served.
 fn print_banner(name: &str, store_name: &str, starter_paths: &[String], config: &ServeConfig) {
     println!("{name} is serving (store: {store_name})");
-    let starters: Vec<String> = starter_paths.iter().map(|path| format!("http://{}{path}", config.listen)).collect();
-    if !starters.is_empty() {
-        println!("  starters:    POST {}", starters.join(" · "));
+    for path in starter_paths {
+        let access = match config.starter_auth.access_for(path) {
+            Access::Open => "open".to_owned(),
+            Access::Authenticated { api_key, jwt, scope } => {
+                let kinds = match (api_key, jwt) {
+                    (true, true) => "API key or JWT",
+                    (true, false) => "API key",
+                    _ => "JWT",
+                };
+                let scope = scope.as_deref().map(|s| format!(", scope {s}")).unwrap_or_default();
+                format!("{kinds}{scope}")
+            }
+        };
+        println!("  starter:     POST http://{}{path}  ({access})", config.listen);
     }
     println!("  status:      GET  http://{}/api/status/{{id}}?token=…  (the Location of each 202)", config.listen);
     println!("  API docs:    http://{0}/docs   (OpenAPI: http://{0}/openapi.json)", config.listen);
@@ -109,6 +122,28 @@ fn print_banner(name: &str, store_name: &str, starter_paths: &[String], config: 
     println!("  system key:  written to {}", config.key_file.display());
     if config.bench_workloads {
         println!("  bench:       POST http://{}/api/bench/steps · /fanout · /idle", config.listen);
+    }
+}
+
+/// Warns loudly when starters anyone may call listen beyond this machine.
+fn warn_of_open_starters(name: &str, starter_paths: &[String], config: &ServeConfig) {
+    if config.listen.ip().is_loopback() {
+        return;
+    }
+    let open: Vec<&str> = starter_paths
+        .iter()
+        .filter(|path| *config.starter_auth.access_for(path) == Access::Open)
+        .map(String::as_str)
+        .collect();
+    if !open.is_empty() {
+        let warning = format!(
+            "WARNING: {name} listens on {} and these starters accept anyone: {}. Set [starter_auth] \
+             (API keys or JWTs, docs/security.md) unless a gateway in front authenticates callers.",
+            config.listen,
+            open.join(", ")
+        );
+        eprintln!("\n{warning}\n");
+        tracing::warn!(listen = %config.listen, open_starters = open.join(","), "starters are open to anyone who can reach the listener");
     }
 }
 

@@ -129,3 +129,49 @@ fn sigterm_shuts_down_gracefully() {
     let again = Server::start(dir.path(), (free_port(), free_port()));
     drop(again);
 }
+
+/// Runs `kiln serve` on all interfaces with `args` until it is ready, then stops it; returns
+/// what it printed to stderr and the status of an anonymous start.
+fn serve_on_all_interfaces(dir: &std::path::Path, args: &[&str]) -> (String, u16) {
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["serve", "--listen", &format!("0.0.0.0:{port}")])
+        .args(["--management-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(args)
+        .current_dir(dir)
+        .env("KILN_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let public = format!("http://127.0.0.1:{port}");
+    common::wait_ready(&public);
+    let start = agent()
+        .post(format!("{public}/api/jobs/reports"))
+        .header("content-type", "application/json")
+        .send(r#"{"customer_id":"c-7","operation":"yearly","delay_seconds":0}"#)
+        .unwrap()
+        .status()
+        .as_u16();
+    child.kill().unwrap();
+    let output = child.wait_with_output().unwrap();
+    (String::from_utf8_lossy(&output.stderr).into_owned(), start)
+}
+
+#[test]
+fn open_starters_on_a_public_address_are_warned_of_and_protected_ones_refuse_anonymous_callers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stderr, anonymous) = serve_on_all_interfaces(dir.path(), &[]);
+    assert!(stderr.contains("WARNING: kiln listens on 0.0.0.0:"), "{stderr}");
+    assert!(stderr.contains("/api/jobs/reports"), "the open starters are named: {stderr}");
+    assert_eq!(anonymous, 202);
+
+    let made = Command::new(env!("CARGO_BIN_EXE_kiln")).args(["keys", "new-api-key", "ops"]).output().unwrap();
+    let made = String::from_utf8(made.stdout).unwrap();
+    let line = made.lines().skip_while(|l| !l.starts_with("Add this line")).nth(1).unwrap().trim().to_owned();
+    assert!(line.starts_with("ops sha256:") && !made.contains(&format!("{line}kiln_")), "{made}");
+    let (stderr, anonymous) =
+        serve_on_all_interfaces(dir.path(), &["--starter-access", "api-key", "--api-keys", &line]);
+    assert!(!stderr.contains("WARNING"), "{stderr}");
+    assert_eq!(anonymous, 401);
+}

@@ -10,11 +10,13 @@
 //! # Layout
 //! - [`problem`]: RFC 9457 errors (the only place errors become responses); [`extract`]: body
 //!   extractors; [`token`]: per-instance HMAC tokens; [`urls`]: absolute URLs; [`hosts`]: which
-//!   `Host`s may shape them, and the loopback listener's guard against browsers;
+//!   `Host`s may shape them, and the loopback listener's guard against browsers; [`auth`]: who
+//!   may call the starters (API keys, JWTs); [`rate_limit`]: how often;
 //!   [`retry_after`]: adaptive polling advice.
 //! - `accepted` (starters), `status` (the monitor), `management` (DF API), `ops`, `openapi`.
 
 mod accepted;
+pub mod auth;
 pub mod extract;
 pub mod hosts;
 mod management;
@@ -29,6 +31,7 @@ pub mod token;
 pub mod urls;
 
 pub use accepted::{AcceptOptions, AcceptedBody};
+pub use auth::{Access, Caller, StarterAuth};
 pub use problem::{FieldError, Problem};
 pub use rate_limit::RateLimit;
 pub use token::{Grant, Scope, Scopes, TokenSigner};
@@ -74,7 +77,10 @@ pub struct HttpOptions {
     /// A bearer token `/metrics` on the public listener requires (a scraper needs no more than
     /// that); open when `None`. The loopback listener serves `/metrics` without it.
     pub metrics_key: Option<String>,
-    /// Requests each client may make to the starters (`429` beyond); unlimited when `None`.
+    /// Who may call the starters (open by default).
+    pub starter_auth: StarterAuth,
+    /// Requests each client (an authenticated caller, else an address) may make to the
+    /// starters (`429` beyond); unlimited when `None`.
     pub starter_rate_limit: Option<RateLimit>,
     /// Whether the rightmost `X-Forwarded-For` address (appended by a trusted reverse proxy)
     /// names the client for rate limits, instead of the connection's peer.
@@ -98,6 +104,7 @@ impl Default for HttpOptions {
             system_key: None,
             token_secret: None,
             previous_token_secrets: Vec::new(),
+            starter_auth: StarterAuth::default(),
             starter_rate_limit: None,
             trust_forwarded_for: false,
             max_long_polls: 1_024,
@@ -186,6 +193,11 @@ impl KilnHttp {
         let starters = match self.inner.starter_limiter {
             Some(_) => starters.layer(axum::middleware::from_fn_with_state(self.clone(), rate_limit::limit_starters)),
             None => starters,
+        };
+        // Outermost: a caller is known before its rate limit is counted.
+        let starters = match self.inner.options.starter_auth.is_open_everywhere() {
+            true => starters,
+            false => starters.layer(axum::middleware::from_fn_with_state(self.clone(), auth::authenticate_starters)),
         };
         let routes = starters
             .merge(status::routes())

@@ -1,8 +1,10 @@
-//! Rate limits on the starters, per client: a token bucket per client address (`429` with
-//! `Retry-After` when it is empty). Behind a reverse proxy, the client is the address the proxy
-//! appended to `X-Forwarded-For` (only when the operator says the proxy is trusted).
+//! Rate limits on the starters, per client: a token bucket per client (`429` with `Retry-After`
+//! when it is empty). A client is the authenticated [`Caller`] (an API key or a token's subject,
+//! wherever it calls from), else its address. Behind a reverse proxy, the address is the one the
+//! proxy appended to `X-Forwarded-For` (only when the operator says the proxy is trusted).
 
 use crate::KilnHttp;
+use crate::auth::Caller;
 use crate::problem::Problem;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -32,15 +34,24 @@ pub(crate) struct RateLimiter {
     buckets: Mutex<Buckets>,
 }
 
+/// Whose bucket a request takes from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Client {
+    /// An authenticated caller ([`Caller::id`]).
+    Caller(String),
+    /// An anonymous client's address.
+    Address(IpAddr),
+}
+
 #[derive(Debug, Default)]
 struct Buckets {
-    by_client: HashMap<IpAddr, Bucket>,
+    by_client: HashMap<Client, Bucket>,
     /// When the map, full, was last swept of idle buckets (at most once a second).
     swept_at: Option<Instant>,
 }
 
 /// Where clients beyond [`MAX_TRACKED_CLIENTS`] share one bucket until idle ones are swept.
-const OVERFLOW: IpAddr = IpAddr::V4(Ipv4Addr::BROADCAST);
+const OVERFLOW: Client = Client::Address(IpAddr::V4(Ipv4Addr::BROADCAST));
 
 #[derive(Clone, Copy, Debug)]
 struct Bucket {
@@ -54,7 +65,7 @@ impl RateLimiter {
     }
 
     /// Takes a token for `client` at `now`, or says how long until one is available.
-    fn take(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
+    fn take(&self, client: Client, now: Instant) -> Result<(), Duration> {
         let RateLimit { per_second, burst } = self.limit;
         let burst = f64::from(burst.max(1));
         let refill =
@@ -112,7 +123,10 @@ fn rightmost_forwarded_for(headers: &HeaderMap) -> Option<IpAddr> {
 /// is empty.
 pub(crate) async fn limit_starters(State(http): State<KilnHttp>, request: Request, next: Next) -> Response {
     let Some(limiter) = &http.inner.starter_limiter else { return next.run(request).await };
-    let client = client_address(&request, http.options().trust_forwarded_for);
+    let client = match request.extensions().get::<Caller>() {
+        Some(caller) => Client::Caller(caller.id.clone()),
+        None => Client::Address(client_address(&request, http.options().trust_forwarded_for)),
+    };
     match limiter.take(client, Instant::now()) {
         Ok(()) => next.run(request).await,
         Err(wait) => {
@@ -130,23 +144,23 @@ mod tests {
     #[test]
     fn a_bucket_allows_its_burst_then_its_rate() {
         let limiter = RateLimiter::new(RateLimit { per_second: 2.0, burst: 3 });
-        let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        let (a, b) = (Client::Address([10, 0, 0, 1].into()), Client::Caller("key:a".into()));
         let start = Instant::now();
         for _ in 0..3 {
-            assert!(limiter.take(a, start).is_ok());
+            assert!(limiter.take(a.clone(), start).is_ok());
         }
-        let wait = limiter.take(a, start).unwrap_err();
+        let wait = limiter.take(a.clone(), start).unwrap_err();
         assert!((Duration::from_millis(490)..=Duration::from_millis(510)).contains(&wait), "{wait:?}");
         assert!(limiter.take(b, start).is_ok(), "another client has its own bucket");
-        assert!(limiter.take(a, start + Duration::from_millis(500)).is_ok(), "refilled at 2/s");
+        assert!(limiter.take(a.clone(), start + Duration::from_millis(500)).is_ok(), "refilled at 2/s");
         assert!(limiter.take(a, start + Duration::from_millis(500)).is_err());
     }
 
     #[test]
     fn a_tiny_rate_does_not_overflow_the_wait() {
         let limiter = RateLimiter::new(RateLimit { per_second: 1e-20, burst: 1 });
-        let client = IpAddr::from([10, 0, 0, 1]);
-        assert!(limiter.take(client, Instant::now()).is_ok());
+        let client = Client::Address([10, 0, 0, 1].into());
+        assert!(limiter.take(client.clone(), Instant::now()).is_ok());
         assert_eq!(limiter.take(client, Instant::now()), Err(Duration::MAX));
     }
 

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// Pause before reconnecting a lost listener.
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
@@ -73,9 +74,15 @@ impl Wakers {
 
 /// Listens on `channel` for other nodes' notifications (this node is `node`) until the task is
 /// aborted.
-pub async fn run(config: tokio_postgres::Config, channel: String, node: String, wakers: Arc<Wakers>) {
+pub async fn run(
+    config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+    channel: String,
+    node: String,
+    wakers: Arc<Wakers>,
+) {
     loop {
-        match config.connect(NoTls).await {
+        match config.connect(tls.clone()).await {
             Ok((client, mut connection)) => {
                 let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
                 let driver = tokio::spawn(async move {

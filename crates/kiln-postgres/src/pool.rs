@@ -4,7 +4,7 @@
 use crate::store::OpenError;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::time::Duration;
-use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// Longest a request waits for a pooled connection, or for a new one to be opened, before it
 /// is answered "unavailable" (`503`) instead of hanging.
@@ -14,8 +14,12 @@ const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 /// surfaces as an error within seconds instead of a request hanging for the TCP retry time.
 const DEAD_CONNECTION: Duration = Duration::from_secs(10);
 
-pub(crate) fn build_pool(config: tokio_postgres::Config, size: usize) -> Result<Pool, OpenError> {
-    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+pub(crate) fn build_pool(
+    config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+    size: usize,
+) -> Result<Pool, OpenError> {
+    let manager = Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Pool::builder(manager)
         .max_size(size)
         .runtime(deadpool_postgres::Runtime::Tokio1)

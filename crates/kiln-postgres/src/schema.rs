@@ -115,13 +115,15 @@ pub async fn create_schema(client: &mut Client, schema: &str) -> Result<(), toki
 }
 
 /// Drops a schema and everything in it: for throwaway schemas, such as `kiln bench`'s.
-pub async fn drop_schema(url: &str, schema: &str) -> Result<(), tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+pub async fn drop_schema(url: &str, schema: &str) -> Result<(), crate::OpenError> {
+    let (config, tls) = crate::tls::connect_config(url)?;
+    let unreachable = crate::OpenError::unreachable;
+    let (client, connection) = config.connect(tls).await.map_err(unreachable)?;
     let driver = tokio::spawn(connection);
     let dropped = client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await;
     drop(client);
     let _ = driver.await;
-    dropped
+    dropped.map_err(unreachable)
 }
 
 /// Applies every migration the database has not seen yet, in one transaction.

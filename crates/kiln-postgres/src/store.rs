@@ -25,7 +25,6 @@ use kiln_store::{
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinHandle;
-use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
 
 /// Longest a worker sleeps without a notification before it looks for work again (a safety net
@@ -49,6 +48,20 @@ impl PostgresOptions {
     /// Defaults for a database URL: default schema, 16 connections.
     pub fn new(url: impl Into<String>) -> PostgresOptions {
         PostgresOptions { url: url.into(), schema: None, pool_size: 16 }
+    }
+}
+
+impl OpenError {
+    /// The server could not be reached or used: the error with its causes (tokio-postgres's
+    /// own text says "error performing TLS handshake" and leaves the reason to its source).
+    pub(crate) fn unreachable(error: tokio_postgres::Error) -> OpenError {
+        let mut text = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            text.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        OpenError::Unreachable(text)
     }
 }
 
@@ -108,20 +121,18 @@ impl PostgresStore {
     /// Connects, creates the schema if needed, migrates it, and starts listening for other
     /// nodes' commits.
     pub async fn connect(options: PostgresOptions) -> Result<PostgresStore, OpenError> {
-        let mut config: tokio_postgres::Config = options.url.parse().map_err(|e| OpenError::Config(format!("{e}")))?;
+        let (mut config, tls) = crate::tls::connect_config(&options.url)?;
         bound_waits(&mut config);
         if let Some(schema) = &options.schema {
             check_schema_name(schema)?;
-            let (mut client, connection) =
-                config.connect(NoTls).await.map_err(|e| OpenError::Unreachable(e.to_string()))?;
+            let (mut client, connection) = config.connect(tls.clone()).await.map_err(OpenError::unreachable)?;
             let driver = tokio::spawn(connection);
-            create_schema(&mut client, schema).await.map_err(|e| OpenError::Unreachable(e.to_string()))?;
+            create_schema(&mut client, schema).await.map_err(OpenError::unreachable)?;
             drop(client);
             let _ = driver.await;
             config.options(format!("-c search_path={schema}"));
         }
-        let (mut client, connection) =
-            config.connect(NoTls).await.map_err(|e| OpenError::Unreachable(e.to_string()))?;
+        let (mut client, connection) = config.connect(tls.clone()).await.map_err(OpenError::unreachable)?;
         let driver = tokio::spawn(connection);
         migrate(&mut client).await?;
         drop(client);
@@ -130,14 +141,14 @@ impl PostgresStore {
         let schema_options =
             options.schema.as_ref().map(|schema| format!("-c search_path={schema} ")).unwrap_or_default();
         lease_config.options(format!("{schema_options}-c synchronous_commit=off"));
-        let pool = build_pool(config.clone(), options.pool_size.max(2))?;
-        let lease_pool = build_pool(lease_config, (options.pool_size / 2).max(2))?;
+        let pool = build_pool(config.clone(), tls.clone(), options.pool_size.max(2))?;
+        let lease_pool = build_pool(lease_config, tls.clone(), (options.pool_size / 2).max(2))?;
         let channel = format!("kiln_{}", options.schema.as_deref().unwrap_or("public"));
         let wakers = Arc::new(Wakers::default());
         // Work may be waiting from before this node started.
         wakers.activities_in_table();
         let node = uuid::Uuid::new_v4().simple().to_string();
-        let listener = tokio::spawn(listen::run(config, channel.clone(), node.clone(), Arc::clone(&wakers)));
+        let listener = tokio::spawn(listen::run(config, tls, channel.clone(), node.clone(), Arc::clone(&wakers)));
         Ok(PostgresStore {
             pool,
             lease_pool,

@@ -1,0 +1,301 @@
+//! TLS to PostgreSQL, as libpq's `sslmode` means it (rustls, no OpenSSL).
+//!
+//! A database URL's `sslmode` and `sslrootcert` are Kiln's to read; the rest of the URL goes to
+//! tokio-postgres:
+//!
+//! | `sslmode` | encrypted | server checked |
+//! |---|---|---|
+//! | `disable` | no | — |
+//! | `allow`, `prefer` (the default) | when the server offers TLS | no |
+//! | `require` | yes | no (as `verify-ca` when `sslrootcert` is given, like libpq) |
+//! | `verify-ca` | yes | its certificate chains to `sslrootcert` |
+//! | `verify-full` | yes | and names the host connected to |
+//!
+//! `sslrootcert` is a PEM file of trusted certificates (default `~/.postgresql/root.crt`, as
+//! libpq), or `system` for the operating system's store. Client certificates (`sslcert`,
+//! `sslkey`) are not supported: the URL is refused rather than silently connecting without one.
+
+use crate::store::OpenError;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio_postgres::config::SslMode;
+pub use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// How much of the server a connection checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verification {
+    /// None: encrypted (when TLS is used) but not authenticated.
+    None,
+    /// The certificate chains to a trusted root; any name.
+    Chain,
+    /// The certificate chains to a trusted root and names the host.
+    Full,
+}
+
+/// A database URL read for connecting: tokio-postgres's configuration and the TLS connector
+/// its `sslmode` asks for.
+pub(crate) fn connect_config(url: &str) -> Result<(tokio_postgres::Config, MakeRustlsConnect), OpenError> {
+    let (url, sslmode, rootcert) = take_tls_parameters(url)?;
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| OpenError::Config(format!("{e}")))?;
+    let verification = match sslmode.as_deref() {
+        // No `sslmode` in a URL: `prefer`. A key=value string keeps tokio-postgres's own reading
+        // of it (disable, prefer or require), unverified.
+        None => Verification::None,
+        Some("disable") => {
+            config.ssl_mode(SslMode::Disable);
+            Verification::None
+        }
+        Some("allow" | "prefer") => {
+            config.ssl_mode(SslMode::Prefer);
+            Verification::None
+        }
+        Some("require") => {
+            config.ssl_mode(SslMode::Require);
+            if rootcert.is_some() { Verification::Chain } else { Verification::None }
+        }
+        Some("verify-ca") => {
+            config.ssl_mode(SslMode::Require);
+            Verification::Chain
+        }
+        Some("verify-full") => {
+            config.ssl_mode(SslMode::Require);
+            Verification::Full
+        }
+        Some(other) => {
+            return Err(OpenError::Config(format!(
+                "sslmode '{other}' is not one of disable, allow, prefer, require, verify-ca, verify-full"
+            )));
+        }
+    };
+    Ok((config, connector(verification, rootcert.as_deref())?))
+}
+
+/// Removes `sslmode` and `sslrootcert` from a URL's query (decoded); refuses client
+/// certificates.
+fn take_tls_parameters(url: &str) -> Result<(String, Option<String>, Option<String>), OpenError> {
+    let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    let Some((base, query)) = url.split_once('?').filter(|_| is_url) else {
+        return Ok((url.to_owned(), None, None));
+    };
+    let (mut sslmode, mut rootcert, mut kept) = (None, None, Vec::new());
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "sslmode" => sslmode = Some(percent_decode(value)?),
+            "sslrootcert" => rootcert = Some(percent_decode(value)?),
+            "sslcert" | "sslkey" | "sslpassword" => {
+                return Err(OpenError::Config(format!(
+                    "{key}: client certificates are not supported; authenticate with a password instead"
+                )));
+            }
+            _ => kept.push(pair),
+        }
+    }
+    let url = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
+    Ok((url, sslmode, rootcert))
+}
+
+fn percent_decode(value: &str) -> Result<String, OpenError> {
+    let invalid = || OpenError::Config(format!("invalid percent-encoding in the database URL: '{value}'"));
+    let mut bytes = Vec::with_capacity(value.len());
+    let mut rest = value.as_bytes();
+    while let Some((&byte, tail)) = rest.split_first() {
+        if byte == b'%' {
+            let hex = tail.get(..2).and_then(|h| std::str::from_utf8(h).ok()).ok_or_else(invalid)?;
+            bytes.push(u8::from_str_radix(hex, 16).map_err(|_| invalid())?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(byte);
+            rest = tail;
+        }
+    }
+    String::from_utf8(bytes).map_err(|_| invalid())
+}
+
+fn connector(verification: Verification, rootcert: Option<&str>) -> Result<MakeRustlsConnect, OpenError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| OpenError::Config(format!("TLS setup: {e}")))?;
+    let algorithms = provider.signature_verification_algorithms;
+    let config = match verification {
+        Verification::None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Unverified { algorithms }))
+            .with_no_client_auth(),
+        Verification::Chain | Verification::Full => {
+            let roots = Arc::new(trusted_roots(rootcert)?);
+            let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
+                .build()
+                .map_err(|e| OpenError::Config(format!("TLS setup: {e}")))?;
+            let verifier = ChainVerifier { webpki, check_name: verification == Verification::Full };
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()
+        }
+    };
+    Ok(MakeRustlsConnect::new(config))
+}
+
+/// The certificates `sslrootcert` names.
+fn trusted_roots(rootcert: Option<&str>) -> Result<RootCertStore, OpenError> {
+    let mut roots = RootCertStore::empty();
+    if rootcert == Some("system") {
+        let found = rustls_native_certs::load_native_certs();
+        let (added, _) = roots.add_parsable_certificates(found.certs);
+        if added == 0 {
+            return Err(OpenError::Config("sslrootcert=system: the system has no trusted certificates".into()));
+        }
+        return Ok(roots);
+    }
+    let path = match rootcert {
+        Some(path) => PathBuf::from(path),
+        None => std::env::home_dir().unwrap_or_default().join(".postgresql/root.crt"),
+    };
+    let unreadable = |e: &dyn std::fmt::Display| {
+        OpenError::Config(format!(
+            "sslrootcert {}: {e} (verify-ca and verify-full need the certificates to trust)",
+            path.display()
+        ))
+    };
+    let certificates: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&path)
+        .map_err(|e| unreadable(&e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| unreadable(&e))?;
+    let (added, _) = roots.add_parsable_certificates(certificates);
+    if added == 0 {
+        return Err(unreadable(&"no certificate in the file"));
+    }
+    Ok(roots)
+}
+
+/// `verify-ca` and `verify-full`: the chain is checked by webpki; the name only for
+/// `verify-full`.
+#[derive(Debug)]
+struct ChainVerifier {
+    webpki: Arc<WebPkiServerVerifier>,
+    check_name: bool,
+}
+
+impl ServerCertVerifier for ChainVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
+            verified => verified,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+/// `prefer` and `require`: any certificate (libpq's behaviour: encryption against eavesdroppers,
+/// not against an impostor), but the handshake's signatures are still checked.
+#[derive(Debug)]
+struct Unverified {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_parameters_are_taken_from_the_query_and_the_rest_is_kept() {
+        let (url, mode, root) = take_tls_parameters(
+            "postgres://u@h:5/db?sslmode=verify-full&application_name=a&sslrootcert=%2Fetc%2Fca.pem",
+        )
+        .unwrap();
+        assert_eq!(url, "postgres://u@h:5/db?application_name=a");
+        assert_eq!((mode.as_deref(), root.as_deref()), (Some("verify-full"), Some("/etc/ca.pem")));
+        let (url, mode, _) = take_tls_parameters("postgres://u@h/db?sslmode=require").unwrap();
+        assert_eq!((url.as_str(), mode.as_deref()), ("postgres://u@h/db", Some("require")));
+        let plain = "host=h user=u sslmode=require";
+        assert_eq!(take_tls_parameters(plain).unwrap(), (plain.to_owned(), None, None));
+        assert!(take_tls_parameters("postgres://h/db?sslcert=/c.pem").is_err(), "client certificates");
+        assert!(take_tls_parameters("postgres://h/db?sslrootcert=%zz").is_err());
+        assert!(take_tls_parameters("postgres://h/db?sslrootcert=%e9").is_err(), "not UTF-8");
+    }
+
+    #[test]
+    fn modes_are_checked_and_verification_needs_roots() {
+        assert!(connect_config("postgres://h/db?sslmode=verify-everything").is_err());
+        assert!(connect_config("postgres://h/db?sslmode=disable").is_ok());
+        assert!(connect_config("postgres://h/db?sslmode=require").is_ok());
+        assert!(connect_config("postgres://h/db").is_ok(), "prefer, unverified, like libpq");
+        let missing = connect_config("postgres://h/db?sslmode=verify-full&sslrootcert=/nonexistent.pem");
+        assert!(matches!(missing, Err(OpenError::Config(message)) if message.contains("/nonexistent.pem")));
+        let dir = std::env::temp_dir().join(format!("kiln-tls-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&dir, "not a certificate").unwrap();
+        let empty = format!("postgres://h/db?sslmode=verify-ca&sslrootcert={}", dir.display());
+        assert!(connect_config(&empty).is_err(), "a file without certificates");
+        let _ = std::fs::remove_file(dir);
+    }
+}

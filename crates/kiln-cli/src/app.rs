@@ -175,9 +175,9 @@ impl App {
             }
             Command::Bench(args) => bench::run(args).map(|()| true),
             Command::Keys(KeysCommand::NewApiKey { name, scopes }) => {
-                let (key, line) = kiln_http::auth::api_keys::new_api_key(name, scopes).map_err(anyhow::Error::msg)?;
-                println!("API key (shown once; give it to the caller, keep it nowhere else):\n  {key}\n");
-                println!("Add this line to the api_keys_file (or KILN_API_KEYS):\n  {line}");
+                let made = kiln_http::auth::api_keys::new_api_key(name, scopes)?;
+                println!("API key (shown once; give it to the caller, keep it nowhere else):\n  {}\n", made.key);
+                println!("Add this line to the api_keys_file (or KILN_API_KEYS):\n  {}", made.line);
                 Ok(true)
             }
             Command::Start { name, input, id, wait } => remote().start(name, input, id.as_deref(), *wait),

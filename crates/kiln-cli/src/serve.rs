@@ -60,11 +60,13 @@ pub async fn run(app: &App, config: ServeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.management_listen))?;
     let (mut starters, starter_paths, starters_doc) = app.starters_parts();
+    let mut starter_paths = starter_paths.to_vec();
     if config.bench_workloads {
         starters = starters.merge(workloads::starters());
+        starter_paths.extend(workloads::STARTER_PATHS.map(str::to_owned));
     }
-    print_banner(app.name(), &store_name, starter_paths, &config);
-    warn_of_open_starters(app.name(), starter_paths, &config);
+    print_banner(app.name(), &store_name, &starter_paths, &config);
+    warn_of_open_starters(app.name(), &starter_paths, &config);
     if !config.listen.ip().is_loopback() && config.public_base_url.is_none() && config.allowed_hosts.is_empty() {
         tracing::warn!(
             listen = %config.listen,
@@ -101,18 +103,7 @@ pub async fn run(app: &App, config: ServeConfig) -> anyhow::Result<()> {
 fn print_banner(name: &str, store_name: &str, starter_paths: &[String], config: &ServeConfig) {
     println!("{name} is serving (store: {store_name})");
     for path in starter_paths {
-        let access = match config.starter_auth.access_for(path) {
-            Access::Open => "open".to_owned(),
-            Access::Authenticated { api_key, jwt, scope } => {
-                let kinds = match (api_key, jwt) {
-                    (true, true) => "API key or JWT",
-                    (true, false) => "API key",
-                    _ => "JWT",
-                };
-                let scope = scope.as_deref().map(|s| format!(", scope {s}")).unwrap_or_default();
-                format!("{kinds}{scope}")
-            }
-        };
+        let access = config.starter_auth.access_for(path);
         println!("  starter:     POST http://{}{path}  ({access})", config.listen);
     }
     println!("  status:      GET  http://{}/api/status/{{id}}?token=…  (the Location of each 202)", config.listen);
@@ -120,31 +111,34 @@ fn print_banner(name: &str, store_name: &str, starter_paths: &[String], config: 
     println!("  management:  http://{}/runtime/webhooks/durabletask/ (system key required)", config.listen);
     println!("               http://{}/runtime/webhooks/durabletask/ (loopback, no key)", config.management_listen);
     println!("  system key:  written to {}", config.key_file.display());
-    if config.bench_workloads {
-        println!("  bench:       POST http://{}/api/bench/steps · /fanout · /idle", config.listen);
-    }
 }
 
-/// Warns loudly when starters anyone may call listen beyond this machine.
+/// Warns loudly when starters anyone may call listen beyond this machine: the listed ones a
+/// rule leaves open, and, when the default is open, any starter without a rule.
 fn warn_of_open_starters(name: &str, starter_paths: &[String], config: &ServeConfig) {
     if config.listen.ip().is_loopback() {
         return;
     }
-    let open: Vec<&str> = starter_paths
-        .iter()
-        .filter(|path| *config.starter_auth.access_for(path) == Access::Open)
-        .map(String::as_str)
-        .collect();
-    if !open.is_empty() {
-        let warning = format!(
-            "WARNING: {name} listens on {} and these starters accept anyone: {}. Set [starter_auth] \
-             (API keys or JWTs, docs/security.md) unless a gateway in front authenticates callers.",
-            config.listen,
-            open.join(", ")
-        );
-        eprintln!("\n{warning}\n");
-        tracing::warn!(listen = %config.listen, open_starters = open.join(","), "starters are open to anyone who can reach the listener");
+    let auth = &config.starter_auth;
+    let open: Vec<&str> =
+        starter_paths.iter().filter(|path| *auth.access_for(path) == Access::Open).map(String::as_str).collect();
+    let default_open = *auth.default_access() == Access::Open;
+    if open.is_empty() && !default_open {
+        return;
     }
+    let which = match (default_open, open.is_empty()) {
+        (true, true) => "every starter without a [starter_auth] rule accepts anyone".to_owned(),
+        (true, false) => {
+            format!("every starter without a [starter_auth] rule accepts anyone, among them {}", open.join(", "))
+        }
+        (false, _) => format!("these starters accept anyone: {}", open.join(", ")),
+    };
+    eprintln!(
+        "\nWARNING: {name} listens on {} and {which}. Set [starter_auth] (API keys or JWTs, \
+         docs/security.md) unless a gateway in front authenticates callers.\n",
+        config.listen
+    );
+    tracing::warn!(listen = %config.listen, open_starters = open.join(","), default_open, "starters are open to anyone who can reach the listener");
 }
 
 async fn wait_for(mut stopped: tokio::sync::watch::Receiver<bool>) {

@@ -119,11 +119,16 @@ pub fn build(settings: StarterAuthSettings, secrets: AuthSecrets) -> anyhow::Res
         AccessKind::Jwt => Access::Authenticated { api_key: false, jwt: true, scope },
         AccessKind::Any => Access::Authenticated { api_key: true, jwt: true, scope },
     };
+    if secrets.access == Some(AccessKind::Open) && settings.access.is_some_and(|kind| kind != AccessKind::Open) {
+        eprintln!(
+            "warning: KILN_STARTER_ACCESS (or --starter-access) = open overrides kiln.toml's starter_auth.access"
+        );
+    }
     let default_kind = secrets.access.or(settings.access).unwrap_or(AccessKind::Open);
     if default_kind == AccessKind::Open && settings.scope.is_some() {
         anyhow::bail!("starter_auth.scope needs an access other than open");
     }
-    let mut auth = StarterAuth::new(access(default_kind, settings.scope));
+    let mut auth = StarterAuth::new(access(default_kind, settings.scope))?;
     for route in settings.routes {
         if route.access == AccessKind::Open && route.scope.is_some() {
             anyhow::bail!("starter_auth.routes '{}': a scope needs an access other than open", route.path);
@@ -171,10 +176,14 @@ fn verifier(settings: JwtSettings, hmac_secret: Option<String>) -> anyhow::Resul
         anyhow::bail!("[starter_auth.jwt] has no key: set jwks_file, keys or KILN_JWT_HMAC_SECRET");
     }
     if let Some(seconds) = settings.leeway_seconds {
-        if seconds > 600 {
-            anyhow::bail!("starter_auth.jwt.leeway_seconds must be at most 600");
+        let leeway = Duration::from_secs(seconds);
+        if leeway > kiln_http::auth::jwt::MAX_LEEWAY {
+            anyhow::bail!(
+                "starter_auth.jwt.leeway_seconds must be at most {}",
+                kiln_http::auth::jwt::MAX_LEEWAY.as_secs()
+            );
         }
-        verifier = verifier.with_leeway(Duration::from_secs(seconds));
+        verifier = verifier.with_leeway(leeway);
     }
     if let Some(claims) = settings.scope_claims {
         verifier = verifier.with_scope_claims(claims);
@@ -197,7 +206,7 @@ mod tests {
     #[test]
     fn a_full_section_builds_and_every_mistake_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        let (_, line) = kiln_http::auth::api_keys::new_api_key("bot", &["jobs:start".into()]).unwrap();
+        let line = kiln_http::auth::api_keys::new_api_key("bot", &["jobs:start".into()]).unwrap().line;
         std::fs::write(dir.path().join("keys.txt"), format!("{line}\n")).unwrap();
         let keys_file = dir.path().join("keys.txt").display().to_string();
         let text = format!(
@@ -219,7 +228,7 @@ mod tests {
             ("[starter_auth]\napi_keys_file = \"/nonexistent/keys\"\n", "cannot read"),
             ("[starter_auth.jwt]\nissuer = \"i\"\naudience = \"a\"\n", "has no key"),
             ("[starter_auth.jwt]\nissuer = \"\"\naudience = \"a\"\n", "issuer and audience"),
-            ("[[starter_auth.routes]]\npath = \"api\"\naccess = \"open\"\n", "start with '/'"),
+            ("[[starter_auth.routes]]\npath = \"api\"\naccess = \"open\"\n", "starting with '/'"),
         ];
         for (text, expected) in mistakes {
             let err = format!("{:#}", build(parse(text), AuthSecrets::default()).unwrap_err());

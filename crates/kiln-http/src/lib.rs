@@ -204,7 +204,7 @@ impl KilnHttp {
             .nest("/runtime/webhooks/durabletask", management)
             .merge(ops::health_routes())
             .merge(ops::metrics_routes(self, true))
-            .merge(openapi::routes(openapi::document(starters_doc)));
+            .merge(openapi::routes(openapi::document(starters_doc, &self.inner.client.orchestration_names())));
         self.finish(routes)
     }
 

@@ -122,19 +122,29 @@ fn rightmost_forwarded_for(headers: &HeaderMap) -> Option<IpAddr> {
 /// Middleware of the starters: `429` problem+json with `Retry-After` when the client's bucket
 /// is empty.
 pub(crate) async fn limit_starters(State(http): State<KilnHttp>, request: Request, next: Next) -> Response {
-    let Some(limiter) = &http.inner.starter_limiter else { return next.run(request).await };
     let client = match request.extensions().get::<Caller>() {
         Some(caller) => Client::Caller(caller.id.clone()),
         None => Client::Address(client_address(&request, http.options().trust_forwarded_for)),
     };
-    match limiter.take(client, Instant::now()) {
+    match charge(&http, client) {
         Ok(()) => next.run(request).await,
-        Err(wait) => {
-            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
-            let detail = format!("too many requests from this client; retry in {seconds} s");
-            Problem::new(StatusCode::TOO_MANY_REQUESTS, detail).retry_after(seconds).into_response()
-        }
+        Err(limited) => limited.into_response(),
     }
+}
+
+/// Takes a token from the bucket of the request's address (for a request refused before it
+/// has a caller), or answers `429`.
+pub(crate) fn charge_address(http: &KilnHttp, request: &Request) -> Result<(), Problem> {
+    charge(http, Client::Address(client_address(request, http.options().trust_forwarded_for)))
+}
+
+fn charge(http: &KilnHttp, client: Client) -> Result<(), Problem> {
+    let Some(limiter) = &http.inner.starter_limiter else { return Ok(()) };
+    limiter.take(client, Instant::now()).map_err(|wait| {
+        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+        let detail = format!("too many requests from this client; retry in {seconds} s");
+        Problem::new(StatusCode::TOO_MANY_REQUESTS, detail).retry_after(seconds)
+    })
 }
 
 #[cfg(test)]

@@ -21,11 +21,12 @@ struct Keys {
 /// Starters take a JWT or an API key by default; `/api/echo` only an API key granting
 /// `echo:start`; `/api/wait*` are open.
 async fn protected_app(rate_limit: Option<RateLimit>) -> (TestApp, Keys) {
-    let (starter, starter_line) = new_api_key("starter", &["echo:start".to_owned()]).unwrap();
-    let (reader, reader_line) = new_api_key("reader", &[]).unwrap();
+    let starter = new_api_key("starter", &["echo:start".to_owned()]).unwrap();
+    let reader = new_api_key("reader", &[]).unwrap();
     let jwt = JwtVerifier::new("https://idp.example", "kiln").unwrap().with_hmac_secret(HMAC_SECRET).unwrap();
     let auth = StarterAuth::new(Access::Authenticated { api_key: true, jwt: true, scope: None })
-        .api_keys(ApiKeys::parse(&format!("{starter_line}\n{reader_line}")).unwrap())
+        .unwrap()
+        .api_keys(ApiKeys::parse(&format!("{}\n{}", starter.line, reader.line)).unwrap())
         .jwt(jwt)
         .route("/api/echo", Access::Authenticated { api_key: true, jwt: false, scope: Some("echo:start".into()) })
         .unwrap()
@@ -33,7 +34,7 @@ async fn protected_app(rate_limit: Option<RateLimit>) -> (TestApp, Keys) {
         .unwrap();
     auth.validate().unwrap();
     let options = HttpOptions { starter_auth: auth, starter_rate_limit: rate_limit, ..HttpOptions::default() };
-    (TestApp::with_options(options).await, Keys { starter, reader })
+    (TestApp::with_options(options).await, Keys { starter: starter.key, reader: reader.key })
 }
 
 fn jwt(subject: &str, audience: &str) -> String {
@@ -68,6 +69,11 @@ async fn each_starter_admits_only_what_its_rule_says() {
     let unscoped = post("/api/echo", vec![("x-api-key", keys.reader.clone())]).await;
     unscoped.assert_problem(403);
     assert!(unscoped.header("www-authenticate").contains("scope=\"echo:start\""));
+    // The router decodes `/api/%65cho` to the same starter: so does the rule.
+    for encoded in ["/api/%65cho", "/api/%65%63%68%6F"] {
+        post(encoded, vec![("x-api-key", keys.reader.clone())]).await.assert_problem(403);
+        post(encoded, vec![]).await.assert_problem(401);
+    }
 
     let token_on_keys_only = post("/api/echo", vec![("authorization", format!("Bearer {}", jwt("ci", "kiln")))]).await;
     token_on_keys_only.assert_problem(401);
@@ -111,4 +117,10 @@ async fn rate_limits_count_per_caller_not_per_address() {
     let mut open = request("POST", "/api/wait", Some("1"), &[]);
     open.extensions_mut().insert(axum::extract::ConnectInfo(std::net::SocketAddr::from(([10, 0, 0, 1], 5000))));
     assert_eq!(app.call(&app.public, open).await.status, 202);
+    // Refusals count against the address: guessing keys is no faster than starting.
+    let guess = || from([10, 0, 0, 9], "kiln_guess");
+    app.call(&app.public, guess()).await.assert_problem(401);
+    let limited = app.call(&app.public, guess()).await;
+    limited.assert_problem(429);
+    assert!(limited.header("retry-after").parse::<u64>().is_ok_and(|s| s >= 1));
 }

@@ -258,6 +258,11 @@ impl KilnClient {
         Ok(self.rt.store.count_instances_by_status().await?)
     }
 
+    /// The names of the registered orchestrations, sorted.
+    pub fn orchestration_names(&self) -> Vec<String> {
+        self.rt.registry.orchestration_names()
+    }
+
     /// True if an orchestration of this name is registered.
     pub fn is_registered(&self, name: &str) -> bool {
         self.rt.registry.default_version(name).is_some()

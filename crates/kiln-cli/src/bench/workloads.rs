@@ -110,6 +110,9 @@ async fn start_idle(State(http): State<KilnHttp>, headers: HeaderMap) -> Result<
     http.accept(&headers, IDLE, &serde_json::Value::Null, AcceptOptions::default()).await
 }
 
+/// The paths of the workloads' [`starters`].
+pub const STARTER_PATHS: [&str; 3] = [STEPS_PATH, FANOUT_PATH, IDLE_PATH];
+
 /// The workloads' starters: `POST /api/bench/steps` (`{"steps": n}`), `/api/bench/fanout`
 /// (`{"activities": n}`) and `/api/bench/idle` (no body). Each answers Kiln's `202 Accepted`.
 pub fn starters() -> Router<KilnHttp> {

@@ -1,16 +1,17 @@
 //! API keys for the starters, kept as SHA-256 hashes.
 //!
-//! A key is `kiln_` and 32 random bytes (base64url): far too much entropy to guess, so one
-//! SHA-256 is enough to keep it unusable to whoever reads the key list (a slow password hash
-//! protects low-entropy secrets; it adds nothing here and would cost every request). The list
-//! (a file or `KILN_API_KEYS`) holds one key per line:
+//! A key is `kiln_` and 32 bytes from the operating system's generator (base64url): far too
+//! much entropy to guess, so one SHA-256 is enough to keep it unusable to whoever reads the key
+//! list (a slow password hash protects low-entropy secrets; it adds nothing here and would cost
+//! every request). The list (a file or `KILN_API_KEYS`) holds one key per line:
 //!
 //! ```text
 //! # name     hash                                                                     scopes
 //! ci-bot     sha256:9c56cc51b374c3ba189210d5b6d4bf57790d351c96c47c02190ecf1e430635ab  jobs:start
 //! ```
 //!
-//! Blank lines and `#` comments are skipped; scopes are optional, comma-separated.
+//! Blank lines and `#` comments are skipped (`#` is in no name, hash or scope); scopes are
+//! optional, comma-separated.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -118,24 +119,38 @@ impl ApiKeys {
     }
 }
 
-/// A new random key and the line that lists it (`NAME sha256:HEX [SCOPES]`).
-pub fn new_api_key(name: &str, scopes: &[String]) -> Result<(String, String), String> {
+/// A key just made, and the line that lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewApiKey {
+    /// The key, for the caller (shown once, kept nowhere).
+    pub key: String,
+    /// `NAME sha256:HEX [SCOPES]`, for the key list.
+    pub line: String,
+}
+
+/// Why a key cannot be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NewApiKeyError(String);
+
+/// Makes a random key for `name` granting `scopes`.
+pub fn new_api_key(name: &str, scopes: &[String]) -> Result<NewApiKey, NewApiKeyError> {
     if !is_valid_name(name) {
-        return Err(format!("key names are 1 to {MAX_NAME_LEN} letters, digits, '.', '_' or '-'"));
+        return Err(NewApiKeyError(format!("key names are 1 to {MAX_NAME_LEN} letters, digits, '.', '_' or '-'")));
     }
-    let scopes = parse_scopes(&scopes.join(","))?;
-    // Two v4 UUIDs: 244 bits from a generator seeded by the operating system (as the system
-    // key is made).
+    if let Some(scope) = scopes.iter().find(|scope| !is_valid_scope(scope)) {
+        return Err(NewApiKeyError(format!("'{scope}' is not a valid scope: {SCOPE_RULE}")));
+    }
     let mut bytes = [0u8; 32];
-    bytes[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    bytes[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    getrandom::fill(&mut bytes).map_err(|e| NewApiKeyError(format!("no randomness from the system: {e}")))?;
     let key = format!("{API_KEY_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
     let mut line = format!("{name} {}", hash_line(&key));
+    let scopes: BTreeSet<&str> = scopes.iter().map(String::as_str).collect();
     if !scopes.is_empty() {
         line.push(' ');
         line.push_str(&scopes.into_iter().collect::<Vec<_>>().join(","));
     }
-    Ok((key, line))
+    Ok(NewApiKey { key, line })
 }
 
 /// `sha256:HEX` of a key, as a key list holds it.
@@ -161,24 +176,29 @@ fn parse_hash(field: &str) -> Option<[u8; 32]> {
 }
 
 fn parse_scopes(field: &str) -> Result<BTreeSet<String>, String> {
-    field
-        .split(',')
-        .filter(|scope| !scope.is_empty())
-        .map(|scope| match is_valid_scope(scope) {
-            true => Ok(scope.to_owned()),
-            false => Err(format!("scopes are printable ASCII without spaces or commas, not '{scope}'")),
-        })
-        .collect()
+    let parse = |scope: &str| {
+        if is_valid_scope(scope) {
+            Ok(scope.to_owned())
+        } else {
+            Err(format!("'{scope}' is not a valid scope: {SCOPE_RULE}"))
+        }
+    };
+    field.split(',').filter(|scope| !scope.is_empty()).map(parse).collect()
 }
+
+/// What [`is_valid_scope`] accepts, in words.
+const SCOPE_RULE: &str = "1 to 128 printable ASCII characters without spaces or , ; # \" \\";
 
 fn is_valid_name(name: &str) -> bool {
     (1..=MAX_NAME_LEN).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// A scope as OAuth 2 allows one (RFC 6749 §3.3), less the comma that separates them here.
+/// A scope as OAuth 2 allows one (RFC 6749 §3.3), less what separates scopes and entries in a
+/// key list (`,` `;` `#`) and what a `WWW-Authenticate` quoted string cannot hold (`"` `\`).
 pub(crate) fn is_valid_scope(scope: &str) -> bool {
-    (1..=128).contains(&scope.len()) && scope.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b',' | b'"' | b'\\'))
+    (1..=128).contains(&scope.len())
+        && scope.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b',' | b';' | b'#' | b'"' | b'\\'))
 }
 
 #[cfg(test)]
@@ -187,7 +207,7 @@ mod tests {
 
     #[test]
     fn a_new_key_is_found_by_its_listed_hash_and_nothing_else_is() {
-        let (key, line) = new_api_key("ci-bot", &["jobs:start".to_owned()]).unwrap();
+        let NewApiKey { key, line } = new_api_key("ci-bot", &["jobs:start".to_owned()]).unwrap();
         assert!(key.starts_with(API_KEY_PREFIX) && key.len() == API_KEY_PREFIX.len() + 43, "{key}");
         assert!(!line.contains(&key), "the list holds the hash, never the key");
         let keys = ApiKeys::parse(&format!("# the bots\n\n{line}  # trailing comment\n")).unwrap();
@@ -198,8 +218,7 @@ mod tests {
         );
         assert!(keys.find(&format!("{key}x")).is_none());
         assert!(keys.find(&hash_line(&key)).is_none(), "the hash itself is not a key");
-        let (other, _) = new_api_key("ci-bot", &[]).unwrap();
-        assert_ne!(key, other, "keys are random");
+        assert_ne!(key, new_api_key("ci-bot", &[]).unwrap().key, "keys are random");
     }
 
     #[test]
@@ -213,15 +232,17 @@ mod tests {
             (format!("a {hash}\nb {hash}"), "listed twice"),
             (format!("a {hash}\na {}", hash_line("kiln_y")), "used twice"),
             (format!("a sha256:{}", "g".repeat(64)), "hash"),
-            (format!("a {hash} sco\"pe"), "scopes"),
+            (format!("a {hash} sco\"pe"), "not a valid scope"),
         ];
         for (text, expected) in cases {
             let err = ApiKeys::parse(&text).unwrap_err();
             assert!(err.to_string().contains(expected), "{text:?}: {err}");
-            assert!(err.line >= 1);
         }
         assert_eq!(ApiKeys::parse(&format!("\n\nx {hash} ,")).map(|k| k.is_empty()), Ok(false));
-        assert!(new_api_key("", &[]).is_err() && new_api_key("ok", &["a b".to_owned()]).is_err());
+        assert!(new_api_key("", &[]).is_err());
+        for scope in ["a b", "a,b", "jobs#start", "a;b", ""] {
+            assert!(new_api_key("ok", &[scope.to_owned()]).is_err(), "{scope:?} would not mean the same in a list");
+        }
     }
 
     #[test]

@@ -52,7 +52,23 @@ pub struct JwtConfigError(String);
 /// Why a token was refused: said to the client (`error_description`), so it names no key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct JwtRejection(pub &'static str);
+pub struct JwtRejection(&'static str);
+
+impl JwtRejection {
+    /// The reason, in words.
+    pub fn reason(&self) -> &'static str {
+        self.0
+    }
+}
+
+/// The most clock skew a verifier allows.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(600);
+
+/// Longest subject kept (it names the caller's rate-limit bucket).
+const MAX_SUBJECT_LEN: usize = 256;
+
+/// Shortest HMAC secret (RFC 7518 §3.2: at least the hash's size).
+const MIN_HMAC_SECRET: usize = 32;
 
 impl JwtVerifier {
     /// A verifier for tokens from `issuer` meant for `audience`, with no key yet.
@@ -97,6 +113,9 @@ impl JwtVerifier {
             if key.family() != algorithm.family() {
                 return Err(JwtConfigError(named("its key type does not fit its algorithm")));
             }
+            if key.try_get_hmac_secret().is_ok_and(|secret| secret.len() < MIN_HMAC_SECRET) {
+                return Err(JwtConfigError(named("an HMAC key must be at least 32 bytes")));
+            }
             self.keys.push(VerificationKey { id: jwk.common.key_id.clone(), algorithm, key });
         }
         if self.keys.len() == before {
@@ -126,7 +145,7 @@ impl JwtVerifier {
 
     /// Adds a shared secret for HS256 (at least 32 bytes, as RFC 7518 asks).
     pub fn with_hmac_secret(mut self, secret: &[u8]) -> Result<JwtVerifier, JwtConfigError> {
-        if secret.len() < 32 {
+        if secret.len() < MIN_HMAC_SECRET {
             return Err(JwtConfigError("the HMAC secret must be at least 32 bytes".into()));
         }
         self.keys.push(VerificationKey {
@@ -137,9 +156,10 @@ impl JwtVerifier {
         Ok(self)
     }
 
-    /// How far `exp` and `nbf` may be off (clock skew); one minute by default.
+    /// How far `exp` and `nbf` may be off (clock skew): one minute by default, at most
+    /// [`MAX_LEEWAY`].
     pub fn with_leeway(mut self, leeway: Duration) -> JwtVerifier {
-        self.leeway = leeway;
+        self.leeway = leeway.min(MAX_LEEWAY);
         self
     }
 
@@ -187,9 +207,15 @@ impl JwtVerifier {
     }
 
     fn caller(&self, claims: &Map<String, Value>) -> Result<Caller, JwtRejection> {
-        // Checked present by the validation; a non-string subject is refused.
-        let subject =
-            claims.get("sub").and_then(Value::as_str).ok_or(JwtRejection("the token's sub is not a string"))?;
+        // Present, and matching, by the validation; one issuer, not a list that holds it.
+        if !claims.get("iss").is_some_and(Value::is_string) {
+            return Err(JwtRejection("the token's iss must be one string"));
+        }
+        let subject = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .filter(|sub| (1..=MAX_SUBJECT_LEN).contains(&sub.len()))
+            .ok_or(JwtRejection("the token's sub must be a string of 1 to 256 bytes"))?;
         let mut scopes = BTreeSet::new();
         for claim in &self.scope_claims {
             match claims.get(claim) {
@@ -283,7 +309,7 @@ mod tests {
     fn every_broken_claim_is_refused() {
         let cases: [(&str, Value, &str); 8] = [
             ("exp", json!(now() - 3_600), "expired"),
-            ("exp", json!("99999999999"), "claim"),
+            ("exp", json!("99999999999"), "lacks a required claim"),
             ("nbf", json!(now() + 3_600), "not valid yet"),
             ("nbf", json!("99999999999"), "wrong type"),
             ("iss", json!("https://evil.example"), "issuer"),
@@ -300,9 +326,15 @@ mod tests {
             let rejection = verifier().verify(&hs256(&claims)).unwrap_err();
             assert!(rejection.0.contains(expected), "{claim}: {rejection}");
         }
-        let mut subject_number = claims();
-        subject_number["sub"] = json!(7);
-        assert!(verifier().verify(&hs256(&subject_number)).is_err());
+        for (claim, value) in [("sub", json!(7)), ("sub", json!("")), ("sub", json!("x".repeat(257)))] {
+            let mut claims = claims();
+            claims[claim] = value;
+            assert!(verifier().verify(&hs256(&claims)).is_err(), "{claims}");
+        }
+        let mut issuers = claims();
+        issuers["iss"] = json!(["https://idp.example", "https://evil.example"]);
+        let rejection = verifier().verify(&hs256(&issuers)).unwrap_err();
+        assert!(rejection.0.contains("one string"), "{rejection}");
     }
 
     #[test]
@@ -356,6 +388,10 @@ mod tests {
         assert!(base().with_jwks("{").is_err());
         assert!(base().with_jwks(r#"{"keys": []}"#).is_err());
         assert!(base().with_jwks(r#"{"keys": [{"kty": "EC", "crv": "P-521", "x": "AA", "y": "AA"}]}"#).is_err());
+        assert!(base().with_jwks(r#"{"keys": [{"kty": "oct", "k": "AQ"}]}"#).is_err(), "a one-byte HMAC key");
+        let long = base().with_hmac_secret(&[1; 32]).unwrap().with_leeway(Duration::MAX);
+        assert_eq!(long.leeway, MAX_LEEWAY);
+        assert!(long.verify(&hs256(&claims())).is_err(), "no overflow, and not this secret");
         assert!(
             base()
                 .with_pem_key(Algorithm::RS256, b"-----BEGIN PUBLIC KEY-----\nAA==\n-----END PUBLIC KEY-----\n", None)

@@ -1,10 +1,13 @@
 //! Who may call the starters: open, or callers with an API key or a JWT bearer token, per route.
 //!
-//! The operator sets a default [`Access`] and, per path pattern, others (first match wins). A
-//! starter that needs a credential answers `401` with `WWW-Authenticate: Bearer …` (RFC 6750)
-//! when none, a wrong kind or an invalid one is presented, and `403` (`insufficient_scope`) when
-//! the caller lacks the route's scope. An authenticated request carries its [`Caller`] as an
-//! extension: the rate limits count per caller, and a starter may read it.
+//! The operator sets a default [`Access`] and, per path pattern, others (first match wins).
+//! Patterns are matched against the percent-decoded path: axum routes `/api/%65cho` to the same
+//! handler, with the same decoded parameters, as `/api/echo`. A starter that needs a credential
+//! answers `401` with `WWW-Authenticate: Bearer …` (RFC 6750) when none, a wrong kind or an
+//! invalid one is presented, and `403` (`insufficient_scope`) when the caller lacks the route's
+//! scope; refusals count against the client address's rate limit. An authenticated request
+//! carries its [`Caller`] as an extension: the rate limits count per caller, and a starter may
+//! read it.
 //!
 //! Credentials: `Authorization: Bearer <JWT>`, or an API key as `X-API-Key: kiln_…` or
 //! `Authorization: Bearer kiln_…` (see [`api_keys`] and [`jwt`]).
@@ -17,8 +20,8 @@ pub mod jwt;
 pub use api_keys::ApiKeys;
 pub use jwt::JwtVerifier;
 
-use crate::KilnHttp;
 use crate::problem::Problem;
+use crate::{KilnHttp, rate_limit};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -54,6 +57,32 @@ pub enum Access {
     },
 }
 
+impl std::fmt::Display for Access {
+    /// `open`, or the credentials taken (`an API key or a JWT`) and the scope.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Access::Authenticated { api_key, jwt, scope } = self else { return f.write_str("open") };
+        f.write_str(match (api_key, jwt) {
+            (true, true) => "an API key or a JWT",
+            (true, false) => "an API key",
+            (false, true) => "a JWT",
+            (false, false) => "no credential at all",
+        })?;
+        match scope {
+            Some(scope) => write!(f, " granting {scope}"),
+            None => Ok(()),
+        }
+    }
+}
+
+fn check_scope(rule: &str, access: &Access) -> Result<(), AuthConfigError> {
+    match access {
+        Access::Authenticated { scope: Some(scope), .. } if !api_keys::is_valid_scope(scope) => {
+            Err(AuthConfigError(format!("{rule}: '{scope}' is not a valid scope")))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Why an authentication setup is refused (at start, never per request).
 #[derive(Debug, thiserror::Error)]
 #[error("starter authentication: {0}")]
@@ -71,19 +100,24 @@ pub struct StarterAuth {
 
 impl StarterAuth {
     /// Starters need `default` unless a route rule says otherwise.
-    pub fn new(default: Access) -> StarterAuth {
-        StarterAuth { default, ..StarterAuth::default() }
+    pub fn new(default: Access) -> Result<StarterAuth, AuthConfigError> {
+        check_scope("the default", &default)?;
+        Ok(StarterAuth { default, ..StarterAuth::default() })
     }
 
-    /// Starters whose path matches `pattern` need `access`. A pattern is a path (`/api/jobs`) or
-    /// a prefix ending in `*` (`/api/jobs/*`); the first matching rule wins.
+    /// Starters whose path matches `pattern` need `access`. A pattern is a path as a client
+    /// sends it, decoded (`/api/jobs/reports`), or a prefix ending in `*` (`/api/jobs/*`); the
+    /// first matching rule wins. Route templates (`{name}`) are not patterns.
     pub fn route(mut self, pattern: &str, access: Access) -> Result<StarterAuth, AuthConfigError> {
         let wildcard = pattern.find('*');
-        if !pattern.starts_with('/') || wildcard.is_some_and(|at| at != pattern.len() - 1) {
+        let template = pattern.contains(['{', '}', '%']);
+        if !pattern.starts_with('/') || wildcard.is_some_and(|at| at != pattern.len() - 1) || template {
             return Err(AuthConfigError(format!(
-                "route patterns start with '/' and may end with '*' (nowhere else), not '{pattern}'"
+                "route patterns are decoded paths starting with '/' that may end with '*' (no '{{…}}', \
+                 '%' or '*' elsewhere), not '{pattern}'"
             )));
         }
+        check_scope(pattern, &access)?;
         self.routes.push((pattern.to_owned(), access));
         Ok(self)
     }
@@ -106,26 +140,20 @@ impl StarterAuth {
         let rules = std::iter::once(("the default", &self.default))
             .chain(self.routes.iter().map(|(pattern, access)| (pattern.as_str(), access)));
         for (rule, access) in rules {
-            let Access::Authenticated { api_key, jwt, scope } = access else { continue };
+            let Access::Authenticated { api_key, jwt, .. } = access else { continue };
             let keys = *api_key && !self.api_keys.is_empty();
             let tokens = *jwt && self.jwt.as_ref().is_some_and(JwtVerifier::has_keys);
             if !(keys || tokens) {
-                return Err(AuthConfigError(format!(
-                    "{rule} asks for {} but none is configured",
-                    match (api_key, jwt) {
-                        (true, true) => "an API key or a JWT",
-                        (true, false) => "an API key",
-                        _ => "a JWT",
-                    }
-                )));
-            }
-            if let Some(scope) = scope
-                && !api_keys::is_valid_scope(scope)
-            {
-                return Err(AuthConfigError(format!("{rule}: '{scope}' is not a valid scope")));
+                let wanted = Access::Authenticated { api_key: *api_key, jwt: *jwt, scope: None };
+                return Err(AuthConfigError(format!("{rule} asks for {wanted} but none is configured")));
             }
         }
         Ok(())
+    }
+
+    /// What starters without a matching rule need.
+    pub fn default_access(&self) -> &Access {
+        &self.default
     }
 
     /// Whether every starter is open (no rule asks for a credential).
@@ -133,7 +161,7 @@ impl StarterAuth {
         self.default == Access::Open && self.routes.iter().all(|(_, access)| *access == Access::Open)
     }
 
-    /// What a request to `path` needs.
+    /// What a request to `path` (decoded) needs.
     pub fn access_for(&self, path: &str) -> &Access {
         let matches = |pattern: &str| match pattern.strip_suffix('*') {
             Some(prefix) => path.starts_with(prefix),
@@ -155,7 +183,7 @@ impl StarterAuth {
             },
             Some(Credential::Jwt(token)) => match self.jwt.as_ref().map(|verifier| verifier.verify(token)) {
                 Some(Ok(caller)) => caller,
-                Some(Err(rejection)) => return Err(Refusal::invalid(rejection.0)),
+                Some(Err(rejection)) => return Err(Refusal::invalid(rejection.reason())),
                 None => return Err(Refusal::invalid("JWTs are not configured")),
             },
         };
@@ -184,10 +212,12 @@ fn presented(headers: &HeaderMap) -> Result<Option<Credential<'_>>, Refusal> {
             .map(|(_, token)| token.trim())
             .filter(|token| !token.is_empty())
             .ok_or_else(|| Refusal::invalid("Authorization must be `Bearer <token or API key>`"))?;
-        return Ok(Some(match token.starts_with(api_keys::API_KEY_PREFIX) {
-            true => Credential::ApiKey(token),
-            false => Credential::Jwt(token),
-        }));
+        let credential = if token.starts_with(api_keys::API_KEY_PREFIX) {
+            Credential::ApiKey(token)
+        } else {
+            Credential::Jwt(token)
+        };
+        return Ok(Some(credential));
     }
     match headers.get(API_KEY_HEADER) {
         Some(value) => value
@@ -208,14 +238,10 @@ struct Refusal {
 
 impl Refusal {
     fn missing(api_key: bool, jwt: bool) -> Refusal {
-        let wanted = match (api_key, jwt) {
-            (true, true) => "an API key (X-API-Key, or Authorization: Bearer) or a JWT bearer token",
-            (true, false) => "an API key (X-API-Key, or Authorization: Bearer)",
-            _ => "a JWT bearer token (Authorization: Bearer)",
-        };
+        let wanted = Access::Authenticated { api_key, jwt, scope: None };
         Refusal {
             status: StatusCode::UNAUTHORIZED,
-            detail: format!("this starter requires {wanted}"),
+            detail: format!("this starter requires {wanted} (X-API-Key: <key>, or Authorization: Bearer <key or JWT>)"),
             challenge: "Bearer realm=\"kiln\"".to_owned(),
         }
     }
@@ -248,12 +274,13 @@ impl IntoResponse for Refusal {
     }
 }
 
-/// Middleware of the starters: refuses callers their route's [`Access`] does not admit, and
-/// hands the others' [`Caller`] on.
+/// Middleware of the starters: refuses callers their route's [`Access`] does not admit (a
+/// refusal counts against the client address's rate limit, so guessing is as slow as
+/// starting), and hands the others' [`Caller`] on.
 pub(crate) async fn authenticate_starters(State(http): State<KilnHttp>, mut request: Request, next: Next) -> Response {
     let auth = &http.options().starter_auth;
-    let access = auth.access_for(request.uri().path());
-    match auth.authenticate(request.headers(), access) {
+    let path = decoded_path(request.uri().path());
+    match auth.authenticate(request.headers(), auth.access_for(&path)) {
         Ok(caller) => {
             if let Some(caller) = caller {
                 request.extensions_mut().insert(caller);
@@ -261,10 +288,37 @@ pub(crate) async fn authenticate_starters(State(http): State<KilnHttp>, mut requ
             next.run(request).await
         }
         Err(refusal) => {
-            tracing::info!(path = request.uri().path(), status = %refusal.status, reason = refusal.detail, "starter call refused");
+            if let Err(limited) = rate_limit::charge_address(&http, &request) {
+                return limited.into_response();
+            }
+            tracing::debug!(path = %path, status = %refusal.status, reason = refusal.detail, "starter call refused");
             refusal.into_response()
         }
     }
+}
+
+/// A path percent-decoded as axum decodes path parameters (bytes that are not UTF-8 are
+/// replaced: axum refuses such a parameter with `400` anyway).
+fn decoded_path(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains('%') {
+        return path.into();
+    }
+    let mut bytes = Vec::with_capacity(path.len());
+    let mut rest = path.as_bytes();
+    while let Some((&byte, tail)) = rest.split_first() {
+        let hex = tail.get(..2).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (byte, hex) {
+            (b'%', Some(decoded)) => {
+                bytes.push(decoded);
+                rest = &tail[2..];
+            }
+            _ => {
+                bytes.push(byte);
+                rest = tail;
+            }
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned().into()
 }
 
 #[cfg(test)]
@@ -272,11 +326,12 @@ mod tests {
     use super::*;
 
     fn auth() -> (StarterAuth, String, String) {
-        let (reader, reader_line) = api_keys::new_api_key("reader", &[]).unwrap();
-        let (jobs, jobs_line) = api_keys::new_api_key("jobs-bot", &["jobs:start".to_owned()]).unwrap();
-        let keys = ApiKeys::parse(&format!("{reader_line}\n{jobs_line}")).unwrap();
+        let reader = api_keys::new_api_key("reader", &[]).unwrap();
+        let jobs = api_keys::new_api_key("jobs-bot", &["jobs:start".to_owned()]).unwrap();
+        let keys = ApiKeys::parse(&format!("{}\n{}", reader.line, jobs.line)).unwrap();
         let any_key = Access::Authenticated { api_key: true, jwt: false, scope: None };
         let auth = StarterAuth::new(any_key.clone())
+            .unwrap()
             .api_keys(keys)
             .route("/api/open", Access::Open)
             .unwrap()
@@ -284,7 +339,7 @@ mod tests {
             .unwrap()
             .route("/api/tokens-only", Access::Authenticated { api_key: false, jwt: true, scope: None })
             .unwrap();
-        (auth, reader, jobs)
+        (auth, reader.key, jobs.key)
     }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
@@ -292,7 +347,8 @@ mod tests {
     }
 
     fn check(auth: &StarterAuth, path: &str, pairs: &[(&'static str, &str)]) -> Result<Option<String>, StatusCode> {
-        auth.authenticate(&headers(pairs), auth.access_for(path)).map(|c| c.map(|c| c.id)).map_err(|r| r.status)
+        let access = auth.access_for(&decoded_path(path));
+        auth.authenticate(&headers(pairs), access).map(|c| c.map(|c| c.id)).map_err(|r| r.status)
     }
 
     #[test]
@@ -315,6 +371,11 @@ mod tests {
             Ok(Some("key:reader".into())),
             "not under /api/jobs/"
         );
+        for encoded in ["/api/%6Aobs/reports", "/api/jobs%2Freports", "/api/%6a%6F%62%73/x"] {
+            assert_eq!(check(&auth, encoded, &[("x-api-key", &reader)]), Err(StatusCode::FORBIDDEN), "{encoded}");
+        }
+        assert_eq!(check(&auth, "/api/%6Fpen", &[]), Ok(None), "an encoded open route is open");
+        assert_eq!(check(&auth, "/api/%zzopen", &[]), Err(StatusCode::UNAUTHORIZED), "not a valid escape: the default");
         assert_eq!(check(&auth, "/api/tokens-only", &[("x-api-key", &jobs)]), Err(StatusCode::UNAUTHORIZED));
         assert_eq!(check(&auth, "/api/other", &[("authorization", "Basic abc")]), Err(StatusCode::UNAUTHORIZED));
         assert_eq!(check(&auth, "/api/other", &[("authorization", "Bearer ")]), Err(StatusCode::UNAUTHORIZED));
@@ -339,17 +400,20 @@ mod tests {
     #[test]
     fn setups_that_refuse_everyone_or_match_nothing_are_errors() {
         let keys_only = Access::Authenticated { api_key: true, jwt: false, scope: None };
-        assert!(StarterAuth::new(keys_only.clone()).validate().is_err(), "no key configured");
-        assert!(StarterAuth::new(Access::Open).route("/api/x", keys_only.clone()).unwrap().validate().is_err());
-        assert!(StarterAuth::new(Access::Open).route("api/x", Access::Open).is_err());
-        assert!(StarterAuth::new(Access::Open).route("/api/*/x", Access::Open).is_err());
+        let open = || StarterAuth::new(Access::Open).unwrap();
+        assert!(StarterAuth::new(keys_only.clone()).unwrap().validate().is_err(), "no key configured");
+        assert!(open().route("/api/x", keys_only.clone()).unwrap().validate().is_err());
+        for pattern in ["api/x", "/api/*/x", "/api/{name}", "/api/%65cho"] {
+            assert!(open().route(pattern, Access::Open).is_err(), "{pattern}");
+        }
         let (auth, _, _) = auth();
         let err = auth.validate().unwrap_err().to_string();
         assert!(err.contains("/api/tokens-only asks for a JWT"), "{err}");
-        let (_, line) = api_keys::new_api_key("a", &[]).unwrap();
-        let keyed = StarterAuth::new(keys_only).api_keys(ApiKeys::parse(&line).unwrap());
+        let line = api_keys::new_api_key("a", &[]).unwrap().line;
+        let keyed = StarterAuth::new(keys_only).unwrap().api_keys(ApiKeys::parse(&line).unwrap());
         assert!(keyed.clone().validate().is_ok());
         let bad_scope = Access::Authenticated { api_key: true, jwt: false, scope: Some("a\"b".into()) };
-        assert!(keyed.route("/api/y", bad_scope).unwrap().validate().is_err());
+        assert!(keyed.route("/api/y", bad_scope.clone()).is_err());
+        assert!(StarterAuth::new(bad_scope).is_err());
     }
 }

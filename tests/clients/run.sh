@@ -3,7 +3,8 @@
 #   - azure-core's LRO poller (Python) against the starters and the status monitor,
 #   - Durable Functions' Python client (azure-functions-durable 1.x) and Node client
 #     (durable-functions 3.x) against the loopback management listener as `rpcBaseUrl`,
-#   - schemathesis against /openapi.json, failing on any 5xx.
+#   - schemathesis against /openapi.json, failing on any 5xx; then in stateful mode, with real
+#     instance ids, also failing when a created instance cannot be read or a purged one can.
 # Installs what it needs into target/ (git-ignored). Needs `target/debug/kiln` (cargo build).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -66,6 +67,15 @@ echo "== schemathesis against $KILN_PUBLIC/openapi.json (no 5xx allowed)"
     --url "$KILN_PUBLIC" --header "x-functions-key: $system_key" \
     --checks not_a_server_error --max-examples 30 --request-timeout 10 \
     --suppress-health-check all
+
+# Stateful: chains of calls with real instance ids, following the links from a management
+# start to status, raiseEvent, terminate/suspend/resume/rewind/restart and purge (and the links
+# schemathesis infers). Besides no 5xx: what was created can be read, and what was purged is gone.
+echo "== schemathesis, stateful (real instance ids)"
+"$deps/venv/bin/schemathesis" --config-file "$here/schemathesis.toml" run "$KILN_PUBLIC/openapi.json" \
+    --url "$KILN_PUBLIC" --header "x-functions-key: $system_key" --phases stateful \
+    --checks not_a_server_error,use_after_free,ensure_resource_availability --max-examples 30 \
+    --request-timeout 10 --suppress-health-check all
 
 echo "== Durable Functions Node client (durable-functions 3.x)"
 node --test "$here/node/"

@@ -3,9 +3,9 @@
 
 use crate::{KilnHttp, management, ops, status};
 use axum::Router;
+use serde_json::{Value, json};
 use utoipa::OpenApi;
 use utoipa::openapi::RefOr;
-use utoipa::openapi::link::LinkBuilder;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa_swagger_ui::SwaggerUi;
@@ -37,17 +37,18 @@ use utoipa_swagger_ui::SwaggerUi;
 )]
 struct KilnApi;
 
-/// The OpenAPI document of Kiln's own routes merged with the application's (its starters);
-/// `orchestrations` are the names the management API starts.
-pub(crate) fn document(app: utoipa::openapi::OpenApi, orchestrations: &[String]) -> utoipa::openapi::OpenApi {
+/// Paths of the management API's starts.
+const STARTS: [&str; 2] =
+    ["/runtime/webhooks/durabletask/orchestrators/{name}/{id}", "/runtime/webhooks/durabletask/orchestrators/{name}"];
+
+/// The OpenAPI document of Kiln's own routes merged with the application's (its starters), as
+/// JSON; `orchestrations` are the names the management API starts.
+pub(crate) fn document(app: utoipa::openapi::OpenApi, orchestrations: &[String]) -> Value {
     let mut doc = KilnApi::openapi();
     doc.merge(app);
-    for path in [
-        "/runtime/webhooks/durabletask/orchestrators/{name}/{id}",
-        "/runtime/webhooks/durabletask/orchestrators/{name}",
-    ] {
+    for path in STARTS {
         if let Some(start) = doc.paths.paths.get_mut(path).and_then(|item| item.post.as_mut()) {
-            describe_start(start, orchestrations);
+            restrict(start, "name", orchestrations);
         }
     }
     let operate = "/runtime/webhooks/durabletask/instances/{id}/{operation}";
@@ -55,7 +56,10 @@ pub(crate) fn document(app: utoipa::openapi::OpenApi, orchestrations: &[String])
         let operations = ["terminate", "suspend", "resume", "rewind", "restart"].map(str::to_owned);
         restrict(operate, "operation", &operations);
     }
-    doc
+    // A document of plain data always serializes.
+    let mut json = serde_json::to_value(&doc).unwrap_or_default();
+    link_instance_operations(&mut json);
+    json
 }
 
 /// Says which values a path parameter takes.
@@ -66,20 +70,43 @@ fn restrict(operation: &mut Operation, parameter: &str, values: &[String]) {
     }
 }
 
-/// A management start: the names it takes, and links from the instance it started to the
-/// operations on it, so that a client (or schemathesis's stateful phase) can follow them with
-/// the real id.
-fn describe_start(start: &mut Operation, orchestrations: &[String]) {
-    restrict(start, "name", orchestrations);
-    let Some(RefOr::T(accepted)) = start.responses.responses.get_mut("202") else { return };
-    let operations =
-        [("GetStatus", "status"), ("RaiseEvent", "raise_event"), ("Operate", "operate"), ("Purge", "purge")];
-    for (link, operation_id) in operations {
-        let to = LinkBuilder::new().operation_id(operation_id).parameter("id", "$response.body#/id").build();
-        accepted.links.insert(link.to_owned(), RefOr::T(to));
+/// The operations on one instance, each as (method, path, its success codes, its operationId).
+const ON_AN_INSTANCE: [(&str, &str, &[&str], &str); 4] = [
+    ("get", "/runtime/webhooks/durabletask/instances/{id}", &["200", "202"], "status"),
+    ("post", "/runtime/webhooks/durabletask/instances/{id}/raiseEvent/{event}", &["202"], "raise_event"),
+    ("post", "/runtime/webhooks/durabletask/instances/{id}/{operation}", &["202"], "operate"),
+    ("delete", "/runtime/webhooks/durabletask/instances/{id}", &["200"], "purge"),
+];
+
+/// Links between the management operations on an instance: from a start (its id in the
+/// body) and from each operation on an instance (its id in the path) to every operation on
+/// that instance, so that a client (or schemathesis's stateful phase) can follow them with the
+/// real id — status after a purge, status after a terminate, and so on. Written as JSON:
+/// utoipa's `Link` serializes `operationId` as `operation_id`.
+fn link_instance_operations(doc: &mut Value) {
+    let links_with = |id: &str| {
+        let links: serde_json::Map<String, Value> = ON_AN_INSTANCE
+            .iter()
+            .map(|(_, _, _, operation_id)| {
+                (operation_id.to_string(), json!({ "operationId": operation_id, "parameters": { "id": id } }))
+            })
+            .collect();
+        Value::Object(links)
+    };
+    let pointer = |path: &str, method: &str, code: &str| {
+        format!("/paths/{}/{method}/responses/{code}", path.replace('~', "~0").replace('/', "~1"))
+    };
+    let from_starts = STARTS.map(|path| (pointer(path, "post", "202"), links_with("$response.body#/id")));
+    let from_instances = ON_AN_INSTANCE.iter().flat_map(|(method, path, codes, _)| {
+        codes.iter().map(|code| (pointer(path, method, code), links_with("$request.path.id")))
+    });
+    for (at, links) in from_starts.into_iter().chain(from_instances) {
+        if let Some(response) = doc.pointer_mut(&at).and_then(Value::as_object_mut) {
+            response.insert("links".to_owned(), links);
+        }
     }
 }
 
-pub(crate) fn routes(doc: utoipa::openapi::OpenApi) -> Router<KilnHttp> {
-    Router::from(SwaggerUi::new("/docs").url("/openapi.json", doc))
+pub(crate) fn routes(doc: Value) -> Router<KilnHttp> {
+    Router::from(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", doc))
 }

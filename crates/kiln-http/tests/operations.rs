@@ -83,6 +83,20 @@ async fn openapi_covers_every_route_and_docs_are_served() {
     ] {
         assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is not documented");
     }
+    // A start links to the operations on the instance it started (what stateful tools follow),
+    // and says which names it takes.
+    let start = &paths["/runtime/webhooks/durabletask/orchestrators/{name}/{id}"]["post"];
+    let links = &start["responses"]["202"]["links"];
+    for operation_id in ["status", "raise_event", "operate", "purge"] {
+        assert_eq!(links[operation_id]["operationId"], operation_id, "{links}");
+        let operation_ids = paths.values().flat_map(|item| item.as_object().unwrap().values());
+        assert!(operation_ids.clone().any(|op| op["operationId"] == operation_id), "no operation {operation_id}");
+    }
+    assert_eq!(links["purge"]["parameters"]["id"], "$response.body#/id");
+    let after_purge = &paths["/runtime/webhooks/durabletask/instances/{id}"]["delete"]["responses"]["200"]["links"];
+    assert_eq!(after_purge["status"]["parameters"]["id"], "$request.path.id", "{after_purge}");
+    let names = start["parameters"].as_array().unwrap().iter().find(|p| p["name"] == "name").unwrap();
+    assert_eq!(names["schema"]["enum"], serde_json::json!(["echo", "fail", "wait_event"]));
     let docs = app.public("GET", "/docs/", None).await;
     assert_eq!(docs.status, 200);
     assert!(docs.raw.contains("swagger"), "Swagger UI is served from compiled-in assets");

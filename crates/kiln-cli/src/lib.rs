@@ -8,6 +8,8 @@
 //! - `config`: `serve`'s settings from `kiln.toml`, `KILN_*` and flags, validated;
 //!   `starter_auth`: its `[starter_auth]` section (API keys, JWTs, rules per route).
 //! - `logging`: the log format, with client-controlled values escaped.
+//! - `listener`: the accept loop and its limits; `protocol_errors`: problem details for the
+//!   answers hyper gives requests it cannot parse.
 //! - `remote`: the client commands, against a running server's management API.
 //! - `bench`: the load generator, and the workloads `serve --bench-workloads` adds.
 
@@ -16,6 +18,7 @@ mod bench;
 mod config;
 mod listener;
 mod logging;
+mod protocol_errors;
 mod remote;
 mod serve;
 mod starter_auth;

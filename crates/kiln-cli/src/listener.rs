@@ -1,8 +1,9 @@
 //! The accept loop behind both listeners, with the limits a public HTTP server needs: a cap on
 //! open connections (beyond it, new ones get `503` + `Retry-After` and are closed), timeouts
 //! for reading a request's headers, for an idle keep-alive connection and between the chunks of
-//! a body, and graceful shutdown.
+//! a body, graceful shutdown, and problem details for the errors hyper answers by itself.
 
+use crate::protocol_errors::ProblemErrors;
 use axum::Router;
 use axum::body::Body;
 use hyper::body::Incoming;
@@ -117,7 +118,7 @@ pub async fn serve(
             request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
             tower::ServiceExt::oneshot(router.clone(), request)
         });
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(ProblemErrors::new(stream)), service));
         tokio::spawn(async move {
             // A client that went away or broke the protocol: nothing to do but close.
             let _ = connection.await;

@@ -135,6 +135,51 @@ fn an_announced_oversized_body_is_refused_before_it_is_sent() {
     assert_eq!(small.status(), 202);
 }
 
+/// Sends raw bytes on a new connection and reads the whole answer, until the server closes.
+fn raw_answer(port: u16, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // The server may answer and close before it has read everything.
+    let _ = stream.write_all(request);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// What hyper refuses before Kiln's router sees a request (headers too large, a request target
+/// too long, broken framing) is answered with problem+json too, on both listeners; a request
+/// before it on the same connection is answered as usual.
+#[test]
+fn requests_hyper_cannot_parse_get_problem_details() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = (free_port(), free_port());
+    let _server = serve_with_file_limit(dir.path(), ports, 1024, &[]);
+    let huge_header = format!("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: {}\r\n\r\n", "a".repeat(500_000));
+    let long_target = format!("GET /{} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", "a".repeat(100_000));
+    let cases = [
+        (huge_header.into_bytes(), 431),
+        (long_target.into_bytes(), 414),
+        (b"GARBAGE\r\n\r\n".to_vec(), 400),
+        (b"GET /healthz HTTP/1.1\r\nHost 127.0.0.1\r\n\r\n".to_vec(), 400),
+    ];
+    for port in [ports.0, ports.1] {
+        for (request, status) in &cases {
+            let answer = raw_answer(port, request);
+            let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+            assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{head}");
+            assert!(head.to_ascii_lowercase().contains("content-type: application/problem+json"), "{head}");
+            let problem: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert_eq!(problem["status"], *status, "{body}");
+        }
+    }
+    let pipelined = raw_answer(
+        ports.0,
+        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /healthz HTTP/1.1\r\nHost 127.0.0.1\r\n\r\n",
+    );
+    assert!(pipelined.starts_with("HTTP/1.1 200 OK\r\n") && pipelined.contains("{\"status\":\"ok\"}"), "{pipelined}");
+    assert!(pipelined.contains("HTTP/1.1 400 Bad Request\r\ncontent-type: application/problem+json"), "{pipelined}");
+}
+
 /// Starters are rate-limited per client address (the connection's peer, as the listener sees it).
 #[test]
 fn starters_are_rate_limited_per_client_address() {

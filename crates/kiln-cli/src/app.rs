@@ -180,6 +180,7 @@ impl App {
                 println!("Add this line to the api_keys_file (or KILN_API_KEYS):\n  {}", made.line);
                 Ok(true)
             }
+            Command::Keys(KeysCommand::Rotate) => remote().rotate_token_secret().map(|()| true),
             Command::Start { name, input, id, wait } => remote().start(name, input, id.as_deref(), *wait),
             Command::Status { id } => remote().status(id).map(|()| true),
             Command::List { statuses, prefix } => remote().list(statuses, prefix.as_deref()).map(|()| true),
@@ -305,6 +306,9 @@ enum Command {
 
 #[derive(Subcommand)]
 enum KeysCommand {
+    /// Rotate the stored secret that signs status tokens, on a running server (every node
+    /// reloads it); status URLs handed out before stay valid until they expire.
+    Rotate,
     /// Make a new random API key; prints the key once and the hashed line to list it by.
     NewApiKey {
         /// Who the key is for (a name for logs and rate limits).

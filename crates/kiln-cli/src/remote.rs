@@ -50,6 +50,15 @@ impl Remote {
         Ok((status, json))
     }
 
+    /// `kiln keys rotate`: a new token secret on the server (every node reloads it); says until
+    /// when the old one's tokens stay valid.
+    pub fn rotate_token_secret(&self) -> anyhow::Result<()> {
+        let (_, rotated) = self.call("POST", "/tokenSecret/rotate", None)?;
+        let until = rotated.get("previousAcceptedUntil").and_then(Value::as_str).unwrap_or("their expiry");
+        println!("token secret rotated; status URLs handed out before stay valid until {until}");
+        Ok(())
+    }
+
     /// `kiln start`: prints the instance id, or with `wait` follows it to the end.
     pub fn start(&self, name: &str, input: &str, id: Option<&str>, wait: bool) -> anyhow::Result<bool> {
         serde_json::from_str::<Value>(input).context("--input is not valid JSON")?;

@@ -106,6 +106,13 @@ fn cli_commands_drive_a_running_server() {
     assert!(stderr.starts_with("error: instance 'job-1' not found"), "{stderr}");
     let bad = server.cli(&["start", "nope"]);
     assert!(!bad.status.success());
+    // `keys rotate`: a status URL handed out before still answers; new ones work too.
+    let (_, before) = start_report(&server, 0);
+    assert!(ok(&server.cli(&["keys", "rotate"])).contains("token secret rotated"));
+    assert_eq!(poll(&before).0, 200);
+    let (_, after) = start_report(&server, 0);
+    assert_ne!(before.split("token=").nth(1), after.split("token=").nth(1));
+    assert_eq!(poll(&after).0, 200);
 }
 
 #[test]

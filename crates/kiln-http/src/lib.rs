@@ -28,6 +28,7 @@ pub mod rate_limit;
 pub mod retry_after;
 mod status;
 pub mod token;
+mod token_secrets;
 pub mod urls;
 
 pub use accepted::{AcceptOptions, AcceptedBody};
@@ -45,8 +46,6 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Name of the stored setting that holds the token secret when none is configured.
-const TOKEN_SECRET_SETTING: &str = "http.token_secret";
 /// Name of the stored setting that holds the system key when none is configured.
 const SYSTEM_KEY_SETTING: &str = "http.system_key";
 
@@ -114,6 +113,18 @@ impl Default for HttpOptions {
     }
 }
 
+/// Reloads the stored token secrets now and then (another node may rotate them), for as long as
+/// the HTTP layer lives.
+async fn reload_token_secrets(inner: std::sync::Weak<Inner>) {
+    loop {
+        tokio::time::sleep(token_secrets::RELOAD_INTERVAL).await;
+        let Some(inner) = inner.upgrade() else { return };
+        if let Err(err) = inner.tokens.reload(&inner.client).await {
+            tracing::warn!(error = %err, "cannot reload the token secrets; keeping those in force");
+        }
+    }
+}
+
 /// The HTTP layer's shared state. Cheap to clone.
 #[derive(Clone)]
 pub struct KilnHttp {
@@ -124,7 +135,7 @@ struct Inner {
     client: KilnClient,
     options: HttpOptions,
     system_key: String,
-    tokens: TokenSigner,
+    tokens: token_secrets::TokenSecrets,
     hosts: HostAllowList,
     /// Token buckets of the starters' clients, when they are rate-limited.
     starter_limiter: Option<rate_limit::RateLimiter>,
@@ -143,24 +154,30 @@ impl KilnHttp {
             Some(key) => key.clone(),
             None => client.secret(SYSTEM_KEY_SETTING).await?,
         };
-        let token_secret = match &options.token_secret {
-            Some(secret) => secret.clone(),
-            None => client.secret(TOKEN_SECRET_SETTING).await?,
-        };
+        let tokens = token_secrets::TokenSecrets::new(
+            &client,
+            options.token_secret.as_deref(),
+            &options.previous_token_secrets,
+            options.token_ttl,
+        )
+        .await?;
         let inner = Inner {
             client,
             hosts: HostAllowList::new(&options.allowed_hosts, &options.fallback_base_url),
             starter_limiter: options.starter_rate_limit.map(rate_limit::RateLimiter::new),
             long_polls: Arc::new(tokio::sync::Semaphore::new(options.max_long_polls)),
-            tokens: TokenSigner::new(token_secret.into_bytes())
-                .with_previous(options.previous_token_secrets.iter().map(|s| s.clone().into_bytes())),
+            tokens,
             system_key,
             options,
             in_flight: Mutex::new(HashSet::new()),
             metrics: ops::HttpMetrics::default(),
             instance_counts: ops::InstanceCounts::default(),
         };
-        Ok(KilnHttp { inner: Arc::new(inner) })
+        let inner = Arc::new(inner);
+        if inner.tokens.is_stored() {
+            tokio::spawn(reload_token_secrets(Arc::downgrade(&inner)));
+        }
+        Ok(KilnHttp { inner })
     }
 
     /// The Kiln client behind the routes.

@@ -24,6 +24,7 @@ use utoipa_swagger_ui::SwaggerUi;
         management::purge_many,
         management::raise_event,
         management::operate,
+        management::rotate_token_secret,
         ops::healthz,
         ops::readyz,
         ops::metrics,

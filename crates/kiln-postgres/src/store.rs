@@ -847,6 +847,22 @@ impl Store for PostgresStore {
         Ok(row.get(0))
     }
 
+    async fn replace_setting(&self, key: &str, expected: Option<&str>, value: &str) -> StoreResult<bool> {
+        let client = self.client().await?;
+        let changed = match expected {
+            Some(expected) => {
+                let sql = "UPDATE settings SET value = $3 WHERE key = $1 AND value = $2";
+                cached::execute(&client, sql, &[&key, &expected, &value]).await
+            }
+            None => {
+                let sql = "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING";
+                cached::execute(&client, sql, &[&key, &value]).await
+            }
+        }
+        .map_err(backend)?;
+        Ok(changed == 1)
+    }
+
     async fn health(&self) -> StoreResult<()> {
         let client = self.client().await?;
         cached::query_one(&client, "SELECT 1", &[]).await.map_err(backend)?;

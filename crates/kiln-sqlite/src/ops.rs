@@ -63,6 +63,15 @@ pub enum WriteOp {
         /// Value.
         value: String,
     },
+    /// Replace a setting that still holds `expected` (absent when `None`).
+    ReplaceSetting {
+        /// Key.
+        key: String,
+        /// The value it must hold.
+        expected: Option<String>,
+        /// The new value.
+        value: String,
+    },
 }
 
 /// Which work item a claim mark is for.
@@ -195,6 +204,16 @@ pub fn apply(conn: &Connection, op: &WriteOp, effects: &mut Vec<Effect>) -> Stor
             let stored: String =
                 conn.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0)).map_err(backend)?;
             Ok(WriteOutcome::Value(stored))
+        }
+        WriteOp::ReplaceSetting { key, expected, value } => {
+            let changed = match expected {
+                Some(expected) => {
+                    conn.execute("UPDATE settings SET value = ?3 WHERE key = ?1 AND value = ?2", [key, expected, value])
+                }
+                None => conn.execute("INSERT OR IGNORE INTO settings (key, value) VALUES (?1, ?2)", [key, value]),
+            }
+            .map_err(backend)?;
+            Ok(WriteOutcome::Count(changed as u64))
         }
     }
 }

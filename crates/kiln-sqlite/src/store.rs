@@ -618,6 +618,15 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn replace_setting(&self, key: &str, expected: Option<&str>, value: &str) -> StoreResult<bool> {
+        let op = WriteOp::ReplaceSetting {
+            key: key.to_owned(),
+            expected: expected.map(str::to_owned),
+            value: value.to_owned(),
+        };
+        Ok(matches!(self.write(op).await?, WriteOutcome::Count(1)))
+    }
+
     async fn health(&self) -> StoreResult<()> {
         let writer_alive = {
             let threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());

@@ -53,7 +53,7 @@ macro_rules! conformance_tests {
             bulk_purge_takes_children_whose_parent_is_gone,
             sub_orchestration_with_taken_id_fails_the_parent_step,
             watchers_wake_on_commit,
-            settings_keep_the_first_value,
+            settings_keep_their_value_until_compared_and_set,
             abandoned_work_comes_back,
             message_to_self_in_a_consuming_commit_is_delivered,
             idempotency_keys_start_once_and_refuse_other_requests,
@@ -553,12 +553,18 @@ pub async fn watchers_wake_on_commit(store: &dyn Store) {
     assert!(subscription.changed(WAIT).await, "a commit wakes the subscriber");
 }
 
-pub async fn settings_keep_the_first_value(store: &dyn Store) {
+pub async fn settings_keep_their_value_until_compared_and_set(store: &dyn Store) {
     store.health().await.unwrap();
     assert_eq!(store.get_setting("secret").await.unwrap(), None);
     assert_eq!(store.put_setting_if_absent("secret", "one").await.unwrap(), "one");
     assert_eq!(store.put_setting_if_absent("secret", "two").await.unwrap(), "one");
     assert_eq!(store.get_setting("secret").await.unwrap().as_deref(), Some("one"));
+    assert!(!store.replace_setting("secret", Some("stale"), "three").await.unwrap(), "compare fails");
+    assert!(!store.replace_setting("secret", None, "three").await.unwrap(), "present, not absent");
+    assert!(store.replace_setting("secret", Some("one"), "three").await.unwrap());
+    assert_eq!(store.get_setting("secret").await.unwrap().as_deref(), Some("three"));
+    assert!(store.replace_setting("other", None, "x").await.unwrap(), "absent: inserted");
+    assert_eq!(store.get_setting("other").await.unwrap().as_deref(), Some("x"));
 }
 
 pub async fn abandoned_work_comes_back(store: &dyn Store) {

@@ -152,6 +152,10 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a setting unless one exists; returns the value now stored.
     async fn put_setting_if_absent(&self, key: &str, value: &str) -> StoreResult<String>;
 
+    /// Replaces a setting if it still holds `expected` (`None`: if it is absent); returns
+    /// whether it did (a compare-and-set, so that concurrent rotations cannot lose a secret).
+    async fn replace_setting(&self, key: &str, expected: Option<&str>, value: &str) -> StoreResult<bool>;
+
     /// Checks that the store can serve reads and accept writes.
     async fn health(&self) -> StoreResult<()>;
 

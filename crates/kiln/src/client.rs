@@ -233,14 +233,29 @@ impl KilnClient {
         self.rt.metrics.typical_duration(name)
     }
 
-    /// A secret kept in the store under `name`, generated (256 random bits, as hex) the first
-    /// time it is asked for; every later call returns the same value.
+    /// A secret kept in the store under `name`, generated ([`KilnClient::generate_secret`]) the
+    /// first time it is asked for; every later call returns the same value (until replaced).
     pub async fn secret(&self, name: &str) -> Result<String, ClientError> {
-        if let Some(secret) = self.rt.store.get_setting(name).await? {
+        if let Some(secret) = self.setting(name).await? {
             return Ok(secret);
         }
-        let generated = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
-        Ok(self.rt.store.put_setting_if_absent(name, &generated).await?)
+        Ok(self.rt.store.put_setting_if_absent(name, &KilnClient::generate_secret()).await?)
+    }
+
+    /// A new random secret: two v4 UUIDs (244 random bits) as 64 hex digits.
+    pub fn generate_secret() -> String {
+        format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+    }
+
+    /// A setting kept in the store, if set.
+    pub async fn setting(&self, name: &str) -> Result<Option<String>, ClientError> {
+        Ok(self.rt.store.get_setting(name).await?)
+    }
+
+    /// Replaces a setting if it still holds `expected` (`None`: if it is unset); returns whether
+    /// it did.
+    pub async fn replace_setting(&self, name: &str, expected: Option<&str>, value: &str) -> Result<bool, ClientError> {
+        Ok(self.rt.store.replace_setting(name, expected, value).await?)
     }
 
     /// Checks that the store answers.

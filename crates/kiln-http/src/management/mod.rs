@@ -45,6 +45,38 @@ pub(crate) fn routes() -> Router<KilnHttp> {
         .route("/instances/{id}", get(status).delete(purge))
         .route("/instances/{id}/raiseEvent/{event}", post(raise_event))
         .route("/instances/{id}/{operation}", post(operate))
+        .route("/tokenSecret/rotate", post(rotate_token_secret))
+}
+
+/// Rotates the stored secret that signs status tokens (Kiln's own, not in Durable Functions'
+/// API; `kiln keys rotate`): new status URLs carry tokens signed with a new secret, and those
+/// handed out before stay valid until they expire.
+#[utoipa::path(
+    post,
+    path = "/runtime/webhooks/durabletask/tokenSecret/rotate",
+    tag = "management",
+    responses(
+        (status = 200, description = "`{\"rotatedAt\", \"previousAcceptedUntil\"}` (RFC 3339)"),
+        (status = 401, description = "Missing or wrong system key", content_type = "application/problem+json"),
+        (status = 409, description = "The secret is configured (`token_secret`): rotate it there", content_type = "application/problem+json"),
+    )
+)]
+async fn rotate_token_secret(State(http): State<KilnHttp>) -> Result<Response, Problem> {
+    use crate::token_secrets::RotateError;
+    match http.inner.tokens.rotate(http.client()).await {
+        Ok(rotation) => {
+            tracing::info!(previous_accepted_until = %rotation.previous_accepted_until, "token secret rotated");
+            let body = json!({
+                "rotatedAt": rotation.rotated_at.to_rfc3339(),
+                "previousAcceptedUntil": rotation.previous_accepted_until.to_rfc3339(),
+            });
+            Ok(json_response(StatusCode::OK, &body))
+        }
+        Err(err @ (RotateError::Configured | RotateError::Contended)) => {
+            Err(Problem::new(StatusCode::CONFLICT, err.to_string()).for_durable_functions())
+        }
+        Err(RotateError::Client(err)) => Err(df(err)),
+    }
 }
 
 /// Rejects management requests without the system key (`code=`, `x-functions-key`, or bearer).

@@ -105,6 +105,12 @@ impl TestApp {
     }
 
     pub async fn with_options(mut options: HttpOptions) -> TestApp {
+        options.token_secret = Some(TOKEN_SECRET.to_owned());
+        TestApp::with_secrets_as_given(options).await
+    }
+
+    /// With `options.token_secret` as given (`None`: generated and kept in the store).
+    pub async fn with_secrets_as_given(mut options: HttpOptions) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
         let kiln = Kiln::builder()
             .sqlite(dir.path().join("kiln.db"))
@@ -119,11 +125,17 @@ impl TestApp {
             options.allowed_hosts = vec![TEST_HOST.to_owned()];
         }
         options.system_key = Some(SYSTEM_KEY.to_owned());
-        options.token_secret = Some(TOKEN_SECRET.to_owned());
         let http = KilnHttp::new(kiln.client(), options).await.unwrap();
         let public = http.public_router(starters(), utoipa::openapi::OpenApi::default());
         let management = http.management_router();
         TestApp { public, management, http, kiln, _dir: dir }
+    }
+
+    /// Another node's public router: a second HTTP layer with the same options over the same
+    /// store.
+    pub async fn second_node(&self) -> Router {
+        let http = KilnHttp::new(self.kiln.client(), self.http.options().clone()).await.unwrap();
+        http.public_router(starters(), utoipa::openapi::OpenApi::default())
     }
 
     pub async fn call(&self, router: &Router, request: Request<Body>) -> Reply {

@@ -284,6 +284,10 @@ impl Store for FaultyStore {
         self.inner.put_setting_if_absent(key, value).await
     }
 
+    async fn replace_setting(&self, key: &str, expected: Option<&str>, value: &str) -> StoreResult<bool> {
+        self.inner.replace_setting(key, expected, value).await
+    }
+
     async fn health(&self) -> StoreResult<()> {
         self.inner.health().await
     }

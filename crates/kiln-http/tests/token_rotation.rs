@@ -1,0 +1,57 @@
+//! Rotating the stored token secret on one node: status URLs handed out before keep working on
+//! every node, and new ones (signed with the new secret) work on every node at once.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{TestApp, path_of, request};
+use kiln_http::HttpOptions;
+
+/// Polls a status URL through `router`; the HTTP status.
+async fn poll(app: &TestApp, router: &axum::Router, status_url: &str) -> u16 {
+    app.call(router, request("GET", &path_of(status_url), None, &[])).await.status.as_u16()
+}
+
+async fn rotate(app: &TestApp) -> common::Reply {
+    app.manage("POST", "/tokenSecret/rotate", None).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_keeps_old_status_urls_and_every_node_takes_new_ones_at_once() {
+    let app = TestApp::with_secrets_as_given(HttpOptions::default()).await;
+    let other_node = app.second_node().await;
+    let before = app.start_via("echo", "1").await;
+    let old_url = before.header("location").to_owned();
+    assert!(matches!(poll(&app, &other_node, &old_url).await, 200 | 202));
+
+    let rotated = rotate(&app).await;
+    assert_eq!(rotated.status, 200, "{}", rotated.raw);
+    assert!(rotated.body["previousAcceptedUntil"].as_str().is_some_and(|t| t.ends_with('Z')), "{}", rotated.raw);
+
+    let after = app.start_via("echo", "2").await;
+    let new_url = after.header("location").to_owned();
+    let token = |url: &str| url.split("token=").nth(1).unwrap_or_default().to_owned();
+    assert_ne!(token(&new_url).rsplit('.').next(), token(&old_url).rsplit('.').next());
+    for router in [&app.public, &other_node] {
+        assert!(matches!(poll(&app, router, &old_url).await, 200 | 202), "a URL from before the rotation");
+        assert!(matches!(poll(&app, router, &new_url).await, 200 | 202), "a URL signed with the new secret");
+    }
+    // A forged token is still refused.
+    let forged = old_url.replace(&token(&old_url), "1999999999.rc.1.AAAA");
+    assert_eq!(poll(&app, &other_node, &forged).await, 404);
+
+    // Rotations racing each other lose no secret.
+    let (a, b) = tokio::join!(rotate(&app), rotate(&app));
+    assert!(a.status.is_success() || b.status.is_success(), "{} / {}", a.raw, b.raw);
+    for url in [&old_url, &new_url] {
+        assert!(matches!(poll(&app, &other_node, url).await, 200 | 202), "after two more rotations: {url}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_secret_is_rotated_in_the_configuration_not_here() {
+    let app = TestApp::start().await;
+    let refused = rotate(&app).await;
+    refused.assert_problem(409);
+    assert!(refused.body["detail"].as_str().unwrap().contains("configured"), "{}", refused.raw);
+}

@@ -53,22 +53,57 @@ impl<S: AsyncRead> AsyncRead for ProblemErrors<S> {
     }
 }
 
+impl<S: AsyncWrite> ProblemErrors<S> {
+    /// Takes `before` and the rewritten error head `head` whole (written by this and the next
+    /// calls: hyper flushes after an error answer).
+    fn take_rewritten(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        before: &[&[u8]],
+        head: &[u8],
+        status: u16,
+    ) -> Poll<io::Result<usize>> {
+        let this = self.as_mut().project();
+        before.iter().for_each(|part| this.pending.extend_from_slice(part));
+        this.pending.extend_from_slice(problem_answer(status, head).as_bytes());
+        let taken = before.iter().map(|part| part.len()).sum::<usize>() + head.len();
+        match self.poll_drain(cx) {
+            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+            _ => Poll::Ready(Ok(taken)),
+        }
+    }
+}
+
 impl<S: AsyncWrite> AsyncWrite for ProblemErrors<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         ready!(self.as_mut().poll_drain(cx))?;
         match hyper_error_head(buf) {
-            Some((start, status)) => {
-                let this = self.as_mut().project();
-                this.pending.extend_from_slice(&buf[..start]);
-                this.pending.extend_from_slice(problem_answer(status, &buf[start..]).as_bytes());
-                // Taken whole; written by the next calls (hyper flushes after an error answer).
-                match self.poll_drain(cx) {
-                    Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
-                    _ => Poll::Ready(Ok(buf.len())),
-                }
-            }
+            Some((start, status)) => self.take_rewritten(cx, &[&buf[..start]], &buf[start..], status),
             None => self.project().inner.poll_write(cx, buf),
         }
+    }
+
+    /// An error head is the last buffer hyper queues (it has no body): only then is the whole
+    /// write taken and rewritten.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        ready!(self.as_mut().poll_drain(cx))?;
+        let last = bufs.iter().rposition(|buf| !buf.is_empty());
+        match last.and_then(|at| hyper_error_head(&bufs[at]).map(|found| (at, found))) {
+            Some((at, (start, status))) => {
+                let mut before: Vec<&[u8]> = bufs[..at].iter().map(|buf| &**buf).collect();
+                before.push(&bufs[at][..start]);
+                self.take_rewritten(cx, &before, &bufs[at][start..], status)
+            }
+            None => self.project().inner.poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -79,12 +114,6 @@ impl<S: AsyncWrite> AsyncWrite for ProblemErrors<S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.as_mut().poll_drain(cx))?;
         self.project().inner.poll_shutdown(cx)
-    }
-
-    /// Not vectored: hyper then writes each answer's head (and small body) as one buffer, where
-    /// its own error head can be recognised whole.
-    fn is_write_vectored(&self) -> bool {
-        false
     }
 }
 
@@ -168,6 +197,24 @@ mod tests {
             written(&[&format!("{ok}{}", HYPER_431.replace("431 Request Header Fields Too Large", "400 Bad Request"))])
                 .await;
         assert!(both.starts_with(ok) && both.contains("\"status\":400"), "{both}");
+    }
+
+    #[tokio::test]
+    async fn vectored_writes_are_rewritten_when_their_last_buffer_is_an_error_head() {
+        let ok = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n";
+        let mut out = ProblemErrors::new(Vec::new());
+        let bufs = [io::IoSlice::new(ok.as_bytes()), io::IoSlice::new(b"{}"), io::IoSlice::new(HYPER_431.as_bytes())];
+        let taken = out.write_vectored(&bufs).await.unwrap();
+        assert_eq!(taken, ok.len() + 2 + HYPER_431.len());
+        out.flush().await.unwrap();
+        let written = String::from_utf8(out.inner).unwrap();
+        assert!(
+            written.starts_with(&format!("{ok}{{}}HTTP/1.1 431 ")) && written.contains("\"status\":431"),
+            "{written}"
+        );
+        let mut plain = ProblemErrors::new(Vec::new());
+        assert_eq!(plain.write_vectored(&bufs[..2]).await.unwrap(), ok.len() + 2);
+        assert_eq!(String::from_utf8(plain.inner).unwrap(), format!("{ok}{{}}"));
     }
 
     #[tokio::test]

@@ -7,13 +7,13 @@
 //! notifications may have been missed meanwhile.
 
 use crate::store::FALLBACK_POLL;
+use crate::tls::KilnTls;
 use kiln_store::StatusWatchers;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_postgres::AsyncMessage;
-use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// Pause before reconnecting a lost listener.
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
@@ -74,13 +74,7 @@ impl Wakers {
 
 /// Listens on `channel` for other nodes' notifications (this node is `node`) until the task is
 /// aborted.
-pub async fn run(
-    config: tokio_postgres::Config,
-    tls: MakeRustlsConnect,
-    channel: String,
-    node: String,
-    wakers: Arc<Wakers>,
-) {
+pub async fn run(config: tokio_postgres::Config, tls: KilnTls, channel: String, node: String, wakers: Arc<Wakers>) {
     loop {
         match config.connect(tls.clone()).await {
             Ok((client, mut connection)) => {

@@ -2,9 +2,9 @@
 //! hold a request, and which schema names are usable.
 
 use crate::store::OpenError;
+use crate::tls::KilnTls;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::time::Duration;
-use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// Longest a request waits for a pooled connection, or for a new one to be opened, before it
 /// is answered "unavailable" (`503`) instead of hanging.
@@ -14,11 +14,7 @@ const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 /// surfaces as an error within seconds instead of a request hanging for the TCP retry time.
 const DEAD_CONNECTION: Duration = Duration::from_secs(10);
 
-pub(crate) fn build_pool(
-    config: tokio_postgres::Config,
-    tls: MakeRustlsConnect,
-    size: usize,
-) -> Result<Pool, OpenError> {
+pub(crate) fn build_pool(config: tokio_postgres::Config, tls: KilnTls, size: usize) -> Result<Pool, OpenError> {
     let manager = Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Pool::builder(manager)
         .max_size(size)

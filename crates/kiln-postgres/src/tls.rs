@@ -12,8 +12,15 @@
 //! | `verify-full` | yes | and names the host connected to |
 //!
 //! `sslrootcert` is a PEM file of trusted certificates (default `~/.postgresql/root.crt`, as
-//! libpq), or `system` for the operating system's store. Client certificates (`sslcert`,
-//! `sslkey`) are not supported: the URL is refused rather than silently connecting without one.
+//! libpq; `require` then verifies the chain when that file exists), or `system` for the
+//! operating system's store, which, as in libpq 16, implies `verify-full` and refuses weaker
+//! modes (a public CA vouches for a name, not for your database). Client certificates
+//! (`sslcert`, `sslkey`) are not supported: the URL is refused rather than silently connecting
+//! without one. `verify-ca` and `verify-full` need the URL form (a key=value string keeps
+//! tokio-postgres's own `disable`, `prefer` and `require`). A server certificate must be
+//! issued by a trusted CA: webpki refuses a self-signed certificate marked `CA:TRUE` as the
+//! server's own (`CaUsedAsEndEntity`), even when it is the root given. Unix-socket connections
+//! never use TLS (the server declines it there, as libpq never asks).
 
 use crate::store::OpenError;
 use rustls::client::WebPkiServerVerifier;
@@ -25,7 +32,8 @@ use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStor
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio_postgres::config::SslMode;
-pub use tokio_postgres_rustls::MakeRustlsConnect;
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// How much of the server a connection checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,10 +48,23 @@ enum Verification {
 
 /// A database URL read for connecting: tokio-postgres's configuration and the TLS connector
 /// its `sslmode` asks for.
-pub(crate) fn connect_config(url: &str) -> Result<(tokio_postgres::Config, MakeRustlsConnect), OpenError> {
+pub(crate) fn connect_config(url: &str) -> Result<(tokio_postgres::Config, KilnTls), OpenError> {
     let (url, sslmode, rootcert) = take_tls_parameters(url)?;
-    let mut config: tokio_postgres::Config = url.parse().map_err(|e| OpenError::Config(format!("{e}")))?;
-    let verification = match sslmode.as_deref() {
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
+        let cause = std::error::Error::source(&e).map(|cause| format!(": {cause}")).unwrap_or_default();
+        OpenError::Config(format!("{e}{cause}"))
+    })?;
+    let sslmode = match (sslmode.as_deref(), rootcert.as_deref()) {
+        (None, Some("system")) => Some("verify-full"),
+        (Some(weaker), Some("system")) if weaker != "verify-full" => {
+            return Err(OpenError::Config(format!(
+                "sslrootcert=system needs sslmode=verify-full (not {weaker}): public CAs vouch for names"
+            )));
+        }
+        (mode, _) => mode,
+    };
+    let default_roots_exist = || default_rootcert().is_some_and(|path| path.exists());
+    let verification = match sslmode {
         // No `sslmode` in a URL: `prefer`. A key=value string keeps tokio-postgres's own reading
         // of it (disable, prefer or require), unverified.
         None => Verification::None,
@@ -57,7 +78,7 @@ pub(crate) fn connect_config(url: &str) -> Result<(tokio_postgres::Config, MakeR
         }
         Some("require") => {
             config.ssl_mode(SslMode::Require);
-            if rootcert.is_some() { Verification::Chain } else { Verification::None }
+            if rootcert.is_some() || default_roots_exist() { Verification::Chain } else { Verification::None }
         }
         Some("verify-ca") => {
             config.ssl_mode(SslMode::Require);
@@ -73,7 +94,34 @@ pub(crate) fn connect_config(url: &str) -> Result<(tokio_postgres::Config, MakeR
             )));
         }
     };
-    Ok((config, connector(verification, rootcert.as_deref())?))
+    Ok((config, KilnTls(connector(verification, rootcert.as_deref())?)))
+}
+
+/// libpq's default `sslrootcert`, `~/.postgresql/root.crt` (none without a home directory).
+fn default_rootcert() -> Option<PathBuf> {
+    std::env::home_dir().filter(|home| home.is_absolute()).map(|home| home.join(".postgresql/root.crt"))
+}
+
+/// The TLS connector: rustls, asked for a server name even when there is none (a Unix socket,
+/// or `hostaddr` alone), where rustls would refuse an empty one and fail the connection before
+/// the server is even asked. An unnamed server is named `0.0.0.0`, which no certificate names:
+/// `verify-full` then fails closed; the other modes do not look at names, and a Unix socket
+/// declines TLS.
+#[derive(Clone)]
+pub(crate) struct KilnTls(MakeRustlsConnect);
+
+impl<S> MakeTlsConnect<S> for KilnTls
+where
+    MakeRustlsConnect: MakeTlsConnect<S>,
+{
+    type Stream = <MakeRustlsConnect as MakeTlsConnect<S>>::Stream;
+    type TlsConnect = <MakeRustlsConnect as MakeTlsConnect<S>>::TlsConnect;
+    type Error = <MakeRustlsConnect as MakeTlsConnect<S>>::Error;
+
+    fn make_tls_connect(&mut self, hostname: &str) -> Result<Self::TlsConnect, Self::Error> {
+        let hostname = if hostname.is_empty() { "0.0.0.0" } else { hostname };
+        self.0.make_tls_connect(hostname)
+    }
 }
 
 /// Removes `sslmode` and `sslrootcert` from a URL's query (decoded); refuses client
@@ -86,7 +134,7 @@ fn take_tls_parameters(url: &str) -> Result<(String, Option<String>, Option<Stri
     let (mut sslmode, mut rootcert, mut kept) = (None, None, Vec::new());
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
+        match percent_decode(key)?.as_str() {
             "sslmode" => sslmode = Some(percent_decode(value)?),
             "sslrootcert" => rootcert = Some(percent_decode(value)?),
             "sslcert" | "sslkey" | "sslpassword" => {
@@ -107,7 +155,8 @@ fn percent_decode(value: &str) -> Result<String, OpenError> {
     let mut rest = value.as_bytes();
     while let Some((&byte, tail)) = rest.split_first() {
         if byte == b'%' {
-            let hex = tail.get(..2).and_then(|h| std::str::from_utf8(h).ok()).ok_or_else(invalid)?;
+            let hex = tail.get(..2).filter(|h| h.iter().all(u8::is_ascii_hexdigit)).ok_or_else(invalid)?;
+            let hex = std::str::from_utf8(hex).map_err(|_| invalid())?;
             bytes.push(u8::from_str_radix(hex, 16).map_err(|_| invalid())?);
             rest = &tail[2..];
         } else {
@@ -152,9 +201,9 @@ fn trusted_roots(rootcert: Option<&str>) -> Result<RootCertStore, OpenError> {
         }
         return Ok(roots);
     }
-    let path = match rootcert {
-        Some(path) => PathBuf::from(path),
-        None => std::env::home_dir().unwrap_or_default().join(".postgresql/root.crt"),
+    let path = match rootcert.map(PathBuf::from).or_else(default_rootcert) {
+        Some(path) => path,
+        None => return Err(OpenError::Config("no home directory for ~/.postgresql/root.crt: set sslrootcert".into())),
     };
     let unreadable = |e: &dyn std::fmt::Display| {
         OpenError::Config(format!(
@@ -281,7 +330,10 @@ mod tests {
         assert_eq!(take_tls_parameters(plain).unwrap(), (plain.to_owned(), None, None));
         assert!(take_tls_parameters("postgres://h/db?sslcert=/c.pem").is_err(), "client certificates");
         assert!(take_tls_parameters("postgres://h/db?sslrootcert=%zz").is_err());
+        assert!(take_tls_parameters("postgres://h/db?sslrootcert=%+1").is_err(), "not two hex digits");
         assert!(take_tls_parameters("postgres://h/db?sslrootcert=%e9").is_err(), "not UTF-8");
+        let (_, mode, _) = take_tls_parameters("postgres://h/db?ssl%6Dode=verify-full").unwrap();
+        assert_eq!(mode.as_deref(), Some("verify-full"), "an encoded key is the same key");
     }
 
     #[test]
@@ -292,10 +344,26 @@ mod tests {
         assert!(connect_config("postgres://h/db").is_ok(), "prefer, unverified, like libpq");
         let missing = connect_config("postgres://h/db?sslmode=verify-full&sslrootcert=/nonexistent.pem");
         assert!(matches!(missing, Err(OpenError::Config(message)) if message.contains("/nonexistent.pem")));
-        let dir = std::env::temp_dir().join(format!("kiln-tls-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::write(&dir, "not a certificate").unwrap();
-        let empty = format!("postgres://h/db?sslmode=verify-ca&sslrootcert={}", dir.display());
+        let not_pem = std::env::temp_dir().join(format!("kiln-tls-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&not_pem, "not a certificate").unwrap();
+        let empty = format!("postgres://h/db?sslmode=verify-ca&sslrootcert={}", not_pem.display());
         assert!(connect_config(&empty).is_err(), "a file without certificates");
-        let _ = std::fs::remove_file(dir);
+        let _ = std::fs::remove_file(not_pem);
+        for weaker in ["require", "verify-ca", "prefer", "disable"] {
+            let url = format!("postgres://h/db?sslmode={weaker}&sslrootcert=system");
+            assert!(connect_config(&url).is_err(), "sslrootcert=system with {weaker}");
+        }
+        let verify_full_key_value = connect_config("host=h sslmode=verify-full");
+        assert!(
+            matches!(verify_full_key_value, Err(OpenError::Config(m)) if m.contains("sslmode")),
+            "the cause is named"
+        );
+    }
+
+    #[test]
+    fn an_unnamed_server_gets_a_connector_that_fails_closed_on_names() {
+        let (_, mut tls) = connect_config("postgres://h/db?sslmode=prefer").unwrap();
+        assert!(MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(&mut tls, "").is_ok(), "a Unix socket");
+        assert!(MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(&mut tls, "db.internal").is_ok());
     }
 }

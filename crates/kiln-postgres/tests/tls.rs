@@ -80,6 +80,13 @@ async fn a_store_s_every_connection_is_encrypted_when_asked_and_plain_when_disab
     assert!(open >= 1 && encrypted == open, "{encrypted} of {open} connections use TLS");
     drop(store);
 
+    // No sslmode: prefer, as libpq, so TLS whenever the server offers it.
+    let preferring = format!("{application}-prefer");
+    let (default, _default_guard) = connect(url("127.0.0.1", &format!("application_name={preferring}"))).await;
+    default.unwrap().health().await.unwrap();
+    let (open, encrypted) = connections_of(&client, &preferring).await;
+    assert!(open >= 1 && encrypted == open, "default sslmode: {encrypted} of {open} connections use TLS");
+
     let plain_application = format!("{application}-plain");
     let (plain, _plain_guard) =
         connect(url("localhost", &format!("sslmode=disable&application_name={plain_application}"))).await;

@@ -3,7 +3,7 @@
 //! for reading a request's headers, for an idle keep-alive connection and between the chunks of
 //! a body, graceful shutdown, and problem details for the errors hyper answers by itself.
 
-use crate::protocol_errors::ProblemErrors;
+use crate::protocol_errors::{ProblemErrors, ServiceResponses};
 use axum::Router;
 use axum::body::Body;
 use hyper::body::Incoming;
@@ -113,12 +113,27 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let body_timeout = limits.body_read_timeout;
+        let responses = Arc::new(ServiceResponses::default());
+        let service_responses = Arc::clone(&responses);
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let mut request = request.map(|body| Body::new(PausingBody::new(body, body_timeout)));
             request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-            tower::ServiceExt::oneshot(router.clone(), request)
+            let answered = tower::ServiceExt::oneshot(router.clone(), request);
+            let responses = Arc::clone(&service_responses);
+            async move {
+                let response = answered.await?;
+                let in_flight = responses.track();
+                // The guard lives as long as the body: until hyper has taken all of it.
+                Ok::<_, std::convert::Infallible>(response.map(|body| {
+                    Body::new(http_body_util::BodyExt::map_frame(body, move |frame| {
+                        let _ = &in_flight;
+                        frame
+                    }))
+                }))
+            }
         });
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(ProblemErrors::new(stream)), service));
+        let io = TokioIo::new(ProblemErrors::new(stream, responses));
+        let connection = graceful.watch(http.serve_connection(io, service));
         tokio::spawn(async move {
             // A client that went away or broke the protocol: nothing to do but close.
             let _ = connection.await;

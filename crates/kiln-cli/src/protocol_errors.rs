@@ -3,20 +3,59 @@
 //! A request hyper cannot parse (headers too large: `431`; a request target too long: `414`;
 //! broken framing or a malformed request line: `400`) never reaches Kiln's router: hyper writes
 //! a bare head (`connection: close`, `content-length: 0`, `date`) and closes. [`ProblemErrors`]
-//! wraps a connection and turns that head, and only that head, into the same status with an
-//! RFC 9457 body, as every other Kiln error has. Kiln's own error responses always carry a
-//! `content-type`, so they never look like hyper's.
+//! wraps a connection and turns that head into the same status with an RFC 9457 body, as every
+//! other Kiln error has.
+//!
+//! Only a write that cannot hold a response of the service's is looked at: the service marks
+//! each response it produces ([`ServiceResponses`]) until its body is gone and the connection
+//! flushed, so no body a client chose, however much it looks like hyper's head, is rewritten.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The service's responses on one connection whose bytes may still be written.
+#[derive(Debug, Default)]
+pub struct ServiceResponses {
+    /// Responses whose body is still alive.
+    open: AtomicUsize,
+    /// A body ended since the connection was last flushed: its last bytes may be unwritten.
+    unflushed: AtomicBool,
+}
+
+/// A response of the service's, until its body is dropped.
+#[derive(Debug)]
+pub struct ResponseInFlight(Arc<ServiceResponses>);
+
+impl ServiceResponses {
+    /// Marks a response produced; keep the guard with its body.
+    pub fn track(self: &Arc<Self>) -> ResponseInFlight {
+        self.open.fetch_add(1, Ordering::SeqCst);
+        ResponseInFlight(Arc::clone(self))
+    }
+
+    /// Whether nothing the service produced can be in the next write.
+    fn all_written(&self) -> bool {
+        self.open.load(Ordering::SeqCst) == 0 && !self.unflushed.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for ResponseInFlight {
+    fn drop(&mut self) {
+        self.0.unflushed.store(true, Ordering::SeqCst);
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 pin_project_lite::pin_project! {
     /// A connection whose writes pass through unchanged, except hyper's own error answers.
     pub struct ProblemErrors<S> {
         #[pin]
         inner: S,
+        responses: Arc<ServiceResponses>,
         // The rewritten answer, and how much of it is written.
         pending: Vec<u8>,
         written: usize,
@@ -24,9 +63,9 @@ pin_project_lite::pin_project! {
 }
 
 impl<S> ProblemErrors<S> {
-    /// Wraps a connection.
-    pub fn new(inner: S) -> ProblemErrors<S> {
-        ProblemErrors { inner, pending: Vec::new(), written: 0 }
+    /// Wraps a connection whose service marks its responses in `responses`.
+    pub fn new(inner: S, responses: Arc<ServiceResponses>) -> ProblemErrors<S> {
+        ProblemErrors { inner, responses, pending: Vec::new(), written: 0 }
     }
 }
 
@@ -54,22 +93,19 @@ impl<S: AsyncRead> AsyncRead for ProblemErrors<S> {
 }
 
 impl<S: AsyncWrite> ProblemErrors<S> {
-    /// Takes `before` and the rewritten error head `head` whole (written by this and the next
-    /// calls: hyper flushes after an error answer).
+    /// Takes hyper's error head whole, rewritten (written by this and the next calls: hyper
+    /// flushes after an error answer).
     fn take_rewritten(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        before: &[&[u8]],
         head: &[u8],
         status: u16,
     ) -> Poll<io::Result<usize>> {
         let this = self.as_mut().project();
-        before.iter().for_each(|part| this.pending.extend_from_slice(part));
         this.pending.extend_from_slice(problem_answer(status, head).as_bytes());
-        let taken = before.iter().map(|part| part.len()).sum::<usize>() + head.len();
         match self.poll_drain(cx) {
             Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
-            _ => Poll::Ready(Ok(taken)),
+            _ => Poll::Ready(Ok(head.len())),
         }
     }
 }
@@ -77,27 +113,23 @@ impl<S: AsyncWrite> ProblemErrors<S> {
 impl<S: AsyncWrite> AsyncWrite for ProblemErrors<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         ready!(self.as_mut().poll_drain(cx))?;
-        match hyper_error_head(buf) {
-            Some((start, status)) => self.take_rewritten(cx, &[&buf[..start]], &buf[start..], status),
+        match self.responses.all_written().then(|| hyper_error_head(buf)).flatten() {
+            Some(status) => self.take_rewritten(cx, buf, status),
             None => self.project().inner.poll_write(cx, buf),
         }
     }
 
-    /// An error head is the last buffer hyper queues (it has no body): only then is the whole
-    /// write taken and rewritten.
+    /// hyper's error head is one buffer of its own (it has no body).
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         ready!(self.as_mut().poll_drain(cx))?;
-        let last = bufs.iter().rposition(|buf| !buf.is_empty());
-        match last.and_then(|at| hyper_error_head(&bufs[at]).map(|found| (at, found))) {
-            Some((at, (start, status))) => {
-                let mut before: Vec<&[u8]> = bufs[..at].iter().map(|buf| &**buf).collect();
-                before.push(&bufs[at][..start]);
-                self.take_rewritten(cx, &before, &bufs[at][start..], status)
-            }
+        let mut filled = bufs.iter().filter(|buf| !buf.is_empty());
+        let only = filled.next().filter(|_| filled.next().is_none());
+        match only.filter(|_| self.responses.all_written()).and_then(|buf| Some((buf, hyper_error_head(buf)?))) {
+            Some((buf, status)) => self.take_rewritten(cx, buf, status),
             None => self.project().inner.poll_write_vectored(cx, bufs),
         }
     }
@@ -108,7 +140,12 @@ impl<S: AsyncWrite> AsyncWrite for ProblemErrors<S> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.as_mut().poll_drain(cx))?;
-        self.project().inner.poll_flush(cx)
+        let this = self.project();
+        ready!(this.inner.poll_flush(cx))?;
+        if this.responses.open.load(Ordering::SeqCst) == 0 {
+            this.responses.unflushed.store(false, Ordering::SeqCst);
+        }
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -117,24 +154,22 @@ impl<S: AsyncWrite> AsyncWrite for ProblemErrors<S> {
     }
 }
 
-/// Where a bodiless error head as hyper writes it ends `buf`, and its status: the last message
-/// in the buffer is `HTTP/1.x 4xx|5xx …`, with no headers but `connection`, `content-length: 0`
-/// and `date`.
-fn hyper_error_head(buf: &[u8]) -> Option<(usize, u16)> {
-    let start = buf.windows(7).rposition(|w| w == b"HTTP/1.")?;
-    let head = std::str::from_utf8(&buf[start..]).ok()?.strip_suffix("\r\n\r\n")?;
+/// Longest head hyper writes for an error (its status line and three short headers).
+const MAX_ERROR_HEAD: usize = 256;
+
+/// The status, when `buf` is exactly a bodiless error head as hyper writes it:
+/// `HTTP/1.1 4xx|5xx …`, then `connection: close`, `content-length: 0` and `date: …`.
+fn hyper_error_head(buf: &[u8]) -> Option<u16> {
+    if buf.len() > MAX_ERROR_HEAD || !buf.starts_with(b"HTTP/1.1 ") || !buf.ends_with(b"\r\n\r\n") {
+        return None;
+    }
+    let head = std::str::from_utf8(buf).ok()?.strip_suffix("\r\n\r\n")?;
     let mut lines = head.split("\r\n");
     let status: u16 = lines.next()?.get(9..12)?.parse().ok()?;
-    let mut bodiless = false;
-    for line in lines {
-        match line.to_ascii_lowercase().as_str() {
-            "content-length: 0" => bodiless = true,
-            "connection: close" => {}
-            other if other.starts_with("date: ") => {}
-            _ => return None,
-        }
-    }
-    (bodiless && status >= 400).then_some((start, status))
+    let headers: Vec<&str> = lines.collect();
+    let hyper_s =
+        matches!(headers.as_slice(), ["connection: close", "content-length: 0", date] if date.starts_with("date: "));
+    (hyper_s && status >= 400).then_some(status)
 }
 
 /// The same answer with a problem+json body (and hyper's `date`).
@@ -145,7 +180,6 @@ fn problem_answer(status: u16, head: &[u8]) -> String {
         400 => "the request is not valid HTTP/1.1 (a malformed request line or header, or broken framing)",
         414 => "the request target (URL) is too long",
         431 => "the request's headers are too large",
-        505 => "only HTTP/1.1 (and HTTP/1.0) are spoken here",
         _ => title,
     };
     let body =
@@ -170,8 +204,13 @@ mod tests {
     const HYPER_431: &str = "HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\n\
                              date: Fri, 27 Nov 2026 06:35:42 GMT\r\n\r\n";
 
+    fn connection() -> (ProblemErrors<Vec<u8>>, Arc<ServiceResponses>) {
+        let responses = Arc::new(ServiceResponses::default());
+        (ProblemErrors::new(Vec::new(), Arc::clone(&responses)), responses)
+    }
+
     async fn written(chunks: &[&str]) -> String {
-        let mut out = ProblemErrors::new(Vec::new());
+        let (mut out, _) = connection();
         for chunk in chunks {
             out.write_all(chunk.as_bytes()).await.unwrap();
         }
@@ -191,30 +230,33 @@ mod tests {
             (problem["status"].as_u64(), problem["title"].as_str()),
             (Some(431), Some("Request Header Fields Too Large"))
         );
-        // After a pipelined answer in the same buffer.
-        let ok = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
-        let both =
-            written(&[&format!("{ok}{}", HYPER_431.replace("431 Request Header Fields Too Large", "400 Bad Request"))])
-                .await;
-        assert!(both.starts_with(ok) && both.contains("\"status\":400"), "{both}");
+        let (mut out, _) = connection();
+        let taken = out.write_vectored(&[io::IoSlice::new(b""), io::IoSlice::new(HYPER_431.as_bytes())]).await.unwrap();
+        assert_eq!(taken, HYPER_431.len());
+        out.flush().await.unwrap();
+        assert!(String::from_utf8(out.inner).unwrap().contains("\"status\":431"), "vectored too");
     }
 
+    /// A body a client chose (an echo) may look exactly like hyper's head: while the service's
+    /// response is being written, and until the connection is flushed after it, nothing is
+    /// rewritten.
     #[tokio::test]
-    async fn vectored_writes_are_rewritten_when_their_last_buffer_is_an_error_head() {
-        let ok = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n";
-        let mut out = ProblemErrors::new(Vec::new());
-        let bufs = [io::IoSlice::new(ok.as_bytes()), io::IoSlice::new(b"{}"), io::IoSlice::new(HYPER_431.as_bytes())];
-        let taken = out.write_vectored(&bufs).await.unwrap();
-        assert_eq!(taken, ok.len() + 2 + HYPER_431.len());
+    async fn nothing_the_service_answers_is_rewritten() {
+        let (mut out, responses) = connection();
+        let response = responses.track();
+        out.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 110\r\n\r\n").await.unwrap();
+        drop(response);
+        out.write_all(HYPER_431.as_bytes()).await.unwrap();
         out.flush().await.unwrap();
-        let written = String::from_utf8(out.inner).unwrap();
+        let written = String::from_utf8(out.inner.clone()).unwrap();
+        assert!(written.ends_with(HYPER_431) && !written.contains("problem"), "{written}");
+        out.write_all(HYPER_431.as_bytes()).await.unwrap();
+        out.flush().await.unwrap();
         assert!(
-            written.starts_with(&format!("{ok}{{}}HTTP/1.1 431 ")) && written.contains("\"status\":431"),
-            "{written}"
+            String::from_utf8(out.inner)
+                .unwrap()
+                .ends_with("\"status\":431,\"title\":\"Request Header Fields Too Large\",\"type\":\"about:blank\"}")
         );
-        let mut plain = ProblemErrors::new(Vec::new());
-        assert_eq!(plain.write_vectored(&bufs[..2]).await.unwrap(), ok.len() + 2);
-        assert_eq!(String::from_utf8(plain.inner).unwrap(), format!("{ok}{{}}"));
     }
 
     #[tokio::test]
@@ -223,15 +265,14 @@ mod tests {
             "HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n",
             "HTTP/1.1 404 Not Found\r\ncontent-type: application/problem+json\r\ncontent-length: 2\r\n\r\n{}",
             "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nx-other: 1\r\n\r\n",
+            "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\ndate: x\r\n\r\n",
             "HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 5\r\n\r\nlater",
             "half of a head: HTTP/1.1 400 Bad",
         ];
         for answer in answers {
             assert_eq!(written(&[answer]).await, answer);
         }
-        assert_eq!(
-            written(&["HTTP/1.1 200 OK\r\n", "content-length: 0\r\n\r\n"]).await,
-            "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
-        );
+        let pipelined = format!("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n{HYPER_431}");
+        assert_eq!(written(&[&pipelined]).await, pipelined, "not alone in its write: left as it is");
     }
 }

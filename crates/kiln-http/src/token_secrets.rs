@@ -5,11 +5,14 @@
 //! the retired ones (`http.previous_token_secrets`, each with the time it retired), then
 //! replaces the current one (`http.token_secret`) by compare-and-set, so concurrent rotations
 //! cannot lose a secret. Tokens signed with a retired secret verify until they could have
-//! expired (`token_ttl` after it retired); then it is dropped.
+//! expired (`token_ttl` after it retired, plus [`RETIRED_GRACE`] for nodes that signed with it
+//! until their next reload, and for clock skew); then it is dropped. At most [`MAX_RETIRED`]
+//! are kept.
 //!
 //! Every node reloads the secrets every [`RELOAD_INTERVAL`], and when a token fails to verify it
-//! reads the current secret (one point read) and reloads if another node rotated it: a token
-//! signed by a node that rotated is accepted everywhere at its first poll.
+//! reads the current secret (one point read; at most one such read at a time and every
+//! [`MISS_CHECK_EVERY`], so forged tokens cannot flood the store) and reloads if another node
+//! rotated it: a token signed by a node that rotated is accepted everywhere at its first poll.
 
 use crate::token::{Grant, Scope, Scopes, TokenSigner};
 use kiln::{ClientError, KilnClient, Timestamp};
@@ -23,6 +26,12 @@ const CURRENT: &str = "http.token_secret";
 const RETIRED: &str = "http.previous_token_secrets";
 /// How often a node reloads stored secrets.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a retired secret is accepted beyond a token's life.
+const RETIRED_GRACE: Duration = Duration::from_secs(5 * 60);
+/// Most retired secrets kept (each costs an HMAC when a token fails to verify).
+const MAX_RETIRED: usize = 16;
+/// Least time between store reads caused by tokens that fail to verify.
+const MISS_CHECK_EVERY: Duration = Duration::from_millis(100);
 /// Attempts of a rotation racing other rotations.
 const ROTATION_ATTEMPTS: usize = 5;
 
@@ -43,6 +52,9 @@ pub enum RotateError {
     /// Other rotations kept winning.
     #[error("other rotations kept changing the secret; try again")]
     Contended,
+    /// The retired secrets could not be written down.
+    #[error("cannot encode the retired secrets: {0}")]
+    Encoding(String),
     /// The store failed.
     #[error(transparent)]
     Client(#[from] ClientError),
@@ -66,6 +78,8 @@ struct Stored {
     ttl: Duration,
     /// Configured earlier secrets, accepted besides the stored ones.
     configured_previous: Vec<Vec<u8>>,
+    /// When a token's miss last made this node read the store (one such read at a time).
+    miss_checked_at: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl TokenSecrets {
@@ -82,7 +96,7 @@ impl TokenSecrets {
             let in_force = InForce { signer, current: secret.to_owned() };
             return Ok(TokenSecrets { in_force: RwLock::new(Arc::new(in_force)), stored: None });
         }
-        let stored = Stored { ttl, configured_previous: previous };
+        let stored = Stored { ttl, configured_previous: previous, miss_checked_at: tokio::sync::Mutex::new(None) };
         let in_force = stored.load(client).await?;
         Ok(TokenSecrets { in_force: RwLock::new(Arc::new(in_force)), stored: Some(stored) })
     }
@@ -112,11 +126,20 @@ impl TokenSecrets {
         needed: Scope,
         now: Timestamp,
     ) -> Option<Grant> {
+        if let Some(grant) = self.in_force().signer.verify(token, instance_id, needed, now) {
+            return Some(grant);
+        }
+        let stored = self.stored.as_ref()?;
+        let mut checked_at = stored.miss_checked_at.lock().await;
+        // Another miss may have reloaded while this one waited.
         let in_force = self.in_force();
         if let Some(grant) = in_force.signer.verify(token, instance_id, needed, now) {
             return Some(grant);
         }
-        self.stored.as_ref()?;
+        if checked_at.is_some_and(|at| at.elapsed() < MISS_CHECK_EVERY) {
+            return None;
+        }
+        *checked_at = Some(std::time::Instant::now());
         if client.setting(CURRENT).await.ok()?.is_none_or(|current| current == in_force.current) {
             return None;
         }
@@ -145,16 +168,21 @@ impl TokenSecrets {
             let retired_json = client.setting(RETIRED).await?;
             let now = kiln_core::time::now();
             let mut retired = stored.unexpired(retired_json.as_deref(), now);
-            if !retired.iter().any(|r| r.secret == current) {
-                retired.push(Retired { secret: current.clone(), retired_at: now.millis() });
-            }
-            let retired_now = serde_json::to_string(&retired).unwrap_or_default();
+            // Listed already when an earlier rotation stopped between its two writes: it signs
+            // until now, so it retires now.
+            retired.retain(|r| r.secret != current);
+            retired.insert(0, Retired { secret: current.clone(), retired_at: now.millis() });
+            retired.truncate(MAX_RETIRED);
+            let retired_now = serde_json::to_string(&retired).map_err(|e| RotateError::Encoding(e.to_string()))?;
             if !client.replace_setting(RETIRED, retired_json.as_deref(), &retired_now).await? {
                 continue;
             }
             if client.replace_setting(CURRENT, Some(&current), &KilnClient::generate_secret()).await? {
-                self.reload(client).await?;
-                let accepted_until = now.plus_millis(i64::try_from(stored.ttl.as_millis()).unwrap_or(i64::MAX));
+                if let Err(err) = self.reload(client).await {
+                    // Rotated all the same: the next reload (or a token's miss) picks it up.
+                    tracing::warn!(error = %err, "rotated the token secret, but cannot reload it yet");
+                }
+                let accepted_until = now.plus_millis(stored.accepted_for());
                 return Ok(Rotation { rotated_at: now, previous_accepted_until: accepted_until });
             }
         }
@@ -194,10 +222,17 @@ impl Stored {
                 Vec::new()
             }
         };
-        let ttl = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX);
-        retired.retain(|r| r.retired_at.saturating_add(ttl) > now.millis());
+        let accepted_for = self.accepted_for();
+        retired.retain(|r| r.retired_at.saturating_add(accepted_for) > now.millis());
         retired.sort_by_key(|r| std::cmp::Reverse(r.retired_at));
+        retired.truncate(MAX_RETIRED);
         retired
+    }
+
+    /// How long after retiring a secret still verifies, in milliseconds: a token's life, and
+    /// the grace.
+    fn accepted_for(&self) -> i64 {
+        i64::try_from((self.ttl + RETIRED_GRACE).as_millis()).unwrap_or(i64::MAX)
     }
 }
 
@@ -207,17 +242,25 @@ mod tests {
 
     #[test]
     fn retired_secrets_are_kept_until_their_tokens_could_have_expired() {
-        let stored = Stored { ttl: Duration::from_secs(100), configured_previous: Vec::new() };
+        let stored = Stored {
+            ttl: Duration::from_secs(100),
+            configured_previous: Vec::new(),
+            miss_checked_at: tokio::sync::Mutex::new(None),
+        };
+        let grace = i64::try_from(RETIRED_GRACE.as_millis()).unwrap();
         let list = |entries: &[(&str, i64)]| {
             let retired: Vec<Retired> =
                 entries.iter().map(|(secret, at)| Retired { secret: (*secret).to_owned(), retired_at: *at }).collect();
             serde_json::to_string(&retired).unwrap()
         };
         let json = list(&[("old", 1_000), ("older", 500), ("ancient", 0)]);
-        let kept = stored.unexpired(Some(&json), Timestamp(100_400));
+        let kept = stored.unexpired(Some(&json), Timestamp(100_400 + grace));
         let secrets: Vec<&str> = kept.iter().map(|r| r.secret.as_str()).collect();
         assert_eq!(secrets, ["old", "older"], "newest first; 'ancient' retired more than a token's life ago");
-        assert!(stored.unexpired(Some(&json), Timestamp(101_000)).is_empty());
+        assert!(stored.unexpired(Some(&json), Timestamp(101_000 + grace)).is_empty());
+        let many: Vec<(String, i64)> = (0..40).map(|i| (format!("s{i}"), 100_000 + i)).collect();
+        let many: Vec<(&str, i64)> = many.iter().map(|(s, at)| (s.as_str(), *at)).collect();
+        assert_eq!(stored.unexpired(Some(&list(&many)), Timestamp(100_000)).len(), MAX_RETIRED);
         assert!(stored.unexpired(Some("not json"), Timestamp(0)).is_empty(), "unreadable: none, not a failure");
         assert!(stored.unexpired(None, Timestamp(0)).is_empty());
     }

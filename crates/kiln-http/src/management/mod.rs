@@ -72,9 +72,11 @@ async fn rotate_token_secret(State(http): State<KilnHttp>) -> Result<Response, P
             });
             Ok(json_response(StatusCode::OK, &body))
         }
-        Err(err @ (RotateError::Configured | RotateError::Contended)) => {
+        Err(err @ RotateError::Configured) => {
             Err(Problem::new(StatusCode::CONFLICT, err.to_string()).for_durable_functions())
         }
+        Err(RotateError::Contended) => Err(Problem::unavailable().for_durable_functions()),
+        Err(err @ RotateError::Encoding(_)) => Err(Problem::internal(StatusCode::INTERNAL_SERVER_ERROR, &err)),
         Err(RotateError::Client(err)) => Err(df(err)),
     }
 }

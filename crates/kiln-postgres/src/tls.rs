@@ -173,20 +173,18 @@ fn connector(verification: Verification, rootcert: Option<&str>) -> Result<MakeR
         .with_safe_default_protocol_versions()
         .map_err(|e| OpenError::Config(format!("TLS setup: {e}")))?;
     let algorithms = provider.signature_verification_algorithms;
-    let config = match verification {
-        Verification::None => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Unverified { algorithms }))
-            .with_no_client_auth(),
+    let chain = match verification {
+        Verification::None => None,
         Verification::Chain | Verification::Full => {
             let roots = Arc::new(trusted_roots(rootcert)?);
             let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
                 .build()
                 .map_err(|e| OpenError::Config(format!("TLS setup: {e}")))?;
-            let verifier = ChainVerifier { webpki, check_name: verification == Verification::Full };
-            builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()
+            Some(webpki)
         }
     };
+    let verifier = ServerVerifier { chain, check_name: verification == Verification::Full, algorithms };
+    let config = builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth();
     Ok(MakeRustlsConnect::new(config))
 }
 
@@ -222,15 +220,18 @@ fn trusted_roots(rootcert: Option<&str>) -> Result<RootCertStore, OpenError> {
     Ok(roots)
 }
 
-/// `verify-ca` and `verify-full`: the chain is checked by webpki; the name only for
-/// `verify-full`.
+/// How a server's certificate is checked: not at all (`prefer`, `require`: libpq's behaviour,
+/// encryption against eavesdroppers, not against an impostor), its chain by webpki
+/// (`verify-ca`), or its chain and name (`verify-full`). The handshake's signatures are always
+/// checked.
 #[derive(Debug)]
-struct ChainVerifier {
-    webpki: Arc<WebPkiServerVerifier>,
+struct ServerVerifier {
+    chain: Option<Arc<WebPkiServerVerifier>>,
     check_name: bool,
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for ChainVerifier {
+impl ServerCertVerifier for ServerVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -239,54 +240,13 @@ impl ServerCertVerifier for ChainVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+        let Some(webpki) = &self.chain else { return Ok(ServerCertVerified::assertion()) };
+        match webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) if !self.check_name => Ok(ServerCertVerified::assertion()),
             verified => verified,
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
-    }
-}
-
-/// `prefer` and `require`: any certificate (libpq's behaviour: encryption against eavesdroppers,
-/// not against an impostor), but the handshake's signatures are still checked.
-#[derive(Debug)]
-struct Unverified {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(

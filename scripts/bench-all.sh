@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs every `kiln bench` row of docs/benchmarks.md (medians of RUNS runs; JSON in target/bench/),
 # then, with PEERS=1, the Restate and DBOS harnesses from ../shared/peers so that all figures come
-# from the same session. Env: RUNS (3), DATABASE_URL (postgres://postgres@127.0.0.1:5432/test),
-# PEERS (0: with 1, also the peers and the machine's ceilings, PostgreSQL's via pgbench).
+# from the same session. Env: RUNS (3), DATABASE_URL
+# (postgres://postgres@127.0.0.1:5432/test?sslmode=disable: on loopback, TLS would measure
+# encryption on both ends of one machine, not Kiln; the peers run without it too), PEERS (0: with
+# 1, also the peers and the machine's ceilings, PostgreSQL's via pgbench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
-DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
+DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test?sslmode=disable}
 cargo build --release -p kiln-cli --quiet
 kiln=target/release/kiln
 out=target/bench

@@ -33,13 +33,17 @@ if [ "${PEERS:-0}" = 1 ]; then
     # PostgreSQL's own ceiling here: TPC-B-like write transactions (-N: 5 statements, one
     # durable commit) and single-statement reads (-S), on a throwaway database.
     echo "== PostgreSQL ceiling (pgbench)"
-    pg_url=${DATABASE_URL%/*}
+    # The server part of the URL (no database, no query), and the same TLS setting as Kiln's rows.
+    base=${DATABASE_URL%%\?*}
+    pg_url=${base%/*}
+    query=""
+    [ "$base" != "$DATABASE_URL" ] && query="?${DATABASE_URL#*\?}"
     scratch=kiln_pgbench_ceiling
-    psql "$pg_url/postgres" -qc "DROP DATABASE IF EXISTS $scratch" -c "CREATE DATABASE $scratch"
-    pgbench -q -i -s 10 "$pg_url/$scratch" >/dev/null 2>&1
+    psql "$pg_url/postgres$query" -qc "DROP DATABASE IF EXISTS $scratch" -c "CREATE DATABASE $scratch"
+    pgbench -q -i -s 10 "$pg_url/$scratch$query" >/dev/null 2>&1
     for mode in -N -S; do
-      echo "pgbench $mode -c 16 -j 2 -T 10: $(pgbench -M prepared $mode -c 16 -j 2 -T 10 "$pg_url/$scratch" 2>/dev/null | grep -E '^tps')"
+      echo "pgbench $mode -c 16 -j 2 -T 10: $(pgbench -M prepared $mode -c 16 -j 2 -T 10 "$pg_url/$scratch$query" 2>/dev/null | grep -E '^tps')"
     done
-    psql "$pg_url/postgres" -qc "DROP DATABASE $scratch"
+    psql "$pg_url/postgres$query" -qc "DROP DATABASE $scratch"
   fi
 fi

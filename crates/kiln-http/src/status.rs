@@ -172,7 +172,7 @@ async fn authorized(
 ) -> Result<(InstanceRecord, Grant), Problem> {
     let unknown = || Problem::not_found(format!("no instance '{id}' (or the token does not grant access to it)"));
     let token = query.get("token").ok_or_else(unknown)?;
-    let grant = http.inner.tokens.verify(http.client(), token, id, scope, now()).await.ok_or_else(unknown)?;
+    let grant = http.inner.tokens.verify(http.client(), token, id, scope, now()).await?.ok_or_else(unknown)?;
     let record = match wait {
         None => http.client().status(id).await?,
         Some(wait) => match http.client().wait_until(id, wait, |r| r.status.is_terminal()).await {

@@ -63,3 +63,16 @@ async fn a_configured_secret_is_rotated_in_the_configuration_not_here() {
     refused.assert_problem(409);
     assert!(refused.body["detail"].as_str().unwrap().contains("configured"), "{}", refused.raw);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotations_stop_before_a_live_token_would_lose_its_secret() {
+    let app = TestApp::with_secrets_as_given(HttpOptions::default()).await;
+    let first = app.start_via("echo", "1").await.header("location").to_owned();
+    for _ in 0..16 {
+        assert_eq!(rotate(&app).await.status, 200);
+    }
+    let refused = rotate(&app).await;
+    refused.assert_problem(409);
+    assert!(refused.body["detail"].as_str().unwrap().contains("rotate again after"), "{}", refused.raw);
+    assert!(matches!(poll(&app, &app.public, &first).await, 200 | 202), "the first secret still verifies");
+}

@@ -20,7 +20,8 @@
 //! tokio-postgres's own `disable`, `prefer` and `require`). A server certificate must be
 //! issued by a trusted CA: webpki refuses a self-signed certificate marked `CA:TRUE` as the
 //! server's own (`CaUsedAsEndEntity`), even when it is the root given. Unix-socket connections
-//! never use TLS (the server declines it there, as libpq never asks).
+//! never use TLS, whatever the `sslmode` (libpq ignores it there). With `hostaddr` alone, the
+//! address is the name TLS sees, and `verify-full` is refused at start.
 
 use crate::store::OpenError;
 use rustls::client::WebPkiServerVerifier;
@@ -31,7 +32,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio_postgres::config::SslMode;
+use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -64,6 +65,13 @@ pub(crate) fn connect_config(url: &str) -> Result<(tokio_postgres::Config, KilnT
         (mode, _) => mode,
     };
     let default_roots_exist = || default_rootcert().is_some_and(|path| path.exists());
+    let hosts = config.get_hosts().to_vec();
+    if !hosts.is_empty() && hosts.iter().all(|host| matches!(host, Host::Unix(_))) && config.get_hostaddrs().is_empty()
+    {
+        // libpq never asks for TLS on a Unix socket (the server would decline it).
+        config.ssl_mode(SslMode::Disable);
+        return Ok((config, KilnTls { connector: connector(Verification::None, None)?, names_checked: false }));
+    }
     let verification = match sslmode {
         // No `sslmode` in a URL: `prefer`. A key=value string keeps tokio-postgres's own reading
         // of it (disable, prefer or require), unverified.
@@ -94,7 +102,20 @@ pub(crate) fn connect_config(url: &str) -> Result<(tokio_postgres::Config, KilnT
             )));
         }
     };
-    Ok((config, KilnTls(connector(verification, rootcert.as_deref())?)))
+    if hosts.is_empty() && !config.get_hostaddrs().is_empty() {
+        // hostaddr alone: the address is the name TLS sees (tokio-postgres wants one), and
+        // verify-full cannot check a name nobody gave.
+        if verification == Verification::Full {
+            return Err(OpenError::Config(
+                "sslmode=verify-full needs host (the name to check), not only hostaddr".into(),
+            ));
+        }
+        for address in config.get_hostaddrs().to_vec() {
+            config.host(address.to_string());
+        }
+    }
+    let names_checked = verification == Verification::Full;
+    Ok((config, KilnTls { connector: connector(verification, rootcert.as_deref())?, names_checked }))
 }
 
 /// libpq's default `sslrootcert`, `~/.postgresql/root.crt` (none without a home directory).
@@ -102,13 +123,15 @@ fn default_rootcert() -> Option<PathBuf> {
     std::env::home_dir().filter(|home| home.is_absolute()).map(|home| home.join(".postgresql/root.crt"))
 }
 
-/// The TLS connector: rustls, asked for a server name even when there is none (a Unix socket,
-/// or `hostaddr` alone), where rustls would refuse an empty one and fail the connection before
-/// the server is even asked. An unnamed server is named `0.0.0.0`, which no certificate names:
-/// `verify-full` then fails closed; the other modes do not look at names, and a Unix socket
-/// declines TLS.
+/// The TLS connector: rustls, which refuses an empty server name (tokio-postgres asks with one
+/// for a Unix socket, or `host=` left empty), failing the connection before the server is even
+/// asked. Where names are not checked, an unnamed server is named `0.0.0.0` (never looked at);
+/// under `verify-full` the empty name is passed on, and refused: it fails closed.
 #[derive(Clone)]
-pub(crate) struct KilnTls(MakeRustlsConnect);
+pub(crate) struct KilnTls {
+    connector: MakeRustlsConnect,
+    names_checked: bool,
+}
 
 impl<S> MakeTlsConnect<S> for KilnTls
 where
@@ -119,8 +142,8 @@ where
     type Error = <MakeRustlsConnect as MakeTlsConnect<S>>::Error;
 
     fn make_tls_connect(&mut self, hostname: &str) -> Result<Self::TlsConnect, Self::Error> {
-        let hostname = if hostname.is_empty() { "0.0.0.0" } else { hostname };
-        self.0.make_tls_connect(hostname)
+        let hostname = if hostname.is_empty() && !self.names_checked { "0.0.0.0" } else { hostname };
+        self.connector.make_tls_connect(hostname)
     }
 }
 
@@ -205,7 +228,7 @@ fn trusted_roots(rootcert: Option<&str>) -> Result<RootCertStore, OpenError> {
     };
     let unreadable = |e: &dyn std::fmt::Display| {
         OpenError::Config(format!(
-            "sslrootcert {}: {e} (verify-ca and verify-full need the certificates to trust)",
+            "sslrootcert {}: {e} (verify-ca, verify-full, and require when the default file exists, need the certificates to trust)",
             path.display()
         ))
     };
@@ -321,9 +344,16 @@ mod tests {
     }
 
     #[test]
-    fn an_unnamed_server_gets_a_connector_that_fails_closed_on_names() {
-        let (_, mut tls) = connect_config("postgres://h/db?sslmode=prefer").unwrap();
-        assert!(MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(&mut tls, "").is_ok(), "a Unix socket");
-        assert!(MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(&mut tls, "db.internal").is_ok());
+    fn unnamed_servers_unix_sockets_and_bare_addresses() {
+        let make = |tls: &mut KilnTls, name: &str| MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(tls, name);
+        let (_, mut prefer) = connect_config("postgres://h/db?sslmode=prefer").unwrap();
+        assert!(make(&mut prefer, "").is_ok() && make(&mut prefer, "db.internal").is_ok());
+        let (_, mut full) = connect_config("postgres://h/db?sslmode=verify-full&sslrootcert=system").unwrap();
+        assert!(make(&mut full, "").is_err(), "verify-full fails closed without a name");
+        let (socket, _) = connect_config("postgresql://u@%2Fvar%2Frun%2Fpostgresql/db?sslmode=verify-full").unwrap();
+        assert_eq!(socket.get_ssl_mode(), SslMode::Disable, "no TLS on a Unix socket, as libpq");
+        let (bare, _) = connect_config("postgres://u@/db?hostaddr=10.0.0.5&sslmode=require").unwrap();
+        assert_eq!(bare.get_hosts(), [Host::Tcp("10.0.0.5".into())], "the address names the server");
+        assert!(connect_config("postgres://u@/db?hostaddr=10.0.0.5&sslmode=verify-full").is_err());
     }
 }

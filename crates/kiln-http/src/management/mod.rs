@@ -58,7 +58,8 @@ pub(crate) fn routes() -> Router<KilnHttp> {
     responses(
         (status = 200, description = "`{\"rotatedAt\", \"previousAcceptedUntil\"}` (RFC 3339)"),
         (status = 401, description = "Missing or wrong system key", content_type = "application/problem+json"),
-        (status = 409, description = "The secret is configured (`token_secret`): rotate it there", content_type = "application/problem+json"),
+        (status = 409, description = "The secret is configured (`token_secret`): rotate it there; or 16 retired secrets still verify live tokens", content_type = "application/problem+json"),
+        (status = 503, description = "Other rotations kept winning, or the store is unavailable", content_type = "application/problem+json"),
     )
 )]
 async fn rotate_token_secret(State(http): State<KilnHttp>) -> Result<Response, Problem> {
@@ -72,7 +73,7 @@ async fn rotate_token_secret(State(http): State<KilnHttp>) -> Result<Response, P
             });
             Ok(json_response(StatusCode::OK, &body))
         }
-        Err(err @ RotateError::Configured) => {
+        Err(err @ (RotateError::Configured | RotateError::TooMany { .. })) => {
             Err(Problem::new(StatusCode::CONFLICT, err.to_string()).for_durable_functions())
         }
         Err(RotateError::Contended) => Err(Problem::unavailable().for_durable_functions()),

@@ -142,7 +142,8 @@ impl App {
     /// A runtime builder with every registration applied and the runtime's settings, its
     /// claims lasting `lease`.
     pub(crate) fn runtime_builder(&self, serve: &config::ServeConfig) -> KilnBuilder {
-        let mut config = RuntimeConfig { lease_duration: serve.lease, ..self.runtime.clone() };
+        let mut config =
+            RuntimeConfig { lease_duration: serve.lease, shutdown_grace: serve.shutdown_grace, ..self.runtime.clone() };
         if let Some(concurrency) = serve.activity_concurrency {
             config.activity_concurrency = concurrency;
         }

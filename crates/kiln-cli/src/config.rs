@@ -114,6 +114,10 @@ pub struct ServeSettings {
     /// Limits of particular activity names (`kiln.toml` only: `[activity_limits]`).
     #[arg(skip)]
     pub activity_limits: Option<std::collections::HashMap<String, usize>>,
+    /// On SIGTERM, how long running activities may finish before their leases are handed back
+    /// to other nodes, in seconds (default 10; keep it inside the orchestrator's grace period).
+    #[arg(long, env = "KILN_SHUTDOWN_GRACE_SECONDS")]
+    pub shutdown_grace_seconds: Option<u64>,
     /// Log filter (e.g. `info`, `kiln=debug`).
     #[arg(long, env = "KILN_LOG")]
     pub log: Option<String>,
@@ -151,6 +155,7 @@ pub struct ServeConfig {
     pub activity_concurrency: Option<usize>,
     pub activity_limit_per_name: Option<usize>,
     pub activity_limits: std::collections::HashMap<String, usize>,
+    pub shutdown_grace: Duration,
     pub log: String,
     pub bench_workloads: bool,
 }
@@ -189,6 +194,7 @@ impl ServeSettings {
             activity_concurrency: self.activity_concurrency.or(lower.activity_concurrency),
             activity_limit_per_name: self.activity_limit_per_name.or(lower.activity_limit_per_name),
             activity_limits: self.activity_limits.or(lower.activity_limits),
+            shutdown_grace_seconds: self.shutdown_grace_seconds.or(lower.shutdown_grace_seconds),
             log: self.log.or(lower.log),
             bench_workloads: self.bench_workloads.or(lower.bench_workloads),
         }
@@ -238,6 +244,7 @@ pub fn load(config_file: Option<&Path>, overrides: ServeSettings) -> anyhow::Res
         activity_concurrency: s.activity_concurrency,
         activity_limit_per_name: s.activity_limit_per_name,
         activity_limits: s.activity_limits.unwrap_or_default(),
+        shutdown_grace: Duration::from_secs(s.shutdown_grace_seconds.unwrap_or(10)),
         log: s.log.unwrap_or_else(|| "info".to_owned()),
         bench_workloads: s.bench_workloads.unwrap_or(false),
     };
@@ -295,6 +302,9 @@ impl ServeConfig {
             && !(limit.per_second.is_finite() && limit.per_second > 0.0 && limit.burst >= 1)
         {
             bail!("starter_rate_per_second must be a positive number and starter_burst at least 1");
+        }
+        if self.shutdown_grace > Duration::from_secs(3600) {
+            bail!("shutdown_grace_seconds must be at most 3600");
         }
         if self.list_page_size == Some(0) {
             bail!("list_page_size must be at least 1");

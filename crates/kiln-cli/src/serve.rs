@@ -87,9 +87,12 @@ pub async fn run(app: &App, config: ServeConfig) -> anyhow::Result<()> {
     let public_server = listener::serve(public, public_router, limits(public_cap), wait_for(stopped.clone()));
     let management_router = http.management_router();
     let management_server = listener::serve(management, management_router, limits(management_cap), wait_for(stopped));
+    let draining = http.clone();
     let signals = async move {
         shutdown_signal().await;
-        tracing::info!("shutting down: draining requests and work");
+        tracing::info!("shutting down: answering long polls, draining requests and work");
+        // First: not ready, and every long poll answered, so no request holds the exit.
+        draining.begin_shutdown();
         let _ = stop.send(true);
     };
     let (public_result, management_result, ()) = tokio::join!(public_server, management_server, signals);

@@ -182,3 +182,62 @@ fn open_starters_on_a_public_address_are_warned_of_and_protected_ones_refuse_ano
     assert!(!stderr.contains("WARNING"), "{stderr}");
     assert_eq!(anonymous, 401);
 }
+
+/// Open long polls no longer hold a deploy: on SIGTERM every `Prefer: wait=60` poll is answered
+/// at once (202 + Retry-After: the instance still runs; its client polls again, on any node),
+/// `/readyz` turns 503, and the process exits in seconds. (Before: it waited out every poll,
+/// 60 s with a single one open.)
+#[test]
+fn sigterm_answers_open_long_polls_at_once() {
+    const POLLS: usize = 200;
+    let dir = tempfile::tempdir().unwrap();
+    // The report's activity runs an hour: after 2 s of grace its lease is handed back.
+    let args = vec!["--shutdown-grace-seconds".to_owned(), "2".to_owned()];
+    let mut server = Server::start_with(dir.path(), (free_port(), free_port()), args);
+    let (_, location) = start_report(&server, 3_600);
+    let pollers: Vec<_> = (0..POLLS)
+        .map(|_| {
+            let location = location.clone();
+            std::thread::spawn(move || {
+                let mut response = agent().get(&location).header("prefer", "wait=60").call().unwrap();
+                let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap_or("").to_owned());
+                let body = response.body_mut().read_to_string().unwrap_or_default();
+                (response.status().as_u16(), retry_after, body)
+            })
+        })
+        .collect();
+    // Every poll is open (the server's own gauge says so) before the signal.
+    let metrics = format!("{}/metrics", server.public);
+    let deadline = Instant::now() + DEADLINE;
+    let open_polls = || {
+        let text = agent().get(&metrics).call().unwrap().body_mut().read_to_string().unwrap();
+        text.lines().find_map(|l| l.strip_prefix("kiln_http_long_polls ")).and_then(|n| n.parse::<usize>().ok())
+    };
+    while open_polls() != Some(POLLS) {
+        assert!(Instant::now() < deadline, "the long polls did not all open: {:?}", open_polls());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let signaled = Instant::now();
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    for poller in pollers {
+        let (status, retry_after, body) = poller.join().unwrap();
+        assert_eq!(status, 202, "{body}");
+        assert!(retry_after.is_some_and(|s| s.parse::<u64>().is_ok()), "{body}");
+    }
+    let answered = signaled.elapsed();
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < signaled + DEADLINE, "kiln serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let exited = signaled.elapsed();
+    assert!(status.success(), "exit status {status}");
+    // The polls at once; the exit after the activities' 2 s of grace: far inside common grace
+    // periods (Kubernetes: 30 s), and nowhere near the polls' 60 s.
+    assert!(answered < Duration::from_secs(5), "polls answered {answered:?} after SIGTERM");
+    assert!(exited < Duration::from_secs(8), "exited {exited:?} after SIGTERM (polls answered in {answered:?})");
+    eprintln!("{POLLS} long polls answered {answered:?} after SIGTERM; exited after {exited:?}");
+}

@@ -141,6 +141,8 @@ struct Inner {
     starter_limiter: Option<rate_limit::RateLimiter>,
     /// Permits for `Prefer: wait` long polls.
     long_polls: Arc<tokio::sync::Semaphore>,
+    /// Whether this node is shutting down (see [`KilnHttp::begin_shutdown`]).
+    shutting_down: tokio::sync::watch::Sender<bool>,
     /// Idempotency keys whose first request is still being processed.
     in_flight: Mutex<HashSet<String>>,
     metrics: ops::HttpMetrics,
@@ -166,6 +168,7 @@ impl KilnHttp {
             hosts: HostAllowList::new(&options.allowed_hosts, &options.fallback_base_url),
             starter_limiter: options.starter_rate_limit.map(rate_limit::RateLimiter::new),
             long_polls: Arc::new(tokio::sync::Semaphore::new(options.max_long_polls)),
+            shutting_down: tokio::sync::watch::Sender::new(false),
             tokens,
             system_key,
             options,
@@ -178,6 +181,43 @@ impl KilnHttp {
             tokio::spawn(reload_token_secrets(Arc::downgrade(&inner)));
         }
         Ok(KilnHttp { inner })
+    }
+
+    /// Stops holding requests, before the listeners close: `/readyz` answers `503` (load
+    /// balancers stop sending) and every open long poll (`Prefer: wait`, the management API's
+    /// `timeout`) is answered at once with the instance's state — `202` + `Retry-After` while
+    /// it runs, so its client polls again, on any node. A deploy's SIGTERM then ends in
+    /// moments instead of waiting out every poll.
+    pub fn begin_shutdown(&self) {
+        self.inner.shutting_down.send_replace(true);
+    }
+
+    /// Whether [`KilnHttp::begin_shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.inner.shutting_down.borrow()
+    }
+
+    /// Long polls open now.
+    pub fn open_long_polls(&self) -> usize {
+        self.inner.options.max_long_polls.saturating_sub(self.inner.long_polls.available_permits())
+    }
+
+    /// Waits until the instance is `done`, for at most `timeout`, or until shutdown begins;
+    /// `Ok(None)` when it did not get there (the caller answers with the latest state).
+    pub(crate) async fn wait_for_instance(
+        &self,
+        instance_id: &str,
+        timeout: std::time::Duration,
+        done: impl FnMut(&kiln::InstanceRecord) -> bool,
+    ) -> Result<Option<kiln::InstanceRecord>, ClientError> {
+        let mut shutting_down = self.inner.shutting_down.subscribe();
+        if *shutting_down.borrow_and_update() {
+            return Ok(None);
+        }
+        tokio::select! {
+            waited = self.client().wait_until(instance_id, timeout, done) => waited,
+            _ = shutting_down.wait_for(|shutting_down| *shutting_down) => Ok(None),
+        }
     }
 
     /// The Kiln client behind the routes.

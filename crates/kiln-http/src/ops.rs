@@ -114,6 +114,11 @@ pub(crate) async fn healthz() -> Response {
     )
 )]
 pub(crate) async fn readyz(State(http): State<KilnHttp>) -> Response {
+    if http.is_shutting_down() {
+        return Problem::new(StatusCode::SERVICE_UNAVAILABLE, "this node is shutting down")
+            .retry_after(1)
+            .into_response();
+    }
     match http.client().check_store().await {
         Ok(()) => axum::Json(json!({"status": "ready"})).into_response(),
         Err(err) => {
@@ -148,6 +153,8 @@ pub(crate) async fn metrics(State(http): State<KilnHttp>) -> Response {
             let _ = writeln!(out, "kiln_instances{{status=\"{status}\"}} {count}");
         }
     }
+    let _ = writeln!(out, "# HELP kiln_http_long_polls Long polls (Prefer: wait) open now.");
+    let _ = writeln!(out, "# TYPE kiln_http_long_polls gauge\nkiln_http_long_polls {}", http.open_long_polls());
     let m = http.client().metrics();
     for (name, help, value) in [
         ("kiln_turns_total", "Orchestration turns committed.", m.turns),

@@ -175,9 +175,9 @@ async fn authorized(
     let grant = http.inner.tokens.verify(http.client(), token, id, scope, now()).await?.ok_or_else(unknown)?;
     let record = match wait {
         None => http.client().status(id).await?,
-        Some(wait) => match http.client().wait_until(id, wait, |r| r.status.is_terminal()).await {
+        Some(wait) => match http.wait_for_instance(id, wait, |r| r.status.is_terminal()).await {
             Ok(Some(finished)) => Some(finished),
-            // Timed out: its latest state.
+            // Timed out, or this node is shutting down: its latest state.
             Ok(None) => http.client().status(id).await?,
             Err(ClientError::NotFound(_)) => None,
             Err(other) => return Err(other.into()),

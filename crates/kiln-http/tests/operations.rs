@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{LOOPBACK_HOST, SYSTEM_KEY, TestApp, request};
+use common::{LOOPBACK_HOST, SYSTEM_KEY, TestApp, path_of, request};
 use kiln_http::HttpOptions;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,4 +114,35 @@ async fn unknown_routes_wrong_methods_and_big_bodies_are_problems() {
     app.manage("POST", "/orchestrators/echo", Some(&big)).await.assert_problem(413);
     let nothing = request("GET", "/nothing", None, &[("host", LOOPBACK_HOST)]);
     app.call(&app.management, nothing).await.assert_problem(404);
+}
+
+/// Shutting down: `/readyz` turns 503 at once (load balancers stop sending), a long poll
+/// already open is answered at once with the running instance's state (202 + Retry-After), and
+/// a new one is not held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutting_down_turns_not_ready_and_answers_long_polls() {
+    let app = TestApp::start().await;
+    let waiting = app.start_via("wait", "1").await;
+    let path = path_of(waiting.header("location"));
+    let open = {
+        let (router, path) = (app.public.clone(), path.clone());
+        tokio::spawn(async move {
+            let request = request("GET", &path, None, &[("prefer", "wait=60")]);
+            let response = tower::ServiceExt::oneshot(router, request).await.unwrap();
+            (response.status().as_u16(), response.headers().get("retry-after").cloned())
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.http.open_long_polls() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the long poll did not open");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    app.http.begin_shutdown();
+    let (status, retry_after) = tokio::time::timeout(std::time::Duration::from_secs(5), open).await.unwrap().unwrap();
+    assert_eq!(status, 202);
+    assert!(retry_after.is_some());
+    app.public("GET", "/readyz", None).await.assert_problem(503);
+    let again = app.call(&app.public, request("GET", &path, None, &[("prefer", "wait=60")]));
+    let again = tokio::time::timeout(std::time::Duration::from_secs(5), again).await.unwrap();
+    assert_eq!(again.status, 202, "a new long poll is not held either");
 }

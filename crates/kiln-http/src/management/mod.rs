@@ -211,7 +211,7 @@ async fn start(
     if let (Some(timeout), Some(_)) = (query.seconds("timeout"), query.seconds("pollingInterval")) {
         let done = |r: &InstanceRecord| r.status.is_terminal();
         let waited =
-            http.client().wait_until(&id, Duration::from_secs_f64(timeout.min(3600.0)), done).await.map_err(df)?;
+            http.wait_for_instance(&id, Duration::from_secs_f64(timeout.min(3600.0)), done).await.map_err(df)?;
         if let Some(record) = waited {
             if record.status == RuntimeStatus::Completed {
                 let output = record.output.as_ref().map_or(Value::Null, crate::status::payload_value);

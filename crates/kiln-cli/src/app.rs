@@ -70,7 +70,8 @@ impl App {
     }
 
     /// The runtime's settings (concurrency, cache, limits, …); `serve` sets the lease from its
-    /// own configuration (`lease_seconds`).
+    /// own configuration (`lease_seconds`), and what its configuration sets besides
+    /// (`activity_concurrency`, activity limits, `shutdown_grace_seconds`).
     pub fn runtime_config(mut self, config: RuntimeConfig) -> App {
         self.runtime = config;
         self
@@ -142,8 +143,10 @@ impl App {
     /// A runtime builder with every registration applied and the runtime's settings, its
     /// claims lasting `lease`.
     pub(crate) fn runtime_builder(&self, serve: &config::ServeConfig) -> KilnBuilder {
-        let mut config =
-            RuntimeConfig { lease_duration: serve.lease, shutdown_grace: serve.shutdown_grace, ..self.runtime.clone() };
+        let mut config = RuntimeConfig { lease_duration: serve.lease, ..self.runtime.clone() };
+        if let Some(grace) = serve.shutdown_grace {
+            config.shutdown_grace = grace;
+        }
         if let Some(concurrency) = serve.activity_concurrency {
             config.activity_concurrency = concurrency;
         }

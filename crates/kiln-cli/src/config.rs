@@ -114,10 +114,15 @@ pub struct ServeSettings {
     /// Limits of particular activity names (`kiln.toml` only: `[activity_limits]`).
     #[arg(skip)]
     pub activity_limits: Option<std::collections::HashMap<String, usize>>,
-    /// On SIGTERM, how long running activities may finish before their leases are handed back
-    /// to other nodes, in seconds (default 10; keep it inside the orchestrator's grace period).
+    /// On SIGTERM, how long requests in progress, then running activities, may each take to
+    /// finish before connections are closed and activities' leases handed back to other nodes,
+    /// in seconds (default: the application's, 10).
     #[arg(long, env = "KILN_SHUTDOWN_GRACE_SECONDS")]
     pub shutdown_grace_seconds: Option<u64>,
+    /// On SIGTERM, how long `/readyz` answers `503` (long polls answered at once) before the
+    /// listeners close, in seconds (default 0): set it to the load balancer's probe interval.
+    #[arg(long, env = "KILN_SHUTDOWN_DELAY_SECONDS")]
+    pub shutdown_delay_seconds: Option<u64>,
     /// Log filter (e.g. `info`, `kiln=debug`).
     #[arg(long, env = "KILN_LOG")]
     pub log: Option<String>,
@@ -155,7 +160,8 @@ pub struct ServeConfig {
     pub activity_concurrency: Option<usize>,
     pub activity_limit_per_name: Option<usize>,
     pub activity_limits: std::collections::HashMap<String, usize>,
-    pub shutdown_grace: Duration,
+    pub shutdown_grace: Option<Duration>,
+    pub shutdown_delay: Duration,
     pub log: String,
     pub bench_workloads: bool,
 }
@@ -195,6 +201,7 @@ impl ServeSettings {
             activity_limit_per_name: self.activity_limit_per_name.or(lower.activity_limit_per_name),
             activity_limits: self.activity_limits.or(lower.activity_limits),
             shutdown_grace_seconds: self.shutdown_grace_seconds.or(lower.shutdown_grace_seconds),
+            shutdown_delay_seconds: self.shutdown_delay_seconds.or(lower.shutdown_delay_seconds),
             log: self.log.or(lower.log),
             bench_workloads: self.bench_workloads.or(lower.bench_workloads),
         }
@@ -244,7 +251,8 @@ pub fn load(config_file: Option<&Path>, overrides: ServeSettings) -> anyhow::Res
         activity_concurrency: s.activity_concurrency,
         activity_limit_per_name: s.activity_limit_per_name,
         activity_limits: s.activity_limits.unwrap_or_default(),
-        shutdown_grace: Duration::from_secs(s.shutdown_grace_seconds.unwrap_or(10)),
+        shutdown_grace: s.shutdown_grace_seconds.map(Duration::from_secs),
+        shutdown_delay: Duration::from_secs(s.shutdown_delay_seconds.unwrap_or(0)),
         log: s.log.unwrap_or_else(|| "info".to_owned()),
         bench_workloads: s.bench_workloads.unwrap_or(false),
     };
@@ -303,8 +311,10 @@ impl ServeConfig {
         {
             bail!("starter_rate_per_second must be a positive number and starter_burst at least 1");
         }
-        if self.shutdown_grace > Duration::from_secs(3600) {
-            bail!("shutdown_grace_seconds must be at most 3600");
+        if self.shutdown_grace.is_some_and(|grace| grace > Duration::from_secs(3600))
+            || self.shutdown_delay > Duration::from_secs(3600)
+        {
+            bail!("shutdown_grace_seconds and shutdown_delay_seconds must be at most 3600");
         }
         if self.list_page_size == Some(0) {
             bail!("list_page_size must be at least 1");

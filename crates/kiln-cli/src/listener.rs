@@ -27,6 +27,8 @@ pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
     /// Longest a client may pause while sending a request body.
     pub body_read_timeout: Duration,
+    /// Longest requests in progress may take to finish once the listener stops accepting.
+    pub drain_timeout: Duration,
 }
 
 /// The body of the answer to a connection beyond the cap.
@@ -141,7 +143,9 @@ pub async fn serve(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await.is_err() {
+        tracing::warn!(timeout = ?limits.drain_timeout, "requests still in progress at shutdown are cut off");
+    }
     Ok(())
 }
 

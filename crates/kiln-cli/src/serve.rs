@@ -77,22 +77,26 @@ pub async fn run(app: &App, config: ServeConfig) -> anyhow::Result<()> {
     let _ = std::io::stdout().flush();
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let grace = kiln.shutdown_grace();
     let (public_cap, management_cap) = listener::connection_caps(config.max_connections);
     let limits = |max_connections| ConnectionLimits {
         max_connections,
         header_read_timeout: config.read_timeout,
         body_read_timeout: config.read_timeout,
+        drain_timeout: grace,
     };
     let public_router = http.public_router(starters, starters_doc);
     let public_server = listener::serve(public, public_router, limits(public_cap), wait_for(stopped.clone()));
     let management_router = http.management_router();
     let management_server = listener::serve(management, management_router, limits(management_cap), wait_for(stopped));
-    let draining = http.clone();
+    let (draining, delay) = (http.clone(), config.shutdown_delay);
     let signals = async move {
         shutdown_signal().await;
         tracing::info!("shutting down: answering long polls, draining requests and work");
-        // First: not ready, and every long poll answered, so no request holds the exit.
+        // First: not ready, and every long poll answered, so no request holds the exit; the
+        // listeners close once load balancers have seen it.
         draining.begin_shutdown();
+        tokio::time::sleep(delay).await;
         let _ = stop.send(true);
     };
     let (public_result, management_result, ()) = tokio::join!(public_server, management_server, signals);

@@ -206,7 +206,7 @@ fn sigterm_answers_open_long_polls_at_once() {
             })
         })
         .collect();
-    // Every poll is open (the server's own gauge says so) before the signal.
+    // Every poll is waiting (the server's own gauge says so) before the signal.
     let metrics = format!("{}/metrics", server.public);
     let deadline = Instant::now() + DEADLINE;
     let open_polls = || {
@@ -235,9 +235,10 @@ fn sigterm_answers_open_long_polls_at_once() {
     };
     let exited = signaled.elapsed();
     assert!(status.success(), "exit status {status}");
-    // The polls at once; the exit after the activities' 2 s of grace: far inside common grace
-    // periods (Kubernetes: 30 s), and nowhere near the polls' 60 s.
-    assert!(answered < Duration::from_secs(5), "polls answered {answered:?} after SIGTERM");
-    assert!(exited < Duration::from_secs(8), "exited {exited:?} after SIGTERM (polls answered in {answered:?})");
+    // (Bounds loose for two loaded cores; the point is seconds, not the polls' 60 s.) The exit
+    // waits the grace out: the hour-long activity was running.
+    assert!(answered < Duration::from_secs(15), "polls answered {answered:?} after SIGTERM");
+    assert!(exited >= Duration::from_secs(2), "exited {exited:?}: before the activity's grace ran out");
+    assert!(exited < Duration::from_secs(20), "exited {exited:?} after SIGTERM (polls answered in {answered:?})");
     eprintln!("{POLLS} long polls answered {answered:?} after SIGTERM; exited after {exited:?}");
 }

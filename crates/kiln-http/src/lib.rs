@@ -197,9 +197,10 @@ impl KilnHttp {
         *self.inner.shutting_down.borrow()
     }
 
-    /// Long polls open now.
-    pub fn open_long_polls(&self) -> usize {
-        self.inner.options.max_long_polls.saturating_sub(self.inner.long_polls.available_permits())
+    /// Long polls waiting for an instance now (each holds a subscription to the shutdown
+    /// signal while it waits).
+    pub fn waiting_long_polls(&self) -> usize {
+        self.inner.shutting_down.receiver_count()
     }
 
     /// Waits until the instance is `done`, for at most `timeout`, or until shutdown begins;
@@ -211,9 +212,6 @@ impl KilnHttp {
         done: impl FnMut(&kiln::InstanceRecord) -> bool,
     ) -> Result<Option<kiln::InstanceRecord>, ClientError> {
         let mut shutting_down = self.inner.shutting_down.subscribe();
-        if *shutting_down.borrow_and_update() {
-            return Ok(None);
-        }
         tokio::select! {
             waited = self.client().wait_until(instance_id, timeout, done) => waited,
             _ = shutting_down.wait_for(|shutting_down| *shutting_down) => Ok(None),

@@ -153,8 +153,8 @@ pub(crate) async fn metrics(State(http): State<KilnHttp>) -> Response {
             let _ = writeln!(out, "kiln_instances{{status=\"{status}\"}} {count}");
         }
     }
-    let _ = writeln!(out, "# HELP kiln_http_long_polls Long polls (Prefer: wait) open now.");
-    let _ = writeln!(out, "# TYPE kiln_http_long_polls gauge\nkiln_http_long_polls {}", http.open_long_polls());
+    let _ = writeln!(out, "# HELP kiln_http_long_polls Long polls waiting for an instance now.");
+    let _ = writeln!(out, "# TYPE kiln_http_long_polls gauge\nkiln_http_long_polls {}", http.waiting_long_polls());
     let m = http.client().metrics();
     for (name, help, value) in [
         ("kiln_turns_total", "Orchestration turns committed.", m.turns),

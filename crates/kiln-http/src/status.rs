@@ -242,7 +242,8 @@ pub(crate) async fn get_status(
     if let Ok(value) = HeaderValue::from_str(&tag) {
         out.insert(header::ETAG, value);
     }
-    if let Some(seconds) = wait
+    // Not when a shutdown answered it at once.
+    if let Some(seconds) = wait.filter(|_| !http.is_shutting_down())
         && let Ok(value) = HeaderValue::from_str(&format!("wait={seconds}"))
     {
         out.insert("preference-applied", value);

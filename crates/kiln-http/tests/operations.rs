@@ -133,7 +133,7 @@ async fn shutting_down_turns_not_ready_and_answers_long_polls() {
         })
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while app.http.open_long_polls() == 0 {
+    while app.http.waiting_long_polls() == 0 {
         assert!(std::time::Instant::now() < deadline, "the long poll did not open");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
@@ -145,4 +145,10 @@ async fn shutting_down_turns_not_ready_and_answers_long_polls() {
     let again = app.call(&app.public, request("GET", &path, None, &[("prefer", "wait=60")]));
     let again = tokio::time::timeout(std::time::Duration::from_secs(5), again).await.unwrap();
     assert_eq!(again.status, 202, "a new long poll is not held either");
+    assert_eq!(again.header("preference-applied"), "", "not held, so no wait was applied");
+    // The management API's wait mode is not held either: DF's check-status payload at once.
+    let start = app.manage("POST", "/orchestrators/wait_event/held?timeout=60&pollingInterval=1", Some("1"));
+    let started = tokio::time::timeout(std::time::Duration::from_secs(5), start).await.unwrap();
+    assert_eq!(started.status, 202, "{}", started.raw);
+    assert!(started.body["statusQueryGetUri"].is_string(), "{}", started.raw);
 }

@@ -206,6 +206,11 @@ impl Kiln {
         Arc::clone(&self.rt.store)
     }
 
+    /// How long [`Kiln::shutdown`] lets running activities finish.
+    pub fn shutdown_grace(&self) -> std::time::Duration {
+        self.rt.config.shutdown_grace
+    }
+
     /// Counters of the work done since start.
     pub fn metrics(&self) -> MetricsSnapshot {
         self.rt.metrics.snapshot()

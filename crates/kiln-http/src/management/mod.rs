@@ -212,7 +212,12 @@ async fn start(
         let done = |r: &InstanceRecord| r.status.is_terminal();
         let waited =
             http.wait_for_instance(&id, Duration::from_secs_f64(timeout.min(3600.0)), done).await.map_err(df)?;
-        if let Some(record) = waited {
+        // Not finished in time (or this node is shutting down): it may have finished just then.
+        let finished = match waited {
+            Some(record) => Some(record),
+            None => http.client().status(&id).await.map_err(df)?.filter(done),
+        };
+        if let Some(record) = finished {
             if record.status == RuntimeStatus::Completed {
                 let output = record.output.as_ref().map_or(Value::Null, crate::status::payload_value);
                 return Ok(json_response(StatusCode::OK, &output));

@@ -43,6 +43,13 @@ pub fn is_json(req: &Request) -> bool {
     media_type(req.headers()).is_some_and(|media| media == "application/json")
 }
 
+/// The credential of an `Authorization: Bearer …` header (the scheme in any case, RFC 7235),
+/// if the header is one.
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let (scheme, credential) = headers.get(header::AUTHORIZATION)?.to_str().ok()?.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| credential.trim())
+}
+
 /// The media type `Content-Type` declares, lower case, without parameters.
 pub(crate) fn media_type(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;

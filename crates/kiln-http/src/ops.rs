@@ -33,7 +33,7 @@ pub(crate) fn metrics_routes(http: &KilnHttp, keyed: bool) -> Router<KilnHttp> {
 
 /// `401` unless the request carries `Authorization: Bearer <metrics_key>`.
 async fn require_metrics_key(State(http): State<KilnHttp>, request: Request, next: Next) -> Response {
-    let presented = crate::management::bearer_token(request.headers());
+    let presented = crate::extract::bearer_token(request.headers());
     let expected = http.options().metrics_key.as_deref().unwrap_or_default();
     match presented {
         Some(key) if crate::management::constant_time_eq(key.as_bytes(), expected.as_bytes()) => {

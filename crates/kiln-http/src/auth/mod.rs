@@ -203,13 +203,8 @@ enum Credential<'a> {
 /// The request's credential: `Authorization: Bearer …` (an API key when it has the key prefix),
 /// else `X-API-Key`.
 fn presented(headers: &HeaderMap) -> Result<Option<Credential<'_>>, Refusal> {
-    if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim())
+    if headers.contains_key(header::AUTHORIZATION) {
+        let token = crate::extract::bearer_token(headers)
             .filter(|token| !token.is_empty())
             .ok_or_else(|| Refusal::invalid("Authorization must be `Bearer <token or API key>`"))?;
         let credential = if token.starts_with(api_keys::API_KEY_PREFIX) {
@@ -300,25 +295,7 @@ pub(crate) async fn authenticate_starters(State(http): State<KilnHttp>, mut requ
 /// A path percent-decoded as axum decodes path parameters (bytes that are not UTF-8 are
 /// replaced: axum refuses such a parameter with `400` anyway).
 fn decoded_path(path: &str) -> std::borrow::Cow<'_, str> {
-    if !path.contains('%') {
-        return path.into();
-    }
-    let mut bytes = Vec::with_capacity(path.len());
-    let mut rest = path.as_bytes();
-    while let Some((&byte, tail)) = rest.split_first() {
-        let hex = tail.get(..2).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (byte, hex) {
-            (b'%', Some(decoded)) => {
-                bytes.push(decoded);
-                rest = &tail[2..];
-            }
-            _ => {
-                bytes.push(byte);
-                rest = tail;
-            }
-        }
-    }
-    String::from_utf8_lossy(&bytes).into_owned().into()
+    percent_encoding::percent_decode_str(path).decode_utf8_lossy()
 }
 
 #[cfg(test)]

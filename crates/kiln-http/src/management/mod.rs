@@ -94,19 +94,13 @@ pub(crate) async fn require_system_key(
         .get("code")
         .map(str::to_owned)
         .or_else(|| headers.get("x-functions-key").and_then(|v| v.to_str().ok()).map(str::to_owned))
-        .or_else(|| bearer_token(headers).map(str::to_owned));
+        .or_else(|| crate::extract::bearer_token(headers).map(str::to_owned));
     match presented {
         Some(key) if constant_time_eq(key.as_bytes(), http.system_key().as_bytes()) => next.run(request).await,
         _ => Problem::new(StatusCode::UNAUTHORIZED, "the management API needs the system key")
             .for_durable_functions()
             .into_response(),
     }
-}
-
-/// The credential of an `Authorization: Bearer …` header.
-pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    auth.strip_prefix("Bearer ").map(str::trim)
 }
 
 /// Compares without an early exit, so timing does not reveal how much of a key matched.

@@ -76,3 +76,27 @@ async fn rotations_stop_before_a_live_token_would_lose_its_secret() {
     assert!(refused.body["detail"].as_str().unwrap().contains("rotate again after"), "{}", refused.raw);
     assert!(matches!(poll(&app, &app.public, &first).await, 200 | 202), "the first secret still verifies");
 }
+
+/// A rotation cut off between its two writes leaves the current secret listed as retired (at
+/// that time) while it goes on signing: the next rotation retires it anew, so its latest tokens
+/// keep their whole life.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_left_listed_by_an_interrupted_rotation_retires_anew() {
+    let app = TestApp::with_secrets_as_given(HttpOptions::default()).await;
+    let client = app.kiln.client();
+    let current = client.setting("http.token_secret").await.unwrap().unwrap();
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    // Listed a day ago: well inside a token's life (7 days), so still kept.
+    let a_day_ago = before - 24 * 3600 * 1000;
+    let interrupted = serde_json::json!([{ "secret": current, "retired_at": a_day_ago }]).to_string();
+    assert!(client.replace_setting("http.previous_token_secrets", None, &interrupted).await.unwrap());
+    assert_eq!(rotate(&app).await.status, 200);
+    let retired = client.setting("http.previous_token_secrets").await.unwrap().unwrap();
+    let retired: serde_json::Value = serde_json::from_str(&retired).unwrap();
+    let entries: Vec<_> = retired.as_array().unwrap().iter().filter(|r| r["secret"] == current.as_str()).collect();
+    assert_eq!(entries.len(), 1, "{retired}");
+    assert!(
+        entries[0]["retired_at"].as_i64().unwrap() >= before,
+        "retired now, not at the interrupted time: {retired}"
+    );
+}

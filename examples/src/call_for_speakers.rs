@@ -1,7 +1,7 @@
 //! Call for speakers: a submission is validated, screened, reviewed and answered, and the
 //! custom status shows each stage as `{"stage", "progress", "of"}`.
 
-use kiln::{ActivityContext, Failure, KilnBuilder, OrchestrationContext};
+use kiln::{ActivityContext, Failure, KilnBuilder, OrchestrationContext, Timeouts};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -107,12 +107,17 @@ pub async fn notify_speaker(_ctx: ActivityContext, answer: serde_json::Value) ->
     Ok(format!("sent '{decision}' to {email}"))
 }
 
+/// The limit of each activity's attempt, registered with it: the stand-ins take under a
+/// second, and a real screening or mail service that hangs must not hold a submission forever.
+const ATTEMPT_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Registers the orchestration and its activities.
 pub fn register(builder: KilnBuilder) -> KilnBuilder {
+    let limit = Timeouts::new().start_to_close(ATTEMPT_LIMIT);
     builder
         .orchestration(ORCHESTRATION, process_submission)
-        .activity("validate_submission", validate_submission)
-        .activity("screen_content", screen_content)
-        .activity("review", review)
-        .activity("notify_speaker", notify_speaker)
+        .activity_with_timeouts("validate_submission", limit, validate_submission)
+        .activity_with_timeouts("screen_content", limit, screen_content)
+        .activity_with_timeouts("review", limit, review)
+        .activity_with_timeouts("notify_speaker", limit, notify_speaker)
 }

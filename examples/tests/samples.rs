@@ -95,7 +95,12 @@ async fn report_job_returns_the_report() {
     let request = ReportRequest { customer_id: "c-1".into(), operation: "monthly".into(), delay_seconds: 1 };
     let id = client.start(report_jobs::ORCHESTRATION, &request).await.unwrap();
     let waiting = client.wait_until(&id, DEADLINE, |r| !r.waiting_on.is_empty()).await.unwrap().unwrap();
-    assert!(matches!(&waiting.waiting_on[0], kiln::WaitingOn::Activity { name, .. } if name == "generate_report"));
+    let kiln::WaitingOn::Activity { name, start_to_close_ms, heartbeat_timeout_ms, .. } = &waiting.waiting_on[0] else {
+        panic!("waits on the activity: {:?}", waiting.waiting_on)
+    };
+    assert_eq!(name, "generate_report");
+    // The sample's limits: the delay plus a minute per attempt, and a heartbeat every 30 s.
+    assert_eq!((*start_to_close_ms, *heartbeat_timeout_ms), (Some(61_000), Some(30_000)));
     let done = client.wait_for_completion(&id, DEADLINE).await.unwrap();
     assert_eq!(
         output(&done),
@@ -105,6 +110,9 @@ async fn report_job_returns_the_report() {
     let id = client.start(report_jobs::ORCHESTRATION, &closed).await.unwrap();
     let failed = client.wait_for_completion(&id, DEADLINE).await.unwrap();
     assert_eq!(failed.failure.unwrap().error_type, "AccountClosed");
+    let history = client.history(&id).await.unwrap();
+    let attempts = history.iter().filter(|e| matches!(e.kind, kiln::EventKind::TaskScheduled { .. })).count();
+    assert_eq!(attempts, 1, "a refusal is not retried");
     kiln.shutdown().await;
 }
 

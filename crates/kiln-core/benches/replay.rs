@@ -21,8 +21,16 @@ fn stored_history(steps: u64) -> Vec<String> {
         },
     )];
     for step in 0..steps {
-        let mut scheduled =
-            HistoryEvent::new(at, EventKind::TaskScheduled { name: "echo".into(), input: input.clone(), attempt: 1 });
+        let mut scheduled = HistoryEvent::new(
+            at,
+            EventKind::TaskScheduled {
+                name: "echo".into(),
+                input: input.clone(),
+                attempt: 1,
+                timeouts: Default::default(),
+                heartbeat: None,
+            },
+        );
         scheduled.event_id = step as i64;
         events.push(scheduled);
         events.push(HistoryEvent::new(
@@ -43,7 +51,7 @@ fn replay(rows: &[String]) -> u64 {
         let event: HistoryEvent = serde_json::from_str(row).unwrap();
         if let EventKind::TaskScheduled { .. } = event.kind {
             let input = Payload::from_trusted(r#"{"customer":"c-1"}"#.to_owned());
-            next_step = state.schedule_activity("echo", input, 1) + 1;
+            next_step = state.schedule_activity("echo", input, 1, Default::default(), None) + 1;
         }
         state.apply(&event, false).unwrap();
         if next_step > 0 && state.take(Slot::Step(next_step - 1)).is_some() {

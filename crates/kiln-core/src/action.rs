@@ -1,6 +1,6 @@
 //! Actions: what an orchestration turn asks the runtime to do.
 
-use crate::{EventKind, FailureDetails, HistoryEvent, Payload, Timestamp};
+use crate::{ActivityTimeouts, EventKind, FailureDetails, HistoryEvent, Payload, Timestamp};
 
 /// A step the orchestration code took that the runtime must carry out and record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -15,6 +15,10 @@ pub enum Action {
         input: Payload,
         /// Attempt number under the call's retry policy, from 1.
         attempt: u32,
+        /// The call's timeouts.
+        timeouts: ActivityTimeouts,
+        /// The previous attempt's last heartbeat details.
+        heartbeat: Option<Payload>,
     },
     /// Start a durable timer.
     CreateTimer {
@@ -75,7 +79,9 @@ impl Action {
     /// The history event that records this action.
     pub fn to_event(&self, timestamp: Timestamp) -> HistoryEvent {
         let kind = match self.clone() {
-            Action::ScheduleTask { name, input, attempt, .. } => EventKind::TaskScheduled { name, input, attempt },
+            Action::ScheduleTask { name, input, attempt, timeouts, heartbeat, .. } => {
+                EventKind::TaskScheduled { name, input, attempt, timeouts, heartbeat }
+            }
             Action::CreateTimer { fire_at, .. } => EventKind::TimerCreated { fire_at },
             Action::CreateSubOrchestration { name, version, instance_id, input, .. } => {
                 EventKind::SubOrchestrationInstanceCreated { name, version, instance_id, input }
@@ -89,7 +95,9 @@ impl Action {
     pub fn from_event(event: &HistoryEvent) -> Option<Action> {
         let id = u64::try_from(event.event_id).ok()?;
         Some(match event.kind.clone() {
-            EventKind::TaskScheduled { name, input, attempt } => Action::ScheduleTask { id, name, input, attempt },
+            EventKind::TaskScheduled { name, input, attempt, timeouts, heartbeat } => {
+                Action::ScheduleTask { id, name, input, attempt, timeouts, heartbeat }
+            }
             EventKind::TimerCreated { fire_at } => Action::CreateTimer { id, fire_at },
             EventKind::SubOrchestrationInstanceCreated { name, version, instance_id, input } => {
                 Action::CreateSubOrchestration { id, name, version, instance_id, input }

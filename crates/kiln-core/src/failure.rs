@@ -1,5 +1,6 @@
 //! Failure details: why an activity, sub-orchestration or orchestration failed.
 
+use crate::Payload;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -14,12 +15,21 @@ pub struct FailureDetails {
     /// Optional extra detail (a cause chain, the serde path of a bad input, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub details: Option<String>,
+    /// For a failed activity attempt that heartbeated: its last heartbeat details (a retry's
+    /// next attempt starts from them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_details: Option<Payload>,
 }
 
 impl FailureDetails {
     /// A failure with a type and message and no details.
     pub fn new(error_type: impl Into<String>, message: impl Into<String>) -> FailureDetails {
-        FailureDetails { error_type: error_type.into(), error_message: message.into(), details: None }
+        FailureDetails {
+            error_type: error_type.into(),
+            error_message: message.into(),
+            details: None,
+            last_heartbeat_details: None,
+        }
     }
 }
 
@@ -45,6 +55,11 @@ pub mod error_types {
     pub const NOT_REGISTERED: &str = "NotRegistered";
     /// A work item kept failing to be processed and was given up on.
     pub const POISON: &str = "PoisonMessage";
+    /// An activity attempt ran past its start-to-close limit, or went longer than its heartbeat
+    /// timeout without a heartbeat. Retried like any failure.
+    pub const TIMEOUT: &str = "Timeout";
+    /// An activity call ran past its schedule-to-close limit. Never retried.
+    pub const SCHEDULE_TO_CLOSE_TIMEOUT: &str = "ScheduleToCloseTimeout";
     /// A retry policy's total timeout elapsed.
     pub const RETRY_TIMEOUT: &str = "RetryTimeout";
     /// A sub-orchestration was terminated.

@@ -5,7 +5,7 @@
 //! an `EventId` equal to the step's sequence number; completions point back at it through
 //! `TaskScheduledId` (for timers, `TimerId`).
 
-use crate::{FailureDetails, Payload, RuntimeStatus, Timestamp};
+use crate::{ActivityTimeouts, FailureDetails, Payload, RuntimeStatus, Timestamp};
 use serde::{Deserialize, Serialize};
 
 /// One entry of an instance's history.
@@ -102,6 +102,12 @@ pub enum EventKind {
         input: Payload,
         /// Attempt number under the call's retry policy, from 1.
         attempt: u32,
+        /// The call's timeouts; none in histories written before there were any.
+        #[serde(default, skip_serializing_if = "ActivityTimeouts::is_empty")]
+        timeouts: ActivityTimeouts,
+        /// The last heartbeat details of the call's previous attempt, handed to this one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        heartbeat: Option<Payload>,
     },
     /// An activity returned.
     TaskCompleted {
@@ -252,7 +258,13 @@ mod tests {
         let event = HistoryEvent {
             event_id: 3,
             timestamp: Timestamp(5),
-            kind: EventKind::TaskScheduled { name: "greet".into(), input: Payload::null(), attempt: 1 },
+            kind: EventKind::TaskScheduled {
+                name: "greet".into(),
+                input: Payload::null(),
+                attempt: 1,
+                timeouts: ActivityTimeouts::default(),
+                heartbeat: None,
+            },
         };
         let json = serde_json::to_string(&event).unwrap();
         assert_eq!(

@@ -9,6 +9,7 @@
 //! - [`ids`]: instance id rules.
 //! - [`payload`]: JSON payloads and their size limits.
 //! - [`failure`]: failure details.
+//! - [`timeouts`]: activity timeouts and their bounds.
 //! - [`history`]: history events (the Durable Task vocabulary).
 //! - [`action`]: what a turn asks the runtime to do.
 //! - [`waiting`]: what an instance waits on.
@@ -24,6 +25,7 @@ pub mod replay;
 pub mod rewind;
 pub mod status;
 pub mod time;
+pub mod timeouts;
 pub mod waiting;
 
 pub use action::{Action, ExecutionOutcome};
@@ -38,4 +40,5 @@ pub use replay::{Applied, Completion, DecisionTrace, Outcome, ReplayError, Repla
 pub use rewind::{RewindPlan, plan_rewind, rewind_body};
 pub use status::{RuntimeStatus, UnknownStatus};
 pub use time::Timestamp;
+pub use timeouts::{ActivityTimeouts, InvalidTimeout, MAX_ACTIVITY_TIMEOUT, timeout_millis};
 pub use waiting::WaitingOn;

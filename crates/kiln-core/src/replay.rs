@@ -8,7 +8,7 @@
 //! [`Action`]s. Every result carries the position of the event that produced it, so combinators
 //! can resolve in history order rather than poll order.
 
-use crate::{Action, EventKind, FailureDetails, HistoryEvent, Payload, Timestamp, WaitingOn};
+use crate::{Action, ActivityTimeouts, EventKind, FailureDetails, HistoryEvent, Payload, Timestamp, WaitingOn};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// A place a result lands in: a scheduled step, or a wait for an external event.
@@ -106,7 +106,7 @@ impl DecisionTrace {
 
 #[derive(Clone, Debug)]
 enum OpenStep {
-    Activity { name: String, attempt: u32 },
+    Activity { name: String, attempt: u32, timeouts: ActivityTimeouts },
     Timer { fire_at: Timestamp },
     SubOrchestration { name: String, instance_id: String },
 }
@@ -329,7 +329,12 @@ impl ReplayState {
 
     fn open_step(&mut self, action: &Action) {
         let open = match action {
-            Action::ScheduleTask { name, attempt, .. } => OpenStep::Activity { name: name.clone(), attempt: *attempt },
+            Action::ScheduleTask { name, attempt, timeouts, .. } => {
+                // A first attempt's deadline runs from now, the time its event records.
+                let first =
+                    ActivityTimeouts { first_scheduled_at: Some(self.current_time), ..ActivityTimeouts::default() };
+                OpenStep::Activity { name: name.clone(), attempt: *attempt, timeouts: timeouts.or(&first) }
+            }
             Action::CreateTimer { fire_at, .. } => OpenStep::Timer { fire_at: *fire_at },
             Action::CreateSubOrchestration { name, instance_id, .. } => {
                 OpenStep::SubOrchestration { name: name.clone(), instance_id: instance_id.clone() }
@@ -356,9 +361,17 @@ impl ReplayState {
         step
     }
 
-    /// Schedules an activity; returns its step.
-    pub fn schedule_activity(&mut self, name: &str, input: Payload, attempt: u32) -> u64 {
-        self.take_step(|id| Action::ScheduleTask { id, name: name.to_owned(), input, attempt })
+    /// Schedules an activity attempt under the call's timeouts, handing it the previous
+    /// attempt's last heartbeat details; returns its step.
+    pub fn schedule_activity(
+        &mut self,
+        name: &str,
+        input: Payload,
+        attempt: u32,
+        timeouts: ActivityTimeouts,
+        heartbeat: Option<Payload>,
+    ) -> u64 {
+        self.take_step(|id| Action::ScheduleTask { id, name: name.to_owned(), input, attempt, timeouts, heartbeat })
     }
 
     /// Creates a durable timer; returns its step.
@@ -561,9 +574,14 @@ impl ReplayState {
             .open
             .iter()
             .map(|(id, step)| match step {
-                OpenStep::Activity { name, attempt } => {
-                    WaitingOn::Activity { name: name.clone(), attempt: *attempt, task_id: *id }
-                }
+                OpenStep::Activity { name, attempt, timeouts } => WaitingOn::Activity {
+                    name: name.clone(),
+                    attempt: *attempt,
+                    task_id: *id,
+                    deadline: timeouts.deadline(),
+                    start_to_close_ms: timeouts.start_to_close_ms,
+                    heartbeat_timeout_ms: timeouts.heartbeat_ms,
+                },
                 OpenStep::Timer { fire_at } => WaitingOn::Timer { fire_at: *fire_at, timer_id: *id },
                 OpenStep::SubOrchestration { name, instance_id } => {
                     WaitingOn::SubOrchestration { name: name.clone(), instance_id: instance_id.clone() }

@@ -20,7 +20,7 @@
 //! events raised while the instance was failed are not kept: as in Durable Functions, a finished
 //! instance drops them.)
 
-use crate::{Action, DecisionTrace, EventKind, HistoryEvent, Timestamp, TracedStep};
+use crate::{Action, ActivityTimeouts, DecisionTrace, EventKind, HistoryEvent, Timestamp, TracedStep};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What a rewind changes.
@@ -97,12 +97,27 @@ pub fn plan_rewind(
         RewindPlan { history: Vec::new(), reapplied: Vec::new(), redo: Vec::new(), failed_children: Vec::new() };
     // Undone steps, once each (a step may have failed twice: a duplicate run kept after the end).
     let mut undone_steps = BTreeSet::new();
-    let mut undo = |step: u64, plan: &mut RewindPlan| {
+    // An activity done again gets a fresh schedule-to-close limit, from the rewind, and starts
+    // from the last heartbeat details of the attempt that failed.
+    let mut undo = |step: u64, failed: &EventKind, plan: &mut RewindPlan| {
         if !undone_steps.insert(step) {
             return;
         }
         match scheduled.get(&step) {
-            Some(action @ Action::ScheduleTask { .. }) => plan.redo.push(action.clone()),
+            Some(Action::ScheduleTask { id, name, input, attempt, timeouts, heartbeat }) => {
+                let last_heartbeat = match failed {
+                    EventKind::TaskFailed { failure_details, .. } => failure_details.last_heartbeat_details.clone(),
+                    _ => None,
+                };
+                plan.redo.push(Action::ScheduleTask {
+                    id: *id,
+                    name: name.clone(),
+                    input: input.clone(),
+                    attempt: *attempt,
+                    timeouts: ActivityTimeouts { first_scheduled_at: None, ..*timeouts },
+                    heartbeat: last_heartbeat.or_else(|| heartbeat.clone()),
+                });
+            }
             Some(action @ Action::CreateSubOrchestration { .. }) => plan.failed_children.push(action.clone()),
             _ => {}
         }
@@ -117,7 +132,7 @@ pub fn plan_rewind(
             | EventKind::SubOrchestrationInstanceFailed { task_scheduled_id: step, .. }
                 if undone(step) && scheduled.contains_key(step) =>
             {
-                undo(*step, &mut plan);
+                undo(*step, &event.kind, &mut plan);
             }
             kind if kind.delivers_to_code() && position > last.position => plan.reapplied.push(event.clone()),
             _ => plan.history.push(event.clone()),
@@ -130,7 +145,7 @@ pub fn plan_rewind(
             EventKind::TaskFailed { task_scheduled_id: step, .. }
             | EventKind::SubOrchestrationInstanceFailed { task_scheduled_id: step, .. } => {
                 if undone(step) {
-                    undo(*step, &mut plan);
+                    undo(*step, &event.kind, &mut plan);
                 }
             }
             _ => plan.reapplied.push(event.clone()),

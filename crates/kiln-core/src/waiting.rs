@@ -15,6 +15,15 @@ pub enum WaitingOn {
         attempt: u32,
         /// Step sequence number.
         task_id: u64,
+        /// When the whole call (every attempt) must be done: its schedule-to-close limit.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deadline: Option<Timestamp>,
+        /// How long one attempt may run, in milliseconds (the call's own start-to-close limit).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        start_to_close_ms: Option<u64>,
+        /// How long an attempt may go without a heartbeat, in milliseconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        heartbeat_timeout_ms: Option<u64>,
     },
     /// A durable timer.
     Timer {

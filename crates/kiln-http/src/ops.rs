@@ -170,6 +170,11 @@ pub(crate) async fn metrics(State(http): State<KilnHttp>) -> Response {
             "Running activities canceled: their instance was terminated, or their lease was lost.",
             m.canceled,
         ),
+        (
+            "kiln_activity_timeouts_total",
+            "Activity attempts failed for running past a timeout (start-to-close, schedule-to-close or heartbeat).",
+            m.timed_out,
+        ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
     }

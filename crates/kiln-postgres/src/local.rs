@@ -127,6 +127,8 @@ mod tests {
                 name: "a".into(),
                 input: Payload::null(),
                 attempt: 1,
+                timeouts: Default::default(),
+                heartbeat: None,
             },
             dequeue_count: 1,
             lease: Lease { token: id as u64, expires_at: Timestamp(expires_at) },

@@ -3,6 +3,7 @@
 //! `scripts/pg-claim-cost.sh`) can `EXPLAIN` exactly what the store runs; the store is their
 //! only other user.
 
+use crate::rows;
 use kiln_core::RuntimeStatus;
 use std::sync::LazyLock;
 
@@ -95,7 +96,8 @@ fn claim_activities(skipping: &str) -> String {
      UPDATE activities SET lock_token = {NEW_LEASE_TOKEN}, locked_until = $2, \
        dequeue_count = dequeue_count + 1 \
      WHERE id IN (SELECT id FROM (SELECT id FROM unleased UNION ALL SELECT id FROM lapsed) c ORDER BY id LIMIT $3) \
-     RETURNING id, instance_id, execution, step, name, input, attempt, dequeue_count, lock_token, locked_until"
+     RETURNING {}",
+        rows::ACTIVITY_COLUMNS
     )
 }
 

@@ -86,6 +86,11 @@ CREATE INDEX IF NOT EXISTS activities_unleased ON activities (id) WHERE lock_tok
 CREATE INDEX IF NOT EXISTS activities_by_lease_expiry ON activities (locked_until) WHERE lock_token IS NOT NULL;
 CREATE INDEX IF NOT EXISTS instances_by_status ON instances (status, created_at);
 "#,
+    // Version 4: an activity's timeouts (JSON) and last heartbeat details.
+    r#"
+ALTER TABLE activities ADD COLUMN IF NOT EXISTS timeouts TEXT;
+ALTER TABLE activities ADD COLUMN IF NOT EXISTS heartbeat TEXT;
+"#,
 ];
 
 /// The schema version this build writes.

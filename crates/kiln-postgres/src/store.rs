@@ -16,7 +16,7 @@ use crate::tx::{
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Object, Pool};
-use kiln_core::{HistoryEvent, RuntimeStatus, Timestamp};
+use kiln_core::{HistoryEvent, Payload, RuntimeStatus, Timestamp};
 use kiln_store::{
     ActivityWorkItem, IdempotencyKey, IdempotentStart, InboxMessage, InstancePage, InstanceQuery, InstanceRecord,
     Lease, NewInstance, OrchestrationWorkItem, PageCursor, PurgeFilter, StatusWatchers, Store, StoreError, StoreResult,
@@ -628,6 +628,24 @@ impl Store for PostgresStore {
             )));
         }
         Ok(Lease { token: item.lease.token, expires_at: Timestamp(expires_at) })
+    }
+
+    async fn record_activity_heartbeat(&self, item: &ActivityWorkItem, details: &Payload) -> StoreResult<()> {
+        let client = self.lease_client().await?;
+        let updated = cached::execute(
+            &client,
+            "UPDATE activities SET heartbeat = $3 WHERE id = $1 AND lock_token = $2 AND locked_until >= $4",
+            &[&item.id, &(item.lease.token as i64), &details.as_str(), &now().0],
+        )
+        .await
+        .map_err(backend)?;
+        if updated == 0 {
+            return Err(StoreError::LeaseLost(format!(
+                "activity '{}' of {}",
+                item.activity.name, item.activity.instance_id
+            )));
+        }
+        Ok(())
     }
 
     async fn complete_activity(&self, item: &ActivityWorkItem, result: HistoryEvent) -> StoreResult<()> {

@@ -11,6 +11,7 @@ use kiln_store::{
     ActivityWorkItem, InboxMessage, Lease, NewInstance, OrchestrationWorkItem, StoreError, StoreResult, TurnCommit,
     UNSTORED_MESSAGE_ID,
 };
+use std::sync::LazyLock;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
@@ -228,7 +229,7 @@ pub async fn write_turn(
     let consumed: Vec<i64> = commit.consumed.iter().copied().filter(|id| *id != UNSTORED_MESSAGE_ID).collect();
     let (finished_ids, finished_tokens): (Vec<i64>, Vec<i64>) =
         commit.finished_activities.iter().map(|f| (f.id, f.lease.token as i64)).unzip();
-    let new_activities = NewActivityColumns::of(commit);
+    let new_activities = NewActivityColumns::of(commit)?;
     let at = now().0;
     let (execution, status, output) =
         (commit.execution as i64, commit.status.code() as i16, commit.output.as_ref().map(Payload::as_str));
@@ -251,13 +252,15 @@ pub async fn write_turn(
     let finished: [&(dyn ToSql + Sync); 3] = [&finished_ids, &finished_tokens, &at];
     let columns = &new_activities;
     let claim_until = claim_until.filter(|_| commit.activities.len() <= LOCAL_CLAIM_MAX);
-    let inserted: [&(dyn ToSql + Sync); 7] = [
+    let inserted: [&(dyn ToSql + Sync); 9] = [
         &columns.instance_ids,
         &columns.executions,
         &columns.steps,
         &columns.names,
         &columns.inputs,
         &columns.attempts,
+        &columns.timeouts,
+        &columns.heartbeats,
         &claim_until,
     ];
     let shared = &*tx;
@@ -294,24 +297,13 @@ pub async fn write_turn(
         async {
             match claim_until {
                 _ if columns.names.is_empty() => Ok(Vec::new()),
-                Some(_) => {
-                    cached::query(
-                        shared,
-                        "INSERT INTO activities (instance_id, execution, step, name, input, attempt, lock_token, \
-                     locked_until, dequeue_count) \
-                     SELECT a.*, nextval('lease_tokens'), $7, 1 FROM unnest($1::text[], $2::bigint[], \
-                     $3::bigint[], $4::text[], $5::text[], $6::int[]) AS a \
-                     RETURNING id, instance_id, execution, step, name, input, attempt, dequeue_count, lock_token, \
-                     locked_until",
-                        &inserted,
-                    )
-                    .await
-                }
+                Some(_) => cached::query(shared, &INSERT_CLAIMED_ACTIVITIES, &inserted).await,
                 None => cached::execute(
                     shared,
-                    "INSERT INTO activities (instance_id, execution, step, name, input, attempt) \
-                     SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::int[])",
-                    &inserted[..6],
+                    "INSERT INTO activities (instance_id, execution, step, name, input, attempt, timeouts, heartbeat) \
+                     SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::int[], \
+                     $7::text[], $8::text[])",
+                    &inserted[..8],
                 )
                 .await
                 .map(|_| Vec::new()),
@@ -400,6 +392,18 @@ async fn skip_if(
     if skip { Ok(0) } else { statement.await }
 }
 
+/// Inserts a turn's new activities claimed for this node, returning them as work items.
+static INSERT_CLAIMED_ACTIVITIES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO activities (instance_id, execution, step, name, input, attempt, timeouts, heartbeat, \
+         lock_token, locked_until, dequeue_count) \
+         SELECT a.*, nextval('lease_tokens'), $9, 1 FROM unnest($1::text[], $2::bigint[], $3::bigint[], \
+         $4::text[], $5::text[], $6::int[], $7::text[], $8::text[]) AS a \
+         RETURNING {}",
+        rows::ACTIVITY_COLUMNS
+    )
+});
+
 /// A turn's new activities as columns, for one `INSERT … unnest`.
 struct NewActivityColumns<'a> {
     instance_ids: Vec<&'a str>,
@@ -408,18 +412,22 @@ struct NewActivityColumns<'a> {
     names: Vec<&'a str>,
     inputs: Vec<&'a str>,
     attempts: Vec<i32>,
+    timeouts: Vec<String>,
+    heartbeats: Vec<Option<&'a str>>,
 }
 
 impl<'a> NewActivityColumns<'a> {
-    fn of(commit: &'a TurnCommit) -> NewActivityColumns<'a> {
+    fn of(commit: &'a TurnCommit) -> StoreResult<NewActivityColumns<'a>> {
         let activities = &commit.activities;
-        NewActivityColumns {
+        Ok(NewActivityColumns {
             instance_ids: activities.iter().map(|a| a.instance_id.as_str()).collect(),
             executions: activities.iter().map(|a| a.execution as i64).collect(),
             steps: activities.iter().map(|a| a.step as i64).collect(),
             names: activities.iter().map(|a| a.name.as_str()).collect(),
             inputs: activities.iter().map(|a| a.input.as_str()).collect(),
             attempts: activities.iter().map(|a| a.attempt as i32).collect(),
-        }
+            timeouts: activities.iter().map(|a| rows::to_json(&a.timeouts)).collect::<StoreResult<_>>()?,
+            heartbeats: activities.iter().map(|a| a.heartbeat.as_ref().map(Payload::as_str)).collect(),
+        })
     }
 }

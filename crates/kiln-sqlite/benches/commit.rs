@@ -43,6 +43,8 @@ async fn start_and_commit(store: &dyn Store) {
         name: "echo".into(),
         input: Payload::null(),
         attempt: 1,
+        timeouts: Default::default(),
+        heartbeat: None,
     };
     store
         .commit_turn(TurnCommit {

@@ -48,6 +48,15 @@ pub enum WriteOp {
         /// `TaskCompleted` or `TaskFailed`.
         event: HistoryEvent,
     },
+    /// Save a running activity's last heartbeat details.
+    RecordHeartbeat {
+        /// Activity row id.
+        id: i64,
+        /// The claim it runs under.
+        lease: Lease,
+        /// The details.
+        details: Payload,
+    },
     /// Purge one finished instance and its finished descendants.
     PurgeInstance(String),
     /// Purge up to [`PURGE_BATCH`] finished instances matching a filter.
@@ -118,6 +127,8 @@ pub enum Effect {
     },
     /// An activity row was deleted: its lease is forgotten.
     FinishActivity(i64),
+    /// A running activity's heartbeat details were saved: a later claim of it hands them over.
+    Heartbeat(i64, Payload),
     /// Instances were deleted (purged, or replaced by a new start): everything queued for them goes.
     Forget(Vec<String>),
     /// An instance was terminated: its activities' rows were deleted, queued or running.
@@ -162,6 +173,13 @@ pub fn apply(conn: &Connection, op: &WriteOp, effects: &mut Vec<Effect>) -> Stor
             if deleted == 1 && instance_exists(conn, &activity.instance_id)? {
                 insert_message(conn, &activity.instance_id, Some(activity.execution), event, None, effects)?;
             }
+            Ok(WriteOutcome::Done)
+        }
+        WriteOp::RecordHeartbeat { id, details, .. } => {
+            conn.prepare_cached("UPDATE activities SET heartbeat = ?2 WHERE id = ?1")
+                .and_then(|mut s| s.execute(params![id, details.as_str()]))
+                .map_err(backend)?;
+            effects.push(Effect::Heartbeat(*id, details.clone()));
             Ok(WriteOutcome::Done)
         }
         WriteOp::PurgeInstance(instance_id) => {
@@ -490,8 +508,10 @@ fn write_turn(conn: &Connection, turn: &TurnCommit, first_seq: u64, effects: &mu
         effects.push(Effect::FinishActivity(finished.id));
     }
     for activity in &turn.activities {
+        let timeouts = to_json(&activity.timeouts)?;
         conn.prepare_cached(
-            "INSERT INTO activities (instance_id, execution, step, name, input, attempt) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO activities (instance_id, execution, step, name, input, attempt, timeouts, heartbeat) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -500,7 +520,9 @@ fn write_turn(conn: &Connection, turn: &TurnCommit, first_seq: u64, effects: &mu
                 activity.step as i64,
                 activity.name,
                 activity.input.as_str(),
-                activity.attempt
+                activity.attempt,
+                timeouts,
+                activity.heartbeat.as_ref().map(Payload::as_str),
             ])
         })
         .map_err(backend)?;

@@ -6,7 +6,7 @@
 //! [`Queues`] is rebuilt from them at start and changed only by the writer thread after a commit
 //! is durable (and by claims and releases, which are not persisted).
 
-use kiln_core::Timestamp;
+use kiln_core::{Payload, Timestamp};
 use kiln_store::{InboxMessage, Lease, NewActivity};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -339,6 +339,13 @@ impl Queues {
         }
     }
 
+    /// Keeps a held activity's last heartbeat details with it, for its next claim.
+    pub fn set_activity_heartbeat(&mut self, id: i64, details: Payload) {
+        if let Some((_, entry)) = self.leased_activities.get_mut(&id) {
+            entry.activity.heartbeat = Some(details);
+        }
+    }
+
     /// Extends a held activity lease.
     pub fn renew_activity(&mut self, id: i64, lease: Lease, now: Timestamp, lease_ms: i64) -> Option<Lease> {
         let (held, _) = self.leased_activities.get_mut(&id)?;
@@ -560,6 +567,8 @@ mod tests {
                 name: "x".into(),
                 input: Payload::null(),
                 attempt: 1,
+                timeouts: Default::default(),
+                heartbeat: None,
             },
             dequeue_count: 0,
             recovered: false,
@@ -598,6 +607,8 @@ mod tests {
             name: "work".into(),
             input: Payload::null(),
             attempt: 1,
+            timeouts: Default::default(),
+            heartbeat: None,
         };
         q.push_activity(ActivityEntry { id: 7, activity, dequeue_count: 0, recovered: false });
         let (_, lease) = q.claim_activity(Timestamp(0), 100, &[]).unwrap();

@@ -69,6 +69,11 @@ CREATE INDEX idempotency_keys_by_expiry ON idempotency_keys (expires_at);
     // Version 3 changes no table: a history row may now hold one turn's events as a JSON array.
     // The version bump keeps older Kilns, which read one event per row, off such files.
     "",
+    // Version 4: an activity's timeouts (JSON) and last heartbeat details.
+    r#"
+ALTER TABLE activities ADD COLUMN timeouts TEXT;
+ALTER TABLE activities ADD COLUMN heartbeat TEXT;
+"#,
 ];
 
 /// The schema version this build writes.

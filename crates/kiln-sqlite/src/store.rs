@@ -1,7 +1,7 @@
 //! [`SqliteStore`]: opening the database, recovering in-memory state, and the [`Store`] methods.
 
 use crate::checkpoint;
-use crate::codec::{backend, decode_event};
+use crate::codec::{backend, decode_event, from_json};
 use crate::ops::{ClaimTarget, PURGE_BATCH, WriteOp, WriteOutcome};
 use crate::queue::{ActivityEntry, Queues};
 use crate::reads::{self, Readers};
@@ -9,7 +9,7 @@ use crate::schema::{MigrationError, migrate};
 use crate::shared::{Shared, now};
 use crate::writer::{self, WriteRequest};
 use async_trait::async_trait;
-use kiln_core::{HistoryEvent, RuntimeStatus, Timestamp};
+use kiln_core::{ActivityTimeouts, HistoryEvent, Payload, RuntimeStatus, Timestamp};
 use kiln_store::{
     ActivityWorkItem, IdempotencyKey, IdempotentStart, InboxMessage, InstancePage, InstanceQuery, InstanceRecord,
     Lease, NewActivity, NewInstance, OrchestrationWorkItem, PurgeFilter, StatusWatchers, Store, StoreError,
@@ -352,12 +352,13 @@ fn recover(conn: &Connection) -> StoreResult<Queues> {
     }
     let mut activities = conn
         .prepare(
-            "SELECT id, instance_id, execution, step, name, input, attempt, dequeue_count FROM activities ORDER BY id",
+            "SELECT id, instance_id, execution, step, name, input, attempt, dequeue_count, timeouts, heartbeat \
+             FROM activities ORDER BY id",
         )
         .map_err(backend)?;
     let rows = activities
         .query_map([], |r| {
-            Ok(ActivityEntry {
+            let entry = ActivityEntry {
                 id: r.get(0)?,
                 activity: NewActivity {
                     instance_id: r.get(1)?,
@@ -366,14 +367,21 @@ fn recover(conn: &Connection) -> StoreResult<Queues> {
                     name: r.get(4)?,
                     input: kiln_core::Payload::from_trusted(r.get(5)?),
                     attempt: r.get(6)?,
+                    timeouts: ActivityTimeouts::default(),
+                    heartbeat: r.get::<_, Option<String>>(9)?.map(kiln_core::Payload::from_trusted),
                 },
                 dequeue_count: r.get(7)?,
                 recovered: true,
-            })
+            };
+            Ok((entry, r.get::<_, Option<String>>(8)?))
         })
         .map_err(backend)?;
-    for entry in rows {
-        queues.push_activity(entry.map_err(backend)?);
+    for row in rows {
+        let (mut entry, timeouts) = row.map_err(backend)?;
+        if let Some(timeouts) = timeouts {
+            entry.activity.timeouts = from_json(&timeouts, "activity timeouts")?;
+        }
+        queues.push_activity(entry);
     }
     Ok(queues)
 }
@@ -558,6 +566,12 @@ impl Store for SqliteStore {
         })
         .await
         .map(|_| ())
+    }
+
+    async fn record_activity_heartbeat(&self, item: &ActivityWorkItem, details: &Payload) -> StoreResult<()> {
+        self.write(WriteOp::RecordHeartbeat { id: item.id, lease: item.lease, details: details.clone() })
+            .await
+            .map(|_| ())
     }
 
     async fn abandon_activity_work(&self, item: &ActivityWorkItem, retry_after: Duration) -> StoreResult<()> {

@@ -99,6 +99,7 @@ fn write_batch(conn: &mut Connection, batch: Vec<WriteRequest>, shared: &Shared)
                                 wake_instances += usize::from(queues.release_instance(&instance_id, &consumed, true));
                             }
                             Effect::FinishActivity(id) => queues.finish_activity(id),
+                            Effect::Heartbeat(id, details) => queues.set_activity_heartbeat(id, details),
                             Effect::Forget(ids) => queues.forget_instances(&ids),
                             Effect::WithdrawActivities(id) => queues.withdraw_activities(&id),
                             Effect::Changed(change) => changes.push(change),
@@ -236,6 +237,9 @@ fn pin_lease(op: &WriteOp, shared: &Shared) -> StoreResult<()> {
         }
         WriteOp::CompleteActivity { id, lease, activity, .. } if !queues.pin_activity(*id, *lease) => {
             Err(StoreError::LeaseLost(format!("activity '{}' of {}", activity.name, activity.instance_id)))
+        }
+        WriteOp::RecordHeartbeat { id, lease, .. } if !queues.holds_activity(*id, *lease) => {
+            Err(StoreError::LeaseLost(format!("activity {id}")))
         }
         _ => Ok(()),
     }

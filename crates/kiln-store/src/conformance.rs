@@ -19,7 +19,9 @@ use crate::{
     FinishedActivity, HistoryUpdate, IdempotencyKey, IdempotentStart, InstanceQuery, NewActivity, NewInstance,
     NewSubOrchestration, OrchestrationWorkItem, OutgoingMessage, PurgeFilter, Store, StoreError, TurnCommit,
 };
-use kiln_core::{EventKind, FailureDetails, HistoryEvent, ParentInstance, Payload, RuntimeStatus, Timestamp};
+use kiln_core::{
+    ActivityTimeouts, EventKind, FailureDetails, HistoryEvent, ParentInstance, Payload, RuntimeStatus, Timestamp,
+};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -58,6 +60,7 @@ macro_rules! conformance_tests {
             message_to_self_in_a_consuming_commit_is_delivered,
             idempotency_keys_start_once_and_refuse_other_requests,
             instances_are_counted_by_status,
+            heartbeat_details_survive_a_lost_worker,
         );
     };
     (@each $factory:expr; $($name:ident),* $(,)?) => {
@@ -115,7 +118,16 @@ fn running_commit(item: &OrchestrationWorkItem) -> TurnCommit {
 
 /// Activity `work` of instance `a` at `step`.
 fn activity(step: u64) -> NewActivity {
-    NewActivity { instance_id: "a".into(), execution: 0, step, name: "work".into(), input: Payload::null(), attempt: 1 }
+    NewActivity {
+        instance_id: "a".into(),
+        execution: 0,
+        step,
+        name: "work".into(),
+        input: Payload::null(),
+        attempt: 1,
+        timeouts: ActivityTimeouts::default(),
+        heartbeat: None,
+    }
 }
 
 fn completed(mut commit: TurnCommit) -> TurnCommit {
@@ -582,6 +594,36 @@ pub async fn abandoned_work_comes_back(store: &dyn Store) {
     store.abandon_activity_work(&activity, Duration::ZERO).await.unwrap();
     let again = store.fetch_activity_work(LEASE, WAIT, 1, &[]).await.unwrap().pop().unwrap();
     assert_eq!((again.id, again.dequeue_count), (activity.id, activity.dequeue_count), "given back, not failed");
+}
+
+/// An activity keeps its timeouts, and its last heartbeat details reach its next delivery after
+/// its lease lapsed; a worker that lost the lease can no longer record any.
+pub async fn heartbeat_details_survive_a_lost_worker(store: &dyn Store) {
+    start(store, "a").await;
+    let item = fetch(store).await;
+    let mut commit = running_commit(&item);
+    let timeouts = ActivityTimeouts {
+        start_to_close_ms: Some(5_000),
+        schedule_to_close_ms: Some(60_000),
+        heartbeat_ms: Some(1_000),
+        first_scheduled_at: Some(Timestamp(1_234)),
+    };
+    let details = |n: u32| Payload::encode(&serde_json::json!({ "done": n })).unwrap();
+    commit.activities.push(NewActivity { timeouts, heartbeat: Some(details(1)), ..activity(0) });
+    store.commit_turn(commit).await.unwrap();
+    let first = store.fetch_activity_work(LEASE, WAIT, 1, &[]).await.unwrap().pop().unwrap();
+    assert_eq!(first.activity.timeouts, timeouts);
+    assert_eq!(first.activity.heartbeat, Some(details(1)), "the previous attempt's details");
+    store.record_activity_heartbeat(&first, &details(7)).await.unwrap();
+    // The worker is lost: its lease, renewed a last time, lapses.
+    let short = Duration::from_millis(200);
+    store.renew_activity_lease(&first, short).await.unwrap();
+    tokio::time::sleep(short * 2).await;
+    let second = store.fetch_activity_work(LEASE, WAIT, 1, &[]).await.unwrap().pop().unwrap();
+    assert_eq!((second.id, second.dequeue_count), (first.id, 2));
+    assert_eq!(second.activity.heartbeat, Some(details(7)), "the lost delivery's last details");
+    let stale = store.record_activity_heartbeat(&first, &details(3)).await;
+    assert!(matches!(stale, Err(StoreError::LeaseLost(_))), "the lost worker records nothing: {stale:?}");
 }
 
 /// A turn that consumes the newest message and sends itself one in the same commit (as

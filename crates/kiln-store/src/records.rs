@@ -1,7 +1,8 @@
 //! The records a store keeps and hands out: instances, work items, messages and turn commits.
 
 use kiln_core::{
-    EventKind, FailureDetails, HistoryEvent, ParentInstance, Payload, RuntimeStatus, Timestamp, WaitingOn,
+    ActivityTimeouts, EventKind, FailureDetails, HistoryEvent, ParentInstance, Payload, RuntimeStatus, Timestamp,
+    WaitingOn,
 };
 
 /// A request to create (start) an instance.
@@ -169,6 +170,12 @@ pub struct NewActivity {
     pub input: Payload,
     /// Attempt number under the retry policy.
     pub attempt: u32,
+    /// The call's timeouts, with the time its first attempt was scheduled.
+    pub timeouts: ActivityTimeouts,
+    /// The last heartbeat details: the previous attempt's when scheduled, then this attempt's
+    /// own once it records some ([`Store::record_activity_heartbeat`](crate::Store::record_activity_heartbeat)),
+    /// so that a delivery after a lost worker resumes from them.
+    pub heartbeat: Option<Payload>,
 }
 
 /// A claimed activity.

@@ -5,7 +5,7 @@ use crate::{
     OrchestrationWorkItem, PurgeFilter, StatusWatchers, StoreError, TurnCommit, Unrunnable,
 };
 use async_trait::async_trait;
-use kiln_core::HistoryEvent;
+use kiln_core::{HistoryEvent, Payload};
 use std::time::Duration;
 
 /// Result of a store call.
@@ -118,6 +118,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Extends an activity's lease; `LeaseLost` if it already lapsed and was handed out again.
     async fn renew_activity_lease(&self, item: &ActivityWorkItem, lease_for: Duration) -> StoreResult<Lease>;
+
+    /// Saves a running activity's last heartbeat details with its claim, so that the next
+    /// delivery of the same attempt (after its worker was lost) starts from them. `LeaseLost` if
+    /// the lease lapsed.
+    async fn record_activity_heartbeat(&self, item: &ActivityWorkItem, details: &Payload) -> StoreResult<()>;
 
     /// Removes a finished activity and delivers its `TaskCompleted`/`TaskFailed` to the instance,
     /// atomically. `LeaseLost` if the lease lapsed (the activity will run again).

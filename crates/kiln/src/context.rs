@@ -4,9 +4,12 @@
 //! the order of calls — not the order of awaits — defines the history. The futures it returns
 //! ([`DurableFuture`]) resolve from results that replay delivers in history order.
 
+use crate::activity::ActivityOptions;
 use crate::failure::Failure;
 use crate::retry::{RetryCall, RetryPolicy};
-use kiln_core::{FailureDetails, Outcome, Payload, PayloadLimits, ReplayState, Slot, Timestamp, error_types};
+use kiln_core::{
+    ActivityTimeouts, FailureDetails, Outcome, Payload, PayloadLimits, ReplayState, Slot, Timestamp, error_types,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::future::Future;
@@ -92,7 +95,10 @@ impl OrchestrationContext {
 
     /// Calls an activity once and waits for its output.
     pub fn call_activity<I: Serialize + ?Sized, O: DeserializeOwned>(&self, name: &str, input: &I) -> DurableFuture<O> {
-        self.schedule_activity(name, input, 1)
+        match self.encode_payload("activity input", input) {
+            Ok(payload) => self.schedule_payload(name, payload, 1, ActivityTimeouts::default(), None),
+            Err(failure) => DurableFuture::failed(self, failure),
+        }
     }
 
     /// Calls an activity under a retry policy; waits between attempts are durable timers.
@@ -106,31 +112,40 @@ impl OrchestrationContext {
         input: &I,
         policy: RetryPolicy,
     ) -> RetryCall<O> {
+        self.call_activity_with_options(name, input, ActivityOptions::new().retry(policy))
+    }
+
+    /// Calls an activity under [`ActivityOptions`]: its timeouts (see
+    /// [`Timeouts`](crate::Timeouts)) and retry policy. A timeout out of bounds fails the call
+    /// at once with an `InvalidActivityOptions` failure. Like every step, the first attempt is
+    /// scheduled now.
+    pub fn call_activity_with_options<I: Serialize + ?Sized, O: DeserializeOwned>(
+        &self,
+        name: &str,
+        input: &I,
+        options: ActivityOptions,
+    ) -> RetryCall<O> {
+        let timeouts = match options.timeouts.record() {
+            Ok(timeouts) => timeouts,
+            Err(err) => return RetryCall::failed(self, Failure::typed("InvalidActivityOptions", err.to_string())),
+        };
+        let policy = options.retry.unwrap_or_else(|| RetryPolicy::new(1, Duration::ZERO));
         match self.encode_payload("activity input", input) {
-            Ok(payload) => RetryCall::start(self, name, payload, policy),
+            Ok(payload) => RetryCall::start(self, name, payload, policy, timeouts),
             Err(failure) => RetryCall::failed(self, failure),
         }
     }
 
-    fn schedule_activity<I: Serialize + ?Sized, O: DeserializeOwned>(
-        &self,
-        name: &str,
-        input: &I,
-        attempt: u32,
-    ) -> DurableFuture<O> {
-        match self.encode_payload("activity input", input) {
-            Ok(payload) => self.schedule_payload(name, payload, attempt),
-            Err(failure) => DurableFuture::failed(self, failure),
-        }
-    }
-
+    /// Schedules one attempt of an activity call.
     pub(crate) fn schedule_payload<O: DeserializeOwned>(
         &self,
         name: &str,
         input: Payload,
         attempt: u32,
+        timeouts: ActivityTimeouts,
+        heartbeat: Option<Payload>,
     ) -> DurableFuture<O> {
-        let step = self.inner.lock().schedule_activity(name, input, attempt);
+        let step = self.inner.lock().schedule_activity(name, input, attempt, timeouts, heartbeat);
         DurableFuture::new(self, Slot::Step(step), format!("activity '{name}'"))
     }
 

@@ -50,7 +50,16 @@ fn started(input: &str) -> Vec<HistoryEvent> {
 }
 
 fn scheduled(step: i64, name: &str) -> HistoryEvent {
-    ev(step, EventKind::TaskScheduled { name: name.into(), input: json("null"), attempt: 1 })
+    ev(
+        step,
+        EventKind::TaskScheduled {
+            name: name.into(),
+            input: json("null"),
+            attempt: 1,
+            timeouts: Default::default(),
+            heartbeat: None,
+        },
+    )
 }
 
 fn completed(step: u64, result: &str) -> HistoryEvent {

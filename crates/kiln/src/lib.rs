@@ -53,7 +53,7 @@ mod runtime;
 mod turn;
 mod worker;
 
-pub use activity::ActivityContext;
+pub use activity::{ActivityContext, ActivityOptions, Timeouts};
 pub use client::{ClientError, KilnClient, StartOptions, Started};
 pub use combinators::{DurableStep, Either, join_all, join2, select_all, select2};
 pub use config::RuntimeConfig;
@@ -91,6 +91,14 @@ pub enum StartError {
     /// An orchestration was registered under the version reserved for children not pinned yet.
     #[error("orchestration '{0}' is registered under version '*', which is reserved")]
     ReservedVersion(String),
+    /// An activity was registered with a timeout out of bounds.
+    #[error("activity '{activity}': {source}")]
+    InvalidTimeout {
+        /// The activity.
+        activity: String,
+        /// What is wrong.
+        source: kiln_core::InvalidTimeout,
+    },
 }
 
 /// Configures and starts a [`Kiln`] runtime.
@@ -151,14 +159,27 @@ impl KilnBuilder {
     }
 
     /// Registers an activity.
-    pub fn activity<I, O, F, Fut>(mut self, name: &str, f: F) -> Self
+    pub fn activity<I, O, F, Fut>(self, name: &str, f: F) -> Self
     where
         I: DeserializeOwned + Send + 'static,
         O: Serialize + 'static,
         F: Fn(ActivityContext, I) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<O, Failure>> + Send + 'static,
     {
-        self.registry.add_activity(name, f);
+        self.activity_with_timeouts(name, Timeouts::new(), f)
+    }
+
+    /// Registers an activity with the [`Timeouts`] its calls get when they set none of their
+    /// own (per limit: a call's start-to-close replaces this one's, and so on). Timeouts out of
+    /// bounds make [`KilnBuilder::start`] fail.
+    pub fn activity_with_timeouts<I, O, F, Fut>(mut self, name: &str, timeouts: Timeouts, f: F) -> Self
+    where
+        I: DeserializeOwned + Send + 'static,
+        O: Serialize + 'static,
+        F: Fn(ActivityContext, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, Failure>> + Send + 'static,
+    {
+        self.registry.add_activity(name, timeouts, f);
         self
     }
 
@@ -166,6 +187,9 @@ impl KilnBuilder {
     pub async fn start(self) -> Result<Kiln, StartError> {
         if let Some(name) = self.registry.name_with_version(kiln_store::UNPINNED_VERSION) {
             return Err(StartError::ReservedVersion(name.to_owned()));
+        }
+        if let Some((activity, source)) = self.registry.invalid_timeouts() {
+            return Err(StartError::InvalidTimeout { activity, source });
         }
         let store: Arc<dyn Store> = match (self.store, self.sqlite) {
             (Some(store), _) => store,

@@ -1,10 +1,10 @@
 //! The registry of orchestrations and activities, by name (and, for orchestrations, version).
 //! Typed user functions are wrapped into type-erased ones that speak [`Payload`]s.
 
-use crate::activity::ActivityContext;
+use crate::activity::{ActivityContext, Timeouts};
 use crate::context::OrchestrationContext;
 use crate::failure::Failure;
-use kiln_core::{FailureDetails, Payload};
+use kiln_core::{ActivityTimeouts, FailureDetails, InvalidTimeout, Payload};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
@@ -26,7 +26,15 @@ pub(crate) type ActivityFn = ErasedFn<ActivityContext>;
 #[derive(Default, Clone)]
 pub(crate) struct Registry {
     orchestrations: HashMap<String, Vec<(String, OrchestrationFn)>>,
-    activities: HashMap<String, ActivityFn>,
+    activities: HashMap<String, RegisteredActivity>,
+}
+
+/// An activity function and the timeouts its calls get unless they set their own (checked
+/// when the runtime starts: [`Registry::invalid_timeouts`]).
+#[derive(Clone)]
+pub(crate) struct RegisteredActivity {
+    pub(crate) function: ActivityFn,
+    pub(crate) timeouts: Result<ActivityTimeouts, InvalidTimeout>,
 }
 
 /// Wraps a typed user function into one that decodes its input and encodes its output.
@@ -63,14 +71,15 @@ impl Registry {
         versions.push((version.to_owned(), erased));
     }
 
-    pub(crate) fn add_activity<I, O, F, Fut>(&mut self, name: &str, f: F)
+    pub(crate) fn add_activity<I, O, F, Fut>(&mut self, name: &str, timeouts: Timeouts, f: F)
     where
         I: DeserializeOwned + Send + 'static,
         O: Serialize + 'static,
         F: Fn(ActivityContext, I) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<O, Failure>> + Send + 'static,
     {
-        self.activities.insert(name.to_owned(), erase(f, "activity input", "activity output"));
+        let function = erase(f, "activity input", "activity output");
+        self.activities.insert(name.to_owned(), RegisteredActivity { function, timeouts: timeouts.record() });
     }
 
     /// The orchestration registered under `name` and `version`.
@@ -88,11 +97,18 @@ impl Registry {
         self.orchestration(name, version).is_some()
     }
 
-    pub(crate) fn activity(&self, name: &str) -> Option<ActivityFn> {
+    pub(crate) fn activity(&self, name: &str) -> Option<RegisteredActivity> {
         self.activities.get(name).cloned()
     }
 
-    /// Names of the registered orchestrations, sorted.
+    /// The first activity (by name) registered with timeouts out of bounds, and why.
+    pub(crate) fn invalid_timeouts(&self) -> Option<(String, InvalidTimeout)> {
+        let mut invalid: Vec<(&String, &InvalidTimeout)> =
+            self.activities.iter().filter_map(|(name, a)| a.timeouts.as_ref().err().map(|e| (name, e))).collect();
+        invalid.sort_by_key(|(name, _)| *name);
+        invalid.first().map(|(name, err)| ((*name).clone(), (*err).clone()))
+    }
+
     /// An orchestration registered under `version`, if any.
     pub(crate) fn name_with_version(&self, version: &str) -> Option<&str> {
         self.orchestrations
@@ -101,6 +117,7 @@ impl Registry {
             .map(|(n, _)| n.as_str())
     }
 
+    /// Names of the registered orchestrations, sorted.
     pub(crate) fn orchestration_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.orchestrations.keys().cloned().collect();
         names.sort();

@@ -4,7 +4,7 @@
 use crate::Failure;
 use crate::combinators::DurableStep;
 use crate::context::{DurableFuture, OrchestrationContext, millis};
-use kiln_core::{Payload, Timestamp, error_types, features};
+use kiln_core::{ActivityTimeouts, Payload, Timestamp, error_types, features};
 use serde::de::DeserializeOwned;
 use std::future::Future;
 use std::pin::Pin;
@@ -96,18 +96,23 @@ impl RetryPolicy {
     }
 }
 
-/// An activity call under a [`RetryPolicy`] (from
-/// [`OrchestrationContext::call_activity_with_retry`]). Its first attempt is scheduled when it is
-/// created (in executions started before [`features::EAGER_RETRY`], at its first poll, as they
-/// were recorded); it resolves with the first success or the failure that ends the retries, and
-/// races in [`select2`](crate::select2) by the history position of that result.
+/// An activity call under a [`RetryPolicy`] and timeouts (from
+/// [`OrchestrationContext::call_activity_with_retry`] or
+/// [`OrchestrationContext::call_activity_with_options`]). Its first attempt is scheduled when it
+/// is created (in executions started before [`features::EAGER_RETRY`], at its first poll, as
+/// they were recorded); it resolves with the first success or the failure that ends the retries,
+/// and races in [`select2`](crate::select2) by the history position of that result. Each retry
+/// starts from the last heartbeat details of the attempt before it.
 pub struct RetryCall<O> {
     ctx: OrchestrationContext,
     name: String,
     input: Payload,
     policy: RetryPolicy,
+    timeouts: ActivityTimeouts,
     first_attempt_at: Timestamp,
     attempt: u32,
+    /// The last heartbeat details of the attempt before, for the next one.
+    heartbeat: Option<Payload>,
     /// The execution runs under [`features::EAGER_RETRY`].
     eager: bool,
     state: RetryState<O>,
@@ -125,15 +130,23 @@ enum RetryState<O> {
 }
 
 impl<O: DeserializeOwned> RetryCall<O> {
-    pub(crate) fn start(ctx: &OrchestrationContext, name: &str, input: Payload, policy: RetryPolicy) -> RetryCall<O> {
+    pub(crate) fn start(
+        ctx: &OrchestrationContext,
+        name: &str,
+        input: Payload,
+        policy: RetryPolicy,
+        timeouts: ActivityTimeouts,
+    ) -> RetryCall<O> {
         let eager = ctx.inner.lock().has_feature(features::EAGER_RETRY);
         let mut call = RetryCall {
             ctx: ctx.clone(),
             name: name.to_owned(),
             input,
             policy,
+            timeouts,
             first_attempt_at: ctx.current_time(),
             attempt: 1,
+            heartbeat: None,
             eager,
             state: RetryState::NotStarted,
         };
@@ -144,11 +157,16 @@ impl<O: DeserializeOwned> RetryCall<O> {
     }
 
     fn schedule_attempt(&mut self) {
+        let mut timeouts = self.timeouts;
         if self.attempt == 1 {
-            // The total timeout runs from the first attempt.
+            // The total timeout and the schedule-to-close limit run from the first attempt.
             self.first_attempt_at = self.ctx.current_time();
+        } else {
+            timeouts.first_scheduled_at = Some(self.first_attempt_at);
         }
-        self.state = RetryState::Running(self.ctx.schedule_payload(&self.name, self.input.clone(), self.attempt));
+        let attempt =
+            self.ctx.schedule_payload(&self.name, self.input.clone(), self.attempt, timeouts, self.heartbeat.take());
+        self.state = RetryState::Running(attempt);
     }
 
     pub(crate) fn failed(ctx: &OrchestrationContext, failure: Failure) -> RetryCall<O> {
@@ -157,27 +175,44 @@ impl<O: DeserializeOwned> RetryCall<O> {
             name: String::new(),
             input: Payload::null(),
             policy: RetryPolicy::new(1, Duration::ZERO),
+            timeouts: ActivityTimeouts::default(),
             first_attempt_at: ctx.current_time(),
             attempt: 1,
+            heartbeat: None,
             eager: true,
             state: RetryState::Done(Some(failure)),
         }
     }
 
-    /// When the next attempt starts after a failure of `error_type`, or why the call ends there:
-    /// `None` if the type is not retried or no attempt is left, `Some(Err)` if the total timeout
-    /// would be exceeded.
-    fn next_attempt_at(&self, error_type: &str) -> Option<Result<Timestamp, ()>> {
-        if self.attempt >= self.policy.max_attempts || !self.policy.retries_type(error_type) {
-            return None;
+    /// What follows a failed attempt of `error_type`.
+    fn next_attempt(&self, error_type: &str) -> Next {
+        if self.attempt >= self.policy.max_attempts
+            || !self.policy.retries_type(error_type)
+            || error_type == error_types::SCHEDULE_TO_CLOSE_TIMEOUT
+        {
+            return Next::GiveUp;
         }
         let delay = self.policy.delay(self.attempt - 1);
         let retry_at = self.ctx.current_time().plus_millis(millis(delay));
+        let deadline = ActivityTimeouts { first_scheduled_at: Some(self.first_attempt_at), ..self.timeouts }.deadline();
         match self.policy.total_timeout {
-            Some(timeout) if retry_at > self.first_attempt_at.plus_millis(millis(timeout)) => Some(Err(())),
-            _ => Some(Ok(retry_at)),
+            _ if deadline.is_some_and(|deadline| retry_at >= deadline) => Next::ScheduleToCloseTimeout,
+            Some(timeout) if retry_at > self.first_attempt_at.plus_millis(millis(timeout)) => Next::TotalTimeout,
+            _ => Next::RetryAt(retry_at),
         }
     }
+}
+
+/// What follows a failed attempt (see [`RetryCall::next_attempt`]).
+enum Next {
+    /// Another attempt, after a timer that fires then.
+    RetryAt(Timestamp),
+    /// None: the failure ends the call (not retried, or no attempt left).
+    GiveUp,
+    /// None: the retry policy's total timeout would be exceeded.
+    TotalTimeout,
+    /// None: the call's schedule-to-close limit would be exceeded.
+    ScheduleToCloseTimeout,
 }
 
 impl<O> crate::combinators::sealed::Sealed for RetryCall<O> {}
@@ -192,7 +227,7 @@ impl<O: DeserializeOwned> DurableStep for RetryCall<O> {
                 // A success ends it (and, under EAGER_RETRY, so does an output that does not decode).
                 (position, None) => Some(position),
                 (position, Some(error_type)) => {
-                    matches!(self.next_attempt_at(&error_type), None | Some(Err(()))).then_some(position)
+                    (!matches!(self.next_attempt(&error_type), Next::RetryAt(_))).then_some(position)
                 }
             },
             RetryState::Done(failure) => failure.as_ref().map(|_| 0),
@@ -223,20 +258,27 @@ impl<O: DeserializeOwned> Future for RetryCall<O> {
                         }
                         Poll::Ready(Err(failure)) => failure,
                     };
-                    let retry_at = match this.next_attempt_at(failure.error_type()) {
-                        Some(Ok(retry_at)) => retry_at,
-                        Some(Err(())) => {
-                            this.state = RetryState::Done(None);
-                            return Poll::Ready(Err(Failure::typed(
-                                error_types::RETRY_TIMEOUT,
-                                format!("retry timeout elapsed after attempt {}: {failure}", this.attempt),
-                            )));
-                        }
-                        None => {
+                    let ended = |error_type, what| {
+                        Failure::typed(error_type, format!("{what} elapsed after attempt {}: {failure}", this.attempt))
+                    };
+                    let retry_at = match this.next_attempt(failure.error_type()) {
+                        Next::RetryAt(retry_at) => retry_at,
+                        Next::GiveUp => {
                             this.state = RetryState::Done(None);
                             return Poll::Ready(Err(failure));
                         }
+                        Next::TotalTimeout => {
+                            let ended = ended(error_types::RETRY_TIMEOUT, "retry timeout");
+                            this.state = RetryState::Done(None);
+                            return Poll::Ready(Err(ended));
+                        }
+                        Next::ScheduleToCloseTimeout => {
+                            let ended = ended(error_types::SCHEDULE_TO_CLOSE_TIMEOUT, "schedule-to-close timeout");
+                            this.state = RetryState::Done(None);
+                            return Poll::Ready(Err(ended));
+                        }
                     };
+                    this.heartbeat = failure.details().last_heartbeat_details.clone();
                     this.state = RetryState::Backoff(this.ctx.create_timer(retry_at));
                 }
                 RetryState::Backoff(timer) => match Pin::new(timer).poll(cx) {

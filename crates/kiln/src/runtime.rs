@@ -30,6 +30,7 @@ pub struct Metrics {
     pub(crate) activity_millis: AtomicU64,
     pub(crate) unregistered: AtomicU64,
     pub(crate) canceled: AtomicU64,
+    pub(crate) timed_out: AtomicU64,
     /// Moving average of instance durations (created → finished) per orchestration, in ms.
     durations: Mutex<HashMap<String, f64>>,
 }
@@ -54,6 +55,9 @@ pub struct MetricsSnapshot {
     /// Running activities canceled because their instance was terminated or their lease was
     /// lost (another worker runs them).
     pub canceled: u64,
+    /// Activity attempts that ran past a timeout (start-to-close, schedule-to-close or
+    /// heartbeat) and were failed with a timeout failure.
+    pub timed_out: u64,
 }
 
 impl Metrics {
@@ -79,6 +83,7 @@ impl Metrics {
             activity_millis: self.activity_millis.load(Ordering::Relaxed),
             unregistered: self.unregistered.load(Ordering::Relaxed),
             canceled: self.canceled.load(Ordering::Relaxed),
+            timed_out: self.timed_out.load(Ordering::Relaxed),
         }
     }
 }

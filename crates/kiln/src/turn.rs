@@ -690,14 +690,20 @@ fn carry_out(rt: &Runtime, instance: &InstanceRecord, commit: &mut TurnCommit, a
                 visible_at: None,
             }),
             _ if !running => {}
-            Action::ScheduleTask { id, name, input, attempt } => commit.activities.push(NewActivity {
-                instance_id: instance.instance_id.clone(),
-                execution,
-                step: id,
-                name,
-                input,
-                attempt,
-            }),
+            Action::ScheduleTask { id, name, input, attempt, mut timeouts, heartbeat } => {
+                // A first attempt's limits run from this turn's time, the one its event records.
+                timeouts.first_scheduled_at.get_or_insert(commit.now);
+                commit.activities.push(NewActivity {
+                    instance_id: instance.instance_id.clone(),
+                    execution,
+                    step: id,
+                    name,
+                    input,
+                    attempt,
+                    timeouts,
+                    heartbeat,
+                });
+            }
             Action::CreateTimer { id, fire_at } => {
                 let fired = HistoryEvent::new(fire_at, EventKind::TimerFired { timer_id: id, fire_at });
                 commit.messages.push(to_self(instance, Some(execution), fired, Some(fire_at)));

@@ -3,12 +3,12 @@
 //! Both wait on the store for work (no fixed-interval polling) and stop on the shutdown signal.
 
 use crate::RuntimeConfig;
-use crate::activity::ActivityContext;
+use crate::activity::{ActivityContext, Heartbeats};
 use crate::panic::CatchPanic;
 use crate::runtime::Runtime;
 use crate::turn::run_turn;
-use kiln_core::{EventKind, FailureDetails, HistoryEvent, Payload, error_types};
-use kiln_store::{ActivityWorkItem, FinishedActivity, StoreError, Unrunnable};
+use kiln_core::{ActivityTimeouts, EventKind, FailureDetails, HistoryEvent, Payload, error_types};
+use kiln_store::{ActivityWorkItem, FinishedActivity, Lease, NewActivity, StoreError, Unrunnable};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -116,12 +116,13 @@ pub(crate) async fn activity_dispatcher(rt: Arc<Runtime>, mut shutdown: watch::R
                         continue;
                     };
                     // Registered until it ends; an activity aborted at shutdown stays registered,
-                    // to be handed back.
-                    let cancel = rt.running.start(&item);
+                    // to be handed back with its last heartbeat details.
+                    let heartbeats = Arc::new(Heartbeats::new(rt.config.limits, item.activity.heartbeat.clone()));
+                    let cancel = rt.running.start(&item, &heartbeats);
                     let rt = Arc::clone(&rt);
                     tasks.spawn(async move {
                         let (instance_id, id) = (item.activity.instance_id.clone(), item.id);
-                        run_activity(&rt, item, &cancel).await;
+                        run_activity(&rt, item, &cancel, heartbeats).await;
                         rt.running.finish(&instance_id, id, &cancel);
                         drop((slot, permit));
                     });
@@ -134,7 +135,10 @@ pub(crate) async fn activity_dispatcher(rt: Arc<Runtime>, mut shutdown: watch::R
         tokio::time::timeout(rt.config.shutdown_grace, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tasks.abort_all();
-        for item in rt.running.drain() {
+        for (item, heartbeats) in rt.running.drain() {
+            if let Some(details) = heartbeats.take_unsaved() {
+                let _ = rt.store.record_activity_heartbeat(&item, &details).await;
+            }
             let _ = rt.store.abandon_activity_work(&item, Duration::ZERO).await;
         }
     }
@@ -215,18 +219,20 @@ pub(crate) struct RunningActivities {
 /// An instance's running activities, by work item id.
 type RunningOfInstance = HashMap<i64, RunningActivity>;
 
-/// One running activity: its claim and its cancellation signal.
+/// One running activity: its claim, its heartbeats and its cancellation signal.
 struct RunningActivity {
     item: ActivityWorkItem,
+    heartbeats: Arc<Heartbeats>,
     canceled: Arc<Notify>,
 }
 
 impl RunningActivities {
     /// Registers a running activity until [`RunningActivities::finish`]; its cancellation is
     /// signalled on the returned `Notify`.
-    fn start(&self, item: &ActivityWorkItem) -> Arc<Notify> {
+    fn start(&self, item: &ActivityWorkItem, heartbeats: &Arc<Heartbeats>) -> Arc<Notify> {
         let canceled = Arc::new(Notify::new());
-        let entry = RunningActivity { item: item.clone(), canceled: Arc::clone(&canceled) };
+        let entry =
+            RunningActivity { item: item.clone(), heartbeats: Arc::clone(heartbeats), canceled: Arc::clone(&canceled) };
         lock(&self.by_instance).entry(item.activity.instance_id.clone()).or_default().insert(item.id, entry);
         canceled
     }
@@ -257,8 +263,11 @@ impl RunningActivities {
     }
 
     /// Unregisters every activity still registered (at shutdown, after aborting them).
-    fn drain(&self) -> Vec<ActivityWorkItem> {
-        lock(&self.by_instance).drain().flat_map(|(_, running)| running.into_values().map(|entry| entry.item)).collect()
+    fn drain(&self) -> Vec<(ActivityWorkItem, Arc<Heartbeats>)> {
+        lock(&self.by_instance)
+            .drain()
+            .flat_map(|(_, running)| running.into_values().map(|entry| (entry.item, entry.heartbeats)))
+            .collect()
     }
 }
 
@@ -299,7 +308,7 @@ fn canceled(rt: &Runtime, item: &ActivityWorkItem, why: Cancellation) {
 
 /// Runs one activity, renewing its lease meanwhile, and reports the result. An activity that is
 /// not registered here is given back, uncounted, for a worker that has it (a rolling deploy).
-async fn run_activity(rt: &Runtime, mut item: ActivityWorkItem, cancel: &Notify) {
+async fn run_activity(rt: &Runtime, mut item: ActivityWorkItem, cancel: &Notify, heartbeats: Arc<Heartbeats>) {
     let activity = &item.activity;
     let started = Instant::now();
     let outcome = match rt.registry.activity(&activity.name) {
@@ -331,7 +340,7 @@ async fn run_activity(rt: &Runtime, mut item: ActivityWorkItem, cancel: &Notify)
             let _ = rt.store.abandon_activity_work(&item, retry).await;
             return;
         }
-        Some(function) => {
+        Some(registered) => {
             tracing::debug!(
                 instance_id = activity.instance_id,
                 activity = activity.name,
@@ -339,6 +348,8 @@ async fn run_activity(rt: &Runtime, mut item: ActivityWorkItem, cancel: &Notify)
                 delivery = item.dequeue_count,
                 "activity started"
             );
+            let defaults = registered.timeouts.unwrap_or_default();
+            let limits = AttemptLimits::new(&activity.timeouts.or(&defaults), started);
             let ctx = ActivityContext {
                 instance_id: activity.instance_id.clone(),
                 execution: activity.execution,
@@ -346,17 +357,37 @@ async fn run_activity(rt: &Runtime, mut item: ActivityWorkItem, cancel: &Notify)
                 name: activity.name.clone(),
                 attempt: activity.attempt,
                 delivery: item.dequeue_count,
+                heartbeat_details: activity.heartbeat.clone(),
+                heartbeats: Arc::clone(&heartbeats),
             };
-            let run = CatchPanic::new(function(ctx, activity.input.clone()));
+            let run = CatchPanic::new((registered.function)(ctx, activity.input.clone()));
             let renew_every = rt.config.lease_duration / 3;
+            let mut renew_at = started + renew_every;
             tokio::pin!(run);
-            // Returning drops the activity's future: it stops at its next await.
-            loop {
+            // Returning (or breaking out) drops the activity's future: it stops at its next await.
+            let result = loop {
+                if let Some(timeout) = limits.expired(Instant::now(), heartbeats.last_beat()) {
+                    rt.metrics.timed_out.fetch_add(1, Ordering::Relaxed);
+                    let activity = &item.activity;
+                    tracing::warn!(
+                        instance_id = activity.instance_id,
+                        activity = activity.name,
+                        attempt = activity.attempt,
+                        timeout = timeout.kind(),
+                        "activity timed out"
+                    );
+                    break Err(timeout.failure(&item.activity));
+                }
+                let wake = limits.next_check(renew_at, heartbeats.last_beat());
                 tokio::select! {
                     result = &mut run => break result.and_then(|r| r),
                     () = cancel.notified() => return canceled(rt, &item, Cancellation::Terminated),
-                    _ = tokio::time::sleep(renew_every) => {
-                        match rt.store.renew_activity_lease(&item, rt.config.lease_duration).await {
+                    () = tokio::time::sleep_until(wake.into()) => {
+                        if Instant::now() < renew_at {
+                            continue;
+                        }
+                        renew_at = Instant::now() + renew_every;
+                        match renew_lease(rt, &item, &heartbeats).await {
                             Ok(lease) => item.lease = lease,
                             // Withdrawn (its instance was terminated) or taken over after a
                             // lapse: its result could not be stored.
@@ -367,7 +398,12 @@ async fn run_activity(rt: &Runtime, mut item: ActivityWorkItem, cancel: &Notify)
                         }
                     }
                 }
-            }
+            };
+            // A failed attempt hands its last heartbeat details to the next one.
+            result.map_err(|mut failure| {
+                failure.last_heartbeat_details = heartbeats.details();
+                failure
+            })
         }
     };
     let outcome = outcome.and_then(|output: Payload| match rt.config.limits.check("activity output", &output) {
@@ -391,6 +427,124 @@ async fn run_activity(rt: &Runtime, mut item: ActivityWorkItem, cancel: &Notify)
         }
     }
     report_result(rt, item, event).await;
+}
+
+/// Saves a running activity's unsaved heartbeat details, then extends its lease.
+async fn renew_lease(rt: &Runtime, item: &ActivityWorkItem, heartbeats: &Heartbeats) -> Result<Lease, StoreError> {
+    if let Some(details) = heartbeats.take_unsaved() {
+        match rt.store.record_activity_heartbeat(item, &details).await {
+            Err(err @ StoreError::LeaseLost(_)) => return Err(err),
+            // The details are kept in hand: a retry still gets them, only a lost worker's next
+            // delivery would not.
+            Err(err) => {
+                tracing::warn!(instance_id = item.activity.instance_id, error = %err, "saving heartbeat details failed")
+            }
+            Ok(()) => {}
+        }
+    }
+    rt.store.renew_activity_lease(item, rt.config.lease_duration).await
+}
+
+/// The limits one delivery of an attempt runs under: the call's timeouts, completed by the
+/// registration's, as instants on this worker's clock.
+struct AttemptLimits {
+    /// When the attempt must end, and by which limit.
+    end: Option<(Instant, Timeout)>,
+    /// How long it may go without a heartbeat.
+    heartbeat: Option<Duration>,
+}
+
+/// Which limit an attempt ran past.
+#[derive(Clone, Copy)]
+enum Timeout {
+    /// Its start-to-close limit (in ms).
+    StartToClose(u64),
+    /// Its call's schedule-to-close limit (in ms).
+    ScheduleToClose(u64),
+    /// Its heartbeat timeout (in ms).
+    Heartbeat(u64),
+}
+
+impl AttemptLimits {
+    fn new(timeouts: &ActivityTimeouts, started: Instant) -> AttemptLimits {
+        let start_to_close =
+            timeouts.start_to_close_ms.map(|ms| (started + Duration::from_millis(ms), Timeout::StartToClose(ms)));
+        // The call's deadline is a wall-clock time (its first attempt's turn); it may have passed.
+        let schedule_to_close = timeouts.deadline().zip(timeouts.schedule_to_close_ms).map(|(deadline, ms)| {
+            let left =
+                u64::try_from(deadline.millis().saturating_sub(crate::runtime::wall_clock().millis())).unwrap_or(0);
+            (started + Duration::from_millis(left), Timeout::ScheduleToClose(ms))
+        });
+        let end = match (start_to_close, schedule_to_close) {
+            (Some(a), Some(b)) => Some(if b.0 <= a.0 { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        AttemptLimits { end, heartbeat: timeouts.heartbeat_ms.map(Duration::from_millis) }
+    }
+
+    /// The limit the attempt has run past at `now`, if any.
+    fn expired(&self, now: Instant, last_beat: Instant) -> Option<Timeout> {
+        match (self.end, self.heartbeat) {
+            (Some((end, timeout)), _) if now >= end => Some(timeout),
+            (_, Some(heartbeat)) if now >= last_beat + heartbeat => {
+                Some(Timeout::Heartbeat(heartbeat.as_millis() as u64))
+            }
+            _ => None,
+        }
+    }
+
+    /// When to look again: the lease renewal, or a limit that may pass first.
+    fn next_check(&self, renew_at: Instant, last_beat: Instant) -> Instant {
+        let mut next = renew_at;
+        if let Some((end, _)) = self.end {
+            next = next.min(end);
+        }
+        if let Some(heartbeat) = self.heartbeat {
+            next = next.min(last_beat + heartbeat);
+        }
+        next
+    }
+}
+
+impl Timeout {
+    /// The name logs use.
+    fn kind(self) -> &'static str {
+        match self {
+            Timeout::StartToClose(_) => "start-to-close",
+            Timeout::ScheduleToClose(_) => "schedule-to-close",
+            Timeout::Heartbeat(_) => "heartbeat",
+        }
+    }
+
+    /// The failure the attempt ends with.
+    fn failure(self, activity: &NewActivity) -> FailureDetails {
+        let (name, attempt) = (&activity.name, activity.attempt);
+        match self {
+            Timeout::StartToClose(ms) => FailureDetails::new(
+                error_types::TIMEOUT,
+                format!("activity '{name}' attempt {attempt} ran past its start-to-close timeout of {}", seconds(ms)),
+            ),
+            Timeout::Heartbeat(ms) => FailureDetails::new(
+                error_types::TIMEOUT,
+                format!(
+                    "activity '{name}' attempt {attempt} sent no heartbeat within its heartbeat timeout of {}",
+                    seconds(ms)
+                ),
+            ),
+            Timeout::ScheduleToClose(ms) => FailureDetails::new(
+                error_types::SCHEDULE_TO_CLOSE_TIMEOUT,
+                format!(
+                    "activity '{name}' ran past its call's schedule-to-close timeout of {} (attempt {attempt})",
+                    seconds(ms)
+                ),
+            ),
+        }
+    }
+}
+
+/// A duration in milliseconds as seconds for messages, e.g. `2.5 s`.
+fn seconds(millis: u64) -> String {
+    format!("{} s", millis as f64 / 1e3)
 }
 
 /// Stores an activity's result. While the store cannot take it for a passing reason (a full
@@ -439,6 +593,10 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(10), canceled.notified()).await.is_ok()
     }
 
+    fn beats() -> Arc<Heartbeats> {
+        Arc::new(Heartbeats::new(kiln_core::PayloadLimits::default(), None))
+    }
+
     fn claim(id: i64, execution: u64) -> ActivityWorkItem {
         let activity = kiln_store::NewActivity {
             instance_id: "job".into(),
@@ -447,6 +605,8 @@ mod tests {
             name: "work".into(),
             input: Payload::null(),
             attempt: 1,
+            timeouts: ActivityTimeouts::default(),
+            heartbeat: None,
         };
         let lease = kiln_store::Lease { token: 1, expires_at: kiln_core::Timestamp(0) };
         ActivityWorkItem { id, activity, lease, dequeue_count: 1 }
@@ -455,8 +615,8 @@ mod tests {
     #[tokio::test]
     async fn a_terminate_cancels_its_own_run_s_activities_only() {
         let running = RunningActivities::default();
-        let old_run = running.start(&claim(1, 5));
-        let new_run = running.start(&claim(2, 6));
+        let old_run = running.start(&claim(1, 5), &beats());
+        let new_run = running.start(&claim(2, 6), &beats());
         running.cancel("job", 5);
         assert!(signalled(&old_run).await);
         assert!(!signalled(&new_run).await, "a later run under the same id is left alone");
@@ -465,8 +625,8 @@ mod tests {
     #[tokio::test]
     async fn an_old_claim_ending_does_not_unregister_a_newer_one() {
         let running = RunningActivities::default();
-        let old = running.start(&claim(1, 5));
-        let newer = running.start(&claim(1, 5));
+        let old = running.start(&claim(1, 5), &beats());
+        let newer = running.start(&claim(1, 5), &beats());
         running.finish("job", 1, &old);
         running.cancel("job", 5);
         assert!(signalled(&newer).await, "still registered, so still canceled");

@@ -111,7 +111,14 @@ async fn an_activity_not_deployed_here_waits_for_a_worker_that_has_it() {
     assert!(!record.status.is_terminal(), "{:?}: {:?}", record.status, record.failure);
     assert_eq!(
         record.waiting_on,
-        vec![WaitingOn::Activity { name: "stamp".into(), attempt: 1, task_id: 0 }],
+        vec![WaitingOn::Activity {
+            name: "stamp".into(),
+            attempt: 1,
+            task_id: 0,
+            deadline: None,
+            start_to_close_ms: None,
+            heartbeat_timeout_ms: None
+        }],
         "still waiting on the activity"
     );
     assert!(old.metrics().unregistered > 2, "{:?}", old.metrics());

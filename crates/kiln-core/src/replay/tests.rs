@@ -24,7 +24,16 @@ pub(crate) fn started_kind() -> EventKind {
 }
 
 fn scheduled(step: i64, name: &str) -> HistoryEvent {
-    ev(step, EventKind::TaskScheduled { name: name.into(), input: Payload::null(), attempt: 1 })
+    ev(
+        step,
+        EventKind::TaskScheduled {
+            name: name.into(),
+            input: Payload::null(),
+            attempt: 1,
+            timeouts: Default::default(),
+            heartbeat: None,
+        },
+    )
 }
 
 fn completed(step: u64, result: &str) -> HistoryEvent {
@@ -35,12 +44,22 @@ fn completed(step: u64, result: &str) -> HistoryEvent {
 fn fresh_run_emits_new_actions() {
     let mut state = ReplayState::new("i", 0);
     assert_eq!(state.apply(&started(), true).unwrap(), Applied::Start { input: Payload::null() });
-    let step = state.schedule_activity("a", Payload::null(), 1);
+    let step = state.schedule_activity("a", Payload::null(), 1, Default::default(), None);
     assert_eq!(step, 0);
     let actions = state.take_new_actions();
     assert_eq!(actions.len(), 1);
     assert!(matches!(&actions[0], Action::ScheduleTask { name, .. } if name == "a"));
-    assert_eq!(state.waiting_on(), vec![WaitingOn::Activity { name: "a".into(), attempt: 1, task_id: 0 }]);
+    assert_eq!(
+        state.waiting_on(),
+        vec![WaitingOn::Activity {
+            name: "a".into(),
+            attempt: 1,
+            task_id: 0,
+            deadline: None,
+            start_to_close_ms: None,
+            heartbeat_timeout_ms: None
+        }]
+    );
 }
 
 #[test]
@@ -48,16 +67,16 @@ fn partial_history_replays_without_new_actions_then_continues() {
     let mut state = ReplayState::new("i", 0);
     state.begin_replay();
     state.apply(&started(), false).unwrap();
-    state.schedule_activity("a", Payload::null(), 1);
+    state.schedule_activity("a", Payload::null(), 1, Default::default(), None);
     state.apply(&scheduled(0, "a"), false).unwrap();
     assert_eq!(state.apply(&completed(0, "1"), false).unwrap(), Applied::Poll);
     assert_eq!(state.take(Slot::Step(0)).unwrap().outcome, Outcome::Completed(Payload::from_json("1").unwrap()));
-    state.schedule_activity("b", Payload::null(), 1);
+    state.schedule_activity("b", Payload::null(), 1, Default::default(), None);
     state.apply(&scheduled(1, "b"), false).unwrap();
     state.end_replay().unwrap();
     assert!(state.take_new_actions().is_empty(), "replayed steps are not new");
     assert_eq!(state.apply(&completed(1, "2"), true).unwrap(), Applied::Poll);
-    state.schedule_activity("c", Payload::null(), 1);
+    state.schedule_activity("c", Payload::null(), 1, Default::default(), None);
     assert_eq!(state.take_new_actions().len(), 1);
 }
 
@@ -66,8 +85,8 @@ fn completions_out_of_order_carry_history_positions() {
     let mut state = ReplayState::new("i", 0);
     state.begin_replay();
     state.apply(&started(), false).unwrap();
-    state.schedule_activity("a", Payload::null(), 1);
-    state.schedule_activity("b", Payload::null(), 1);
+    state.schedule_activity("a", Payload::null(), 1, Default::default(), None);
+    state.schedule_activity("b", Payload::null(), 1, Default::default(), None);
     state.apply(&scheduled(0, "a"), false).unwrap();
     state.apply(&scheduled(1, "b"), false).unwrap();
     state.apply(&completed(1, "\"b\""), false).unwrap();
@@ -82,7 +101,7 @@ fn mismatched_step_is_non_determinism_naming_both_sides() {
     let mut state = ReplayState::new("i", 0);
     state.begin_replay();
     state.apply(&started(), false).unwrap();
-    state.schedule_activity("review", Payload::null(), 1);
+    state.schedule_activity("review", Payload::null(), 1, Default::default(), None);
     let err = state.apply(&scheduled(0, "screen_content"), false).unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -123,7 +142,7 @@ fn corrupted_histories_are_reported() {
 fn duplicate_new_completion_is_ignored() {
     let mut state = ReplayState::new("i", 0);
     state.apply(&started(), true).unwrap();
-    state.schedule_activity("a", Payload::null(), 1);
+    state.schedule_activity("a", Payload::null(), 1, Default::default(), None);
     assert_eq!(state.apply(&completed(0, "1"), true).unwrap(), Applied::Poll);
     assert_eq!(state.apply(&completed(0, "1"), true).unwrap(), Applied::Duplicate);
 }

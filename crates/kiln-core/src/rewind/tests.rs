@@ -24,7 +24,16 @@ impl Written {
     }
 
     fn schedule(self, step: i64, name: &str) -> Written {
-        self.push(step, EventKind::TaskScheduled { name: name.into(), input: Payload::null(), attempt: 1 })
+        self.push(
+            step,
+            EventKind::TaskScheduled {
+                name: name.into(),
+                input: Payload::null(),
+                attempt: 1,
+                timeouts: Default::default(),
+                heartbeat: None,
+            },
+        )
     }
 
     fn send(self, step: i64) -> Written {
@@ -175,7 +184,13 @@ fn results_kept_after_the_end_are_applied_anew_and_late_failures_undone() {
 
 #[test]
 fn a_retried_failure_stays() {
-    let retried = |attempt| EventKind::TaskScheduled { name: "flaky".into(), input: Payload::null(), attempt };
+    let retried = |attempt| EventKind::TaskScheduled {
+        name: "flaky".into(),
+        input: Payload::null(),
+        attempt,
+        timeouts: Default::default(),
+        heartbeat: None,
+    };
     let history = Written::new()
         .start()
         .push(0, retried(1))
@@ -192,7 +207,14 @@ fn a_retried_failure_stays() {
     let plan = plan_rewind(&history, &trace(&[(1, 2), (3, 5), (4, 8)], &[(0, 2), (2, 5)]), Timestamp(9), None);
     assert_eq!(
         plan.redo,
-        vec![Action::ScheduleTask { id: 2, name: "flaky".into(), input: Payload::null(), attempt: 2 }]
+        vec![Action::ScheduleTask {
+            id: 2,
+            name: "flaky".into(),
+            input: Payload::null(),
+            attempt: 2,
+            timeouts: Default::default(),
+            heartbeat: None
+        }]
     );
     assert!(plan.history.contains(&history[4]), "the first attempt's failure stays");
 }

@@ -109,6 +109,8 @@ pub fn turn_with_activities(
                 name: "work".to_owned(),
                 input: Payload::null(),
                 attempt: 1,
+                timeouts: Default::default(),
+                heartbeat: None,
             })
             .collect(),
         messages: Vec::new(),

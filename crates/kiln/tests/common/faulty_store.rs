@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use kiln::{RuntimeStatus, Store, StoreError};
-use kiln_core::HistoryEvent;
+use kiln_core::{HistoryEvent, Payload};
 use kiln_store::{
     ActivityWorkItem, IdempotencyKey, IdempotentStart, InstancePage, InstanceQuery, InstanceRecord, Lease, NewInstance,
     OrchestrationWorkItem, PurgeFilter, StatusWatchers, StoreResult, TurnCommit, Unrunnable,
@@ -242,6 +242,10 @@ impl Store for FaultyStore {
 
     async fn renew_activity_lease(&self, item: &ActivityWorkItem, lease_for: Duration) -> StoreResult<Lease> {
         self.write("renew_activity_lease", self.inner.renew_activity_lease(item, lease_for)).await
+    }
+
+    async fn record_activity_heartbeat(&self, item: &ActivityWorkItem, details: &Payload) -> StoreResult<()> {
+        self.write("record_activity_heartbeat", self.inner.record_activity_heartbeat(item, details)).await
     }
 
     async fn complete_activity(&self, item: &ActivityWorkItem, result: HistoryEvent) -> StoreResult<()> {

@@ -73,3 +73,73 @@ pub fn failure_message(record: &InstanceRecord) -> String {
     assert_eq!(record.status, RuntimeStatus::Failed, "output: {:?}", record.output);
     record.failure.as_ref().expect("failure").error_message.clone()
 }
+
+/// A store backend for tests that run on both: a SQLite file in a temporary directory, or a
+/// fresh schema on the test PostgreSQL (dropped when this is dropped). Each [`Backend::open`]
+/// is another process's (or node's) view of the same data.
+pub enum Backend {
+    Sqlite(tempfile::TempDir),
+    Postgres { url: String, schema: String },
+}
+
+impl Backend {
+    /// Both backends, PostgreSQL only when it is reachable (or required: `KILN_REQUIRE_POSTGRES=1`).
+    pub async fn all() -> Vec<Backend> {
+        let mut backends = vec![Backend::Sqlite(tempfile::tempdir().unwrap())];
+        let url = std::env::var("KILN_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let postgres = Backend::Postgres { url, schema: format!("kiln_test_{}", uuid::Uuid::new_v4().simple()) };
+        match postgres.try_open().await {
+            Ok(_) => backends.push(postgres),
+            Err(err) => {
+                let required = std::env::var("KILN_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
+                assert!(!required, "PostgreSQL is required (KILN_REQUIRE_POSTGRES=1): {err}");
+                eprintln!("PostgreSQL part skipped: not available ({err})");
+            }
+        }
+        backends
+    }
+
+    /// `sqlite` or `postgres`, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres { .. } => "postgres",
+        }
+    }
+
+    /// A store on this backend's data.
+    pub async fn open(&self) -> std::sync::Arc<dyn kiln::Store> {
+        self.try_open().await.unwrap()
+    }
+
+    async fn try_open(&self) -> Result<std::sync::Arc<dyn kiln::Store>, String> {
+        match self {
+            Backend::Sqlite(dir) => kiln::SqliteStore::open(kiln::SqliteOptions::new(dir.path().join("kiln.db")))
+                .map(|store| std::sync::Arc::new(store) as std::sync::Arc<dyn kiln::Store>)
+                .map_err(|e| e.to_string()),
+            Backend::Postgres { url, schema } => {
+                let mut options = kiln_postgres::PostgresOptions::new(url.clone());
+                options.schema = Some(schema.clone());
+                options.pool_size = 4;
+                kiln_postgres::PostgresStore::connect(options)
+                    .await
+                    .map(|store| std::sync::Arc::new(store) as std::sync::Arc<dyn kiln::Store>)
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Backend::Postgres { url, schema } = self {
+            let (url, schema) = (url.clone(), schema.clone());
+            let _ = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                runtime.block_on(kiln_postgres::schema::drop_schema(&url, &schema))
+            })
+            .join();
+        }
+    }
+}

@@ -188,7 +188,10 @@ impl App {
             Command::Start { name, input, id, wait } => remote().start(name, input, id.as_deref(), *wait),
             Command::Status { id } => remote().status(id).map(|()| true),
             Command::List { statuses, prefix } => remote().list(statuses, prefix.as_deref()).map(|()| true),
-            Command::History { id } => remote().history(id).map(|()| true),
+            Command::History { export: Some(HistoryCommand::Export { id }), .. } => {
+                remote().export_history(id).map(|()| true)
+            }
+            Command::History { id, .. } => remote().history(id.as_deref().unwrap_or_default()).map(|()| true),
             Command::Raise { id, event, data } => remote().raise(id, event, data).map(|()| true),
             Command::Terminate { id, reason } => remote().terminate(id, reason.as_deref()).map(|()| true),
             Command::Purge { id, created_before, statuses } => {
@@ -273,10 +276,15 @@ enum Command {
         #[arg(long)]
         prefix: Option<String>,
     },
-    /// Show an instance's history.
+    /// Show an instance's history (`kiln history ID`), or export it for
+    /// `kiln::replay_history` (`kiln history export ID > h.json`).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     History {
+        #[command(subcommand)]
+        export: Option<HistoryCommand>,
         /// Instance id.
-        id: String,
+        #[arg(required = true)]
+        id: Option<String>,
     },
     /// Raise an external event.
     Raise {
@@ -305,6 +313,16 @@ enum Command {
         /// With --created-before: only these statuses (repeatable).
         #[arg(long = "status")]
         statuses: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum HistoryCommand {
+    /// Print the current execution's history, event for event, as JSON: what
+    /// `kiln::replay_history` replays against new code.
+    Export {
+        /// Instance id.
+        id: String,
     },
 }
 

@@ -144,6 +144,13 @@ impl Remote {
         Ok(())
     }
 
+    /// `kiln history export`: the current execution's history as Kiln records it.
+    pub fn export_history(&self, id: &str) -> anyhow::Result<()> {
+        let (_, exported) = self.call("GET", &format!("/instances/{}/history", encode(id)), None)?;
+        println!("{}", serde_json::to_string_pretty(&exported)?);
+        Ok(())
+    }
+
     /// `kiln raise`.
     pub fn raise(&self, id: &str, event: &str, data: &str) -> anyhow::Result<()> {
         serde_json::from_str::<Value>(data).context("the event data is not valid JSON")?;

@@ -85,6 +85,17 @@ fn cli_commands_drive_a_running_server() {
     assert!(ok(&server.cli(&["list", "--status", "Completed"])).contains("job-1\tCompleted\treport_job"));
     let history: Value = serde_json::from_str(&ok(&server.cli(&["history", "job-1"]))).unwrap();
     assert_eq!(history[0]["EventType"], "ExecutionStarted");
+    // `history export` gives what `replay_history` replays: today's code replays it, a change
+    // to the steps does not.
+    let exported: kiln::ExportedHistory =
+        serde_json::from_str(&ok(&server.cli(&["history", "export", "job-1"]))).unwrap();
+    assert_eq!((exported.instance_id.as_str(), exported.name.as_str()), ("job-1", "report_job"));
+    kiln::replay_history(kiln_samples::report_jobs::report_job, &exported).unwrap();
+    let changed = async |ctx: kiln::OrchestrationContext, _: serde_json::Value| -> Result<(), kiln::Failure> {
+        ctx.call_activity::<_, ()>("render_report", &()).await
+    };
+    let mismatch = kiln::replay_history(changed, &exported).unwrap_err().to_string();
+    assert!(mismatch.contains("TaskScheduled('generate_report')"), "{mismatch}");
     let approval = ok(&server.cli(&["start", "approval", "--input", r#"{"subject":"s","timeout_seconds":60}"#]));
     let approval = approval.trim();
     ok(&server.cli(&["raise", approval, "Approval", r#"{"approved":false,"by":"cli"}"#]));

@@ -193,6 +193,17 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
+    /// The orchestration took the new branch of a patch ([`ReplayState::patched`]) for the
+    /// first time in this execution. Not a step: it takes no sequence number.
+    ///
+    /// [`ReplayState::patched`]: crate::ReplayState::patched
+    Patched {
+        /// The patch's id.
+        patch_id: String,
+        /// The sequence number the code's next step had when it asked: where in the code the
+        /// patch is.
+        before_step: u64,
+    },
     /// A client rewound a failed instance: its failed steps run again.
     ExecutionRewound {
         /// The client's reason.
@@ -223,6 +234,7 @@ impl EventKind {
             EventKind::ExecutionSuspended { .. } => "ExecutionSuspended",
             EventKind::ExecutionResumed { .. } => "ExecutionResumed",
             EventKind::ExecutionRewound { .. } => "ExecutionRewound",
+            EventKind::Patched { .. } => "Patched",
         }
     }
 

@@ -142,6 +142,12 @@ pub struct ReplayState {
     trace: Option<Box<DecisionTrace>>,
     /// The replay behaviours of this execution ([`crate::features`]), from its `ExecutionStarted`.
     features: u32,
+    /// The patches the stored history records, with the step each was asked for before.
+    recorded_patches: HashMap<String, u64>,
+    /// The answer [`ReplayState::patched`] gave for each patch, for the rest of the execution.
+    patches: HashMap<String, bool>,
+    /// Patches taken for the first time this turn, to record.
+    new_patches: Vec<(String, u64)>,
 }
 
 impl ReplayState {
@@ -171,6 +177,9 @@ impl ReplayState {
             code_error: None,
             trace: None,
             features: 0,
+            recorded_patches: HashMap::new(),
+            patches: HashMap::new(),
+            new_patches: Vec::new(),
         }
     }
 
@@ -192,6 +201,53 @@ impl ReplayState {
     /// Marks the start of old history: scheduling calls must now match recorded events.
     pub fn begin_replay(&mut self) {
         self.replaying = true;
+    }
+
+    /// Notes the patches `history` (the stored history about to be replayed) records, so that
+    /// [`ReplayState::patched`] can answer before replay reaches them.
+    pub fn note_recorded_patches(&mut self, history: &[HistoryEvent]) {
+        for event in history {
+            if let EventKind::Patched { patch_id, before_step } = &event.kind {
+                self.recorded_patches.entry(patch_id.clone()).or_insert(*before_step);
+            }
+        }
+    }
+
+    /// Whether the execution takes the new branch of the patch `patch_id` (as Temporal's
+    /// `patched`): true for an execution that recorded the patch, or that reaches it live (not
+    /// replaying; it is recorded then); false for one whose stored history reaches this point
+    /// without it (it ran on the code from before the patch). The answer holds for the rest of
+    /// the execution. A patch the history records before another step than the code asks for it
+    /// (its id reused for another change, or the code around it moved) is a non-determinism
+    /// that names the patch.
+    pub fn patched(&mut self, patch_id: &str) -> bool {
+        if let Some(&answer) = self.patches.get(patch_id) {
+            return answer;
+        }
+        let step = self.next_step;
+        let answer = match self.recorded_patches.get(patch_id) {
+            Some(&recorded) if recorded == step => true,
+            Some(&recorded) => {
+                self.code_error.get_or_insert(ReplayError::NonDeterminism {
+                    step,
+                    recorded: format!("patch '{patch_id}' taken before step {recorded}"),
+                    actual: format!("patched('{patch_id}') before step {step} (is the patch id reused?)"),
+                });
+                true
+            }
+            None if self.replaying => false,
+            None => {
+                self.new_patches.push((patch_id.to_owned(), step));
+                true
+            }
+        };
+        self.patches.insert(patch_id.to_owned(), answer);
+        answer
+    }
+
+    /// Takes the `Patched` events of the patches taken for the first time this turn.
+    pub fn take_new_patches(&mut self) -> Vec<EventKind> {
+        self.new_patches.drain(..).map(|(patch_id, before_step)| EventKind::Patched { patch_id, before_step }).collect()
     }
 
     /// Marks the end of old history. Every step the code took must have been confirmed.
@@ -264,9 +320,13 @@ impl ReplayState {
                     }
                 }
             }
+            EventKind::Patched { .. } if is_new => {
+                Err(ReplayError::Corrupted(format!("{} arrived as a message", event.kind.name())))
+            }
             EventKind::ExecutionSuspended { .. }
             | EventKind::ExecutionResumed { .. }
-            | EventKind::ExecutionRewound { .. } => Ok(Applied::Nothing),
+            | EventKind::ExecutionRewound { .. }
+            | EventKind::Patched { .. } => Ok(Applied::Nothing),
             EventKind::ExecutionCompleted { .. }
             | EventKind::ExecutionTerminated { .. }
             | EventKind::ContinueAsNew { .. } => {

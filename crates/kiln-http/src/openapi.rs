@@ -19,6 +19,7 @@ use utoipa_swagger_ui::SwaggerUi;
         management::start,
         management::start_with_random_id,
         management::status,
+        management::export_history,
         management::list,
         management::purge,
         management::purge_many,

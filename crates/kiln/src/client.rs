@@ -13,6 +13,10 @@ use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Most pairs of reads [`KilnClient::export_history`] makes before it gives up on an instance
+/// that keeps starting new executions.
+const EXPORT_READS: usize = 8;
+
 /// Why a client call was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -394,6 +398,29 @@ impl KilnClient {
     pub async fn history(&self, instance_id: &str) -> Result<Vec<HistoryEvent>, ClientError> {
         self.existing(instance_id).await?;
         Ok(self.rt.store.get_history(instance_id).await?)
+    }
+
+    /// Reads an instance's current execution with its history, as `kiln history export` writes
+    /// it (for [`replay_history`](crate::replay_history)).
+    pub async fn export_history(&self, instance_id: &str) -> Result<crate::ExportedHistory, ClientError> {
+        // The record and the history are two reads: read again if a new execution (a
+        // continue-as-new) started in between, so that they belong together.
+        let mut record = self.existing(instance_id).await?;
+        for _ in 0..EXPORT_READS {
+            let events = self.rt.store.get_history(instance_id).await?;
+            let after = self.existing(instance_id).await?;
+            if after.execution == record.execution {
+                return Ok(crate::ExportedHistory {
+                    instance_id: record.instance_id,
+                    name: record.name,
+                    version: record.version,
+                    execution: record.execution,
+                    events,
+                });
+            }
+            record = after;
+        }
+        Err(StoreError::Unavailable(format!("'{instance_id}' keeps starting new executions; export it again")).into())
     }
 
     async fn existing(&self, instance_id: &str) -> Result<InstanceRecord, ClientError> {

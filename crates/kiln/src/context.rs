@@ -19,6 +19,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+/// Longest patch id ([`OrchestrationContext::patched`]).
+const MAX_PATCH_ID_CHARS: usize = 100;
+
 /// Namespace for replay-safe UUIDs (v5), so ids are stable across replays.
 const UUID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6b696c6e_2d6f_7263_6865_737472617465);
 
@@ -73,6 +76,27 @@ impl OrchestrationContext {
     /// True while the code is being replayed from history (use it to skip logging twice).
     pub fn is_replaying(&self) -> bool {
         self.inner.lock().is_replaying()
+    }
+
+    /// Whether this execution takes the new branch of a code change (as Temporal's `patched`):
+    /// wrap the change in `if ctx.patched("my-change") { new } else { old }`. Executions that
+    /// reach this point for the first time on code with the patch take the new branch (and
+    /// history records it); executions whose history reached it on the code from before take the
+    /// old one, so they keep replaying as recorded. The answer holds for the whole execution.
+    /// Once no execution from before the patch is left, drop the old branch (keep the call, or
+    /// remove it with the branch). See `docs/versioning.md`.
+    ///
+    /// A patch id must be 1–100 characters; another fails the orchestration. Reusing an id for
+    /// another change fails executions that recorded it with a non-determinism error naming it.
+    pub fn patched(&self, patch_id: &str) -> bool {
+        if patch_id.is_empty() || patch_id.chars().count() > MAX_PATCH_ID_CHARS {
+            self.inner.fail(FailureDetails::new(
+                "InvalidPatchId",
+                format!("a patch id must be 1–{MAX_PATCH_ID_CHARS} characters, not {}", patch_id.chars().count()),
+            ));
+            return false;
+        }
+        self.inner.lock().patched(patch_id)
     }
 
     /// A replay-safe UUID: the same value on every replay of this step.

@@ -44,7 +44,11 @@ impl Execution {
 
     /// Replays stored history. No new actions may come out of it.
     pub(crate) fn replay(&mut self, history: &[HistoryEvent]) -> Result<(), ReplayError> {
-        self.inner.lock().begin_replay();
+        {
+            let mut state = self.inner.lock();
+            state.begin_replay();
+            state.note_recorded_patches(history);
+        }
         for event in history {
             self.apply(event, false)?;
         }

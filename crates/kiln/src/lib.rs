@@ -46,6 +46,7 @@ pub mod config;
 pub mod context;
 mod executor;
 mod failure;
+mod history_check;
 mod panic;
 mod registry;
 pub mod retry;
@@ -59,12 +60,13 @@ pub use combinators::{DurableStep, Either, join_all, join2, select_all, select2}
 pub use config::RuntimeConfig;
 pub use context::{DurableFuture, OrchestrationContext};
 pub use failure::Failure;
+pub use history_check::{ExportedHistory, ReplayMismatch, replay_history};
 pub use retry::{RetryCall, RetryPolicy};
 pub use runtime::MetricsSnapshot;
 
 pub use kiln_core::{
-    EventKind, FailureDetails, HistoryEvent, Payload, PayloadLimits, RuntimeStatus, Timestamp, WaitingOn, error_types,
-    validate_event_name,
+    EventKind, FailureDetails, HistoryEvent, Payload, PayloadLimits, ReplayError, RuntimeStatus, Timestamp, WaitingOn,
+    error_types, validate_event_name,
 };
 pub use kiln_sqlite::{OpenError, SqliteOptions, SqliteStore, Synchronous};
 pub use kiln_store::{InstancePage, InstanceQuery, InstanceRecord, PageCursor, PurgeFilter, Store, StoreError};

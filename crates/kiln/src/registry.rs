@@ -38,7 +38,7 @@ pub(crate) struct RegisteredActivity {
 }
 
 /// Wraps a typed user function into one that decodes its input and encodes its output.
-fn erase<C, I, O, F, Fut>(f: F, input_what: &'static str, output_what: &'static str) -> ErasedFn<C>
+pub(crate) fn erase<C, I, O, F, Fut>(f: F, input_what: &'static str, output_what: &'static str) -> ErasedFn<C>
 where
     C: Send + 'static,
     I: DeserializeOwned + Send + 'static,

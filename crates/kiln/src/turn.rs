@@ -560,6 +560,8 @@ fn apply_events(
     if appended.is_empty() {
         appended.push(turn_started(now));
     }
+    let patches = execution.state().take_new_patches();
+    appended.extend(patches.into_iter().map(|patch| HistoryEvent::new(now, patch)));
     let actions = execution.state().take_new_actions();
     appended.extend(actions.iter().map(|a| a.to_event(now)));
     if let Some(custom_status) = execution.state().take_changed_custom_status() {

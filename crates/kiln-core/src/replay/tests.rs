@@ -274,3 +274,76 @@ fn a_recorded_result_of_another_kind_still_replays_as_recorded() {
     state.apply(&ev(timer as i64, EventKind::TimerCreated { fire_at: Timestamp(5_000) }), false).unwrap();
     assert_eq!(state.apply(&completed(timer, "null"), false).unwrap(), Applied::Poll);
 }
+
+fn patched(patch_id: &str, before_step: u64) -> HistoryEvent {
+    ev(-1, EventKind::Patched { patch_id: patch_id.into(), before_step })
+}
+
+#[test]
+fn a_live_execution_takes_a_patch_and_records_it_once() {
+    let mut state = ReplayState::new("i", 0);
+    state.apply(&started(), true).unwrap();
+    assert!(state.patched("p"));
+    assert!(state.patched("p"), "the same answer for the rest of the execution");
+    state.schedule_activity("new", Payload::null(), 1, Default::default(), None);
+    assert_eq!(state.take_new_patches(), vec![EventKind::Patched { patch_id: "p".into(), before_step: 0 }]);
+    assert!(state.take_new_patches().is_empty());
+}
+
+#[test]
+fn a_history_from_before_the_patch_keeps_the_old_branch_even_past_its_end() {
+    let history = [started(), scheduled(0, "old"), completed(0, "1")];
+    let mut state = ReplayState::new("i", 0);
+    state.begin_replay();
+    state.note_recorded_patches(&history);
+    state.apply(&history[0], false).unwrap();
+    assert!(!state.patched("p"), "replayed without the patch");
+    state.schedule_activity("old", Payload::null(), 1, Default::default(), None);
+    state.apply(&history[1], false).unwrap();
+    state.apply(&history[2], false).unwrap();
+    state.end_replay().unwrap();
+    assert!(!state.patched("p"), "still the old branch once live");
+    assert!(state.take_new_patches().is_empty(), "nothing recorded");
+}
+
+#[test]
+fn a_history_that_took_the_patch_replays_the_new_branch() {
+    let history = [started(), patched("p", 0), scheduled(0, "new")];
+    let mut state = ReplayState::new("i", 0);
+    state.begin_replay();
+    state.note_recorded_patches(&history);
+    state.apply(&history[0], false).unwrap();
+    assert!(state.patched("p"));
+    state.schedule_activity("new", Payload::null(), 1, Default::default(), None);
+    state.apply(&history[1], false).unwrap();
+    state.apply(&history[2], false).unwrap();
+    state.end_replay().unwrap();
+    assert!(state.take_new_patches().is_empty(), "recorded once, not again");
+}
+
+#[test]
+fn a_patch_id_asked_for_elsewhere_than_recorded_is_a_non_determinism_naming_it() {
+    let history = [started(), patched("p", 0), scheduled(0, "new"), completed(0, "1"), scheduled(1, "next")];
+    let mut state = ReplayState::new("i", 0);
+    state.begin_replay();
+    state.note_recorded_patches(&history);
+    state.apply(&history[0], false).unwrap();
+    state.schedule_activity("new", Payload::null(), 1, Default::default(), None);
+    state.apply(&history[1], false).unwrap();
+    state.apply(&history[2], false).unwrap();
+    state.apply(&history[3], false).unwrap();
+    // The id is now used for another change, after the first step.
+    state.patched("p");
+    let err = state.apply(&history[4], false).unwrap_err();
+    assert!(
+        matches!(&err, ReplayError::NonDeterminism { step: 1, recorded, .. } if recorded.contains("patch 'p'")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_patch_event_cannot_arrive_as_a_message() {
+    let mut state = ReplayState::new("i", 0);
+    state.apply(&started(), true).unwrap();
+    assert!(matches!(state.apply(&patched("p", 0), true), Err(ReplayError::Corrupted(_))));
+}

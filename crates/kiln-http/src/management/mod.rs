@@ -43,6 +43,7 @@ pub(crate) fn routes() -> Router<KilnHttp> {
         .route("/instances", get(list).delete(purge_many))
         .route("/instances/", get(list).delete(purge_many))
         .route("/instances/{id}", get(status).delete(purge))
+        .route("/instances/{id}/history", get(export_history))
         .route("/instances/{id}/raiseEvent/{event}", post(raise_event))
         .route("/instances/{id}/{operation}", post(operate))
         .route("/tokenSecret/rotate", post(rotate_token_secret))
@@ -321,6 +322,23 @@ async fn status(
         }
     }
     Ok(response)
+}
+
+/// Exports an instance's current execution with its history, event for event (Kiln's own;
+/// `kiln history export`): what `kiln::replay_history` replays against new code before a deploy.
+#[utoipa::path(
+    get,
+    path = "/runtime/webhooks/durabletask/instances/{id}/history",
+    tag = "management",
+    params(("id" = String, Path, description = "Instance id")),
+    responses(
+        (status = 200, description = "`{instanceId, name, version, execution, events}`, the events as Kiln records them"),
+        (status = 404, description = "Unknown instance", content_type = "application/problem+json"),
+    )
+)]
+async fn export_history(State(http): State<KilnHttp>, path: PathParams) -> Result<Response, Problem> {
+    let exported = http.client().export_history(path.get("id")).await.map_err(df)?;
+    Ok((StatusCode::OK, axum::Json(exported)).into_response())
 }
 
 /// Lists instances (DF `ListInstances`), keyset-paged with `top` and `x-ms-continuation-token`.

@@ -11,8 +11,9 @@
 //!
 //! Limits, as the seed's "Production Considerations" ask: the activity reports its progress with
 //! heartbeats, an attempt that stops reporting for [`HEARTBEAT_TIMEOUT`] or runs a minute past
-//! its delay is failed with a `Timeout`, and a timed-out or crashed attempt is retried (up to
-//! [`ATTEMPTS`] attempts) from its last reported progress. Refusals are not retried.
+//! its delay is failed with a `Timeout` and retried (up to [`ATTEMPTS`] attempts) from its last
+//! reported progress; after a crash the same attempt runs again from there. Refusals are not
+//! retried.
 
 use kiln::{ActivityContext, ActivityOptions, Failure, KilnBuilder, OrchestrationContext, RetryPolicy};
 use serde::{Deserialize, Serialize};

@@ -28,7 +28,6 @@ fn stored_history(steps: u64) -> Vec<String> {
                 input: input.clone(),
                 attempt: 1,
                 timeouts: Default::default(),
-                heartbeat: None,
             },
         );
         scheduled.event_id = step as i64;

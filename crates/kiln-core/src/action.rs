@@ -17,7 +17,8 @@ pub enum Action {
         attempt: u32,
         /// The call's timeouts.
         timeouts: ActivityTimeouts,
-        /// The previous attempt's last heartbeat details.
+        /// The previous attempt's last heartbeat details, handed to this one (not recorded in
+        /// `TaskScheduled`: the previous attempt's `TaskFailed` holds them).
         heartbeat: Option<Payload>,
     },
     /// Start a durable timer.
@@ -79,8 +80,8 @@ impl Action {
     /// The history event that records this action.
     pub fn to_event(&self, timestamp: Timestamp) -> HistoryEvent {
         let kind = match self.clone() {
-            Action::ScheduleTask { name, input, attempt, timeouts, heartbeat, .. } => {
-                EventKind::TaskScheduled { name, input, attempt, timeouts, heartbeat }
+            Action::ScheduleTask { name, input, attempt, timeouts, .. } => {
+                EventKind::TaskScheduled { name, input, attempt, timeouts }
             }
             Action::CreateTimer { fire_at, .. } => EventKind::TimerCreated { fire_at },
             Action::CreateSubOrchestration { name, version, instance_id, input, .. } => {
@@ -95,8 +96,8 @@ impl Action {
     pub fn from_event(event: &HistoryEvent) -> Option<Action> {
         let id = u64::try_from(event.event_id).ok()?;
         Some(match event.kind.clone() {
-            EventKind::TaskScheduled { name, input, attempt, timeouts, heartbeat } => {
-                Action::ScheduleTask { id, name, input, attempt, timeouts, heartbeat }
+            EventKind::TaskScheduled { name, input, attempt, timeouts } => {
+                Action::ScheduleTask { id, name, input, attempt, timeouts, heartbeat: None }
             }
             EventKind::TimerCreated { fire_at } => Action::CreateTimer { id, fire_at },
             EventKind::SubOrchestrationInstanceCreated { name, version, instance_id, input } => {

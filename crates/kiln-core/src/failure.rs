@@ -60,6 +60,8 @@ pub mod error_types {
     pub const TIMEOUT: &str = "Timeout";
     /// An activity call ran past its schedule-to-close limit. Never retried.
     pub const SCHEDULE_TO_CLOSE_TIMEOUT: &str = "ScheduleToCloseTimeout";
+    /// An activity call's options were out of bounds (e.g. a timeout of zero).
+    pub const INVALID_ACTIVITY_OPTIONS: &str = "InvalidActivityOptions";
     /// A retry policy's total timeout elapsed.
     pub const RETRY_TIMEOUT: &str = "RetryTimeout";
     /// A sub-orchestration was terminated.

@@ -105,9 +105,6 @@ pub enum EventKind {
         /// The call's timeouts; none in histories written before there were any.
         #[serde(default, skip_serializing_if = "ActivityTimeouts::is_empty")]
         timeouts: ActivityTimeouts,
-        /// The last heartbeat details of the call's previous attempt, handed to this one.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        heartbeat: Option<Payload>,
     },
     /// An activity returned.
     TaskCompleted {
@@ -275,7 +272,6 @@ mod tests {
                 input: Payload::null(),
                 attempt: 1,
                 timeouts: ActivityTimeouts::default(),
-                heartbeat: None,
             },
         };
         let json = serde_json::to_string(&event).unwrap();

@@ -148,6 +148,8 @@ pub struct ReplayState {
     patches: HashMap<String, bool>,
     /// Patches taken for the first time this turn, to record.
     new_patches: Vec<(String, u64)>,
+    /// When the execution was last rewound: activity calls' limits run from then on.
+    rewound_at: Option<Timestamp>,
 }
 
 impl ReplayState {
@@ -180,7 +182,14 @@ impl ReplayState {
             recorded_patches: HashMap::new(),
             patches: HashMap::new(),
             new_patches: Vec::new(),
+            rewound_at: None,
         }
+    }
+
+    /// When the execution was last rewound (as far as replay has got): a rewound activity call
+    /// gets its schedule-to-close and total retry time again from then.
+    pub fn rewound_at(&self) -> Option<Timestamp> {
+        self.rewound_at
     }
 
     /// Whether this execution runs with a replay behaviour ([`crate::features`]).
@@ -323,10 +332,13 @@ impl ReplayState {
             EventKind::Patched { .. } if is_new => {
                 Err(ReplayError::Corrupted(format!("{} arrived as a message", event.kind.name())))
             }
-            EventKind::ExecutionSuspended { .. }
-            | EventKind::ExecutionResumed { .. }
-            | EventKind::ExecutionRewound { .. }
-            | EventKind::Patched { .. } => Ok(Applied::Nothing),
+            EventKind::ExecutionRewound { .. } => {
+                self.rewound_at = Some(event.timestamp);
+                Ok(Applied::Nothing)
+            }
+            EventKind::ExecutionSuspended { .. } | EventKind::ExecutionResumed { .. } | EventKind::Patched { .. } => {
+                Ok(Applied::Nothing)
+            }
             EventKind::ExecutionCompleted { .. }
             | EventKind::ExecutionTerminated { .. }
             | EventKind::ContinueAsNew { .. } => {
@@ -345,6 +357,14 @@ impl ReplayState {
         if !action.matches(&event.kind) {
             return Err(ReplayError::NonDeterminism { step, recorded, actual: action.describe() });
         }
+        // The step runs under the limits history records, whatever the code asks for now.
+        let action = match (action, &event.kind) {
+            (
+                Action::ScheduleTask { id, name, input, attempt, heartbeat, .. },
+                EventKind::TaskScheduled { timeouts, .. },
+            ) => Action::ScheduleTask { id, name, input, attempt, timeouts: *timeouts, heartbeat },
+            (action, _) => action,
+        };
         self.open_step(&action);
         Ok(Applied::Nothing)
     }
@@ -638,7 +658,11 @@ impl ReplayState {
                     name: name.clone(),
                     attempt: *attempt,
                     task_id: *id,
-                    deadline: timeouts.deadline(),
+                    deadline: ActivityTimeouts {
+                        first_scheduled_at: timeouts.first_scheduled_at.max(self.rewound_at),
+                        ..*timeouts
+                    }
+                    .deadline(),
                     start_to_close_ms: timeouts.start_to_close_ms,
                     heartbeat_timeout_ms: timeouts.heartbeat_ms,
                 },

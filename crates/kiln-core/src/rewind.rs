@@ -104,8 +104,8 @@ pub fn plan_rewind(
             return;
         }
         match scheduled.get(&step) {
-            Some(Action::ScheduleTask { id, name, input, attempt, timeouts, heartbeat }) => {
-                let last_heartbeat = match failed {
+            Some(Action::ScheduleTask { id, name, input, attempt, timeouts, .. }) => {
+                let heartbeat = match failed {
                     EventKind::TaskFailed { failure_details, .. } => failure_details.last_heartbeat_details.clone(),
                     _ => None,
                 };
@@ -115,7 +115,7 @@ pub fn plan_rewind(
                     input: input.clone(),
                     attempt: *attempt,
                     timeouts: ActivityTimeouts { first_scheduled_at: None, ..*timeouts },
-                    heartbeat: last_heartbeat.or_else(|| heartbeat.clone()),
+                    heartbeat,
                 });
             }
             Some(action @ Action::CreateSubOrchestration { .. }) => plan.failed_children.push(action.clone()),

@@ -51,6 +51,30 @@ impl ActivityTimeouts {
         }
     }
 
+    /// The four fields as integer columns, for a store: start-to-close, schedule-to-close and
+    /// heartbeat in milliseconds, then the first attempt's time in milliseconds since the epoch.
+    pub fn to_columns(&self) -> [Option<i64>; 4] {
+        let millis = |ms: Option<u64>| ms.map(|ms| i64::try_from(ms).unwrap_or(i64::MAX));
+        [
+            millis(self.start_to_close_ms),
+            millis(self.schedule_to_close_ms),
+            millis(self.heartbeat_ms),
+            self.first_scheduled_at.map(Timestamp::millis),
+        ]
+    }
+
+    /// The timeouts [`ActivityTimeouts::to_columns`] wrote (a negative limit, never written,
+    /// reads as none).
+    pub fn from_columns([start_to_close, schedule_to_close, heartbeat, first_scheduled_at]: [Option<i64>; 4]) -> Self {
+        let millis = |value: Option<i64>| value.and_then(|ms| u64::try_from(ms).ok());
+        ActivityTimeouts {
+            start_to_close_ms: millis(start_to_close),
+            schedule_to_close_ms: millis(schedule_to_close),
+            heartbeat_ms: millis(heartbeat),
+            first_scheduled_at: first_scheduled_at.map(Timestamp),
+        }
+    }
+
     /// When the whole call must be done, if it has a schedule-to-close limit and its first
     /// attempt's time is known.
     pub fn deadline(&self) -> Option<Timestamp> {

@@ -49,12 +49,14 @@ pub fn instance(row: &Row) -> Result<InstanceRecord, StoreError> {
 
 /// Encodes a value as JSON text for a column.
 /// The columns [`activity_work_item`] reads, in order.
-pub const ACTIVITY_COLUMNS: &str = "id, instance_id, execution, step, name, input, attempt, dequeue_count, lock_token, locked_until, timeouts, heartbeat";
+pub const ACTIVITY_COLUMNS: &str = "id, instance_id, execution, step, name, input, attempt, dequeue_count, lock_token, \
+     locked_until, start_to_close_ms, schedule_to_close_ms, heartbeat_ms, first_scheduled_at, heartbeat";
 
 /// A claimed activity, selected with [`ACTIVITY_COLUMNS`].
 pub fn activity_work_item(row: &Row) -> Result<ActivityWorkItem, StoreError> {
     let get_i64 = |index: usize| row.try_get::<_, i64>(index).map_err(backend);
     let get_i32 = |index: usize| row.try_get::<_, i32>(index).map_err(backend);
+    let get_opt_i64 = |index: usize| row.try_get::<_, Option<i64>>(index).map_err(backend);
     Ok(ActivityWorkItem {
         id: get_i64(0)?,
         activity: NewActivity {
@@ -64,11 +66,13 @@ pub fn activity_work_item(row: &Row) -> Result<ActivityWorkItem, StoreError> {
             name: row.try_get(4).map_err(backend)?,
             input: Payload::from_trusted(row.try_get(5).map_err(backend)?),
             attempt: get_i32(6)? as u32,
-            timeouts: match row.try_get::<_, Option<String>>(10).map_err(backend)? {
-                Some(timeouts) => from_json(&timeouts, "activity timeouts")?,
-                None => ActivityTimeouts::default(),
-            },
-            heartbeat: row.try_get::<_, Option<String>>(11).map_err(backend)?.map(Payload::from_trusted),
+            timeouts: ActivityTimeouts::from_columns([
+                get_opt_i64(10)?,
+                get_opt_i64(11)?,
+                get_opt_i64(12)?,
+                get_opt_i64(13)?,
+            ]),
+            heartbeat: row.try_get::<_, Option<String>>(14).map_err(backend)?.map(Payload::from_trusted),
         },
         dequeue_count: get_i32(7)? as u32,
         lease: Lease { token: get_i64(8)? as u64, expires_at: Timestamp(get_i64(9)?) },

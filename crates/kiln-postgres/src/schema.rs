@@ -86,9 +86,13 @@ CREATE INDEX IF NOT EXISTS activities_unleased ON activities (id) WHERE lock_tok
 CREATE INDEX IF NOT EXISTS activities_by_lease_expiry ON activities (locked_until) WHERE lock_token IS NOT NULL;
 CREATE INDEX IF NOT EXISTS instances_by_status ON instances (status, created_at);
 "#,
-    // Version 4: an activity's timeouts (JSON) and last heartbeat details.
+    // Version 4: an activity's timeouts and last heartbeat details (nullable columns: adding
+    // them rewrites no row).
     r#"
-ALTER TABLE activities ADD COLUMN IF NOT EXISTS timeouts TEXT;
+ALTER TABLE activities ADD COLUMN IF NOT EXISTS start_to_close_ms BIGINT;
+ALTER TABLE activities ADD COLUMN IF NOT EXISTS schedule_to_close_ms BIGINT;
+ALTER TABLE activities ADD COLUMN IF NOT EXISTS heartbeat_ms BIGINT;
+ALTER TABLE activities ADD COLUMN IF NOT EXISTS first_scheduled_at BIGINT;
 ALTER TABLE activities ADD COLUMN IF NOT EXISTS heartbeat TEXT;
 "#,
 ];

@@ -610,14 +610,21 @@ impl Store for PostgresStore {
         }
     }
 
-    async fn renew_activity_lease(&self, item: &ActivityWorkItem, lease_for: Duration) -> StoreResult<Lease> {
-        let client = self.lease_client().await?;
+    async fn renew_activity_lease(
+        &self,
+        item: &ActivityWorkItem,
+        lease_for: Duration,
+        heartbeat: Option<&Payload>,
+    ) -> StoreResult<Lease> {
+        // Details are saved durably (a renewal alone may be lost in a crash: the lease lapses).
+        let client = if heartbeat.is_some() { self.client().await? } else { self.lease_client().await? };
         let at = now().0;
         let expires_at = at + millis(lease_for);
         let updated = cached::execute(
             &client,
-            "UPDATE activities SET locked_until = $3 WHERE id = $1 AND lock_token = $2 AND locked_until >= $4",
-            &[&item.id, &(item.lease.token as i64), &expires_at, &at],
+            "UPDATE activities SET locked_until = $3, heartbeat = COALESCE($5, heartbeat) \
+             WHERE id = $1 AND lock_token = $2 AND locked_until >= $4",
+            &[&item.id, &(item.lease.token as i64), &expires_at, &at, &heartbeat.map(Payload::as_str)],
         )
         .await
         .map_err(backend)?;
@@ -628,24 +635,6 @@ impl Store for PostgresStore {
             )));
         }
         Ok(Lease { token: item.lease.token, expires_at: Timestamp(expires_at) })
-    }
-
-    async fn record_activity_heartbeat(&self, item: &ActivityWorkItem, details: &Payload) -> StoreResult<()> {
-        let client = self.lease_client().await?;
-        let updated = cached::execute(
-            &client,
-            "UPDATE activities SET heartbeat = $3 WHERE id = $1 AND lock_token = $2 AND locked_until >= $4",
-            &[&item.id, &(item.lease.token as i64), &details.as_str(), &now().0],
-        )
-        .await
-        .map_err(backend)?;
-        if updated == 0 {
-            return Err(StoreError::LeaseLost(format!(
-                "activity '{}' of {}",
-                item.activity.name, item.activity.instance_id
-            )));
-        }
-        Ok(())
     }
 
     async fn complete_activity(&self, item: &ActivityWorkItem, result: HistoryEvent) -> StoreResult<()> {

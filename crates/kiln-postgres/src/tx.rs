@@ -229,7 +229,7 @@ pub async fn write_turn(
     let consumed: Vec<i64> = commit.consumed.iter().copied().filter(|id| *id != UNSTORED_MESSAGE_ID).collect();
     let (finished_ids, finished_tokens): (Vec<i64>, Vec<i64>) =
         commit.finished_activities.iter().map(|f| (f.id, f.lease.token as i64)).unzip();
-    let new_activities = NewActivityColumns::of(commit)?;
+    let new_activities = NewActivityColumns::of(commit);
     let at = now().0;
     let (execution, status, output) =
         (commit.execution as i64, commit.status.code() as i16, commit.output.as_ref().map(Payload::as_str));
@@ -252,14 +252,17 @@ pub async fn write_turn(
     let finished: [&(dyn ToSql + Sync); 3] = [&finished_ids, &finished_tokens, &at];
     let columns = &new_activities;
     let claim_until = claim_until.filter(|_| commit.activities.len() <= LOCAL_CLAIM_MAX);
-    let inserted: [&(dyn ToSql + Sync); 9] = [
+    let inserted: [&(dyn ToSql + Sync); 12] = [
         &columns.instance_ids,
         &columns.executions,
         &columns.steps,
         &columns.names,
         &columns.inputs,
         &columns.attempts,
-        &columns.timeouts,
+        &columns.start_to_close,
+        &columns.schedule_to_close,
+        &columns.heartbeat_timeouts,
+        &columns.first_scheduled_at,
         &columns.heartbeats,
         &claim_until,
     ];
@@ -300,10 +303,11 @@ pub async fn write_turn(
                 Some(_) => cached::query(shared, &INSERT_CLAIMED_ACTIVITIES, &inserted).await,
                 None => cached::execute(
                     shared,
-                    "INSERT INTO activities (instance_id, execution, step, name, input, attempt, timeouts, heartbeat) \
+                    "INSERT INTO activities (instance_id, execution, step, name, input, attempt, start_to_close_ms, \
+                     schedule_to_close_ms, heartbeat_ms, first_scheduled_at, heartbeat) \
                      SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::int[], \
-                     $7::text[], $8::text[])",
-                    &inserted[..8],
+                     $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[])",
+                    &inserted[..11],
                 )
                 .await
                 .map(|_| Vec::new()),
@@ -395,10 +399,10 @@ async fn skip_if(
 /// Inserts a turn's new activities claimed for this node, returning them as work items.
 static INSERT_CLAIMED_ACTIVITIES: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "INSERT INTO activities (instance_id, execution, step, name, input, attempt, timeouts, heartbeat, \
-         lock_token, locked_until, dequeue_count) \
-         SELECT a.*, nextval('lease_tokens'), $9, 1 FROM unnest($1::text[], $2::bigint[], $3::bigint[], \
-         $4::text[], $5::text[], $6::int[], $7::text[], $8::text[]) AS a \
+        "INSERT INTO activities (instance_id, execution, step, name, input, attempt, start_to_close_ms, \
+         schedule_to_close_ms, heartbeat_ms, first_scheduled_at, heartbeat, lock_token, locked_until, dequeue_count) \
+         SELECT a.*, nextval('lease_tokens'), $12, 1 FROM unnest($1::text[], $2::bigint[], $3::bigint[], \
+         $4::text[], $5::text[], $6::int[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[]) AS a \
          RETURNING {}",
         rows::ACTIVITY_COLUMNS
     )
@@ -412,22 +416,28 @@ struct NewActivityColumns<'a> {
     names: Vec<&'a str>,
     inputs: Vec<&'a str>,
     attempts: Vec<i32>,
-    timeouts: Vec<String>,
+    start_to_close: Vec<Option<i64>>,
+    schedule_to_close: Vec<Option<i64>>,
+    heartbeat_timeouts: Vec<Option<i64>>,
+    first_scheduled_at: Vec<Option<i64>>,
     heartbeats: Vec<Option<&'a str>>,
 }
 
 impl<'a> NewActivityColumns<'a> {
-    fn of(commit: &'a TurnCommit) -> StoreResult<NewActivityColumns<'a>> {
+    fn of(commit: &'a TurnCommit) -> NewActivityColumns<'a> {
         let activities = &commit.activities;
-        Ok(NewActivityColumns {
+        NewActivityColumns {
             instance_ids: activities.iter().map(|a| a.instance_id.as_str()).collect(),
             executions: activities.iter().map(|a| a.execution as i64).collect(),
             steps: activities.iter().map(|a| a.step as i64).collect(),
             names: activities.iter().map(|a| a.name.as_str()).collect(),
             inputs: activities.iter().map(|a| a.input.as_str()).collect(),
             attempts: activities.iter().map(|a| a.attempt as i32).collect(),
-            timeouts: activities.iter().map(|a| rows::to_json(&a.timeouts)).collect::<StoreResult<_>>()?,
+            start_to_close: activities.iter().map(|a| a.timeouts.to_columns()[0]).collect(),
+            schedule_to_close: activities.iter().map(|a| a.timeouts.to_columns()[1]).collect(),
+            heartbeat_timeouts: activities.iter().map(|a| a.timeouts.to_columns()[2]).collect(),
+            first_scheduled_at: activities.iter().map(|a| a.timeouts.to_columns()[3]).collect(),
             heartbeats: activities.iter().map(|a| a.heartbeat.as_ref().map(Payload::as_str)).collect(),
-        })
+        }
     }
 }

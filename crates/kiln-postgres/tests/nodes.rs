@@ -132,7 +132,7 @@ async fn local_claims_are_handed_out_with_a_fresh_lease() {
     assert_eq!(ids(&taken), ["waited"]);
     let left = taken[0].lease.expires_at.0 - now().0;
     assert!(left > 2_500, "handed out with {left} ms of lease left");
-    let renewed = store.renew_activity_lease(&taken[0], lease).await;
+    let renewed = store.renew_activity_lease(&taken[0], lease, None).await;
     assert!(renewed.is_ok(), "the renewed claim is the one held: {renewed:?}");
 }
 

@@ -22,6 +22,40 @@ async fn nodes_starting_together_migrate_once_and_a_newer_schema_is_refused() {
     let _ = driver.await;
 }
 
+/// A schema from before version 4 (activities without timeouts or heartbeat details) is
+/// upgraded in place, and its queued activities run as they were scheduled: without limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activities_queued_before_version_4_survive_the_upgrade() {
+    use kiln_store::Store;
+    let Some((_store, _guard)) = common::fresh_store().await else { return };
+    let options = common::fresh_options();
+    let schema = options.schema.clone().unwrap_or_default();
+    let _cleanup = common::SchemaGuard::new(&schema);
+    PostgresStore::connect(options.clone()).await.unwrap().shutdown().await;
+    let (client, connection) = tokio_postgres::connect(&common::database_url(), tokio_postgres::NoTls).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let columns = ["start_to_close_ms", "schedule_to_close_ms", "heartbeat_ms", "first_scheduled_at", "heartbeat"];
+    for column in columns {
+        client.batch_execute(&format!("ALTER TABLE \"{schema}\".activities DROP COLUMN {column}")).await.unwrap();
+    }
+    client
+        .batch_execute(&format!(
+            "INSERT INTO \"{schema}\".activities (instance_id, execution, step, name, input, attempt) \
+             VALUES ('a', 0, 0, 'work', 'null', 1); UPDATE \"{schema}\".kiln_schema SET version = 3"
+        ))
+        .await
+        .unwrap();
+    let store = PostgresStore::connect(options).await.unwrap();
+    let wait = std::time::Duration::from_secs(5);
+    let claimed = store.fetch_activity_work(std::time::Duration::from_secs(30), wait, 1, &[]).await.unwrap();
+    let [item] = claimed.as_slice() else { panic!("the queued activity is claimed: {claimed:?}") };
+    assert_eq!((item.activity.name.as_str(), item.activity.timeouts), ("work", Default::default()));
+    assert_eq!(item.activity.heartbeat, None);
+    store.shutdown().await;
+    drop(client);
+    let _ = driver.await;
+}
+
 /// Names PostgreSQL would fold (upper case) or whose channel `pg_notify` refuses (too long)
 /// are refused before anything is created; a 58-character name still works end to end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -127,8 +127,16 @@ pub enum Effect {
     },
     /// An activity row was deleted: its lease is forgotten.
     FinishActivity(i64),
-    /// A running activity's heartbeat details were saved: a later claim of it hands them over.
-    Heartbeat(i64, Payload),
+    /// A running activity's heartbeat details were saved: a later claim of it hands them over
+    /// (unless the claim they were saved under is no longer the one held).
+    Heartbeat {
+        /// Activity row id.
+        id: i64,
+        /// The claim they were saved under.
+        lease: Lease,
+        /// The details.
+        details: Payload,
+    },
     /// Instances were deleted (purged, or replaced by a new start): everything queued for them goes.
     Forget(Vec<String>),
     /// An instance was terminated: its activities' rows were deleted, queued or running.
@@ -175,11 +183,11 @@ pub fn apply(conn: &Connection, op: &WriteOp, effects: &mut Vec<Effect>) -> Stor
             }
             Ok(WriteOutcome::Done)
         }
-        WriteOp::RecordHeartbeat { id, details, .. } => {
+        WriteOp::RecordHeartbeat { id, lease, details } => {
             conn.prepare_cached("UPDATE activities SET heartbeat = ?2 WHERE id = ?1")
                 .and_then(|mut s| s.execute(params![id, details.as_str()]))
                 .map_err(backend)?;
-            effects.push(Effect::Heartbeat(*id, details.clone()));
+            effects.push(Effect::Heartbeat { id: *id, lease: *lease, details: details.clone() });
             Ok(WriteOutcome::Done)
         }
         WriteOp::PurgeInstance(instance_id) => {
@@ -508,10 +516,11 @@ fn write_turn(conn: &Connection, turn: &TurnCommit, first_seq: u64, effects: &mu
         effects.push(Effect::FinishActivity(finished.id));
     }
     for activity in &turn.activities {
-        let timeouts = to_json(&activity.timeouts)?;
+        let timeouts = activity.timeouts.to_columns();
         conn.prepare_cached(
-            "INSERT INTO activities (instance_id, execution, step, name, input, attempt, timeouts, heartbeat) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO activities (instance_id, execution, step, name, input, attempt, start_to_close_ms, \
+             schedule_to_close_ms, heartbeat_ms, first_scheduled_at, heartbeat) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -521,7 +530,10 @@ fn write_turn(conn: &Connection, turn: &TurnCommit, first_seq: u64, effects: &mu
                 activity.name,
                 activity.input.as_str(),
                 activity.attempt,
-                timeouts,
+                timeouts[0],
+                timeouts[1],
+                timeouts[2],
+                timeouts[3],
                 activity.heartbeat.as_ref().map(Payload::as_str),
             ])
         })

@@ -339,9 +339,12 @@ impl Queues {
         }
     }
 
-    /// Keeps a held activity's last heartbeat details with it, for its next claim.
-    pub fn set_activity_heartbeat(&mut self, id: i64, details: Payload) {
-        if let Some((_, entry)) = self.leased_activities.get_mut(&id) {
+    /// Keeps a held activity's last heartbeat details with it, for its next claim, if it is
+    /// still held under `lease` (a delivery that lost its lease meanwhile saves nothing).
+    pub fn set_activity_heartbeat(&mut self, id: i64, lease: Lease, details: Payload) {
+        if let Some((held, entry)) = self.leased_activities.get_mut(&id)
+            && held.lease.token == lease.token
+        {
             entry.activity.heartbeat = Some(details);
         }
     }

@@ -69,9 +69,12 @@ CREATE INDEX idempotency_keys_by_expiry ON idempotency_keys (expires_at);
     // Version 3 changes no table: a history row may now hold one turn's events as a JSON array.
     // The version bump keeps older Kilns, which read one event per row, off such files.
     "",
-    // Version 4: an activity's timeouts (JSON) and last heartbeat details.
+    // Version 4: an activity's timeouts and last heartbeat details.
     r#"
-ALTER TABLE activities ADD COLUMN timeouts TEXT;
+ALTER TABLE activities ADD COLUMN start_to_close_ms INTEGER;
+ALTER TABLE activities ADD COLUMN schedule_to_close_ms INTEGER;
+ALTER TABLE activities ADD COLUMN heartbeat_ms INTEGER;
+ALTER TABLE activities ADD COLUMN first_scheduled_at INTEGER;
 ALTER TABLE activities ADD COLUMN heartbeat TEXT;
 "#,
 ];

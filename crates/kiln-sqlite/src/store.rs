@@ -1,7 +1,7 @@
 //! [`SqliteStore`]: opening the database, recovering in-memory state, and the [`Store`] methods.
 
 use crate::checkpoint;
-use crate::codec::{backend, decode_event, from_json};
+use crate::codec::{backend, decode_event};
 use crate::ops::{ClaimTarget, PURGE_BATCH, WriteOp, WriteOutcome};
 use crate::queue::{ActivityEntry, Queues};
 use crate::reads::{self, Readers};
@@ -352,13 +352,13 @@ fn recover(conn: &Connection) -> StoreResult<Queues> {
     }
     let mut activities = conn
         .prepare(
-            "SELECT id, instance_id, execution, step, name, input, attempt, dequeue_count, timeouts, heartbeat \
-             FROM activities ORDER BY id",
+            "SELECT id, instance_id, execution, step, name, input, attempt, dequeue_count, start_to_close_ms, \
+             schedule_to_close_ms, heartbeat_ms, first_scheduled_at, heartbeat FROM activities ORDER BY id",
         )
         .map_err(backend)?;
     let rows = activities
         .query_map([], |r| {
-            let entry = ActivityEntry {
+            Ok(ActivityEntry {
                 id: r.get(0)?,
                 activity: NewActivity {
                     instance_id: r.get(1)?,
@@ -367,21 +367,16 @@ fn recover(conn: &Connection) -> StoreResult<Queues> {
                     name: r.get(4)?,
                     input: kiln_core::Payload::from_trusted(r.get(5)?),
                     attempt: r.get(6)?,
-                    timeouts: ActivityTimeouts::default(),
-                    heartbeat: r.get::<_, Option<String>>(9)?.map(kiln_core::Payload::from_trusted),
+                    timeouts: ActivityTimeouts::from_columns([r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?]),
+                    heartbeat: r.get::<_, Option<String>>(12)?.map(kiln_core::Payload::from_trusted),
                 },
                 dequeue_count: r.get(7)?,
                 recovered: true,
-            };
-            Ok((entry, r.get::<_, Option<String>>(8)?))
+            })
         })
         .map_err(backend)?;
-    for row in rows {
-        let (mut entry, timeouts) = row.map_err(backend)?;
-        if let Some(timeouts) = timeouts {
-            entry.activity.timeouts = from_json(&timeouts, "activity timeouts")?;
-        }
-        queues.push_activity(entry);
+    for entry in rows {
+        queues.push_activity(entry.map_err(backend)?);
     }
     Ok(queues)
 }
@@ -551,7 +546,15 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn renew_activity_lease(&self, item: &ActivityWorkItem, lease_for: Duration) -> StoreResult<Lease> {
+    async fn renew_activity_lease(
+        &self,
+        item: &ActivityWorkItem,
+        lease_for: Duration,
+        heartbeat: Option<&Payload>,
+    ) -> StoreResult<Lease> {
+        if let Some(details) = heartbeat {
+            self.write(WriteOp::RecordHeartbeat { id: item.id, lease: item.lease, details: details.clone() }).await?;
+        }
         self.shared.lock_queues().renew_activity(item.id, item.lease, now(), lease_millis(lease_for)).ok_or_else(|| {
             StoreError::LeaseLost(format!("activity '{}' of {}", item.activity.name, item.activity.instance_id))
         })
@@ -566,12 +569,6 @@ impl Store for SqliteStore {
         })
         .await
         .map(|_| ())
-    }
-
-    async fn record_activity_heartbeat(&self, item: &ActivityWorkItem, details: &Payload) -> StoreResult<()> {
-        self.write(WriteOp::RecordHeartbeat { id: item.id, lease: item.lease, details: details.clone() })
-            .await
-            .map(|_| ())
     }
 
     async fn abandon_activity_work(&self, item: &ActivityWorkItem, retry_after: Duration) -> StoreResult<()> {

@@ -99,7 +99,9 @@ fn write_batch(conn: &mut Connection, batch: Vec<WriteRequest>, shared: &Shared)
                                 wake_instances += usize::from(queues.release_instance(&instance_id, &consumed, true));
                             }
                             Effect::FinishActivity(id) => queues.finish_activity(id),
-                            Effect::Heartbeat(id, details) => queues.set_activity_heartbeat(id, details),
+                            Effect::Heartbeat { id, lease, details } => {
+                                queues.set_activity_heartbeat(id, lease, details);
+                            }
                             Effect::Forget(ids) => queues.forget_instances(&ids),
                             Effect::WithdrawActivities(id) => queues.withdraw_activities(&id),
                             Effect::Changed(change) => changes.push(change),

@@ -78,3 +78,30 @@ fn database_files_are_readable_by_their_owner_only() {
         assert_eq!(mode(&dir.path().join(file)), 0o600, "{file}");
     }
 }
+
+/// A database from before schema version 4 (activities without timeouts or heartbeat details)
+/// opens, and its queued activities run as they were scheduled: without limits.
+#[tokio::test]
+async fn activities_queued_before_version_4_survive_the_upgrade() {
+    use kiln_store::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kiln.db");
+    drop(open(&path).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    for column in ["start_to_close_ms", "schedule_to_close_ms", "heartbeat_ms", "first_scheduled_at", "heartbeat"] {
+        conn.execute_batch(&format!("ALTER TABLE activities DROP COLUMN {column}")).unwrap();
+    }
+    conn.execute_batch(
+        "INSERT INTO activities (instance_id, execution, step, name, input, attempt) VALUES ('a', 0, 0, 'work', 'null', 1)",
+    )
+    .unwrap();
+    conn.pragma_update(None, "user_version", 3).unwrap();
+    drop(conn);
+    let store = open(&path).unwrap();
+    let wait = std::time::Duration::from_secs(2);
+    let claimed = store.fetch_activity_work(std::time::Duration::from_secs(30), wait, 1, &[]).await.unwrap();
+    let [item] = claimed.as_slice() else { panic!("the queued activity is claimed: {claimed:?}") };
+    assert_eq!((item.activity.name.as_str(), item.activity.timeouts), ("work", Default::default()));
+    assert_eq!(item.activity.heartbeat, None);
+    store.shutdown().await;
+}

@@ -243,7 +243,7 @@ pub async fn activity_result_reaches_its_instance(store: &dyn Store) {
     commit.activities.push(activity(3));
     store.commit_turn(commit).await.unwrap();
     let activity = store.fetch_activity_work(LEASE, WAIT, 1, &[]).await.unwrap().pop().unwrap();
-    let lease = store.renew_activity_lease(&activity, LEASE).await.unwrap();
+    let lease = store.renew_activity_lease(&activity, LEASE, None).await.unwrap();
     assert_eq!(lease.token, activity.lease.token);
     let done = HistoryEvent::new(now(), EventKind::TaskCompleted { task_scheduled_id: 3, result: Payload::null() });
     store.complete_activity(&activity, done.clone()).await.unwrap();
@@ -286,7 +286,7 @@ pub async fn terminating_an_instance_withdraws_its_activities(store: &dyn Store)
     let mut commit = running_commit(&item);
     commit.status = RuntimeStatus::Terminated;
     store.commit_turn(commit).await.unwrap();
-    let renewed = store.renew_activity_lease(&running, LEASE).await;
+    let renewed = store.renew_activity_lease(&running, LEASE, None).await;
     assert!(matches!(renewed, Err(StoreError::LeaseLost(_))), "a running activity loses its lease: {renewed:?}");
     let done = HistoryEvent::new(now(), EventKind::TaskCompleted { task_scheduled_id: 0, result: Payload::null() });
     let stored = store.complete_activity(&running, done).await;
@@ -614,16 +614,20 @@ pub async fn heartbeat_details_survive_a_lost_worker(store: &dyn Store) {
     let first = store.fetch_activity_work(LEASE, WAIT, 1, &[]).await.unwrap().pop().unwrap();
     assert_eq!(first.activity.timeouts, timeouts);
     assert_eq!(first.activity.heartbeat, Some(details(1)), "the previous attempt's details");
-    store.record_activity_heartbeat(&first, &details(7)).await.unwrap();
-    // The worker is lost: its lease, renewed a last time, lapses.
+    store.renew_activity_lease(&first, LEASE, Some(&details(5))).await.unwrap();
+    store.renew_activity_lease(&first, LEASE, None).await.unwrap();
+    // The worker is lost: its lease, renewed a last time with its last details, lapses.
     let short = Duration::from_millis(200);
-    store.renew_activity_lease(&first, short).await.unwrap();
+    store.renew_activity_lease(&first, short, Some(&details(7))).await.unwrap();
     tokio::time::sleep(short * 2).await;
     let second = store.fetch_activity_work(LEASE, WAIT, 1, &[]).await.unwrap().pop().unwrap();
     assert_eq!((second.id, second.dequeue_count), (first.id, 2));
     assert_eq!(second.activity.heartbeat, Some(details(7)), "the lost delivery's last details");
-    let stale = store.record_activity_heartbeat(&first, &details(3)).await;
-    assert!(matches!(stale, Err(StoreError::LeaseLost(_))), "the lost worker records nothing: {stale:?}");
+    let stale = store.renew_activity_lease(&first, LEASE, Some(&details(3))).await;
+    assert!(matches!(stale, Err(StoreError::LeaseLost(_))), "the lost worker saves nothing: {stale:?}");
+    store.abandon_activity_work(&second, Duration::ZERO).await.unwrap();
+    let third = store.fetch_activity_work(LEASE, WAIT, 1, &[]).await.unwrap().pop().unwrap();
+    assert_eq!(third.activity.heartbeat, Some(details(7)), "still the last saved details");
 }
 
 /// A turn that consumes the newest message and sends itself one in the same commit (as

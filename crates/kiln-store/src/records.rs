@@ -173,7 +173,7 @@ pub struct NewActivity {
     /// The call's timeouts, with the time its first attempt was scheduled.
     pub timeouts: ActivityTimeouts,
     /// The last heartbeat details: the previous attempt's when scheduled, then this attempt's
-    /// own once it records some ([`Store::record_activity_heartbeat`](crate::Store::record_activity_heartbeat)),
+    /// own once it saves some ([`Store::renew_activity_lease`](crate::Store::renew_activity_lease)),
     /// so that a delivery after a lost worker resumes from them.
     pub heartbeat: Option<Payload>,
 }

@@ -116,13 +116,15 @@ pub trait Store: Send + Sync + 'static {
         Ok(None)
     }
 
-    /// Extends an activity's lease; `LeaseLost` if it already lapsed and was handed out again.
-    async fn renew_activity_lease(&self, item: &ActivityWorkItem, lease_for: Duration) -> StoreResult<Lease>;
-
-    /// Saves a running activity's last heartbeat details with its claim, so that the next
-    /// delivery of the same attempt (after its worker was lost) starts from them. `LeaseLost` if
-    /// the lease lapsed.
-    async fn record_activity_heartbeat(&self, item: &ActivityWorkItem, details: &Payload) -> StoreResult<()>;
+    /// Extends an activity's lease, saving `heartbeat` (its last heartbeat details) with it when
+    /// given, so that the next delivery of the same attempt (after its worker was lost) starts
+    /// from them; `LeaseLost` if it already lapsed and was handed out again.
+    async fn renew_activity_lease(
+        &self,
+        item: &ActivityWorkItem,
+        lease_for: Duration,
+        heartbeat: Option<&Payload>,
+    ) -> StoreResult<Lease>;
 
     /// Removes a finished activity and delivers its `TaskCompleted`/`TaskFailed` to the instance,
     /// atomically. `LeaseLost` if the lease lapsed (the activity will run again).

@@ -21,9 +21,17 @@ use std::time::{Duration, Instant};
 ///   long after its first attempt was scheduled; then it fails with
 ///   [`ScheduleToCloseTimeout`](error_types::SCHEDULE_TO_CLOSE_TIMEOUT), never retried.
 /// - **heartbeat**: an attempt that goes this long without [`ActivityContext::heartbeat`] fails
-///   with a `Timeout` failure.
+///   with a `Timeout` failure. Its lease is then as short as the heartbeat timeout (at least a
+///   second), so that the attempt of a worker that died is taken over about as soon.
 ///
-/// Each must be more than zero and at most a year ([`kiln_core::MAX_ACTIVITY_TIMEOUT`]).
+/// Each must be more than zero and at most a year ([`kiln_core::MAX_ACTIVITY_TIMEOUT`]). The
+/// activity runs in a task of its own, so blocking code cannot stop its timeouts from firing;
+/// its future is dropped at its next `.await`, so code that never awaits (use
+/// `tokio::task::spawn_blocking`) runs on after the attempt has failed. A call's
+/// schedule-to-close limit also holds for an attempt no worker starts: a durable timer fails it.
+/// Limits registered with an activity are recorded with the calls a node that has the
+/// registration schedules; a worker applies its own registration to the limits a call has not
+/// recorded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Timeouts {
     start_to_close: Option<Duration>,
@@ -50,7 +58,7 @@ impl Timeouts {
     }
 
     /// Sets the heartbeat timeout.
-    pub fn heartbeat(mut self, timeout: Duration) -> Timeouts {
+    pub fn heartbeat_timeout(mut self, timeout: Duration) -> Timeouts {
         self.heartbeat = Some(timeout);
         self
     }
@@ -95,7 +103,7 @@ impl ActivityOptions {
 
     /// Sets the heartbeat timeout of each attempt.
     pub fn heartbeat_timeout(mut self, timeout: Duration) -> ActivityOptions {
-        self.timeouts = self.timeouts.heartbeat(timeout);
+        self.timeouts = self.timeouts.heartbeat_timeout(timeout);
         self
     }
 
@@ -159,13 +167,18 @@ impl ActivityContext {
     /// lease, at most a third of a lease apart): read them there with
     /// [`ActivityContext::heartbeat_details`] and resume. New details replace earlier ones.
     ///
-    /// Details that do not serialize, or exceed the payload size limit, are refused with an
-    /// error; the heartbeat still counts.
+    /// Details are for progress (a cursor, a count), not data: they are kept in history with a
+    /// failed attempt. Details that do not serialize, or exceed [`MAX_HEARTBEAT_DETAILS_BYTES`]
+    /// (or the payload size limit, if smaller), are refused with an error; the heartbeat still
+    /// counts.
     pub fn heartbeat<T: Serialize + ?Sized>(&self, details: &T) -> Result<(), Failure> {
         self.heartbeats.beat();
         let payload = Payload::encode(details).map_err(|e| Failure::serialization("heartbeat details", &e))?;
-        self.heartbeats
-            .limits
+        let limits = PayloadLimits {
+            max_payload_bytes: self.heartbeats.limits.max_payload_bytes.min(MAX_HEARTBEAT_DETAILS_BYTES),
+            ..self.heartbeats.limits
+        };
+        limits
             .check("heartbeat details", &payload)
             .map_err(|e| Failure::typed(error_types::PAYLOAD_TOO_LARGE, e.to_string()))?;
         self.heartbeats.record(payload);
@@ -180,6 +193,9 @@ impl ActivityContext {
     }
 }
 
+/// The largest heartbeat details accepted ([`ActivityContext::heartbeat`]): 64 KiB.
+pub const MAX_HEARTBEAT_DETAILS_BYTES: usize = 64 * 1024;
+
 /// One running attempt's heartbeats, shared by its [`ActivityContext`] and its worker.
 #[derive(Debug)]
 pub(crate) struct Heartbeats {
@@ -193,14 +209,15 @@ struct HeartbeatState {
     last_beat: Instant,
     /// The last details: the ones the attempt started with, then its own.
     details: Option<Payload>,
-    /// Details recorded since they were last saved.
-    unsaved: bool,
+    /// How many details the attempt recorded, and how many of them were saved.
+    recorded: u64,
+    saved: u64,
 }
 
 impl Heartbeats {
     /// The heartbeats of an attempt starting now with `details`.
     pub(crate) fn new(limits: PayloadLimits, details: Option<Payload>) -> Heartbeats {
-        let state = HeartbeatState { last_beat: Instant::now(), details, unsaved: false };
+        let state = HeartbeatState { last_beat: Instant::now(), details, recorded: 0, saved: 0 };
         Heartbeats { limits, state: Mutex::new(state) }
     }
 
@@ -216,7 +233,7 @@ impl Heartbeats {
     fn record(&self, details: Payload) {
         let mut state = self.lock();
         state.details = Some(details);
-        state.unsaved = true;
+        state.recorded += 1;
     }
 
     /// When the last heartbeat was (or the attempt started).
@@ -229,9 +246,17 @@ impl Heartbeats {
         self.lock().details.clone()
     }
 
-    /// The details recorded since the last call, if any, to save.
-    pub(crate) fn take_unsaved(&self) -> Option<Payload> {
+    /// The last details if they were not saved yet, with their version for
+    /// [`Heartbeats::saved`].
+    pub(crate) fn unsaved(&self) -> Option<(u64, Payload)> {
+        let state = self.lock();
+        (state.recorded > state.saved).then(|| state.details.clone().map(|d| (state.recorded, d))).flatten()
+    }
+
+    /// Notes that the details of `version` (from [`Heartbeats::unsaved`]) were saved; later
+    /// ones stay unsaved.
+    pub(crate) fn saved(&self, version: u64) {
         let mut state = self.lock();
-        std::mem::take(&mut state.unsaved).then(|| state.details.clone()).flatten()
+        state.saved = state.saved.max(version);
     }
 }

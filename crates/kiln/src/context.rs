@@ -6,6 +6,7 @@
 
 use crate::activity::ActivityOptions;
 use crate::failure::Failure;
+use crate::registry::ActivityDefaults;
 use crate::retry::{RetryCall, RetryPolicy};
 use kiln_core::{
     ActivityTimeouts, FailureDetails, Outcome, Payload, PayloadLimits, ReplayState, Slot, Timestamp, error_types,
@@ -28,6 +29,9 @@ const UUID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6b696c6e_2d6f_7263_68
 pub(crate) struct ContextInner {
     pub(crate) state: Arc<Mutex<ReplayState>>,
     pub(crate) limits: PayloadLimits,
+    /// The timeouts registered with activities on this node, which calls that leave a limit
+    /// out get (and record) when scheduled.
+    pub(crate) activity_defaults: Arc<ActivityDefaults>,
     pub(crate) name: String,
     /// A failure that ends the execution at the end of the current poll (e.g. an oversized
     /// custom status).
@@ -151,11 +155,12 @@ impl OrchestrationContext {
     ) -> RetryCall<O> {
         let timeouts = match options.timeouts.record() {
             Ok(timeouts) => timeouts,
-            Err(err) => return RetryCall::failed(self, Failure::typed("InvalidActivityOptions", err.to_string())),
+            Err(err) => {
+                return RetryCall::failed(self, Failure::typed(error_types::INVALID_ACTIVITY_OPTIONS, err.to_string()));
+            }
         };
-        let policy = options.retry.unwrap_or_else(|| RetryPolicy::new(1, Duration::ZERO));
         match self.encode_payload("activity input", input) {
-            Ok(payload) => RetryCall::start(self, name, payload, policy, timeouts),
+            Ok(payload) => RetryCall::start(self, name, payload, options.retry, timeouts),
             Err(failure) => RetryCall::failed(self, failure),
         }
     }
@@ -169,6 +174,10 @@ impl OrchestrationContext {
         timeouts: ActivityTimeouts,
         heartbeat: Option<Payload>,
     ) -> DurableFuture<O> {
+        let timeouts = match self.inner.activity_defaults.get(name) {
+            Some(defaults) => timeouts.or(defaults),
+            None => timeouts,
+        };
         let step = self.inner.lock().schedule_activity(name, input, attempt, timeouts, heartbeat);
         DurableFuture::new(self, Slot::Step(step), format!("activity '{name}'"))
     }
@@ -291,13 +300,22 @@ pub struct DurableFuture<T> {
     inner: Arc<ContextInner>,
     slot: Option<Slot>,
     immediate: Option<Failure>,
+    /// A failed activity attempt's last heartbeat details, kept from the failure the code sees.
+    heartbeat: Option<Payload>,
     what: String,
     _output: PhantomData<fn() -> T>,
 }
 
 impl<T> DurableFuture<T> {
     fn new(ctx: &OrchestrationContext, slot: Slot, what: String) -> DurableFuture<T> {
-        DurableFuture { inner: Arc::clone(&ctx.inner), slot: Some(slot), immediate: None, what, _output: PhantomData }
+        DurableFuture {
+            inner: Arc::clone(&ctx.inner),
+            slot: Some(slot),
+            immediate: None,
+            heartbeat: None,
+            what,
+            _output: PhantomData,
+        }
     }
 
     pub(crate) fn failed(ctx: &OrchestrationContext, failure: Failure) -> DurableFuture<T> {
@@ -305,6 +323,7 @@ impl<T> DurableFuture<T> {
             inner: Arc::clone(&ctx.inner),
             slot: None,
             immediate: Some(failure),
+            heartbeat: None,
             what: String::new(),
             _output: PhantomData,
         }
@@ -321,6 +340,12 @@ impl<T> DurableFuture<T> {
 }
 
 impl<T> DurableFuture<T> {
+    /// The last heartbeat details of the failed activity attempt this future resolved with, if
+    /// it had any (for the call's next attempt).
+    pub(crate) fn take_heartbeat_details(&mut self) -> Option<Payload> {
+        self.heartbeat.take()
+    }
+
     /// The step's result, once it has one, without taking it: its history position, and the
     /// failure's error type if it failed.
     pub(crate) fn peek(&self) -> Option<(u64, Option<String>)> {
@@ -365,7 +390,12 @@ impl<T: DeserializeOwned> Future for DurableFuture<T> {
             Outcome::Completed(payload) => {
                 payload.decode_lenient().map_err(|e| Failure::serialization(&format!("output of {}", self.what), &e))
             }
-            Outcome::Failed(details) => Err(Failure::from(details)),
+            Outcome::Failed(mut details) => {
+                // Progress for the call's next attempt, not part of the failure the code sees
+                // (which a `?` would copy into the instance's own failure).
+                self.heartbeat = details.last_heartbeat_details.take();
+                Err(Failure::from(details))
+            }
         })
     }
 }

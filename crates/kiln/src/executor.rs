@@ -8,7 +8,7 @@
 use crate::cache::RecordStamp;
 use crate::context::{ContextInner, OrchestrationContext};
 use crate::panic::poll_catching;
-use crate::registry::{ErasedFuture, OrchestrationFn};
+use crate::registry::{ActivityDefaults, ErasedFuture, OrchestrationFn};
 use kiln_core::{Applied, ExecutionOutcome, FailureDetails, HistoryEvent, PayloadLimits, ReplayError, ReplayState};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
@@ -32,10 +32,12 @@ impl Execution {
         execution: u64,
         orchestration: OrchestrationFn,
         limits: PayloadLimits,
+        activity_defaults: Arc<ActivityDefaults>,
     ) -> Execution {
         let inner = Arc::new(ContextInner {
             state: Arc::new(Mutex::new(ReplayState::new(instance_id, execution))),
             limits,
+            activity_defaults,
             name: name.to_owned(),
             fatal: Mutex::new(None),
         });

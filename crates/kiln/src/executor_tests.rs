@@ -22,7 +22,14 @@ where
 {
     let mut registry = Registry::default();
     registry.add_orchestration("test", "", f);
-    Execution::new("i", "test", 0, registry.orchestration("test", "").unwrap(), PayloadLimits::default())
+    Execution::new(
+        "i",
+        "test",
+        0,
+        registry.orchestration("test", "").unwrap(),
+        PayloadLimits::default(),
+        Default::default(),
+    )
 }
 
 fn ev(id: i64, kind: EventKind) -> HistoryEvent {
@@ -52,13 +59,7 @@ fn started(input: &str) -> Vec<HistoryEvent> {
 fn scheduled(step: i64, name: &str) -> HistoryEvent {
     ev(
         step,
-        EventKind::TaskScheduled {
-            name: name.into(),
-            input: json("null"),
-            attempt: 1,
-            timeouts: Default::default(),
-            heartbeat: None,
-        },
+        EventKind::TaskScheduled { name: name.into(), input: json("null"), attempt: 1, timeouts: Default::default() },
     )
 }
 

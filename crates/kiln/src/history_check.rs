@@ -66,8 +66,15 @@ where
 {
     let instance_id = history.instance_id.clone();
     let function = erase(orchestration, "orchestration input", "orchestration output");
-    let mut execution =
-        Execution::new(&instance_id, &history.name, history.execution, function, PayloadLimits::default());
+    // Registered activity timeouts only change what new steps record: none here.
+    let mut execution = Execution::new(
+        &instance_id,
+        &history.name,
+        history.execution,
+        function,
+        PayloadLimits::default(),
+        Default::default(),
+    );
     // The events before the end; the end (and what arrived after it) is what the replay is
     // compared with.
     let end = history.events.iter().position(|e| ends_execution(&e.kind));

@@ -39,6 +39,7 @@
 //! - [`client`]: the in-process client. [`config`]: runtime configuration.
 
 pub mod activity;
+mod attempt;
 mod cache;
 pub mod client;
 pub mod combinators;
@@ -54,7 +55,7 @@ mod runtime;
 mod turn;
 mod worker;
 
-pub use activity::{ActivityContext, ActivityOptions, Timeouts};
+pub use activity::{ActivityContext, ActivityOptions, MAX_HEARTBEAT_DETAILS_BYTES, Timeouts};
 pub use client::{ClientError, KilnClient, StartOptions, Started};
 pub use combinators::{DurableStep, Either, join_all, join2, select_all, select2};
 pub use config::RuntimeConfig;
@@ -65,8 +66,8 @@ pub use retry::{RetryCall, RetryPolicy};
 pub use runtime::MetricsSnapshot;
 
 pub use kiln_core::{
-    EventKind, FailureDetails, HistoryEvent, Payload, PayloadLimits, ReplayError, RuntimeStatus, Timestamp, WaitingOn,
-    error_types, validate_event_name,
+    EventKind, FailureDetails, HistoryEvent, InvalidTimeout, MAX_ACTIVITY_TIMEOUT, Payload, PayloadLimits, ReplayError,
+    RuntimeStatus, Timestamp, WaitingOn, error_types, validate_event_name,
 };
 pub use kiln_sqlite::{OpenError, SqliteOptions, SqliteStore, Synchronous};
 pub use kiln_store::{InstancePage, InstanceQuery, InstanceRecord, PageCursor, PurgeFilter, Store, StoreError};
@@ -94,12 +95,12 @@ pub enum StartError {
     #[error("orchestration '{0}' is registered under version '*', which is reserved")]
     ReservedVersion(String),
     /// An activity was registered with a timeout out of bounds.
-    #[error("activity '{activity}': {source}")]
+    #[error("activity '{activity}': {reason}")]
     InvalidTimeout {
         /// The activity.
         activity: String,
         /// What is wrong.
-        source: kiln_core::InvalidTimeout,
+        reason: kiln_core::InvalidTimeout,
     },
 }
 
@@ -190,8 +191,8 @@ impl KilnBuilder {
         if let Some(name) = self.registry.name_with_version(kiln_store::UNPINNED_VERSION) {
             return Err(StartError::ReservedVersion(name.to_owned()));
         }
-        if let Some((activity, source)) = self.registry.invalid_timeouts() {
-            return Err(StartError::InvalidTimeout { activity, source });
+        if let Some((activity, reason)) = self.registry.invalid_timeouts() {
+            return Err(StartError::InvalidTimeout { activity, reason });
         }
         let store: Arc<dyn Store> = match (self.store, self.sqlite) {
             (Some(store), _) => store,

@@ -29,6 +29,9 @@ pub(crate) struct Registry {
     activities: HashMap<String, RegisteredActivity>,
 }
 
+/// The valid timeouts registered with activities, by activity name.
+pub(crate) type ActivityDefaults = HashMap<String, ActivityTimeouts>;
+
 /// An activity function and the timeouts its calls get unless they set their own (checked
 /// when the runtime starts: [`Registry::invalid_timeouts`]).
 #[derive(Clone)]
@@ -99,6 +102,14 @@ impl Registry {
 
     pub(crate) fn activity(&self, name: &str) -> Option<RegisteredActivity> {
         self.activities.get(name).cloned()
+    }
+
+    /// The timeouts registered with activities (those that set any, and valid).
+    pub(crate) fn activity_defaults(&self) -> ActivityDefaults {
+        self.activities
+            .iter()
+            .filter_map(|(name, a)| a.timeouts.as_ref().ok().filter(|t| !t.is_empty()).map(|t| (name.clone(), *t)))
+            .collect()
     }
 
     /// The first activity (by name) registered with timeouts out of bounds, and why.

@@ -130,14 +130,17 @@ enum RetryState<O> {
 }
 
 impl<O: DeserializeOwned> RetryCall<O> {
+    /// Starts a call; `policy` is `None` for a single attempt, which is scheduled at once in
+    /// every execution (as `call_activity` is).
     pub(crate) fn start(
         ctx: &OrchestrationContext,
         name: &str,
         input: Payload,
-        policy: RetryPolicy,
+        policy: Option<RetryPolicy>,
         timeouts: ActivityTimeouts,
     ) -> RetryCall<O> {
-        let eager = ctx.inner.lock().has_feature(features::EAGER_RETRY);
+        let eager = policy.is_none() || ctx.inner.lock().has_feature(features::EAGER_RETRY);
+        let policy = policy.unwrap_or_else(|| RetryPolicy::new(1, Duration::ZERO));
         let mut call = RetryCall {
             ctx: ctx.clone(),
             name: name.to_owned(),
@@ -162,7 +165,7 @@ impl<O: DeserializeOwned> RetryCall<O> {
             // The total timeout and the schedule-to-close limit run from the first attempt.
             self.first_attempt_at = self.ctx.current_time();
         } else {
-            timeouts.first_scheduled_at = Some(self.first_attempt_at);
+            timeouts.first_scheduled_at = Some(self.limits_start());
         }
         let attempt =
             self.ctx.schedule_payload(&self.name, self.input.clone(), self.attempt, timeouts, self.heartbeat.take());
@@ -184,6 +187,12 @@ impl<O: DeserializeOwned> RetryCall<O> {
         }
     }
 
+    /// When the call's limits (total timeout, schedule-to-close) started to run: its first
+    /// attempt, or the rewind that made it run again.
+    fn limits_start(&self) -> Timestamp {
+        self.first_attempt_at.max(self.ctx.inner.lock().rewound_at().unwrap_or(Timestamp(0)))
+    }
+
     /// What follows a failed attempt of `error_type`.
     fn next_attempt(&self, error_type: &str) -> Next {
         if self.attempt >= self.policy.max_attempts
@@ -194,10 +203,11 @@ impl<O: DeserializeOwned> RetryCall<O> {
         }
         let delay = self.policy.delay(self.attempt - 1);
         let retry_at = self.ctx.current_time().plus_millis(millis(delay));
-        let deadline = ActivityTimeouts { first_scheduled_at: Some(self.first_attempt_at), ..self.timeouts }.deadline();
+        let since = self.limits_start();
+        let deadline = ActivityTimeouts { first_scheduled_at: Some(since), ..self.timeouts }.deadline();
         match self.policy.total_timeout {
             _ if deadline.is_some_and(|deadline| retry_at >= deadline) => Next::ScheduleToCloseTimeout,
-            Some(timeout) if retry_at > self.first_attempt_at.plus_millis(millis(timeout)) => Next::TotalTimeout,
+            Some(timeout) if retry_at > since.plus_millis(millis(timeout)) => Next::TotalTimeout,
             _ => Next::RetryAt(retry_at),
         }
     }
@@ -246,7 +256,9 @@ impl<O: DeserializeOwned> Future for RetryCall<O> {
                 RetryState::Running(call) => {
                     // A completed attempt whose output does not decode is final (EAGER_RETRY).
                     let completed = this.eager && call.peek().is_some_and(|(_, failed)| failed.is_none());
-                    let failure = match Pin::new(call).poll(cx) {
+                    let polled = Pin::new(&mut *call).poll(cx);
+                    let heartbeat = call.take_heartbeat_details();
+                    let failure = match polled {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(Ok(output)) => {
                             this.state = RetryState::Done(None);
@@ -278,7 +290,7 @@ impl<O: DeserializeOwned> Future for RetryCall<O> {
                             return Poll::Ready(Err(ended));
                         }
                     };
-                    this.heartbeat = failure.details().last_heartbeat_details.clone();
+                    this.heartbeat = heartbeat;
                     this.state = RetryState::Backoff(this.ctx.create_timer(retry_at));
                 }
                 RetryState::Backoff(timer) => match Pin::new(timer).poll(cx) {

@@ -19,6 +19,8 @@ pub(crate) struct Runtime {
     pub(crate) cache: ExecutionCache,
     pub(crate) metrics: Metrics,
     pub(crate) running: crate::worker::RunningActivities,
+    /// The registry's activity timeouts, shared by every execution.
+    pub(crate) activity_defaults: Arc<crate::registry::ActivityDefaults>,
 }
 
 /// Counters of the runtime's work since start.
@@ -91,7 +93,16 @@ impl Metrics {
 impl Runtime {
     pub(crate) fn new(store: Arc<dyn Store>, registry: Registry, config: RuntimeConfig) -> Runtime {
         let cache = ExecutionCache::new(config.cache_capacity);
-        Runtime { store, registry, config, cache, metrics: Metrics::default(), running: Default::default() }
+        let activity_defaults = Arc::new(registry.activity_defaults());
+        Runtime {
+            store,
+            registry,
+            config,
+            cache,
+            metrics: Metrics::default(),
+            running: Default::default(),
+            activity_defaults,
+        }
     }
 }
 

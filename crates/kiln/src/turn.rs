@@ -5,6 +5,7 @@
 //! or by replaying stored history), applies the new events, and turns the resulting actions and
 //! outcome into history, outgoing work and the new instance state.
 
+use crate::attempt::Timeout;
 use crate::cache::RecordStamp;
 use crate::executor::Execution;
 use crate::registry::OrchestrationFn;
@@ -393,6 +394,7 @@ async fn rewind_turn(
             instance.execution,
             orchestration.clone(),
             rt.config.limits,
+            std::sync::Arc::clone(&rt.activity_defaults),
         )
     };
     // One replay of the failed history, tracing the code's decisions: which failures it got past.
@@ -523,8 +525,14 @@ fn replayed(
     orchestration: OrchestrationFn,
     history: &[HistoryEvent],
 ) -> Execution {
-    let mut execution =
-        Execution::new(&instance.instance_id, &instance.name, instance.execution, orchestration, rt.config.limits);
+    let mut execution = Execution::new(
+        &instance.instance_id,
+        &instance.name,
+        instance.execution,
+        orchestration,
+        rt.config.limits,
+        std::sync::Arc::clone(&rt.activity_defaults),
+    );
     if let Err(err) = execution.replay(history) {
         execution.fail(replay_failure(&err));
     }
@@ -695,7 +703,7 @@ fn carry_out(rt: &Runtime, instance: &InstanceRecord, commit: &mut TurnCommit, a
             Action::ScheduleTask { id, name, input, attempt, mut timeouts, heartbeat } => {
                 // A first attempt's limits run from this turn's time, the one its event records.
                 timeouts.first_scheduled_at.get_or_insert(commit.now);
-                commit.activities.push(NewActivity {
+                let activity = NewActivity {
                     instance_id: instance.instance_id.clone(),
                     execution,
                     step: id,
@@ -704,7 +712,17 @@ fn carry_out(rt: &Runtime, instance: &InstanceRecord, commit: &mut TurnCommit, a
                     attempt,
                     timeouts,
                     heartbeat,
-                });
+                };
+                // The call's deadline holds even if no worker ever starts the attempt (none has
+                // the activity, or the queue is long): a durable timer fails the step then,
+                // unless its result came first (the later one is a duplicate, dropped).
+                if let (Some(deadline), Some(limit)) = (timeouts.deadline(), timeouts.schedule_to_close_ms) {
+                    let failure_details = Timeout::ScheduleToClose(limit).failure(&activity);
+                    let expired = EventKind::TaskFailed { task_scheduled_id: id, failure_details };
+                    let expired = HistoryEvent::new(deadline, expired);
+                    commit.messages.push(to_self(instance, Some(execution), expired, Some(deadline)));
+                }
+                commit.activities.push(activity);
             }
             Action::CreateTimer { id, fire_at } => {
                 let fired = HistoryEvent::new(fire_at, EventKind::TimerFired { timer_id: id, fire_at });

@@ -3,12 +3,12 @@
 //! Both wait on the store for work (no fixed-interval polling) and stop on the shutdown signal.
 
 use crate::RuntimeConfig;
-use crate::activity::{ActivityContext, Heartbeats};
-use crate::panic::CatchPanic;
+use crate::activity::Heartbeats;
+use crate::attempt::{Ended, run_attempt, save_heartbeat};
 use crate::runtime::Runtime;
 use crate::turn::run_turn;
-use kiln_core::{ActivityTimeouts, EventKind, FailureDetails, HistoryEvent, Payload, error_types};
-use kiln_store::{ActivityWorkItem, FinishedActivity, Lease, NewActivity, StoreError, Unrunnable};
+use kiln_core::{EventKind, FailureDetails, HistoryEvent, Payload, error_types};
+use kiln_store::{ActivityWorkItem, FinishedActivity, StoreError, Unrunnable};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -136,9 +136,7 @@ pub(crate) async fn activity_dispatcher(rt: Arc<Runtime>, mut shutdown: watch::R
     if drained.is_err() {
         tasks.abort_all();
         for (item, heartbeats) in rt.running.drain() {
-            if let Some(details) = heartbeats.take_unsaved() {
-                let _ = rt.store.record_activity_heartbeat(&item, &details).await;
-            }
+            save_heartbeat(&rt, &item, &heartbeats).await;
             let _ = rt.store.abandon_activity_work(&item, Duration::ZERO).await;
         }
     }
@@ -271,12 +269,9 @@ impl RunningActivities {
     }
 }
 
-/// Why a running activity's future was dropped before it finished.
+/// Why a running activity's future was dropped before it finished (see [`Ended`]).
 enum Cancellation {
-    /// Its instance was terminated by a turn this process committed.
     Terminated,
-    /// Its lease renewal found the lease gone: withdrawn (its instance was terminated
-    /// elsewhere) or lapsed and taken over by another worker.
     LeaseGone,
 }
 
@@ -348,62 +343,11 @@ async fn run_activity(rt: &Runtime, mut item: ActivityWorkItem, cancel: &Notify,
                 delivery = item.dequeue_count,
                 "activity started"
             );
-            let defaults = registered.timeouts.unwrap_or_default();
-            let limits = AttemptLimits::new(&activity.timeouts.or(&defaults), started);
-            let ctx = ActivityContext {
-                instance_id: activity.instance_id.clone(),
-                execution: activity.execution,
-                task_id: activity.step,
-                name: activity.name.clone(),
-                attempt: activity.attempt,
-                delivery: item.dequeue_count,
-                heartbeat_details: activity.heartbeat.clone(),
-                heartbeats: Arc::clone(&heartbeats),
-            };
-            let run = CatchPanic::new((registered.function)(ctx, activity.input.clone()));
-            let renew_every = rt.config.lease_duration / 3;
-            let mut renew_at = started + renew_every;
-            tokio::pin!(run);
-            // Returning (or breaking out) drops the activity's future: it stops at its next await.
-            let result = loop {
-                if let Some(timeout) = limits.expired(Instant::now(), heartbeats.last_beat()) {
-                    rt.metrics.timed_out.fetch_add(1, Ordering::Relaxed);
-                    let activity = &item.activity;
-                    tracing::warn!(
-                        instance_id = activity.instance_id,
-                        activity = activity.name,
-                        attempt = activity.attempt,
-                        timeout = timeout.kind(),
-                        "activity timed out"
-                    );
-                    break Err(timeout.failure(&item.activity));
-                }
-                let wake = limits.next_check(renew_at, heartbeats.last_beat());
-                tokio::select! {
-                    result = &mut run => break result.and_then(|r| r),
-                    () = cancel.notified() => return canceled(rt, &item, Cancellation::Terminated),
-                    () = tokio::time::sleep_until(wake.into()) => {
-                        if Instant::now() < renew_at {
-                            continue;
-                        }
-                        renew_at = Instant::now() + renew_every;
-                        match renew_lease(rt, &item, &heartbeats).await {
-                            Ok(lease) => item.lease = lease,
-                            // Withdrawn (its instance was terminated) or taken over after a
-                            // lapse: its result could not be stored.
-                            Err(StoreError::LeaseLost(_)) => {
-                                return canceled(rt, &item, Cancellation::LeaseGone);
-                            }
-                            Err(err) => tracing::warn!(instance_id = item.activity.instance_id, error = %err, "activity lease renewal failed"),
-                        }
-                    }
-                }
-            };
-            // A failed attempt hands its last heartbeat details to the next one.
-            result.map_err(|mut failure| {
-                failure.last_heartbeat_details = heartbeats.details();
-                failure
-            })
+            match run_attempt(rt, &mut item, registered, cancel, &heartbeats).await {
+                Ended::Finished(result) => result,
+                Ended::Terminated => return canceled(rt, &item, Cancellation::Terminated),
+                Ended::LeaseGone => return canceled(rt, &item, Cancellation::LeaseGone),
+            }
         }
     };
     let outcome = outcome.and_then(|output: Payload| match rt.config.limits.check("activity output", &output) {
@@ -429,124 +373,6 @@ async fn run_activity(rt: &Runtime, mut item: ActivityWorkItem, cancel: &Notify,
     report_result(rt, item, event).await;
 }
 
-/// Saves a running activity's unsaved heartbeat details, then extends its lease.
-async fn renew_lease(rt: &Runtime, item: &ActivityWorkItem, heartbeats: &Heartbeats) -> Result<Lease, StoreError> {
-    if let Some(details) = heartbeats.take_unsaved() {
-        match rt.store.record_activity_heartbeat(item, &details).await {
-            Err(err @ StoreError::LeaseLost(_)) => return Err(err),
-            // The details are kept in hand: a retry still gets them, only a lost worker's next
-            // delivery would not.
-            Err(err) => {
-                tracing::warn!(instance_id = item.activity.instance_id, error = %err, "saving heartbeat details failed")
-            }
-            Ok(()) => {}
-        }
-    }
-    rt.store.renew_activity_lease(item, rt.config.lease_duration).await
-}
-
-/// The limits one delivery of an attempt runs under: the call's timeouts, completed by the
-/// registration's, as instants on this worker's clock.
-struct AttemptLimits {
-    /// When the attempt must end, and by which limit.
-    end: Option<(Instant, Timeout)>,
-    /// How long it may go without a heartbeat.
-    heartbeat: Option<Duration>,
-}
-
-/// Which limit an attempt ran past.
-#[derive(Clone, Copy)]
-enum Timeout {
-    /// Its start-to-close limit (in ms).
-    StartToClose(u64),
-    /// Its call's schedule-to-close limit (in ms).
-    ScheduleToClose(u64),
-    /// Its heartbeat timeout (in ms).
-    Heartbeat(u64),
-}
-
-impl AttemptLimits {
-    fn new(timeouts: &ActivityTimeouts, started: Instant) -> AttemptLimits {
-        let start_to_close =
-            timeouts.start_to_close_ms.map(|ms| (started + Duration::from_millis(ms), Timeout::StartToClose(ms)));
-        // The call's deadline is a wall-clock time (its first attempt's turn); it may have passed.
-        let schedule_to_close = timeouts.deadline().zip(timeouts.schedule_to_close_ms).map(|(deadline, ms)| {
-            let left =
-                u64::try_from(deadline.millis().saturating_sub(crate::runtime::wall_clock().millis())).unwrap_or(0);
-            (started + Duration::from_millis(left), Timeout::ScheduleToClose(ms))
-        });
-        let end = match (start_to_close, schedule_to_close) {
-            (Some(a), Some(b)) => Some(if b.0 <= a.0 { b } else { a }),
-            (a, b) => a.or(b),
-        };
-        AttemptLimits { end, heartbeat: timeouts.heartbeat_ms.map(Duration::from_millis) }
-    }
-
-    /// The limit the attempt has run past at `now`, if any.
-    fn expired(&self, now: Instant, last_beat: Instant) -> Option<Timeout> {
-        match (self.end, self.heartbeat) {
-            (Some((end, timeout)), _) if now >= end => Some(timeout),
-            (_, Some(heartbeat)) if now >= last_beat + heartbeat => {
-                Some(Timeout::Heartbeat(heartbeat.as_millis() as u64))
-            }
-            _ => None,
-        }
-    }
-
-    /// When to look again: the lease renewal, or a limit that may pass first.
-    fn next_check(&self, renew_at: Instant, last_beat: Instant) -> Instant {
-        let mut next = renew_at;
-        if let Some((end, _)) = self.end {
-            next = next.min(end);
-        }
-        if let Some(heartbeat) = self.heartbeat {
-            next = next.min(last_beat + heartbeat);
-        }
-        next
-    }
-}
-
-impl Timeout {
-    /// The name logs use.
-    fn kind(self) -> &'static str {
-        match self {
-            Timeout::StartToClose(_) => "start-to-close",
-            Timeout::ScheduleToClose(_) => "schedule-to-close",
-            Timeout::Heartbeat(_) => "heartbeat",
-        }
-    }
-
-    /// The failure the attempt ends with.
-    fn failure(self, activity: &NewActivity) -> FailureDetails {
-        let (name, attempt) = (&activity.name, activity.attempt);
-        match self {
-            Timeout::StartToClose(ms) => FailureDetails::new(
-                error_types::TIMEOUT,
-                format!("activity '{name}' attempt {attempt} ran past its start-to-close timeout of {}", seconds(ms)),
-            ),
-            Timeout::Heartbeat(ms) => FailureDetails::new(
-                error_types::TIMEOUT,
-                format!(
-                    "activity '{name}' attempt {attempt} sent no heartbeat within its heartbeat timeout of {}",
-                    seconds(ms)
-                ),
-            ),
-            Timeout::ScheduleToClose(ms) => FailureDetails::new(
-                error_types::SCHEDULE_TO_CLOSE_TIMEOUT,
-                format!(
-                    "activity '{name}' ran past its call's schedule-to-close timeout of {} (attempt {attempt})",
-                    seconds(ms)
-                ),
-            ),
-        }
-    }
-}
-
-/// A duration in milliseconds as seconds for messages, e.g. `2.5 s`.
-fn seconds(millis: u64) -> String {
-    format!("{} s", millis as f64 / 1e3)
-}
-
 /// Stores an activity's result. While the store cannot take it for a passing reason (a full
 /// disk, a lost database connection), the result is kept in hand and the lease renewed, so the
 /// activity does not run again for nothing.
@@ -563,7 +389,7 @@ async fn report_result(rt: &Runtime, mut item: ActivityWorkItem, event: HistoryE
                 backoff.failed("storing an activity result", &err).await;
                 // A renewal the store cannot take either is retried with the result; once the
                 // lease has lapsed, the store answers `LeaseLost`.
-                match rt.store.renew_activity_lease(&item, rt.config.lease_duration).await {
+                match rt.store.renew_activity_lease(&item, rt.config.lease_duration, None).await {
                     Ok(lease) => item.lease = lease,
                     Err(StoreError::Unavailable(_)) => {}
                     Err(_) => {
@@ -605,7 +431,7 @@ mod tests {
             name: "work".into(),
             input: Payload::null(),
             attempt: 1,
-            timeouts: ActivityTimeouts::default(),
+            timeouts: kiln_core::ActivityTimeouts::default(),
             heartbeat: None,
         };
         let lease = kiln_store::Lease { token: 1, expires_at: kiln_core::Timestamp(0) };

@@ -88,6 +88,31 @@ async fn hang_within_limits(ctx: OrchestrationContext, _: ()) -> Result<(), Fail
     ctx.call_activity_with_options("hang", &(), options).await
 }
 
+/// `hang` with a schedule-to-close limit shorter than its start-to-close: the call's deadline
+/// cuts the running attempt.
+async fn hang_past_deadline(ctx: OrchestrationContext, _: ()) -> Result<(), Failure> {
+    let options =
+        ActivityOptions::new().start_to_close(Duration::from_secs(60)).schedule_to_close(Duration::from_millis(600));
+    ctx.call_activity_with_options("hang", &(), options).await
+}
+
+/// An activity no worker has, under a schedule-to-close limit.
+async fn never_claimed(ctx: OrchestrationContext, _: ()) -> Result<(), Failure> {
+    let options = ActivityOptions::new().schedule_to_close(Duration::from_millis(500));
+    ctx.call_activity_with_options("nobody_has_it", &(), options).await
+}
+
+/// `hang` with a start-to-close limit of its own, over the registered one.
+async fn hang_with_own_limit(ctx: OrchestrationContext, _: ()) -> Result<(), Failure> {
+    ctx.call_activity_with_options("hang", &(), ActivityOptions::new().start_to_close(Duration::from_millis(400))).await
+}
+
+/// `crunch` with a heartbeat timeout long enough for it to hang a while, its details saved.
+async fn crunch_watched(ctx: OrchestrationContext, job: Job) -> Result<u32, Failure> {
+    let options = ActivityOptions::new().heartbeat_timeout(Duration::from_secs(3));
+    ctx.call_activity_with_options("crunch", &job, options).await
+}
+
 /// `hang` with no timeouts of the call's own: the registration's apply.
 async fn hang_plainly(ctx: OrchestrationContext, _: ()) -> Result<(), Failure> {
     ctx.call_activity("hang", &()).await
@@ -107,6 +132,9 @@ async fn crunch_slowly(ctx: OrchestrationContext, job: Job) -> Result<u32, Failu
     ctx.call_activity_with_options("crunch", &job, options).await
 }
 
+/// The start-to-close limit `hang` is registered with.
+const REGISTERED_LIMIT_MS: u64 = 300;
+
 fn builder() -> KilnBuilder {
     Kiln::builder()
         .config(RuntimeConfig { shutdown_grace: Duration::from_millis(300), ..RuntimeConfig::default() })
@@ -115,8 +143,16 @@ fn builder() -> KilnBuilder {
         .orchestration("hang_plainly", hang_plainly)
         .orchestration("zero_timeout", zero_timeout)
         .orchestration("crunch_slowly", crunch_slowly)
+        .orchestration("hang_past_deadline", hang_past_deadline)
+        .orchestration("never_claimed", never_claimed)
+        .orchestration("hang_with_own_limit", hang_with_own_limit)
+        .orchestration("crunch_watched", crunch_watched)
         .activity("crunch", crunch)
-        .activity_with_timeouts("hang", Timeouts::new().start_to_close(Duration::from_millis(300)), hang)
+        .activity_with_timeouts(
+            "hang",
+            Timeouts::new().start_to_close(Duration::from_millis(REGISTERED_LIMIT_MS)),
+            hang,
+        )
 }
 
 fn starts(id: &str) -> Vec<Start> {
@@ -191,27 +227,79 @@ async fn schedule_to_close_ends_a_call_for_good() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registered_timeouts_bound_calls_that_set_none() {
+async fn the_call_s_deadline_cuts_a_running_attempt_and_fails_one_never_started() {
     for backend in Backend::all().await {
         let kiln = builder().store(backend.open().await).start().await.unwrap();
         let client = kiln.client();
-        let id = client.start("hang_plainly", &()).await.unwrap();
-        let record = client.wait_for_completion(&id, common::DEADLINE).await.unwrap();
         let on = backend.name();
-        assert_eq!(record.status, RuntimeStatus::Failed, "{on}");
-        let failure = record.failure.unwrap();
-        assert_eq!(failure.error_type, error_types::TIMEOUT, "{on}");
-        assert!(failure.error_message.contains("start-to-close timeout of 0.3 s"), "{on}: {}", failure.error_message);
-        assert_eq!(starts(&id).len(), 1, "{on}: no retry policy, one attempt");
+        let running = client.start("hang_past_deadline", &()).await.unwrap();
+        let unclaimed = client.start("never_claimed", &()).await.unwrap();
+        for id in [&running, &unclaimed] {
+            let record = client.wait_for_completion(id, common::DEADLINE).await.unwrap();
+            let failure = record.failure.expect("failed");
+            assert_eq!(failure.error_type, error_types::SCHEDULE_TO_CLOSE_TIMEOUT, "{on}: {failure:?}");
+        }
+        assert_eq!(starts(&running).len(), 1, "{on}");
+        wait_for("the cut attempt's future is dropped", || drops(&running) == 1).await;
+        assert!(starts(&unclaimed).is_empty(), "{on}: no worker has it");
         kiln.shutdown().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_timeouts_bound_calls_that_set_none_and_a_call_s_own_win() {
+    for backend in Backend::all().await {
+        let kiln = builder().store(backend.open().await).start().await.unwrap();
+        let client = kiln.client();
+        let on = backend.name();
+        let plain = client.start("hang_plainly", &()).await.unwrap();
+        let own = client.start("hang_with_own_limit", &()).await.unwrap();
+        for (id, limit) in [(&plain, "0.3 s"), (&own, "0.4 s")] {
+            let record = client.wait_for_completion(id, common::DEADLINE).await.unwrap();
+            assert_eq!(record.status, RuntimeStatus::Failed, "{on}");
+            let failure = record.failure.unwrap();
+            assert_eq!(failure.error_type, error_types::TIMEOUT, "{on}");
+            let expected = format!("start-to-close timeout of {limit}");
+            assert!(failure.error_message.contains(&expected), "{on}: {}", failure.error_message);
+            assert_eq!(starts(id).len(), 1, "{on}: no retry policy, one attempt");
+        }
+        // The registered limit is recorded with the call that set none (so `waitingOn` shows it).
+        let recorded = client.history(&plain).await.unwrap().into_iter().find_map(|e| match e.kind {
+            EventKind::TaskScheduled { timeouts, .. } => timeouts.start_to_close_ms,
+            _ => None,
+        });
+        assert_eq!(recorded, Some(REGISTERED_LIMIT_MS), "{on}");
+        kiln.shutdown().await;
+    }
+}
+
+/// A running attempt's heartbeat details are saved with its lease as it is renewed (not only
+/// when it ends or is handed back), so that a worker lost without a word leaves them behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_details_are_saved_while_the_attempt_runs() {
+    let test = common::TestKiln::start(builder()).await;
+    let id = test.client.start("crunch_watched", &Job { items: 4, hang_after: Some(4) }).await.unwrap();
+    wait_for("the activity hangs after 4 items", || processed(&id).len() == 4).await;
+    // The lease follows the 3 s heartbeat timeout: renewed (and the details saved) every second.
+    let saved = || {
+        let conn =
+            rusqlite::Connection::open_with_flags(&test.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        conn.query_row("SELECT heartbeat FROM activities", [], |r| r.get::<_, Option<String>>(0)).unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while saved().as_deref() != Some("4") {
+        assert!(Instant::now() < deadline, "details saved: {:?}", saved());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    test.client.terminate(&id, None).await.unwrap();
+    test.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeouts_out_of_bounds_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let zero = Kiln::builder()
-        .activity_with_timeouts("hang", Timeouts::new().heartbeat(Duration::ZERO), hang)
+        .activity_with_timeouts("hang", Timeouts::new().heartbeat_timeout(Duration::ZERO), hang)
         .sqlite(dir.path().join("a.db"))
         .start()
         .await;
@@ -232,7 +320,7 @@ async fn timeouts_out_of_bounds_are_refused() {
     let id = test.client.start("zero_timeout", &()).await.unwrap();
     let record = test.finish(&id).await;
     let failure = record.failure.unwrap();
-    assert_eq!(failure.error_type, "InvalidActivityOptions");
+    assert_eq!(failure.error_type, error_types::INVALID_ACTIVITY_OPTIONS);
     assert_eq!(failure.error_message, "start-to-close timeout must be more than zero");
     assert!(starts(&id).is_empty());
     test.stop().await;
@@ -251,7 +339,8 @@ async fn waiting_on_shows_the_attempt_and_its_limits() {
     assert_eq!((name.as_str(), *attempt), ("crunch", 1));
     assert_eq!((*start_to_close_ms, *heartbeat_timeout_ms), (Some(120_000), Some(60_000)));
     let deadline = deadline.expect("a schedule-to-close deadline").millis() - record.created_at.millis();
-    assert!((600_000..601_000).contains(&deadline), "10 minutes after the start: {deadline} ms");
+    // From the first turn, which follows the start (by far less than 30 s).
+    assert!((600_000..630_000).contains(&deadline), "10 minutes after the start: {deadline} ms");
     test.client.terminate(&id, None).await.unwrap();
     test.stop().await;
 }

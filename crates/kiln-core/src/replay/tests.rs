@@ -31,7 +31,6 @@ fn scheduled(step: i64, name: &str) -> HistoryEvent {
             input: Payload::null(),
             attempt: 1,
             timeouts: Default::default(),
-            heartbeat: None,
         },
     )
 }

@@ -31,7 +31,6 @@ impl Written {
                 input: Payload::null(),
                 attempt: 1,
                 timeouts: Default::default(),
-                heartbeat: None,
             },
         )
     }
@@ -189,7 +188,6 @@ fn a_retried_failure_stays() {
         input: Payload::null(),
         attempt,
         timeouts: Default::default(),
-        heartbeat: None,
     };
     let history = Written::new()
         .start()

@@ -240,12 +240,13 @@ impl Store for FaultyStore {
         self.write("claim_with_activity_result", self.inner.claim_with_activity_result(item, result, lease_for)).await
     }
 
-    async fn renew_activity_lease(&self, item: &ActivityWorkItem, lease_for: Duration) -> StoreResult<Lease> {
-        self.write("renew_activity_lease", self.inner.renew_activity_lease(item, lease_for)).await
-    }
-
-    async fn record_activity_heartbeat(&self, item: &ActivityWorkItem, details: &Payload) -> StoreResult<()> {
-        self.write("record_activity_heartbeat", self.inner.record_activity_heartbeat(item, details)).await
+    async fn renew_activity_lease(
+        &self,
+        item: &ActivityWorkItem,
+        lease_for: Duration,
+        heartbeat: Option<&Payload>,
+    ) -> StoreResult<Lease> {
+        self.write("renew_activity_lease", self.inner.renew_activity_lease(item, lease_for, heartbeat)).await
     }
 
     async fn complete_activity(&self, item: &ActivityWorkItem, result: HistoryEvent) -> StoreResult<()> {

@@ -390,10 +390,20 @@ impl ReplayState {
             ),
             None => false,
         };
+        // A schedule-to-close expiry for an earlier deadline than the call's (a rewind gave the
+        // call its time again) is stale.
+        let stale = is_new
+            && match (&event.kind, self.open.get(&step)) {
+                (EventKind::TaskFailed { failure_details, .. }, Some(OpenStep::Activity { timeouts, .. })) => {
+                    failure_details.error_type == crate::error_types::SCHEDULE_TO_CLOSE_TIMEOUT
+                        && self.call_deadline(timeouts).is_some_and(|deadline| event.timestamp < deadline)
+                }
+                _ => false,
+            };
         // Stored history is replayed as it was recorded (before this check, a purged run's
         // result could be recorded for a step of another kind): only an unknown step is corrupt.
         let recorded_open = !is_new && self.open.contains_key(&step);
-        if !fits && !recorded_open {
+        if stale || (!fits && !recorded_open) {
             if is_new {
                 return Ok(Applied::Duplicate);
             }
@@ -658,11 +668,7 @@ impl ReplayState {
                     name: name.clone(),
                     attempt: *attempt,
                     task_id: *id,
-                    deadline: ActivityTimeouts {
-                        first_scheduled_at: timeouts.first_scheduled_at.max(self.rewound_at),
-                        ..*timeouts
-                    }
-                    .deadline(),
+                    deadline: self.call_deadline(timeouts),
                     start_to_close_ms: timeouts.start_to_close_ms,
                     heartbeat_timeout_ms: timeouts.heartbeat_ms,
                 },
@@ -677,6 +683,13 @@ impl ReplayState {
         events.sort();
         waiting.extend(events.into_iter().map(|name| WaitingOn::Event { name: name.clone() }));
         waiting
+    }
+
+    /// When an activity call under `timeouts` must be done: its schedule-to-close limit from
+    /// its first attempt, or from the last rewind if that came later.
+    fn call_deadline(&self, timeouts: &ActivityTimeouts) -> Option<Timestamp> {
+        ActivityTimeouts { first_scheduled_at: timeouts.first_scheduled_at.max(self.rewound_at), ..*timeouts }
+            .deadline()
     }
 
     /// Instance ids of sub-orchestrations that have not finished (for cascading terminate).

@@ -113,6 +113,28 @@ async fn crunch_watched(ctx: OrchestrationContext, job: Job) -> Result<u32, Fail
     ctx.call_activity_with_options("crunch", &job, options).await
 }
 
+/// How many more attempts of `flaky` fail, by instance.
+static FAILS_LEFT: Mutex<BTreeMap<String, u32>> = Mutex::new(BTreeMap::new());
+
+/// Fails (retryably) while its instance has failures left, then succeeds.
+async fn flaky(ctx: ActivityContext, _: ()) -> Result<u32, Failure> {
+    let mut left = FAILS_LEFT.lock().unwrap();
+    let left = left.entry(ctx.instance_id().to_owned()).or_insert(u32::MAX);
+    if *left > 0 {
+        *left -= 1;
+        return Err(Failure::typed("NotYet", "not yet"));
+    }
+    Ok(ctx.attempt())
+}
+
+/// `flaky`, retried within a schedule-to-close limit.
+async fn flaky_within_limits(ctx: OrchestrationContext, _: ()) -> Result<u32, Failure> {
+    let options = ActivityOptions::new()
+        .schedule_to_close(Duration::from_millis(800))
+        .retry(RetryPolicy::new(1_000, Duration::from_millis(100)));
+    ctx.call_activity_with_options("flaky", &(), options).await
+}
+
 /// `hang` with no timeouts of the call's own: the registration's apply.
 async fn hang_plainly(ctx: OrchestrationContext, _: ()) -> Result<(), Failure> {
     ctx.call_activity("hang", &()).await
@@ -147,6 +169,8 @@ fn builder() -> KilnBuilder {
         .orchestration("never_claimed", never_claimed)
         .orchestration("hang_with_own_limit", hang_with_own_limit)
         .orchestration("crunch_watched", crunch_watched)
+        .orchestration("flaky_within_limits", flaky_within_limits)
+        .activity("flaky", flaky)
         .activity("crunch", crunch)
         .activity_with_timeouts(
             "hang",
@@ -269,6 +293,35 @@ async fn registered_timeouts_bound_calls_that_set_none_and_a_call_s_own_win() {
             _ => None,
         });
         assert_eq!(recorded, Some(REGISTERED_LIMIT_MS), "{on}");
+        kiln.shutdown().await;
+    }
+}
+
+/// A rewind gives a call that ran out of time its schedule-to-close limit again, from the
+/// rewind: the attempt done again may fail and be retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewind_gives_a_call_its_time_again() {
+    for backend in Backend::all().await {
+        let kiln = builder().store(backend.open().await).start().await.unwrap();
+        let client = kiln.client();
+        let on = backend.name();
+        let id = client.start("flaky_within_limits", &()).await.unwrap();
+        let record = client.wait_for_completion(&id, common::DEADLINE).await.unwrap();
+        let failure = record.failure.clone().expect("failed");
+        assert_eq!(failure.error_type, error_types::SCHEDULE_TO_CLOSE_TIMEOUT, "{on}: {failure:?}");
+        let scheduled = |history: &[kiln::HistoryEvent]| {
+            history.iter().filter(|e| matches!(e.kind, EventKind::TaskScheduled { .. })).count() as u64
+        };
+        let attempts = scheduled(&client.history(&id).await.unwrap());
+        // After the rewind the attempt done again fails once more, then the retry succeeds.
+        FAILS_LEFT.lock().unwrap().insert(id.clone(), 1);
+        client.rewind(&id, Some("the service is back")).await.unwrap();
+        let failed_at = record.updated_at;
+        let ended_again = |r: &kiln::InstanceRecord| r.updated_at > failed_at && r.status.is_terminal();
+        let record = client.wait_until(&id, common::DEADLINE, ended_again).await.unwrap().expect("ends again");
+        assert_eq!(record.status, RuntimeStatus::Completed, "{on}: {:?}", record.failure);
+        let expected = serde_json::json!(attempts + 1);
+        assert_eq!(common::output(&record), expected, "{on}: the attempt done again failed, the next succeeded");
         kiln.shutdown().await;
     }
 }

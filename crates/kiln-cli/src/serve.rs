@@ -89,7 +89,7 @@ pub async fn run(app: &App, config: ServeConfig) -> anyhow::Result<()> {
     let public_server = listener::serve(public, public_router, limits(public_cap), wait_for(stopped.clone()));
     let management_router = http.management_router();
     let management_server = listener::serve(management, management_router, limits(management_cap), wait_for(stopped));
-    let (draining, delay) = (http.clone(), config.shutdown_delay);
+    let (draining, delay, runtime) = (http.clone(), config.shutdown_delay, &kiln);
     let signals = async move {
         shutdown_signal().await;
         tracing::info!("shutting down: answering long polls, draining requests and work");
@@ -97,7 +97,10 @@ pub async fn run(app: &App, config: ServeConfig) -> anyhow::Result<()> {
         // listeners close once load balancers have seen it.
         draining.begin_shutdown();
         tokio::time::sleep(delay).await;
+        // Then requests in progress and running activities share one grace period: the exit
+        // comes within the delay plus the grace, not the delay plus twice the grace.
         let _ = stop.send(true);
+        runtime.stop_taking_work();
     };
     let (public_result, management_result, ()) = tokio::join!(public_server, management_server, signals);
     public_result.context("public listener failed")?;

@@ -243,10 +243,18 @@ impl Kiln {
         self.rt.metrics.snapshot()
     }
 
+    /// Stops taking work: from now on no turn or activity is claimed, and running activities
+    /// get the grace period ([`Kiln::shutdown_grace`]) before they are handed back. Returns at
+    /// once; [`Kiln::shutdown`] waits for it and closes the store. Lets an application drain its
+    /// own requests (which may still use the client) during the same grace period.
+    pub fn stop_taking_work(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
     /// Stops taking work, lets running activities finish (within the grace period), releases
     /// the rest, and closes the store after its pending writes.
     pub async fn shutdown(&self) {
-        let _ = self.shutdown.send(true);
+        self.stop_taking_work();
         let workers: Vec<JoinHandle<()>> = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()));
         for worker in workers {
             let _ = worker.await;

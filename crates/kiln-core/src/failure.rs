@@ -62,6 +62,8 @@ pub mod error_types {
     pub const SCHEDULE_TO_CLOSE_TIMEOUT: &str = "ScheduleToCloseTimeout";
     /// An activity call's options were out of bounds (e.g. a timeout of zero).
     pub const INVALID_ACTIVITY_OPTIONS: &str = "InvalidActivityOptions";
+    /// A patch id was empty or too long.
+    pub const INVALID_PATCH_ID: &str = "InvalidPatchId";
     /// A retry policy's total timeout elapsed.
     pub const RETRY_TIMEOUT: &str = "RetryTimeout";
     /// A sub-orchestration was terminated.

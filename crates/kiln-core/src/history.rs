@@ -206,6 +206,10 @@ pub enum EventKind {
         /// The client's reason.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// The activity steps the rewind runs again (in the event the rewind records; empty in
+        /// the client's request): their calls' limits run again from the rewind.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        redone_activities: Vec<u64>,
     },
 }
 

@@ -148,8 +148,9 @@ pub struct ReplayState {
     patches: HashMap<String, bool>,
     /// Patches taken for the first time this turn, to record.
     new_patches: Vec<(String, u64)>,
-    /// When the execution was last rewound: activity calls' limits run from then on.
-    rewound_at: Option<Timestamp>,
+    /// Activity steps a rewind ran again, with the rewind's time: their calls' limits run from
+    /// then on.
+    restarted: HashMap<u64, Timestamp>,
 }
 
 impl ReplayState {
@@ -182,14 +183,14 @@ impl ReplayState {
             recorded_patches: HashMap::new(),
             patches: HashMap::new(),
             new_patches: Vec::new(),
-            rewound_at: None,
+            restarted: HashMap::new(),
         }
     }
 
-    /// When the execution was last rewound (as far as replay has got): a rewound activity call
-    /// gets its schedule-to-close and total retry time again from then.
-    pub fn rewound_at(&self) -> Option<Timestamp> {
-        self.rewound_at
+    /// When a rewind ran the activity `step` again (as far as replay has got): its call gets
+    /// its schedule-to-close and total retry time again from then.
+    pub fn limits_restarted_at(&self, step: u64) -> Option<Timestamp> {
+        self.restarted.get(&step).copied()
     }
 
     /// Whether this execution runs with a replay behaviour ([`crate::features`]).
@@ -332,8 +333,13 @@ impl ReplayState {
             EventKind::Patched { .. } if is_new => {
                 Err(ReplayError::Corrupted(format!("{} arrived as a message", event.kind.name())))
             }
-            EventKind::ExecutionRewound { .. } => {
-                self.rewound_at = Some(event.timestamp);
+            EventKind::ExecutionRewound { redone_activities, .. } => {
+                for &step in redone_activities {
+                    self.restarted.insert(step, event.timestamp);
+                    if let Some(OpenStep::Activity { timeouts, .. }) = self.open.get_mut(&step) {
+                        timeouts.first_scheduled_at = Some(event.timestamp);
+                    }
+                }
                 Ok(Applied::Nothing)
             }
             EventKind::ExecutionSuspended { .. } | EventKind::ExecutionResumed { .. } | EventKind::Patched { .. } => {
@@ -396,7 +402,7 @@ impl ReplayState {
             && match (&event.kind, self.open.get(&step)) {
                 (EventKind::TaskFailed { failure_details, .. }, Some(OpenStep::Activity { timeouts, .. })) => {
                     failure_details.error_type == crate::error_types::SCHEDULE_TO_CLOSE_TIMEOUT
-                        && self.call_deadline(timeouts).is_some_and(|deadline| event.timestamp < deadline)
+                        && timeouts.deadline().is_some_and(|deadline| event.timestamp < deadline)
                 }
                 _ => false,
             };
@@ -668,7 +674,7 @@ impl ReplayState {
                     name: name.clone(),
                     attempt: *attempt,
                     task_id: *id,
-                    deadline: self.call_deadline(timeouts),
+                    deadline: timeouts.deadline(),
                     start_to_close_ms: timeouts.start_to_close_ms,
                     heartbeat_timeout_ms: timeouts.heartbeat_ms,
                 },
@@ -683,13 +689,6 @@ impl ReplayState {
         events.sort();
         waiting.extend(events.into_iter().map(|name| WaitingOn::Event { name: name.clone() }));
         waiting
-    }
-
-    /// When an activity call under `timeouts` must be done: its schedule-to-close limit from
-    /// its first attempt, or from the last rewind if that came later.
-    fn call_deadline(&self, timeouts: &ActivityTimeouts) -> Option<Timestamp> {
-        ActivityTimeouts { first_scheduled_at: timeouts.first_scheduled_at.max(self.rewound_at), ..*timeouts }
-            .deadline()
     }
 
     /// Instance ids of sub-orchestrations that have not finished (for cascading terminate).

@@ -151,8 +151,21 @@ pub fn plan_rewind(
             _ => plan.reapplied.push(event.clone()),
         }
     }
-    plan.redo.extend(never_carried_out.into_iter().cloned());
-    plan.history.push(HistoryEvent::new(now, EventKind::ExecutionRewound { reason }));
+    // Steps the failing turn kept but never carried out get their limits from the rewind too.
+    plan.redo.extend(never_carried_out.into_iter().map(|action| match action.clone() {
+        Action::ScheduleTask { id, name, input, attempt, timeouts, heartbeat } => Action::ScheduleTask {
+            id,
+            name,
+            input,
+            attempt,
+            timeouts: ActivityTimeouts { first_scheduled_at: None, ..timeouts },
+            heartbeat,
+        },
+        other => other,
+    }));
+    let redone_activities =
+        plan.redo.iter().filter(|a| matches!(a, Action::ScheduleTask { .. })).map(Action::id).collect();
+    plan.history.push(HistoryEvent::new(now, EventKind::ExecutionRewound { reason, redone_activities }));
     plan
 }
 

@@ -211,7 +211,12 @@ async fn a_node_leaves_the_work_it_cannot_run_to_the_others() {
     old.send_message("done", HistoryEvent::new(now(), late)).await.unwrap();
     let taken = old.fetch_orchestration_work(LEASE, WAIT).await.unwrap().expect("the finished instance's event");
     assert_eq!(taken.instance.instance_id, "done");
-    old.send_message("failed", HistoryEvent::new(now(), EventKind::ExecutionRewound { reason: None })).await.unwrap();
+    old.send_message(
+        "failed",
+        HistoryEvent::new(now(), EventKind::ExecutionRewound { reason: None, redone_activities: Vec::new() }),
+    )
+    .await
+    .unwrap();
     let after = EventKind::EventRaised { name: "approval".into(), input: Payload::null() };
     old.send_message("failed", HistoryEvent::new(now(), after)).await.unwrap();
     assert!(old.fetch_orchestration_work(LEASE, NO_WAIT).await.unwrap().is_none(), "the rewind is skipped");

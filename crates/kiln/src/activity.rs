@@ -21,13 +21,14 @@ use std::time::{Duration, Instant};
 ///   long after its first attempt was scheduled; then it fails with
 ///   [`ScheduleToCloseTimeout`](error_types::SCHEDULE_TO_CLOSE_TIMEOUT), never retried.
 /// - **heartbeat**: an attempt that goes this long without [`ActivityContext::heartbeat`] fails
-///   with a `Timeout` failure. Its lease is then as short as the heartbeat timeout (at least a
-///   second), so that the attempt of a worker that died is taken over about as soon.
+///   with a `Timeout` failure. Its lease is then as short as the heartbeat timeout (at least
+///   5 s), so that the attempt of a worker that died is taken over about as soon.
 ///
 /// Each must be more than zero and at most a year ([`kiln_core::MAX_ACTIVITY_TIMEOUT`]). The
-/// activity runs in a task of its own, so blocking code cannot stop its timeouts from firing;
-/// its future is dropped at its next `.await`, so code that never awaits (use
-/// `tokio::task::spawn_blocking`) runs on after the attempt has failed. A call's
+/// activity runs in a task of its own, so code that blocks its thread does not stop its
+/// timeouts from firing while the runtime has other threads; its future is dropped at its next
+/// `.await`, so code that never awaits runs on after the attempt has failed. Run blocking code
+/// with `tokio::task::spawn_blocking`. A call's
 /// schedule-to-close limit also holds for an attempt no worker starts: a durable timer fails it.
 /// Limits registered with an activity are recorded with the calls a node that has the
 /// registration schedules; a worker applies its own registration to the limits a call has not

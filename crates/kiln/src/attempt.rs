@@ -1,7 +1,8 @@
 //! One attempt of an activity on this worker: the activity runs in a task of its own while this
 //! side renews its lease (saving its heartbeat details), enforces its timeouts and watches for
-//! its cancellation. An activity that never yields (blocking code) holds only its own thread: its
-//! lease is still renewed, its timeouts still fire and its result is still reported.
+//! its cancellation. An activity that never yields (blocking code) holds only its own thread:
+//! while the runtime has another, its lease is still renewed, its timeouts still fire and its
+//! failure is still reported.
 
 use crate::activity::{ActivityContext, Heartbeats};
 use crate::panic::CatchPanic;
@@ -15,9 +16,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-/// The shortest lease an activity with a heartbeat timeout is held under (see
-/// [`lease_for`]), so that a very short heartbeat timeout does not turn into a storm of renewals.
-const MIN_HEARTBEAT_LEASE: Duration = Duration::from_secs(1);
+/// The shortest lease an activity with a heartbeat timeout is held under (see [`lease_for`]):
+/// a very short heartbeat timeout does not turn into a storm of renewals, and leases compare
+/// the wall clocks of different nodes, which may be a second or two apart.
+const MIN_HEARTBEAT_LEASE: Duration = Duration::from_secs(5);
 
 /// How an attempt ended on this worker.
 pub(crate) enum Ended {
@@ -43,6 +45,12 @@ pub(crate) async fn run_attempt(
     let activity = &item.activity;
     // Limits the call left out come from this worker's registration.
     let limits = AttemptLimits::new(&activity.timeouts.or(&registered.timeouts.unwrap_or_default()), started);
+    // A call already over (its schedule-to-close deadline passed while the attempt waited) does
+    // not run at all.
+    if let Some(timeout) = limits.expired(started, started) {
+        timed_out(rt, activity, timeout);
+        return Ended::Finished(Err(timeout.failure(activity)));
+    }
     let ctx = ActivityContext {
         instance_id: activity.instance_id.clone(),
         execution: activity.execution,
@@ -92,6 +100,13 @@ pub(crate) async fn run_attempt(
     };
     // Dropping the task's handle aborts it: a timed-out activity stops at its next await.
     drop(run);
+    // A lease shortened to the heartbeat timeout would leave little time to report the result
+    // (the report may run the instance's next turn): back to the full lease first.
+    if lease < rt.config.lease_duration
+        && let Ok(renewed) = rt.store.renew_activity_lease(item, rt.config.lease_duration, None).await
+    {
+        item.lease = renewed;
+    }
     Ended::Finished(result.map_err(|mut failure| {
         failure.last_heartbeat_details = heartbeats.details();
         failure

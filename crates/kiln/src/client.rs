@@ -376,7 +376,8 @@ impl KilnClient {
                 return Err(ClientError::WrongState { id: instance_id.to_owned(), status, operation: "rewind" });
             }
         }
-        self.send(instance_id, EventKind::ExecutionRewound { reason: reason.map(str::to_owned) }).await
+        let rewind = EventKind::ExecutionRewound { reason: reason.map(str::to_owned), redone_activities: Vec::new() };
+        self.send(instance_id, rewind).await
     }
 
     /// Purges a finished instance and its sub-orchestrations; returns how many were deleted.

@@ -95,7 +95,7 @@ impl OrchestrationContext {
     pub fn patched(&self, patch_id: &str) -> bool {
         if patch_id.is_empty() || patch_id.chars().count() > MAX_PATCH_ID_CHARS {
             self.inner.fail(FailureDetails::new(
-                "InvalidPatchId",
+                error_types::INVALID_PATCH_ID,
                 format!("a patch id must be 1–{MAX_PATCH_ID_CHARS} characters, not {}", patch_id.chars().count()),
             ));
             return false;
@@ -165,6 +165,15 @@ impl OrchestrationContext {
         }
     }
 
+    /// `timeouts`, with the limits they leave out taken from the activity's registration on
+    /// this node, if it has one.
+    pub(crate) fn with_registered_timeouts(&self, name: &str, timeouts: ActivityTimeouts) -> ActivityTimeouts {
+        match self.inner.activity_defaults.get(name) {
+            Some(defaults) => timeouts.or(defaults),
+            None => timeouts,
+        }
+    }
+
     /// Schedules one attempt of an activity call.
     pub(crate) fn schedule_payload<O: DeserializeOwned>(
         &self,
@@ -174,10 +183,7 @@ impl OrchestrationContext {
         timeouts: ActivityTimeouts,
         heartbeat: Option<Payload>,
     ) -> DurableFuture<O> {
-        let timeouts = match self.inner.activity_defaults.get(name) {
-            Some(defaults) => timeouts.or(defaults),
-            None => timeouts,
-        };
+        let timeouts = self.with_registered_timeouts(name, timeouts);
         let step = self.inner.lock().schedule_activity(name, input, attempt, timeouts, heartbeat);
         DurableFuture::new(self, Slot::Step(step), format!("activity '{name}'"))
     }
@@ -340,6 +346,14 @@ impl<T> DurableFuture<T> {
 }
 
 impl<T> DurableFuture<T> {
+    /// The step this future waits on, if it is one.
+    pub(crate) fn step(&self) -> Option<u64> {
+        match self.slot {
+            Some(Slot::Step(step)) => Some(step),
+            _ => None,
+        }
+    }
+
     /// The last heartbeat details of the failed activity attempt this future resolved with, if
     /// it had any (for the call's next attempt).
     pub(crate) fn take_heartbeat_details(&mut self) -> Option<Payload> {

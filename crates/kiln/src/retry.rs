@@ -113,6 +113,8 @@ pub struct RetryCall<O> {
     attempt: u32,
     /// The last heartbeat details of the attempt before, for the next one.
     heartbeat: Option<Payload>,
+    /// The current attempt's step.
+    step: Option<u64>,
     /// The execution runs under [`features::EAGER_RETRY`].
     eager: bool,
     state: RetryState<O>,
@@ -141,6 +143,8 @@ impl<O: DeserializeOwned> RetryCall<O> {
     ) -> RetryCall<O> {
         let eager = policy.is_none() || ctx.inner.lock().has_feature(features::EAGER_RETRY);
         let policy = policy.unwrap_or_else(|| RetryPolicy::new(1, Duration::ZERO));
+        // Every attempt, and the decision to retry, under the same limits.
+        let timeouts = ctx.with_registered_timeouts(name, timeouts);
         let mut call = RetryCall {
             ctx: ctx.clone(),
             name: name.to_owned(),
@@ -150,6 +154,7 @@ impl<O: DeserializeOwned> RetryCall<O> {
             first_attempt_at: ctx.current_time(),
             attempt: 1,
             heartbeat: None,
+            step: None,
             eager,
             state: RetryState::NotStarted,
         };
@@ -165,10 +170,11 @@ impl<O: DeserializeOwned> RetryCall<O> {
             // The total timeout and the schedule-to-close limit run from the first attempt.
             self.first_attempt_at = self.ctx.current_time();
         } else {
-            timeouts.first_scheduled_at = Some(self.limits_start());
+            timeouts.first_scheduled_at = Some(self.first_attempt_at);
         }
-        let attempt =
+        let attempt: DurableFuture<O> =
             self.ctx.schedule_payload(&self.name, self.input.clone(), self.attempt, timeouts, self.heartbeat.take());
+        self.step = attempt.step();
         self.state = RetryState::Running(attempt);
     }
 
@@ -182,15 +188,17 @@ impl<O: DeserializeOwned> RetryCall<O> {
             first_attempt_at: ctx.current_time(),
             attempt: 1,
             heartbeat: None,
+            step: None,
             eager: true,
             state: RetryState::Done(Some(failure)),
         }
     }
 
     /// When the call's limits (total timeout, schedule-to-close) started to run: its first
-    /// attempt, or the rewind that made it run again.
+    /// attempt, or the rewind that ran the current attempt again.
     fn limits_start(&self) -> Timestamp {
-        self.first_attempt_at.max(self.ctx.inner.lock().rewound_at().unwrap_or(Timestamp(0)))
+        let restarted = self.step.and_then(|step| self.ctx.inner.lock().limits_restarted_at(step));
+        self.first_attempt_at.max(restarted.unwrap_or(Timestamp(0)))
     }
 
     /// What follows a failed attempt of `error_type`.
@@ -291,6 +299,8 @@ impl<O: DeserializeOwned> Future for RetryCall<O> {
                         }
                     };
                     this.heartbeat = heartbeat;
+                    // Later attempts keep the limits' start (a rewind may have moved it).
+                    this.first_attempt_at = this.limits_start();
                     this.state = RetryState::Backoff(this.ctx.create_timer(retry_at));
                 }
                 RetryState::Backoff(timer) => match Pin::new(timer).poll(cx) {

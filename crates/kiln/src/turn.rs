@@ -381,7 +381,7 @@ async fn rewind_turn(
     commit.consumed.extend(late.iter().map(|m| m.id));
     let late: Vec<HistoryEvent> = late.iter().map(|m| m.event.clone()).collect();
     let reason = match &message.event.kind {
-        EventKind::ExecutionRewound { reason } => reason.clone(),
+        EventKind::ExecutionRewound { reason, .. } => reason.clone(),
         _ => None,
     };
     let mut history = rt.store.get_history(&instance.instance_id).await?;
@@ -438,7 +438,8 @@ async fn rewind_turn(
     carry_out(rt, instance, &mut commit, redo, true);
     for (step, child) in children.rewind {
         if execution.state().is_open(step) {
-            let rewound = EventKind::ExecutionRewound { reason: Some("parent rewound".into()) };
+            let rewound =
+                EventKind::ExecutionRewound { reason: Some("parent rewound".into()), redone_activities: Vec::new() };
             commit.messages.push(OutgoingMessage {
                 instance_id: child,
                 execution: None,

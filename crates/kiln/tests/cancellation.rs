@@ -58,14 +58,6 @@ fn config(lease: Duration) -> RuntimeConfig {
     }
 }
 
-async fn wait_for(what: &str, condition: impl Fn() -> bool) {
-    let deadline = Instant::now() + common::DEADLINE;
-    while !condition() {
-        assert!(Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminating_cancels_running_activities_and_queued_ones_never_start() {
     let dir = tempfile::tempdir().unwrap();
@@ -81,12 +73,12 @@ async fn terminating_cancels_running_activities_and_queued_ones_never_start() {
     let client = kiln.client();
     let id = client.start("two_endless", &()).await.unwrap();
     let started = format!("{id}/");
-    wait_for("the first branch starts", || total(&STARTS, &started) == 1).await;
+    common::wait_for("the first branch starts", || total(&STARTS, &started) == 1).await;
     client.terminate(&id, Some("enough")).await.unwrap();
     let record = client.wait_for_completion(&id, common::DEADLINE).await.unwrap();
     assert_eq!(record.status, RuntimeStatus::Terminated);
     // The running branch's future is dropped (the lease is 30 s: not by a lapse).
-    wait_for("the running activity is canceled", || total(&DROPS, &started) == 1).await;
+    common::wait_for("the running activity is canceled", || total(&DROPS, &started) == 1).await;
     assert_eq!(kiln.client().metrics().canceled, 1);
     kiln.shutdown().await;
 
@@ -127,12 +119,12 @@ async fn on_postgresql_another_nodes_terminate_cancels_at_the_next_lease_renewal
     let client = orchestrations.client();
     let id = client.start("two_endless", &()).await.unwrap();
     let started = format!("{id}/");
-    wait_for("the first branch starts", || total(&STARTS, &started) == 1).await;
+    common::wait_for("the first branch starts", || total(&STARTS, &started) == 1).await;
     client.terminate(&id, None).await.unwrap();
     client.wait_for_completion(&id, common::DEADLINE).await.unwrap();
     // Canceled at the next renewal (a third of the lease), not after the lease lapsed.
     let terminated = Instant::now();
-    wait_for("the running activity is canceled", || total(&DROPS, &started) == 1).await;
+    common::wait_for("the running activity is canceled", || total(&DROPS, &started) == 1).await;
     assert!(terminated.elapsed() < lease, "canceled after {:?}", terminated.elapsed());
     tokio::time::sleep(lease).await;
     assert_eq!(total(&STARTS, &started), 1, "the queued branch never starts: {:?}", STARTS.lock().unwrap());

@@ -203,14 +203,6 @@ fn drops(id: &str) -> u32 {
     DROPS.lock().unwrap().get(id).copied().unwrap_or(0)
 }
 
-async fn wait_for(what: &str, condition: impl Fn() -> bool) {
-    let deadline = Instant::now() + common::DEADLINE;
-    while !condition() {
-        assert!(Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_attempt_times_out_and_the_retry_resumes_from_its_last_heartbeat() {
     for backend in Backend::all().await {
@@ -257,7 +249,7 @@ async fn schedule_to_close_ends_a_call_for_good() {
         let attempts = starts(&id).len();
         assert!((2..=5).contains(&attempts), "{on}: {attempts} attempts");
         assert!(started.elapsed() < Duration::from_secs(10), "{on}: ended after {:?}", started.elapsed());
-        wait_for("every attempt's future is dropped", || drops(&id) as usize == attempts).await;
+        common::wait_for("every attempt's future is dropped", || drops(&id) as usize == attempts).await;
         kiln.shutdown().await;
     }
 }
@@ -276,7 +268,7 @@ async fn the_call_s_deadline_cuts_a_running_attempt_and_fails_one_never_started(
             assert_eq!(failure.error_type, error_types::SCHEDULE_TO_CLOSE_TIMEOUT, "{on}: {failure:?}");
         }
         assert_eq!(starts(&running).len(), 1, "{on}");
-        wait_for("the cut attempt's future is dropped", || drops(&running) == 1).await;
+        common::wait_for("the cut attempt's future is dropped", || drops(&running) == 1).await;
         kiln.shutdown().await;
     }
 }
@@ -364,7 +356,7 @@ async fn a_rewind_leaves_a_running_call_its_deadline() {
 async fn heartbeat_details_are_saved_while_the_attempt_runs() {
     let test = common::TestKiln::start(builder()).await;
     let id = test.client.start("crunch_watched", &Job { items: 4, hang_after: Some(4) }).await.unwrap();
-    wait_for("the activity hangs after 4 items", || processed(&id).len() == 4).await;
+    common::wait_for("the activity hangs after 4 items", || processed(&id).len() == 4).await;
     // The lease follows the heartbeat timeout (at least 5 s): renewed, and the details saved,
     // every 1.7 s, before the 3 s heartbeat timeout fails the hung attempt.
     let saved = || {
@@ -438,7 +430,7 @@ async fn an_activity_handed_back_at_shutdown_resumes_from_its_last_heartbeat() {
     for backend in Backend::all().await {
         let first = builder().store(backend.open().await).start().await.unwrap();
         let id = first.client().start("crunch_slowly", &Job { items: 8, hang_after: Some(3) }).await.unwrap();
-        wait_for("the activity hangs after 3 items", || processed(&id).len() == 3).await;
+        common::wait_for("the activity hangs after 3 items", || processed(&id).len() == 3).await;
         // On PostgreSQL the second node runs beside the first; on SQLite it is the restart.
         let second = match backend {
             Backend::Postgres { .. } => Some(builder().store(backend.open().await).start().await.unwrap()),

@@ -24,15 +24,13 @@ pub(crate) fn started_kind() -> EventKind {
 }
 
 fn scheduled(step: i64, name: &str) -> HistoryEvent {
-    ev(
-        step,
-        EventKind::TaskScheduled {
-            name: name.into(),
-            input: Payload::null(),
-            attempt: 1,
-            timeouts: Default::default(),
-        },
-    )
+    ev(step, scheduled_kind(name, 1))
+}
+
+/// The `TaskScheduled` of attempt `attempt` of activity `name`, with a null input and no
+/// timeouts (shared with the rewind tests).
+pub(crate) fn scheduled_kind(name: &str, attempt: u32) -> EventKind {
+    EventKind::TaskScheduled { name: name.into(), input: Payload::null(), attempt, timeouts: Default::default() }
 }
 
 fn completed(step: u64, result: &str) -> HistoryEvent {

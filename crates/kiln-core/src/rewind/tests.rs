@@ -24,15 +24,7 @@ impl Written {
     }
 
     fn schedule(self, step: i64, name: &str) -> Written {
-        self.push(
-            step,
-            EventKind::TaskScheduled {
-                name: name.into(),
-                input: Payload::null(),
-                attempt: 1,
-                timeouts: Default::default(),
-            },
-        )
+        self.push(step, crate::replay::tests::scheduled_kind(name, 1))
     }
 
     fn send(self, step: i64) -> Written {
@@ -183,12 +175,7 @@ fn results_kept_after_the_end_are_applied_anew_and_late_failures_undone() {
 
 #[test]
 fn a_retried_failure_stays() {
-    let retried = |attempt| EventKind::TaskScheduled {
-        name: "flaky".into(),
-        input: Payload::null(),
-        attempt,
-        timeouts: Default::default(),
-    };
+    let retried = |attempt| crate::replay::tests::scheduled_kind("flaky", attempt);
     let history = Written::new()
         .start()
         .push(0, retried(1))

@@ -62,6 +62,15 @@ impl TestKiln {
     }
 }
 
+/// Waits until `condition` holds (polling every 20 ms), failing with `what` after [`DEADLINE`].
+pub async fn wait_for(what: &str, condition: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The output of a completed instance as JSON.
 pub fn output(record: &InstanceRecord) -> serde_json::Value {
     assert_eq!(record.status, RuntimeStatus::Completed, "failure: {:?}", record.failure);

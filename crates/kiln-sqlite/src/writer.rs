@@ -12,6 +12,7 @@ use crate::ops::{Effect, WriteOp, WriteOutcome, apply};
 use crate::shared::{Shared, now};
 use kiln_store::{StoreError, StoreResult};
 use rusqlite::Connection;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use tokio::sync::oneshot;
@@ -180,13 +181,27 @@ fn write_all(conn: &Connection, batch: &[WriteRequest], savepoints: bool) -> Res
     let attempt = (|| -> Result<BatchResults, BatchError> {
         run_cached(conn, "BEGIN IMMEDIATE")?;
         let mut results = Vec::with_capacity(batch.len());
+        // Instances deleted earlier in this batch (purged, or replaced by a new start under
+        // their id). Leases were pinned before the batch began, so a turn of such an instance
+        // still holds its pin: it ran on what is gone and must not write over a new instance.
+        let mut deleted: HashSet<String> = HashSet::new();
         for request in batch {
             if savepoints {
                 run_cached(conn, "SAVEPOINT op")?;
             }
             let changes_before = conn.total_changes();
             let mut effects = Vec::new();
-            let result = apply(conn, &request.op, &mut effects);
+            let result = match &request.op {
+                WriteOp::CommitTurn(turn) if deleted.contains(&turn.instance_id) => {
+                    Err(StoreError::LeaseLost(turn.instance_id.clone()))
+                }
+                op => apply(conn, op, &mut effects),
+            };
+            for effect in &effects {
+                if let Effect::Forget(ids) = effect {
+                    deleted.extend(ids.iter().cloned());
+                }
+            }
             if let Err(err) = &result
                 && conn.is_autocommit()
             {
@@ -244,5 +259,74 @@ fn pin_lease(op: &WriteOp, shared: &Shared) -> StoreResult<()> {
             Err(StoreError::LeaseLost(format!("activity {id}")))
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_core::{Payload, RuntimeStatus, Timestamp};
+    use kiln_store::{HistoryUpdate, Lease, NewInstance, TurnCommit};
+
+    fn request(op: WriteOp) -> WriteRequest {
+        WriteRequest { op, reply: oneshot::channel().0 }
+    }
+
+    fn new_instance(execution: u64) -> NewInstance {
+        NewInstance {
+            instance_id: "job".into(),
+            name: "orch".into(),
+            version: String::new(),
+            input: Payload::null(),
+            parent: None,
+            created_at: Timestamp(1),
+            execution,
+        }
+    }
+
+    /// The old run's turn, ending it completed.
+    fn completing_turn(execution: u64) -> TurnCommit {
+        TurnCommit {
+            instance_id: "job".into(),
+            lease: Lease { token: 1, expires_at: Timestamp(i64::MAX) },
+            consumed: Vec::new(),
+            history: HistoryUpdate::Append(Vec::new()),
+            execution,
+            version: String::new(),
+            input: Payload::null(),
+            status: RuntimeStatus::Completed,
+            output: Some(Payload::null()),
+            failure: None,
+            custom_status: None,
+            waiting_on: Vec::new(),
+            activities: Vec::new(),
+            messages: Vec::new(),
+            sub_orchestrations: Vec::new(),
+            finished_activities: Vec::new(),
+            now: Timestamp(2),
+        }
+    }
+
+    /// A start that replaces a finished instance, and a turn of that instance whose lease was
+    /// pinned before, in one batch: the turn must not write over the new instance.
+    #[test]
+    fn a_turn_of_an_instance_replaced_in_the_same_batch_is_refused() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::schema::migrate(&mut conn).unwrap();
+        let setup = [
+            request(WriteOp::CreateInstance(new_instance(7))),
+            request(WriteOp::CommitTurn(Box::new(completing_turn(7)))),
+        ];
+        assert!(write_all(&conn, &setup, false).unwrap().iter().all(Result::is_ok));
+        let batch = [
+            request(WriteOp::CreateInstance(new_instance(9))),
+            request(WriteOp::CommitTurn(Box::new(completing_turn(7)))),
+        ];
+        let results = write_all(&conn, &batch, false).unwrap();
+        assert!(results[0].is_ok());
+        assert!(matches!(results[1], Err(StoreError::LeaseLost(_))), "{:?}", results[1].as_ref().err());
+        let status: i64 =
+            conn.query_row("SELECT status FROM instances WHERE instance_id = 'job'", [], |r| r.get(0)).unwrap();
+        assert_eq!(status, RuntimeStatus::Pending.code(), "the new instance stays as it was started");
     }
 }

@@ -426,6 +426,8 @@ struct NewActivityColumns<'a> {
 impl<'a> NewActivityColumns<'a> {
     fn of(commit: &'a TurnCommit) -> NewActivityColumns<'a> {
         let activities = &commit.activities;
+        // Each activity's timeouts as columns, computed once.
+        let timeouts: Vec<[Option<i64>; 4]> = activities.iter().map(|a| a.timeouts.to_columns()).collect();
         NewActivityColumns {
             instance_ids: activities.iter().map(|a| a.instance_id.as_str()).collect(),
             executions: activities.iter().map(|a| a.execution as i64).collect(),
@@ -433,10 +435,10 @@ impl<'a> NewActivityColumns<'a> {
             names: activities.iter().map(|a| a.name.as_str()).collect(),
             inputs: activities.iter().map(|a| a.input.as_str()).collect(),
             attempts: activities.iter().map(|a| a.attempt as i32).collect(),
-            start_to_close: activities.iter().map(|a| a.timeouts.to_columns()[0]).collect(),
-            schedule_to_close: activities.iter().map(|a| a.timeouts.to_columns()[1]).collect(),
-            heartbeat_timeouts: activities.iter().map(|a| a.timeouts.to_columns()[2]).collect(),
-            first_scheduled_at: activities.iter().map(|a| a.timeouts.to_columns()[3]).collect(),
+            start_to_close: timeouts.iter().map(|t| t[0]).collect(),
+            schedule_to_close: timeouts.iter().map(|t| t[1]).collect(),
+            heartbeat_timeouts: timeouts.iter().map(|t| t[2]).collect(),
+            first_scheduled_at: timeouts.iter().map(|t| t[3]).collect(),
             heartbeats: activities.iter().map(|a| a.heartbeat.as_ref().map(Payload::as_str)).collect(),
         }
     }

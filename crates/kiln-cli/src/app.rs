@@ -154,6 +154,7 @@ impl App {
             config.activity_limit_per_name = Some(limit);
         }
         config.activity_limits.extend(serve.activity_limits.clone());
+        config.retention = serve.retention.clone();
         self.registrations.iter().fold(Kiln::builder(), |builder, register| register(builder)).config(config)
     }
 
@@ -194,8 +195,15 @@ impl App {
             Command::History { id, .. } => remote().history(id.as_deref().unwrap_or_default()).map(|()| true),
             Command::Raise { id, event, data } => remote().raise(id, event, data).map(|()| true),
             Command::Terminate { id, reason } => remote().terminate(id, reason.as_deref()).map(|()| true),
-            Command::Purge { id, created_before, statuses } => {
-                remote().purge(id.as_deref(), created_before.as_deref(), statuses).map(|()| true)
+            Command::Purge { id: Some(id), .. } => remote().purge(id).map(|()| true),
+            Command::Purge { id: None, created_before, finished_before, name, statuses, dry_run } => {
+                let filter = remote::PurgeQuery {
+                    created_before: created_before.as_deref(),
+                    finished_before: finished_before.as_deref(),
+                    name: name.as_deref(),
+                    statuses,
+                };
+                remote().purge_many(&filter, *dry_run).map(|()| true)
             }
         }
     }
@@ -303,16 +311,26 @@ enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Purge a finished instance, or finished instances created before a time.
+    /// Purge a finished instance, or the finished instances a filter selects (`--dry-run`
+    /// lists them instead).
     Purge {
         /// Instance id.
         id: Option<String>,
-        /// Purge finished instances created before this RFC 3339 time.
+        /// Only instances created before this RFC 3339 time.
         #[arg(long, conflicts_with = "id")]
         created_before: Option<String>,
-        /// With --created-before: only these statuses (repeatable).
-        #[arg(long = "status")]
+        /// Only instances that finished before this RFC 3339 time.
+        #[arg(long, conflicts_with = "id")]
+        finished_before: Option<String>,
+        /// Only instances of this orchestration.
+        #[arg(long, conflicts_with = "id")]
+        name: Option<String>,
+        /// Only these statuses (repeatable).
+        #[arg(long = "status", conflicts_with = "id")]
         statuses: Vec<String>,
+        /// Delete nothing: count what the filter selects and list the first 100.
+        #[arg(long, conflicts_with = "id")]
+        dry_run: bool,
     },
 }
 

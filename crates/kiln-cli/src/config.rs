@@ -123,12 +123,121 @@ pub struct ServeSettings {
     /// listeners close, in seconds (default 0): set it to the load balancer's probe interval.
     #[arg(long, env = "KILN_SHUTDOWN_DELAY_SECONDS")]
     pub shutdown_delay_seconds: Option<u64>,
+    /// How long finished instances are kept (`kiln.toml`: `[retention]`, with policies per
+    /// orchestration under `[retention.orchestrations.NAME]`; see `docs/operations.md`).
+    #[command(flatten)]
+    #[serde(default)]
+    pub retention: RetentionSettings,
     /// Log filter (e.g. `info`, `kiln=debug`).
     #[arg(long, env = "KILN_LOG")]
     pub log: Option<String>,
     /// Also serve the `kiln bench` workloads under `/api/bench/…`.
     #[arg(long, env = "KILN_BENCH_WORKLOADS", num_args = 0..=1, default_missing_value = "true")]
     pub bench_workloads: Option<bool>,
+}
+
+/// Retention settings: how long finished instances stay, per terminal status, as `30s`, `15m`,
+/// `12h`, `7d` or `forever`.
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// How long completed instances are kept (default `7d`).
+    #[arg(long = "retention-completed", env = "KILN_RETENTION_COMPLETED")]
+    pub completed: Option<String>,
+    /// How long failed instances are kept (default `30d`).
+    #[arg(long = "retention-failed", env = "KILN_RETENTION_FAILED")]
+    pub failed: Option<String>,
+    /// How long terminated instances are kept (default `7d`).
+    #[arg(long = "retention-terminated", env = "KILN_RETENTION_TERMINATED")]
+    pub terminated: Option<String>,
+    /// How often the purger looks for instances past their retention, in seconds (default 60).
+    #[arg(long = "retention-check-seconds", env = "KILN_RETENTION_CHECK_SECONDS")]
+    pub check_seconds: Option<u64>,
+    /// Policies of particular orchestrations (`kiln.toml` only); a status they leave out keeps
+    /// the setting above.
+    #[arg(skip)]
+    pub orchestrations: Option<std::collections::BTreeMap<String, OrchestrationRetention>>,
+}
+
+/// One orchestration's retention (`[retention.orchestrations.NAME]`).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrchestrationRetention {
+    /// How long its completed instances are kept.
+    pub completed: Option<String>,
+    /// How long its failed instances are kept.
+    pub failed: Option<String>,
+    /// How long its terminated instances are kept.
+    pub terminated: Option<String>,
+}
+
+impl RetentionSettings {
+    /// Fills every unset field from `lower`.
+    fn or(self, lower: RetentionSettings) -> RetentionSettings {
+        RetentionSettings {
+            completed: self.completed.or(lower.completed),
+            failed: self.failed.or(lower.failed),
+            terminated: self.terminated.or(lower.terminated),
+            check_seconds: self.check_seconds.or(lower.check_seconds),
+            orchestrations: self.orchestrations.or(lower.orchestrations),
+        }
+    }
+
+    /// The runtime's retention; durations that do not parse, or shorter than a minute, are
+    /// refused (orchestration names are checked against the registry when the runtime starts).
+    fn build(self) -> anyhow::Result<kiln::Retention> {
+        let own =
+            OrchestrationRetention { completed: self.completed, failed: self.failed, terminated: self.terminated };
+        let default = own.policy("retention.", &kiln::RetentionPolicy::default())?;
+        let mut orchestrations = std::collections::BTreeMap::new();
+        for (name, own) in self.orchestrations.unwrap_or_default() {
+            let policy = own.policy(&format!("retention.orchestrations.{name}."), &default)?;
+            orchestrations.insert(name, policy);
+        }
+        let check_every = Duration::from_secs(self.check_seconds.unwrap_or(60));
+        if check_every.is_zero() {
+            bail!("retention.check_seconds must be at least 1");
+        }
+        let retention = kiln::Retention { default, orchestrations, check_every, ..kiln::Retention::default() };
+        // Names are checked when the runtime starts, against what the application registers.
+        retention.validate_bounds()?;
+        Ok(retention)
+    }
+}
+
+impl OrchestrationRetention {
+    /// The policy these settings make, `base`'s where they say nothing (`scope` names them in
+    /// errors).
+    fn policy(&self, scope: &str, base: &kiln::RetentionPolicy) -> anyhow::Result<kiln::RetentionPolicy> {
+        let keep = |status: &str, text: &Option<String>, fallback: kiln::Keep| match text {
+            None => Ok(fallback),
+            Some(text) => parse_keep(text)
+                .with_context(|| format!("{scope}{status} = \"{text}\": use 90s, 15m, 12h, 7d or forever")),
+        };
+        Ok(kiln::RetentionPolicy {
+            completed: keep("completed", &self.completed, base.completed)?,
+            failed: keep("failed", &self.failed, base.failed)?,
+            terminated: keep("terminated", &self.terminated, base.terminated)?,
+        })
+    }
+}
+
+/// Parses a retention: `forever`, or a whole number of seconds, minutes, hours or days.
+fn parse_keep(text: &str) -> anyhow::Result<kiln::Keep> {
+    if text.eq_ignore_ascii_case("forever") {
+        return Ok(kiln::Keep::Forever);
+    }
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().context("not a number")?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 24 * 3600,
+        _ => bail!("unknown unit '{unit}'"),
+    };
+    Ok(kiln::Keep::For(Duration::from_secs(number.saturating_mul(seconds))))
 }
 
 /// The validated configuration.
@@ -162,6 +271,7 @@ pub struct ServeConfig {
     pub activity_limits: std::collections::HashMap<String, usize>,
     pub shutdown_grace: Option<Duration>,
     pub shutdown_delay: Duration,
+    pub retention: kiln::Retention,
     pub log: String,
     pub bench_workloads: bool,
 }
@@ -202,6 +312,7 @@ impl ServeSettings {
             activity_limits: self.activity_limits.or(lower.activity_limits),
             shutdown_grace_seconds: self.shutdown_grace_seconds.or(lower.shutdown_grace_seconds),
             shutdown_delay_seconds: self.shutdown_delay_seconds.or(lower.shutdown_delay_seconds),
+            retention: self.retention.or(lower.retention),
             log: self.log.or(lower.log),
             bench_workloads: self.bench_workloads.or(lower.bench_workloads),
         }
@@ -253,6 +364,7 @@ pub fn load(config_file: Option<&Path>, overrides: ServeSettings) -> anyhow::Res
         activity_limits: s.activity_limits.unwrap_or_default(),
         shutdown_grace: s.shutdown_grace_seconds.map(Duration::from_secs),
         shutdown_delay: Duration::from_secs(s.shutdown_delay_seconds.unwrap_or(0)),
+        retention: s.retention.build()?,
         log: s.log.unwrap_or_else(|| "info".to_owned()),
         bench_workloads: s.bench_workloads.unwrap_or(false),
     };
@@ -350,6 +462,33 @@ mod tests {
         assert_eq!((limits.activity_limit_per_name, limits.activity_limits.get("report")), (Some(8), Some(&2)));
         std::fs::write(&file, "[activity_limits]\nreport = 0\n").unwrap();
         assert!(load(Some(&file), ServeSettings::default()).is_err(), "a zero limit is refused");
+        std::fs::write(
+            &file,
+            "[retention]\ncompleted = \"2d\"\nfailed = \"forever\"\n[retention.orchestrations.report]\ncompleted = \"90m\"\n",
+        )
+        .unwrap();
+        let flags = ServeSettings {
+            retention: RetentionSettings { terminated: Some("12h".into()), ..Default::default() },
+            ..Default::default()
+        };
+        let retention = load(Some(&file), flags).unwrap().retention;
+        let (day, hour) = (Duration::from_secs(24 * 3600), Duration::from_secs(3600));
+        assert_eq!(retention.default.completed, kiln::Keep::For(2 * day));
+        assert_eq!(retention.default.failed, kiln::Keep::Forever);
+        assert_eq!(retention.default.terminated, kiln::Keep::For(12 * hour), "the flag fills what the file left");
+        let report = retention.orchestrations["report"];
+        assert_eq!(report.completed, kiln::Keep::For(90 * Duration::from_secs(60)));
+        assert_eq!(report.failed, kiln::Keep::Forever, "the rest from [retention]");
+        for (text, error) in [
+            ("completed = \"30s\"", "at least a minute"),
+            ("completed = \"7 days\"", "use 90s, 15m, 12h, 7d or forever"),
+            ("completed = \"d\"", "use 90s"),
+            ("check_seconds = 0", "check_seconds"),
+        ] {
+            std::fs::write(&file, format!("[retention]\n{text}\n")).unwrap();
+            let err = format!("{:#}", load(Some(&file), ServeSettings::default()).unwrap_err());
+            assert!(err.contains(error), "{text}: {err}");
+        }
         std::fs::write(&file, "lisen = 1\n").unwrap();
         assert!(load(Some(&file), ServeSettings::default()).is_err(), "unknown keys are refused");
     }

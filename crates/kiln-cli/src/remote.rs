@@ -167,27 +167,83 @@ impl Remote {
         Ok(())
     }
 
-    /// `kiln purge ID` or `kiln purge --created-before T`.
-    pub fn purge(&self, id: Option<&str>, created_before: Option<&str>, statuses: &[String]) -> anyhow::Result<()> {
-        let path = match (id, created_before) {
-            (Some(id), _) => format!("/instances/{}", encode(id)),
-            (None, Some(before)) => {
-                let mut path =
-                    format!("/instances?createdTimeFrom=1970-01-01T00:00:00Z&createdTimeTo={}", encode(before));
-                if !statuses.is_empty() {
-                    path.push_str(&format!("&runtimeStatus={}", encode(&statuses.join(","))));
-                }
-                path
+    /// `kiln purge ID`.
+    pub fn purge(&self, id: &str) -> anyhow::Result<()> {
+        let (_, result) = self.call("DELETE", &format!("/instances/{}", encode(id)), None)?;
+        println!("{}", result.get("instancesDeleted").cloned().unwrap_or(Value::Null));
+        Ok(())
+    }
+
+    /// `kiln purge --created-before T --finished-before T --name N --status S [--dry-run]`.
+    pub fn purge_many(&self, filter: &PurgeQuery<'_>, dry_run: bool) -> anyhow::Result<()> {
+        if !dry_run && filter.created_before.is_none() && filter.finished_before.is_none() && filter.name.is_none() {
+            bail!(
+                "give an instance id, or a filter (--created-before, --finished-before, --name); --dry-run shows what it selects"
+            );
+        }
+        let mut path = "/instances?createdTimeFrom=1970-01-01T00:00:00Z".to_owned();
+        let fields = [
+            ("createdTimeTo", filter.created_before),
+            ("finishedTimeTo", filter.finished_before),
+            ("name", filter.name),
+        ];
+        for (key, value) in fields {
+            if let Some(value) = value {
+                path.push_str(&format!("&{key}={}", encode(value)));
             }
-            (None, None) => bail!("give an instance id or --created-before"),
-        };
-        match self.call("DELETE", &path, None) {
-            Ok((_, result)) => println!("{}", result.get("instancesDeleted").cloned().unwrap_or(Value::Null)),
-            Err(err) if err.to_string().ends_with("(HTTP 404)") && id.is_none() => println!("0"),
+        }
+        if !filter.statuses.is_empty() {
+            path.push_str(&format!("&runtimeStatus={}", encode(&filter.statuses.join(","))));
+        }
+        if dry_run {
+            path.push_str("&dryRun=true");
+        }
+        let result = match self.call("DELETE", &path, None) {
+            Ok((_, result)) => result,
+            Err(err) if err.to_string().ends_with("(HTTP 404)") => {
+                println!("0");
+                return Ok(());
+            }
             Err(err) => return Err(err),
+        };
+        if !dry_run {
+            println!("{}", result.get("instancesDeleted").cloned().unwrap_or(Value::Null));
+            return Ok(());
+        }
+        let matched = result.get("matched").and_then(Value::as_u64).unwrap_or(0);
+        let listed = result.get("instances").and_then(Value::as_array).cloned().unwrap_or_default();
+        println!(
+            "would purge {matched} instance(s), with their finished sub-orchestrations{}",
+            match listed.len() {
+                0 => String::new(),
+                n if (n as u64) < matched => format!("; the first {n}:"),
+                _ => ":".to_owned(),
+            }
+        );
+        for instance in &listed {
+            let field = |key: &str| instance.get(key).and_then(Value::as_str).unwrap_or("-").to_owned();
+            println!(
+                "{}\t{}\t{}\tfinished {}",
+                field("instanceId"),
+                field("name"),
+                field("runtimeStatus"),
+                field("lastUpdatedTime")
+            );
         }
         Ok(())
     }
+}
+
+/// What `kiln purge` without an id selects.
+pub struct PurgeQuery<'a> {
+    /// Created before this RFC 3339 time.
+    pub created_before: Option<&'a str>,
+    /// Finished before this RFC 3339 time.
+    pub finished_before: Option<&'a str>,
+    /// Of this orchestration.
+    pub name: Option<&'a str>,
+    /// In these statuses (all terminal ones when empty).
+    pub statuses: &'a [String],
 }
 
 fn encode(text: &str) -> String {

@@ -34,7 +34,10 @@ pub async fn run(app: &App, config: ServeConfig) -> anyhow::Result<()> {
         }
         None => (builder.sqlite(&config.database), config.database.display().to_string()),
     };
-    let kiln = builder.start().await.with_context(|| format!("cannot open the store {store_name}"))?;
+    let kiln = builder.start().await.map_err(|err| match err {
+        kiln::StartError::Sqlite(_) => anyhow::Error::new(err).context(format!("cannot open the store {store_name}")),
+        other => anyhow::Error::new(other).context("invalid configuration"),
+    })?;
     let options = HttpOptions {
         public_base_url: config.public_base_url.clone(),
         allowed_hosts: config.allowed_hosts.clone(),

@@ -109,6 +109,12 @@ fn cli_commands_drive_a_running_server() {
     ]));
     assert_eq!(waiting.trim(), "to-stop");
     ok(&server.cli(&["terminate", "to-stop", "--reason", "not needed"]));
+    // `purge --dry-run` lists what a filter selects and deletes nothing.
+    let dry = ok(&server.cli(&["purge", "--name", "report_job", "--status", "Completed", "--dry-run"]));
+    assert!(dry.starts_with("would purge 1 instance(s)") && dry.contains("job-1\treport_job\tCompleted"), "{dry}");
+    let none = ok(&server.cli(&["purge", "--finished-before", "2001-01-01T00:00:00Z", "--dry-run"]));
+    assert!(none.starts_with("would purge 0 instance(s)"), "{none}");
+    assert!(!server.cli(&["purge"]).status.success(), "a purge of everything needs a filter");
     assert_eq!(ok(&server.cli(&["purge", "job-1"])).trim(), "1");
     let missing = server.cli(&["status", "job-1"]);
     assert!(!missing.status.success());
@@ -252,4 +258,21 @@ fn sigterm_answers_open_long_polls_at_once() {
     assert!(exited >= Duration::from_secs(2), "exited {exited:?}: before the activity's grace ran out");
     assert!(exited < Duration::from_secs(20), "exited {exited:?} after SIGTERM (polls answered in {answered:?})");
     eprintln!("{POLLS} long polls answered {answered:?} after SIGTERM; exited after {exited:?}");
+}
+
+#[test]
+fn retention_naming_an_orchestration_the_app_lacks_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("kiln.toml"), "[retention.orchestrations.reprot_job]\ncompleted = \"1d\"\n")
+        .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--management-listen", &format!("127.0.0.1:{}", free_port())])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("retention names orchestration 'reprot_job', which is not registered"), "{stderr}");
+    assert!(!stderr.contains("cannot open the store"), "{stderr}");
 }

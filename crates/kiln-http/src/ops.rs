@@ -9,7 +9,7 @@ use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use kiln::RuntimeStatus;
+use kiln::{RuntimeStatus, Timestamp};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -52,11 +52,15 @@ async fn require_metrics_key(State(http): State<KilnHttp>, request: Request, nex
 /// How long instance counts are reused across scrapes: counting reads every instance.
 const INSTANCE_COUNTS_TTL: Duration = Duration::from_secs(10);
 
-/// Instance counts by status.
-type Counts = Vec<(RuntimeStatus, u64)>;
+/// Instance counts by status, and the creation time of the oldest finished instance per status.
+#[derive(Clone)]
+struct Counts {
+    by_status: Vec<(RuntimeStatus, u64)>,
+    oldest_finished: Vec<(RuntimeStatus, Timestamp)>,
+}
 
-/// Instance counts by status, shared by the scrapes of [`INSTANCE_COUNTS_TTL`]: concurrent
-/// scrapes wait for one count instead of each running their own.
+/// Instance counts, shared by the scrapes of [`INSTANCE_COUNTS_TTL`]: concurrent scrapes wait
+/// for one count instead of each running their own.
 #[derive(Default)]
 pub(crate) struct InstanceCounts {
     latest: tokio::sync::Mutex<Option<(Instant, Counts)>>,
@@ -70,7 +74,10 @@ impl InstanceCounts {
         {
             return Some(counts.clone());
         }
-        let counts = client.count_by_status().await.ok()?;
+        let counts = Counts {
+            by_status: client.count_by_status().await.ok()?,
+            oldest_finished: client.oldest_finished().await.ok()?,
+        };
         *latest = Some((Instant::now(), counts.clone()));
         Some(counts)
     }
@@ -148,9 +155,22 @@ pub(crate) async fn metrics(State(http): State<KilnHttp>) -> Response {
     }
     let _ = writeln!(out, "# HELP kiln_instances Instances by runtime status (counted at most every 10 s).");
     let _ = writeln!(out, "# TYPE kiln_instances gauge");
-    if let Some(counts) = http.inner.instance_counts.get(http.client()).await {
-        for (status, count) in counts {
+    let counts = http.inner.instance_counts.get(http.client()).await;
+    if let Some(counts) = &counts {
+        for (status, count) in &counts.by_status {
             let _ = writeln!(out, "kiln_instances{{status=\"{status}\"}} {count}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP kiln_retention_oldest_age_seconds Age of the oldest finished instance kept (since its creation), by status."
+    );
+    let _ = writeln!(out, "# TYPE kiln_retention_oldest_age_seconds gauge");
+    if let Some(counts) = &counts {
+        let now = crate::accepted::now();
+        for (status, created) in &counts.oldest_finished {
+            let age = (now.0 - created.0).max(0) as f64 / 1e3;
+            let _ = writeln!(out, "kiln_retention_oldest_age_seconds{{status=\"{status}\"}} {age}");
         }
     }
     let _ = writeln!(out, "# HELP kiln_http_long_polls Long polls waiting for an instance now.");
@@ -174,6 +194,16 @@ pub(crate) async fn metrics(State(http): State<KilnHttp>) -> Response {
             "kiln_activity_timeouts_total",
             "Activity attempts failed for running past a timeout (start-to-close, schedule-to-close or heartbeat).",
             m.timed_out,
+        ),
+        (
+            "kiln_retention_purged_total",
+            "Finished instances the retention purger deleted, sub-orchestrations included.",
+            m.purged,
+        ),
+        (
+            "kiln_retention_idempotency_keys_expired_total",
+            "Expired idempotency keys the retention purger deleted.",
+            m.idempotency_keys_expired,
         ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");

@@ -307,3 +307,22 @@ async fn idempotency_keys_replay_refuse_and_validate() {
     assert_ne!(unquoted.body["id"], first.body["id"]);
     send(r#"{"a":1}"#, "\"\"").await.assert_problem(400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_url_answers_404_once_retention_purged_its_instance() {
+    let app = TestApp::start().await;
+    let done = app.start_via("echo", "1").await;
+    let waiting = app.start_via("wait", "{}").await;
+    let (done_url, waiting_url) = (path_of(done.header("location")), path_of(waiting.header("location")));
+    app.finish(done.body["id"].as_str().unwrap()).await;
+    app.started(waiting.body["id"].as_str().unwrap()).await;
+    let days = |d: i64| Timestamp(kiln_core::time::now().0 + d * 24 * 3600 * 1000);
+    // The default policy keeps completed instances 7 days.
+    assert_eq!(app.kiln.apply_retention(days(6)).await.unwrap().purged, 0);
+    assert_eq!(app.public("GET", &done_url, None).await.status, 200);
+    assert_eq!(app.kiln.apply_retention(days(8)).await.unwrap().purged, 1);
+    app.public("GET", &done_url, None).await.assert_problem(404);
+    // However long it has been running, an unfinished instance stays.
+    assert_eq!(app.kiln.apply_retention(days(3650)).await.unwrap().purged, 0);
+    assert_eq!(app.public("GET", &waiting_url, None).await.status, 202);
+}

@@ -305,6 +305,38 @@ async fn purge_one_and_many() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_purge_lists_what_the_filter_selects_and_deletes_nothing() {
+    let app = TestApp::start().await;
+    let running = start(&app, "wait_event", "{}").await;
+    let mut done = Vec::new();
+    for _ in 0..2 {
+        let id = start(&app, "echo", "1").await;
+        app.finish(&id).await;
+        done.push(id);
+    }
+    let failed = start(&app, "fail", "{}").await;
+    app.finish(&failed).await;
+    let filter = "/instances?createdTimeFrom=2000-01-01T00:00:00Z&name=echo";
+    let dry = app.manage("DELETE", &format!("{filter}&dryRun=true"), None).await;
+    assert_eq!((dry.status.as_u16(), &dry.body["dryRun"], &dry.body["matched"]), (200, &json!(true), &json!(2)));
+    let mut listed: Vec<&str> =
+        dry.body["instances"].as_array().unwrap().iter().map(|i| i["instanceId"].as_str().unwrap()).collect();
+    listed.sort_unstable();
+    done.sort_unstable();
+    assert_eq!(listed, done);
+    assert_eq!(dry.body["instances"][0]["runtimeStatus"], "Completed");
+    let everything = app.manage("DELETE", "/instances?createdTimeFrom=2000-01-01T00:00:00Z&dryRun=true", None).await;
+    assert_eq!(everything.body["matched"], 3, "finished ones only, not {running}: {}", everything.raw);
+    let past = "/instances?createdTimeFrom=2000-01-01T00:00:00Z&finishedTimeTo=2001-01-01T00:00:00Z&dryRun=true";
+    assert_eq!(app.manage("DELETE", past, None).await.body["matched"], 0);
+    for id in done.iter().chain([&failed, &running]) {
+        let status = app.manage("GET", &format!("/instances/{id}"), None).await.status;
+        assert!(status == 200 || status == 202, "{id} is still there: {status}");
+    }
+    assert_eq!(app.manage("DELETE", filter, None).await.body, json!({"instancesDeleted": 2}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_loopback_listener_serves_no_browser_page_from_elsewhere() {
     let app = TestApp::start().await;
     let victim = start(&app, "wait_event", "{}").await;

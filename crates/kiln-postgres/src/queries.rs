@@ -101,20 +101,29 @@ fn claim_activities(skipping: &str) -> String {
     )
 }
 
-/// Locks up to `$3` instances for one purge batch: statuses `statuses` (terminal codes), created
-/// in `[$1, $2]`, and either top-level or orphaned — a sub-orchestration whose parent is gone (it
-/// was still running when its parent was purged) has nobody left to purge it with. (A top-level
-/// instance's NULL parent matches no row either: one anti-join, probing `instances_pkey`.)
+/// The instances a purge selects, as `FROM instances c WHERE …`: statuses `statuses` (terminal
+/// codes), created in `[$1, $2]`, finished (last changed) by `$3`, of orchestration `$4` (any
+/// when NULL) and none of `$5`, with no message waiting (a rewind on its way), and either
+/// top-level or orphaned — a sub-orchestration whose parent is gone (it was still running when
+/// its parent was purged) has nobody left to purge it with. (A top-level instance's NULL parent
+/// matches no row either: one anti-join, probing `instances_pkey`.)
 ///
 /// The statuses are written into the statement, not passed: a generic plan that does not know
 /// them would walk `instances_by_created` through every running instance instead of reading
 /// the finished ones from `instances_by_status`.
-pub fn purge_batch_roots(statuses: &[i16]) -> String {
+pub fn purgeable(statuses: &[i16]) -> String {
     let statuses = statuses.iter().map(i16::to_string).collect::<Vec<_>>().join(", ");
     format!(
-        "SELECT instance_id FROM instances c \
-         WHERE status IN ({statuses}) AND created_at >= $1 AND created_at <= $2 \
-           AND NOT EXISTS (SELECT 1 FROM instances p WHERE p.instance_id = c.parent_instance_id) \
-         LIMIT $3 FOR UPDATE OF c SKIP LOCKED"
+        "FROM instances c \
+         WHERE status IN ({statuses}) AND created_at >= $1 AND created_at <= $2 AND updated_at <= $3 \
+           AND ($4::text IS NULL OR name = $4::text) AND name <> ALL($5::text[]) \
+           AND NOT EXISTS (SELECT 1 FROM inbox m WHERE m.instance_id = c.instance_id) \
+           AND NOT EXISTS (SELECT 1 FROM instances p WHERE p.instance_id = c.parent_instance_id)"
     )
+}
+
+/// Locks up to `$6` instances for one purge batch: [`purgeable`] ones, skipping those another
+/// transaction holds.
+pub fn purge_batch_roots(statuses: &[i16]) -> String {
+    format!("SELECT instance_id {} LIMIT $6 FOR UPDATE OF c SKIP LOCKED", purgeable(statuses))
 }

@@ -19,8 +19,8 @@ use deadpool_postgres::{Object, Pool};
 use kiln_core::{HistoryEvent, Payload, RuntimeStatus, Timestamp};
 use kiln_store::{
     ActivityWorkItem, IdempotencyKey, IdempotentStart, InboxMessage, InstancePage, InstanceQuery, InstanceRecord,
-    Lease, NewInstance, OrchestrationWorkItem, PageCursor, PurgeFilter, StatusWatchers, Store, StoreError, StoreResult,
-    TurnCommit, UNSTORED_MESSAGE_ID, Unrunnable,
+    Lease, NewInstance, OrchestrationWorkItem, PageCursor, PurgeCandidate, PurgeFilter, PurgePreview, PurgedBatch,
+    StatusWatchers, Store, StoreError, StoreResult, TurnCommit, UNSTORED_MESSAGE_ID, Unrunnable,
 };
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,8 +30,6 @@ use tokio_postgres::types::ToSql;
 /// Longest a worker sleeps without a notification before it looks for work again (a safety net
 /// for missed notifications; latency does not depend on it).
 pub(crate) const FALLBACK_POLL: Duration = Duration::from_secs(1);
-/// Most instances one purge transaction deletes.
-const PURGE_BATCH: i64 = 500;
 
 /// Options for [`PostgresStore::connect`].
 #[derive(Clone, Debug)]
@@ -430,15 +428,17 @@ impl Store for PostgresStore {
     ) -> StoreResult<IdempotentStart> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(backend)?;
-        cached::execute(&tx, "DELETE FROM idempotency_keys WHERE expires_at <= $1", &[&instance.created_at.0])
-            .await
-            .map_err(backend)?;
         // Serializes requests with the same key across nodes until this transaction ends.
         cached::execute(&tx, "SELECT pg_advisory_xact_lock(hashtext($1))", &[&key.key]).await.map_err(backend)?;
-        let existing =
-            cached::query_opt(&tx, "SELECT fingerprint, instance_id FROM idempotency_keys WHERE key = $1", &[&key.key])
-                .await
-                .map_err(backend)?;
+        // An expired key is as good as gone (the retention purger deletes it in batches, off
+        // this path): the new start takes its place.
+        let existing = cached::query_opt(
+            &tx,
+            "SELECT fingerprint, instance_id FROM idempotency_keys WHERE key = $1 AND expires_at > $2",
+            &[&key.key, &instance.created_at.0],
+        )
+        .await
+        .map_err(backend)?;
         if let Some(row) = existing {
             let (fingerprint, instance_id): (String, String) = (row.get(0), row.get(1));
             if fingerprint != key.fingerprint {
@@ -449,7 +449,9 @@ impl Store for PostgresStore {
         create_instance_tx(&tx, &instance).await?;
         cached::execute(
             &tx,
-            "INSERT INTO idempotency_keys (key, fingerprint, instance_id, expires_at) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO idempotency_keys (key, fingerprint, instance_id, expires_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, \
+               instance_id = EXCLUDED.instance_id, expires_at = EXCLUDED.expires_at",
             &[&key.key, &key.fingerprint, &instance.instance_id, &key.expires_at.0],
         )
         .await
@@ -800,37 +802,86 @@ impl Store for PostgresStore {
         Ok(deleted.len() as u64)
     }
 
-    async fn purge_instances(&self, filter: &PurgeFilter) -> StoreResult<u64> {
-        let statuses: Vec<i16> = if filter.statuses.is_empty() {
-            terminal_codes()
-        } else {
-            filter.statuses.iter().filter(|s| s.is_terminal()).map(|s| s.code() as i16).collect()
+    async fn purge_batch(&self, filter: &PurgeFilter, max: usize) -> StoreResult<PurgedBatch> {
+        let Some(args) = PurgeArgs::new(filter) else {
+            return Ok(PurgedBatch::default());
         };
-        if statuses.is_empty() {
-            // Only finished instances are purged.
-            return Ok(0);
+        let sql = queries::purge_batch_roots(&args.statuses);
+        let limit = max as i64;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        let mut params = args.params();
+        params.push(&limit);
+        let roots: Vec<String> =
+            cached::query(&tx, &sql, &params).await.map_err(backend)?.iter().map(|r| r.get(0)).collect();
+        let selected = roots.len();
+        let deleted = purge_tx(&tx, roots).await?;
+        tx.commit().await.map_err(backend)?;
+        for id in &deleted {
+            self.wakers.watchers.notify(id);
         }
-        let sql = queries::purge_batch_roots(&statuses);
-        let from = filter.created_from.map_or(i64::MIN, |t| t.0);
-        let to = filter.created_to.map_or(i64::MAX, |t| t.0);
-        let mut total = 0;
-        loop {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(backend)?;
-            let roots: Vec<String> = cached::query(&tx, &sql, &[&from, &to, &PURGE_BATCH])
+        Ok(PurgedBatch { selected, deleted: deleted.len() as u64 })
+    }
+
+    async fn preview_purge(&self, filter: &PurgeFilter, max: usize) -> StoreResult<PurgePreview> {
+        let Some(args) = PurgeArgs::new(filter) else {
+            return Ok(PurgePreview::default());
+        };
+        let selection = queries::purgeable(&args.statuses);
+        let client = self.client().await?;
+        let mut params = args.params();
+        let matched: i64 =
+            client.query_one(&format!("SELECT count(*) {selection}"), &params).await.map_err(backend)?.get(0);
+        let limit = max as i64;
+        params.push(&limit);
+        let sql = format!(
+            "SELECT instance_id, name, status, created_at, updated_at {selection} \
+             ORDER BY created_at, instance_id LIMIT $6"
+        );
+        let first = client
+            .query(&sql, &params)
+            .await
+            .map_err(backend)?
+            .iter()
+            .map(|r| PurgeCandidate {
+                instance_id: r.get(0),
+                name: r.get(1),
+                status: RuntimeStatus::from_code(i64::from(r.get::<_, i16>(2))).unwrap_or(RuntimeStatus::Completed),
+                created_at: Timestamp(r.get(3)),
+                finished_at: Timestamp(r.get(4)),
+            })
+            .collect();
+        Ok(PurgePreview { matched: matched as u64, first })
+    }
+
+    async fn expire_idempotency_keys(&self, now: Timestamp, max: usize) -> StoreResult<u64> {
+        let client = self.client().await?;
+        cached::execute(
+            &client,
+            "DELETE FROM idempotency_keys WHERE key IN \
+             (SELECT key FROM idempotency_keys WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2 \
+              FOR UPDATE SKIP LOCKED)",
+            &[&now.0, &(max as i64)],
+        )
+        .await
+        .map_err(backend)
+    }
+
+    async fn oldest_finished(&self) -> StoreResult<Vec<(RuntimeStatus, Timestamp)>> {
+        let client = self.client().await?;
+        let mut oldest = Vec::new();
+        for code in terminal_codes() {
+            // The first entry of `instances_by_status` for the status.
+            let row = cached::query_opt(&client, "SELECT min(created_at) FROM instances WHERE status = $1", &[&code])
                 .await
-                .map_err(backend)?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            let batch = roots.len() as i64;
-            let deleted = purge_tx(&tx, roots).await?;
-            tx.commit().await.map_err(backend)?;
-            total += deleted.len() as u64;
-            if batch < PURGE_BATCH {
-                return Ok(total);
+                .map_err(backend)?;
+            if let (Some(status), Some(at)) =
+                (RuntimeStatus::from_code(i64::from(code)), row.and_then(|r| r.get::<_, Option<i64>>(0)))
+            {
+                oldest.push((status, Timestamp(at)));
             }
         }
+        Ok(oldest)
     }
 
     async fn get_setting(&self, key: &str) -> StoreResult<Option<String>> {
@@ -909,5 +960,38 @@ impl Store for PostgresStore {
         }
         self.pool.close();
         self.lease_pool.close();
+    }
+}
+
+/// A purge filter as the arguments of [`queries::purgeable`] (`$1` to `$5`).
+struct PurgeArgs {
+    statuses: Vec<i16>,
+    created_from: i64,
+    created_until: i64,
+    finished_before: i64,
+    name: Option<String>,
+    excluded: Vec<String>,
+}
+
+impl PurgeArgs {
+    /// `None` when the filter names no terminal status: only finished instances are purged.
+    fn new(filter: &PurgeFilter) -> Option<PurgeArgs> {
+        let statuses: Vec<i16> = if filter.statuses.is_empty() {
+            terminal_codes()
+        } else {
+            filter.statuses.iter().filter(|s| s.is_terminal()).map(|s| s.code() as i16).collect()
+        };
+        (!statuses.is_empty()).then(|| PurgeArgs {
+            statuses,
+            created_from: filter.created_from.map_or(i64::MIN, |t| t.0),
+            created_until: filter.created_until().map_or(i64::MAX, |t| t.0),
+            finished_before: filter.finished_before.map_or(i64::MAX, |t| t.0),
+            name: filter.name.clone(),
+            excluded: filter.excluded_names.clone(),
+        })
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![&self.created_from, &self.created_until, &self.finished_before, &self.name, &self.excluded]
     }
 }

@@ -123,7 +123,9 @@ async fn claims_and_purge_batches_use_the_indexes_of_ready_rows() {
         &[],
     )
     .await;
-    check(&client, "purge_batch", &format!("{}, {at}, 500", i64::MIN), &["instances_by_status"], &[]).await;
+    // Retention's batches: a finish time, the creation range it bounds, and no name.
+    let purge_args = format!("{}, {at}, {at}, NULL, ARRAY[]::text[], 500", i64::MIN);
+    check(&client, "purge_batch", &purge_args, &["instances_by_status"], &[]).await;
     store.shutdown().await;
 }
 

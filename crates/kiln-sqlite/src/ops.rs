@@ -13,12 +13,10 @@ use kiln_core::{
 };
 use kiln_store::{
     IdempotencyKey, IdempotentStart, InboxMessage, InstanceRecord, Lease, NewActivity, NewInstance, PurgeFilter,
-    StoreError, StoreResult, TurnCommit,
+    PurgedBatch, StoreError, StoreResult, TurnCommit,
 };
+use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params};
-
-/// Most instances one purge request deletes (purges of many instances run in bounded batches).
-pub const PURGE_BATCH: usize = 500;
 
 /// A change to make durable.
 pub enum WriteOp {
@@ -59,8 +57,10 @@ pub enum WriteOp {
     },
     /// Purge one finished instance and its finished descendants.
     PurgeInstance(String),
-    /// Purge up to [`PURGE_BATCH`] finished instances matching a filter.
-    PurgeBatch(PurgeFilter),
+    /// Purge up to this many finished instances matching a filter.
+    PurgeBatch(PurgeFilter, usize),
+    /// Delete up to this many idempotency keys expired at a time.
+    ExpireKeys(Timestamp, usize),
     /// Count a claim of recovered work durably (poison detection across crashes).
     MarkClaimed(ClaimTarget),
     /// Write a row for the sake of writing: whether writes work (e.g. once a full disk has room).
@@ -95,8 +95,10 @@ pub enum ClaimTarget {
 pub enum WriteOutcome {
     /// Nothing to report.
     Done,
-    /// A count (purges).
+    /// A count (purges, expired keys).
     Count(u64),
+    /// What a purge batch did.
+    Purged(PurgedBatch),
     /// A value (settings).
     Value(String),
     /// What an idempotent start did.
@@ -202,10 +204,20 @@ pub fn apply(conn: &Connection, op: &WriteOp, effects: &mut Vec<Effect>) -> Stor
             }
             purge(conn, vec![instance_id.clone()], effects).map(WriteOutcome::Count)
         }
-        WriteOp::PurgeBatch(filter) => {
-            let ids = select_purgeable(conn, filter)?;
-            purge(conn, ids, effects).map(WriteOutcome::Count)
+        WriteOp::PurgeBatch(filter, max) => {
+            let ids = select_purgeable(conn, filter, *max)?;
+            let selected = ids.len();
+            let deleted = purge(conn, ids, effects)?;
+            Ok(WriteOutcome::Purged(PurgedBatch { selected, deleted }))
         }
+        WriteOp::ExpireKeys(now, max) => conn
+            .prepare_cached(
+                "DELETE FROM idempotency_keys WHERE key IN \
+                 (SELECT key FROM idempotency_keys WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2)",
+            )
+            .and_then(|mut s| s.execute(params![now.0, *max as i64]))
+            .map(|n| WriteOutcome::Count(n as u64))
+            .map_err(backend),
         WriteOp::MarkClaimed(target) => {
             let updated = match target {
                 ClaimTarget::Instance(id) => conn
@@ -385,12 +397,13 @@ fn create_idempotent(
     key: &IdempotencyKey,
     effects: &mut Vec<Effect>,
 ) -> StoreResult<IdempotentStart> {
-    conn.prepare_cached("DELETE FROM idempotency_keys WHERE expires_at <= ?1")
-        .and_then(|mut s| s.execute([instance.created_at.0]))
-        .map_err(backend)?;
+    // An expired key is as good as gone (the retention purger deletes it in batches, off this
+    // path): the new start takes its place.
     let existing: Option<(String, String)> = conn
-        .prepare_cached("SELECT fingerprint, instance_id FROM idempotency_keys WHERE key = ?1")
-        .and_then(|mut s| s.query_row([&key.key], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+        .prepare_cached("SELECT fingerprint, instance_id FROM idempotency_keys WHERE key = ?1 AND expires_at > ?2")
+        .and_then(|mut s| {
+            s.query_row(params![key.key, instance.created_at.0], |r| Ok((r.get(0)?, r.get(1)?))).optional()
+        })
         .map_err(backend)?;
     if let Some((fingerprint, instance_id)) = existing {
         if fingerprint != key.fingerprint {
@@ -400,7 +413,7 @@ fn create_idempotent(
     }
     create_instance(conn, instance, effects)?;
     conn.prepare_cached(
-        "INSERT INTO idempotency_keys (key, fingerprint, instance_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT OR REPLACE INTO idempotency_keys (key, fingerprint, instance_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
     )
     .and_then(|mut s| s.execute(params![key.key, key.fingerprint, instance.instance_id, key.expires_at.0]))
     .map_err(backend)?;
@@ -602,30 +615,50 @@ fn delete_rows(conn: &Connection, instance_id: &str) -> StoreResult<()> {
     Ok(())
 }
 
-/// Up to [`PURGE_BATCH`] finished instances matching `filter`: top-level ones and orphaned children.
-fn select_purgeable(conn: &Connection, filter: &PurgeFilter) -> StoreResult<Vec<String>> {
+/// Up to `max` instances a purge with `filter` selects, oldest created first.
+fn select_purgeable(conn: &Connection, filter: &PurgeFilter, max: usize) -> StoreResult<Vec<String>> {
+    let Some((selection, args)) = purgeable(filter) else {
+        return Ok(Vec::new());
+    };
+    let sql = format!("SELECT instance_id {selection} ORDER BY created_at LIMIT {max}");
+    let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+    let ids = stmt.query_map(rusqlite::params_from_iter(args), |r| r.get(0)).map_err(backend)?;
+    ids.collect::<Result<Vec<String>, _>>().map_err(backend)
+}
+
+/// The instances a purge with `filter` selects, as `FROM instances c WHERE …` and its
+/// arguments; `None` when the filter names no terminal status. Finished instances only, with no
+/// message waiting (a rewind on its way), top-level or orphaned: a sub-orchestration whose
+/// parent is gone (it was still running when its parent was purged) has nobody left to purge
+/// it with. The creation range walks `instances_by_created`.
+pub(crate) fn purgeable(filter: &PurgeFilter) -> Option<(String, Vec<Value>)> {
+    let statuses = filter.statuses.iter().filter(|s| s.is_terminal()).map(|s| s.code());
     let statuses: Vec<i64> = if filter.statuses.is_empty() {
         RuntimeStatus::ALL.iter().filter(|s| s.is_terminal()).map(|s| s.code()).collect()
     } else {
-        filter.statuses.iter().filter(|s| s.is_terminal()).map(|s| s.code()).collect()
+        statuses.collect()
     };
     if statuses.is_empty() {
-        return Ok(Vec::new());
+        return None;
     }
     let list = statuses.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
-    // Top-level instances, and sub-orchestrations whose parent is gone (they were still running
-    // when it was purged): nobody is left to purge those with.
     let sql = format!(
-        "SELECT instance_id FROM instances c WHERE status IN ({list}) AND created_at >= ?1 AND created_at <= ?2 \
+        "FROM instances c WHERE created_at >= ?1 AND created_at <= ?2 AND status IN ({list}) \
+         AND updated_at <= ?3 AND (?4 IS NULL OR name = ?4) \
+         AND name NOT IN (SELECT value FROM json_each(?5)) \
+         AND NOT EXISTS (SELECT 1 FROM inbox m WHERE m.instance_id = c.instance_id) \
          AND (parent_instance_id IS NULL \
-           OR NOT EXISTS (SELECT 1 FROM instances p WHERE p.instance_id = c.parent_instance_id)) \
-         LIMIT {PURGE_BATCH}"
+           OR NOT EXISTS (SELECT 1 FROM instances p WHERE p.instance_id = c.parent_instance_id))"
     );
-    let from = filter.created_from.map_or(i64::MIN, |t| t.0);
-    let to = filter.created_to.map_or(i64::MAX, |t| t.0);
-    let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
-    let ids = stmt.query_map([from, to], |r| r.get(0)).map_err(backend)?;
-    ids.collect::<Result<Vec<String>, _>>().map_err(backend)
+    let excluded = serde_json::to_string(&filter.excluded_names).unwrap_or_else(|_| "[]".to_owned());
+    let args = vec![
+        Value::Integer(filter.created_from.map_or(i64::MIN, |t| t.0)),
+        Value::Integer(filter.created_until().map_or(i64::MAX, |t| t.0)),
+        Value::Integer(filter.finished_before.map_or(i64::MAX, |t| t.0)),
+        filter.name.clone().map_or(Value::Null, Value::Text),
+        Value::Text(excluded),
+    ];
+    Some((sql, args))
 }
 
 /// Deletes instances and, recursively, their finished sub-orchestrations.

@@ -2,8 +2,11 @@
 //! the writer thread writes.
 
 use crate::codec::{INSTANCE_COLUMNS, backend, decode_events, instance_from_row};
-use kiln_core::{HistoryEvent, RuntimeStatus};
-use kiln_store::{InstancePage, InstanceQuery, InstanceRecord, PageCursor, StoreError, StoreResult};
+use kiln_core::{HistoryEvent, RuntimeStatus, Timestamp};
+use kiln_store::{
+    InstancePage, InstanceQuery, InstanceRecord, PageCursor, PurgeCandidate, PurgeFilter, PurgePreview, StoreError,
+    StoreResult,
+};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension};
 use std::sync::Mutex;
@@ -67,6 +70,49 @@ pub fn count_by_status(conn: &Connection) -> StoreResult<Vec<(RuntimeStatus, u64
         }
     }
     Ok(counts)
+}
+
+/// What a purge with `filter` would delete now (the selection the writer's purge uses).
+pub fn preview_purge(conn: &Connection, filter: &PurgeFilter, max: usize) -> StoreResult<PurgePreview> {
+    let Some((selection, args)) = crate::ops::purgeable(filter) else {
+        return Ok(PurgePreview::default());
+    };
+    let matched: i64 = conn
+        .prepare(&format!("SELECT count(*) {selection}"))
+        .and_then(|mut s| s.query_row(rusqlite::params_from_iter(&args), |r| r.get(0)))
+        .map_err(backend)?;
+    let sql = format!(
+        "SELECT instance_id, name, status, created_at, updated_at {selection} ORDER BY created_at, instance_id LIMIT {max}"
+    );
+    let mut stmt = conn.prepare(&sql).map_err(backend)?;
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(&args), |r| {
+            Ok(PurgeCandidate {
+                instance_id: r.get(0)?,
+                name: r.get(1)?,
+                status: RuntimeStatus::from_code(r.get(2)?).unwrap_or(RuntimeStatus::Completed),
+                created_at: Timestamp(r.get(3)?),
+                finished_at: Timestamp(r.get(4)?),
+            })
+        })
+        .map_err(backend)?;
+    let first = rows.collect::<Result<Vec<_>, _>>().map_err(backend)?;
+    Ok(PurgePreview { matched: matched as u64, first })
+}
+
+/// The creation time of the oldest instance per terminal status: a walk of `instances_by_created`
+/// that stops at the first one (past the few older instances still running).
+pub fn oldest_finished(conn: &Connection) -> StoreResult<Vec<(RuntimeStatus, Timestamp)>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT created_at FROM instances WHERE status = ?1 ORDER BY created_at LIMIT 1")
+        .map_err(backend)?;
+    let mut oldest = Vec::new();
+    for status in RuntimeStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
+        if let Some(at) = stmt.query_row([status.code()], |r| r.get(0)).optional().map_err(backend)? {
+            oldest.push((status, Timestamp(at)));
+        }
+    }
+    Ok(oldest)
 }
 
 /// Reads a setting.

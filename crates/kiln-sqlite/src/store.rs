@@ -2,7 +2,7 @@
 
 use crate::checkpoint;
 use crate::codec::{backend, decode_event};
-use crate::ops::{ClaimTarget, PURGE_BATCH, WriteOp, WriteOutcome};
+use crate::ops::{ClaimTarget, WriteOp, WriteOutcome};
 use crate::queue::{ActivityEntry, Queues};
 use crate::reads::{self, Readers};
 use crate::schema::{MigrationError, migrate};
@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use kiln_core::{ActivityTimeouts, HistoryEvent, Payload, RuntimeStatus, Timestamp};
 use kiln_store::{
     ActivityWorkItem, IdempotencyKey, IdempotentStart, InboxMessage, InstancePage, InstanceQuery, InstanceRecord,
-    Lease, NewActivity, NewInstance, OrchestrationWorkItem, PurgeFilter, StatusWatchers, Store, StoreError,
-    StoreResult, TurnCommit, UNSTORED_MESSAGE_ID,
+    Lease, NewActivity, NewInstance, OrchestrationWorkItem, PurgeFilter, PurgePreview, PurgedBatch, StatusWatchers,
+    Store, StoreError, StoreResult, TurnCommit, UNSTORED_MESSAGE_ID,
 };
 use rusqlite::{Connection, OpenFlags};
 use std::fs::File;
@@ -600,18 +600,26 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn purge_instances(&self, filter: &PurgeFilter) -> StoreResult<u64> {
-        let mut total = 0;
-        loop {
-            let deleted = match self.write(WriteOp::PurgeBatch(filter.clone())).await? {
-                WriteOutcome::Count(n) => n,
-                _ => 0,
-            };
-            total += deleted;
-            if deleted < PURGE_BATCH as u64 {
-                return Ok(total);
-            }
+    async fn purge_batch(&self, filter: &PurgeFilter, max: usize) -> StoreResult<PurgedBatch> {
+        match self.write(WriteOp::PurgeBatch(filter.clone(), max)).await? {
+            WriteOutcome::Purged(batch) => Ok(batch),
+            _ => Ok(PurgedBatch::default()),
         }
+    }
+
+    async fn preview_purge(&self, filter: &PurgeFilter, max: usize) -> StoreResult<PurgePreview> {
+        self.readers.with(|conn| reads::preview_purge(conn, filter, max))
+    }
+
+    async fn expire_idempotency_keys(&self, now: Timestamp, max: usize) -> StoreResult<u64> {
+        match self.write(WriteOp::ExpireKeys(now, max)).await? {
+            WriteOutcome::Count(n) => Ok(n),
+            _ => Ok(0),
+        }
+    }
+
+    async fn oldest_finished(&self) -> StoreResult<Vec<(RuntimeStatus, Timestamp)>> {
+        self.readers.with(reads::oldest_finished)
     }
 
     async fn count_instances_by_status(&self) -> StoreResult<Vec<(RuntimeStatus, u64)>> {

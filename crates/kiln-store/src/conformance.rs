@@ -17,7 +17,8 @@
 
 use crate::{
     FinishedActivity, HistoryUpdate, IdempotencyKey, IdempotentStart, InstanceQuery, NewActivity, NewInstance,
-    NewSubOrchestration, OrchestrationWorkItem, OutgoingMessage, PurgeFilter, Store, StoreError, TurnCommit,
+    NewSubOrchestration, OrchestrationWorkItem, OutgoingMessage, PurgeFilter, PurgedBatch, Store, StoreError,
+    TurnCommit,
 };
 use kiln_core::{
     ActivityTimeouts, EventKind, FailureDetails, HistoryEvent, ParentInstance, Payload, RuntimeStatus, Timestamp,
@@ -53,6 +54,8 @@ macro_rules! conformance_tests {
             list_filters_and_keyset_pages,
             purge_cascades_and_refuses_unfinished,
             bulk_purge_takes_children_whose_parent_is_gone,
+            purge_filters_by_name_and_finish_time_and_spares_waiting_messages,
+            expired_idempotency_keys_go_in_bounded_batches,
             sub_orchestration_with_taken_id_fails_the_parent_step,
             watchers_wake_on_commit,
             settings_keep_their_value_until_compared_and_set,
@@ -489,6 +492,49 @@ pub async fn purge_cascades_and_refuses_unfinished(store: &dyn Store) {
     assert!(store.get_instance("new").await.unwrap().is_some());
 }
 
+/// What retention's purges select: an orchestration name (or all but some), a finish time, and
+/// never an instance with a message waiting (a rewind on its way) or one still running; the
+/// preview counts what the purge then deletes, and batches stop at their size.
+pub async fn purge_filters_by_name_and_finish_time_and_spares_waiting_messages(store: &dyn Store) {
+    let finish = |id: &'static str, name: &'static str, status: RuntimeStatus| async move {
+        let mut instance = new_instance(id, now());
+        instance.name = name.to_owned();
+        store.create_instance(instance).await.unwrap();
+        let item = fetch(store).await;
+        let mut commit = completed(running_commit(&item));
+        commit.status = status;
+        store.commit_turn(commit).await.unwrap();
+    };
+    finish("orch-1", "orch", RuntimeStatus::Completed).await;
+    finish("orch-2", "orch", RuntimeStatus::Completed).await;
+    finish("orch-failed", "orch", RuntimeStatus::Failed).await;
+    finish("other-1", "other", RuntimeStatus::Completed).await;
+    finish("rewinding", "orch", RuntimeStatus::Failed).await;
+    store.send_message("rewinding", raised("a rewind, say")).await.unwrap();
+    start(store, "running").await;
+    let finished = now();
+
+    let before = PurgeFilter { finished_before: Some(Timestamp(finished.0 - 60_000)), ..Default::default() };
+    assert_eq!(store.preview_purge(&before, 10).await.unwrap().matched, 0, "nothing finished a minute ago");
+    let orch = PurgeFilter { name: Some("orch".into()), finished_before: Some(finished), ..Default::default() };
+    let preview = store.preview_purge(&orch, 2).await.unwrap();
+    assert_eq!(preview.matched, 3, "orch-1, orch-2, orch-failed; not the one a message waits for");
+    assert_eq!(preview.first.len(), 2, "at most the number asked for");
+    assert!(preview.first.iter().all(|c| c.name == "orch" && c.status.is_terminal() && c.finished_at <= finished));
+    let batch = store.purge_batch(&orch, 2).await.unwrap();
+    assert_eq!(batch, PurgedBatch { selected: 2, deleted: 2 });
+    assert_eq!(store.preview_purge(&orch, 2).await.unwrap().matched, 1);
+    let rest = PurgeFilter { excluded_names: vec!["orch".into()], ..Default::default() };
+    assert_eq!(store.purge_instances(&rest).await.unwrap(), 1, "other-1 only");
+    assert!(store.get_instance("other-1").await.unwrap().is_none());
+    assert_eq!(store.purge_instances(&PurgeFilter::default()).await.unwrap(), 1, "the last finished orch");
+    for kept in ["rewinding", "running"] {
+        assert!(store.get_instance(kept).await.unwrap().is_some(), "{kept} is not purged");
+    }
+    let oldest = store.oldest_finished().await.unwrap();
+    assert_eq!(oldest.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![RuntimeStatus::Failed], "{oldest:?}");
+}
+
 /// A sub-orchestration still running when its parent was purged is left alone (running instances
 /// are never purged), and once it finishes the bulk purge takes it like a top-level instance:
 /// no parent is left to purge it with, so otherwise retention would keep it forever. A finished
@@ -667,6 +713,31 @@ pub async fn idempotency_keys_start_once_and_refuse_other_requests(store: &dyn S
     tokio::time::sleep(Duration::from_millis(5)).await;
     let renewed = store.create_instance_idempotent(new_instance("e", now()), expiring).await.unwrap();
     assert_eq!(renewed, IdempotentStart::Created, "an expired key is forgotten");
+}
+
+/// Expired keys are forgotten at once (a new start under one is a new start) and deleted in
+/// batches of the size asked for; unexpired ones stay.
+pub async fn expired_idempotency_keys_go_in_bounded_batches(store: &dyn Store) {
+    let key = |key: &str, expires_at| IdempotencyKey { key: key.into(), fingerprint: "f".into(), expires_at };
+    let soon = now().plus_millis(1);
+    for n in 0..3 {
+        store
+            .create_instance_idempotent(new_instance(&format!("old-{n}"), now()), key(&format!("old-{n}"), soon))
+            .await
+            .unwrap();
+    }
+    let later = now().plus_millis(60_000);
+    store.create_instance_idempotent(new_instance("kept", now()), key("kept", later)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let again = store.create_instance_idempotent(new_instance("new-0", now()), key("old-0", later)).await.unwrap();
+    assert_eq!(again, IdempotentStart::Created, "an expired key that is not deleted yet is forgotten");
+    assert_eq!(store.expire_idempotency_keys(now(), 1).await.unwrap(), 1);
+    assert_eq!(store.expire_idempotency_keys(now(), 10).await.unwrap(), 1, "the other (old-0 was taken again)");
+    assert_eq!(store.expire_idempotency_keys(now(), 10).await.unwrap(), 0);
+    let kept = store.create_instance_idempotent(new_instance("other", now()), key("kept", later)).await.unwrap();
+    assert_eq!(kept, IdempotentStart::Existing { instance_id: "kept".into() });
+    let taken = store.create_instance_idempotent(new_instance("other", now()), key("old-0", later)).await.unwrap();
+    assert_eq!(taken, IdempotentStart::Existing { instance_id: "new-0".into() });
 }
 
 pub async fn instances_are_counted_by_status(store: &dyn Store) {

@@ -23,7 +23,8 @@ pub use error::{SchemaTooNew, StoreError};
 pub use records::{
     ActivityWorkItem, FinishedActivity, HistoryUpdate, IdempotencyKey, IdempotentStart, InboxMessage, InstancePage,
     InstanceQuery, InstanceRecord, Lease, NewActivity, NewInstance, NewSubOrchestration, OrchestrationWorkItem,
-    OutgoingMessage, PageCursor, PurgeFilter, TurnCommit, UNPINNED_VERSION, UNSTORED_MESSAGE_ID, Unrunnable,
+    OutgoingMessage, PageCursor, PurgeCandidate, PurgeFilter, PurgePreview, PurgedBatch, TurnCommit, UNPINNED_VERSION,
+    UNSTORED_MESSAGE_ID, Unrunnable,
 };
-pub use store::{Store, StoreResult};
+pub use store::{PURGE_BATCH, Store, StoreResult};
 pub use watch::{StatusSubscription, StatusWatchers};

@@ -353,7 +353,8 @@ pub struct InstancePage {
     pub next: Option<PageCursor>,
 }
 
-/// Which finished instances to purge. Only terminal instances are ever purged.
+/// Which finished instances to purge. Only terminal instances with no message waiting (a rewind
+/// on its way, say) are ever purged.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PurgeFilter {
     /// Created at or after.
@@ -362,6 +363,58 @@ pub struct PurgeFilter {
     pub created_to: Option<Timestamp>,
     /// Only these (terminal) statuses; empty = every terminal status.
     pub statuses: Vec<RuntimeStatus>,
+    /// Only instances of this orchestration.
+    pub name: Option<String>,
+    /// No instance of these orchestrations (a retention default leaves out the names that have
+    /// a policy of their own).
+    pub excluded_names: Vec<String>,
+    /// Finished (last changed) at or before.
+    pub finished_before: Option<Timestamp>,
+}
+
+impl PurgeFilter {
+    /// The latest creation time an instance matching the filter can have: it was created
+    /// before it finished, so `finished_before` bounds it too (and lets a store walk its
+    /// creation index no further).
+    pub fn created_until(&self) -> Option<Timestamp> {
+        match (self.created_to, self.finished_before) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// What one [`crate::Store::purge_batch`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PurgedBatch {
+    /// Instances the filter selected (at most the batch size: fewer means none is left).
+    pub selected: usize,
+    /// Instances deleted: those selected and their finished sub-orchestrations.
+    pub deleted: u64,
+}
+
+/// An instance a purge would delete (see [`crate::Store::preview_purge`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PurgeCandidate {
+    /// The instance.
+    pub instance_id: String,
+    /// Its orchestration.
+    pub name: String,
+    /// Its (terminal) status.
+    pub status: RuntimeStatus,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it finished (last changed).
+    pub finished_at: Timestamp,
+}
+
+/// What a purge with a filter would delete, without deleting anything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PurgePreview {
+    /// How many instances the filter selects now (their finished sub-orchestrations go with them).
+    pub matched: u64,
+    /// The first of them, oldest created first.
+    pub first: Vec<PurgeCandidate>,
 }
 
 /// An `Idempotency-Key` recorded with the instance it started.

@@ -2,14 +2,17 @@
 
 use crate::{
     ActivityWorkItem, IdempotencyKey, IdempotentStart, InstancePage, InstanceQuery, InstanceRecord, Lease, NewInstance,
-    OrchestrationWorkItem, PurgeFilter, StatusWatchers, StoreError, TurnCommit, Unrunnable,
+    OrchestrationWorkItem, PurgeFilter, PurgePreview, PurgedBatch, StatusWatchers, StoreError, TurnCommit, Unrunnable,
 };
 use async_trait::async_trait;
-use kiln_core::{HistoryEvent, Payload};
+use kiln_core::{HistoryEvent, Payload, Timestamp};
 use std::time::Duration;
 
 /// Result of a store call.
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Most instances one purge transaction selects, unless its caller asks for fewer.
+pub const PURGE_BATCH: usize = 500;
 
 /// A durable backend for Kiln.
 ///
@@ -147,8 +150,34 @@ pub trait Store: Send + Sync + 'static {
     /// instances were deleted. `NotFound` or `NotTerminal` otherwise.
     async fn purge_instance(&self, instance_id: &str) -> StoreResult<u64>;
 
-    /// Purges finished instances matching the filter (and their sub-orchestrations).
-    async fn purge_instances(&self, filter: &PurgeFilter) -> StoreResult<u64>;
+    /// Purges up to `max` finished instances matching the filter, top-level ones and those whose
+    /// parent is gone, with their finished sub-orchestrations, in one transaction. An instance
+    /// with a message waiting (a rewind on its way, say) is not purged.
+    async fn purge_batch(&self, filter: &PurgeFilter, max: usize) -> StoreResult<PurgedBatch>;
+
+    /// Purges every finished instance matching the filter (and their sub-orchestrations), in
+    /// batches of [`PURGE_BATCH`]; returns how many instances were deleted.
+    async fn purge_instances(&self, filter: &PurgeFilter) -> StoreResult<u64> {
+        let mut total = 0;
+        loop {
+            let batch = self.purge_batch(filter, PURGE_BATCH).await?;
+            total += batch.deleted;
+            if batch.selected < PURGE_BATCH {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// What [`Store::purge_instances`] would delete now: how many instances the filter selects,
+    /// and the first `max` of them.
+    async fn preview_purge(&self, filter: &PurgeFilter, max: usize) -> StoreResult<PurgePreview>;
+
+    /// Deletes up to `max` idempotency keys that expired at or before `now`; returns how many.
+    async fn expire_idempotency_keys(&self, now: Timestamp, max: usize) -> StoreResult<u64>;
+
+    /// The creation time of the oldest instance stored, per terminal status (statuses with no
+    /// instance left out): how far back retention keeps history.
+    async fn oldest_finished(&self) -> StoreResult<Vec<(kiln_core::RuntimeStatus, Timestamp)>>;
 
     /// Counts instances per runtime status (statuses with no instances may be left out).
     async fn count_instances_by_status(&self) -> StoreResult<Vec<(kiln_core::RuntimeStatus, u64)>>;

@@ -277,6 +277,12 @@ impl KilnClient {
         Ok(self.rt.store.count_instances_by_status().await?)
     }
 
+    /// The creation time of the oldest instance kept, per terminal status: how far back
+    /// retention keeps history.
+    pub async fn oldest_finished(&self) -> Result<Vec<(RuntimeStatus, Timestamp)>, ClientError> {
+        Ok(self.rt.store.oldest_finished().await?)
+    }
+
     /// The names of the registered orchestrations, sorted.
     pub fn orchestration_names(&self) -> Vec<String> {
         self.rt.registry.orchestration_names()
@@ -388,6 +394,16 @@ impl KilnClient {
     /// Purges finished instances matching a filter; returns how many were deleted.
     pub async fn purge_many(&self, filter: &PurgeFilter) -> Result<u64, ClientError> {
         Ok(self.rt.store.purge_instances(filter).await?)
+    }
+
+    /// What [`KilnClient::purge_many`] would delete now: how many instances match, and the
+    /// first `max` of them (a dry run).
+    pub async fn preview_purge(
+        &self,
+        filter: &PurgeFilter,
+        max: usize,
+    ) -> Result<kiln_store::PurgePreview, ClientError> {
+        Ok(self.rt.store.preview_purge(filter, max).await?)
     }
 
     /// Lists instances (keyset paging: pass the previous page's `next` as `after`).

@@ -1,5 +1,6 @@
 //! Runtime configuration.
 
+use crate::retention::Retention;
 use kiln_core::PayloadLimits;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -32,6 +33,8 @@ pub struct RuntimeConfig {
     /// How long an instance whose orchestration version is not registered here, or an activity
     /// whose function is not, waits before it is offered again.
     pub unregistered_retry: Duration,
+    /// How long finished instances are kept, and how the background purger runs.
+    pub retention: Retention,
 }
 
 impl RuntimeConfig {
@@ -55,6 +58,7 @@ impl Default for RuntimeConfig {
             limits: PayloadLimits::default(),
             shutdown_grace: Duration::from_secs(10),
             unregistered_retry: Duration::from_secs(5),
+            retention: Retention::default(),
         }
     }
 }

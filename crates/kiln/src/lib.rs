@@ -50,6 +50,7 @@ mod failure;
 mod history_check;
 mod panic;
 mod registry;
+pub mod retention;
 pub mod retry;
 mod runtime;
 mod turn;
@@ -62,6 +63,7 @@ pub use config::RuntimeConfig;
 pub use context::{DurableFuture, OrchestrationContext};
 pub use failure::Failure;
 pub use history_check::{ExportedHistory, ReplayMismatch, replay_history};
+pub use retention::{InvalidRetention, Keep, Retention, RetentionPass, RetentionPolicy};
 pub use retry::{RetryCall, RetryPolicy};
 pub use runtime::MetricsSnapshot;
 
@@ -70,7 +72,10 @@ pub use kiln_core::{
     RuntimeStatus, Timestamp, WaitingOn, error_types, validate_event_name,
 };
 pub use kiln_sqlite::{OpenError, SqliteOptions, SqliteStore, Synchronous};
-pub use kiln_store::{InstancePage, InstanceQuery, InstanceRecord, PageCursor, PurgeFilter, Store, StoreError};
+pub use kiln_store::{
+    InstancePage, InstanceQuery, InstanceRecord, PageCursor, PurgeCandidate, PurgeFilter, PurgePreview, Store,
+    StoreError,
+};
 
 use registry::Registry;
 use runtime::Runtime;
@@ -102,6 +107,9 @@ pub enum StartError {
         /// What is wrong.
         reason: kiln_core::InvalidTimeout,
     },
+    /// The retention settings cannot work.
+    #[error(transparent)]
+    InvalidRetention(#[from] InvalidRetention),
 }
 
 /// Configures and starts a [`Kiln`] runtime.
@@ -194,6 +202,7 @@ impl KilnBuilder {
         if let Some((activity, reason)) = self.registry.invalid_timeouts() {
             return Err(StartError::InvalidTimeout { activity, reason });
         }
+        self.config.retention.validate(|name| self.registry.default_version(name).is_some())?;
         let store: Arc<dyn Store> = match (self.store, self.sqlite) {
             (Some(store), _) => store,
             (None, Some(options)) => Arc::new(SqliteStore::open(options)?),
@@ -204,6 +213,9 @@ impl KilnBuilder {
         let mut workers = Vec::new();
         for _ in 0..rt.config.orchestration_concurrency.max(1) {
             workers.push(tokio::spawn(worker::orchestration_worker(Arc::clone(&rt), signal.clone())));
+        }
+        if rt.config.retention.enabled {
+            workers.push(tokio::spawn(retention::purger(Arc::clone(&rt), signal.clone())));
         }
         workers.push(tokio::spawn(worker::activity_dispatcher(Arc::clone(&rt), signal)));
         Ok(Kiln { rt, shutdown, workers: Mutex::new(workers) })
@@ -241,6 +253,14 @@ impl Kiln {
     /// Counters of the work done since start.
     pub fn metrics(&self) -> MetricsSnapshot {
         self.rt.metrics.snapshot()
+    }
+
+    /// Purges now what the retention policies let go as of `at` (the background purger does
+    /// this with the clock, on one node at a time): for a one-off catch-up, or a test that
+    /// cannot wait days. Instances still running are never purged.
+    pub async fn apply_retention(&self, at: Timestamp) -> Result<RetentionPass, StoreError> {
+        let (_keep, running) = watch::channel(false);
+        retention::pass(&self.rt, at, &running).await
     }
 
     /// Stops taking work: from now on no turn or activity is claimed, and running activities

@@ -33,6 +33,9 @@ pub struct Metrics {
     pub(crate) unregistered: AtomicU64,
     pub(crate) canceled: AtomicU64,
     pub(crate) timed_out: AtomicU64,
+    pub(crate) purged: AtomicU64,
+    pub(crate) retention_passes: AtomicU64,
+    pub(crate) keys_expired: AtomicU64,
     /// Moving average of instance durations (created → finished) per orchestration, in ms.
     durations: Mutex<HashMap<String, f64>>,
 }
@@ -60,6 +63,12 @@ pub struct MetricsSnapshot {
     /// Activity attempts that ran past a timeout (start-to-close, schedule-to-close or
     /// heartbeat) and were failed with a timeout failure.
     pub timed_out: u64,
+    /// Retention passes this node's purger ran (while it held the purger lease).
+    pub retention_passes: u64,
+    /// Finished instances the retention purger deleted (sub-orchestrations included).
+    pub purged: u64,
+    /// Expired idempotency keys the retention purger deleted.
+    pub idempotency_keys_expired: u64,
 }
 
 impl Metrics {
@@ -86,6 +95,9 @@ impl Metrics {
             unregistered: self.unregistered.load(Ordering::Relaxed),
             canceled: self.canceled.load(Ordering::Relaxed),
             timed_out: self.timed_out.load(Ordering::Relaxed),
+            purged: self.purged.load(Ordering::Relaxed),
+            retention_passes: self.retention_passes.load(Ordering::Relaxed),
+            idempotency_keys_expired: self.keys_expired.load(Ordering::Relaxed),
         }
     }
 }

@@ -430,7 +430,8 @@ async fn purge(State(http): State<KilnHttp>, path: PathParams) -> Result<Respons
     Ok(json_response(StatusCode::OK, &json!({ "instancesDeleted": deleted })))
 }
 
-/// Purges finished instances created in a time window (DF `PurgeInstanceHistory` by filter).
+/// Purges finished instances created in a time window (DF `PurgeInstanceHistory` by filter), or
+/// with `dryRun=true` shows what it would purge.
 #[utoipa::path(
     delete,
     path = "/runtime/webhooks/durabletask/instances",
@@ -439,9 +440,12 @@ async fn purge(State(http): State<KilnHttp>, path: PathParams) -> Result<Respons
         ("createdTimeFrom" = String, Query, description = "Required: created at or after"),
         ("createdTimeTo" = Option<String>, Query, description = "Created at or before (default now)"),
         ("runtimeStatus" = Option<String>, Query, description = "Comma-separated terminal statuses"),
+        ("name" = Option<String>, Query, description = "Only instances of this orchestration"),
+        ("finishedTimeTo" = Option<String>, Query, description = "Finished (last updated) at or before"),
+        ("dryRun" = Option<bool>, Query, description = "Delete nothing: count the matches and list the first 100"),
     ),
     responses(
-        (status = 200, description = "`{\"instancesDeleted\": n}`"),
+        (status = 200, description = "`{\"instancesDeleted\": n}`; with `dryRun`, `{\"instancesDeleted\": 0, \"dryRun\": true, \"matched\": n, \"instances\": [...]}`"),
         (status = 400, description = "`createdTimeFrom` missing or invalid", content_type = "application/problem+json"),
         (status = 404, description = "Nothing matched", content_type = "application/problem+json"),
     )
@@ -453,12 +457,24 @@ async fn purge_many(State(http): State<KilnHttp>, query: QueryParams) -> Result<
         created_from: Some(created_from),
         created_to: Some(parse_time(&query, "createdTimeTo")?.unwrap_or_else(now)),
         statuses: parse_statuses(&query)?,
+        name: query.get("name").map(str::to_owned),
+        finished_before: parse_time(&query, "finishedTimeTo")?,
+        excluded_names: Vec::new(),
     };
+    if query.flag("dryRun", false) {
+        let preview = http.client().preview_purge(&filter, DRY_RUN_LIST).await.map_err(df)?;
+        let instances: Vec<_> = preview.first.iter().map(payloads::purge_candidate).collect();
+        let body = json!({ "instancesDeleted": 0, "dryRun": true, "matched": preview.matched, "instances": instances });
+        return Ok(json_response(StatusCode::OK, &body));
+    }
     match http.client().purge_many(&filter).await.map_err(df)? {
         0 => Err(Problem::not_found("no finished instance matched").for_durable_functions()),
         deleted => Ok(json_response(StatusCode::OK, &json!({ "instancesDeleted": deleted }))),
     }
 }
+
+/// How many of the instances a dry-run purge would delete it lists.
+const DRY_RUN_LIST: usize = 100;
 
 /// Raises an external event (DF `RaiseEvent`).
 #[utoipa::path(

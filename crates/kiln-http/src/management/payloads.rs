@@ -3,7 +3,7 @@
 
 use crate::status::payload_value;
 use crate::urls::encode_component;
-use kiln::{EventKind, HistoryEvent, InstanceRecord, RuntimeStatus};
+use kiln::{EventKind, HistoryEvent, InstanceRecord, PurgeCandidate, RuntimeStatus};
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 
@@ -32,6 +32,17 @@ pub fn status_object(record: &InstanceRecord, show_input: bool, history: Option<
         fields.insert("historyEvents".into(), Value::Array(events));
     }
     status
+}
+
+/// An instance a dry-run purge would delete.
+pub fn purge_candidate(candidate: &PurgeCandidate) -> Value {
+    json!({
+        "instanceId": candidate.instance_id,
+        "name": candidate.name,
+        "runtimeStatus": candidate.status.as_str(),
+        "createdTime": candidate.created_at.to_rfc3339_seconds(),
+        "lastUpdatedTime": candidate.finished_at.to_rfc3339_seconds(),
+    })
 }
 
 /// The check-status payload (`HttpManagementPayload` without rewind, as DF's start returns):

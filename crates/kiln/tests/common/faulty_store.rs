@@ -4,10 +4,10 @@
 
 use async_trait::async_trait;
 use kiln::{RuntimeStatus, Store, StoreError};
-use kiln_core::{HistoryEvent, Payload};
+use kiln_core::{HistoryEvent, Payload, Timestamp};
 use kiln_store::{
     ActivityWorkItem, IdempotencyKey, IdempotentStart, InstancePage, InstanceQuery, InstanceRecord, Lease, NewInstance,
-    OrchestrationWorkItem, PurgeFilter, StatusWatchers, StoreResult, TurnCommit, Unrunnable,
+    OrchestrationWorkItem, PurgeFilter, PurgePreview, PurgedBatch, StatusWatchers, StoreResult, TurnCommit, Unrunnable,
 };
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -273,8 +273,20 @@ impl Store for FaultyStore {
         self.write("purge_instance", self.inner.purge_instance(instance_id)).await
     }
 
-    async fn purge_instances(&self, filter: &PurgeFilter) -> StoreResult<u64> {
-        self.write("purge_instances", self.inner.purge_instances(filter)).await
+    async fn purge_batch(&self, filter: &PurgeFilter, max: usize) -> StoreResult<PurgedBatch> {
+        self.write("purge_batch", self.inner.purge_batch(filter, max)).await
+    }
+
+    async fn preview_purge(&self, filter: &PurgeFilter, max: usize) -> StoreResult<PurgePreview> {
+        self.inner.preview_purge(filter, max).await
+    }
+
+    async fn expire_idempotency_keys(&self, now: Timestamp, max: usize) -> StoreResult<u64> {
+        self.write("expire_idempotency_keys", self.inner.expire_idempotency_keys(now, max)).await
+    }
+
+    async fn oldest_finished(&self) -> StoreResult<Vec<(RuntimeStatus, Timestamp)>> {
+        self.inner.oldest_finished().await
     }
 
     async fn count_instances_by_status(&self) -> StoreResult<Vec<(RuntimeStatus, u64)>> {

@@ -19,7 +19,7 @@ type Registration = Box<dyn Fn(KilnBuilder) -> KilnBuilder + Send + Sync>;
 
 /// A Kiln application's command line: `serve` (SQLite or PostgreSQL, `kiln.toml` / `KILN_*` /
 /// flags, the public and loopback management listeners, graceful drain), the client commands
-/// (`start`, `status`, `list`, `history`, `raise`, `terminate`, `purge`) and `bench`.
+/// (`start`, `status`, `list`, `history`, `raise`, `terminate`, `purge`, `bulk`) and `bench`.
 ///
 /// [`App::run`] starts its own Tokio runtime: call it from a plain (not `#[tokio::main]`) `main`.
 ///
@@ -197,13 +197,24 @@ impl App {
             Command::Terminate { id, reason } => remote().terminate(id, reason.as_deref()).map(|()| true),
             Command::Purge { id: Some(id), .. } => remote().purge(id).map(|()| true),
             Command::Purge { id: None, created_before, finished_before, name, statuses, dry_run } => {
-                let filter = remote::PurgeQuery {
+                let filter = remote::InstanceFilter {
                     created_before: created_before.as_deref(),
                     finished_before: finished_before.as_deref(),
                     name: name.as_deref(),
                     statuses,
+                    ..Default::default()
                 };
                 remote().purge_many(&filter, *dry_run).map(|()| true)
+            }
+            Command::Bulk { action, created_after, created_before, name, statuses, reason, dry_run, wait } => {
+                let filter = remote::InstanceFilter {
+                    created_after: created_after.as_deref(),
+                    created_before: created_before.as_deref(),
+                    name: name.as_deref(),
+                    statuses,
+                    ..Default::default()
+                };
+                remote().bulk(action, &filter, reason.as_deref(), *dry_run, *wait)
             }
         }
     }
@@ -331,6 +342,34 @@ enum Command {
         /// Delete nothing: count what the filter selects and list the first 100.
         #[arg(long, conflicts_with = "id")]
         dry_run: bool,
+    },
+    /// Terminate, purge or rewind every instance a filter selects, as a durable operation whose
+    /// status shows its progress (instances created after it starts are left alone).
+    Bulk {
+        /// `terminate` (unfinished instances), `purge` (finished ones) or `rewind` (failed ones).
+        #[arg(value_parser = ["terminate", "purge", "rewind"])]
+        action: String,
+        /// Only instances created after this RFC 3339 time.
+        #[arg(long)]
+        created_after: Option<String>,
+        /// Only instances created before this RFC 3339 time.
+        #[arg(long)]
+        created_before: Option<String>,
+        /// Only instances of this orchestration.
+        #[arg(long)]
+        name: Option<String>,
+        /// Only these statuses (repeatable; default: all the action applies to).
+        #[arg(long = "status")]
+        statuses: Vec<String>,
+        /// Why (recorded with each termination or rewind).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Act on nothing: count what the filter selects and list the first 100.
+        #[arg(long, conflicts_with = "wait")]
+        dry_run: bool,
+        /// Follow the operation's progress until it ends.
+        #[arg(long)]
+        wait: bool,
     },
 }
 

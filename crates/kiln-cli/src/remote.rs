@@ -175,75 +175,106 @@ impl Remote {
     }
 
     /// `kiln purge --created-before T --finished-before T --name N --status S [--dry-run]`.
-    pub fn purge_many(&self, filter: &PurgeQuery<'_>, dry_run: bool) -> anyhow::Result<()> {
+    pub fn purge_many(&self, filter: &InstanceFilter<'_>, dry_run: bool) -> anyhow::Result<()> {
         if !dry_run && filter.created_before.is_none() && filter.finished_before.is_none() && filter.name.is_none() {
             bail!(
                 "give an instance id, or a filter (--created-before, --finished-before, --name); --dry-run shows what it selects"
             );
         }
-        let mut path = "/instances?createdTimeFrom=1970-01-01T00:00:00Z".to_owned();
-        let fields = [
-            ("createdTimeTo", filter.created_before),
-            ("finishedTimeTo", filter.finished_before),
-            ("name", filter.name),
-        ];
-        for (key, value) in fields {
-            if let Some(value) = value {
-                path.push_str(&format!("&{key}={}", encode(value)));
-            }
-        }
-        if !filter.statuses.is_empty() {
-            path.push_str(&format!("&runtimeStatus={}", encode(&filter.statuses.join(","))));
-        }
-        if dry_run {
-            path.push_str("&dryRun=true");
-        }
-        let result = match self.call("DELETE", &path, None) {
-            Ok((_, result)) => result,
-            Err(err) if err.to_string().ends_with("(HTTP 404)") => {
-                println!("0");
-                return Ok(());
-            }
+        let filter = InstanceFilter { created_after: filter.created_after.or(Some("1970-01-01T00:00:00Z")), ..*filter };
+        let path = format!("/instances?{}{}", filter.query(), if dry_run { "&dryRun=true" } else { "" });
+        match self.call("DELETE", &path, None) {
+            Ok((_, result)) if dry_run => print_dry_run(&result, "purge"),
+            Ok((_, result)) => println!("{}", result.get("instancesDeleted").cloned().unwrap_or(Value::Null)),
+            Err(err) if err.to_string().ends_with("(HTTP 404)") => println!("0"),
             Err(err) => return Err(err),
-        };
-        if !dry_run {
-            println!("{}", result.get("instancesDeleted").cloned().unwrap_or(Value::Null));
-            return Ok(());
-        }
-        let matched = result.get("matched").and_then(Value::as_u64).unwrap_or(0);
-        let listed = result.get("instances").and_then(Value::as_array).cloned().unwrap_or_default();
-        println!(
-            "would purge {matched} instance(s), with their finished sub-orchestrations{}",
-            match listed.len() {
-                0 => String::new(),
-                n if (n as u64) < matched => format!("; the first {n}:"),
-                _ => ":".to_owned(),
-            }
-        );
-        for instance in &listed {
-            let field = |key: &str| instance.get(key).and_then(Value::as_str).unwrap_or("-").to_owned();
-            println!(
-                "{}\t{}\t{}\tfinished {}",
-                field("instanceId"),
-                field("name"),
-                field("runtimeStatus"),
-                field("lastUpdatedTime")
-            );
         }
         Ok(())
     }
+
+    /// `kiln bulk ACTION [filter] [--reason R] [--dry-run | --wait]`: prints the operation's
+    /// id, or what it would act on, or with `wait` follows its progress to the end.
+    pub fn bulk(
+        &self,
+        action: &str,
+        filter: &InstanceFilter<'_>,
+        reason: Option<&str>,
+        dry_run: bool,
+        wait: bool,
+    ) -> anyhow::Result<bool> {
+        let mut path = format!("/bulk/{}?{}", encode(action), filter.query());
+        if let Some(reason) = reason {
+            path.push_str(&format!("&reason={}", encode(reason)));
+        }
+        if dry_run {
+            let (_, result) = self.call("POST", &format!("{path}&dryRun=true"), None)?;
+            print_dry_run(&result, action);
+            return Ok(true);
+        }
+        let (_, started) = self.call("POST", &path, None)?;
+        let id =
+            started.get("id").and_then(Value::as_str).ok_or_else(|| anyhow!("the server returned no operation id"))?;
+        if !wait {
+            println!("{id}");
+            return Ok(true);
+        }
+        eprintln!("started {id}");
+        self.follow(id)
+    }
 }
 
-/// What `kiln purge` without an id selects.
-pub struct PurgeQuery<'a> {
+/// What a purge or bulk operation selects: instances created in a range, finished before a
+/// time (purges only), of one orchestration, in some statuses.
+#[derive(Clone, Copy, Default)]
+pub struct InstanceFilter<'a> {
+    /// Created after this RFC 3339 time.
+    pub created_after: Option<&'a str>,
     /// Created before this RFC 3339 time.
     pub created_before: Option<&'a str>,
     /// Finished before this RFC 3339 time.
     pub finished_before: Option<&'a str>,
     /// Of this orchestration.
     pub name: Option<&'a str>,
-    /// In these statuses (all terminal ones when empty).
+    /// In these statuses (all those the operation applies to when empty).
     pub statuses: &'a [String],
+}
+
+impl InstanceFilter<'_> {
+    /// The filter as query parameters of the management API.
+    fn query(&self) -> String {
+        let fields = [
+            ("createdTimeFrom", self.created_after),
+            ("createdTimeTo", self.created_before),
+            ("finishedTimeTo", self.finished_before),
+            ("name", self.name),
+        ];
+        let mut params: Vec<String> =
+            fields.iter().filter_map(|(key, value)| value.map(|v| format!("{key}={}", encode(v)))).collect();
+        if !self.statuses.is_empty() {
+            params.push(format!("runtimeStatus={}", encode(&self.statuses.join(","))));
+        }
+        params.join("&")
+    }
+}
+
+/// Prints a dry run's answer: how many instances `verb` would act on, and the first of them.
+fn print_dry_run(result: &Value, verb: &str) {
+    let matched = result.get("matched").and_then(Value::as_u64).unwrap_or(0);
+    let at_least = if result.get("complete").and_then(Value::as_bool) == Some(false) { "at least " } else { "" };
+    let listed = result.get("instances").and_then(Value::as_array).cloned().unwrap_or_default();
+    let more = match listed.len() {
+        0 => String::new(),
+        n if (n as u64) < matched => format!("; the first {n}:"),
+        _ => ":".to_owned(),
+    };
+    let children = if verb == "purge" { ", with their finished sub-orchestrations" } else { "" };
+    println!("would {verb} {at_least}{matched} instance(s){children}{more}");
+    for instance in &listed {
+        let field = |key: &str| instance.get(key).and_then(Value::as_str).unwrap_or("-").to_owned();
+        let (id, name, status, updated) =
+            (field("instanceId"), field("name"), field("runtimeStatus"), field("lastUpdatedTime"));
+        println!("{id}\t{name}\t{status}\tlast updated {updated}");
+    }
 }
 
 fn encode(text: &str) -> String {

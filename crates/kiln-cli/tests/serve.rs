@@ -109,6 +109,24 @@ fn cli_commands_drive_a_running_server() {
     ]));
     assert_eq!(waiting.trim(), "to-stop");
     ok(&server.cli(&["terminate", "to-stop", "--reason", "not needed"]));
+    // `bulk`: a dry run lists what it selects; the operation follows its progress to the end.
+    let input = r#"{"subject":"b","timeout_seconds":60}"#;
+    assert_eq!(ok(&server.cli(&["start", "approval", "--input", input, "--id", "bulk-me"])).trim(), "bulk-me");
+    let dry = ok(&server.cli(&["bulk", "terminate", "--name", "approval", "--dry-run"]));
+    assert!(dry.starts_with("would terminate 1 instance(s)") && dry.contains("bulk-me\tapproval"), "{dry}");
+    let totals = ok(&server.cli(&["bulk", "terminate", "--name", "approval", "--reason", "cli", "--wait"]));
+    assert!(totals.contains("\"done\": 1"), "{totals}");
+    // The operation asked for the termination; the instance's own turn carries it out.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let stopped: Value = serde_json::from_str(&ok(&server.cli(&["status", "bulk-me"]))).unwrap();
+        if stopped["runtimeStatus"] == "Terminated" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{stopped}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!server.cli(&["bulk", "rewind", "--status", "Running"]).status.success());
     // `purge --dry-run` lists what a filter selects and deletes nothing.
     let dry = ok(&server.cli(&["purge", "--name", "report_job", "--status", "Completed", "--dry-run"]));
     assert!(dry.starts_with("would purge 1 instance(s)") && dry.contains("job-1\treport_job\tCompleted"), "{dry}");

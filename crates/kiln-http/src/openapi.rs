@@ -23,6 +23,7 @@ use utoipa_swagger_ui::SwaggerUi;
         management::list,
         management::purge,
         management::purge_many,
+        management::bulk,
         management::raise_event,
         management::operate,
         management::rotate_token_secret,

@@ -132,7 +132,8 @@ impl From<ClientError> for Problem {
             ClientError::UnknownOrchestration { .. }
             | ClientError::InvalidInstanceId(_)
             | ClientError::InvalidEventName(_)
-            | ClientError::InvalidPayload { .. } => StatusCode::BAD_REQUEST,
+            | ClientError::InvalidPayload { .. }
+            | ClientError::InvalidBulkOperation(_) => StatusCode::BAD_REQUEST,
             ClientError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ClientError::Finished { .. } => StatusCode::GONE,
             ClientError::IdempotencyKeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,

@@ -370,3 +370,39 @@ async fn the_loopback_listener_serves_no_browser_page_from_elsewhere() {
     app.manage("GET", "/instances/chosen-by-attacker", None).await.assert_problem(404);
     assert_eq!(app.manage("GET", &format!("/instances/{victim}"), None).await.body["runtimeStatus"], "Running");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_operation_runs_as_an_instance_whose_status_shows_its_progress() {
+    let app = TestApp::start().await;
+    let mut waiting = Vec::new();
+    for _ in 0..3 {
+        let id = start(&app, "wait_event", "{}").await;
+        app.started(&id).await;
+        waiting.push(id);
+    }
+    let dry = app.manage("POST", "/bulk/terminate?name=wait_event&dryRun=true", None).await;
+    assert_eq!((dry.status.as_u16(), &dry.body["matched"], &dry.body["complete"]), (200, &json!(3), &json!(true)));
+    assert_eq!(dry.body["instances"][0]["runtimeStatus"], "Running");
+    let started = app.manage("POST", "/bulk/terminate?name=wait_event&reason=cleanup", None).await;
+    assert_eq!(started.status, 202, "{}", started.raw);
+    let location = started.header("location").to_owned();
+    assert!(location.contains("/runtime/webhooks/durabletask/instances/"), "{location}");
+    let op = started.body["id"].as_str().unwrap().to_owned();
+    app.finish(&op).await;
+    let status = app.manage("GET", &format!("/instances/{op}"), None).await;
+    assert_eq!((status.status.as_u16(), &status.body["runtimeStatus"]), (200, &json!("Completed")), "{}", status.raw);
+    assert_eq!(status.body["name"], "kiln.bulk");
+    assert_eq!(status.body["output"], json!({"done": 3, "skipped": 0, "pages": 1}));
+    assert_eq!(status.body["customStatus"], status.body["output"]);
+    for id in &waiting {
+        app.finish(id).await;
+        let terminated = app.manage("GET", &format!("/instances/{id}"), None).await;
+        assert_eq!(terminated.body["runtimeStatus"], "Terminated", "{}", terminated.raw);
+    }
+    app.manage("POST", "/bulk/explode", None).await.assert_problem(400);
+    let refused = app.manage("POST", "/bulk/rewind?runtimeStatus=Running", None).await;
+    refused.assert_problem(400);
+    assert!(refused.body["detail"].as_str().unwrap().contains("does not apply to Running"), "{}", refused.raw);
+    app.manage("POST", "/bulk/purge?createdTimeFrom=yesterday", None).await.assert_problem(400);
+    app.manage("POST", "/orchestrators/kiln.bulk", Some("{}")).await.assert_problem(400);
+}

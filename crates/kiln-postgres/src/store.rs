@@ -19,7 +19,7 @@ use deadpool_postgres::{Object, Pool};
 use kiln_core::{HistoryEvent, Payload, RuntimeStatus, Timestamp};
 use kiln_store::{
     ActivityWorkItem, IdempotencyKey, IdempotentStart, InboxMessage, InstancePage, InstanceQuery, InstanceRecord,
-    Lease, NewInstance, OrchestrationWorkItem, PageCursor, PurgeCandidate, PurgeFilter, PurgePreview, PurgedBatch,
+    InstanceSummary, Lease, NewInstance, OrchestrationWorkItem, PageCursor, PurgeFilter, PurgePreview, PurgedBatch,
     StatusWatchers, Store, StoreError, StoreResult, TurnCommit, UNSTORED_MESSAGE_ID, Unrunnable,
 };
 use std::sync::{Arc, Mutex};
@@ -843,12 +843,12 @@ impl Store for PostgresStore {
             .await
             .map_err(backend)?
             .iter()
-            .map(|r| PurgeCandidate {
+            .map(|r| InstanceSummary {
                 instance_id: r.get(0),
                 name: r.get(1),
                 status: RuntimeStatus::from_code(i64::from(r.get::<_, i16>(2))).unwrap_or(RuntimeStatus::Completed),
                 created_at: Timestamp(r.get(3)),
-                finished_at: Timestamp(r.get(4)),
+                updated_at: Timestamp(r.get(4)),
             })
             .collect();
         Ok(PurgePreview { matched: matched as u64, first })

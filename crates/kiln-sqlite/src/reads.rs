@@ -4,7 +4,7 @@
 use crate::codec::{INSTANCE_COLUMNS, backend, decode_events, instance_from_row};
 use kiln_core::{HistoryEvent, RuntimeStatus, Timestamp};
 use kiln_store::{
-    InstancePage, InstanceQuery, InstanceRecord, PageCursor, PurgeCandidate, PurgeFilter, PurgePreview, StoreError,
+    InstancePage, InstanceQuery, InstanceRecord, InstanceSummary, PageCursor, PurgeFilter, PurgePreview, StoreError,
     StoreResult,
 };
 use rusqlite::types::Value;
@@ -87,12 +87,12 @@ pub fn preview_purge(conn: &Connection, filter: &PurgeFilter, max: usize) -> Sto
     let mut stmt = conn.prepare(&sql).map_err(backend)?;
     let rows = stmt
         .query_map(rusqlite::params_from_iter(&args), |r| {
-            Ok(PurgeCandidate {
+            Ok(InstanceSummary {
                 instance_id: r.get(0)?,
                 name: r.get(1)?,
                 status: RuntimeStatus::from_code(r.get(2)?).unwrap_or(RuntimeStatus::Completed),
                 created_at: Timestamp(r.get(3)?),
-                finished_at: Timestamp(r.get(4)?),
+                updated_at: Timestamp(r.get(4)?),
             })
         })
         .map_err(backend)?;

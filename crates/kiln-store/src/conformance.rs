@@ -520,7 +520,7 @@ pub async fn purge_filters_by_name_and_finish_time_and_spares_waiting_messages(s
     let preview = store.preview_purge(&orch, 2).await.unwrap();
     assert_eq!(preview.matched, 3, "orch-1, orch-2, orch-failed; not the one a message waits for");
     assert_eq!(preview.first.len(), 2, "at most the number asked for");
-    assert!(preview.first.iter().all(|c| c.name == "orch" && c.status.is_terminal() && c.finished_at <= finished));
+    assert!(preview.first.iter().all(|c| c.name == "orch" && c.status.is_terminal() && c.updated_at <= finished));
     let batch = store.purge_batch(&orch, 2).await.unwrap();
     assert_eq!(batch, PurgedBatch { selected: 2, deleted: 2 });
     assert_eq!(store.preview_purge(&orch, 2).await.unwrap().matched, 1);

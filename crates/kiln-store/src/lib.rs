@@ -22,9 +22,9 @@ pub mod conformance;
 pub use error::{SchemaTooNew, StoreError};
 pub use records::{
     ActivityWorkItem, FinishedActivity, HistoryUpdate, IdempotencyKey, IdempotentStart, InboxMessage, InstancePage,
-    InstanceQuery, InstanceRecord, Lease, NewActivity, NewInstance, NewSubOrchestration, OrchestrationWorkItem,
-    OutgoingMessage, PageCursor, PurgeCandidate, PurgeFilter, PurgePreview, PurgedBatch, TurnCommit, UNPINNED_VERSION,
-    UNSTORED_MESSAGE_ID, Unrunnable,
+    InstanceQuery, InstanceRecord, InstanceSummary, Lease, NewActivity, NewInstance, NewSubOrchestration,
+    OrchestrationWorkItem, OutgoingMessage, PageCursor, PurgeFilter, PurgePreview, PurgedBatch, TurnCommit,
+    UNPINNED_VERSION, UNSTORED_MESSAGE_ID, Unrunnable,
 };
 pub use store::{PURGE_BATCH, Store, StoreResult};
 pub use watch::{StatusSubscription, StatusWatchers};

@@ -393,19 +393,19 @@ pub struct PurgedBatch {
     pub deleted: u64,
 }
 
-/// An instance a purge would delete (see [`crate::Store::preview_purge`]).
+/// An instance in a few words: what dry runs list (see [`crate::Store::preview_purge`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PurgeCandidate {
+pub struct InstanceSummary {
     /// The instance.
     pub instance_id: String,
     /// Its orchestration.
     pub name: String,
-    /// Its (terminal) status.
+    /// Its status.
     pub status: RuntimeStatus,
     /// When it was created.
     pub created_at: Timestamp,
-    /// When it finished (last changed).
-    pub finished_at: Timestamp,
+    /// When it last changed (for a finished instance: when it finished).
+    pub updated_at: Timestamp,
 }
 
 /// What a purge with a filter would delete, without deleting anything.
@@ -414,7 +414,7 @@ pub struct PurgePreview {
     /// How many instances the filter selects now (their finished sub-orchestrations go with them).
     pub matched: u64,
     /// The first of them, oldest created first.
-    pub first: Vec<PurgeCandidate>,
+    pub first: Vec<InstanceSummary>,
 }
 
 /// An `Idempotency-Key` recorded with the instance it started.

@@ -23,6 +23,9 @@ pub enum ClientError {
     /// No instance has this id.
     #[error("instance '{0}' not found")]
     NotFound(String),
+    /// A bulk operation that cannot be run (an unknown action, a status it does not apply to).
+    #[error("{0}")]
+    InvalidBulkOperation(String),
     /// The id is held by an instance that has not finished.
     #[error("an instance with id '{id}' already exists and is {status}")]
     AlreadyExists {
@@ -123,7 +126,7 @@ pub struct StartOptions {
 /// Starts, queries and manages instances. Cheap to clone.
 #[derive(Clone)]
 pub struct KilnClient {
-    rt: Arc<Runtime>,
+    pub(crate) rt: Arc<Runtime>,
 }
 
 impl KilnClient {
@@ -146,6 +149,17 @@ impl KilnClient {
     /// Starts an orchestration with a JSON input and options; returns the instance id and
     /// creation time (which tells this run apart from another created later under the same id).
     pub async fn start_instance(
+        &self,
+        name: &str,
+        input: Payload,
+        options: StartOptions,
+    ) -> Result<Started, ClientError> {
+        self.refuse_built_in(name, &options)?;
+        self.create(name, input, options).await
+    }
+
+    /// Starts an orchestration, built-in ones included.
+    pub(crate) async fn create(
         &self,
         name: &str,
         input: Payload,
@@ -186,6 +200,7 @@ impl KilnClient {
         fingerprint: &str,
         retention: Duration,
     ) -> Result<(Started, bool), ClientError> {
+        self.refuse_built_in(name, &options)?;
         let instance = self.new_instance(name, input, options)?;
         let started = Started { instance_id: instance.instance_id.clone(), created_at: instance.created_at };
         let expires_at = instance.created_at.plus_millis(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
@@ -197,6 +212,19 @@ impl KilnClient {
                 Ok((Started { instance_id: record.instance_id, created_at: record.created_at }, false))
             }
         }
+    }
+
+    /// Built-in orchestrations (bulk operations) start through their own calls, which check
+    /// what they are given: to any other start they are unknown.
+    fn refuse_built_in(&self, name: &str, options: &StartOptions) -> Result<(), ClientError> {
+        if !name.starts_with(crate::bulk::RESERVED_PREFIX) {
+            return Ok(());
+        }
+        Err(ClientError::UnknownOrchestration {
+            name: name.to_owned(),
+            version: options.version.clone(),
+            registered: self.rt.registry.orchestration_names(),
+        })
     }
 
     /// Checks a start request and builds the instance to create.

@@ -40,6 +40,7 @@
 
 pub mod activity;
 mod attempt;
+pub mod bulk;
 mod cache;
 pub mod client;
 pub mod combinators;
@@ -57,6 +58,7 @@ mod turn;
 mod worker;
 
 pub use activity::{ActivityContext, ActivityOptions, MAX_HEARTBEAT_DETAILS_BYTES, Timeouts};
+pub use bulk::{BulkAction, BulkOperation, BulkPreview, BulkProgress};
 pub use client::{ClientError, KilnClient, StartOptions, Started};
 pub use combinators::{DurableStep, Either, join_all, join2, select_all, select2};
 pub use config::RuntimeConfig;
@@ -73,7 +75,7 @@ pub use kiln_core::{
 };
 pub use kiln_sqlite::{OpenError, SqliteOptions, SqliteStore, Synchronous};
 pub use kiln_store::{
-    InstancePage, InstanceQuery, InstanceRecord, PageCursor, PurgeCandidate, PurgeFilter, PurgePreview, Store,
+    InstancePage, InstanceQuery, InstanceRecord, InstanceSummary, PageCursor, PurgeFilter, PurgePreview, Store,
     StoreError,
 };
 
@@ -107,6 +109,9 @@ pub enum StartError {
         /// What is wrong.
         reason: kiln_core::InvalidTimeout,
     },
+    /// An application registered a name the runtime keeps for its own (`kiln.…`).
+    #[error("'{0}' is reserved for Kiln's built-in orchestrations and activities")]
+    ReservedName(String),
     /// The retention settings cannot work.
     #[error(transparent)]
     InvalidRetention(#[from] InvalidRetention),
@@ -203,12 +208,19 @@ impl KilnBuilder {
             return Err(StartError::InvalidTimeout { activity, reason });
         }
         self.config.retention.validate(|name| self.registry.default_version(name).is_some())?;
+        if let Some(name) = self.registry.name_with_prefix(bulk::RESERVED_PREFIX) {
+            return Err(StartError::ReservedName(name));
+        }
+        let mut registry = self.registry;
+        let runtime_slot = Arc::new(std::sync::OnceLock::new());
+        bulk::register(&mut registry, Arc::clone(&runtime_slot));
         let store: Arc<dyn Store> = match (self.store, self.sqlite) {
             (Some(store), _) => store,
             (None, Some(options)) => Arc::new(SqliteStore::open(options)?),
             (None, None) => return Err(StartError::NoStore),
         };
-        let rt = Arc::new(Runtime::new(store, self.registry, self.config));
+        let rt = Arc::new(Runtime::new(store, registry, self.config));
+        let _ = runtime_slot.set(Arc::downgrade(&rt));
         let (shutdown, signal) = watch::channel(false);
         let mut workers = Vec::new();
         for _ in 0..rt.config.orchestration_concurrency.max(1) {

@@ -128,9 +128,19 @@ impl Registry {
             .map(|(n, _)| n.as_str())
     }
 
-    /// Names of the registered orchestrations, sorted.
+    /// An orchestration or activity whose name starts with `prefix`, if any.
+    pub(crate) fn name_with_prefix(&self, prefix: &str) -> Option<String> {
+        self.orchestrations.keys().chain(self.activities.keys()).find(|name| name.starts_with(prefix)).cloned()
+    }
+
+    /// Names of the orchestrations the application registered (not the built-in ones), sorted.
     pub(crate) fn orchestration_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.orchestrations.keys().cloned().collect();
+        let mut names: Vec<String> = self
+            .orchestrations
+            .keys()
+            .filter(|name| !name.starts_with(crate::bulk::RESERVED_PREFIX))
+            .cloned()
+            .collect();
         names.sort();
         names
     }

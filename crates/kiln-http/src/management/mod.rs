@@ -46,6 +46,7 @@ pub(crate) fn routes() -> Router<KilnHttp> {
         .route("/instances/{id}/history", get(export_history))
         .route("/instances/{id}/raiseEvent/{event}", post(raise_event))
         .route("/instances/{id}/{operation}", post(operate))
+        .route("/bulk/{action}", post(bulk))
         .route("/tokenSecret/rotate", post(rotate_token_secret))
 }
 
@@ -121,7 +122,7 @@ fn bad_request(detail: impl Into<String>) -> Problem {
 /// its links carry.
 fn links(http: &KilnHttp, uri: &OriginalUri, headers: &HeaderMap, query: &QueryParams) -> (String, String) {
     let path = uri.0.path();
-    let prefix = ["/orchestrators", "/instances"]
+    let prefix = ["/orchestrators", "/instances", "/bulk"]
         .iter()
         .filter_map(|marker| path.find(marker))
         .min()
@@ -463,7 +464,7 @@ async fn purge_many(State(http): State<KilnHttp>, query: QueryParams) -> Result<
     };
     if query.flag("dryRun", false) {
         let preview = http.client().preview_purge(&filter, DRY_RUN_LIST).await.map_err(df)?;
-        let instances: Vec<_> = preview.first.iter().map(payloads::purge_candidate).collect();
+        let instances: Vec<_> = preview.first.iter().map(payloads::instance_summary).collect();
         let body = json!({ "instancesDeleted": 0, "dryRun": true, "matched": preview.matched, "instances": instances });
         return Ok(json_response(StatusCode::OK, &body));
     }
@@ -473,8 +474,59 @@ async fn purge_many(State(http): State<KilnHttp>, query: QueryParams) -> Result<
     }
 }
 
-/// How many of the instances a dry-run purge would delete it lists.
+/// How many of the instances a dry run selects it lists.
 const DRY_RUN_LIST: usize = 100;
+
+/// Terminates, purges or rewinds every instance a query selects, as a durable operation (Kiln's
+/// own, not in Durable Functions' API; `kiln bulk`): `202` with the operation's check-status
+/// payload, whose status shows its progress (`customStatus`: `done`, `skipped`, `pages`); or,
+/// with `dryRun=true`, `200` with what it would act on.
+#[utoipa::path(
+    post,
+    path = "/runtime/webhooks/durabletask/bulk/{action}",
+    tag = "management",
+    params(
+        ("action" = String, Path, description = "`terminate` (unfinished instances), `purge` (finished ones) or `rewind` (failed ones)"),
+        ("runtimeStatus" = Option<String>, Query, description = "Comma-separated statuses (default: all the action applies to)"),
+        ("name" = Option<String>, Query, description = "Only instances of this orchestration"),
+        ("createdTimeFrom" = Option<String>, Query, description = "Created at or after"),
+        ("createdTimeTo" = Option<String>, Query, description = "Created at or before (default: now; later instances are left alone)"),
+        ("reason" = Option<String>, Query, description = "Recorded with each termination or rewind"),
+        ("dryRun" = Option<bool>, Query, description = "Act on nothing: count the matches and list the first 100"),
+    ),
+    responses(
+        (status = 202, description = "Started; the operation's check-status payload"),
+        (status = 200, description = "Dry run: `{\"dryRun\": true, \"matched\": n, \"complete\": bool, \"instances\": [...]}`"),
+        (status = 400, description = "Unknown action, a status it does not apply to, or an invalid time", content_type = "application/problem+json"),
+    )
+)]
+async fn bulk(
+    State(http): State<KilnHttp>,
+    uri: OriginalUri,
+    path: PathParams,
+    query: QueryParams,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let action: kiln::BulkAction = path.get("action").parse().map_err(df)?;
+    let operation = kiln::BulkOperation {
+        action,
+        statuses: parse_statuses(&query)?,
+        name: query.get("name").map(str::to_owned),
+        created_from: parse_time(&query, "createdTimeFrom")?,
+        created_to: parse_time(&query, "createdTimeTo")?,
+        reason: query.get("reason").map(str::to_owned),
+    };
+    if query.flag("dryRun", false) {
+        let preview = http.client().preview_bulk(&operation, DRY_RUN_LIST).await.map_err(df)?;
+        let instances: Vec<_> = preview.first.iter().map(payloads::instance_summary).collect();
+        let body =
+            json!({ "dryRun": true, "matched": preview.matched, "complete": preview.complete, "instances": instances });
+        return Ok(json_response(StatusCode::OK, &body));
+    }
+    let id = http.client().start_bulk(operation).await.map_err(df)?;
+    let (base, suffix) = links(&http, &uri, &headers, &query);
+    Ok(check_status_response(&base, &id, &suffix))
+}
 
 /// Raises an external event (DF `RaiseEvent`).
 #[utoipa::path(

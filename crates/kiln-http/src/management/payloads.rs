@@ -3,7 +3,7 @@
 
 use crate::status::payload_value;
 use crate::urls::encode_component;
-use kiln::{EventKind, HistoryEvent, InstanceRecord, PurgeCandidate, RuntimeStatus};
+use kiln::{EventKind, HistoryEvent, InstanceRecord, InstanceSummary, RuntimeStatus};
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 
@@ -34,14 +34,14 @@ pub fn status_object(record: &InstanceRecord, show_input: bool, history: Option<
     status
 }
 
-/// An instance a dry-run purge would delete.
-pub fn purge_candidate(candidate: &PurgeCandidate) -> Value {
+/// An instance a dry run selects.
+pub fn instance_summary(candidate: &InstanceSummary) -> Value {
     json!({
         "instanceId": candidate.instance_id,
         "name": candidate.name,
         "runtimeStatus": candidate.status.as_str(),
         "createdTime": candidate.created_at.to_rfc3339_seconds(),
-        "lastUpdatedTime": candidate.finished_at.to_rfc3339_seconds(),
+        "lastUpdatedTime": candidate.updated_at.to_rfc3339_seconds(),
     })
 }
 

@@ -124,7 +124,7 @@ pub struct ServeSettings {
     #[arg(long, env = "KILN_SHUTDOWN_DELAY_SECONDS")]
     pub shutdown_delay_seconds: Option<u64>,
     /// How long finished instances are kept (`kiln.toml`: `[retention]`, with policies per
-    /// orchestration under `[retention.orchestrations.NAME]`; see `docs/operations.md`).
+    /// orchestration under `[retention.orchestrations.NAME]`; see `docs/deployment.md`).
     #[command(flatten)]
     #[serde(default)]
     pub retention: RetentionSettings,
@@ -136,11 +136,14 @@ pub struct ServeSettings {
     pub bench_workloads: Option<bool>,
 }
 
-/// Retention settings: how long finished instances stay, per terminal status, as `30s`, `15m`,
+/// Retention settings: how long finished instances stay, per terminal status, as `90s`, `15m`,
 /// `12h`, `7d` or `forever`.
 #[derive(Debug, Default, Clone, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionSettings {
+    /// Whether the purger runs (default true; false keeps every finished instance).
+    #[arg(long = "retention-enabled", env = "KILN_RETENTION_ENABLED", num_args = 0..=1, default_missing_value = "true")]
+    pub enabled: Option<bool>,
     /// How long completed instances are kept (default `7d`).
     #[arg(long = "retention-completed", env = "KILN_RETENTION_COMPLETED")]
     pub completed: Option<String>,
@@ -175,6 +178,7 @@ impl RetentionSettings {
     /// Fills every unset field from `lower`.
     fn or(self, lower: RetentionSettings) -> RetentionSettings {
         RetentionSettings {
+            enabled: self.enabled.or(lower.enabled),
             completed: self.completed.or(lower.completed),
             failed: self.failed.or(lower.failed),
             terminated: self.terminated.or(lower.terminated),
@@ -195,10 +199,8 @@ impl RetentionSettings {
             orchestrations.insert(name, policy);
         }
         let check_every = Duration::from_secs(self.check_seconds.unwrap_or(60));
-        if check_every.is_zero() {
-            bail!("retention.check_seconds must be at least 1");
-        }
-        let retention = kiln::Retention { default, orchestrations, check_every, ..kiln::Retention::default() };
+        let enabled = self.enabled.unwrap_or(true);
+        let retention = kiln::Retention { enabled, default, orchestrations, check_every, ..kiln::Retention::default() };
         // Names are checked when the runtime starts, against what the application registers.
         retention.validate_bounds()?;
         Ok(retention)
@@ -479,11 +481,15 @@ mod tests {
         let report = retention.orchestrations["report"];
         assert_eq!(report.completed, kiln::Keep::For(90 * Duration::from_secs(60)));
         assert_eq!(report.failed, kiln::Keep::Forever, "the rest from [retention]");
+        assert!(retention.enabled, "on by default");
+        std::fs::write(&file, "[retention]\nenabled = false\n").unwrap();
+        assert!(!load(Some(&file), ServeSettings::default()).unwrap().retention.enabled);
         for (text, error) in [
             ("completed = \"30s\"", "at least a minute"),
             ("completed = \"7 days\"", "use 90s, 15m, 12h, 7d or forever"),
             ("completed = \"d\"", "use 90s"),
             ("check_seconds = 0", "check_seconds"),
+            ("check_seconds = 100000", "at most a day"),
         ] {
             std::fs::write(&file, format!("[retention]\n{text}\n")).unwrap();
             let err = format!("{:#}", load(Some(&file), ServeSettings::default()).unwrap_err());

@@ -124,6 +124,32 @@ fn print_banner(name: &str, store_name: &str, starter_paths: &[String], config: 
     println!("  management:  http://{}/runtime/webhooks/durabletask/ (system key required)", config.listen);
     println!("               http://{}/runtime/webhooks/durabletask/ (loopback, no key)", config.management_listen);
     println!("  system key:  written to {}", config.key_file.display());
+    println!("  retention:   {}", retention_summary(&config.retention));
+}
+
+/// How long finished instances are kept, in a line: what an operator upgrading should see.
+fn retention_summary(retention: &kiln::Retention) -> String {
+    if !retention.enabled {
+        return "off: finished instances are kept until purged by hand".to_owned();
+    }
+    let keep = |keep: kiln::Keep| match keep {
+        kiln::Keep::Forever => "forever".to_owned(),
+        kiln::Keep::For(d) if d.as_secs() % 86_400 == 0 => format!("{}d", d.as_secs() / 86_400),
+        kiln::Keep::For(d) if d.as_secs() % 3_600 == 0 => format!("{}h", d.as_secs() / 3_600),
+        kiln::Keep::For(d) if d.as_secs() % 60 == 0 => format!("{}m", d.as_secs() / 60),
+        kiln::Keep::For(d) => format!("{}s", d.as_secs()),
+    };
+    let policy = &retention.default;
+    let own = match retention.orchestrations.len() {
+        0 => String::new(),
+        n => format!("; {n} orchestration(s) with their own"),
+    };
+    format!(
+        "finished instances purged after completed {}, failed {}, terminated {}{own} ([retention] in kiln.toml)",
+        keep(policy.completed),
+        keep(policy.failed),
+        keep(policy.terminated)
+    )
 }
 
 /// Warns loudly when starters anyone may call listen beyond this machine: the listed ones a

@@ -41,6 +41,18 @@ impl QueryParams {
         }
     }
 
+    /// A flag that guards something destructive (`dryRun`): present without a value, or
+    /// `true`, is true; absent or `false` is false; anything else is refused, so that a typo
+    /// never turns a dry run into the real thing.
+    pub fn strict_flag(&self, key: &str) -> Result<bool, Problem> {
+        match self.get(key).map(str::trim) {
+            None => Ok(false),
+            Some(v) if v.is_empty() || v.eq_ignore_ascii_case("true") => Ok(true),
+            Some(v) if v.eq_ignore_ascii_case("false") => Ok(false),
+            Some(v) => Err(Problem::new(StatusCode::BAD_REQUEST, format!("'{key}' must be true or false, not '{v}'"))),
+        }
+    }
+
     /// A number of seconds, if present and valid.
     pub fn seconds(&self, key: &str) -> Option<f64> {
         self.get(key).and_then(|v| v.trim().parse::<f64>().ok()).filter(|s| s.is_finite() && *s >= 0.0)

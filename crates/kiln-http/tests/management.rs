@@ -333,6 +333,10 @@ async fn a_dry_run_purge_lists_what_the_filter_selects_and_deletes_nothing() {
         let status = app.manage("GET", &format!("/instances/{id}"), None).await.status;
         assert!(status == 200 || status == 202, "{id} is still there: {status}");
     }
+    // A dry run asked for wrongly is refused, never carried out; a bare key is a dry run.
+    app.manage("DELETE", &format!("{filter}&dryRun=1"), None).await.assert_problem(400);
+    app.manage("POST", "/bulk/terminate?dryRun=yes", None).await.assert_problem(400);
+    assert_eq!(app.manage("DELETE", &format!("{filter}&dryRun"), None).await.body["matched"], 2);
     assert_eq!(app.manage("DELETE", filter, None).await.body, json!({"instancesDeleted": 2}));
 }
 

@@ -10,7 +10,7 @@ use crate::rows::{self, INSTANCE_COLUMNS, backend};
 use crate::schema::{MigrationError, create_schema, migrate};
 use crate::skipped::SkipList;
 use crate::tx::{
-    RowLock, claimed_work, create_instance_tx, insert_instance_row, insert_message, instance_status, purge_tx,
+    RowLock, Spare, claimed_work, create_instance_tx, insert_instance_row, insert_message, instance_status, purge_tx,
     terminal_codes, write_turn,
 };
 use async_trait::async_trait;
@@ -19,8 +19,9 @@ use deadpool_postgres::{Object, Pool};
 use kiln_core::{HistoryEvent, Payload, RuntimeStatus, Timestamp};
 use kiln_store::{
     ActivityWorkItem, IdempotencyKey, IdempotentStart, InboxMessage, InstancePage, InstanceQuery, InstanceRecord,
-    InstanceSummary, Lease, NewInstance, OrchestrationWorkItem, PageCursor, PurgeFilter, PurgePreview, PurgedBatch,
-    StatusWatchers, Store, StoreError, StoreResult, TurnCommit, UNSTORED_MESSAGE_ID, Unrunnable,
+    InstanceSummary, Lease, NewInstance, OrchestrationWorkItem, PREVIEW_COUNT_LIMIT, PageCursor, PurgeFilter,
+    PurgePreview, PurgedBatch, StatusWatchers, Store, StoreError, StoreResult, TurnCommit, UNSTORED_MESSAGE_ID,
+    Unrunnable,
 };
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -794,7 +795,7 @@ impl Store for PostgresStore {
         if !status.is_terminal() {
             return Err(StoreError::NotTerminal(instance_id.to_owned(), status));
         }
-        let deleted = purge_tx(&tx, vec![instance_id.to_owned()]).await?;
+        let deleted = purge_tx(&tx, vec![instance_id.to_owned()], Spare::WaitingChildren).await?;
         tx.commit().await.map_err(backend)?;
         for id in &deleted {
             self.wakers.watchers.notify(id);
@@ -815,7 +816,7 @@ impl Store for PostgresStore {
         let roots: Vec<String> =
             cached::query(&tx, &sql, &params).await.map_err(backend)?.iter().map(|r| r.get(0)).collect();
         let selected = roots.len();
-        let deleted = purge_tx(&tx, roots).await?;
+        let deleted = purge_tx(&tx, roots, Spare::WaitingRoots).await?;
         tx.commit().await.map_err(backend)?;
         for id in &deleted {
             self.wakers.watchers.notify(id);
@@ -830,28 +831,34 @@ impl Store for PostgresStore {
         let selection = queries::purgeable(&args.statuses);
         let client = self.client().await?;
         let mut params = args.params();
-        let matched: i64 =
-            client.query_one(&format!("SELECT count(*) {selection}"), &params).await.map_err(backend)?.get(0);
+        let count_limit = PREVIEW_COUNT_LIMIT as i64 + 1;
+        params.push(&count_limit);
+        let count = format!("SELECT count(*) FROM (SELECT 1 {selection} LIMIT $7) s");
+        let counted: i64 = client.query_one(&count, &params).await.map_err(backend)?.get(0);
+        let (matched, complete) = ((counted as u64).min(PREVIEW_COUNT_LIMIT), counted as u64 <= PREVIEW_COUNT_LIMIT);
+        params.pop();
         let limit = max as i64;
         params.push(&limit);
         let sql = format!(
             "SELECT instance_id, name, status, created_at, updated_at {selection} \
-             ORDER BY created_at, instance_id LIMIT $6"
+             ORDER BY created_at, instance_id LIMIT $7"
         );
         let first = client
             .query(&sql, &params)
             .await
             .map_err(backend)?
             .iter()
-            .map(|r| InstanceSummary {
-                instance_id: r.get(0),
-                name: r.get(1),
-                status: RuntimeStatus::from_code(i64::from(r.get::<_, i16>(2))).unwrap_or(RuntimeStatus::Completed),
-                created_at: Timestamp(r.get(3)),
-                updated_at: Timestamp(r.get(4)),
+            .filter_map(|r| {
+                Some(InstanceSummary {
+                    instance_id: r.get(0),
+                    name: r.get(1),
+                    status: RuntimeStatus::from_code(i64::from(r.get::<_, i16>(2)))?,
+                    created_at: Timestamp(r.get(3)),
+                    updated_at: Timestamp(r.get(4)),
+                })
             })
             .collect();
-        Ok(PurgePreview { matched: matched as u64, first })
+        Ok(PurgePreview { matched, complete, first })
     }
 
     async fn expire_idempotency_keys(&self, now: Timestamp, max: usize) -> StoreResult<u64> {
@@ -963,7 +970,7 @@ impl Store for PostgresStore {
     }
 }
 
-/// A purge filter as the arguments of [`queries::purgeable`] (`$1` to `$5`).
+/// A purge filter as the arguments of [`queries::purgeable`] (`$1` to `$6`).
 struct PurgeArgs {
     statuses: Vec<i16>,
     created_from: i64,
@@ -971,6 +978,7 @@ struct PurgeArgs {
     finished_before: i64,
     name: Option<String>,
     excluded: Vec<String>,
+    now: i64,
 }
 
 impl PurgeArgs {
@@ -988,10 +996,11 @@ impl PurgeArgs {
             finished_before: filter.finished_before.map_or(i64::MAX, |t| t.0),
             name: filter.name.clone(),
             excluded: filter.excluded_names.clone(),
+            now: now().0,
         })
     }
 
     fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
-        vec![&self.created_from, &self.created_until, &self.finished_before, &self.name, &self.excluded]
+        vec![&self.created_from, &self.created_until, &self.finished_before, &self.name, &self.excluded, &self.now]
     }
 }

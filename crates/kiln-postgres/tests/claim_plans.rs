@@ -89,6 +89,9 @@ async fn claims_and_purge_batches_use_the_indexes_of_ready_rows() {
         kiln_core::RuntimeStatus::ALL.iter().filter(|s| s.is_terminal()).map(|s| s.code() as i16).collect();
     let terminal = queries::purge_batch_roots(&terminal);
     client.batch_execute(&format!("PREPARE purge_batch AS {terminal}")).await.unwrap();
+    // Retention's shape: one status at a time.
+    let completed = queries::purge_batch_roots(&[kiln_core::RuntimeStatus::Completed.code() as i16]);
+    client.batch_execute(&format!("PREPARE retention_batch AS {completed}")).await.unwrap();
     // EXPLAIN EXECUTE plans without running: nothing is claimed or locked.
     check(
         &client,
@@ -123,9 +126,14 @@ async fn claims_and_purge_batches_use_the_indexes_of_ready_rows() {
         &[],
     )
     .await;
-    // Retention's batches: a finish time, the creation range it bounds, and no name.
-    let purge_args = format!("{}, {at}, {at}, NULL, ARRAY[]::text[], 500", i64::MIN);
+    // A bulk purge: every terminal status, a finish time and the creation range it bounds.
+    let purge_args = format!("{}, {at}, {at}, NULL, ARRAY[]::text[], {at}, 500", i64::MIN);
     check(&client, "purge_batch", &purge_args, &["instances_by_status"], &[]).await;
+    // Retention's batches: one status, either a name or the names with a policy of their own.
+    let named = format!("{}, {at}, {at}, 'orch', ARRAY[]::text[], {at}, 100", i64::MIN);
+    check(&client, "retention_batch", &named, &["instances_by_status"], &[]).await;
+    let others = format!("{}, {at}, {at}, NULL, ARRAY['audit', 'report']::text[], {at}, 100", i64::MIN);
+    check(&client, "retention_batch", &others, &["instances_by_status"], &[]).await;
     store.shutdown().await;
 }
 

@@ -97,3 +97,42 @@ async fn writes_racing_a_purge_leave_no_orphan_rows() {
     assert!(matches!(item.messages[0].event.kind, EventKind::ExecutionStarted { .. }), "{:?}", item.messages[0]);
     store.shutdown().await;
 }
+
+/// A bulk purge racing a message sent to the finished instance it selects (a rewind, say): the
+/// message is either refused (the purge came first) or kept with its instance, never accepted
+/// and then deleted with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_purge_never_deletes_a_message_it_raced() {
+    let Some((store, _guard)) = common::fresh_store().await else { return };
+    let filter = kiln_store::PurgeFilter::default();
+    let mut kept = 0;
+    for round in 0..ROUNDS {
+        let id = format!("raced-{round}");
+        store.create_instance(instance(&id)).await.unwrap();
+        let item = store.fetch_orchestration_work(LEASE, WAIT).await.unwrap().expect("the start");
+        let commit = common::turn_with_activities(&item, RuntimeStatus::Failed, [], now());
+        store.commit_turn(commit).await.unwrap();
+        let (sender, purger, target) = (store.clone(), store.clone(), id.clone());
+        let send = tokio::spawn(async move { sender.send_message(&target, raised()).await });
+        let purge_filter = filter.clone();
+        let purge = tokio::spawn(async move { purger.purge_batch(&purge_filter, 10).await });
+        let sent = send.await.unwrap();
+        purge.await.unwrap().unwrap();
+        let exists = store.get_instance(&id).await.unwrap().is_some();
+        match sent {
+            Ok(()) => {
+                assert!(exists, "round {round}: a message was accepted, then purged with its instance");
+                kept += 1;
+                // Its message consumed, the instance goes with the next purge.
+                let item = store.fetch_orchestration_work(LEASE, WAIT).await.unwrap().expect("the message");
+                let commit = common::turn_with_activities(&item, RuntimeStatus::Failed, [], now());
+                store.commit_turn(commit).await.unwrap();
+                assert_eq!(store.purge_instances(&filter).await.unwrap(), 1);
+            }
+            Err(StoreError::NotFound(_)) => assert!(!exists),
+            Err(other) => panic!("send: {other}"),
+        }
+    }
+    eprintln!("{kept} of {ROUNDS} messages arrived before the purge took the instance");
+    store.shutdown().await;
+}

@@ -628,7 +628,7 @@ fn select_purgeable(conn: &Connection, filter: &PurgeFilter, max: usize) -> Stor
 
 /// The instances a purge with `filter` selects, as `FROM instances c WHERE …` and its
 /// arguments; `None` when the filter names no terminal status. Finished instances only, with no
-/// message waiting (a rewind on its way), top-level or orphaned: a sub-orchestration whose
+/// message waiting (visible now: a rewind on its way; not a timer due later), top-level or orphaned: a sub-orchestration whose
 /// parent is gone (it was still running when its parent was purged) has nobody left to purge
 /// it with. The creation range walks `instances_by_created`.
 pub(crate) fn purgeable(filter: &PurgeFilter) -> Option<(String, Vec<Value>)> {
@@ -646,7 +646,8 @@ pub(crate) fn purgeable(filter: &PurgeFilter) -> Option<(String, Vec<Value>)> {
         "FROM instances c WHERE created_at >= ?1 AND created_at <= ?2 AND status IN ({list}) \
          AND updated_at <= ?3 AND (?4 IS NULL OR name = ?4) \
          AND name NOT IN (SELECT value FROM json_each(?5)) \
-         AND NOT EXISTS (SELECT 1 FROM inbox m WHERE m.instance_id = c.instance_id) \
+         AND NOT EXISTS (SELECT 1 FROM inbox m WHERE m.instance_id = c.instance_id \
+           AND (m.visible_at IS NULL OR m.visible_at <= ?6)) \
          AND (parent_instance_id IS NULL \
            OR NOT EXISTS (SELECT 1 FROM instances p WHERE p.instance_id = c.parent_instance_id))"
     );
@@ -657,6 +658,7 @@ pub(crate) fn purgeable(filter: &PurgeFilter) -> Option<(String, Vec<Value>)> {
         Value::Integer(filter.finished_before.map_or(i64::MAX, |t| t.0)),
         filter.name.clone().map_or(Value::Null, Value::Text),
         Value::Text(excluded),
+        Value::Integer(now().0),
     ];
     Some((sql, args))
 }
@@ -666,11 +668,17 @@ fn purge(conn: &Connection, roots: Vec<String>, effects: &mut Vec<Effect>) -> St
     let mut pending = roots;
     let mut deleted = Vec::new();
     while let Some(id) = pending.pop() {
+        // Finished children with no message waiting (a rewind of one of them goes on; the
+        // child, an orphan now, is purged once it has none).
         let children: Vec<(String, i64)> = {
             let mut stmt = conn
-                .prepare_cached("SELECT instance_id, status FROM instances WHERE parent_instance_id = ?1")
+                .prepare_cached(
+                    "SELECT instance_id, status FROM instances c WHERE parent_instance_id = ?1 \
+                     AND NOT EXISTS (SELECT 1 FROM inbox m WHERE m.instance_id = c.instance_id \
+                       AND (m.visible_at IS NULL OR m.visible_at <= ?2))",
+                )
                 .map_err(backend)?;
-            let rows = stmt.query_map([&id], |r| Ok((r.get(0)?, r.get(1)?))).map_err(backend)?;
+            let rows = stmt.query_map(params![id, now().0], |r| Ok((r.get(0)?, r.get(1)?))).map_err(backend)?;
             rows.collect::<Result<_, _>>().map_err(backend)?
         };
         pending.extend(

@@ -4,8 +4,8 @@
 use crate::codec::{INSTANCE_COLUMNS, backend, decode_events, instance_from_row};
 use kiln_core::{HistoryEvent, RuntimeStatus, Timestamp};
 use kiln_store::{
-    InstancePage, InstanceQuery, InstanceRecord, InstanceSummary, PageCursor, PurgeFilter, PurgePreview, StoreError,
-    StoreResult,
+    InstancePage, InstanceQuery, InstanceRecord, InstanceSummary, PREVIEW_COUNT_LIMIT, PageCursor, PurgeFilter,
+    PurgePreview, StoreError, StoreResult,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension};
@@ -77,38 +77,52 @@ pub fn preview_purge(conn: &Connection, filter: &PurgeFilter, max: usize) -> Sto
     let Some((selection, args)) = crate::ops::purgeable(filter) else {
         return Ok(PurgePreview::default());
     };
+    let limit = PREVIEW_COUNT_LIMIT + 1;
     let matched: i64 = conn
-        .prepare(&format!("SELECT count(*) {selection}"))
+        .prepare(&format!("SELECT count(*) FROM (SELECT 1 {selection} LIMIT {limit})"))
         .and_then(|mut s| s.query_row(rusqlite::params_from_iter(&args), |r| r.get(0)))
         .map_err(backend)?;
+    let (matched, complete) = ((matched as u64).min(PREVIEW_COUNT_LIMIT), (matched as u64) <= PREVIEW_COUNT_LIMIT);
     let sql = format!(
         "SELECT instance_id, name, status, created_at, updated_at {selection} ORDER BY created_at, instance_id LIMIT {max}"
     );
     let mut stmt = conn.prepare(&sql).map_err(backend)?;
     let rows = stmt
         .query_map(rusqlite::params_from_iter(&args), |r| {
-            Ok(InstanceSummary {
-                instance_id: r.get(0)?,
-                name: r.get(1)?,
-                status: RuntimeStatus::from_code(r.get(2)?).unwrap_or(RuntimeStatus::Completed),
-                created_at: Timestamp(r.get(3)?),
-                updated_at: Timestamp(r.get(4)?),
-            })
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get(3)?, r.get(4)?))
         })
         .map_err(backend)?;
-    let first = rows.collect::<Result<Vec<_>, _>>().map_err(backend)?;
-    Ok(PurgePreview { matched: matched as u64, first })
+    let mut first = Vec::new();
+    for row in rows {
+        let (instance_id, name, status, created_at, updated_at) = row.map_err(backend)?;
+        if let Some(status) = RuntimeStatus::from_code(status) {
+            first.push(InstanceSummary {
+                instance_id,
+                name,
+                status,
+                created_at: Timestamp(created_at),
+                updated_at: Timestamp(updated_at),
+            });
+        }
+    }
+    Ok(PurgePreview { matched, complete, first })
 }
 
-/// The creation time of the oldest instance per terminal status: a walk of `instances_by_created`
-/// that stops at the first one (past the few older instances still running).
+/// The creation time of the oldest instance per terminal status: one scan, as counting by
+/// status does.
 pub fn oldest_finished(conn: &Connection) -> StoreResult<Vec<(RuntimeStatus, Timestamp)>> {
-    let mut stmt = conn
-        .prepare_cached("SELECT created_at FROM instances WHERE status = ?1 ORDER BY created_at LIMIT 1")
-        .map_err(backend)?;
+    let terminal: Vec<String> =
+        RuntimeStatus::ALL.iter().filter(|s| s.is_terminal()).map(|s| s.code().to_string()).collect();
+    let sql = format!(
+        "SELECT status, min(created_at) FROM instances WHERE status IN ({}) GROUP BY status",
+        terminal.join(",")
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))).map_err(backend)?;
     let mut oldest = Vec::new();
-    for status in RuntimeStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
-        if let Some(at) = stmt.query_row([status.code()], |r| r.get(0)).optional().map_err(backend)? {
+    for row in rows {
+        let (code, at) = row.map_err(backend)?;
+        if let Some(status) = RuntimeStatus::from_code(code) {
             oldest.push((status, Timestamp(at)));
         }
     }

@@ -55,6 +55,7 @@ macro_rules! conformance_tests {
             purge_cascades_and_refuses_unfinished,
             bulk_purge_takes_children_whose_parent_is_gone,
             purge_filters_by_name_and_finish_time_and_spares_waiting_messages,
+            a_timer_due_later_does_not_keep_a_finished_instance_but_a_childs_rewind_does,
             expired_idempotency_keys_go_in_bounded_batches,
             sub_orchestration_with_taken_id_fails_the_parent_step,
             watchers_wake_on_commit,
@@ -533,6 +534,56 @@ pub async fn purge_filters_by_name_and_finish_time_and_spares_waiting_messages(s
     }
     let oldest = store.oldest_finished().await.unwrap();
     assert_eq!(oldest.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![RuntimeStatus::Failed], "{oldest:?}");
+}
+
+/// A timer that a finished instance left behind (a timeout it no longer waits for) does not
+/// keep it from being purged; a message waiting for a finished sub-orchestration (a rewind of
+/// it) keeps that child, when its parent goes by filter or by name, until it has none.
+pub async fn a_timer_due_later_does_not_keep_a_finished_instance_but_a_childs_rewind_does(store: &dyn Store) {
+    start(store, "timed").await;
+    let item = fetch(store).await;
+    let mut commit = completed(running_commit(&item));
+    let fire_at = now().plus_millis(24 * 3600 * 1000);
+    commit.messages.push(OutgoingMessage {
+        instance_id: "timed".into(),
+        execution: Some(0),
+        event: HistoryEvent::new(fire_at, EventKind::TimerFired { timer_id: 0, fire_at }),
+        visible_at: Some(fire_at),
+    });
+    store.commit_turn(commit).await.unwrap();
+    let timed = PurgeFilter { name: Some("orch".into()), ..Default::default() };
+    assert_eq!(store.purge_instances(&timed).await.unwrap(), 1, "the timer does not count");
+
+    for parent in ["by-filter", "by-name"] {
+        let mut instance = new_instance(parent, now());
+        if parent == "by-name" {
+            instance.name = "named".into();
+        }
+        store.create_instance(instance).await.unwrap();
+    }
+    // Each parent completes, starting a child; each child fails (in whatever order they come).
+    for _ in 0..4 {
+        let item = fetch(store).await;
+        let id = item.instance.instance_id.clone();
+        if item.instance.parent.is_some() {
+            let mut failed = running_commit(&item);
+            failed.status = RuntimeStatus::Failed;
+            store.commit_turn(failed).await.unwrap();
+            store.send_message(&id, raised("a rewind, say")).await.unwrap();
+        } else {
+            let mut commit = completed(running_commit(&item));
+            let mut child = new_instance(&format!("{id}:0:0"), now());
+            child.parent = Some(ParentInstance { instance_id: id, execution: 0, task_scheduled_id: 0 });
+            commit.sub_orchestrations.push(NewSubOrchestration { instance: child });
+            store.commit_turn(commit).await.unwrap();
+        }
+    }
+    let by_filter = PurgeFilter { excluded_names: vec!["named".into()], ..Default::default() };
+    assert_eq!(store.purge_instances(&by_filter).await.unwrap(), 1, "by-filter, not its child");
+    assert_eq!(store.purge_instance("by-name").await.unwrap(), 1, "by-name, not its child");
+    for child in ["by-filter:0:0", "by-name:0:0"] {
+        assert!(store.get_instance(child).await.unwrap().is_some(), "{child} has a message waiting");
+    }
 }
 
 /// A sub-orchestration still running when its parent was purged is left alone (running instances

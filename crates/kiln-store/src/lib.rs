@@ -23,8 +23,8 @@ pub use error::{SchemaTooNew, StoreError};
 pub use records::{
     ActivityWorkItem, FinishedActivity, HistoryUpdate, IdempotencyKey, IdempotentStart, InboxMessage, InstancePage,
     InstanceQuery, InstanceRecord, InstanceSummary, Lease, NewActivity, NewInstance, NewSubOrchestration,
-    OrchestrationWorkItem, OutgoingMessage, PageCursor, PurgeFilter, PurgePreview, PurgedBatch, TurnCommit,
-    UNPINNED_VERSION, UNSTORED_MESSAGE_ID, Unrunnable,
+    OrchestrationWorkItem, OutgoingMessage, PREVIEW_COUNT_LIMIT, PageCursor, PurgeFilter, PurgePreview, PurgedBatch,
+    TurnCommit, UNPINNED_VERSION, UNSTORED_MESSAGE_ID, Unrunnable,
 };
 pub use store::{PURGE_BATCH, Store, StoreResult};
 pub use watch::{StatusSubscription, StatusWatchers};

@@ -353,8 +353,9 @@ pub struct InstancePage {
     pub next: Option<PageCursor>,
 }
 
-/// Which finished instances to purge. Only terminal instances with no message waiting (a rewind
-/// on its way, say) are ever purged.
+/// Which finished instances to purge. A bulk purge takes only terminal instances with no message
+/// waiting (a rewind on its way, say; a timer not due yet does not count), and spares such a
+/// sub-orchestration too.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PurgeFilter {
     /// Created at or after.
@@ -408,11 +409,17 @@ pub struct InstanceSummary {
     pub updated_at: Timestamp,
 }
 
+/// Most instances a dry run counts; beyond it, it says "at least".
+pub const PREVIEW_COUNT_LIMIT: u64 = 10_000;
+
 /// What a purge with a filter would delete, without deleting anything.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PurgePreview {
-    /// How many instances the filter selects now (their finished sub-orchestrations go with them).
+    /// How many instances the filter selects now, up to [`PREVIEW_COUNT_LIMIT`] (their finished
+    /// sub-orchestrations go with them).
     pub matched: u64,
+    /// Whether `matched` is the whole count (false: there are more than it).
+    pub complete: bool,
     /// The first of them, oldest created first.
     pub first: Vec<InstanceSummary>,
 }

@@ -146,13 +146,15 @@ pub trait Store: Send + Sync + 'static {
     /// Lists instances with filters and keyset paging.
     async fn list_instances(&self, query: &InstanceQuery) -> StoreResult<InstancePage>;
 
-    /// Purges one finished instance and, recursively, its sub-orchestrations. Returns how many
-    /// instances were deleted. `NotFound` or `NotTerminal` otherwise.
+    /// Purges one finished instance and, recursively, its finished sub-orchestrations (but not
+    /// one with a message waiting). Returns how many instances were deleted. `NotFound` or
+    /// `NotTerminal` otherwise.
     async fn purge_instance(&self, instance_id: &str) -> StoreResult<u64>;
 
     /// Purges up to `max` finished instances matching the filter, top-level ones and those whose
     /// parent is gone, with their finished sub-orchestrations, in one transaction. An instance
-    /// with a message waiting (a rewind on its way, say) is not purged.
+    /// or sub-orchestration with a message waiting (one visible now: a rewind on its way, say)
+    /// is not purged, nor is one whose row another transaction holds.
     async fn purge_batch(&self, filter: &PurgeFilter, max: usize) -> StoreResult<PurgedBatch>;
 
     /// Purges every finished instance matching the filter (and their sub-orchestrations), in
@@ -168,8 +170,8 @@ pub trait Store: Send + Sync + 'static {
         }
     }
 
-    /// What [`Store::purge_instances`] would delete now: how many instances the filter selects,
-    /// and the first `max` of them.
+    /// What [`Store::purge_instances`] would delete now: how many instances the filter selects
+    /// (counted up to [`crate::PREVIEW_COUNT_LIMIT`]), and the first `max` of them.
     async fn preview_purge(&self, filter: &PurgeFilter, max: usize) -> StoreResult<PurgePreview>;
 
     /// Deletes up to `max` idempotency keys that expired at or before `now`; returns how many.

@@ -4,17 +4,23 @@
 //! A bulk operation is an instance of the built-in orchestration [`BULK_ORCHESTRATION`]: it
 //! walks the selection one page at a time, each page an activity ([`BULK_PAGE_ACTIVITY`]) that
 //! acts on up to [`PAGE_SIZE`] instances, so a crash or a deploy resumes it at the page it was
-//! on (a page redone acts again on what it had done: terminating or rewinding twice is refused
-//! by the instance's state and counted as skipped). Its custom status is its progress, its output
-//! the totals. It continues as new every [`PAGES_PER_RUN`] pages so its history stays short.
-//! The selection is fixed when it starts: instances created after that are left alone.
+//! on. Its custom status is its progress, its output the totals. It continues as new every
+//! [`PAGES_PER_RUN`] pages so its history stays short. The selection ends at the time it
+//! starts: instances created after that are left alone, and so are bulk operations (unless it
+//! names [`BULK_ORCHESTRATION`]).
+//!
+//! Acting is at least once, like any activity: a page redone after a crash acts again on what
+//! is still in a state to be acted on. An instance already terminated, or rewound and running
+//! again, is skipped; one whose termination or rewind had not been carried out yet gets a second
+//! (a second termination is a no-op; a second rewind of an instance that failed again after the
+//! first runs its failed steps again), and the totals count it twice.
 
 use crate::client::{ClientError, KilnClient, StartOptions};
 use crate::retry::RetryPolicy;
 use crate::runtime::{Runtime, wall_clock};
 use crate::{ActivityContext, Failure, OrchestrationContext, Timeouts};
 use kiln_core::{Payload, RuntimeStatus, Timestamp};
-use kiln_store::{InstanceQuery, PageCursor, PurgeFilter};
+use kiln_store::{InstanceQuery, PREVIEW_COUNT_LIMIT, PageCursor, PurgeFilter};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
@@ -23,14 +29,14 @@ use std::time::Duration;
 pub const RESERVED_PREFIX: &str = "kiln.";
 /// The built-in orchestration that runs bulk operations.
 pub const BULK_ORCHESTRATION: &str = "kiln.bulk";
+/// The version of [`BULK_ORCHESTRATION`] this build runs.
+const BULK_VERSION: &str = "1";
 /// The built-in activity that acts on one page of a bulk operation's selection.
 pub const BULK_PAGE_ACTIVITY: &str = "kiln.bulk.page";
 /// Most instances one page acts on.
 pub const PAGE_SIZE: usize = 100;
 /// Pages one execution of a bulk operation runs before it continues as new.
 const PAGES_PER_RUN: u64 = 50;
-/// Most instances a dry run counts (it walks the selection; beyond this it says "at least").
-const PREVIEW_COUNT_LIMIT: u64 = 10_000;
 
 /// What a bulk operation does to each instance it selects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,12 +143,17 @@ impl BulkOperation {
     }
 
     fn purge_filter(&self) -> PurgeFilter {
+        let excluded_names = match &self.name {
+            Some(_) => Vec::new(),
+            None => vec![BULK_ORCHESTRATION.to_owned()],
+        };
         PurgeFilter {
             created_from: self.created_from,
             created_to: self.created_to,
             statuses: self.statuses(),
             name: self.name.clone(),
-            ..PurgeFilter::default()
+            excluded_names,
+            finished_before: None,
         }
     }
 }
@@ -193,14 +204,16 @@ struct PageRequest {
 struct PageDone {
     done: u64,
     skipped: u64,
-    /// Where the next page starts (for a purge: anything, as what it deleted is gone).
+    /// Where the next page starts (`None`: this was the last). A purge's pages all start from
+    /// the top, as what the last one deleted is gone: for it, any text means "go on".
     next: Option<String>,
 }
 
 /// Registers the built-in orchestration and activity; the activity reaches the runtime through
 /// `runtime` once it is set.
 pub(crate) fn register(registry: &mut crate::registry::Registry, runtime: Arc<OnceLock<Weak<Runtime>>>) {
-    registry.add_orchestration(BULK_ORCHESTRATION, "", run);
+    // Versioned, so that a later Kiln with a different walk keeps replaying operations in flight.
+    registry.add_orchestration(BULK_ORCHESTRATION, BULK_VERSION, run);
     registry.add_activity(
         BULK_PAGE_ACTIVITY,
         Timeouts::new().start_to_close(Duration::from_secs(600)),
@@ -234,15 +247,20 @@ async fn page(ctx: ActivityContext, runtime: Option<Arc<Runtime>>, request: Page
     let client = KilnClient::new(runtime);
     let operation = &request.operation;
     let store_failure = |e: kiln_store::StoreError| Failure::new(format!("store: {e}"));
+    operation.validate().map_err(|e| Failure::typed("InvalidBulkOperation", e.to_string()))?;
     if operation.action == BulkAction::Purge {
         let batch = client.rt.store.purge_batch(&operation.purge_filter(), PAGE_SIZE).await.map_err(store_failure)?;
-        let next = (batch.selected == PAGE_SIZE).then(String::new);
+        // What a purge deleted is gone: the next page starts from the top again, until one
+        // selects nothing (a short page may have skipped rows other transactions held).
+        let next = (batch.selected > 0).then(String::new);
         return Ok(PageDone { done: batch.deleted, skipped: 0, next });
     }
     let after = request.after.as_deref().and_then(PageCursor::decode);
     let page = client.rt.store.list_instances(&operation.query(after, PAGE_SIZE)).await.map_err(store_failure)?;
     let (mut done, mut skipped) = (0, 0);
-    for instance in page.instances.iter().filter(|i| i.instance_id != ctx.instance_id()) {
+    // Never itself, nor (unless named) another bulk operation.
+    let built_in = |name: &str| name.starts_with(RESERVED_PREFIX) && operation.name.as_deref() != Some(name);
+    for instance in page.instances.iter().filter(|i| i.instance_id != ctx.instance_id() && !built_in(&i.name)) {
         let id = &instance.instance_id;
         let reason = operation.reason.as_deref();
         let acted = match operation.action {
@@ -279,7 +297,7 @@ impl KilnClient {
         operation.created_to.get_or_insert_with(wall_clock);
         if operation.action == BulkAction::Purge {
             let preview = self.rt.store.preview_purge(&operation.purge_filter(), max).await?;
-            return Ok(BulkPreview { matched: preview.matched, complete: true, first: preview.first });
+            return Ok(BulkPreview { matched: preview.matched, complete: preview.complete, first: preview.first });
         }
         let mut preview = BulkPreview { complete: true, ..BulkPreview::default() };
         let mut after = None;

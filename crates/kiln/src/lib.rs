@@ -207,13 +207,13 @@ impl KilnBuilder {
         if let Some((activity, reason)) = self.registry.invalid_timeouts() {
             return Err(StartError::InvalidTimeout { activity, reason });
         }
-        self.config.retention.validate(|name| self.registry.default_version(name).is_some())?;
         if let Some(name) = self.registry.name_with_prefix(bulk::RESERVED_PREFIX) {
             return Err(StartError::ReservedName(name));
         }
         let mut registry = self.registry;
         let runtime_slot = Arc::new(std::sync::OnceLock::new());
         bulk::register(&mut registry, Arc::clone(&runtime_slot));
+        self.config.retention.validate(|name| registry.default_version(name).is_some())?;
         let store: Arc<dyn Store> = match (self.store, self.sqlite) {
             (Some(store), _) => store,
             (None, Some(options)) => Arc::new(SqliteStore::open(options)?),
@@ -271,8 +271,8 @@ impl Kiln {
     /// this with the clock, on one node at a time): for a one-off catch-up, or a test that
     /// cannot wait days. Instances still running are never purged.
     pub async fn apply_retention(&self, at: Timestamp) -> Result<RetentionPass, StoreError> {
-        let (_keep, running) = watch::channel(false);
-        retention::pass(&self.rt, at, &running).await
+        let (_never, stop) = watch::channel(false);
+        retention::pass(&self.rt, at, &stop, None).await
     }
 
     /// Stops taking work: from now on no turn or activity is claimed, and running activities

@@ -19,6 +19,12 @@ use tokio::sync::watch;
 /// polling for.
 pub const MIN_RETENTION: Duration = Duration::from_secs(60);
 
+/// The longest check interval accepted.
+pub const MAX_CHECK_EVERY: Duration = Duration::from_secs(24 * 3600);
+
+/// The largest batch accepted (one transaction each; on SQLite, the writer's time).
+pub const MAX_BATCH_SIZE: usize = 10_000;
+
 /// The setting that holds the purger's lease: `NODE UNTIL_MS`.
 const PURGER_LEASE: &str = "kiln.retention.purger";
 
@@ -111,17 +117,23 @@ pub enum InvalidRetention {
     /// A policy for an orchestration that is not registered.
     #[error("retention names orchestration '{0}', which is not registered")]
     UnknownOrchestration(String),
-    /// A zero check interval or batch size.
-    #[error("retention check_every and batch_size must be above zero")]
-    Zero,
+    /// A check interval or batch size out of bounds.
+    #[error(
+        "the retention check interval (check_seconds) must be above zero and at most a day, and the batch size from 1 to 10,000"
+    )]
+    OutOfBounds,
 }
 
 impl Retention {
-    /// Checks the bounds: every retention at least [`MIN_RETENTION`], a check interval and a
-    /// batch size above zero.
+    /// Checks the bounds: every retention at least [`MIN_RETENTION`], a check interval up to
+    /// [`MAX_CHECK_EVERY`] and a batch size up to [`MAX_BATCH_SIZE`], neither zero.
     pub fn validate_bounds(&self) -> Result<(), InvalidRetention> {
-        if self.check_every.is_zero() || self.batch_size == 0 {
-            return Err(InvalidRetention::Zero);
+        if self.check_every.is_zero()
+            || self.check_every > MAX_CHECK_EVERY
+            || self.batch_size == 0
+            || self.batch_size > MAX_BATCH_SIZE
+        {
+            return Err(InvalidRetention::OutOfBounds);
         }
         let policies = std::iter::once(("every orchestration".to_owned(), &self.default))
             .chain(self.orchestrations.iter().map(|(name, policy)| (format!("orchestration '{name}'"), policy)));
@@ -189,77 +201,133 @@ pub struct RetentionPass {
     pub keys_expired: u64,
 }
 
-/// Purges what the policies let go as of `at`, batch by batch, until nothing is left or
-/// `stop` is set.
-pub(crate) async fn pass(rt: &Runtime, at: Timestamp, stop: &watch::Receiver<bool>) -> StoreResult<RetentionPass> {
+/// Purges what the policies let go as of `at`, batch by batch, until nothing is left, `stop`
+/// is set, or (with `lease`) this node no longer holds the purger lease, which it renews on its
+/// way.
+pub(crate) async fn pass(
+    rt: &Runtime,
+    at: Timestamp,
+    stop: &watch::Receiver<bool>,
+    mut lease: Option<&mut PurgerLease>,
+) -> StoreResult<RetentionPass> {
     let retention = &rt.config.retention;
     let mut done = RetentionPass::default();
+    let go_on = async |lease: &mut Option<&mut PurgerLease>| -> StoreResult<bool> {
+        if *stop.borrow() {
+            return Ok(false);
+        }
+        match lease {
+            Some(lease) => lease.keep(rt).await,
+            None => Ok(true),
+        }
+    };
     for filter in retention.filters(at) {
         loop {
+            if !go_on(&mut lease).await? {
+                return Ok(done);
+            }
             let started = Instant::now();
             let batch = rt.store.purge_batch(&filter, retention.batch_size).await?;
             done.purged += batch.deleted;
             rt.metrics.purged.fetch_add(batch.deleted, Ordering::Relaxed);
-            if batch.selected < retention.batch_size || *stop.borrow() {
+            // A short batch is the last one (one that skipped rows other transactions held
+            // included: the next pass takes them).
+            if batch.selected < retention.batch_size {
                 break;
             }
             tokio::time::sleep(started.elapsed().max(MIN_BATCH_PAUSE)).await;
         }
     }
     loop {
+        if !go_on(&mut lease).await? {
+            return Ok(done);
+        }
         let started = Instant::now();
         let expired = rt.store.expire_idempotency_keys(at, retention.batch_size).await?;
         done.keys_expired += expired;
         rt.metrics.keys_expired.fetch_add(expired, Ordering::Relaxed);
-        if expired < retention.batch_size as u64 || *stop.borrow() {
-            break;
+        if expired < retention.batch_size as u64 {
+            return Ok(done);
         }
         tokio::time::sleep(started.elapsed().max(MIN_BATCH_PAUSE)).await;
     }
-    Ok(done)
 }
 
 /// The background purger: a pass at start and every `check_every`, on the node that holds the
-/// purger lease.
+/// purger lease; the lease is given up when the runtime stops.
 pub(crate) async fn purger(rt: Arc<Runtime>, mut stop: watch::Receiver<bool>) {
-    let node = uuid::Uuid::new_v4().simple().to_string();
     let check_every = rt.config.retention.check_every;
+    let mut lease = PurgerLease::new(check_every);
     loop {
-        match take_lease(&rt, &node, check_every).await {
-            Ok(true) => match counted_pass(&rt, &stop).await {
-                Ok(done) if done != RetentionPass::default() => {
-                    tracing::info!(purged = done.purged, keys_expired = done.keys_expired, "retention pass");
+        match lease.keep(&rt).await {
+            Ok(true) => {
+                rt.metrics.retention_passes.fetch_add(1, Ordering::Relaxed);
+                match pass(&rt, wall_clock(), &stop, Some(&mut lease)).await {
+                    Ok(done) if done != RetentionPass::default() => {
+                        tracing::info!(purged = done.purged, keys_expired = done.keys_expired, "retention pass");
+                    }
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(error = %err, "retention pass failed; trying again later"),
                 }
-                Ok(_) => {}
-                Err(err) => tracing::warn!(error = %err, "retention pass failed; trying again later"),
-            },
+            }
             Ok(false) => {}
             Err(err) => tracing::warn!(error = %err, "cannot take the retention purger lease"),
         }
         tokio::select! {
             () = tokio::time::sleep(check_every) => {}
-            _ = stop.wait_for(|stopped| *stopped) => return,
+            _ = stop.wait_for(|stopped| *stopped) => break,
         }
     }
+    lease.release(&rt).await;
 }
 
-/// A pass as of now, counted in the metrics.
-async fn counted_pass(rt: &Runtime, stop: &watch::Receiver<bool>) -> StoreResult<RetentionPass> {
-    rt.metrics.retention_passes.fetch_add(1, Ordering::Relaxed);
-    pass(rt, wall_clock(), stop).await
+/// The purger lease as one node sees it: a setting holding `NODE UNTIL_MS`, taken and renewed
+/// by compare-and-set. Its expiry comes from the holder's clock: nodes' clocks must agree to
+/// well within the check interval (as they must for work leases).
+pub(crate) struct PurgerLease {
+    node: String,
+    /// How long a renewal holds it.
+    length: Duration,
+    /// When this node last took or renewed it (`None`: it does not hold it).
+    renewed: Option<Instant>,
 }
 
-/// Takes or renews the purger lease for `node` (until twice the check interval from now):
-/// whether this node purges now.
-async fn take_lease(rt: &Runtime, node: &str, check_every: Duration) -> StoreResult<bool> {
-    let now = wall_clock();
-    let held = rt.store.get_setting(PURGER_LEASE).await?;
-    if let Some(value) = &held {
-        let (holder, until) = value.split_once(' ').unwrap_or((value, "0"));
-        if holder != node && until.parse::<i64>().is_ok_and(|until| until > now.0) {
-            return Ok(false);
+impl PurgerLease {
+    fn new(check_every: Duration) -> PurgerLease {
+        PurgerLease { node: uuid::Uuid::new_v4().simple().to_string(), length: 2 * check_every, renewed: None }
+    }
+
+    /// Whether this node holds the lease now: taken if free or lapsed, renewed once a quarter
+    /// of its length has passed since the last renewal.
+    async fn keep(&mut self, rt: &Runtime) -> StoreResult<bool> {
+        if self.renewed.is_some_and(|at| at.elapsed() < self.length / 4) {
+            return Ok(true);
+        }
+        let now = wall_clock();
+        let held = rt.store.get_setting(PURGER_LEASE).await?;
+        if let Some(value) = &held {
+            let (holder, until) = value.split_once(' ').unwrap_or((value, "0"));
+            if holder != self.node && until.parse::<i64>().is_ok_and(|until| until > now.0) {
+                self.renewed = None;
+                return Ok(false);
+            }
+        }
+        let until = now.0.saturating_add(i64::try_from(self.length.as_millis()).unwrap_or(i64::MAX));
+        let taken = rt.store.replace_setting(PURGER_LEASE, held.as_deref(), &format!("{} {until}", self.node)).await?;
+        self.renewed = taken.then(Instant::now);
+        Ok(taken)
+    }
+
+    /// Gives the lease up (if this node holds it), so that another node takes over at its next
+    /// check instead of after the lease runs out.
+    async fn release(&mut self, rt: &Runtime) {
+        if self.renewed.take().is_none() {
+            return;
+        }
+        if let Ok(Some(value)) = rt.store.get_setting(PURGER_LEASE).await
+            && value.split(' ').next() == Some(self.node.as_str())
+        {
+            let _ = rt.store.replace_setting(PURGER_LEASE, Some(&value), "- 0").await;
         }
     }
-    let until = now.0.saturating_add(2 * check_every.as_millis() as i64);
-    rt.store.replace_setting(PURGER_LEASE, held.as_deref(), &format!("{node} {until}")).await
 }

@@ -462,10 +462,16 @@ async fn purge_many(State(http): State<KilnHttp>, query: QueryParams) -> Result<
         finished_before: parse_time(&query, "finishedTimeTo")?,
         excluded_names: Vec::new(),
     };
-    if query.flag("dryRun", false) {
+    if query.strict_flag("dryRun").map_err(Problem::for_durable_functions)? {
         let preview = http.client().preview_purge(&filter, DRY_RUN_LIST).await.map_err(df)?;
         let instances: Vec<_> = preview.first.iter().map(payloads::instance_summary).collect();
-        let body = json!({ "instancesDeleted": 0, "dryRun": true, "matched": preview.matched, "instances": instances });
+        let body = json!({
+            "instancesDeleted": 0,
+            "dryRun": true,
+            "matched": preview.matched,
+            "complete": preview.complete,
+            "instances": instances,
+        });
         return Ok(json_response(StatusCode::OK, &body));
     }
     match http.client().purge_many(&filter).await.map_err(df)? {
@@ -516,7 +522,7 @@ async fn bulk(
         created_to: parse_time(&query, "createdTimeTo")?,
         reason: query.get("reason").map(str::to_owned),
     };
-    if query.flag("dryRun", false) {
+    if query.strict_flag("dryRun").map_err(Problem::for_durable_functions)? {
         let preview = http.client().preview_bulk(&operation, DRY_RUN_LIST).await.map_err(df)?;
         let instances: Vec<_> = preview.first.iter().map(payloads::instance_summary).collect();
         let body =

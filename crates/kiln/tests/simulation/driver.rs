@@ -24,8 +24,9 @@ const MAX_TICKS: u32 = 40;
 const SHORT_TIMER_MILLIS: i64 = 60_000;
 /// Nothing moving for this long in a run with faults means work waits for a lease to lapse.
 const STALL: Duration = Duration::from_millis(100);
-/// [`STALL`] in a run with samples, whose activities work for up to 0.7 s in real time: less
-/// would lapse their leases again and again until they are failed as poison.
+/// [`STALL`] in a run with samples, whose activities work for up to 0.7 s in real time (less
+/// would lapse their leases again and again until they are failed as poison), and while a
+/// rewind is on its way.
 const SAMPLES_STALL: Duration = Duration::from_millis(1_500);
 
 /// The versions each node registers. On PostgreSQL, in odd seeds (all with
@@ -381,14 +382,21 @@ impl Driver<'_> {
             records.values().map(|r| (r.instance_id.clone(), r.status, r.history_len, r.updated_at)).collect();
         if fingerprint != self.fingerprint.0 {
             self.fingerprint = (fingerprint, Instant::now());
-        } else if self.planned_faults
-            && self.fingerprint.1.elapsed() > if self.plan.samples.is_empty() { STALL } else { SAMPLES_STALL }
-        {
+        } else if self.planned_faults && self.fingerprint.1.elapsed() > self.stall() {
             kiln_core::time::advance_clock(LEASE + Duration::from_secs(1));
             self.observed.lease_expiries += 1;
             self.fingerprint.1 = Instant::now();
             self.note("nothing moved: leases expired".to_owned());
         }
+    }
+
+    /// How long nothing may move before [`Driver::let_time_pass`] lapses every lease. Longer
+    /// with samples, and while a rewind is on its way: a rewind turn replays the whole history,
+    /// and on a loaded machine it can take longer than [`STALL`]; lapsing its lease again and
+    /// again would give it up as poison (the instance stays failed, which the driver cannot
+    /// tell from a rewind still on its way: seeds 106 and 136 under load).
+    fn stall(&self) -> Duration {
+        if self.plan.samples.is_empty() && self.rewinding.is_empty() { STALL } else { SAMPLES_STALL }
     }
 
     fn operations_done(&self) -> bool {

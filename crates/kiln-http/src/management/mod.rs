@@ -464,14 +464,8 @@ async fn purge_many(State(http): State<KilnHttp>, query: QueryParams) -> Result<
     };
     if query.strict_flag("dryRun").map_err(Problem::for_durable_functions)? {
         let preview = http.client().preview_purge(&filter, DRY_RUN_LIST).await.map_err(df)?;
-        let instances: Vec<_> = preview.first.iter().map(payloads::instance_summary).collect();
-        let body = json!({
-            "instancesDeleted": 0,
-            "dryRun": true,
-            "matched": preview.matched,
-            "complete": preview.complete,
-            "instances": instances,
-        });
+        let mut body = dry_run(preview.matched, preview.complete, &preview.first);
+        body["instancesDeleted"] = json!(0);
         return Ok(json_response(StatusCode::OK, &body));
     }
     match http.client().purge_many(&filter).await.map_err(df)? {
@@ -482,6 +476,12 @@ async fn purge_many(State(http): State<KilnHttp>, query: QueryParams) -> Result<
 
 /// How many of the instances a dry run selects it lists.
 const DRY_RUN_LIST: usize = 100;
+
+/// A dry run's answer: how many instances it selects (`complete`: all counted) and the first.
+fn dry_run(matched: u64, complete: bool, first: &[kiln::InstanceSummary]) -> Value {
+    let instances: Vec<Value> = first.iter().map(payloads::instance_summary).collect();
+    json!({ "dryRun": true, "matched": matched, "complete": complete, "instances": instances })
+}
 
 /// Terminates, purges or rewinds every instance a query selects, as a durable operation (Kiln's
 /// own, not in Durable Functions' API; `kiln bulk`): `202` with the operation's check-status
@@ -524,10 +524,7 @@ async fn bulk(
     };
     if query.strict_flag("dryRun").map_err(Problem::for_durable_functions)? {
         let preview = http.client().preview_bulk(&operation, DRY_RUN_LIST).await.map_err(df)?;
-        let instances: Vec<_> = preview.first.iter().map(payloads::instance_summary).collect();
-        let body =
-            json!({ "dryRun": true, "matched": preview.matched, "complete": preview.complete, "instances": instances });
-        return Ok(json_response(StatusCode::OK, &body));
+        return Ok(json_response(StatusCode::OK, &dry_run(preview.matched, preview.complete, &preview.first)));
     }
     let id = http.client().start_bulk(operation).await.map_err(df)?;
     let (base, suffix) = links(&http, &uri, &headers, &query);

@@ -2,6 +2,7 @@
 """Database size under a steady load, with retention on or off (docs/deployment.md, "Retention").
 
 Usage: cargo build --release -p kiln-cli && python3 scripts/retention-db-size.py MINUTES RATE [RETENTION]
+(KILN_BIN: another binary; PORT: the public port, default 7391, the next one for management)
 Starts `kiln serve` on a fresh SQLite database with `--retention-completed RETENTION` (default
 `1m`; `forever` turns it off) and a 10 s check interval, starts RATE report jobs per second
 (each finishes at once) for MINUTES, and prints every 30 s the database's size (file + WAL),
@@ -11,10 +12,11 @@ minutes, rate = float(sys.argv[1]), float(sys.argv[2])
 retention = sys.argv[3] if len(sys.argv) > 3 else "1m"
 workdir = tempfile.mkdtemp(prefix="kiln-retention-")
 kiln = os.environ.get("KILN_BIN") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "release", "kiln")
-srv = subprocess.Popen([kiln, "serve", "--listen", "127.0.0.1:7391", "--management-listen", "127.0.0.1:7392",
+port = int(os.environ.get("PORT", "7391"))
+srv = subprocess.Popen([kiln, "serve", "--listen", f"127.0.0.1:{port}", "--management-listen", f"127.0.0.1:{port + 1}",
                         "--retention-completed", retention, "--retention-check-seconds", "10"],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir, env=dict(os.environ, KILN_LOG="warn"))
-base = "http://127.0.0.1:7391"
+base = f"http://127.0.0.1:{port}"
 for _ in range(200):
     try:
         urllib.request.urlopen(base + "/readyz", timeout=1); break

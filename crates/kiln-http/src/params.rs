@@ -1,6 +1,7 @@
 //! Query and path parameters with Durable Functions' parsing rules: keys match
 //! case-insensitively, a key may repeat, `+` means a space, booleans are case-insensitive and
-//! an unparsable boolean falls back to its default. Rejections are problems.
+//! an unparsable boolean falls back to its default (except a [`QueryParams::strict_flag`]).
+//! Rejections are problems.
 
 use crate::problem::Problem;
 use axum::extract::{FromRequestParts, Path, RawQuery};

@@ -795,7 +795,7 @@ impl Store for PostgresStore {
         if !status.is_terminal() {
             return Err(StoreError::NotTerminal(instance_id.to_owned(), status));
         }
-        let deleted = purge_tx(&tx, vec![instance_id.to_owned()], Spare::WaitingChildren).await?;
+        let deleted = purge_tx(&tx, vec![instance_id.to_owned()], Spare::Nothing).await?;
         tx.commit().await.map_err(backend)?;
         for id in &deleted {
             self.wakers.watchers.notify(id);
@@ -810,13 +810,20 @@ impl Store for PostgresStore {
         let sql = queries::purge_batch_roots(&args.statuses);
         let limit = max as i64;
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(backend)?;
+        // READ COMMITTED whatever the server's default: `purge_tx` checks inboxes again once
+        // the rows are locked, and must see what was committed meanwhile.
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+            .start()
+            .await
+            .map_err(backend)?;
         let mut params = args.params();
         params.push(&limit);
         let roots: Vec<String> =
             cached::query(&tx, &sql, &params).await.map_err(backend)?.iter().map(|r| r.get(0)).collect();
         let selected = roots.len();
-        let deleted = purge_tx(&tx, roots, Spare::WaitingRoots).await?;
+        let deleted = purge_tx(&tx, roots, Spare::WaitingTrees).await?;
         tx.commit().await.map_err(backend)?;
         for id in &deleted {
             self.wakers.watchers.notify(id);
@@ -826,7 +833,7 @@ impl Store for PostgresStore {
 
     async fn preview_purge(&self, filter: &PurgeFilter, max: usize) -> StoreResult<PurgePreview> {
         let Some(args) = PurgeArgs::new(filter) else {
-            return Ok(PurgePreview::default());
+            return Ok(PurgePreview { complete: true, ..PurgePreview::default() });
         };
         let selection = queries::purgeable(&args.statuses);
         let client = self.client().await?;

@@ -135,54 +135,62 @@ pub async fn insert_instance_row(tx: &impl GenericClient, instance: &NewInstance
     Ok(())
 }
 
-/// Which instances a purge leaves alone when a message waits for them (one visible now: a
-/// rewind on its way; a timer due later does not count).
+/// Which instances a purge leaves alone.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Spare {
-    /// Only sub-orchestrations: the roots were named (a purge of one instance).
-    WaitingChildren,
-    /// Roots too: they were selected by a filter, whose snapshot may predate a message.
-    WaitingRoots,
+    /// None: the roots were named (a purge of one instance).
+    Nothing,
+    /// A tree in which any instance has a message waiting (visible now: a rewind of a child,
+    /// say; a timer due later does not count): the roots were selected by a filter, whose
+    /// snapshot may predate the message, and deleting the rest of the tree would leave an
+    /// orphan under an id its parent's next run would reuse.
+    WaitingTrees,
 }
 
 /// Deletes instances (whose rows the caller locked `FOR UPDATE`) and, recursively, their
 /// finished sub-orchestrations (locked here, parent before child). A child whose row another
 /// transaction holds (a turn writing a message into it) is skipped rather than waited for: a
 /// purge waiting on a child while that turn waits on the parent would deadlock. Left behind,
-/// it is an orphan, which bulk purges take once their filter matches it. So is a child with a
-/// message waiting, and with [`Spare::WaitingRoots`] such a root is kept: checked once its row
-/// is locked, by a statement of its own, so that a message sent after the selection's snapshot
-/// (its sender held the row, and committed before the lock was granted) is seen.
+/// it is an orphan, which bulk purges take once their filter matches it. With
+/// [`Spare::WaitingTrees`], each tree's inboxes are checked once its rows are locked, by a
+/// statement of its own, so that a message sent after the selection's snapshot (its sender held
+/// a row, and committed before the lock was granted) is seen: the caller's transaction must be
+/// READ COMMITTED.
 pub async fn purge_tx(tx: &impl GenericClient, roots: Vec<String>, spare: Spare) -> StoreResult<Vec<String>> {
     let terminal = terminal_codes();
-    let now = now().0;
-    let mut pending: Vec<(String, bool)> = roots.into_iter().map(|id| (id, true)).collect();
     let mut deleted = Vec::new();
-    while let Some((id, root)) = pending.pop() {
-        if (!root || spare == Spare::WaitingRoots) && message_waiting(tx, &id, now).await? {
+    for root in roots {
+        let mut tree = Vec::new();
+        let mut pending = vec![root];
+        while let Some(id) = pending.pop() {
+            let children = cached::query(
+                tx,
+                "SELECT instance_id FROM instances WHERE parent_instance_id = $1 AND status = ANY($2) \
+                 FOR UPDATE SKIP LOCKED",
+                &[&id, &terminal],
+            )
+            .await
+            .map_err(backend)?;
+            pending.extend(children.iter().map(|r| r.get::<_, String>(0)));
+            tree.push(id);
+        }
+        if spare == Spare::WaitingTrees && any_message_waiting(tx, &tree).await? {
             continue;
         }
-        let children = cached::query(
-            tx,
-            "SELECT instance_id FROM instances WHERE parent_instance_id = $1 AND status = ANY($2) \
-             FOR UPDATE SKIP LOCKED",
-            &[&id, &terminal],
-        )
-        .await
-        .map_err(backend)?;
-        pending.extend(children.iter().map(|r| (r.get::<_, String>(0), false)));
-        delete_instance_rows(tx, &id).await?;
-        deleted.push(id);
+        for id in tree {
+            delete_instance_rows(tx, &id).await?;
+            deleted.push(id);
+        }
     }
     Ok(deleted)
 }
 
-/// Whether a message visible at `now` waits in the instance's inbox.
-async fn message_waiting(tx: &impl GenericClient, instance_id: &str, now: i64) -> StoreResult<bool> {
+/// Whether a message visible now waits in the inbox of any of these instances.
+async fn any_message_waiting(tx: &impl GenericClient, instance_ids: &[String]) -> StoreResult<bool> {
     let row = cached::query_opt(
         tx,
-        "SELECT 1 FROM inbox WHERE instance_id = $1 AND (visible_at IS NULL OR visible_at <= $2) LIMIT 1",
-        &[&instance_id, &now],
+        "SELECT 1 FROM inbox WHERE instance_id = ANY($1) AND (visible_at IS NULL OR visible_at <= $2) LIMIT 1",
+        &[&instance_ids, &now().0],
     )
     .await
     .map_err(backend)?;

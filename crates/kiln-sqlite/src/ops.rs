@@ -202,12 +202,12 @@ pub fn apply(conn: &Connection, op: &WriteOp, effects: &mut Vec<Effect>) -> Stor
             if !status.is_terminal() {
                 return Err(StoreError::NotTerminal(instance_id.clone(), status));
             }
-            purge(conn, vec![instance_id.clone()], effects).map(WriteOutcome::Count)
+            purge(conn, vec![instance_id.clone()], false, effects).map(WriteOutcome::Count)
         }
         WriteOp::PurgeBatch(filter, max) => {
             let ids = select_purgeable(conn, filter, *max)?;
             let selected = ids.len();
-            let deleted = purge(conn, ids, effects)?;
+            let deleted = purge(conn, ids, true, effects)?;
             Ok(WriteOutcome::Purged(PurgedBatch { selected, deleted }))
         }
         WriteOp::ExpireKeys(now, max) => conn
@@ -663,32 +663,21 @@ pub(crate) fn purgeable(filter: &PurgeFilter) -> Option<(String, Vec<Value>)> {
     Some((sql, args))
 }
 
-/// Deletes instances and, recursively, their finished sub-orchestrations.
-fn purge(conn: &Connection, roots: Vec<String>, effects: &mut Vec<Effect>) -> StoreResult<u64> {
-    let mut pending = roots;
+/// Deletes instances and, recursively, their finished sub-orchestrations. With `spare_waiting`
+/// (a purge by filter), a tree in which any instance has a message waiting (visible now: a
+/// rewind of a child, say) is left whole: deleting the rest would leave an orphan under an id
+/// its parent's next run would reuse.
+fn purge(conn: &Connection, roots: Vec<String>, spare_waiting: bool, effects: &mut Vec<Effect>) -> StoreResult<u64> {
     let mut deleted = Vec::new();
-    while let Some(id) = pending.pop() {
-        // Finished children with no message waiting (a rewind of one of them goes on; the
-        // child, an orphan now, is purged once it has none).
-        let children: Vec<(String, i64)> = {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT instance_id, status FROM instances c WHERE parent_instance_id = ?1 \
-                     AND NOT EXISTS (SELECT 1 FROM inbox m WHERE m.instance_id = c.instance_id \
-                       AND (m.visible_at IS NULL OR m.visible_at <= ?2))",
-                )
-                .map_err(backend)?;
-            let rows = stmt.query_map(params![id, now().0], |r| Ok((r.get(0)?, r.get(1)?))).map_err(backend)?;
-            rows.collect::<Result<_, _>>().map_err(backend)?
-        };
-        pending.extend(
-            children
-                .into_iter()
-                .filter(|(_, s)| RuntimeStatus::from_code(*s).is_some_and(RuntimeStatus::is_terminal))
-                .map(|(child, _)| child),
-        );
-        delete_rows(conn, &id)?;
-        deleted.push(id);
+    for root in roots {
+        let tree = finished_tree(conn, root)?;
+        if spare_waiting && any_message_waiting(conn, &tree)? {
+            continue;
+        }
+        for id in tree {
+            delete_rows(conn, &id)?;
+            deleted.push(id);
+        }
     }
     let count = deleted.len() as u64;
     for id in &deleted {
@@ -696,4 +685,39 @@ fn purge(conn: &Connection, roots: Vec<String>, effects: &mut Vec<Effect>) -> St
     }
     effects.push(Effect::Forget(deleted));
     Ok(count)
+}
+
+/// An instance and, recursively, its finished sub-orchestrations.
+fn finished_tree(conn: &Connection, root: String) -> StoreResult<Vec<String>> {
+    let mut tree = Vec::new();
+    let mut pending = vec![root];
+    while let Some(id) = pending.pop() {
+        let mut stmt = conn
+            .prepare_cached("SELECT instance_id, status FROM instances WHERE parent_instance_id = ?1")
+            .map_err(backend)?;
+        let children = stmt.query_map([&id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))).map_err(backend)?;
+        for child in children {
+            let (child, status) = child.map_err(backend)?;
+            if RuntimeStatus::from_code(status).is_some_and(RuntimeStatus::is_terminal) {
+                pending.push(child);
+            }
+        }
+        tree.push(id);
+    }
+    Ok(tree)
+}
+
+/// Whether a message visible now waits in the inbox of any of these instances.
+fn any_message_waiting(conn: &Connection, instance_ids: &[String]) -> StoreResult<bool> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT 1 FROM inbox WHERE instance_id = ?1 AND (visible_at IS NULL OR visible_at <= ?2) LIMIT 1",
+        )
+        .map_err(backend)?;
+    for id in instance_ids {
+        if stmt.query_row(params![id, now().0], |_| Ok(())).optional().map_err(backend)?.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }

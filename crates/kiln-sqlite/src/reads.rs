@@ -75,7 +75,7 @@ pub fn count_by_status(conn: &Connection) -> StoreResult<Vec<(RuntimeStatus, u64
 /// What a purge with `filter` would delete now (the selection the writer's purge uses).
 pub fn preview_purge(conn: &Connection, filter: &PurgeFilter, max: usize) -> StoreResult<PurgePreview> {
     let Some((selection, args)) = crate::ops::purgeable(filter) else {
-        return Ok(PurgePreview::default());
+        return Ok(PurgePreview { complete: true, ..PurgePreview::default() });
     };
     let limit = PREVIEW_COUNT_LIMIT + 1;
     let matched: i64 = conn

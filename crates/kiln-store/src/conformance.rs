@@ -538,7 +538,7 @@ pub async fn purge_filters_by_name_and_finish_time_and_spares_waiting_messages(s
 
 /// A timer that a finished instance left behind (a timeout it no longer waits for) does not
 /// keep it from being purged; a message waiting for a finished sub-orchestration (a rewind of
-/// it) keeps that child, when its parent goes by filter or by name, until it has none.
+/// it) keeps its whole tree from a purge by filter (a purge by name takes the tree).
 pub async fn a_timer_due_later_does_not_keep_a_finished_instance_but_a_childs_rewind_does(store: &dyn Store) {
     start(store, "timed").await;
     let item = fetch(store).await;
@@ -578,12 +578,16 @@ pub async fn a_timer_due_later_does_not_keep_a_finished_instance_but_a_childs_re
             store.commit_turn(commit).await.unwrap();
         }
     }
-    let by_filter = PurgeFilter { excluded_names: vec!["named".into()], ..Default::default() };
-    assert_eq!(store.purge_instances(&by_filter).await.unwrap(), 1, "by-filter, not its child");
-    assert_eq!(store.purge_instance("by-name").await.unwrap(), 1, "by-name, not its child");
     for child in ["by-filter:0:0", "by-name:0:0"] {
-        assert!(store.get_instance(child).await.unwrap().is_some(), "{child} has a message waiting");
+        assert_eq!(store.get_instance(child).await.unwrap().map(|r| r.status), Some(RuntimeStatus::Failed));
     }
+    let by_filter = PurgeFilter { excluded_names: vec!["named".into()], ..Default::default() };
+    assert_eq!(store.purge_instances(&by_filter).await.unwrap(), 0, "the tree stays whole, its child waited for");
+    for kept in ["by-filter", "by-filter:0:0"] {
+        assert!(store.get_instance(kept).await.unwrap().is_some(), "{kept} is kept");
+    }
+    assert_eq!(store.purge_instance("by-name").await.unwrap(), 2, "named, the whole tree goes");
+    assert!(store.get_instance("by-name:0:0").await.unwrap().is_none());
 }
 
 /// A sub-orchestration still running when its parent was purged is left alone (running instances

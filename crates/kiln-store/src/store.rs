@@ -164,7 +164,7 @@ pub trait Store: Send + Sync + 'static {
         loop {
             let batch = self.purge_batch(filter, PURGE_BATCH).await?;
             total += batch.deleted;
-            if batch.selected < PURGE_BATCH {
+            if batch.selected < PURGE_BATCH || batch.deleted == 0 {
                 return Ok(total);
             }
         }

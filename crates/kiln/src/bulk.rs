@@ -126,6 +126,11 @@ impl BulkOperation {
         }
     }
 
+    /// Whether the operation acts on instances of `name`: built-in ones only when it names them.
+    fn selects(&self, name: &str) -> bool {
+        !name.starts_with(RESERVED_PREFIX) || self.name.as_deref() == Some(name)
+    }
+
     fn statuses(&self) -> Vec<RuntimeStatus> {
         if self.statuses.is_empty() { self.action.statuses() } else { self.statuses.clone() }
     }
@@ -213,6 +218,8 @@ struct PageDone {
 /// `runtime` once it is set.
 pub(crate) fn register(registry: &mut crate::registry::Registry, runtime: Arc<OnceLock<Weak<Runtime>>>) {
     // Versioned, so that a later Kiln with a different walk keeps replaying operations in flight.
+    // ("" too, last registered first: what a build before versioning started.)
+    registry.add_orchestration(BULK_ORCHESTRATION, "", run);
     registry.add_orchestration(BULK_ORCHESTRATION, BULK_VERSION, run);
     registry.add_activity(
         BULK_PAGE_ACTIVITY,
@@ -251,16 +258,17 @@ async fn page(ctx: ActivityContext, runtime: Option<Arc<Runtime>>, request: Page
     if operation.action == BulkAction::Purge {
         let batch = client.rt.store.purge_batch(&operation.purge_filter(), PAGE_SIZE).await.map_err(store_failure)?;
         // What a purge deleted is gone: the next page starts from the top again, until one
-        // selects nothing (a short page may have skipped rows other transactions held).
-        let next = (batch.selected > 0).then(String::new);
+        // deletes nothing (a short page may have skipped rows other transactions held; a
+        // selected tree with a message waiting is left, and would be selected again).
+        let next = (batch.deleted > 0).then(String::new);
         return Ok(PageDone { done: batch.deleted, skipped: 0, next });
     }
     let after = request.after.as_deref().and_then(PageCursor::decode);
     let page = client.rt.store.list_instances(&operation.query(after, PAGE_SIZE)).await.map_err(store_failure)?;
     let (mut done, mut skipped) = (0, 0);
     // Never itself, nor (unless named) another bulk operation.
-    let built_in = |name: &str| name.starts_with(RESERVED_PREFIX) && operation.name.as_deref() != Some(name);
-    for instance in page.instances.iter().filter(|i| i.instance_id != ctx.instance_id() && !built_in(&i.name)) {
+    let selected = page.instances.iter().filter(|i| i.instance_id != ctx.instance_id() && operation.selects(&i.name));
+    for instance in selected {
         let id = &instance.instance_id;
         let reason = operation.reason.as_deref();
         let acted = match operation.action {
@@ -303,7 +311,8 @@ impl KilnClient {
         let mut after = None;
         loop {
             let page = self.rt.store.list_instances(&operation.query(after, 1_000)).await?;
-            for record in &page.instances {
+            let selected: Vec<_> = page.instances.iter().filter(|r| operation.selects(&r.name)).collect();
+            for record in &selected {
                 if preview.first.len() < max {
                     preview.first.push(kiln_store::InstanceSummary {
                         instance_id: record.instance_id.clone(),
@@ -314,7 +323,7 @@ impl KilnClient {
                     });
                 }
             }
-            preview.matched += page.instances.len() as u64;
+            preview.matched += selected.len() as u64;
             match page.next {
                 Some(next) if preview.matched < PREVIEW_COUNT_LIMIT => after = Some(next),
                 Some(_) => {

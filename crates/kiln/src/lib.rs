@@ -226,9 +226,7 @@ impl KilnBuilder {
         for _ in 0..rt.config.orchestration_concurrency.max(1) {
             workers.push(tokio::spawn(worker::orchestration_worker(Arc::clone(&rt), signal.clone())));
         }
-        if rt.config.retention.enabled {
-            workers.push(tokio::spawn(retention::purger(Arc::clone(&rt), signal.clone())));
-        }
+        workers.push(tokio::spawn(retention::purger(Arc::clone(&rt), signal.clone())));
         workers.push(tokio::spawn(worker::activity_dispatcher(Arc::clone(&rt), signal)));
         Ok(Kiln { rt, shutdown, workers: Mutex::new(workers) })
     }

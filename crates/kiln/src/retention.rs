@@ -2,7 +2,9 @@
 //! them (with their history) once that time has passed, along with expired idempotency keys.
 //!
 //! One node purges at a time: the purger holds a lease kept in the store's settings (a
-//! compare-and-set, so nodes sharing a database take turns), renewed at each pass. A pass works
+//! compare-and-set, so nodes sharing a database take turns), renewed between batches. (A batch
+//! that outlasts the lease may overlap the next holder's first: harmless, as both skip rows the
+//! other holds.) A pass works
 //! in bounded batches with pauses as long as the batch took, so turns waiting for the same
 //! database are never held up behind a long purge.
 
@@ -25,8 +27,8 @@ pub const MAX_CHECK_EVERY: Duration = Duration::from_secs(24 * 3600);
 /// The largest batch accepted (one transaction each; on SQLite, the writer's time).
 pub const MAX_BATCH_SIZE: usize = 10_000;
 
-/// The setting that holds the purger's lease: `NODE UNTIL_MS`.
-const PURGER_LEASE: &str = "kiln.retention.purger";
+/// The setting that holds the purger's lease: `NODE UNTIL_MS` (`- 0` once given up).
+pub const PURGER_LEASE: &str = "kiln.retention.purger";
 
 /// The shortest pause between two batches of one pass.
 const MIN_BATCH_PAUSE: Duration = Duration::from_millis(10);
@@ -76,8 +78,7 @@ impl Default for RetentionPolicy {
 /// Retention for every orchestration, and how the purger runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Retention {
-    /// Whether the background purger runs at all (the policies still drive
-    /// [`crate::Kiln::apply_retention`]).
+    /// Whether finished instances are purged at all (expired idempotency keys are, either way).
     pub enabled: bool,
     /// The policy of orchestrations without one of their own.
     pub default: RetentionPolicy,
@@ -162,8 +163,11 @@ impl Retention {
 
     /// The purge filters that apply the policies as of `at`: per terminal status, one for the
     /// default (leaving out the orchestrations with a policy of their own) and one per such
-    /// orchestration; none where instances are kept forever.
+    /// orchestration; none where instances are kept forever, nor when retention is off.
     pub fn filters(&self, at: Timestamp) -> Vec<PurgeFilter> {
+        if !self.enabled {
+            return Vec::new();
+        }
         let finished_before =
             |keep: Duration| Timestamp(at.0.saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX)));
         let own: Vec<String> = self.orchestrations.keys().cloned().collect();
@@ -231,8 +235,9 @@ pub(crate) async fn pass(
             done.purged += batch.deleted;
             rt.metrics.purged.fetch_add(batch.deleted, Ordering::Relaxed);
             // A short batch is the last one (one that skipped rows other transactions held
-            // included: the next pass takes them).
-            if batch.selected < retention.batch_size {
+            // included: the next pass takes them), and so is one that deleted nothing (every
+            // tree it selected had a message waiting).
+            if batch.selected < retention.batch_size || batch.deleted == 0 {
                 break;
             }
             tokio::time::sleep(started.elapsed().max(MIN_BATCH_PAUSE)).await;
@@ -253,12 +258,17 @@ pub(crate) async fn pass(
     }
 }
 
-/// The background purger: a pass at start and every `check_every`, on the node that holds the
-/// purger lease; the lease is given up when the runtime stops.
+/// The background purger: a pass every `check_every` (the first one interval after start, so
+/// that an operator sees the policy `kiln serve` prints before anything is deleted), on the
+/// node that holds the purger lease; the lease is given up when the runtime stops.
 pub(crate) async fn purger(rt: Arc<Runtime>, mut stop: watch::Receiver<bool>) {
     let check_every = rt.config.retention.check_every;
     let mut lease = PurgerLease::new(check_every);
     loop {
+        tokio::select! {
+            () = tokio::time::sleep(check_every) => {}
+            _ = stop.wait_for(|stopped| *stopped) => break,
+        }
         match lease.keep(&rt).await {
             Ok(true) => {
                 rt.metrics.retention_passes.fetch_add(1, Ordering::Relaxed);
@@ -272,10 +282,6 @@ pub(crate) async fn purger(rt: Arc<Runtime>, mut stop: watch::Receiver<bool>) {
             }
             Ok(false) => {}
             Err(err) => tracing::warn!(error = %err, "cannot take the retention purger lease"),
-        }
-        tokio::select! {
-            () = tokio::time::sleep(check_every) => {}
-            _ = stop.wait_for(|stopped| *stopped) => break,
         }
     }
     lease.release(&rt).await;

@@ -44,13 +44,13 @@ fn builder(retention: Retention) -> KilnBuilder {
         .orchestration("sleeps", sleeps)
 }
 
-/// Completed and terminated: a minute; failed: 30 days; `kept`'s completed ones: forever. No
-/// background purger (the tests apply the policies at times of their choosing).
+/// Completed and terminated: a minute; failed: 30 days; `kept`'s completed ones: forever. The
+/// background purger waits a day (the tests apply the policies at times of their choosing).
 fn policies() -> Retention {
     let minute = Keep::For(MINUTE);
     let default = RetentionPolicy { completed: minute, failed: Keep::For(30 * DAY), terminated: minute };
     Retention {
-        enabled: false,
+        check_every: DAY,
         default,
         orchestrations: BTreeMap::from([("kept".to_owned(), RetentionPolicy { completed: Keep::Forever, ..default })]),
         ..Retention::default()
@@ -98,6 +98,11 @@ async fn finished_instances_go_when_their_policy_says_and_unfinished_ones_never(
         assert_eq!(pass.purged, 1, "{}: the failure, after 30 days", backend.name());
         let pass = kiln.apply_retention(later(3650 * DAY)).await.unwrap();
         assert_eq!(pass.purged, 0, "{}: nothing else, ever", backend.name());
+        kiln.shutdown().await;
+        let off = Retention { enabled: false, ..policies() };
+        let kiln = builder(off).store(backend.open().await).start().await.unwrap();
+        let client = kiln.client();
+        assert_eq!(kiln.apply_retention(later(3650 * DAY)).await.unwrap().purged, 0, "retention off");
         for id in [&ids["kept"], &ids["waits"], &ids["sleeps"], &suspended] {
             let record = client.status(id).await.unwrap().unwrap_or_else(|| panic!("{}: {id} purged", backend.name()));
             assert!(record.status == RuntimeStatus::Completed || !record.status.is_terminal(), "{record:?}");
@@ -111,17 +116,20 @@ async fn the_background_purger_runs_on_one_node_at_a_time() {
     let backends = Backend::all().await;
     // Two nodes share a database on PostgreSQL only (a SQLite file has one process).
     let Some(backend) = backends.iter().find(|b| b.name() == "postgres") else { return };
-    let retention = Retention { enabled: true, check_every: Duration::from_secs(2), ..policies() };
+    let retention = Retention { check_every: Duration::from_secs(2), ..policies() };
     let first = builder(retention.clone()).store(backend.open().await).start().await.unwrap();
     let second = builder(retention).store(backend.open().await).start().await.unwrap();
     let id = first.client().start("quick", &()).await.unwrap();
     first.client().wait_for_completion(&id, DEADLINE).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Passes at 2 s and 4 s after start (the first waits one interval).
+    tokio::time::sleep(Duration::from_millis(4_800)).await;
     let passes = [first.metrics().retention_passes, second.metrics().retention_passes];
     assert!(passes.iter().sum::<u64>() >= 2 && passes.contains(&0), "passes per node: {passes:?}");
-    // The holder gives the lease up as it stops: the other takes over at its next check.
+    // The holder gives the lease up as it stops; the other takes it at its next check.
     let (holder, other) = if passes[0] > 0 { (first, second) } else { (second, first) };
     holder.shutdown().await;
+    let lease = other.store().get_setting(kiln::retention::PURGER_LEASE).await.unwrap();
+    assert_eq!(lease.as_deref(), Some("- 0"), "given up");
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     assert!(other.metrics().retention_passes >= 1, "no takeover: {:?}", other.metrics());
     other.shutdown().await;

@@ -443,10 +443,10 @@ async fn purge(State(http): State<KilnHttp>, path: PathParams) -> Result<Respons
         ("runtimeStatus" = Option<String>, Query, description = "Comma-separated terminal statuses"),
         ("name" = Option<String>, Query, description = "Only instances of this orchestration"),
         ("finishedTimeTo" = Option<String>, Query, description = "Finished (last updated) at or before"),
-        ("dryRun" = Option<bool>, Query, description = "Delete nothing: count the matches and list the first 100"),
+        ("dryRun" = Option<bool>, Query, description = "Delete nothing: count the matches (up to 10,000) and list the first 100; a value other than true/false is refused"),
     ),
     responses(
-        (status = 200, description = "`{\"instancesDeleted\": n}`; with `dryRun`, `{\"instancesDeleted\": 0, \"dryRun\": true, \"matched\": n, \"instances\": [...]}`"),
+        (status = 200, description = "`{\"instancesDeleted\": n}`; with `dryRun`, `{\"instancesDeleted\": 0, \"dryRun\": true, \"matched\": n, \"complete\": bool, \"instances\": [...]}`"),
         (status = 400, description = "`createdTimeFrom` missing or invalid", content_type = "application/problem+json"),
         (status = 404, description = "Nothing matched", content_type = "application/problem+json"),
     )

@@ -104,7 +104,8 @@ fn claim_activities(skipping: &str) -> String {
 /// The instances a purge selects, as `FROM instances c WHERE …`: statuses `statuses` (terminal
 /// codes), created in `[$1, $2]`, finished (last changed) by `$3`, of orchestration `$4` (any
 /// when NULL) and none of `$5`, with no message visible at `$6` (a rewind on its way; a timer
-/// due later does not keep a finished instance), and either
+/// due later does not keep a finished instance), after `($7, $8)` in `(created_at,
+/// instance_id)` order (where the last batch of a walk ended), and either
 /// top-level or orphaned — a sub-orchestration whose parent is gone (it was still running when
 /// its parent was purged) has nobody left to purge it with. (A top-level instance's NULL parent
 /// matches no row either: one anti-join, probing `instances_pkey`.)
@@ -118,15 +119,20 @@ pub fn purgeable(statuses: &[i16]) -> String {
         "FROM instances c \
          WHERE status IN ({statuses}) AND created_at >= $1 AND created_at <= $2 AND updated_at <= $3 \
            AND ($4::text IS NULL OR name = $4::text) AND name <> ALL($5::text[]) \
+           AND (created_at > $7 OR (created_at = $7 AND instance_id > $8)) \
            AND NOT EXISTS (SELECT 1 FROM inbox m WHERE m.instance_id = c.instance_id \
              AND (m.visible_at IS NULL OR m.visible_at <= $6)) \
            AND NOT EXISTS (SELECT 1 FROM instances p WHERE p.instance_id = c.parent_instance_id)"
     )
 }
 
-/// Locks up to `$7` instances for one purge batch: [`purgeable`] ones, skipping those another
-/// transaction holds. (Whether a message arrived since the statement's snapshot is checked
-/// again once they are locked: see `purge_tx`.)
+/// Locks up to `$9` instances for one purge batch, oldest created first: [`purgeable`] ones,
+/// skipping those another transaction holds; returns their ids and creation times. (Whether a
+/// message arrived since the statement's snapshot is checked again once they are locked: see
+/// `purge_tx`.)
 pub fn purge_batch_roots(statuses: &[i16]) -> String {
-    format!("SELECT instance_id {} LIMIT $7 FOR UPDATE OF c SKIP LOCKED", purgeable(statuses))
+    format!(
+        "SELECT instance_id, created_at {} ORDER BY created_at, instance_id LIMIT $9 FOR UPDATE OF c SKIP LOCKED",
+        purgeable(statuses)
+    )
 }

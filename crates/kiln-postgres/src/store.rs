@@ -820,15 +820,19 @@ impl Store for PostgresStore {
             .map_err(backend)?;
         let mut params = args.params();
         params.push(&limit);
-        let roots: Vec<String> =
-            cached::query(&tx, &sql, &params).await.map_err(backend)?.iter().map(|r| r.get(0)).collect();
-        let selected = roots.len();
-        let deleted = purge_tx(&tx, roots, Spare::WaitingTrees).await?;
+        let roots: Vec<PageCursor> = cached::query(&tx, &sql, &params)
+            .await
+            .map_err(backend)?
+            .iter()
+            .map(|r| PageCursor { instance_id: r.get(0), created_at: Timestamp(r.get(1)) })
+            .collect();
+        let (selected, last) = (roots.len(), roots.last().cloned());
+        let deleted = purge_tx(&tx, roots.into_iter().map(|r| r.instance_id).collect(), Spare::WaitingTrees).await?;
         tx.commit().await.map_err(backend)?;
         for id in &deleted {
             self.wakers.watchers.notify(id);
         }
-        Ok(PurgedBatch { selected, deleted: deleted.len() as u64 })
+        Ok(PurgedBatch { selected, deleted: deleted.len() as u64, last })
     }
 
     async fn preview_purge(&self, filter: &PurgeFilter, max: usize) -> StoreResult<PurgePreview> {
@@ -840,7 +844,7 @@ impl Store for PostgresStore {
         let mut params = args.params();
         let count_limit = PREVIEW_COUNT_LIMIT as i64 + 1;
         params.push(&count_limit);
-        let count = format!("SELECT count(*) FROM (SELECT 1 {selection} LIMIT $7) s");
+        let count = format!("SELECT count(*) FROM (SELECT 1 {selection} LIMIT $9) s");
         let counted: i64 = client.query_one(&count, &params).await.map_err(backend)?.get(0);
         let (matched, complete) = ((counted as u64).min(PREVIEW_COUNT_LIMIT), counted as u64 <= PREVIEW_COUNT_LIMIT);
         params.pop();
@@ -848,7 +852,7 @@ impl Store for PostgresStore {
         params.push(&limit);
         let sql = format!(
             "SELECT instance_id, name, status, created_at, updated_at {selection} \
-             ORDER BY created_at, instance_id LIMIT $7"
+             ORDER BY created_at, instance_id LIMIT $9"
         );
         let first = client
             .query(&sql, &params)
@@ -977,7 +981,7 @@ impl Store for PostgresStore {
     }
 }
 
-/// A purge filter as the arguments of [`queries::purgeable`] (`$1` to `$6`).
+/// A purge filter as the arguments of [`queries::purgeable`] (`$1` to `$8`).
 struct PurgeArgs {
     statuses: Vec<i16>,
     created_from: i64,
@@ -986,6 +990,8 @@ struct PurgeArgs {
     name: Option<String>,
     excluded: Vec<String>,
     now: i64,
+    after_created: i64,
+    after_id: String,
 }
 
 impl PurgeArgs {
@@ -998,16 +1004,31 @@ impl PurgeArgs {
         };
         (!statuses.is_empty()).then(|| PurgeArgs {
             statuses,
-            created_from: filter.created_from.map_or(i64::MIN, |t| t.0),
+            // From where the last batch ended, if later: the index walk starts there.
+            created_from: filter
+                .created_from
+                .map_or(i64::MIN, |t| t.0)
+                .max(filter.after.as_ref().map_or(i64::MIN, |a| a.created_at.0)),
             created_until: filter.created_until().map_or(i64::MAX, |t| t.0),
             finished_before: filter.finished_before.map_or(i64::MAX, |t| t.0),
             name: filter.name.clone(),
             excluded: filter.excluded_names.clone(),
             now: now().0,
+            after_created: filter.after.as_ref().map_or(i64::MIN, |a| a.created_at.0),
+            after_id: filter.after.as_ref().map_or(String::new(), |a| a.instance_id.clone()),
         })
     }
 
     fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
-        vec![&self.created_from, &self.created_until, &self.finished_before, &self.name, &self.excluded, &self.now]
+        vec![
+            &self.created_from,
+            &self.created_until,
+            &self.finished_before,
+            &self.name,
+            &self.excluded,
+            &self.now,
+            &self.after_created,
+            &self.after_id,
+        ]
     }
 }

@@ -127,12 +127,12 @@ async fn claims_and_purge_batches_use_the_indexes_of_ready_rows() {
     )
     .await;
     // A bulk purge: every terminal status, a finish time and the creation range it bounds.
-    let purge_args = format!("{}, {at}, {at}, NULL, ARRAY[]::text[], {at}, 500", i64::MIN);
+    let purge_args = format!("{}, {at}, {at}, NULL, ARRAY[]::text[], {at}, {}, '', 500", i64::MIN, i64::MIN);
     check(&client, "purge_batch", &purge_args, &["instances_by_status"], &[]).await;
     // Retention's batches: one status, either a name or the names with a policy of their own.
-    let named = format!("{}, {at}, {at}, 'orch', ARRAY[]::text[], {at}, 100", i64::MIN);
+    let named = format!("{}, {at}, {at}, 'orch', ARRAY[]::text[], {at}, {}, '', 100", i64::MIN, i64::MIN);
     check(&client, "retention_batch", &named, &["instances_by_status"], &[]).await;
-    let others = format!("{}, {at}, {at}, NULL, ARRAY['audit', 'report']::text[], {at}, 100", i64::MIN);
+    let others = format!("{at}, {at}, {at}, NULL, ARRAY['audit', 'report']::text[], {at}, {at}, 'x', 100");
     check(&client, "retention_batch", &others, &["instances_by_status"], &[]).await;
     store.shutdown().await;
 }

@@ -12,8 +12,8 @@ use kiln_core::{
     EventKind, FailureDetails, HistoryEvent, ParentInstance, Payload, RuntimeStatus, Timestamp, WaitingOn, error_types,
 };
 use kiln_store::{
-    IdempotencyKey, IdempotentStart, InboxMessage, InstanceRecord, Lease, NewActivity, NewInstance, PurgeFilter,
-    PurgedBatch, StoreError, StoreResult, TurnCommit,
+    IdempotencyKey, IdempotentStart, InboxMessage, InstanceRecord, Lease, NewActivity, NewInstance, PageCursor,
+    PurgeFilter, PurgedBatch, StoreError, StoreResult, TurnCommit,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -205,10 +205,10 @@ pub fn apply(conn: &Connection, op: &WriteOp, effects: &mut Vec<Effect>) -> Stor
             purge(conn, vec![instance_id.clone()], false, effects).map(WriteOutcome::Count)
         }
         WriteOp::PurgeBatch(filter, max) => {
-            let ids = select_purgeable(conn, filter, *max)?;
-            let selected = ids.len();
-            let deleted = purge(conn, ids, true, effects)?;
-            Ok(WriteOutcome::Purged(PurgedBatch { selected, deleted }))
+            let roots = select_purgeable(conn, filter, *max)?;
+            let (selected, last) = (roots.len(), roots.last().cloned());
+            let deleted = purge(conn, roots.into_iter().map(|r| r.instance_id).collect(), true, effects)?;
+            Ok(WriteOutcome::Purged(PurgedBatch { selected, deleted, last }))
         }
         WriteOp::ExpireKeys(now, max) => conn
             .prepare_cached(
@@ -616,14 +616,18 @@ fn delete_rows(conn: &Connection, instance_id: &str) -> StoreResult<()> {
 }
 
 /// Up to `max` instances a purge with `filter` selects, oldest created first.
-fn select_purgeable(conn: &Connection, filter: &PurgeFilter, max: usize) -> StoreResult<Vec<String>> {
+fn select_purgeable(conn: &Connection, filter: &PurgeFilter, max: usize) -> StoreResult<Vec<PageCursor>> {
     let Some((selection, args)) = purgeable(filter) else {
         return Ok(Vec::new());
     };
-    let sql = format!("SELECT instance_id {selection} ORDER BY created_at LIMIT {max}");
+    let sql = format!("SELECT instance_id, created_at {selection} ORDER BY created_at, instance_id LIMIT {max}");
     let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
-    let ids = stmt.query_map(rusqlite::params_from_iter(args), |r| r.get(0)).map_err(backend)?;
-    ids.collect::<Result<Vec<String>, _>>().map_err(backend)
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(args), |r| {
+            Ok(PageCursor { instance_id: r.get(0)?, created_at: Timestamp(r.get(1)?) })
+        })
+        .map_err(backend)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(backend)
 }
 
 /// The instances a purge with `filter` selects, as `FROM instances c WHERE …` and its
@@ -646,6 +650,7 @@ pub(crate) fn purgeable(filter: &PurgeFilter) -> Option<(String, Vec<Value>)> {
         "FROM instances c WHERE created_at >= ?1 AND created_at <= ?2 AND status IN ({list}) \
          AND updated_at <= ?3 AND (?4 IS NULL OR name = ?4) \
          AND name NOT IN (SELECT value FROM json_each(?5)) \
+         AND (created_at > ?7 OR (created_at = ?7 AND instance_id > ?8)) \
          AND NOT EXISTS (SELECT 1 FROM inbox m WHERE m.instance_id = c.instance_id \
            AND (m.visible_at IS NULL OR m.visible_at <= ?6)) \
          AND (parent_instance_id IS NULL \
@@ -653,12 +658,20 @@ pub(crate) fn purgeable(filter: &PurgeFilter) -> Option<(String, Vec<Value>)> {
     );
     let excluded = serde_json::to_string(&filter.excluded_names).unwrap_or_else(|_| "[]".to_owned());
     let args = vec![
-        Value::Integer(filter.created_from.map_or(i64::MIN, |t| t.0)),
+        // From where the last batch ended, if later: the walk of the creation index starts there.
+        Value::Integer(
+            filter
+                .created_from
+                .map_or(i64::MIN, |t| t.0)
+                .max(filter.after.as_ref().map_or(i64::MIN, |a| a.created_at.0)),
+        ),
         Value::Integer(filter.created_until().map_or(i64::MAX, |t| t.0)),
         Value::Integer(filter.finished_before.map_or(i64::MAX, |t| t.0)),
         filter.name.clone().map_or(Value::Null, Value::Text),
         Value::Text(excluded),
         Value::Integer(now().0),
+        Value::Integer(filter.after.as_ref().map_or(i64::MIN, |a| a.created_at.0)),
+        Value::Text(filter.after.as_ref().map_or(String::new(), |a| a.instance_id.clone())),
     ];
     Some((sql, args))
 }

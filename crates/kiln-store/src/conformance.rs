@@ -17,8 +17,7 @@
 
 use crate::{
     FinishedActivity, HistoryUpdate, IdempotencyKey, IdempotentStart, InstanceQuery, NewActivity, NewInstance,
-    NewSubOrchestration, OrchestrationWorkItem, OutgoingMessage, PurgeFilter, PurgedBatch, Store, StoreError,
-    TurnCommit,
+    NewSubOrchestration, OrchestrationWorkItem, OutgoingMessage, PurgeFilter, Store, StoreError, TurnCommit,
 };
 use kiln_core::{
     ActivityTimeouts, EventKind, FailureDetails, HistoryEvent, ParentInstance, Payload, RuntimeStatus, Timestamp,
@@ -523,7 +522,7 @@ pub async fn purge_filters_by_name_and_finish_time_and_spares_waiting_messages(s
     assert_eq!(preview.first.len(), 2, "at most the number asked for");
     assert!(preview.first.iter().all(|c| c.name == "orch" && c.status.is_terminal() && c.updated_at <= finished));
     let batch = store.purge_batch(&orch, 2).await.unwrap();
-    assert_eq!(batch, PurgedBatch { selected: 2, deleted: 2 });
+    assert_eq!((batch.selected, batch.deleted), (2, 2));
     assert_eq!(store.preview_purge(&orch, 2).await.unwrap().matched, 1);
     let rest = PurgeFilter { excluded_names: vec!["orch".into()], ..Default::default() };
     assert_eq!(store.purge_instances(&rest).await.unwrap(), 1, "other-1 only");
@@ -554,22 +553,25 @@ pub async fn a_timer_due_later_does_not_keep_a_finished_instance_but_a_childs_re
     let timed = PurgeFilter { name: Some("orch".into()), ..Default::default() };
     assert_eq!(store.purge_instances(&timed).await.unwrap(), 1, "the timer does not count");
 
-    for parent in ["by-filter", "by-name"] {
+    for parent in ["by-filter", "by-name", "after-it"] {
         let mut instance = new_instance(parent, now());
         if parent == "by-name" {
             instance.name = "named".into();
         }
         store.create_instance(instance).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    // Each parent completes, starting a child; each child fails (in whatever order they come).
-    for _ in 0..4 {
+    // Each parent completes, starting a child; each child fails; after-it completes (in
+    // whatever order they come). Then a message waits for each child.
+    for _ in 0..5 {
         let item = fetch(store).await;
         let id = item.instance.instance_id.clone();
         if item.instance.parent.is_some() {
             let mut failed = running_commit(&item);
             failed.status = RuntimeStatus::Failed;
             store.commit_turn(failed).await.unwrap();
-            store.send_message(&id, raised("a rewind, say")).await.unwrap();
+        } else if id == "after-it" {
+            store.commit_turn(completed(running_commit(&item))).await.unwrap();
         } else {
             let mut commit = completed(running_commit(&item));
             let mut child = new_instance(&format!("{id}:0:0"), now());
@@ -579,9 +581,19 @@ pub async fn a_timer_due_later_does_not_keep_a_finished_instance_but_a_childs_re
         }
     }
     for child in ["by-filter:0:0", "by-name:0:0"] {
+        store.send_message(child, raised("a rewind, say")).await.unwrap();
+    }
+    for child in ["by-filter:0:0", "by-name:0:0"] {
         assert_eq!(store.get_instance(child).await.unwrap().map(|r| r.status), Some(RuntimeStatus::Failed));
     }
     let by_filter = PurgeFilter { excluded_names: vec!["named".into()], ..Default::default() };
+    // A batch of one selects the waiting tree's root and leaves it; the next, from there, goes
+    // past it (what a walk left is not selected again).
+    let first = store.purge_batch(&by_filter, 1).await.unwrap();
+    assert_eq!((first.selected, first.deleted), (1, 0), "{first:?}");
+    assert_eq!(first.last.as_ref().map(|l| l.instance_id.as_str()), Some("by-filter"));
+    let next = store.purge_batch(&PurgeFilter { after: first.last, ..by_filter.clone() }, 1).await.unwrap();
+    assert_eq!((next.selected, next.deleted), (1, 1), "after-it: {next:?}");
     assert_eq!(store.purge_instances(&by_filter).await.unwrap(), 0, "the tree stays whole, its child waited for");
     for kept in ["by-filter", "by-filter:0:0"] {
         assert!(store.get_instance(kept).await.unwrap().is_some(), "{kept} is kept");

@@ -371,6 +371,10 @@ pub struct PurgeFilter {
     pub excluded_names: Vec<String>,
     /// Finished (last changed) at or before.
     pub finished_before: Option<Timestamp>,
+    /// Only instances after this position in `(created_at, instance_id)` order: where the last
+    /// batch of a walk ended ([`PurgedBatch::last`]), so that what it left (a tree with a
+    /// message waiting) is not walked again.
+    pub after: Option<PageCursor>,
 }
 
 impl PurgeFilter {
@@ -386,12 +390,15 @@ impl PurgeFilter {
 }
 
 /// What one [`crate::Store::purge_batch`] did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PurgedBatch {
     /// Instances the filter selected (at most the batch size: fewer means none is left).
     pub selected: usize,
     /// Instances deleted: those selected and their finished sub-orchestrations.
     pub deleted: u64,
+    /// The position of the last instance selected (selected in `(created_at, instance_id)`
+    /// order): the next batch's [`PurgeFilter::after`].
+    pub last: Option<PageCursor>,
 }
 
 /// An instance in a few words: what dry runs list (see [`crate::Store::preview_purge`]).

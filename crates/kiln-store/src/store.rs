@@ -152,22 +152,33 @@ pub trait Store: Send + Sync + 'static {
     async fn purge_instance(&self, instance_id: &str) -> StoreResult<u64>;
 
     /// Purges up to `max` finished instances matching the filter, top-level ones and those whose
-    /// parent is gone, with their finished sub-orchestrations, in one transaction. An instance
+    /// parent is gone, oldest created first, with their finished sub-orchestrations, in one
+    /// transaction. (With one status, a store walks it in index order; several may need a sort.) An instance
     /// or sub-orchestration with a message waiting (one visible now: a rewind on its way, say)
     /// is not purged, nor is one whose row another transaction holds.
     async fn purge_batch(&self, filter: &PurgeFilter, max: usize) -> StoreResult<PurgedBatch>;
 
     /// Purges every finished instance matching the filter (and their sub-orchestrations), in
-    /// batches of [`PURGE_BATCH`]; returns how many instances were deleted.
+    /// batches of [`PURGE_BATCH`], one status at a time, each walked once from its oldest
+    /// instance; returns how many instances were deleted.
     async fn purge_instances(&self, filter: &PurgeFilter) -> StoreResult<u64> {
+        let statuses: Vec<kiln_core::RuntimeStatus> = match filter.statuses.is_empty() {
+            true => kiln_core::RuntimeStatus::ALL.into_iter().filter(|s| s.is_terminal()).collect(),
+            false => filter.statuses.iter().copied().filter(|s| s.is_terminal()).collect(),
+        };
         let mut total = 0;
-        loop {
-            let batch = self.purge_batch(filter, PURGE_BATCH).await?;
-            total += batch.deleted;
-            if batch.selected < PURGE_BATCH || batch.deleted == 0 {
-                return Ok(total);
+        for status in statuses {
+            let mut walk = PurgeFilter { statuses: vec![status], ..filter.clone() };
+            loop {
+                let batch = self.purge_batch(&walk, PURGE_BATCH).await?;
+                total += batch.deleted;
+                match batch.last {
+                    Some(last) if batch.selected == PURGE_BATCH => walk.after = Some(last),
+                    _ => break,
+                }
             }
         }
+        Ok(total)
     }
 
     /// What [`Store::purge_instances`] would delete now: how many instances the filter selects

@@ -159,6 +159,7 @@ impl BulkOperation {
             name: self.name.clone(),
             excluded_names,
             finished_before: None,
+            after: None,
         }
     }
 }

@@ -225,7 +225,7 @@ pub(crate) async fn pass(
             None => Ok(true),
         }
     };
-    for filter in retention.filters(at) {
+    for mut filter in retention.filters(at) {
         loop {
             if !go_on(&mut lease).await? {
                 return Ok(done);
@@ -234,11 +234,12 @@ pub(crate) async fn pass(
             let batch = rt.store.purge_batch(&filter, retention.batch_size).await?;
             done.purged += batch.deleted;
             rt.metrics.purged.fetch_add(batch.deleted, Ordering::Relaxed);
-            // A short batch is the last one (one that skipped rows other transactions held
-            // included: the next pass takes them), and so is one that deleted nothing (every
-            // tree it selected had a message waiting).
-            if batch.selected < retention.batch_size || batch.deleted == 0 {
-                break;
+            // Each batch starts where the last one ended, so what one leaves (a tree with a
+            // message waiting) is walked once a pass. A short batch is the last (one that
+            // skipped rows other transactions held included: the next pass takes them).
+            match batch.last {
+                Some(last) if batch.selected == retention.batch_size => filter.after = Some(last),
+                _ => break,
             }
             tokio::time::sleep(started.elapsed().max(MIN_BATCH_PAUSE)).await;
         }

@@ -460,7 +460,7 @@ async fn purge_many(State(http): State<KilnHttp>, query: QueryParams) -> Result<
         statuses: parse_statuses(&query)?,
         name: query.get("name").map(str::to_owned),
         finished_before: parse_time(&query, "finishedTimeTo")?,
-        excluded_names: Vec::new(),
+        ..PurgeFilter::default()
     };
     if query.strict_flag("dryRun").map_err(Problem::for_durable_functions)? {
         let preview = http.client().preview_purge(&filter, DRY_RUN_LIST).await.map_err(df)?;

@@ -210,8 +210,8 @@ struct PageRequest {
 struct PageDone {
     done: u64,
     skipped: u64,
-    /// Where the next page starts (`None`: this was the last). A purge's pages all start from
-    /// the top, as what the last one deleted is gone: for it, any text means "go on".
+    /// Where the next page starts (`None`: this was the last): a listing's cursor, or for a
+    /// purge the status it is at and the cursor in it.
     next: Option<String>,
 }
 
@@ -257,11 +257,23 @@ async fn page(ctx: ActivityContext, runtime: Option<Arc<Runtime>>, request: Page
     let store_failure = |e: kiln_store::StoreError| Failure::new(format!("store: {e}"));
     operation.validate().map_err(|e| Failure::typed("InvalidBulkOperation", e.to_string()))?;
     if operation.action == BulkAction::Purge {
-        let batch = client.rt.store.purge_batch(&operation.purge_filter(), PAGE_SIZE).await.map_err(store_failure)?;
-        // What a purge deleted is gone: the next page starts from the top again, until one
-        // deletes nothing (a short page may have skipped rows other transactions held; a
-        // selected tree with a message waiting is left, and would be selected again).
-        let next = (batch.deleted > 0).then(String::new);
+        // One status at a time, each walked once in creation order from where the last page
+        // ended (`STATUS_INDEX|CURSOR`), as retention does: a page reads no further than it
+        // needs, and what it left (a tree with a message waiting) is not selected again.
+        let statuses = operation.statuses();
+        let (index, after) = match request.after.as_deref().and_then(|a| a.split_once('|')) {
+            Some((index, cursor)) => (index.parse::<usize>().unwrap_or(0), PageCursor::decode(cursor)),
+            None => (0, None),
+        };
+        let Some(&status) = statuses.get(index) else {
+            return Ok(PageDone { done: 0, skipped: 0, next: None });
+        };
+        let filter = PurgeFilter { statuses: vec![status], after, ..operation.purge_filter() };
+        let batch = client.rt.store.purge_batch(&filter, PAGE_SIZE).await.map_err(store_failure)?;
+        let next = match batch.last {
+            Some(last) if batch.selected == PAGE_SIZE => Some(format!("{index}|{}", last.encode())),
+            _ => (index + 1 < statuses.len()).then(|| format!("{}|", index + 1)),
+        };
         return Ok(PageDone { done: batch.deleted, skipped: 0, next });
     }
     let after = request.after.as_deref().and_then(PageCursor::decode);

@@ -394,7 +394,8 @@ impl Driver<'_> {
     /// with samples, and while a rewind is on its way: a rewind turn replays the whole history,
     /// and on a loaded machine it can take longer than [`STALL`]; lapsing its lease again and
     /// again would give it up as poison (the instance stays failed, which the driver cannot
-    /// tell from a rewind still on its way: seeds 106 and 136 under load).
+    /// tell from a rewind still on its way). Not the whole story of the "rewind on its way"
+    /// failures seen under load (seeds 106, 136; seed 163 failed with this in place).
     fn stall(&self) -> Duration {
         if self.plan.samples.is_empty() && self.rewinding.is_empty() { STALL } else { SAMPLES_STALL }
     }

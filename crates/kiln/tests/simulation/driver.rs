@@ -419,7 +419,19 @@ impl Driver<'_> {
                 && done < Plan::rewinds(program)
             {
                 let history = self.node(0).call("history", async |c| c.history(&start.id).await)?;
-                self.node(0).call("rewind", async |c| tolerate(c.rewind(&start.id, Some("simulated")).await))?;
+                let sent =
+                    self.node(0).call("rewind", async |c| match c.rewind(&start.id, Some("simulated")).await {
+                        // Refused: the listed record was stale (an earlier rewind took effect since);
+                        // no rewind is on its way, and one is sent when the instance fails again.
+                        Err(
+                            ClientError::WrongState { .. } | ClientError::Finished { .. } | ClientError::NotFound(_),
+                        ) => Ok(false),
+                        other => tolerate(other).map(|()| true),
+                    })?;
+                if !sent {
+                    self.note(format!("rewind of {} refused", start.id));
+                    return Ok(true);
+                }
                 self.rewinding.insert(start.id.clone(), (record.execution, rewinds_in(&history)));
                 self.rewinds.insert(start.id.clone(), done + 1);
                 self.note(format!("rewound {}", start.id));

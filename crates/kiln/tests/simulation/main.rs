@@ -8,7 +8,8 @@
 //! - `nodes`: runtimes that can be crashed and restarted; `driver`: one run; `invariants`.
 //!
 //! `KILN_SIM_SEED=N` runs one seed; `KILN_SIM_SEEDS=N` runs N seeds from `KILN_SIM_FIRST_SEED`
-//! (default 1). Workload switches, each `=1` for every seed and `=0` for none:
+//! (default 1). `KILN_SIM_LOG=warn` (any `RUST_LOG`-style filter) prints the runtime's own logs.
+//! Workload switches, each `=1` for every seed and `=0` for none:
 //! `KILN_SIM_REWIND` adds steps that fail once and are rewound (on by default);
 //! `KILN_SIM_MIXED_VERSIONS` takes the newest version off PostgreSQL's second node (by default
 //! in odd seeds); `KILN_SIM_ORPHANS` reuses ids while a child of the old instance still runs (by
@@ -60,6 +61,9 @@ fn switch(name: &str, default: bool) -> bool {
 /// Runs every seed on a backend made by `backend`; fails listing every failing seed.
 fn run_seeds(test: &str, default: u64, backend: impl Fn(u64) -> (Backend, Box<dyn FnOnce()>)) {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    if let Ok(filter) = std::env::var("KILN_SIM_LOG") {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    }
     let began = Instant::now();
     let seeds = seeds(default);
     let rewind = switch("KILN_SIM_REWIND", true);

@@ -119,12 +119,14 @@ async fn report(
     headers: HeaderMap,
     ValidJson(body): ValidJson<ReportJobRequest>,
 ) -> Result<Response, Problem> {
+    // The customer is the job's business id: operators find its jobs by it (`labels=customer_id:…`).
+    let options = AcceptOptions::default().label("customer_id", &body.customer_id);
     let request = ReportRequest {
         customer_id: body.customer_id,
         operation: body.operation.unwrap_or_else(|| DEFAULT_OPERATION.to_owned()),
         delay_seconds: body.delay_seconds.unwrap_or(DEFAULT_DELAY_SECONDS),
     };
-    http.accept(&headers, report_jobs::ORCHESTRATION, &request, AcceptOptions::default()).await
+    http.accept(&headers, report_jobs::ORCHESTRATION, &request, options).await
 }
 
 /// Starts an approval that times out.

@@ -186,9 +186,13 @@ impl App {
                 Ok(true)
             }
             Command::Keys(KeysCommand::Rotate) => remote().rotate_token_secret().map(|()| true),
-            Command::Start { name, input, id, wait } => remote().start(name, input, id.as_deref(), *wait),
+            Command::Start { name, input, id, labels, wait } => {
+                remote().start(name, input, id.as_deref(), labels, *wait)
+            }
             Command::Status { id } => remote().status(id).map(|()| true),
-            Command::List { statuses, prefix } => remote().list(statuses, prefix.as_deref()).map(|()| true),
+            Command::List { statuses, prefix, labels } => {
+                remote().list(statuses, prefix.as_deref(), labels).map(|()| true)
+            }
             Command::History { export: Some(HistoryCommand::Export { id }), .. } => {
                 remote().export_history(id).map(|()| true)
             }
@@ -277,6 +281,9 @@ enum Command {
         /// Instance id (random if not given).
         #[arg(long)]
         id: Option<String>,
+        /// A label to attach, `KEY:VALUE` (repeatable).
+        #[arg(long = "label", value_name = "KEY:VALUE")]
+        labels: Vec<String>,
         /// Follow the instance, showing its custom status, until it finishes.
         #[arg(long)]
         wait: bool,
@@ -294,6 +301,9 @@ enum Command {
         /// Only ids starting with this.
         #[arg(long)]
         prefix: Option<String>,
+        /// Only instances with this label, `KEY:VALUE` (repeatable: all of them).
+        #[arg(long = "label", value_name = "KEY:VALUE")]
+        labels: Vec<String>,
     },
     /// Show an instance's history (`kiln history ID`), or export it for
     /// `kiln::replay_history` (`kiln history export ID > h.json`).

@@ -60,12 +60,22 @@ impl Remote {
     }
 
     /// `kiln start`: prints the instance id, or with `wait` follows it to the end.
-    pub fn start(&self, name: &str, input: &str, id: Option<&str>, wait: bool) -> anyhow::Result<bool> {
+    pub fn start(
+        &self,
+        name: &str,
+        input: &str,
+        id: Option<&str>,
+        labels: &[String],
+        wait: bool,
+    ) -> anyhow::Result<bool> {
         serde_json::from_str::<Value>(input).context("--input is not valid JSON")?;
-        let path = match id {
+        let mut path = match id {
             Some(id) => format!("/orchestrators/{}/{}", encode(name), encode(id)),
             None => format!("/orchestrators/{}", encode(name)),
         };
+        if !labels.is_empty() {
+            path.push_str(&format!("?labels={}", encode(&labels.join(","))));
+        }
         let (_, started) = self.call("POST", &path, Some(input))?;
         let id =
             started.get("id").and_then(Value::as_str).ok_or_else(|| anyhow!("the server returned no instance id"))?;
@@ -114,7 +124,7 @@ impl Remote {
     }
 
     /// `kiln list`.
-    pub fn list(&self, statuses: &[String], prefix: Option<&str>) -> anyhow::Result<()> {
+    pub fn list(&self, statuses: &[String], prefix: Option<&str>, labels: &[String]) -> anyhow::Result<()> {
         let mut query = vec!["showInput=false".to_owned()];
         if !statuses.is_empty() {
             query.push(format!("runtimeStatus={}", encode(&statuses.join(","))));
@@ -122,15 +132,21 @@ impl Remote {
         if let Some(prefix) = prefix {
             query.push(format!("instanceIdPrefix={}", encode(prefix)));
         }
+        if !labels.is_empty() {
+            query.push(format!("labels={}", encode(&labels.join(","))));
+        }
         let (_, list) = self.call("GET", &format!("/instances?{}", query.join("&")), None)?;
         for item in list.as_array().map(Vec::as_slice).unwrap_or_default() {
             let field = |k: &str| item.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+            let labels = item.get("labels").and_then(Value::as_object).into_iter().flatten();
+            let labels: Vec<String> = labels.map(|(k, v)| format!("{k}:{}", v.as_str().unwrap_or_default())).collect();
             println!(
-                "{}\t{}\t{}\t{}",
+                "{}\t{}\t{}\t{}\t{}",
                 field("instanceId"),
                 field("runtimeStatus"),
                 field("name"),
-                field("createdTime")
+                field("createdTime"),
+                labels.join(",")
             );
         }
         Ok(())

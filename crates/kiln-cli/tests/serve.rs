@@ -83,6 +83,17 @@ fn cli_commands_drive_a_running_server() {
     let status: Value = serde_json::from_str(&ok(&server.cli(&["status", "job-1"]))).unwrap();
     assert_eq!(status["runtimeStatus"], "Completed");
     assert!(ok(&server.cli(&["list", "--status", "Completed"])).contains("job-1\tCompleted\treport_job"));
+    // Labels: attached at start, shown by `list`, and listed by.
+    let input = r#"{"customer_id":"c-2","operation":"daily","delay_seconds":0}"#;
+    let labels = ["--label", "customer_id:c-2", "--label", "region:eu"];
+    ok(&server.cli(&[&["start", "report_job", "--input", input, "--id", "job-2", "--wait"][..], &labels].concat()));
+    let listed = ok(&server.cli(&["list", "--label", "customer_id:c-2"]));
+    assert!(listed.starts_with("job-2\t") && listed.trim_end().ends_with("\tcustomer_id:c-2,region:eu"), "{listed}");
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(ok(&server.cli(&["list", "--label", "customer_id:c-2", "--label", "region:us"])).is_empty());
+    let refused = server.cli(&["list", "--label", "no-colon"]);
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("key:value"));
+    assert_eq!(ok(&server.cli(&["purge", "job-2"])).trim(), "1");
     let history: Value = serde_json::from_str(&ok(&server.cli(&["history", "job-1"]))).unwrap();
     assert_eq!(history[0]["EventType"], "ExecutionStarted");
     // `history export` gives what `replay_history` replays: today's code replays it, a change

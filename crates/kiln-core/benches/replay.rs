@@ -18,6 +18,8 @@ fn stored_history(steps: u64) -> Vec<String> {
             input: input.clone(),
             parent: None,
             features: kiln_core::features::CURRENT,
+            labels: Default::default(),
+            correlation: None,
         },
     )];
     for step in 0..steps {

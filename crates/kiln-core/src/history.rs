@@ -5,7 +5,7 @@
 //! an `EventId` equal to the step's sequence number; completions point back at it through
 //! `TaskScheduledId` (for timers, `TimerId`).
 
-use crate::{ActivityTimeouts, FailureDetails, Payload, RuntimeStatus, Timestamp};
+use crate::{ActivityTimeouts, Correlation, FailureDetails, Labels, Payload, RuntimeStatus, Timestamp};
 use serde::{Deserialize, Serialize};
 
 /// One entry of an instance's history.
@@ -76,6 +76,14 @@ pub enum EventKind {
         /// before there were any.
         #[serde(default, skip_serializing_if = "is_zero")]
         features: u32,
+        /// The business ids the starter attached (carried on by continue-as-new and to
+        /// sub-orchestrations).
+        #[serde(default, skip_serializing_if = "Labels::is_empty")]
+        labels: Labels,
+        /// The correlation id and trace context of the request that started the instance; none
+        /// in histories written before there were any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        correlation: Option<Correlation>,
     },
     /// The execution ended.
     ExecutionCompleted {

@@ -4,16 +4,19 @@
 //! absolute status URL (with a per-instance token) as `Location` and `Operation-Location`, an
 //! integer `Retry-After`, and a small body. With an `Idempotency-Key`, a repeat of the same
 //! request returns the same instance; a different request with the key gets 422; a repeat
-//! while the first is still being processed gets 409.
+//! while the first is still being processed gets 409. The instance keeps the request's
+//! correlation (see [`crate::correlation`]), returned as `X-Correlation-ID`, and the labels the
+//! starter gives it.
 
 use crate::problem::Problem;
 use crate::token::Scopes;
-use crate::{KilnHttp, retry_after, urls};
+use crate::{KilnHttp, correlation, retry_after, urls};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use kiln::{Payload, StartOptions, Started, Timestamp};
+use kiln::{Labels, Payload, StartOptions, Started, Timestamp};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Longest `Idempotency-Key` accepted.
@@ -26,11 +29,22 @@ pub struct AcceptOptions {
     pub instance_id: Option<String>,
     /// What the status URL's token allows (default: read and cancel).
     pub scopes: Scopes,
+    /// Business ids to attach to the instance (see [`kiln::Labels`] for the rules; labels that
+    /// break them get a `400`).
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Default for AcceptOptions {
     fn default() -> Self {
-        AcceptOptions { instance_id: None, scopes: Scopes::ALL }
+        AcceptOptions { instance_id: None, scopes: Scopes::ALL, labels: BTreeMap::new() }
+    }
+}
+
+impl AcceptOptions {
+    /// Adds a label: `AcceptOptions::default().label("customer_id", &body.customer_id)`.
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> AcceptOptions {
+        self.labels.insert(key.into(), value.into());
+        self
     }
 }
 
@@ -81,9 +95,12 @@ impl KilnHttp {
     ) -> Result<Response, Problem> {
         let payload = Payload::encode(input)
             .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, format!("input is not valid JSON: {e}")))?;
-        let start = StartOptions { instance_id: options.instance_id, version: None };
+        let labels =
+            Labels::try_from(options.labels).map_err(|e| Problem::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+        let correlation = correlation::from_request(headers)?;
+        let start = StartOptions { instance_id: options.instance_id, version: None, labels, correlation };
         let client = self.client();
-        let Started { instance_id, created_at } = match idempotency_key(headers)? {
+        let Started { instance_id, created_at, correlation } = match idempotency_key(headers)? {
             Some(key) => {
                 let _guard = self.enter(&key)?;
                 let fingerprint = fingerprint(orchestration, &payload);
@@ -108,6 +125,7 @@ impl KilnHttp {
             headers.insert(HeaderName::from_static("operation-location"), location);
         }
         headers.insert(header::RETRY_AFTER, HeaderValue::from(retry));
+        correlation::add_to_response(headers, correlation.as_ref());
         Ok(response)
     }
 

@@ -17,6 +17,7 @@
 
 mod accepted;
 pub mod auth;
+pub mod correlation;
 pub mod extract;
 pub mod hosts;
 mod management;

@@ -318,6 +318,8 @@ mod tests {
             waiting_on: Vec::new(),
             parent: None,
             history_len: 3,
+            labels: Default::default(),
+            correlation: None,
         };
         let written = serde_json::to_value(monitor(&record)).unwrap_or_default();
         assert_eq!(written["output"], json!({"a": [1, "two"]}));

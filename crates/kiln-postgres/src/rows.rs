@@ -1,7 +1,8 @@
 //! Row encoding shared by the PostgreSQL store's queries.
 
 use kiln_core::{
-    ActivityTimeouts, FailureDetails, HistoryEvent, ParentInstance, Payload, RuntimeStatus, Timestamp, WaitingOn,
+    ActivityTimeouts, Correlation, FailureDetails, HistoryEvent, Labels, ParentInstance, Payload, RuntimeStatus,
+    Timestamp, WaitingOn,
 };
 use kiln_store::{ActivityWorkItem, InstanceRecord, Lease, NewActivity, StoreError};
 use serde::Serialize;
@@ -10,13 +11,16 @@ use tokio_postgres::error::SqlState;
 
 /// The instance columns [`instance`] reads, in order.
 pub const INSTANCE_COLUMNS: &str = "instance_id, name, version, execution, status, input, output, failure, \
-     custom_status, created_at, updated_at, waiting_on, parent, history_len";
+     custom_status, created_at, updated_at, waiting_on, parent, history_len, labels, correlation";
+
+/// How many columns [`INSTANCE_COLUMNS`] names (a claim's lease columns follow them).
+pub const INSTANCE_COLUMN_COUNT: usize = 16;
 
 /// The same columns qualified with the table name (for `UPDATE … RETURNING` with joins).
 pub const QUALIFIED_INSTANCE_COLUMNS: &str = "instances.instance_id, instances.name, instances.version, \
      instances.execution, instances.status, instances.input, instances.output, instances.failure, \
      instances.custom_status, instances.created_at, instances.updated_at, instances.waiting_on, \
-     instances.parent, instances.history_len";
+     instances.parent, instances.history_len, instances.labels, instances.correlation";
 
 /// Reads an instance row selected with [`INSTANCE_COLUMNS`].
 pub fn instance(row: &Row) -> Result<InstanceRecord, StoreError> {
@@ -44,6 +48,15 @@ pub fn instance(row: &Row) -> Result<InstanceRecord, StoreError> {
         },
         parent: parent.map(|p| from_json::<ParentInstance>(&p, "parent")).transpose()?,
         history_len: row.try_get::<_, i64>(13).map_err(backend)? as u64,
+        labels: row
+            .try_get::<_, Option<String>>(14)
+            .map_err(backend)?
+            .map_or_else(|| Ok(Labels::default()), |text| from_json(&text, "labels"))?,
+        correlation: row
+            .try_get::<_, Option<String>>(15)
+            .map_err(backend)?
+            .map(|text| from_json::<Correlation>(&text, "correlation"))
+            .transpose()?,
     })
 }
 

@@ -95,6 +95,19 @@ ALTER TABLE activities ADD COLUMN IF NOT EXISTS heartbeat_ms BIGINT;
 ALTER TABLE activities ADD COLUMN IF NOT EXISTS first_scheduled_at BIGINT;
 ALTER TABLE activities ADD COLUMN IF NOT EXISTS heartbeat TEXT;
 "#,
+    // Version 5: an instance's labels (the JSON object shown, and one row per label to find it
+    // by) and its correlation.
+    r#"
+ALTER TABLE instances ADD COLUMN IF NOT EXISTS labels TEXT;
+ALTER TABLE instances ADD COLUMN IF NOT EXISTS correlation TEXT;
+CREATE TABLE IF NOT EXISTS instance_labels (
+    key         TEXT NOT NULL,
+    value       TEXT NOT NULL,
+    instance_id TEXT NOT NULL,
+    PRIMARY KEY (key, value, instance_id)
+);
+CREATE INDEX IF NOT EXISTS instance_labels_by_instance ON instance_labels (instance_id);
+"#,
 ];
 
 /// The schema version this build writes.

@@ -745,6 +745,14 @@ impl Store for PostgresStore {
             params.push(Box::new(prefix.clone()));
             sql.push_str(&format!(" AND left(instance_id, length(${n})) = ${n}", n = params.len()));
         }
+        for label in &query.labels {
+            params.push(Box::new(label.key.clone()));
+            params.push(Box::new(label.value.clone()));
+            let (k, v) = (params.len() - 1, params.len());
+            sql.push_str(&format!(
+                " AND instance_id IN (SELECT instance_id FROM instance_labels WHERE key = ${k} AND value = ${v})"
+            ));
+        }
         if let Some(after) = &query.after {
             params.push(Box::new(after.created_at.0));
             params.push(Box::new(after.instance_id.clone()));

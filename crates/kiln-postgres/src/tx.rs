@@ -84,6 +84,7 @@ async fn delete_instance_rows(tx: &impl GenericClient, instance_id: &str) -> Sto
         "DELETE FROM history WHERE instance_id = $1",
         "DELETE FROM inbox WHERE instance_id = $1",
         "DELETE FROM activities WHERE instance_id = $1",
+        "DELETE FROM instance_labels WHERE instance_id = $1",
     ] {
         cached::execute(tx, sql, &[&instance_id]).await.map_err(backend)?;
     }
@@ -108,10 +109,12 @@ pub async fn create_instance_tx(tx: &impl GenericClient, instance: &NewInstance)
 /// Inserts an instance's row (status `Pending`); `AlreadyExists` if the id is taken.
 pub async fn insert_instance_row(tx: &impl GenericClient, instance: &NewInstance, execution: u64) -> StoreResult<()> {
     let parent = instance.parent.as_ref().map(to_json).transpose()?;
+    let labels = if instance.labels.is_empty() { None } else { Some(to_json(&instance.labels)?) };
+    let correlation = instance.correlation.as_ref().map(to_json).transpose()?;
     let inserted = cached::execute(
         tx,
         "INSERT INTO instances (instance_id, name, version, execution, status, input, created_at, updated_at, \
-             parent, parent_instance_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9)",
+             parent, parent_instance_id, labels, correlation) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11)",
         &[
             &instance.instance_id,
             &instance.name,
@@ -122,6 +125,8 @@ pub async fn insert_instance_row(tx: &impl GenericClient, instance: &NewInstance
             &instance.created_at.0,
             &parent,
             &instance.parent.as_ref().map(|p| p.instance_id.as_str()),
+            &labels,
+            &correlation,
         ],
     )
     .await;
@@ -131,6 +136,16 @@ pub async fn insert_instance_row(tx: &impl GenericClient, instance: &NewInstance
             return Err(StoreError::AlreadyExists(instance.instance_id.clone(), RuntimeStatus::Pending));
         }
         Err(err) => return Err(backend(err)),
+    }
+    if !instance.labels.is_empty() {
+        let (keys, values): (Vec<&str>, Vec<&str>) = instance.labels.iter().unzip();
+        cached::execute(
+            tx,
+            "INSERT INTO instance_labels (key, value, instance_id) SELECT k, v, $3 FROM unnest($1::text[], $2::text[]) AS l(k, v)",
+            &[&keys, &values, &instance.instance_id],
+        )
+        .await
+        .map_err(backend)?;
     }
     Ok(())
 }
@@ -202,10 +217,10 @@ async fn any_message_waiting(tx: &impl GenericClient, instance_ids: &[String]) -
 pub async fn claimed_work(client: &Object, row: &Row, at: i64) -> StoreResult<OrchestrationWorkItem> {
     let instance = rows::instance(row)?;
     let lease = Lease {
-        token: row.try_get::<_, i64>(14).map_err(backend)? as u64,
-        expires_at: Timestamp(row.try_get(15).map_err(backend)?),
+        token: row.try_get::<_, i64>(rows::INSTANCE_COLUMN_COUNT).map_err(backend)? as u64,
+        expires_at: Timestamp(row.try_get(rows::INSTANCE_COLUMN_COUNT + 1).map_err(backend)?),
     };
-    let dequeue_count = row.try_get::<_, i32>(16).map_err(backend)? as u32;
+    let dequeue_count = row.try_get::<_, i32>(rows::INSTANCE_COLUMN_COUNT + 2).map_err(backend)? as u32;
     let messages = cached::query(
         client,
         "SELECT id, execution, event FROM inbox WHERE instance_id = $1 \

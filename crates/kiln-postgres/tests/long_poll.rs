@@ -19,6 +19,8 @@ async fn a_waiter_sees_a_change_whose_notification_was_lost() {
         parent: None,
         created_at: Timestamp(1),
         execution: 0,
+        labels: Default::default(),
+        correlation: None,
     };
     store.create_instance(instance).await.unwrap();
     let mut subscription = store.watchers().subscribe("quiet");

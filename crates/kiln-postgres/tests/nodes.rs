@@ -32,6 +32,8 @@ fn new_instance(id: &str, version: &str) -> NewInstance {
         parent: None,
         created_at: now(),
         execution: 0,
+        labels: Default::default(),
+        correlation: None,
     }
 }
 

@@ -69,6 +69,8 @@ async fn pages_neither_skip_nor_repeat_under_a_non_c_collation() {
             parent: None,
             created_at,
             execution: 0,
+            labels: Default::default(),
+            correlation: None,
         };
         store.create_instance(instance).await.unwrap();
     }

@@ -27,6 +27,8 @@ fn instance(id: &str) -> NewInstance {
         parent: None,
         created_at: now(),
         execution: 0,
+        labels: Default::default(),
+        correlation: None,
     }
 }
 

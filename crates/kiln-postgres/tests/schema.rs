@@ -56,6 +56,37 @@ async fn activities_queued_before_version_4_survive_the_upgrade() {
     let _ = driver.await;
 }
 
+/// An instance stored before schema version 5 has no labels and no correlation once the schema
+/// is upgraded, and a label filter does not find it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_from_before_version_5_have_no_labels() {
+    use kiln_store::{InstanceQuery, Store};
+    let Some((_store, _guard)) = common::fresh_store().await else { return };
+    let options = common::fresh_options();
+    let schema = options.schema.clone().unwrap_or_default();
+    let _cleanup = common::SchemaGuard::new(&schema);
+    PostgresStore::connect(options.clone()).await.unwrap().shutdown().await;
+    let (client, connection) = tokio_postgres::connect(&common::database_url(), tokio_postgres::NoTls).await.unwrap();
+    let driver = tokio::spawn(connection);
+    client
+        .batch_execute(&format!(
+            "DROP TABLE \"{schema}\".instance_labels; \
+             ALTER TABLE \"{schema}\".instances DROP COLUMN labels, DROP COLUMN correlation; \
+             INSERT INTO \"{schema}\".instances (instance_id, name, version, execution, status, input, created_at, \
+             updated_at) VALUES ('old', 'o', '', 1, 1, 'null', 1, 1); UPDATE \"{schema}\".kiln_schema SET version = 4"
+        ))
+        .await
+        .unwrap();
+    let store = PostgresStore::connect(options).await.unwrap();
+    let old = store.get_instance("old").await.unwrap().unwrap();
+    assert!(old.labels.is_empty() && old.correlation.is_none(), "{old:?}");
+    let query = InstanceQuery { labels: vec!["k:v".parse().unwrap()], page_size: 10, ..Default::default() };
+    assert!(store.list_instances(&query).await.unwrap().instances.is_empty());
+    store.shutdown().await;
+    drop(client);
+    let _ = driver.await;
+}
+
 /// Names PostgreSQL would fold (upper case) or whose channel `pg_notify` refuses (too long)
 /// are refused before anything is created; a 58-character name still works end to end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,6 +28,8 @@ async fn start_and_commit(store: &dyn Store) {
         parent: None,
         created_at: now,
         execution: 0,
+        labels: Default::default(),
+        correlation: None,
     };
     store.create_instance(instance).await.unwrap();
     let item = loop {

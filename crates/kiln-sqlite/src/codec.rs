@@ -1,13 +1,15 @@
 //! Encoding of records to and from SQLite columns.
 
-use kiln_core::{FailureDetails, HistoryEvent, ParentInstance, Payload, RuntimeStatus, Timestamp, WaitingOn};
+use kiln_core::{
+    Correlation, FailureDetails, HistoryEvent, Labels, ParentInstance, Payload, RuntimeStatus, Timestamp, WaitingOn,
+};
 use kiln_store::{InstanceRecord, StoreError};
 use rusqlite::Row;
 use serde::Serialize;
 
 /// The columns [`instance_from_row`] reads, in order.
 pub const INSTANCE_COLUMNS: &str = "instance_id, name, version, execution, status, input, output, failure, \
-     custom_status, created_at, updated_at, waiting_on, parent, history_len";
+     custom_status, created_at, updated_at, waiting_on, parent, history_len, labels, correlation";
 
 /// Encodes a value as JSON text for a column.
 pub fn to_json<T: Serialize>(value: &T) -> Result<String, StoreError> {
@@ -81,7 +83,24 @@ pub fn instance_from_row(row: &Row<'_>) -> Result<InstanceRecord, StoreError> {
         },
         parent: parent.map(|p| from_json::<ParentInstance>(&p, "parent")).transpose()?,
         history_len: row.get::<_, i64>(13).map_err(get_err)? as u64,
+        labels: labels_from_column(row.get(14).map_err(get_err)?)?,
+        correlation: correlation_from_column(row.get(15).map_err(get_err)?)?,
     })
+}
+
+/// The `labels` column: NULL when there are none.
+pub fn labels_column(labels: &Labels) -> Result<Option<String>, StoreError> {
+    if labels.is_empty() { Ok(None) } else { to_json(labels).map(Some) }
+}
+
+/// Reads the `labels` column.
+pub fn labels_from_column(column: Option<String>) -> Result<Labels, StoreError> {
+    column.map_or_else(|| Ok(Labels::default()), |text| from_json(&text, "labels"))
+}
+
+/// Reads the `correlation` column.
+pub fn correlation_from_column(column: Option<String>) -> Result<Option<Correlation>, StoreError> {
+    column.map(|text| from_json(&text, "correlation")).transpose()
 }
 
 /// Maps a SQLite error to a store error: a full disk, an I/O error, memory or the database

@@ -4,12 +4,16 @@
 //! [`Effect`]s those rows have on the in-memory state. The writer thread (`writer`) owns the
 //! transaction: it applies the effects only once the rows are durable, and drops them if not.
 
-use crate::codec::{backend, encode_event, encode_events, from_json, to_json, to_json_opt};
+use crate::codec::{
+    backend, correlation_from_column, encode_event, encode_events, from_json, labels_column, labels_from_column,
+    to_json, to_json_opt,
+};
 use crate::queue::ActivityEntry;
 use crate::records::RecordChange;
 use crate::shared::now;
 use kiln_core::{
-    EventKind, FailureDetails, HistoryEvent, ParentInstance, Payload, RuntimeStatus, Timestamp, WaitingOn, error_types,
+    Correlation, EventKind, FailureDetails, HistoryEvent, Labels, ParentInstance, Payload, RuntimeStatus, Timestamp,
+    WaitingOn, error_types,
 };
 use kiln_store::{
     IdempotencyKey, IdempotentStart, InboxMessage, InstanceRecord, Lease, NewActivity, NewInstance, PageCursor,
@@ -314,6 +318,8 @@ fn create_instance(conn: &Connection, instance: &NewInstance, effects: &mut Vec<
         waiting_on: Vec::new(),
         parent: instance.parent.clone(),
         history_len: 0,
+        labels: instance.labels.clone(),
+        correlation: instance.correlation.clone(),
     };
     insert_instance_row(conn, &record)?;
     insert_message(conn, &instance.instance_id, Some(execution), &instance.started_event(), None, effects)?;
@@ -326,10 +332,12 @@ fn insert_instance_row(conn: &Connection, record: &InstanceRecord) -> StoreResul
     let failure = to_json_opt(record.failure.as_ref())?;
     let waiting_on = waiting_on_column(&record.waiting_on)?;
     let parent = to_json_opt(record.parent.as_ref())?;
+    let labels = labels_column(&record.labels)?;
+    let correlation = to_json_opt(record.correlation.as_ref())?;
     conn.prepare_cached(
         "INSERT INTO instances (instance_id, name, version, execution, status, input, output, failure, \
-         custom_status, created_at, updated_at, waiting_on, parent, parent_instance_id, history_len) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+         custom_status, created_at, updated_at, waiting_on, parent, parent_instance_id, history_len, labels, \
+         correlation) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -348,9 +356,19 @@ fn insert_instance_row(conn: &Connection, record: &InstanceRecord) -> StoreResul
             parent,
             record.parent.as_ref().map(|p| p.instance_id.as_str()),
             record.history_len as i64,
+            labels,
+            correlation,
         ])
     })
     .map_err(backend)?;
+    if !record.labels.is_empty() {
+        let mut insert = conn
+            .prepare_cached("INSERT INTO instance_labels (key, value, instance_id) VALUES (?1, ?2, ?3)")
+            .map_err(backend)?;
+        for (key, value) in record.labels.iter() {
+            insert.execute(params![key, value, record.instance_id]).map_err(backend)?;
+        }
+    }
     Ok(())
 }
 
@@ -382,6 +400,8 @@ fn create_with_first_turn(
             created_at: instance.created_at,
             parent: instance.parent.clone(),
             history_len: 0,
+            labels: instance.labels.clone(),
+            correlation: instance.correlation.clone(),
         },
     );
     insert_instance_row(conn, &record)?;
@@ -427,6 +447,8 @@ struct Unchanged {
     parent: Option<ParentInstance>,
     /// History length before the turn.
     history_len: u64,
+    labels: Labels,
+    correlation: Option<Correlation>,
 }
 
 /// The instance's record after `turn`.
@@ -447,6 +469,8 @@ fn record_after_turn(turn: &TurnCommit, unchanged: Unchanged) -> InstanceRecord 
         waiting_on: turn.waiting_on.clone(),
         parent: unchanged.parent,
         history_len: kept + turn.history.events().len() as u64,
+        labels: unchanged.labels,
+        correlation: unchanged.correlation,
     }
 }
 
@@ -455,21 +479,25 @@ fn commit_turn(conn: &Connection, turn: &TurnCommit, effects: &mut Vec<Effect>) 
     // The unchanged columns are read first: with them the commit knows the new record in full.
     // (A separate read is cheaper than `UPDATE … RETURNING`, which builds a temporary table.)
     let unchanged = conn
-        .prepare_cached("SELECT name, created_at, parent, history_len FROM instances WHERE instance_id = ?1")
+        .prepare_cached(
+            "SELECT name, created_at, parent, history_len, labels, correlation FROM instances WHERE instance_id = ?1",
+        )
         .and_then(|mut s| {
             s.query_row([&turn.instance_id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get::<_, Option<String>>(2)?, r.get::<_, i64>(3)?))
+                Ok((r.get(0)?, r.get(1)?, r.get::<_, Option<String>>(2)?, r.get::<_, i64>(3)?, r.get(4)?, r.get(5)?))
             })
             .optional()
         })
         .map_err(backend)?;
-    let (name, created_at, parent, history_len) =
+    let (name, created_at, parent, history_len, labels, correlation) =
         unchanged.ok_or_else(|| StoreError::NotFound(turn.instance_id.clone()))?;
     let unchanged = Unchanged {
         name,
         created_at: Timestamp(created_at),
         parent: parent.map(|p| from_json::<ParentInstance>(&p, "parent")).transpose()?,
         history_len: history_len as u64,
+        labels: labels_from_column(labels)?,
+        correlation: correlation_from_column(correlation)?,
     };
     let record = record_after_turn(turn, unchanged);
     let failure = to_json_opt(record.failure.as_ref())?;
@@ -608,6 +636,7 @@ fn delete_rows(conn: &Connection, instance_id: &str) -> StoreResult<()> {
         "DELETE FROM history WHERE instance_id = ?1",
         "DELETE FROM inbox WHERE instance_id = ?1",
         "DELETE FROM activities WHERE instance_id = ?1",
+        "DELETE FROM instance_labels WHERE instance_id = ?1",
         "DELETE FROM instances WHERE instance_id = ?1",
     ] {
         conn.prepare_cached(sql).and_then(|mut s| s.execute([instance_id])).map_err(backend)?;

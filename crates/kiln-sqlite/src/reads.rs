@@ -160,6 +160,15 @@ pub fn list_instances(conn: &Connection, query: &InstanceQuery) -> StoreResult<I
         args.push(Value::Text(prefix.clone()));
         sql.push_str(&format!(" AND substr(instance_id, 1, length(?{n})) = ?{n}", n = args.len()));
     }
+    for label in &query.labels {
+        args.push(Value::Text(label.key.clone()));
+        args.push(Value::Text(label.value.clone()));
+        let n = args.len();
+        sql.push_str(&format!(
+            " AND instance_id IN (SELECT instance_id FROM instance_labels WHERE key = ?{} AND value = ?{n})",
+            n - 1
+        ));
+    }
     if let Some(after) = &query.after {
         args.push(Value::Integer(after.created_at.0));
         let t = args.len();

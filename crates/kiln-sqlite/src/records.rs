@@ -118,6 +118,8 @@ mod tests {
             waiting_on: Vec::new(),
             parent: None,
             history_len: 0,
+            labels: Default::default(),
+            correlation: None,
         }
     }
 

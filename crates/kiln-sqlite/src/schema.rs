@@ -77,6 +77,19 @@ ALTER TABLE activities ADD COLUMN heartbeat_ms INTEGER;
 ALTER TABLE activities ADD COLUMN first_scheduled_at INTEGER;
 ALTER TABLE activities ADD COLUMN heartbeat TEXT;
 "#,
+    // Version 5: an instance's labels (the JSON object shown, and one row per label to find it
+    // by) and its correlation.
+    r#"
+ALTER TABLE instances ADD COLUMN labels TEXT;
+ALTER TABLE instances ADD COLUMN correlation TEXT;
+CREATE TABLE instance_labels (
+    key         TEXT NOT NULL,
+    value       TEXT NOT NULL,
+    instance_id TEXT NOT NULL,
+    PRIMARY KEY (key, value, instance_id)
+) WITHOUT ROWID;
+CREATE INDEX instance_labels_by_instance ON instance_labels (instance_id);
+"#,
 ];
 
 /// The schema version this build writes.

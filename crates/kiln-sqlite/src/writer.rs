@@ -281,6 +281,8 @@ mod tests {
             parent: None,
             created_at: Timestamp(1),
             execution,
+            labels: Default::default(),
+            correlation: None,
         }
     }
 

@@ -88,6 +88,7 @@ async fn activities_queued_before_version_4_survive_the_upgrade() {
     let path = dir.path().join("kiln.db");
     drop(open(&path).unwrap());
     let conn = rusqlite::Connection::open(&path).unwrap();
+    undo_version_5(&conn);
     for column in ["start_to_close_ms", "schedule_to_close_ms", "heartbeat_ms", "first_scheduled_at", "heartbeat"] {
         conn.execute_batch(&format!("ALTER TABLE activities DROP COLUMN {column}")).unwrap();
     }
@@ -103,5 +104,42 @@ async fn activities_queued_before_version_4_survive_the_upgrade() {
     let [item] = claimed.as_slice() else { panic!("the queued activity is claimed: {claimed:?}") };
     assert_eq!((item.activity.name.as_str(), item.activity.timeouts), ("work", Default::default()));
     assert_eq!(item.activity.heartbeat, None);
+    store.shutdown().await;
+}
+
+/// Takes a database back to schema version 4 (before labels and correlation).
+fn undo_version_5(conn: &rusqlite::Connection) {
+    conn.execute_batch(
+        "DROP TABLE instance_labels; ALTER TABLE instances DROP COLUMN labels; \
+         ALTER TABLE instances DROP COLUMN correlation; PRAGMA user_version = 4;",
+    )
+    .unwrap();
+}
+
+/// An instance stored before schema version 5 has no labels and no correlation, and a label
+/// filter does not find it.
+#[tokio::test]
+async fn instances_from_before_version_5_have_no_labels() {
+    use kiln_store::{InstanceQuery, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kiln.db");
+    drop(open(&path).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    undo_version_5(&conn);
+    conn.execute_batch(
+        "INSERT INTO instances (instance_id, name, version, execution, status, input, created_at, updated_at) \
+         VALUES ('old', 'o', '', 1, 1, 'null', 1, 1)",
+    )
+    .unwrap();
+    drop(conn);
+    let store = open(&path).unwrap();
+    let old = store.get_instance("old").await.unwrap().unwrap();
+    assert!(old.labels.is_empty() && old.correlation.is_none(), "{old:?}");
+    let query = InstanceQuery { labels: vec!["k:v".parse().unwrap()], page_size: 10, ..Default::default() };
+    assert!(store.list_instances(&query).await.unwrap().instances.is_empty());
+    assert_eq!(
+        store.list_instances(&InstanceQuery { page_size: 10, ..Default::default() }).await.unwrap().instances.len(),
+        1
+    );
     store.shutdown().await;
 }

@@ -20,7 +20,8 @@ use crate::{
     NewSubOrchestration, OrchestrationWorkItem, OutgoingMessage, PurgeFilter, Store, StoreError, TurnCommit,
 };
 use kiln_core::{
-    ActivityTimeouts, EventKind, FailureDetails, HistoryEvent, ParentInstance, Payload, RuntimeStatus, Timestamp,
+    ActivityTimeouts, Correlation, EventKind, FailureDetails, HistoryEvent, LabelFilter, Labels, ParentInstance,
+    Payload, RuntimeStatus, Timestamp, TraceContext,
 };
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -51,6 +52,7 @@ macro_rules! conformance_tests {
             message_to_unknown_instance_is_not_found,
             ids_no_instance_can_have_are_absent,
             list_filters_and_keyset_pages,
+            labels_and_correlation_are_kept_and_listed_by,
             purge_cascades_and_refuses_unfinished,
             bulk_purge_takes_children_whose_parent_is_gone,
             purge_filters_by_name_and_finish_time_and_spares_waiting_messages,
@@ -93,6 +95,8 @@ fn new_instance(id: &str, created_at: Timestamp) -> NewInstance {
         parent: None,
         created_at,
         execution: 0,
+        labels: Default::default(),
+        correlation: None,
     }
 }
 
@@ -465,6 +469,74 @@ pub async fn list_filters_and_keyset_pages(store: &dyn Store) {
         ..Default::default()
     };
     assert_eq!(store.list_instances(&window).await.unwrap().instances.len(), 2);
+}
+
+fn labelled(id: &str, labels: &[(&str, &str)]) -> NewInstance {
+    let trace = TraceContext::new([7; 16], [9; 8], true);
+    NewInstance {
+        labels: Labels::new(labels.iter().copied()).unwrap(),
+        correlation: Some(Correlation { id: format!("corr-{id}"), trace }),
+        ..new_instance(id, now())
+    }
+}
+
+async fn ids_labelled(store: &dyn Store, filters: &[&str]) -> Vec<String> {
+    let labels: Vec<LabelFilter> = filters.iter().map(|f| f.parse().unwrap()).collect();
+    let mut query = InstanceQuery { labels, page_size: 1, ..Default::default() };
+    let mut ids = Vec::new();
+    loop {
+        let page = store.list_instances(&query).await.unwrap();
+        ids.extend(page.instances.iter().map(|r| r.instance_id.clone()));
+        match page.next {
+            Some(next) => query.after = Some(next),
+            None => return ids,
+        }
+    }
+}
+
+/// Labels and the correlation stay with the instance through its turns, whichever way it was
+/// created; a listing filters by every label asked (AND); a replaced or purged instance's labels
+/// find nothing any more.
+pub async fn labels_and_correlation_are_kept_and_listed_by(store: &dyn Store) {
+    let a = labelled("a", &[("customer_id", "c1"), ("region", "eu")]);
+    store.create_instance(a.clone()).await.unwrap();
+    store.create_instance(labelled("b", &[("customer_id", "c2"), ("region", "eu")])).await.unwrap();
+    let c = labelled("c", &[("customer_id", "c1")]);
+    let item = c.first_work_item();
+    store.create_instance_with_first_turn(c, running_commit(&item)).await.unwrap();
+    for _ in 0..2 {
+        let item = fetch(store).await;
+        store.commit_turn(running_commit(&item)).await.unwrap();
+    }
+    let stored = store.get_instance("a").await.unwrap().unwrap();
+    assert_eq!(
+        (stored.status, &stored.labels, &stored.correlation),
+        (RuntimeStatus::Running, &a.labels, &a.correlation)
+    );
+    let EventKind::ExecutionStarted { labels, correlation, .. } = &store.get_history("a").await.unwrap()[0].kind else {
+        panic!("the history starts with ExecutionStarted");
+    };
+    assert_eq!((labels, correlation), (&a.labels, &a.correlation), "the history keeps them too");
+    assert_eq!(store.get_instance("c").await.unwrap().unwrap().labels.get("customer_id"), Some("c1"));
+    assert_eq!(ids_labelled(store, &["customer_id:c1"]).await, ["a", "c"]);
+    assert_eq!(ids_labelled(store, &["region:eu"]).await, ["a", "b"]);
+    assert_eq!(ids_labelled(store, &["customer_id:c1", "region:eu"]).await, ["a"]);
+    assert!(ids_labelled(store, &["customer_id:nobody"]).await.is_empty());
+    assert!(ids_labelled(store, &["c1:customer_id"]).await.is_empty());
+
+    for id in ["a", "b"] {
+        let terminated = HistoryEvent::new(now(), EventKind::ExecutionTerminated { reason: None });
+        store.send_message(id, terminated).await.unwrap();
+        let item = fetch(store).await;
+        let mut commit = running_commit(&item);
+        commit.status = RuntimeStatus::Terminated;
+        store.commit_turn(commit).await.unwrap();
+    }
+    store.create_instance(new_instance("a", now())).await.unwrap();
+    assert!(store.get_instance("a").await.unwrap().unwrap().labels.is_empty(), "the new run has its own labels");
+    assert_eq!(ids_labelled(store, &["customer_id:c1"]).await, ["c"]);
+    assert_eq!(store.purge_instance("b").await.unwrap(), 1);
+    assert!(ids_labelled(store, &["region:eu"]).await.is_empty());
 }
 
 pub async fn purge_cascades_and_refuses_unfinished(store: &dyn Store) {

@@ -1,8 +1,8 @@
 //! The records a store keeps and hands out: instances, work items, messages and turn commits.
 
 use kiln_core::{
-    ActivityTimeouts, EventKind, FailureDetails, HistoryEvent, ParentInstance, Payload, RuntimeStatus, Timestamp,
-    WaitingOn,
+    ActivityTimeouts, Correlation, EventKind, FailureDetails, HistoryEvent, LabelFilter, Labels, ParentInstance,
+    Payload, RuntimeStatus, Timestamp, WaitingOn,
 };
 
 /// A request to create (start) an instance.
@@ -28,6 +28,10 @@ pub struct NewInstance {
     /// cached execution) cannot be taken for the new run's, and derived child ids and activity
     /// idempotency keys (both built from the execution number) differ.
     pub execution: u64,
+    /// The business ids its starter attached (a sub-orchestration gets its parent's).
+    pub labels: Labels,
+    /// Its correlation id and trace context.
+    pub correlation: Option<Correlation>,
 }
 
 impl NewInstance {
@@ -41,6 +45,8 @@ impl NewInstance {
                 input: self.input.clone(),
                 parent: self.parent.clone(),
                 features: kiln_core::features::CURRENT,
+                labels: self.labels.clone(),
+                correlation: self.correlation.clone(),
             },
         )
     }
@@ -65,6 +71,8 @@ impl NewInstance {
             waiting_on: Vec::new(),
             parent: self.parent.clone(),
             history_len: 0,
+            labels: self.labels.clone(),
+            correlation: self.correlation.clone(),
         };
         let started =
             InboxMessage { id: UNSTORED_MESSAGE_ID, execution: Some(self.execution), event: self.started_event() };
@@ -106,6 +114,10 @@ pub struct InstanceRecord {
     pub parent: Option<ParentInstance>,
     /// Number of events in the current execution's history.
     pub history_len: u64,
+    /// The business ids its starter attached.
+    pub labels: Labels,
+    /// Its correlation id and trace context (none for instances created before Kiln kept them).
+    pub correlation: Option<Correlation>,
 }
 
 /// A message waiting in an instance's inbox.
@@ -316,6 +328,8 @@ pub struct InstanceQuery {
     pub created_to: Option<Timestamp>,
     /// Instance id starts with.
     pub instance_id_prefix: Option<String>,
+    /// Carries every one of these labels.
+    pub labels: Vec<LabelFilter>,
     /// Page size (at least 1).
     pub page_size: usize,
     /// Continue after this position (from the previous page).

@@ -142,6 +142,7 @@ impl BulkOperation {
             created_from: self.created_from,
             created_to: self.created_to,
             instance_id_prefix: None,
+            labels: Vec::new(),
             page_size,
             after,
         }

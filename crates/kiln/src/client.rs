@@ -1,10 +1,10 @@
 //! [`KilnClient`]: start, query, signal and manage instances in-process. The HTTP layer is a thin
 //! shell around it.
 
-use crate::runtime::{Runtime, new_run_execution, wall_clock};
+use crate::runtime::{Runtime, correlate, new_run_execution, wall_clock};
 use kiln_core::{
-    EventKind, HistoryEvent, InvalidEventName, InvalidInstanceId, Payload, PayloadTooLarge, RuntimeStatus, Timestamp,
-    validate_event_name, validate_instance_id,
+    Correlation, EventKind, HistoryEvent, InvalidEventName, InvalidInstanceId, Labels, Payload, PayloadTooLarge,
+    RuntimeStatus, Timestamp, validate_event_name, validate_instance_id,
 };
 use kiln_store::{
     IdempotencyKey, IdempotentStart, InstancePage, InstanceQuery, InstanceRecord, NewInstance, PurgeFilter, StoreError,
@@ -112,6 +112,8 @@ pub struct Started {
     /// When it was created: an id reused after the instance finished (or was purged) gets a new
     /// creation, so this tells the runs of one id apart.
     pub created_at: Timestamp,
+    /// Its correlation (none for an instance created before Kiln kept them).
+    pub correlation: Option<Correlation>,
 }
 
 /// Options for starting an instance.
@@ -121,6 +123,11 @@ pub struct StartOptions {
     pub instance_id: Option<String>,
     /// The orchestration version; the default (last registered) otherwise.
     pub version: Option<String>,
+    /// Business ids to attach (shown in its status, and to list it by).
+    pub labels: Labels,
+    /// The caller's correlation (from its request); a new trace otherwise, whose trace id is
+    /// the correlation id.
+    pub correlation: Option<Correlation>,
 }
 
 /// Starts, queries and manages instances. Cheap to clone.
@@ -167,7 +174,11 @@ impl KilnClient {
     ) -> Result<Started, ClientError> {
         let generated_id = options.instance_id.is_none();
         let instance = self.new_instance(name, input, options)?;
-        let started = Started { instance_id: instance.instance_id.clone(), created_at: instance.created_at };
+        let started = Started {
+            instance_id: instance.instance_id.clone(),
+            created_at: instance.created_at,
+            correlation: instance.correlation.clone(),
+        };
         // A fresh id cannot clash with a stored instance, so its first turn can run now and be
         // written with the instance in one commit. (A caller's id may replace a finished
         // instance, which the store does while creating it; that takes the ordinary path.)
@@ -202,14 +213,23 @@ impl KilnClient {
     ) -> Result<(Started, bool), ClientError> {
         self.refuse_built_in(name, &options)?;
         let instance = self.new_instance(name, input, options)?;
-        let started = Started { instance_id: instance.instance_id.clone(), created_at: instance.created_at };
+        let started = Started {
+            instance_id: instance.instance_id.clone(),
+            created_at: instance.created_at,
+            correlation: instance.correlation.clone(),
+        };
         let expires_at = instance.created_at.plus_millis(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
         let key = IdempotencyKey { key: key.to_owned(), fingerprint: fingerprint.to_owned(), expires_at };
         match self.rt.store.create_instance_idempotent(instance, key).await? {
             IdempotentStart::Created => Ok((started, true)),
             IdempotentStart::Existing { instance_id } => {
                 let record = self.status(&instance_id).await?.ok_or(ClientError::NotFound(instance_id))?;
-                Ok((Started { instance_id: record.instance_id, created_at: record.created_at }, false))
+                let started = Started {
+                    instance_id: record.instance_id,
+                    created_at: record.created_at,
+                    correlation: record.correlation,
+                };
+                Ok((started, false))
             }
         }
     }
@@ -256,6 +276,8 @@ impl KilnClient {
             parent: None,
             created_at: wall_clock(),
             execution: new_run_execution(),
+            labels: options.labels,
+            correlation: Some(options.correlation.unwrap_or_else(|| correlate(None, None))),
         })
     }
 

@@ -51,6 +51,8 @@ fn started(input: &str) -> Vec<HistoryEvent> {
                 input: json(input),
                 parent: None,
                 features: kiln_core::features::CURRENT,
+                labels: Default::default(),
+                correlation: None,
             },
         ),
     ]

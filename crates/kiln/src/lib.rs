@@ -67,11 +67,12 @@ pub use failure::Failure;
 pub use history_check::{ExportedHistory, ReplayMismatch, replay_history};
 pub use retention::{InvalidRetention, Keep, Retention, RetentionPass, RetentionPolicy};
 pub use retry::{RetryCall, RetryPolicy};
-pub use runtime::MetricsSnapshot;
+pub use runtime::{MetricsSnapshot, correlate};
 
 pub use kiln_core::{
-    EventKind, FailureDetails, HistoryEvent, InvalidTimeout, MAX_ACTIVITY_TIMEOUT, Payload, PayloadLimits, ReplayError,
-    RuntimeStatus, Timestamp, WaitingOn, error_types, validate_event_name,
+    Correlation, EventKind, FailureDetails, HistoryEvent, InvalidLabel, InvalidTimeout, LabelFilter, Labels,
+    MAX_ACTIVITY_TIMEOUT, MAX_CORRELATION_ID_LEN, Payload, PayloadLimits, ReplayError, RuntimeStatus, Timestamp,
+    TraceContext, WaitingOn, error_types, validate_correlation_id, validate_event_name,
 };
 pub use kiln_sqlite::{OpenError, SqliteOptions, SqliteStore, Synchronous};
 pub use kiln_store::{

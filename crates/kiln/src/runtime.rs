@@ -129,3 +129,17 @@ pub(crate) fn wall_clock() -> Timestamp {
 pub(crate) fn new_run_execution() -> u64 {
     uuid::Uuid::new_v4().as_u64_pair().0 >> 24
 }
+
+/// A correlation from what a caller sent: its trace context, else a new (sampled) trace; its
+/// correlation id, else the trace id.
+pub fn correlate(trace: Option<kiln_core::TraceContext>, id: Option<String>) -> kiln_core::Correlation {
+    let trace = trace.unwrap_or_else(|| kiln_core::TraceContext::new(random_bytes(), random_bytes(), true));
+    kiln_core::Correlation { id: id.unwrap_or_else(|| trace.trace_id().to_owned()), trace }
+}
+
+/// `N` random bytes (at most 16).
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0; N];
+    bytes.copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..N]);
+    bytes
+}

@@ -641,6 +641,8 @@ fn apply_events(
                 input,
                 parent: instance.parent.clone(),
                 features: kiln_core::features::CURRENT,
+                labels: instance.labels.clone(),
+                correlation: instance.correlation.clone(),
             };
             commit.messages.push(to_self(instance, Some(next), HistoryEvent::new(now, restart), None));
             if preserve_unprocessed_events {
@@ -749,6 +751,8 @@ fn carry_out(rt: &Runtime, instance: &InstanceRecord, commit: &mut TurnCommit, a
                         }),
                         created_at: commit.now,
                         execution: new_run_execution(),
+                        labels: instance.labels.clone(),
+                        correlation: instance.correlation.clone(),
                     },
                 });
             }

@@ -63,7 +63,7 @@ async fn start_until_accepted(client: &kiln::KilnClient, tag: &str, n: u64) -> S
     let input = Payload::encode(&n).unwrap();
     loop {
         let started = if n.is_multiple_of(2) {
-            let options = StartOptions { instance_id: Some(format!("{tag}-job-{n}")), version: None };
+            let options = StartOptions { instance_id: Some(format!("{tag}-job-{n}")), ..Default::default() };
             let key = format!("{tag}-key-{n}");
             client
                 .start_idempotent("workflow", input.clone(), options, &key, "same", Duration::from_secs(3600))

@@ -559,3 +559,41 @@ async fn an_event_sent_under_a_name_no_client_could_raise_fails_the_sender() {
     }
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_and_correlation_carry_on_to_new_executions_and_sub_orchestrations() {
+    async fn parent(ctx: OrchestrationContext, restarts: u32) -> Result<u32, Failure> {
+        if restarts > 0 {
+            return ctx.continue_as_new(&(restarts - 1)).await;
+        }
+        ctx.call_sub_orchestration_with_id("child", &format!("{}-child", ctx.instance_id()), &()).await
+    }
+    async fn child(_ctx: OrchestrationContext, _: ()) -> Result<u32, Failure> {
+        Ok(7)
+    }
+    let t = TestKiln::start(Kiln::builder().orchestration("parent", parent).orchestration("child", child)).await;
+    let trace = kiln::TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None).unwrap();
+    let options = StartOptions {
+        instance_id: Some("job".into()),
+        labels: kiln::Labels::new([("customer_id", "cust-123")]).unwrap(),
+        correlation: Some(kiln::correlate(Some(trace), None)),
+        ..Default::default()
+    };
+    let started = t.client.start_instance("parent", Payload::encode(&2).unwrap(), options.clone()).await.unwrap();
+    assert_eq!(started.correlation, options.correlation);
+    let done = t.finish("job").await;
+    assert_eq!(output(&done), json!(7));
+    assert_eq!(done.input.as_str(), "0", "it continued as new twice");
+    let child = t.finish("job-child").await;
+    for record in [&done, &child] {
+        assert_eq!(record.labels, options.labels, "{}", record.instance_id);
+        assert_eq!(record.correlation, options.correlation, "{}", record.instance_id);
+        assert_eq!(record.correlation.as_ref().unwrap().id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+    // Without a correlation, a start begins a trace of its own, named by its trace id.
+    let started = t.client.start_instance("child", Payload::null(), StartOptions::default()).await.unwrap();
+    let correlation = t.finish(&started.instance_id).await.correlation.unwrap();
+    assert_eq!(correlation.id, correlation.trace.trace_id());
+    assert_eq!(Some(correlation), started.correlation);
+    t.stop().await;
+}

@@ -73,7 +73,7 @@ async fn an_instance_whose_version_is_not_deployed_here_waits_for_a_worker_that_
     let path = dir.path().join("kiln.db");
     let v2 = || Kiln::builder().orchestration_version("approve", "2", approve).activity("stamp", stamp);
     let kiln = start_on(v2(), &path).await;
-    let options = StartOptions { instance_id: Some("deploy".into()), version: Some("2".into()) };
+    let options = StartOptions { instance_id: Some("deploy".into()), version: Some("2".into()), ..Default::default() };
     kiln.client().start_with("approve", Payload::null(), options).await.unwrap();
     kiln.client().wait_until("deploy", DEADLINE, |r| !r.waiting_on.is_empty()).await.unwrap().unwrap();
     kiln.shutdown().await;
@@ -156,7 +156,7 @@ async fn hog(ctx: OrchestrationContext, millis: u64) -> Result<(), Failure> {
 
 /// Starts `hog` for `millis` under a fresh id and waits until it holds the worker.
 async fn hold_the_worker(client: &kiln::KilnClient, id: &str, millis: u64) {
-    let options = StartOptions { instance_id: Some(id.into()), version: None };
+    let options = StartOptions { instance_id: Some(id.into()), ..Default::default() };
     client.start_with("hog", Payload::encode(&millis).unwrap(), options).await.unwrap();
     let deadline = std::time::Instant::now() + DEADLINE;
     while !HOGGING.lock().unwrap().iter().any(|hogging| hogging == id) {
@@ -255,7 +255,7 @@ async fn continue_as_new_preserving_events_keeps_every_event_of_the_batch_in_ord
     let builder = Kiln::builder().orchestration("collect", collect).orchestration("hog", hog);
     let kiln = builder.config(config).sqlite(dir.path().join("kiln.db")).start().await.unwrap();
     let client = kiln.client();
-    let options = StartOptions { instance_id: Some("collect".into()), version: None };
+    let options = StartOptions { instance_id: Some("collect".into()), ..Default::default() };
     client.start_with("collect", Payload::encode(&Vec::<u32>::new()).unwrap(), options).await.unwrap();
     client.wait_until("collect", DEADLINE, |r| !r.waiting_on.is_empty()).await.unwrap().unwrap();
     // The only worker is busy: all four events land in the instance's next batch.
@@ -349,7 +349,7 @@ async fn a_result_from_a_purged_run_does_not_reach_a_new_instance_with_the_same_
         .orchestration("sleeper", sleeper)
         .activity("held", held);
     let t = TestKiln::start(builder).await;
-    let reuse = || StartOptions { instance_id: Some("reuse".into()), version: None };
+    let reuse = || StartOptions { instance_id: Some("reuse".into()), ..Default::default() };
     t.client.start_with("leaves_one_running", Payload::null(), reuse()).await.unwrap();
     t.finish("reuse").await;
     let deadline = std::time::Instant::now() + DEADLINE;
@@ -391,7 +391,7 @@ async fn a_run_created_under_a_purged_run_s_id_is_not_confused_with_it() {
         .orchestration("waits_for_a_child", waits_for_a_child)
         .orchestration("waits_for_go", waits_for_go);
     let t = TestKiln::start(builder).await;
-    let reuse = || StartOptions { instance_id: Some("family".into()), version: None };
+    let reuse = || StartOptions { instance_id: Some("family".into()), ..Default::default() };
     t.client.start_with("waits_for_a_child", Payload::from_json("false").unwrap(), reuse()).await.unwrap();
     let first = t.finish("family").await;
     let old_child = format!("family:{}:0", first.execution);

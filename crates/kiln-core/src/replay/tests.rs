@@ -20,6 +20,8 @@ pub(crate) fn started_kind() -> EventKind {
         input: Payload::null(),
         parent: None,
         features: crate::features::CURRENT,
+        labels: Default::default(),
+        correlation: None,
     }
 }
 

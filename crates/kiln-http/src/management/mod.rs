@@ -21,8 +21,8 @@ use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use kiln::{
-    ClientError, InstanceQuery, InstanceRecord, PageCursor, Payload, PurgeFilter, RuntimeStatus, StartOptions,
-    Timestamp,
+    ClientError, InstanceQuery, InstanceRecord, LabelFilter, Labels, PageCursor, Payload, PurgeFilter, RuntimeStatus,
+    StartOptions, Timestamp,
 };
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -160,6 +160,15 @@ fn parse_statuses(query: &QueryParams) -> Result<Vec<RuntimeStatus>, Problem> {
         .collect()
 }
 
+/// `labels=key:value,…` (repeatable): labels to start with, or that listed instances carry.
+fn parse_labels(query: &QueryParams) -> Result<Vec<LabelFilter>, Problem> {
+    query
+        .list("labels")
+        .iter()
+        .map(|text| text.parse().map_err(|e: kiln::InvalidLabel| bad_request(e.to_string())))
+        .collect()
+}
+
 async fn existing(http: &KilnHttp, id: &str) -> Result<InstanceRecord, Problem> {
     http.client().status(id).await.map_err(df)?.ok_or_else(|| df(ClientError::NotFound(id.to_owned())))
 }
@@ -174,6 +183,7 @@ async fn existing(http: &KilnHttp, id: &str) -> Result<InstanceRecord, Problem> 
         ("id" = Option<String>, Path, description = "Instance id (also `POST orchestrators/{name}` for a random one)"),
         ("timeout" = Option<f64>, Query, description = "Wait up to this many seconds for the result"),
         ("pollingInterval" = Option<f64>, Query, description = "Needed with `timeout`"),
+        ("labels" = Option<String>, Query, description = "Comma-separated `key:value` labels to attach"),
         ("code" = Option<String>, Query, description = "System key (public listener)"),
     ),
     request_body(content = Object, description = "The orchestration input (any JSON; empty means null)"),
@@ -201,8 +211,15 @@ async fn start(
         Payload::from_json(text).map_err(|e| bad_request(format!("Invalid JSON content: {e}")))?
     };
     let name = path.get("name");
-    let options = StartOptions { instance_id: path.0.get("id").cloned(), version: None };
-    let id = http.client().start_with(name, input, options).await.map_err(df)?;
+    let labels = parse_labels(&query)?.into_iter().map(|l| (l.key, l.value));
+    let options = StartOptions {
+        instance_id: path.0.get("id").cloned(),
+        version: None,
+        labels: Labels::new(labels).map_err(|e| bad_request(e.to_string()))?,
+        correlation: crate::correlation::from_request(&headers)?,
+    };
+    let started = http.client().start_instance(name, input, options).await.map_err(df)?;
+    let id = started.instance_id;
     let (base, suffix) = links(&http, &uri, &headers, &query);
     if let (Some(timeout), Some(_)) = (query.seconds("timeout"), query.seconds("pollingInterval")) {
         let done = |r: &InstanceRecord| r.status.is_terminal();
@@ -221,7 +238,9 @@ async fn start(
             return Ok(status_response(&record, &query, None));
         }
     }
-    Ok(check_status_response(&base, &id, &suffix))
+    let mut response = check_status_response(&base, &id, &suffix);
+    crate::correlation::add_to_response(response.headers_mut(), started.correlation.as_ref());
+    Ok(response)
 }
 
 /// Starts an orchestration under a random instance id (see `start`).
@@ -233,6 +252,7 @@ async fn start(
         ("name" = String, Path, description = "Orchestration name"),
         ("timeout" = Option<f64>, Query, description = "Wait up to this many seconds for the result"),
         ("pollingInterval" = Option<f64>, Query, description = "Needed with `timeout`"),
+        ("labels" = Option<String>, Query, description = "Comma-separated `key:value` labels to attach"),
     ),
     request_body(content = Object, description = "The orchestration input (any JSON; empty means null)"),
     responses(
@@ -352,6 +372,7 @@ async fn export_history(State(http): State<KilnHttp>, path: PathParams) -> Resul
         ("createdTimeTo" = Option<String>, Query, description = "Created at or before"),
         ("runtimeStatus" = Option<String>, Query, description = "Comma-separated statuses"),
         ("instanceIdPrefix" = Option<String>, Query, description = "Id prefix"),
+        ("labels" = Option<String>, Query, description = "Comma-separated `key:value` labels every listed instance carries"),
         ("showInput" = Option<bool>, Query, description = "Include inputs (default true)"),
         ("top" = Option<u32>, Query, description = "Page size; without it every match is returned"),
         ("x-ms-continuation-token" = Option<String>, Header, description = "From the previous page"),
@@ -383,6 +404,7 @@ async fn list(State(http): State<KilnHttp>, query: QueryParams, headers: HeaderM
         created_from: parse_time(&query, "createdTimeFrom")?,
         created_to: parse_time(&query, "createdTimeTo")?,
         instance_id_prefix: query.get("instanceIdPrefix").filter(|p| !p.is_empty()).map(str::to_owned),
+        labels: parse_labels(&query)?,
         page_size: top.or(http.options().list_page_size).unwrap_or(LIST_PAGE),
         after,
     };
@@ -607,7 +629,13 @@ async fn operate(
                 .map_err(df)?
                 .ok_or_else(|| bad_request(format!("instance '{id}' not found")))?;
             let new_id = if query.flag("restartWithNewInstanceId", true) { None } else { Some(id.to_owned()) };
-            let options = StartOptions { instance_id: new_id, version: Some(record.version.clone()) };
+            // The new run keeps the business ids and takes this request's correlation.
+            let options = StartOptions {
+                instance_id: new_id,
+                version: Some(record.version.clone()),
+                labels: record.labels.clone(),
+                correlation: crate::correlation::from_request(&headers)?,
+            };
             let started = client.start_with(&record.name, record.input.clone(), options).await.map_err(df)?;
             let (base, suffix) = links(&http, &uri, &headers, &query);
             return Ok(check_status_response(&base, &started, &suffix));

@@ -7,7 +7,8 @@ use kiln::{EventKind, HistoryEvent, InstanceRecord, InstanceSummary, RuntimeStat
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 
-/// The status object (`StatusResponsePayload`): all eight keys, nulls included.
+/// The status object (`StatusResponsePayload`): all eight keys, nulls included, and Kiln's
+/// `labels` and `correlationId`.
 pub fn status_object(record: &InstanceRecord, show_input: bool, history: Option<Vec<Value>>) -> Value {
     let output = match record.status {
         RuntimeStatus::Completed | RuntimeStatus::Terminated | RuntimeStatus::Canceled => {
@@ -27,6 +28,8 @@ pub fn status_object(record: &InstanceRecord, show_input: bool, history: Option<
         "output": output,
         "createdTime": record.created_at.to_rfc3339_seconds(),
         "lastUpdatedTime": record.updated_at.to_rfc3339_seconds(),
+        "labels": record.labels,
+        "correlationId": record.correlation.as_ref().map(|c| c.id.as_str()),
     });
     if let (Some(events), Value::Object(fields)) = (history, &mut status) {
         fields.insert("historyEvents".into(), Value::Array(events));
@@ -112,8 +115,9 @@ pub fn history(events: &[HistoryEvent], show_output: bool, show_input: bool) -> 
         }
         if let Some(name) = fields.remove("Name").filter(|_| matches!(event.kind, EventKind::ExecutionStarted { .. })) {
             fields.insert("FunctionName".into(), name);
-            fields.remove("Version");
-            fields.remove("Parent");
+            for kiln_only in ["Version", "Parent", "Labels", "Correlation"] {
+                fields.remove(kiln_only);
+            }
         }
         if !show_output {
             fields.remove("Result");

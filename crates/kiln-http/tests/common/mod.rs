@@ -46,10 +46,11 @@ async fn accept_as(
     scopes: Scopes,
 ) -> Result<Response, Problem> {
     let input: Value = kiln_http::extract::parse_json(&body)?;
-    http.accept(headers, name, &input, AcceptOptions { instance_id: None, scopes }).await
+    http.accept(headers, name, &input, AcceptOptions { scopes, ..AcceptOptions::default() }).await
 }
 
-/// Starters: `POST /api/{echo,wait,fail}` (read+cancel tokens) and `/api/wait-readonly`.
+/// Starters: `POST /api/{echo,wait,fail}` (read+cancel tokens), `/api/wait-readonly`, and
+/// `/api/labelled` (echo, with the labels its body's `labels` object names).
 fn starters() -> Router<KilnHttp> {
     async fn start(
         State(http): State<KilnHttp>,
@@ -57,6 +58,15 @@ fn starters() -> Router<KilnHttp> {
         headers: HeaderMap,
         body: axum::body::Bytes,
     ) -> Result<Response, Problem> {
+        if name == "labelled" {
+            // Labels from the body's `labels` object, as a starter takes them from its request.
+            let input: Value = kiln_http::extract::parse_json(&body)?;
+            let labels = input["labels"].as_object().into_iter().flatten();
+            let options = labels.fold(AcceptOptions::default(), |options, (key, value)| {
+                options.label(key, value.as_str().unwrap_or_default())
+            });
+            return http.accept(&headers, "echo", &input, options).await;
+        }
         let (orchestration, scopes) = match name.as_str() {
             "echo" => ("echo", Scopes::ALL),
             "wait" => ("wait_event", Scopes::ALL),

@@ -204,7 +204,7 @@ impl Driver<'_> {
             // Idle workers wait in real time; a new instance wakes them to see the clock moved.
             // (A caller-chosen id takes the queued path: a generated one runs its first turn in
             // the client, waking nobody.)
-            let options = || StartOptions { instance_id: Some(format!("nudge-{}", self.tick)), version: None };
+            let options = || StartOptions { instance_id: Some(format!("nudge-{}", self.tick)), ..Default::default() };
             let nudge = async |c: &KilnClient| match c.start_with("nudge", Payload::null(), options()).await {
                 Err(ClientError::AlreadyExists { .. }) => Ok(String::new()),
                 other => other,
@@ -533,7 +533,7 @@ impl Driver<'_> {
         let node = self.node(via);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let options = StartOptions { instance_id: Some(id.to_owned()), version: None };
+            let options = StartOptions { instance_id: Some(id.to_owned()), ..Default::default() };
             let started = node.once(async |c| c.start_with(name, input.clone(), options).await);
             match started {
                 Ok(_) => return Ok(()),

@@ -173,7 +173,7 @@ impl App {
         match &cli.command {
             Command::Serve { config, settings } => {
                 let config = config::load(config.as_deref(), (**settings).clone())?;
-                crate::logging::init(&config.log);
+                crate::logging::init(&config.log, config.log_format);
                 let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
                 runtime.block_on(serve::run(&self, config))?;
                 Ok(true)

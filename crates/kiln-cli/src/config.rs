@@ -131,9 +131,23 @@ pub struct ServeSettings {
     /// Log filter (e.g. `info`, `kiln=debug`).
     #[arg(long, env = "KILN_LOG")]
     pub log: Option<String>,
+    /// Log format: `compact` lines for people (the default) or `json`, one object per line.
+    #[arg(long, env = "KILN_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
     /// Also serve the `kiln bench` workloads under `/api/bench/…`.
     #[arg(long, env = "KILN_BENCH_WORKLOADS", num_args = 0..=1, default_missing_value = "true")]
     pub bench_workloads: Option<bool>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One compact line per event, for people.
+    #[default]
+    Compact,
+    /// One JSON object per event (fields flattened), for log pipelines.
+    Json,
 }
 
 /// Retention settings: how long finished instances stay, per terminal status, as `90s`, `15m`,
@@ -275,6 +289,7 @@ pub struct ServeConfig {
     pub shutdown_delay: Duration,
     pub retention: kiln::Retention,
     pub log: String,
+    pub log_format: LogFormat,
     pub bench_workloads: bool,
 }
 
@@ -316,6 +331,7 @@ impl ServeSettings {
             shutdown_delay_seconds: self.shutdown_delay_seconds.or(lower.shutdown_delay_seconds),
             retention: self.retention.or(lower.retention),
             log: self.log.or(lower.log),
+            log_format: self.log_format.or(lower.log_format),
             bench_workloads: self.bench_workloads.or(lower.bench_workloads),
         }
     }
@@ -368,6 +384,7 @@ pub fn load(config_file: Option<&Path>, overrides: ServeSettings) -> anyhow::Res
         shutdown_delay: Duration::from_secs(s.shutdown_delay_seconds.unwrap_or(0)),
         retention: s.retention.build()?,
         log: s.log.unwrap_or_else(|| "info".to_owned()),
+        log_format: s.log_format.unwrap_or_default(),
         bench_workloads: s.bench_workloads.unwrap_or(false),
     };
     config.validate()?;
@@ -459,6 +476,10 @@ mod tests {
         assert!(load(Some(&file), public).unwrap_err().to_string().contains("not a loopback address"));
         let bad_host = ServeSettings { allowed_hosts: Some(vec!["evil.example/x".into()]), ..Default::default() };
         assert!(load(Some(&file), bad_host).unwrap_err().to_string().contains("allowed_hosts"));
+        std::fs::write(&file, "log_format = \"json\"\n").unwrap();
+        assert_eq!(load(Some(&file), ServeSettings::default()).unwrap().log_format, LogFormat::Json);
+        std::fs::write(&file, "log_format = \"xml\"\n").unwrap();
+        assert!(load(Some(&file), ServeSettings::default()).is_err());
         std::fs::write(&file, "activity_limit_per_name = 8\n[activity_limits]\nreport = 2\n").unwrap();
         let limits = load(Some(&file), ServeSettings::default()).unwrap();
         assert_eq!((limits.activity_limit_per_name, limits.activity_limits.get("report")), (Some(8), Some(&2)));

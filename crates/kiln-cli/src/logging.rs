@@ -1,8 +1,10 @@
-//! What `kiln serve` logs, and how: the compact format for people, on stderr, with every control
-//! character of a logged value escaped. Values often come from clients (an instance id, an event
-//! name, a failure message that quotes an input); a raw newline in one could forge a log line,
-//! and terminal escapes could rewrite what an operator sees.
+//! What `kiln serve` logs, and how: on stderr, the compact format for people, with every control
+//! character of a logged value escaped, or one JSON object per line for machines (where JSON's
+//! own escaping does the same). Values often come from clients (an instance id, an event name, a
+//! failure message that quotes an input); a raw newline in one could forge a log line, and
+//! terminal escapes could rewrite what an operator sees.
 
+use crate::config::LogFormat;
 use std::fmt::{self, Write};
 use tracing::field::{Field, Visit};
 use tracing_subscriber::EnvFilter;
@@ -10,11 +12,23 @@ use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::{Format, Writer};
 use tracing_subscriber::fmt::{FormatFields, SubscriberBuilder};
 
-/// Logs to stderr at `filter` (an `EnvFilter` directive; `info` if it does not parse), unless
-/// the application installed a subscriber of its own; panics are logged the same way.
-pub fn init(filter: &str) {
+/// Logs to stderr at `filter` (an `EnvFilter` directive; `info` if it does not parse) in
+/// `format`, unless the application installed a subscriber of its own; panics are logged the
+/// same way.
+pub fn init(filter: &str, format: LogFormat) {
     let colors = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    if builder(filter, colors).with_writer(std::io::stderr).try_init().is_ok() {
+    let installed = match format {
+        LogFormat::Compact => builder(filter, colors).with_writer(std::io::stderr).try_init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_env_filter(env_filter(filter))
+            .with_writer(std::io::stderr)
+            .try_init(),
+    };
+    if installed.is_ok() {
         // The default hook prints a panic's message (which may quote a client's input) raw.
         std::panic::set_hook(Box::new(log_panic));
     }
@@ -22,8 +36,11 @@ pub fn init(filter: &str) {
 
 /// The subscriber `kiln serve` logs with, before its writer is chosen.
 fn builder(filter: &str, colors: bool) -> SubscriberBuilder<EscapedFields, Format, EnvFilter> {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().fmt_fields(EscapedFields).with_env_filter(filter).with_ansi(colors)
+    tracing_subscriber::fmt().fmt_fields(EscapedFields).with_env_filter(env_filter(filter)).with_ansi(colors)
+}
+
+fn env_filter(filter: &str) -> EnvFilter {
+    EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
 /// Logs a panic as an error event, so that its message is escaped like every logged value.

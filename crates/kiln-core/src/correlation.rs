@@ -7,6 +7,7 @@
 //! the trace id of a trace the runtime starts; the runtime makes fresh ids (this crate has no
 //! randomness).
 
+use crate::Labels;
 use serde::{Deserialize, Serialize};
 
 /// Longest correlation id, in bytes.
@@ -23,6 +24,21 @@ pub struct Correlation {
     pub id: String,
     /// The trace context of the caller (or of the trace started for the instance).
     pub trace: TraceContext,
+}
+
+/// What an activity carries from the instance that scheduled it, so that its logs (and spans)
+/// tie back to the instance wherever it runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InstanceContext {
+    /// The orchestration that scheduled it.
+    pub orchestration: String,
+    /// The instance's labels.
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
+    /// The instance's correlation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation: Option<Correlation>,
 }
 
 /// Why a correlation id was refused.

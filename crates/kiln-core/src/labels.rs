@@ -79,6 +79,16 @@ impl Labels {
     }
 }
 
+/// `key:value` pairs joined by commas, as filters name them (empty when there are none).
+impl std::fmt::Display for Labels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (index, (key, value)) in self.0.iter().enumerate() {
+            write!(f, "{}{key}:{value}", if index == 0 { "" } else { "," })?;
+        }
+        Ok(())
+    }
+}
+
 impl TryFrom<BTreeMap<String, String>> for Labels {
     type Error = InvalidLabel;
 
@@ -153,6 +163,7 @@ mod tests {
         let labels = Labels::new([("region", "eu-west"), ("customer_id", "cust-123")]).unwrap();
         assert_eq!(labels.iter().collect::<Vec<_>>(), [("customer_id", "cust-123"), ("region", "eu-west")]);
         assert_eq!(serde_json::to_string(&labels).unwrap(), r#"{"customer_id":"cust-123","region":"eu-west"}"#);
+        assert_eq!(labels.to_string(), "customer_id:cust-123,region:eu-west");
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub mod waiting;
 
 pub use action::{Action, ExecutionOutcome};
 pub use correlation::{
-    Correlation, InvalidCorrelationId, InvalidTraceParent, MAX_CORRELATION_ID_LEN, TraceContext,
+    Correlation, InstanceContext, InvalidCorrelationId, InvalidTraceParent, MAX_CORRELATION_ID_LEN, TraceContext,
     validate_correlation_id,
 };
 pub use failure::{FailureDetails, error_types};

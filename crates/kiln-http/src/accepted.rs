@@ -98,17 +98,20 @@ impl KilnHttp {
         let labels =
             Labels::try_from(options.labels).map_err(|e| Problem::new(StatusCode::BAD_REQUEST, e.to_string()))?;
         let correlation = correlation::from_request(headers)?;
-        let start = StartOptions { instance_id: options.instance_id, version: None, labels, correlation };
+        let start =
+            StartOptions { instance_id: options.instance_id, version: None, labels: labels.clone(), correlation };
         let client = self.client();
-        let Started { instance_id, created_at, correlation } = match idempotency_key(headers)? {
+        let (started, created) = match idempotency_key(headers)? {
             Some(key) => {
                 let _guard = self.enter(&key)?;
                 let fingerprint = fingerprint(orchestration, &payload);
                 let retention = self.options().idempotency_retention;
-                client.start_idempotent(orchestration, payload, start, &key, &fingerprint, retention).await?.0
+                client.start_idempotent(orchestration, payload, start, &key, &fingerprint, retention).await?
             }
-            None => client.start_instance(orchestration, payload, start).await?,
+            None => (client.start_instance(orchestration, payload, start).await?, true),
         };
+        log_started(&started, orchestration, &labels, created);
+        let Started { instance_id, created_at, correlation } = started;
         let status_url = self.status_url(headers, &instance_id, created_at, options.scopes);
         let retry = retry_after::retry_after_seconds(client.typical_duration(orchestration), Duration::ZERO);
         let body = AcceptedBody {
@@ -150,6 +153,21 @@ impl KilnHttp {
         }
         Ok(InFlight { http: self, key: key.to_owned() })
     }
+}
+
+/// Logs a start with the fields that tie later lines to it (`repeated`: an idempotent repeat,
+/// which started nothing).
+pub(crate) fn log_started(started: &Started, orchestration: &str, labels: &Labels, created: bool) {
+    let correlation = started.correlation.as_ref();
+    tracing::info!(
+        instance_id = started.instance_id,
+        orchestration,
+        correlation_id = correlation.map_or("", |c| c.id.as_str()),
+        trace_id = correlation.map_or("", |c| c.trace.trace_id()),
+        %labels,
+        repeated = !created,
+        "instance accepted"
+    );
 }
 
 /// Reads `Idempotency-Key`: a structured-header string (`"…"`) or, leniently, a bare token.

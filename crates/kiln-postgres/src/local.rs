@@ -129,6 +129,7 @@ mod tests {
                 attempt: 1,
                 timeouts: Default::default(),
                 heartbeat: None,
+                context: None,
             },
             dequeue_count: 1,
             lease: Lease { token: id as u64, expires_at: Timestamp(expires_at) },

@@ -63,7 +63,7 @@ pub fn instance(row: &Row) -> Result<InstanceRecord, StoreError> {
 /// Encodes a value as JSON text for a column.
 /// The columns [`activity_work_item`] reads, in order.
 pub const ACTIVITY_COLUMNS: &str = "id, instance_id, execution, step, name, input, attempt, dequeue_count, lock_token, \
-     locked_until, start_to_close_ms, schedule_to_close_ms, heartbeat_ms, first_scheduled_at, heartbeat";
+     locked_until, start_to_close_ms, schedule_to_close_ms, heartbeat_ms, first_scheduled_at, heartbeat, context";
 
 /// A claimed activity, selected with [`ACTIVITY_COLUMNS`].
 pub fn activity_work_item(row: &Row) -> Result<ActivityWorkItem, StoreError> {
@@ -86,6 +86,12 @@ pub fn activity_work_item(row: &Row) -> Result<ActivityWorkItem, StoreError> {
                 get_opt_i64(13)?,
             ]),
             heartbeat: row.try_get::<_, Option<String>>(14).map_err(backend)?.map(Payload::from_trusted),
+            // An unreadable context only costs the activity its log context.
+            context: row
+                .try_get::<_, Option<String>>(15)
+                .map_err(backend)?
+                .and_then(|c| serde_json::from_str(&c).ok())
+                .map(std::sync::Arc::new),
         },
         dequeue_count: get_i32(7)? as u32,
         lease: Lease { token: get_i64(8)? as u64, expires_at: Timestamp(get_i64(9)?) },

@@ -96,8 +96,9 @@ ALTER TABLE activities ADD COLUMN IF NOT EXISTS first_scheduled_at BIGINT;
 ALTER TABLE activities ADD COLUMN IF NOT EXISTS heartbeat TEXT;
 "#,
     // Version 5: an instance's labels (the JSON object shown, and one row per label to find it
-    // by) and its correlation.
+    // by) and its correlation, and what its activities carry of them (their context).
     r#"
+ALTER TABLE activities ADD COLUMN IF NOT EXISTS context TEXT;
 ALTER TABLE instances ADD COLUMN IF NOT EXISTS labels TEXT;
 ALTER TABLE instances ADD COLUMN IF NOT EXISTS correlation TEXT;
 CREATE TABLE IF NOT EXISTS instance_labels (

@@ -304,7 +304,7 @@ pub async fn write_turn(
     let finished: [&(dyn ToSql + Sync); 3] = [&finished_ids, &finished_tokens, &at];
     let columns = &new_activities;
     let claim_until = claim_until.filter(|_| commit.activities.len() <= LOCAL_CLAIM_MAX);
-    let inserted: [&(dyn ToSql + Sync); 12] = [
+    let inserted: [&(dyn ToSql + Sync); 13] = [
         &columns.instance_ids,
         &columns.executions,
         &columns.steps,
@@ -316,6 +316,7 @@ pub async fn write_turn(
         &columns.heartbeat_timeouts,
         &columns.first_scheduled_at,
         &columns.heartbeats,
+        &columns.contexts,
         &claim_until,
     ];
     let shared = &*tx;
@@ -356,10 +357,10 @@ pub async fn write_turn(
                 None => cached::execute(
                     shared,
                     "INSERT INTO activities (instance_id, execution, step, name, input, attempt, start_to_close_ms, \
-                     schedule_to_close_ms, heartbeat_ms, first_scheduled_at, heartbeat) \
+                     schedule_to_close_ms, heartbeat_ms, first_scheduled_at, heartbeat, context) \
                      SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::int[], \
-                     $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[])",
-                    &inserted[..11],
+                     $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[], $12::text[])",
+                    &inserted[..12],
                 )
                 .await
                 .map(|_| Vec::new()),
@@ -452,9 +453,11 @@ async fn skip_if(
 static INSERT_CLAIMED_ACTIVITIES: LazyLock<String> = LazyLock::new(|| {
     format!(
         "INSERT INTO activities (instance_id, execution, step, name, input, attempt, start_to_close_ms, \
-         schedule_to_close_ms, heartbeat_ms, first_scheduled_at, heartbeat, lock_token, locked_until, dequeue_count) \
-         SELECT a.*, nextval('lease_tokens'), $12, 1 FROM unnest($1::text[], $2::bigint[], $3::bigint[], \
-         $4::text[], $5::text[], $6::int[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[]) AS a \
+         schedule_to_close_ms, heartbeat_ms, first_scheduled_at, heartbeat, context, lock_token, locked_until, \
+         dequeue_count) \
+         SELECT a.*, nextval('lease_tokens'), $13, 1 FROM unnest($1::text[], $2::bigint[], $3::bigint[], \
+         $4::text[], $5::text[], $6::int[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[], \
+         $12::text[]) AS a \
          RETURNING {}",
         rows::ACTIVITY_COLUMNS
     )
@@ -473,6 +476,7 @@ struct NewActivityColumns<'a> {
     heartbeat_timeouts: Vec<Option<i64>>,
     first_scheduled_at: Vec<Option<i64>>,
     heartbeats: Vec<Option<&'a str>>,
+    contexts: Vec<Option<String>>,
 }
 
 impl<'a> NewActivityColumns<'a> {
@@ -492,6 +496,11 @@ impl<'a> NewActivityColumns<'a> {
             heartbeat_timeouts: timeouts.iter().map(|t| t[2]).collect(),
             first_scheduled_at: timeouts.iter().map(|t| t[3]).collect(),
             heartbeats: activities.iter().map(|a| a.heartbeat.as_ref().map(Payload::as_str)).collect(),
+            // Plain data always encodes; were it not to, the activity would only lose its log context.
+            contexts: activities
+                .iter()
+                .map(|a| a.context.as_deref().and_then(|c| serde_json::to_string(c).ok()))
+                .collect(),
         }
     }
 }

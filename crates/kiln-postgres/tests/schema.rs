@@ -72,6 +72,7 @@ async fn instances_from_before_version_5_have_no_labels() {
         .batch_execute(&format!(
             "DROP TABLE \"{schema}\".instance_labels; \
              ALTER TABLE \"{schema}\".instances DROP COLUMN labels, DROP COLUMN correlation; \
+             ALTER TABLE \"{schema}\".activities DROP COLUMN context; \
              INSERT INTO \"{schema}\".instances (instance_id, name, version, execution, status, input, created_at, \
              updated_at) VALUES ('old', 'o', '', 1, 1, 'null', 1, 1); UPDATE \"{schema}\".kiln_schema SET version = 4"
         ))

@@ -47,6 +47,7 @@ async fn start_and_commit(store: &dyn Store) {
         attempt: 1,
         timeouts: Default::default(),
         heartbeat: None,
+        context: None,
     };
     store
         .commit_turn(TurnCommit {

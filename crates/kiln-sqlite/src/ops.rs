@@ -558,10 +558,11 @@ fn write_turn(conn: &Connection, turn: &TurnCommit, first_seq: u64, effects: &mu
     }
     for activity in &turn.activities {
         let timeouts = activity.timeouts.to_columns();
+        let context = to_json_opt(activity.context.as_deref())?;
         conn.prepare_cached(
             "INSERT INTO activities (instance_id, execution, step, name, input, attempt, start_to_close_ms, \
-             schedule_to_close_ms, heartbeat_ms, first_scheduled_at, heartbeat) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+             schedule_to_close_ms, heartbeat_ms, first_scheduled_at, heartbeat, context) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -576,6 +577,7 @@ fn write_turn(conn: &Connection, turn: &TurnCommit, first_seq: u64, effects: &mu
                 timeouts[2],
                 timeouts[3],
                 activity.heartbeat.as_ref().map(Payload::as_str),
+                context,
             ])
         })
         .map_err(backend)?;

@@ -572,6 +572,7 @@ mod tests {
                 attempt: 1,
                 timeouts: Default::default(),
                 heartbeat: None,
+                context: None,
             },
             dequeue_count: 0,
             recovered: false,
@@ -612,6 +613,7 @@ mod tests {
             attempt: 1,
             timeouts: Default::default(),
             heartbeat: None,
+            context: None,
         };
         q.push_activity(ActivityEntry { id: 7, activity, dequeue_count: 0, recovered: false });
         let (_, lease) = q.claim_activity(Timestamp(0), 100, &[]).unwrap();

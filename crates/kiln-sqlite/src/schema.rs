@@ -78,8 +78,9 @@ ALTER TABLE activities ADD COLUMN first_scheduled_at INTEGER;
 ALTER TABLE activities ADD COLUMN heartbeat TEXT;
 "#,
     // Version 5: an instance's labels (the JSON object shown, and one row per label to find it
-    // by) and its correlation.
+    // by) and its correlation, and what its activities carry of them (their context).
     r#"
+ALTER TABLE activities ADD COLUMN context TEXT;
 ALTER TABLE instances ADD COLUMN labels TEXT;
 ALTER TABLE instances ADD COLUMN correlation TEXT;
 CREATE TABLE instance_labels (

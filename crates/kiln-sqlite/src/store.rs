@@ -353,7 +353,7 @@ fn recover(conn: &Connection) -> StoreResult<Queues> {
     let mut activities = conn
         .prepare(
             "SELECT id, instance_id, execution, step, name, input, attempt, dequeue_count, start_to_close_ms, \
-             schedule_to_close_ms, heartbeat_ms, first_scheduled_at, heartbeat FROM activities ORDER BY id",
+             schedule_to_close_ms, heartbeat_ms, first_scheduled_at, heartbeat, context FROM activities ORDER BY id",
         )
         .map_err(backend)?;
     let rows = activities
@@ -369,6 +369,11 @@ fn recover(conn: &Connection) -> StoreResult<Queues> {
                     attempt: r.get(6)?,
                     timeouts: ActivityTimeouts::from_columns([r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?]),
                     heartbeat: r.get::<_, Option<String>>(12)?.map(kiln_core::Payload::from_trusted),
+                    // An unreadable context only costs the activity its log context.
+                    context: r
+                        .get::<_, Option<String>>(13)?
+                        .and_then(|c| serde_json::from_str(&c).ok())
+                        .map(std::sync::Arc::new),
                 },
                 dequeue_count: r.get(7)?,
                 recovered: true,

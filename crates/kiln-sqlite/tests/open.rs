@@ -111,7 +111,8 @@ async fn activities_queued_before_version_4_survive_the_upgrade() {
 fn undo_version_5(conn: &rusqlite::Connection) {
     conn.execute_batch(
         "DROP TABLE instance_labels; ALTER TABLE instances DROP COLUMN labels; \
-         ALTER TABLE instances DROP COLUMN correlation; PRAGMA user_version = 4;",
+         ALTER TABLE instances DROP COLUMN correlation; ALTER TABLE activities DROP COLUMN context; \
+         PRAGMA user_version = 4;",
     )
     .unwrap();
 }

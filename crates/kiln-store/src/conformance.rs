@@ -20,8 +20,8 @@ use crate::{
     NewSubOrchestration, OrchestrationWorkItem, OutgoingMessage, PurgeFilter, Store, StoreError, TurnCommit,
 };
 use kiln_core::{
-    ActivityTimeouts, Correlation, EventKind, FailureDetails, HistoryEvent, LabelFilter, Labels, ParentInstance,
-    Payload, RuntimeStatus, Timestamp, TraceContext,
+    ActivityTimeouts, Correlation, EventKind, FailureDetails, HistoryEvent, InstanceContext, LabelFilter, Labels,
+    ParentInstance, Payload, RuntimeStatus, Timestamp, TraceContext,
 };
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -53,6 +53,7 @@ macro_rules! conformance_tests {
             ids_no_instance_can_have_are_absent,
             list_filters_and_keyset_pages,
             labels_and_correlation_are_kept_and_listed_by,
+            activities_carry_their_instance_context,
             purge_cascades_and_refuses_unfinished,
             bulk_purge_takes_children_whose_parent_is_gone,
             purge_filters_by_name_and_finish_time_and_spares_waiting_messages,
@@ -134,6 +135,7 @@ fn activity(step: u64) -> NewActivity {
         attempt: 1,
         timeouts: ActivityTimeouts::default(),
         heartbeat: None,
+        context: None,
     }
 }
 
@@ -537,6 +539,30 @@ pub async fn labels_and_correlation_are_kept_and_listed_by(store: &dyn Store) {
     assert_eq!(ids_labelled(store, &["customer_id:c1"]).await, ["c"]);
     assert_eq!(store.purge_instance("b").await.unwrap(), 1);
     assert!(ids_labelled(store, &["region:eu"]).await.is_empty());
+}
+
+/// An activity carries its instance's name, labels and correlation to whichever worker claims
+/// it (one claimed by the committing node included); one scheduled without them has none.
+pub async fn activities_carry_their_instance_context(store: &dyn Store) {
+    let instance = labelled("a", &[("customer_id", "c1")]);
+    store.create_instance(instance.clone()).await.unwrap();
+    let item = fetch(store).await;
+    let context = InstanceContext {
+        orchestration: instance.name.clone(),
+        labels: instance.labels.clone(),
+        correlation: instance.correlation.clone(),
+    };
+    let mut commit = running_commit(&item);
+    commit.activities.push(NewActivity { context: Some(std::sync::Arc::new(context.clone())), ..activity(0) });
+    commit.activities.push(activity(1));
+    store.commit_turn(commit).await.unwrap();
+    let mut claimed = store.fetch_activity_work(LEASE, WAIT, 2, &[]).await.unwrap();
+    if claimed.len() < 2 {
+        claimed.extend(store.fetch_activity_work(LEASE, WAIT, 1, &[]).await.unwrap());
+    }
+    claimed.sort_by_key(|c| c.activity.step);
+    let contexts: Vec<Option<&InstanceContext>> = claimed.iter().map(|c| c.activity.context.as_deref()).collect();
+    assert_eq!(contexts, [Some(&context), None]);
 }
 
 pub async fn purge_cascades_and_refuses_unfinished(store: &dyn Store) {

@@ -1,8 +1,8 @@
 //! The records a store keeps and hands out: instances, work items, messages and turn commits.
 
 use kiln_core::{
-    ActivityTimeouts, Correlation, EventKind, FailureDetails, HistoryEvent, LabelFilter, Labels, ParentInstance,
-    Payload, RuntimeStatus, Timestamp, WaitingOn,
+    ActivityTimeouts, Correlation, EventKind, FailureDetails, HistoryEvent, InstanceContext, LabelFilter, Labels,
+    ParentInstance, Payload, RuntimeStatus, Timestamp, WaitingOn,
 };
 
 /// A request to create (start) an instance.
@@ -188,6 +188,9 @@ pub struct NewActivity {
     /// own once it saves some ([`Store::renew_activity_lease`](crate::Store::renew_activity_lease)),
     /// so that a delivery after a lost worker resumes from them.
     pub heartbeat: Option<Payload>,
+    /// Its instance's name, labels and correlation (none for activities scheduled before Kiln
+    /// kept them); shared, as every copy of a claimed activity carries the same.
+    pub context: Option<std::sync::Arc<InstanceContext>>,
 }
 
 /// A claimed activity.

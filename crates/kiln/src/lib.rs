@@ -49,6 +49,7 @@ pub mod context;
 mod executor;
 mod failure;
 mod history_check;
+mod log_fields;
 mod panic;
 mod registry;
 pub mod retention;

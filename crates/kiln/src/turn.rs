@@ -8,11 +8,12 @@
 use crate::attempt::Timeout;
 use crate::cache::RecordStamp;
 use crate::executor::Execution;
+use crate::log_fields;
 use crate::registry::OrchestrationFn;
 use crate::runtime::{Runtime, new_run_execution, wall_clock};
 use kiln_core::{
-    Action, EventKind, ExecutionOutcome, FailureDetails, HistoryEvent, ParentInstance, Payload, ReplayError,
-    RuntimeStatus, Timestamp, error_types, plan_rewind, rewind_body,
+    Action, EventKind, ExecutionOutcome, FailureDetails, HistoryEvent, InstanceContext, ParentInstance, Payload,
+    ReplayError, RuntimeStatus, Timestamp, error_types, plan_rewind, rewind_body,
 };
 use kiln_store::{
     FinishedActivity, HistoryUpdate, InboxMessage, InstanceRecord, NewActivity, NewInstance, NewSubOrchestration,
@@ -77,9 +78,31 @@ pub(crate) async fn run_turn(rt: &Runtime, item: OrchestrationWorkItem, finished
             let late_only = was_terminal && matches!(commit.history, HistoryUpdate::Append(_));
             let ended = (commit.status.is_terminal() && !late_only).then_some(commit.now);
             let (status, failure, execution) = (commit.status, commit.failure.clone(), commit.execution);
+            // Timers and events this turn takes in, logged once it lands (never on replay).
+            let arrivals: Vec<&InboxMessage> = item
+                .messages
+                .iter()
+                .filter(|m| matches!(m.event.kind, EventKind::TimerFired { .. } | EventKind::EventRaised { .. }))
+                .filter(|m| commit.consumed.contains(&m.id))
+                .collect();
             match rt.store.commit_turn(*commit).await {
                 Ok(()) => {
                     rt.metrics.turns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let (labels, correlation) = (&item.instance.labels, item.instance.correlation.as_ref());
+                    let (correlation_id, trace_id) =
+                        (log_fields::correlation_id(correlation), log_fields::trace_id(correlation));
+                    tracing::debug!(instance_id, orchestration = name, execution, %status, correlation_id, %labels, "turn committed");
+                    for arrival in arrivals {
+                        match &arrival.event.kind {
+                            EventKind::TimerFired { timer_id, .. } => {
+                                tracing::debug!(instance_id, orchestration = name, execution, timer_id, correlation_id, %labels, "timer fired")
+                            }
+                            EventKind::EventRaised { name: event, .. } => {
+                                tracing::info!(instance_id, orchestration = name, execution, event, correlation_id, %labels, "event received")
+                            }
+                            _ => {}
+                        }
+                    }
                     if status == RuntimeStatus::Terminated {
                         // The commit withdrew its activities: stop the ones running here now
                         // (elsewhere, they stop when they next renew their lease).
@@ -88,15 +111,19 @@ pub(crate) async fn run_turn(rt: &Runtime, item: OrchestrationWorkItem, finished
                     if let Some(ended) = ended {
                         let millis = u64::try_from(ended.millis() - created_at.millis()).unwrap_or(0);
                         rt.metrics.record_duration(&name, Duration::from_millis(millis));
-                        match &failure {
-                            Some(failure) => {
-                                tracing::info!(instance_id, name, %status, error = %failure, millis, "instance finished")
-                            }
-                            None if status == RuntimeStatus::Completed => {
-                                tracing::debug!(instance_id, name, %status, millis, "instance finished")
-                            }
-                            None => tracing::info!(instance_id, name, %status, millis, "instance finished"),
-                        }
+                        let error = failure.as_ref().map(ToString::to_string);
+                        tracing::info!(
+                            instance_id,
+                            orchestration = name,
+                            execution,
+                            %status,
+                            error,
+                            millis,
+                            correlation_id,
+                            trace_id,
+                            %labels,
+                            "instance finished"
+                        );
                     }
                     true
                 }
@@ -715,6 +742,11 @@ fn carry_out(rt: &Runtime, instance: &InstanceRecord, commit: &mut TurnCommit, a
                     attempt,
                     timeouts,
                     heartbeat,
+                    context: Some(std::sync::Arc::new(InstanceContext {
+                        orchestration: instance.name.clone(),
+                        labels: instance.labels.clone(),
+                        correlation: instance.correlation.clone(),
+                    })),
                 };
                 // The call's deadline holds even if no worker ever starts the attempt (none has
                 // the activity, or the queue is long): a durable timer fails the step then,

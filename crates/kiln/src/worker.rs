@@ -5,10 +5,11 @@
 use crate::RuntimeConfig;
 use crate::activity::Heartbeats;
 use crate::attempt::{Ended, run_attempt, save_heartbeat};
+use crate::log_fields;
 use crate::runtime::Runtime;
 use crate::turn::run_turn;
 use kiln_core::{EventKind, FailureDetails, HistoryEvent, Payload, error_types};
-use kiln_store::{ActivityWorkItem, FinishedActivity, StoreError, Unrunnable};
+use kiln_store::{ActivityWorkItem, FinishedActivity, NewActivity, StoreError, Unrunnable};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -336,11 +337,16 @@ async fn run_activity(rt: &Runtime, mut item: ActivityWorkItem, cancel: &Notify,
             return;
         }
         Some(registered) => {
+            let (orchestration, labels, correlation) = log_fields::context(activity.context.as_deref());
             tracing::debug!(
                 instance_id = activity.instance_id,
+                orchestration,
+                execution = activity.execution,
                 activity = activity.name,
-                key = format!("{}:{}:{}", activity.instance_id, activity.execution, activity.step),
+                attempt = activity.attempt,
                 delivery = item.dequeue_count,
+                correlation_id = log_fields::correlation_id(correlation),
+                %labels,
                 "activity started"
             );
             match run_attempt(rt, &mut item, registered, cancel, &heartbeats).await {
@@ -354,8 +360,10 @@ async fn run_activity(rt: &Runtime, mut item: ActivityWorkItem, cancel: &Notify,
         Ok(()) => Ok(output),
         Err(err) => Err(FailureDetails::new(error_types::PAYLOAD_TOO_LARGE, err.to_string())),
     });
+    let millis = started.elapsed().as_millis() as u64;
     rt.metrics.activities.fetch_add(1, Ordering::Relaxed);
-    rt.metrics.activity_millis.fetch_add(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    rt.metrics.activity_millis.fetch_add(millis, Ordering::Relaxed);
+    log_attempt(&item.activity, &outcome, millis);
     let step = item.activity.step;
     let kind = match outcome {
         Ok(result) => EventKind::TaskCompleted { task_scheduled_id: step, result },
@@ -371,6 +379,41 @@ async fn run_activity(rt: &Runtime, mut item: ActivityWorkItem, cancel: &Notify,
         }
     }
     report_result(rt, item, event).await;
+}
+
+/// Logs how an activity attempt ended: `info` when it returned, `warn` when it failed.
+fn log_attempt(activity: &NewActivity, outcome: &Result<Payload, FailureDetails>, millis: u64) {
+    let (orchestration, labels, correlation) = log_fields::context(activity.context.as_deref());
+    let (correlation_id, trace_id) = (log_fields::correlation_id(correlation), log_fields::trace_id(correlation));
+    let (instance_id, execution, name, attempt) =
+        (activity.instance_id.as_str(), activity.execution, activity.name.as_str(), activity.attempt);
+    match outcome {
+        Ok(_) => tracing::info!(
+            instance_id,
+            orchestration,
+            execution,
+            activity = name,
+            attempt,
+            millis,
+            correlation_id,
+            trace_id,
+            %labels,
+            "activity completed"
+        ),
+        Err(failure) => tracing::warn!(
+            instance_id,
+            orchestration,
+            execution,
+            activity = name,
+            attempt,
+            millis,
+            error = %failure,
+            correlation_id,
+            trace_id,
+            %labels,
+            "activity failed"
+        ),
+    }
 }
 
 /// Stores an activity's result. While the store cannot take it for a passing reason (a full
@@ -433,6 +476,7 @@ mod tests {
             attempt: 1,
             timeouts: kiln_core::ActivityTimeouts::default(),
             heartbeat: None,
+            context: None,
         };
         let lease = kiln_store::Lease { token: 1, expires_at: kiln_core::Timestamp(0) };
         ActivityWorkItem { id, activity, lease, dequeue_count: 1 }

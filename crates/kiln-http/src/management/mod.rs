@@ -218,7 +218,9 @@ async fn start(
         labels: Labels::new(labels).map_err(|e| bad_request(e.to_string()))?,
         correlation: crate::correlation::from_request(&headers)?,
     };
+    let labels = options.labels.clone();
     let started = http.client().start_instance(name, input, options).await.map_err(df)?;
+    crate::accepted::log_started(&started, name, &labels, true);
     let id = started.instance_id;
     let (base, suffix) = links(&http, &uri, &headers, &query);
     if let (Some(timeout), Some(_)) = (query.seconds("timeout"), query.seconds("pollingInterval")) {

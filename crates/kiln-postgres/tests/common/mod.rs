@@ -111,6 +111,7 @@ pub fn turn_with_activities(
                 attempt: 1,
                 timeouts: Default::default(),
                 heartbeat: None,
+                context: None,
             })
             .collect(),
         messages: Vec::new(),

@@ -1,8 +1,9 @@
 //! What `kiln serve` logs, and how: on stderr, the compact format for people, with every control
-//! character of a logged value escaped, or one JSON object per line for machines (where JSON's
-//! own escaping does the same). Values often come from clients (an instance id, an event name, a
-//! failure message that quotes an input); a raw newline in one could forge a log line, and
-//! terminal escapes could rewrite what an operator sees.
+//! character of a logged value escaped, or one JSON object per line for machines (JSON escapes
+//! the control characters below U+0020, so an event stays one line; other characters stay as
+//! they are inside its quoted strings). Values often come from clients (an instance id, an event
+//! name, a failure message that quotes an input); a raw newline in one could forge a log line,
+//! and terminal escapes could rewrite what an operator sees.
 
 use crate::config::LogFormat;
 use std::fmt::{self, Write};

@@ -4,7 +4,8 @@
 //! A small map with limits, so that a label is cheap to index and safe to print: at most
 //! [`MAX_LABELS`] labels; keys are identifiers (a letter, then letters, digits, `_`, `-` or `.`,
 //! at most [`MAX_LABEL_KEY_LEN`]); values are 1 to [`MAX_LABEL_VALUE_LEN`] characters without
-//! control characters or commas. A filter names one label as `key:value` ([`LabelFilter`]);
+//! commas, control or formatting characters (line separators, bidirectional overrides), or
+//! spaces at either end. A filter names one label as `key:value` ([`LabelFilter`]);
 //! filters are listed with commas (`customer_id:cust-123,region:eu`), which is why a value holds
 //! none.
 
@@ -34,9 +35,11 @@ pub enum InvalidLabel {
         "label key '{0}' is invalid: use 1 to {MAX_LABEL_KEY_LEN} letters, digits, '_', '-' or '.', starting with a letter"
     )]
     Key(String),
-    /// A value that is empty, too long, or holds a control character or a comma.
+    /// A value that is empty, too long, starts or ends with a space, or holds a comma or a
+    /// control or formatting character.
     #[error(
-        "label '{0}' has an invalid value: use 1 to {MAX_LABEL_VALUE_LEN} characters, without commas or control characters"
+        "label '{0}' has an invalid value: use 1 to {MAX_LABEL_VALUE_LEN} characters, without commas, control or \
+         formatting characters, or spaces at either end"
     )]
     Value(String),
     /// A filter without the `key:value` shape.
@@ -120,11 +123,19 @@ fn validate_key(key: &str) -> Result<(), InvalidLabel> {
 
 fn validate_value(key: &str, value: &str) -> Result<(), InvalidLabel> {
     let count = value.chars().count();
-    if (1..=MAX_LABEL_VALUE_LEN).contains(&count) && !value.chars().any(|c| c.is_control() || c == ',') {
+    let trimmed = value.trim() == value;
+    if (1..=MAX_LABEL_VALUE_LEN).contains(&count) && trimmed && !value.chars().any(|c| c == ',' || is_unsafe(c)) {
         Ok(())
     } else {
         Err(InvalidLabel::Value(key.to_owned()))
     }
+}
+
+/// Characters a value may not hold, as they could disguise a log line or a terminal: control
+/// characters, line and paragraph separators, and bidirectional formatting.
+fn is_unsafe(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// A refused key as it can be shown in an error: shortened, control characters escaped.
@@ -173,7 +184,16 @@ mod tests {
         for key in ["", "1st", "has space", "semi;colon", &"k".repeat(MAX_LABEL_KEY_LEN + 1)] {
             assert!(matches!(Labels::new([(key, "v")]), Err(InvalidLabel::Key(_))), "{key:?}");
         }
-        for value in ["", "line\nbreak", "a,b", &"v".repeat(MAX_LABEL_VALUE_LEN + 1)] {
+        for value in [
+            "",
+            "line\nbreak",
+            "a,b",
+            " padded",
+            "padded ",
+            "rtl\u{202e}",
+            "sep\u{2028}",
+            &"v".repeat(MAX_LABEL_VALUE_LEN + 1),
+        ] {
             assert_eq!(Labels::new([("k", value)]), Err(InvalidLabel::Value("k".into())), "{value:?}");
         }
         assert!(Labels::new([("k", "é".repeat(MAX_LABEL_VALUE_LEN))]).is_ok());

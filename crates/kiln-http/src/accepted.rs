@@ -104,7 +104,7 @@ impl KilnHttp {
         let (started, created) = match idempotency_key(headers)? {
             Some(key) => {
                 let _guard = self.enter(&key)?;
-                let fingerprint = fingerprint(orchestration, &payload);
+                let fingerprint = fingerprint(orchestration, &payload, &labels);
                 let retention = self.options().idempotency_retention;
                 client.start_idempotent(orchestration, payload, start, &key, &fingerprint, retention).await?
             }
@@ -186,11 +186,15 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
 }
 
 /// A digest of what a start asks for: the orchestration and its input.
-fn fingerprint(orchestration: &str, input: &Payload) -> String {
+fn fingerprint(orchestration: &str, input: &Payload, labels: &Labels) -> String {
     let mut digest = Sha256::new();
     digest.update(orchestration.as_bytes());
     digest.update(b"\n");
     digest.update(input.as_str().as_bytes());
+    // Only when there are labels, so that keys stored before labels existed still match.
+    if !labels.is_empty() {
+        digest.update(format!("\nlabels {labels}").as_bytes());
+    }
     digest.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -12,26 +12,32 @@ pub const CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The correlation a request asks for; `None` when it sent none (the runtime then starts a new
-/// trace). A `traceparent` that is not W3C is ignored, as W3C asks; a correlation id that is not
-/// 1 to 128 visible ASCII characters is refused (`400`), since dropping it would lose the
-/// caller's thread silently.
+/// trace). A `traceparent` that is not W3C is ignored, as W3C asks; an `X-Correlation-ID` that
+/// is not 1 to 128 visible ASCII characters is refused (`400`, unless a valid `traceparent`
+/// came, which wins), since dropping it would lose the caller's thread silently; such an
+/// `X-Request-ID` is ignored.
 pub fn from_request(headers: &HeaderMap) -> Result<Option<Correlation>, Problem> {
     let trace = single(headers, "traceparent")
         .and_then(|traceparent| TraceContext::parse(traceparent, single(headers, "tracestate")).ok());
     if let Some(trace) = trace {
         return Ok(Some(correlate(Some(trace), None)));
     }
-    for name in [CORRELATION_ID, REQUEST_ID] {
-        let Some(value) = headers.get(&name) else { continue };
-        let id = value.to_str().ok().filter(|id| kiln::validate_correlation_id(id).is_ok()).ok_or_else(|| {
-            Problem::new(
+    let valid = |name: &HeaderName| {
+        headers.get(name).map(|value| value.to_str().ok().filter(|id| kiln::validate_correlation_id(id).is_ok()))
+    };
+    match valid(&CORRELATION_ID) {
+        Some(Some(id)) => return Ok(Some(correlate(None, Some(id.to_owned())))),
+        Some(None) => {
+            return Err(Problem::new(
                 StatusCode::BAD_REQUEST,
-                format!("'{name}' must be 1 to {} visible ASCII characters", kiln::MAX_CORRELATION_ID_LEN),
-            )
-        })?;
-        return Ok(Some(correlate(None, Some(id.to_owned()))));
+                format!("'{CORRELATION_ID}' must be 1 to {} visible ASCII characters", kiln::MAX_CORRELATION_ID_LEN),
+            ));
+        }
+        None => {}
     }
-    Ok(None)
+    // Infrastructure sets `X-Request-ID` (proxies, platforms), not the caller: one that does not
+    // fit is passed over rather than refused.
+    Ok(valid(&REQUEST_ID).flatten().map(|id| correlate(None, Some(id.to_owned()))))
 }
 
 /// Adds `X-Correlation-ID` to a response.
@@ -89,11 +95,12 @@ mod tests {
     }
 
     #[test]
-    fn an_unprintable_correlation_id_is_refused() {
+    fn an_unprintable_correlation_id_is_refused_and_such_a_request_id_ignored() {
         let long = "x".repeat(kiln::MAX_CORRELATION_ID_LEN + 1);
         for bad in ["has space", long.as_str()] {
             let problem = from_request(&headers(&[("x-correlation-id", bad)])).unwrap_err();
             assert_eq!(problem.status(), StatusCode::BAD_REQUEST);
+            assert_eq!(from_request(&headers(&[("x-request-id", bad)])).unwrap(), None);
         }
     }
 }

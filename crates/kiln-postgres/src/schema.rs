@@ -95,8 +95,9 @@ ALTER TABLE activities ADD COLUMN IF NOT EXISTS heartbeat_ms BIGINT;
 ALTER TABLE activities ADD COLUMN IF NOT EXISTS first_scheduled_at BIGINT;
 ALTER TABLE activities ADD COLUMN IF NOT EXISTS heartbeat TEXT;
 "#,
-    // Version 5: an instance's labels (the JSON object shown, and one row per label to find it
-    // by) and its correlation, and what its activities carry of them (their context).
+    // Version 5: an instance's labels (the JSON object shown, and one row per label to list it
+    // by, in listing order) and its correlation, and what its activities carry of them (their
+    // context).
     r#"
 ALTER TABLE activities ADD COLUMN IF NOT EXISTS context TEXT;
 ALTER TABLE instances ADD COLUMN IF NOT EXISTS labels TEXT;
@@ -104,8 +105,10 @@ ALTER TABLE instances ADD COLUMN IF NOT EXISTS correlation TEXT;
 CREATE TABLE IF NOT EXISTS instance_labels (
     key         TEXT NOT NULL,
     value       TEXT NOT NULL,
-    instance_id TEXT NOT NULL,
-    PRIMARY KEY (key, value, instance_id)
+    created_at  BIGINT NOT NULL,
+    -- Byte-wise, as listings sort ids: a page then walks the primary key in order.
+    instance_id TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY (key, value, created_at, instance_id)
 );
 CREATE INDEX IF NOT EXISTS instance_labels_by_instance ON instance_labels (instance_id);
 "#,

@@ -6,7 +6,7 @@ use crate::local::LocalActivities;
 use crate::looks::TableLooks;
 use crate::pool::{bound_waits, build_pool, check_schema_name};
 use crate::queries;
-use crate::rows::{self, INSTANCE_COLUMNS, backend};
+use crate::rows::{self, INSTANCE_COLUMNS, QUALIFIED_INSTANCE_COLUMNS, backend};
 use crate::schema::{MigrationError, create_schema, migrate};
 use crate::skipped::SkipList;
 use crate::tx::{
@@ -390,7 +390,7 @@ impl Store for PostgresStore {
             Ok(work) => work,
             Err(err) => {
                 drop(client);
-                if let Ok(token) = row.try_get::<_, i64>(14) {
+                if let Ok(token) = row.try_get::<_, i64>(rows::INSTANCE_COLUMN_COUNT) {
                     let lease = Lease { token: token as u64, expires_at: Timestamp(at + millis(lease_for)) };
                     let _ = self.abandon_orchestration_work(&item.activity.instance_id, lease, Duration::ZERO).await;
                 }
@@ -723,46 +723,64 @@ impl Store for PostgresStore {
         if query.instance_id_prefix.as_deref().is_some_and(unstorable) {
             return Ok(InstancePage { instances: Vec::new(), next: None });
         }
-        let mut sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE TRUE");
+        // As on SQLite: the first label's rows (`o`, whose primary key is in listing order) drive
+        // the page; without labels, the instances (`i`) do.
         let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
-        if !query.statuses.is_empty() {
-            params.push(Box::new(query.statuses.iter().map(|s| s.code() as i16).collect::<Vec<i16>>()));
-            sql.push_str(&format!(" AND status = ANY(${})", params.len()));
-        }
-        if let Some(name) = &query.name {
-            params.push(Box::new(name.clone()));
-            sql.push_str(&format!(" AND name = ${}", params.len()));
-        }
-        if let Some(from) = query.created_from {
-            params.push(Box::new(from.0));
-            sql.push_str(&format!(" AND created_at >= ${}", params.len()));
-        }
-        if let Some(to) = query.created_to {
-            params.push(Box::new(to.0));
-            sql.push_str(&format!(" AND created_at <= ${}", params.len()));
-        }
-        if let Some(prefix) = &query.instance_id_prefix {
-            params.push(Box::new(prefix.clone()));
-            sql.push_str(&format!(" AND left(instance_id, length(${n})) = ${n}", n = params.len()));
-        }
-        for label in &query.labels {
+        let mut sql = match query.labels.first() {
+            Some(first) => {
+                params.push(Box::new(first.key.clone()));
+                params.push(Box::new(first.value.clone()));
+                format!(
+                    "SELECT {QUALIFIED_INSTANCE_COLUMNS} FROM instance_labels o \
+                     JOIN instances ON instances.instance_id = o.instance_id WHERE o.key = $1 AND o.value = $2"
+                )
+            }
+            None => format!("SELECT {QUALIFIED_INSTANCE_COLUMNS} FROM instances WHERE TRUE"),
+        };
+        // The ordering columns, compared byte-wise as the ORDER BY sorts: under the column's
+        // collation (e.g. en_US) the cursor would skip or repeat ids created in the same millisecond.
+        let (created, id) = if query.labels.is_empty() {
+            ("instances.created_at", "instances.instance_id COLLATE \"C\"")
+        } else {
+            ("o.created_at", "o.instance_id")
+        };
+        for label in query.labels.iter().skip(1) {
             params.push(Box::new(label.key.clone()));
             params.push(Box::new(label.value.clone()));
             let (k, v) = (params.len() - 1, params.len());
             sql.push_str(&format!(
-                " AND instance_id IN (SELECT instance_id FROM instance_labels WHERE key = ${k} AND value = ${v})"
+                " AND EXISTS (SELECT 1 FROM instance_labels x WHERE x.instance_id = instances.instance_id \
+                 AND x.key = ${k} AND x.value = ${v})"
             ));
+        }
+        if !query.statuses.is_empty() {
+            params.push(Box::new(query.statuses.iter().map(|s| s.code() as i16).collect::<Vec<i16>>()));
+            sql.push_str(&format!(" AND instances.status = ANY(${})", params.len()));
+        }
+        if let Some(name) = &query.name {
+            params.push(Box::new(name.clone()));
+            sql.push_str(&format!(" AND instances.name = ${}", params.len()));
+        }
+        if let Some(from) = query.created_from {
+            params.push(Box::new(from.0));
+            sql.push_str(&format!(" AND {created} >= ${}", params.len()));
+        }
+        if let Some(to) = query.created_to {
+            params.push(Box::new(to.0));
+            sql.push_str(&format!(" AND {created} <= ${}", params.len()));
+        }
+        if let Some(prefix) = &query.instance_id_prefix {
+            params.push(Box::new(prefix.clone()));
+            sql.push_str(&format!(" AND left(instances.instance_id, length(${n})) = ${n}", n = params.len()));
         }
         if let Some(after) = &query.after {
             params.push(Box::new(after.created_at.0));
             params.push(Box::new(after.instance_id.clone()));
             let (t, i) = (params.len() - 1, params.len());
-            // Compared byte-wise, as the ORDER BY sorts: under the column's collation (e.g.
-            // en_US) the cursor would skip or repeat ids created in the same millisecond.
-            sql.push_str(&format!(" AND (created_at, instance_id COLLATE \"C\") > (${t}, ${i})"));
+            sql.push_str(&format!(" AND ({created}, {id}) > (${t}, ${i})"));
         }
         let page_size = query.page_size.max(1);
-        sql.push_str(&format!(" ORDER BY created_at, instance_id COLLATE \"C\" LIMIT {}", page_size + 1));
+        sql.push_str(&format!(" ORDER BY {created}, {id} LIMIT {}", page_size + 1));
         let client = self.client().await?;
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
         let rows = client.query(&sql, &refs).await.map_err(backend)?;

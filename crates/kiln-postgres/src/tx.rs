@@ -141,8 +141,9 @@ pub async fn insert_instance_row(tx: &impl GenericClient, instance: &NewInstance
         let (keys, values): (Vec<&str>, Vec<&str>) = instance.labels.iter().unzip();
         cached::execute(
             tx,
-            "INSERT INTO instance_labels (key, value, instance_id) SELECT k, v, $3 FROM unnest($1::text[], $2::text[]) AS l(k, v)",
-            &[&keys, &values, &instance.instance_id],
+            "INSERT INTO instance_labels (key, value, created_at, instance_id) \
+             SELECT k, v, $3, $4 FROM unnest($1::text[], $2::text[]) AS l(k, v)",
+            &[&keys, &values, &instance.created_at.0, &instance.instance_id],
         )
         .await
         .map_err(backend)?;

@@ -363,10 +363,10 @@ fn insert_instance_row(conn: &Connection, record: &InstanceRecord) -> StoreResul
     .map_err(backend)?;
     if !record.labels.is_empty() {
         let mut insert = conn
-            .prepare_cached("INSERT INTO instance_labels (key, value, instance_id) VALUES (?1, ?2, ?3)")
+            .prepare_cached("INSERT INTO instance_labels (key, value, created_at, instance_id) VALUES (?1, ?2, ?3, ?4)")
             .map_err(backend)?;
         for (key, value) in record.labels.iter() {
-            insert.execute(params![key, value, record.instance_id]).map_err(backend)?;
+            insert.execute(params![key, value, record.created_at.0, record.instance_id]).map_err(backend)?;
         }
     }
     Ok(())

@@ -136,47 +136,68 @@ pub fn get_setting(conn: &Connection, key: &str) -> StoreResult<Option<String>> 
         .map_err(backend)
 }
 
-/// Lists instances in `(created_at, instance_id)` order with keyset paging.
+/// Lists instances in `(created_at, instance_id)` order with keyset paging. With label filters,
+/// the first one drives the page through `instance_labels`' primary key `(key, value,
+/// created_at, instance_id)`, already in the listing's order (no sort of every match per page);
+/// the others are checked per instance.
 pub fn list_instances(conn: &Connection, query: &InstanceQuery) -> StoreResult<InstancePage> {
-    let mut sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE 1 = 1");
+    let columns: Vec<String> = INSTANCE_COLUMNS.split(", ").map(|c| format!("i.{c}")).collect();
     let mut args: Vec<Value> = Vec::new();
-    if !query.statuses.is_empty() {
-        let codes = query.statuses.iter().map(|s| s.code().to_string()).collect::<Vec<_>>().join(",");
-        sql.push_str(&format!(" AND status IN ({codes})"));
-    }
-    if let Some(name) = &query.name {
-        args.push(Value::Text(name.clone()));
-        sql.push_str(&format!(" AND name = ?{}", args.len()));
-    }
-    if let Some(from) = query.created_from {
-        args.push(Value::Integer(from.0));
-        sql.push_str(&format!(" AND created_at >= ?{}", args.len()));
-    }
-    if let Some(to) = query.created_to {
-        args.push(Value::Integer(to.0));
-        sql.push_str(&format!(" AND created_at <= ?{}", args.len()));
-    }
-    if let Some(prefix) = &query.instance_id_prefix {
-        args.push(Value::Text(prefix.clone()));
-        sql.push_str(&format!(" AND substr(instance_id, 1, length(?{n})) = ?{n}", n = args.len()));
-    }
-    for label in &query.labels {
+    // `o` is the table whose `(created_at, instance_id)` orders the page: the first label's rows
+    // (`o`), or the instances themselves (`i`).
+    let mut sql = match query.labels.first() {
+        Some(first) => {
+            args.push(Value::Text(first.key.clone()));
+            args.push(Value::Text(first.value.clone()));
+            format!(
+                "SELECT {} FROM instance_labels o JOIN instances i ON i.instance_id = o.instance_id \
+                 WHERE o.key = ?1 AND o.value = ?2",
+                columns.join(", ")
+            )
+        }
+        None => format!("SELECT {} FROM instances i WHERE 1 = 1", columns.join(", ")),
+    };
+    let o = if query.labels.is_empty() { "i" } else { "o" };
+    for label in query.labels.iter().skip(1) {
         args.push(Value::Text(label.key.clone()));
         args.push(Value::Text(label.value.clone()));
         let n = args.len();
         sql.push_str(&format!(
-            " AND instance_id IN (SELECT instance_id FROM instance_labels WHERE key = ?{} AND value = ?{n})",
+            " AND EXISTS (SELECT 1 FROM instance_labels x WHERE x.instance_id = i.instance_id AND x.key = ?{} AND x.value = ?{n})",
             n - 1
         ));
+    }
+    if !query.statuses.is_empty() {
+        let codes = query.statuses.iter().map(|s| s.code().to_string()).collect::<Vec<_>>().join(",");
+        sql.push_str(&format!(" AND i.status IN ({codes})"));
+    }
+    if let Some(name) = &query.name {
+        args.push(Value::Text(name.clone()));
+        sql.push_str(&format!(" AND i.name = ?{}", args.len()));
+    }
+    if let Some(from) = query.created_from {
+        args.push(Value::Integer(from.0));
+        sql.push_str(&format!(" AND {o}.created_at >= ?{}", args.len()));
+    }
+    if let Some(to) = query.created_to {
+        args.push(Value::Integer(to.0));
+        sql.push_str(&format!(" AND {o}.created_at <= ?{}", args.len()));
+    }
+    if let Some(prefix) = &query.instance_id_prefix {
+        args.push(Value::Text(prefix.clone()));
+        sql.push_str(&format!(" AND substr(i.instance_id, 1, length(?{n})) = ?{n}", n = args.len()));
     }
     if let Some(after) = &query.after {
         args.push(Value::Integer(after.created_at.0));
         let t = args.len();
         args.push(Value::Text(after.instance_id.clone()));
-        sql.push_str(&format!(" AND (created_at > ?{t} OR (created_at = ?{t} AND instance_id > ?{}))", args.len()));
+        sql.push_str(&format!(
+            " AND ({o}.created_at > ?{t} OR ({o}.created_at = ?{t} AND {o}.instance_id > ?{}))",
+            args.len()
+        ));
     }
     let page_size = query.page_size.max(1);
-    sql.push_str(&format!(" ORDER BY created_at, instance_id LIMIT {}", page_size + 1));
+    sql.push_str(&format!(" ORDER BY {o}.created_at, {o}.instance_id LIMIT {}", page_size + 1));
     let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(args)).map_err(backend)?;
     let mut instances = Vec::new();

@@ -77,8 +77,9 @@ ALTER TABLE activities ADD COLUMN heartbeat_ms INTEGER;
 ALTER TABLE activities ADD COLUMN first_scheduled_at INTEGER;
 ALTER TABLE activities ADD COLUMN heartbeat TEXT;
 "#,
-    // Version 5: an instance's labels (the JSON object shown, and one row per label to find it
-    // by) and its correlation, and what its activities carry of them (their context).
+    // Version 5: an instance's labels (the JSON object shown, and one row per label to list it
+    // by, in listing order) and its correlation, and what its activities carry of them (their
+    // context).
     r#"
 ALTER TABLE activities ADD COLUMN context TEXT;
 ALTER TABLE instances ADD COLUMN labels TEXT;
@@ -86,8 +87,9 @@ ALTER TABLE instances ADD COLUMN correlation TEXT;
 CREATE TABLE instance_labels (
     key         TEXT NOT NULL,
     value       TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
     instance_id TEXT NOT NULL,
-    PRIMARY KEY (key, value, instance_id)
+    PRIMARY KEY (key, value, created_at, instance_id)
 ) WITHOUT ROWID;
 CREATE INDEX instance_labels_by_instance ON instance_labels (instance_id);
 "#,

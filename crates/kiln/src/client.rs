@@ -186,12 +186,27 @@ impl KilnClient {
             && self.rt.store.takes_first_turns()
             && let Some(first_turn) = crate::turn::first_turn(&self.rt, &instance).await
         {
+            let (execution, status, failure) = (first_turn.execution, first_turn.status, first_turn.failure.clone());
+            let took = u64::try_from(first_turn.now.millis() - started.created_at.millis()).unwrap_or(0);
+            let labels = instance.labels.clone();
             let created = self.rt.store.create_instance_with_first_turn(instance, first_turn).await;
             if created.is_err() {
                 self.rt.cache.take(&started.instance_id);
             }
             created?;
             self.rt.metrics.turns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let committed = crate::turn::Committed {
+                instance_id: &started.instance_id,
+                orchestration: name,
+                execution,
+                status,
+                labels: &labels,
+                correlation: started.correlation.as_ref(),
+            };
+            committed.log(Vec::new());
+            if status.is_terminal() {
+                committed.log_end(failure.as_ref(), took);
+            }
             return Ok(started);
         }
         self.rt.store.create_instance(instance).await?;

@@ -137,9 +137,13 @@ pub fn correlate(trace: Option<kiln_core::TraceContext>, id: Option<String>) -> 
     kiln_core::Correlation { id: id.unwrap_or_else(|| trace.trace_id().to_owned()), trace }
 }
 
-/// `N` random bytes (at most 16).
+/// `N` random bytes (at most 16): a random UUID's, with the bits that name its version and
+/// variant (bytes 6 and 8) replaced by random ones of another.
 fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut random = *uuid::Uuid::new_v4().as_bytes();
+    let other = uuid::Uuid::new_v4();
+    (random[6], random[8]) = (other.as_bytes()[0], other.as_bytes()[1]);
     let mut bytes = [0; N];
-    bytes.copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..N]);
+    bytes.copy_from_slice(&random[..N]);
     bytes
 }

@@ -30,6 +30,53 @@ enum TurnPlan {
     Abandon(Duration),
 }
 
+/// A turn that landed, as its log lines describe it (see `log_fields`).
+pub(crate) struct Committed<'a> {
+    pub(crate) instance_id: &'a str,
+    pub(crate) orchestration: &'a str,
+    pub(crate) execution: u64,
+    pub(crate) status: RuntimeStatus,
+    pub(crate) labels: &'a kiln_core::Labels,
+    pub(crate) correlation: Option<&'a kiln_core::Correlation>,
+}
+
+impl Committed<'_> {
+    /// Logs the turn (debug) and the timers and events it took in.
+    pub(crate) fn log(&self, arrivals: Vec<&InboxMessage>) {
+        let Committed { instance_id, orchestration, execution, status, labels, correlation } = *self;
+        let correlation_id = log_fields::correlation_id(correlation);
+        tracing::debug!(instance_id, orchestration, execution, %status, correlation_id, %labels, "turn committed");
+        for arrival in arrivals {
+            match &arrival.event.kind {
+                EventKind::TimerFired { timer_id, .. } => {
+                    tracing::debug!(instance_id, orchestration, execution, timer_id, correlation_id, %labels, "timer fired")
+                }
+                EventKind::EventRaised { name: event, .. } => {
+                    tracing::info!(instance_id, orchestration, execution, event, correlation_id, %labels, "event received")
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Logs the end of the instance, `millis` after its creation.
+    pub(crate) fn log_end(&self, failure: Option<&FailureDetails>, millis: u64) {
+        let Committed { instance_id, orchestration, execution, status, labels, correlation } = *self;
+        tracing::info!(
+            instance_id,
+            orchestration,
+            execution,
+            %status,
+            error = failure.map(ToString::to_string),
+            millis,
+            correlation_id = log_fields::correlation_id(correlation),
+            trace_id = log_fields::trace_id(correlation),
+            %labels,
+            "instance finished"
+        );
+    }
+}
+
 /// How an execution ended.
 enum ExecutionEnd {
     Completed(Payload),
@@ -79,30 +126,27 @@ pub(crate) async fn run_turn(rt: &Runtime, item: OrchestrationWorkItem, finished
             let ended = (commit.status.is_terminal() && !late_only).then_some(commit.now);
             let (status, failure, execution) = (commit.status, commit.failure.clone(), commit.execution);
             // Timers and events this turn takes in, logged once it lands (never on replay).
-            let arrivals: Vec<&InboxMessage> = item
-                .messages
-                .iter()
-                .filter(|m| matches!(m.event.kind, EventKind::TimerFired { .. } | EventKind::EventRaised { .. }))
-                .filter(|m| commit.consumed.contains(&m.id))
-                .collect();
+            let arrivals: Vec<&InboxMessage> = if tracing::enabled!(tracing::Level::INFO) {
+                item.messages
+                    .iter()
+                    .filter(|m| matches!(m.event.kind, EventKind::TimerFired { .. } | EventKind::EventRaised { .. }))
+                    .filter(|m| commit.consumed.contains(&m.id))
+                    .collect()
+            } else {
+                Vec::new()
+            };
             match rt.store.commit_turn(*commit).await {
                 Ok(()) => {
                     rt.metrics.turns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let (labels, correlation) = (&item.instance.labels, item.instance.correlation.as_ref());
-                    let (correlation_id, trace_id) =
-                        (log_fields::correlation_id(correlation), log_fields::trace_id(correlation));
-                    tracing::debug!(instance_id, orchestration = name, execution, %status, correlation_id, %labels, "turn committed");
-                    for arrival in arrivals {
-                        match &arrival.event.kind {
-                            EventKind::TimerFired { timer_id, .. } => {
-                                tracing::debug!(instance_id, orchestration = name, execution, timer_id, correlation_id, %labels, "timer fired")
-                            }
-                            EventKind::EventRaised { name: event, .. } => {
-                                tracing::info!(instance_id, orchestration = name, execution, event, correlation_id, %labels, "event received")
-                            }
-                            _ => {}
-                        }
-                    }
+                    let committed = Committed {
+                        instance_id: &instance_id,
+                        orchestration: &name,
+                        execution,
+                        status,
+                        labels: &item.instance.labels,
+                        correlation: item.instance.correlation.as_ref(),
+                    };
+                    committed.log(arrivals);
                     if status == RuntimeStatus::Terminated {
                         // The commit withdrew its activities: stop the ones running here now
                         // (elsewhere, they stop when they next renew their lease).
@@ -111,19 +155,7 @@ pub(crate) async fn run_turn(rt: &Runtime, item: OrchestrationWorkItem, finished
                     if let Some(ended) = ended {
                         let millis = u64::try_from(ended.millis() - created_at.millis()).unwrap_or(0);
                         rt.metrics.record_duration(&name, Duration::from_millis(millis));
-                        let error = failure.as_ref().map(ToString::to_string);
-                        tracing::info!(
-                            instance_id,
-                            orchestration = name,
-                            execution,
-                            %status,
-                            error,
-                            millis,
-                            correlation_id,
-                            trace_id,
-                            %labels,
-                            "instance finished"
-                        );
+                        committed.log_end(failure.as_ref(), millis);
                     }
                     true
                 }
@@ -721,6 +753,8 @@ fn to_self(
 /// events it sent are delivered; activities, timers and children it no longer awaits are not.
 fn carry_out(rt: &Runtime, instance: &InstanceRecord, commit: &mut TurnCommit, actions: Vec<Action>, running: bool) {
     let execution = commit.execution;
+    // What every activity of the turn carries of its instance: made once, shared.
+    let mut context: Option<std::sync::Arc<InstanceContext>> = None;
     for action in actions {
         match action {
             Action::SendEvent { instance_id, name, input, .. } => commit.messages.push(OutgoingMessage {
@@ -742,11 +776,17 @@ fn carry_out(rt: &Runtime, instance: &InstanceRecord, commit: &mut TurnCommit, a
                     attempt,
                     timeouts,
                     heartbeat,
-                    context: Some(std::sync::Arc::new(InstanceContext {
-                        orchestration: instance.name.clone(),
-                        labels: instance.labels.clone(),
-                        correlation: instance.correlation.clone(),
-                    })),
+                    context: Some(
+                        context
+                            .get_or_insert_with(|| {
+                                std::sync::Arc::new(InstanceContext {
+                                    orchestration: instance.name.clone(),
+                                    labels: instance.labels.clone(),
+                                    correlation: instance.correlation.clone(),
+                                })
+                            })
+                            .clone(),
+                    ),
                 };
                 // The call's deadline holds even if no worker ever starts the attempt (none has
                 // the activity, or the queue is long): a durable timer fails the step then,

@@ -589,6 +589,14 @@ async fn labels_and_correlation_carry_on_to_new_executions_and_sub_orchestration
         assert_eq!(record.labels, options.labels, "{}", record.instance_id);
         assert_eq!(record.correlation, options.correlation, "{}", record.instance_id);
         assert_eq!(record.correlation.as_ref().unwrap().id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        // The history of the execution now running says so too (the new execution's start was
+        // written by the turn that continued as new; the child's by its parent's turn).
+        let history = t.client.history(&record.instance_id).await.unwrap();
+        let started = history.iter().find(|e| matches!(e.kind, kiln::EventKind::ExecutionStarted { .. }));
+        let Some(kiln::EventKind::ExecutionStarted { labels, correlation, .. }) = started.map(|e| &e.kind) else {
+            panic!("{history:?}");
+        };
+        assert_eq!((labels, correlation), (&options.labels, &options.correlation), "{}", record.instance_id);
     }
     // Without a correlation, a start begins a trace of its own, named by its trace id.
     let started = t.client.start_instance("child", Payload::null(), StartOptions::default()).await.unwrap();

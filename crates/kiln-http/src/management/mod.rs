@@ -160,13 +160,20 @@ fn parse_statuses(query: &QueryParams) -> Result<Vec<RuntimeStatus>, Problem> {
         .collect()
 }
 
-/// `labels=key:value,…` (repeatable): labels to start with, or that listed instances carry.
+/// `labels=key:value,…` (repeatable): labels to start with, or that listed instances carry. At
+/// most [`kiln::MAX_LABELS`] distinct ones: no instance carries more.
 fn parse_labels(query: &QueryParams) -> Result<Vec<LabelFilter>, Problem> {
-    query
-        .list("labels")
-        .iter()
-        .map(|text| text.parse().map_err(|e: kiln::InvalidLabel| bad_request(e.to_string())))
-        .collect()
+    let mut labels: Vec<LabelFilter> = Vec::new();
+    for text in query.list("labels") {
+        let label: LabelFilter = text.parse().map_err(|e: kiln::InvalidLabel| bad_request(e.to_string()))?;
+        if !labels.contains(&label) {
+            labels.push(label);
+        }
+    }
+    if labels.len() > kiln::MAX_LABELS {
+        return Err(bad_request(format!("at most {} labels are allowed, got {}", kiln::MAX_LABELS, labels.len())));
+    }
+    Ok(labels)
 }
 
 async fn existing(http: &KilnHttp, id: &str) -> Result<InstanceRecord, Problem> {
@@ -216,7 +223,7 @@ async fn start(
         instance_id: path.0.get("id").cloned(),
         version: None,
         labels: Labels::new(labels).map_err(|e| bad_request(e.to_string()))?,
-        correlation: crate::correlation::from_request(&headers)?,
+        correlation: crate::correlation::from_request(&headers).map_err(Problem::for_durable_functions)?,
     };
     let labels = options.labels.clone();
     let started = http.client().start_instance(name, input, options).await.map_err(df)?;
@@ -233,11 +240,14 @@ async fn start(
             None => http.client().status(&id).await.map_err(df)?.filter(done),
         };
         if let Some(record) = finished {
-            if record.status == RuntimeStatus::Completed {
+            let mut response = if record.status == RuntimeStatus::Completed {
                 let output = record.output.as_ref().map_or(Value::Null, crate::status::payload_value);
-                return Ok(json_response(StatusCode::OK, &output));
-            }
-            return Ok(status_response(&record, &query, None));
+                json_response(StatusCode::OK, &output)
+            } else {
+                status_response(&record, &query, None)
+            };
+            crate::correlation::add_to_response(response.headers_mut(), started.correlation.as_ref());
+            return Ok(response);
         }
     }
     let mut response = check_status_response(&base, &id, &suffix);
@@ -636,11 +646,14 @@ async fn operate(
                 instance_id: new_id,
                 version: Some(record.version.clone()),
                 labels: record.labels.clone(),
-                correlation: crate::correlation::from_request(&headers)?,
+                correlation: crate::correlation::from_request(&headers).map_err(Problem::for_durable_functions)?,
             };
-            let started = client.start_with(&record.name, record.input.clone(), options).await.map_err(df)?;
+            let started = client.start_instance(&record.name, record.input.clone(), options).await.map_err(df)?;
+            crate::accepted::log_started(&started, &record.name, &record.labels, true);
             let (base, suffix) = links(&http, &uri, &headers, &query);
-            return Ok(check_status_response(&base, &started, &suffix));
+            let mut response = check_status_response(&base, &started.instance_id, &suffix);
+            crate::correlation::add_to_response(response.headers_mut(), started.correlation.as_ref());
+            return Ok(response);
         }
         other => return Err(Problem::not_found(format!("unknown operation '{other}'")).for_durable_functions()),
     }

@@ -6,6 +6,7 @@
 //! and terminal escapes could rewrite what an operator sees.
 
 use crate::config::LogFormat;
+use kiln::is_layout_control;
 use std::fmt::{self, Write};
 use tracing::field::{Field, Visit};
 use tracing_subscriber::EnvFilter;
@@ -141,12 +142,6 @@ fn write_quoted(out: &mut impl Write, text: &str) -> fmt::Result {
         }
     }
     out.write_char('"')
-}
-
-/// Line and paragraph separators, and the bidirectional marks, embeddings, overrides and
-/// isolates that can make a line read differently from what it holds.
-fn is_layout_control(ch: char) -> bool {
-    matches!(ch, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 #[cfg(test)]

@@ -64,6 +64,8 @@ fn one_report_jobs_json_lines_are_tied_together_and_hold_no_secret() {
     {
         assert!(messages.contains(&expected), "no '{expected}' line: {messages:?}");
     }
+    // Two turns: the first (run as the job was created) and the one that took the result.
+    assert_eq!(messages.iter().filter(|m| **m == "turn committed").count(), 2, "{messages:?}");
     for line in &job {
         assert_eq!(line["correlation_id"], TRACE_ID, "{line}");
         assert_eq!(line["labels"], "customer_id:cust-123", "{line}");

@@ -20,9 +20,17 @@ pub const MAX_LABEL_KEY_LEN: usize = 63;
 pub const MAX_LABEL_VALUE_LEN: usize = 256;
 
 /// An instance's labels: validated keys and values, in key order.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "BTreeMap<String, String>", into = "BTreeMap<String, String>")]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(into = "BTreeMap<String, String>")]
 pub struct Labels(BTreeMap<String, String>);
+
+/// Stored labels are read as they were written: the rules are checked where labels come in
+/// ([`Labels::new`]), so that tightening them never makes stored instances unreadable.
+impl<'de> Deserialize<'de> for Labels {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Labels, D::Error> {
+        BTreeMap::deserialize(deserializer).map(Labels)
+    }
+}
 
 /// Why labels were refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -132,10 +140,25 @@ fn validate_value(key: &str, value: &str) -> Result<(), InvalidLabel> {
 }
 
 /// Characters a value may not hold, as they could disguise a log line or a terminal: control
-/// characters, line and paragraph separators, and bidirectional formatting.
+/// characters and [`is_layout_control`] ones.
 fn is_unsafe(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    c.is_control() || is_layout_control(c)
+}
+
+/// Line and paragraph separators, bidirectional marks, embeddings, overrides and isolates, and
+/// invisible format characters (zero-width spaces and joiners, word joiner, byte-order mark, tag
+/// characters): what can make a line read differently from what it holds.
+pub fn is_layout_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061c}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206f}'
+            | '\u{feff}'
+            | '\u{e0000}'..='\u{e007f}'
+    )
 }
 
 /// A refused key as it can be shown in an error: shortened, control characters escaped.
@@ -192,12 +215,16 @@ mod tests {
             "padded ",
             "rtl\u{202e}",
             "sep\u{2028}",
+            "alm\u{061c}",
+            "zw\u{200b}",
+            "bom\u{feff}",
             &"v".repeat(MAX_LABEL_VALUE_LEN + 1),
         ] {
             assert_eq!(Labels::new([("k", value)]), Err(InvalidLabel::Value("k".into())), "{value:?}");
         }
         assert!(Labels::new([("k", "é".repeat(MAX_LABEL_VALUE_LEN))]).is_ok());
-        assert!(serde_json::from_str::<Labels>(r#"{"bad key":"v"}"#).is_err());
+        // Stored labels are trusted: reading them back does not apply rules tightened since.
+        assert!(serde_json::from_str::<Labels>(r#"{"bad key":"v "}"#).is_ok());
     }
 
     #[test]

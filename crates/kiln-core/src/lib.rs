@@ -43,7 +43,9 @@ pub use ids::{
     InvalidEventName, InvalidInstanceId, MAX_EVENT_NAME_LEN, MAX_INSTANCE_ID_LEN, validate_event_name,
     validate_instance_id,
 };
-pub use labels::{InvalidLabel, LabelFilter, Labels, MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN, MAX_LABELS};
+pub use labels::{
+    InvalidLabel, LabelFilter, Labels, MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN, MAX_LABELS, is_layout_control,
+};
 pub use payload::{Payload, PayloadLimits, PayloadTooLarge};
 pub use replay::{Applied, Completion, DecisionTrace, Outcome, ReplayError, ReplayState, Slot, TracedStep};
 pub use rewind::{RewindPlan, plan_rewind, rewind_body};

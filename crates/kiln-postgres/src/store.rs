@@ -724,7 +724,8 @@ impl Store for PostgresStore {
             return Ok(InstancePage { instances: Vec::new(), next: None });
         }
         // As on SQLite: the first label's rows (`o`, whose primary key is in listing order) drive
-        // the page; without labels, the instances (`i`) do.
+        // the page; without labels, the instances do. The join compares ids under the instances'
+        // collation, so that it can use their primary key (under "C" it could not).
         let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
         let mut sql = match query.labels.first() {
             Some(first) => {
@@ -732,7 +733,8 @@ impl Store for PostgresStore {
                 params.push(Box::new(first.value.clone()));
                 format!(
                     "SELECT {QUALIFIED_INSTANCE_COLUMNS} FROM instance_labels o \
-                     JOIN instances ON instances.instance_id = o.instance_id WHERE o.key = $1 AND o.value = $2"
+                     JOIN instances ON instances.instance_id = o.instance_id COLLATE \"default\" \
+                     WHERE o.key = $1 AND o.value = $2"
                 )
             }
             None => format!("SELECT {QUALIFIED_INSTANCE_COLUMNS} FROM instances WHERE TRUE"),

@@ -205,6 +205,7 @@ impl KilnClient {
             };
             committed.log(Vec::new());
             if status.is_terminal() {
+                self.rt.metrics.record_duration(name, Duration::from_millis(took));
                 committed.log_end(failure.as_ref(), took);
             }
             return Ok(started);

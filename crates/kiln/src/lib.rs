@@ -73,7 +73,7 @@ pub use runtime::{MetricsSnapshot, correlate};
 pub use kiln_core::{
     Correlation, EventKind, FailureDetails, HistoryEvent, InvalidLabel, InvalidTimeout, LabelFilter, Labels,
     MAX_ACTIVITY_TIMEOUT, MAX_CORRELATION_ID_LEN, MAX_LABELS, Payload, PayloadLimits, ReplayError, RuntimeStatus,
-    Timestamp, TraceContext, WaitingOn, error_types, validate_correlation_id, validate_event_name,
+    Timestamp, TraceContext, WaitingOn, error_types, is_layout_control, validate_correlation_id, validate_event_name,
 };
 pub use kiln_sqlite::{OpenError, SqliteOptions, SqliteStore, Synchronous};
 pub use kiln_store::{

@@ -167,11 +167,11 @@ fn parse_labels(query: &QueryParams) -> Result<Vec<LabelFilter>, Problem> {
     for text in query.list("labels") {
         let label: LabelFilter = text.parse().map_err(|e: kiln::InvalidLabel| bad_request(e.to_string()))?;
         if !labels.contains(&label) {
+            if labels.len() == kiln::MAX_LABELS {
+                return Err(bad_request(format!("at most {} distinct labels are allowed", kiln::MAX_LABELS)));
+            }
             labels.push(label);
         }
-    }
-    if labels.len() > kiln::MAX_LABELS {
-        return Err(bad_request(format!("at most {} labels are allowed, got {}", kiln::MAX_LABELS, labels.len())));
     }
     Ok(labels)
 }

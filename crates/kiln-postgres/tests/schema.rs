@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::SchemaGuard;
 use kiln_postgres::PostgresStore;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,29 +23,38 @@ async fn nodes_starting_together_migrate_once_and_a_newer_schema_is_refused() {
     let _ = driver.await;
 }
 
+/// A schema made by today's migrations, then taken back by the SQL `downgrade` writes for its
+/// name: the options to open it with and the guard that drops it (`None` without PostgreSQL).
+async fn downgraded(downgrade: impl FnOnce(&str) -> String) -> Option<(kiln_postgres::PostgresOptions, SchemaGuard)> {
+    use kiln_store::Store;
+    let (_store, _guard) = common::fresh_store().await?;
+    let options = common::fresh_options();
+    let schema = options.schema.clone().unwrap_or_default();
+    let cleanup = SchemaGuard::new(&schema);
+    PostgresStore::connect(options.clone()).await.unwrap().shutdown().await;
+    let (client, connection) = tokio_postgres::connect(&common::database_url(), tokio_postgres::NoTls).await.unwrap();
+    let driver = tokio::spawn(connection);
+    client.batch_execute(&downgrade(&schema)).await.unwrap();
+    drop(client);
+    let _ = driver.await;
+    Some((options, cleanup))
+}
+
 /// A schema from before version 4 (activities without timeouts or heartbeat details) is
 /// upgraded in place, and its queued activities run as they were scheduled: without limits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn activities_queued_before_version_4_survive_the_upgrade() {
     use kiln_store::Store;
-    let Some((_store, _guard)) = common::fresh_store().await else { return };
-    let options = common::fresh_options();
-    let schema = options.schema.clone().unwrap_or_default();
-    let _cleanup = common::SchemaGuard::new(&schema);
-    PostgresStore::connect(options.clone()).await.unwrap().shutdown().await;
-    let (client, connection) = tokio_postgres::connect(&common::database_url(), tokio_postgres::NoTls).await.unwrap();
-    let driver = tokio::spawn(connection);
-    let columns = ["start_to_close_ms", "schedule_to_close_ms", "heartbeat_ms", "first_scheduled_at", "heartbeat"];
-    for column in columns {
-        client.batch_execute(&format!("ALTER TABLE \"{schema}\".activities DROP COLUMN {column}")).await.unwrap();
-    }
-    client
-        .batch_execute(&format!(
-            "INSERT INTO \"{schema}\".activities (instance_id, execution, step, name, input, attempt) \
+    let downgrade = |schema: &str| {
+        let columns = ["start_to_close_ms", "schedule_to_close_ms", "heartbeat_ms", "first_scheduled_at", "heartbeat"];
+        let drops: String =
+            columns.iter().map(|c| format!("ALTER TABLE \"{schema}\".activities DROP COLUMN {c}; ")).collect();
+        format!(
+            "{drops}INSERT INTO \"{schema}\".activities (instance_id, execution, step, name, input, attempt) \
              VALUES ('a', 0, 0, 'work', 'null', 1); UPDATE \"{schema}\".kiln_schema SET version = 3"
-        ))
-        .await
-        .unwrap();
+        )
+    };
+    let Some((options, _cleanup)) = downgraded(downgrade).await else { return };
     let store = PostgresStore::connect(options).await.unwrap();
     let wait = std::time::Duration::from_secs(5);
     let claimed = store.fetch_activity_work(std::time::Duration::from_secs(30), wait, 1, &[]).await.unwrap();
@@ -52,8 +62,6 @@ async fn activities_queued_before_version_4_survive_the_upgrade() {
     assert_eq!((item.activity.name.as_str(), item.activity.timeouts), ("work", Default::default()));
     assert_eq!(item.activity.heartbeat, None);
     store.shutdown().await;
-    drop(client);
-    let _ = driver.await;
 }
 
 /// An instance stored before schema version 5 has no labels and no correlation once the schema
@@ -61,31 +69,22 @@ async fn activities_queued_before_version_4_survive_the_upgrade() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_from_before_version_5_have_no_labels() {
     use kiln_store::{InstanceQuery, Store};
-    let Some((_store, _guard)) = common::fresh_store().await else { return };
-    let options = common::fresh_options();
-    let schema = options.schema.clone().unwrap_or_default();
-    let _cleanup = common::SchemaGuard::new(&schema);
-    PostgresStore::connect(options.clone()).await.unwrap().shutdown().await;
-    let (client, connection) = tokio_postgres::connect(&common::database_url(), tokio_postgres::NoTls).await.unwrap();
-    let driver = tokio::spawn(connection);
-    client
-        .batch_execute(&format!(
+    let downgrade = |schema: &str| {
+        format!(
             "DROP TABLE \"{schema}\".instance_labels; \
              ALTER TABLE \"{schema}\".instances DROP COLUMN labels, DROP COLUMN correlation; \
              ALTER TABLE \"{schema}\".activities DROP COLUMN context; \
              INSERT INTO \"{schema}\".instances (instance_id, name, version, execution, status, input, created_at, \
              updated_at) VALUES ('old', 'o', '', 1, 1, 'null', 1, 1); UPDATE \"{schema}\".kiln_schema SET version = 4"
-        ))
-        .await
-        .unwrap();
+        )
+    };
+    let Some((options, _cleanup)) = downgraded(downgrade).await else { return };
     let store = PostgresStore::connect(options).await.unwrap();
     let old = store.get_instance("old").await.unwrap().unwrap();
     assert!(old.labels.is_empty() && old.correlation.is_none(), "{old:?}");
     let query = InstanceQuery { labels: vec!["k:v".parse().unwrap()], page_size: 10, ..Default::default() };
     assert!(store.list_instances(&query).await.unwrap().instances.is_empty());
     store.shutdown().await;
-    drop(client);
-    let _ = driver.await;
 }
 
 /// Names PostgreSQL would fold (upper case) or whose channel `pg_notify` refuses (too long)
